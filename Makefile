@@ -1,0 +1,35 @@
+# The two commands a newcomer runs: `make demo` and `make test`.
+# Both create or reuse .venv and install the project into it first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch/torchvision first and pinned: on the project machines these two lie on local disk,
+# and Ultralytics needs a real torchvision beside a matching torch.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+OUT    ?= runs/demo
+
+.PHONY: install demo test test-fast bench browser clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/cardamage demo --out $(OUT)
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not browser"
+
+bench: install
+	$(PY) scripts/bench_foundation.py
+
+clean:
+	rm -rf runs .cache .pytest_cache
