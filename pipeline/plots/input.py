@@ -183,4 +183,67 @@ def plot_dataset_stats(rows: list[dict], flags: list[dict], statistics, path, z_
     return _save(fig, path)
 
 
-__all__ = ["plot_dataset_stats", "plot_letterbox", "plot_outlier_mask", "plot_scaling_histograms"]
+def _thumb_rgb(path, side: int = 160) -> np.ndarray | None:
+    from pipeline.io import InputError, read_image
+    from pipeline.outliers import thumbnail
+
+    try:
+        return thumbnail(read_image(path), side)[..., ::-1]
+    except InputError:
+        return None
+
+
+def _thumb_grid(cells: list[tuple[str, str]], path, title: str, cols: int) -> Path:
+    """Thumbnails in a grid: cells are (image path, caption); an empty list draws a 'none' note."""
+    n = max(1, len(cells))
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.7 * rows), squeeze=False)
+    axes = axes.ravel()
+    for ax in axes:
+        ax.axis("off")
+    if not cells:
+        axes[0].text(0.5, 0.5, "none", ha="center", va="center", fontsize=12)
+    for ax, (img_path, caption) in zip(axes, cells):
+        thumb = _thumb_rgb(img_path)
+        if thumb is not None:
+            ax.imshow(thumb)
+        ax.set_title(caption, fontsize=6)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_flagged(flags: list[dict], path, limit: int = 16) -> Path:
+    """Thumbnails of the flagged images (most extreme first), each captioned with its statistics and z.
+
+    Args:
+        flags: ``pipeline.outliers.flag_outliers`` output.
+        path: PNG to write.
+        limit: most images shown.
+    """
+    by_image: dict[str, list[dict]] = {}
+    for f in flags:
+        by_image.setdefault(f["path"], []).append(f)
+    cells = [
+        (p, Path(p).name[:24] + "\n" + "\n".join(f"{f['statistic']} {f['value']:.3g} z={f['z']:+.1f}" for f in fs[:3]))
+        for p, fs in list(by_image.items())[:limit]
+    ]
+    return _thumb_grid(cells, path, f"flagged images ({len(by_image)}, showing {len(cells)})", cols=4)
+
+
+def plot_duplicates(duplicates: list[dict], path, limit: int = 6) -> Path:
+    """Duplicate pairs across splits side by side (left: split_a, right: split_b) with kind and distance.
+
+    Args:
+        duplicates: ``pipeline.duplicates.find_duplicates`` output.
+        path: PNG to write.
+        limit: most pairs shown.
+    """
+    cells = []
+    for d in duplicates[:limit]:
+        cells.append((d["path_a"], f"{d['kind']} d={d['distance']}  {d['split_a']}\n{Path(d['path_a']).name[:24]}"))
+        cells.append((d["path_b"], f"{d['kind']} d={d['distance']}  {d['split_b']}\n{Path(d['path_b']).name[:24]}"))
+    return _thumb_grid(cells, path, f"duplicate pairs across splits ({len(duplicates)}, showing {len(cells) // 2})", cols=4)
+
+
+__all__ = ["plot_dataset_stats", "plot_duplicates", "plot_flagged", "plot_letterbox", "plot_outlier_mask", "plot_scaling_histograms"]
