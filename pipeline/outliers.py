@@ -14,7 +14,8 @@ from the full image):
 
 For each statistic, z = (value - median) / (1.4826 * MAD) over the dataset (a robust z-score: for normal
 data it equals the usual (x - mean) / std, but a few extreme images cannot inflate the spread and hide
-each other, and a small dataset can still reach |z| > 3, which (x - mean) / std cannot with n <= 10).
+each other, and a small dataset can still reach |z| > 3, which (x - mean) / std never can with n <= 10 images:
+its |z| is at most sqrt(n - 1)).
 ``--plain-z`` uses mean and std instead. An image with |z| > 3 on any statistic is listed with the reason.
 Exact and near-duplicate images across splits (leakage) come from ``pipeline.duplicates``.
 
