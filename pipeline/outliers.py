@@ -43,11 +43,11 @@ from pipeline.io import InputError, atomic_write_json, atomic_write_text, read_i
 
 #: statistic -> (how it is scored: "linear" or "log", one-line description)
 STATISTICS = {
-    "brightness": ("linear", "mean grey level (0..255)"),
+    "brightness": ("linear", "mean grey level 0..255"),
     "contrast": ("linear", "std of grey levels"),
-    "saturation": ("linear", "mean HSV saturation (0..255)"),
+    "saturation": ("linear", "mean HSV saturation 0..255"),
     "black_border": ("linear", "share of area in dark edge rows/columns"),
-    "blur": ("log", "variance of the Laplacian (low = blurry)"),
+    "blur": ("log", "variance of the Laplacian, low = blurry"),
     "megapixels": ("log", "width*height/1e6"),
     "aspect": ("log", "width/height"),
 }
@@ -148,7 +148,7 @@ def flag_outliers(rows: list[dict], threshold: float = Z_THRESHOLD, robust: bool
     Examples:
         >>> flags, _ = flag_outliers(rows)
         >>> flags[0]["reason"]
-        'brightness 0.0 is 6.2 robust SDs below the median 118 (mean grey level (0..255))'
+        'brightness 0 is 4.5 robust SDs below the median 135.5 (mean grey level 0..255)'
     """
     flags, summary = [], {}
     for stat, (scale, desc) in STATISTICS.items():
@@ -170,8 +170,7 @@ def flag_outliers(rows: list[dict], threshold: float = Z_THRESHOLD, robust: bool
                         "z": float(zi),
                         "split": r.get("split", ""),
                         "reason": f"{stat} {v:.4g} is {abs(zi):.1f} {what} {side} the {where} {shown:.4g}"
-                        + (" (on a log scale)" if scale == "log" else "")
-                        + f" ({desc})",
+                        + f" ({desc}{'; z on log10' if scale == 'log' else ''})",
                     }
                 )
     flags.sort(key=lambda f: -abs(f["z"]))
