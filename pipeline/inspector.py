@@ -12,7 +12,9 @@ all 57 blocks of yolov8n share) and keeps ``z`` and ``a``, or only per-channel s
 - unfused block: a forward hook on ``block.bn`` sees ``z``, a forward hook on ``block`` sees ``a``;
 - fused block (``model.fuse()`` deleted ``bn``): the hook on ``block.conv`` sees ``z``.
 
-Nothing is computed twice: the hooks only keep what the forward pass already made.
+Nothing is computed twice: the hooks only keep what the forward pass already made. One catch: a
+checkpoint loaded by Ultralytics runs SiLU *in place* (``inplace=True``), so ``a`` overwrites ``z`` in
+memory; the recorder then copies ``z`` (tensors mode) or takes its statistics before the SiLU runs.
 
 BatchNorm in eval mode is an affine map per channel, so it folds into the convolution::
 
@@ -173,23 +175,39 @@ class ChannelStats:
     def __init__(self, channels: int, dead_eps: float = DEAD_EPS):
         self.channels, self.dead_eps = channels, dead_eps
         self._batches: list[tuple[int, torch.Tensor]] = []  # (n per channel, 7xC float32 rows)
+        self._pending = None
         self._merged = None
 
-    def update(self, z: torch.Tensor, a: torch.Tensor) -> None:
-        """Add one batch ``z, a`` (BxCxHxW, float) to the statistics."""
-        c = z.shape[1]
-        zc = z.view(c, -1) if z.shape[0] == 1 and z.is_contiguous() else z.transpose(0, 1).reshape(c, -1)
-        ac = a.view(c, -1) if a.shape[0] == 1 and a.is_contiguous() else a.transpose(0, 1).reshape(c, -1)
+    @staticmethod
+    def _rows(t: torch.Tensor) -> torch.Tensor:
+        """BxCxHxW -> C x (B*H*W), a free view for one contiguous image."""
+        c = t.shape[1]
+        return t.view(c, -1) if t.shape[0] == 1 and t.is_contiguous() else t.transpose(0, 1).reshape(c, -1)
+
+    def update_pre(self, z: torch.Tensor) -> None:
+        """First half of a batch: the statistics of ``z`` (called before an in-place SiLU can overwrite it)."""
+        zc = self._rows(z)
         n = zc.shape[1]
-        scratch = torch.empty_like(zc)  # one buffer reused by every elementwise step below
+        scratch = torch.empty_like(zc)  # one buffer reused by the elementwise steps below
         total = zc.sum(dim=1)
         m2 = torch.linalg.vector_norm(torch.sub(zc, (total / n)[:, None], out=scratch), dim=1).square()  # two-pass
         lo, hi = zc.amin(dim=1), zc.amax(dim=1)
-        negative = -torch.sign(zc, out=scratch).clamp_(max=0).sum(dim=1)  # count of z < 0 (float sum of -1s)
-        dead = torch.lt(torch.abs(ac, out=scratch), self.dead_eps, out=scratch).sum(dim=1)  # count of |a| < eps
+        negative = -torch.sign(zc, out=scratch).clamp_(max=0).sum(dim=1)  # count of z < 0 (a float sum of -1s)
+        self._pending = (n, [total, m2, lo, hi, negative])
+
+    def update_post(self, a: torch.Tensor) -> None:
+        """Second half of a batch: the statistics of ``a = SiLU(z)``; completes the batch begun by ``update_pre``."""
+        ac = self._rows(a)
+        n, rows = self._pending
+        dead = torch.lt(torch.abs(ac, out=torch.empty_like(ac)), self.dead_eps).sum(dim=1)  # count of |a| < eps
         post = ac.sum(dim=1)
-        self._batches.append((n, torch.stack([total, m2, lo, hi, negative, dead, post])))
-        self._merged = None
+        self._batches.append((n, torch.stack([*rows, dead.to(rows[0].dtype), post])))
+        self._pending, self._merged = None, None
+
+    def update(self, z: torch.Tensor, a: torch.Tensor) -> None:
+        """Add one batch ``z, a`` (BxCxHxW, float) to the statistics."""
+        self.update_pre(z)
+        self.update_post(a)
 
     def _merge(self) -> dict:
         if self._merged is not None:
@@ -332,9 +350,18 @@ class LayerRecorder:
         self._was_training = None
 
     # -- hooks ---------------------------------------------------------------------------------
-    def _on_pre(self, path):
+    def _on_pre(self, path, inplace_act: bool):
+        keep_tensors, keep_stats = self.mode in ("tensors", "both"), self.mode in ("stats", "both")
+
         def hook(module, inputs, output):
-            self._pending[path] = output.detach()
+            # Checkpoints loaded by Ultralytics run SiLU in place: it overwrites z with a. So z's statistics are
+            # taken here, before the activation runs, and z is copied only when it is kept and would be overwritten.
+            if keep_stats:
+                if path not in self.stats:
+                    self.stats[path] = ChannelStats(output.shape[1], self.dead_eps)
+                self.stats[path].update_pre(output)
+            if keep_tensors:
+                self._pending[path] = output.detach().clone() if inplace_act else output.detach()
 
         return hook
 
@@ -342,16 +369,14 @@ class LayerRecorder:
         keep_tensors, keep_stats = self.mode in ("tensors", "both"), self.mode in ("stats", "both")
 
         def hook(module, inputs, output):
-            z, a = self._pending.pop(path), output.detach()
+            a = output.detach()
             self.shapes[path] = {"input": list(inputs[0].shape), "output": list(a.shape)}
             if self.keep_inputs:
                 self.inputs[path] = inputs[0].detach()
             if keep_tensors:
-                self.activations[path] = (z, a)
+                self.activations[path] = (self._pending.pop(path), a)
             if keep_stats:
-                if path not in self.stats:
-                    self.stats[path] = ChannelStats(a.shape[1], self.dead_eps)
-                self.stats[path].update(z, a)
+                self.stats[path].update_post(a)
 
         return hook
 
@@ -378,7 +403,8 @@ class LayerRecorder:
             for path in self.layers:
                 block = modules[path]
                 pre = block.conv if is_fused(block) else block.bn
-                self._handles.append(pre.register_forward_hook(self._on_pre(path)))
+                inplace_act = bool(getattr(block.act, "inplace", False))
+                self._handles.append(pre.register_forward_hook(self._on_pre(path, inplace_act)))
                 self._handles.append(block.register_forward_hook(self._on_block(path)))
             hpath, detect = detect_head(self.model)
             if self.record_head and detect is not None:

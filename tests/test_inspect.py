@@ -1,0 +1,302 @@
+"""The recorder, BN folding, parameter counts and the ``inspect`` command, with torch as the oracle.
+
+Two models: an untrained one built from ``yolov8n.yaml`` (seeded) and a "trained" checkpoint: a yaml
+build whose BatchNorm statistics and affine parameters are randomized (so folding is not the identity
+and activations do not vanish with depth), saved in the layout Ultralytics' trainer writes
+(``{"model": half model, "ema": None, "train_args": {...}, ...}``) and loaded back with ``load_model``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pipeline  # noqa: F401  (offline env before ultralytics)
+from pipeline.cli import main
+from pipeline.inspect_cli import inspect_image
+from pipeline.inspector import (
+    STATS_COLUMNS,
+    LayerRecorder,
+    conv_blocks,
+    conv_params,
+    fold_bn,
+    model_input,
+    param_counts,
+    select_layers,
+)
+from pipeline.model import load_model
+
+IMGSZ = 256
+
+
+def make_checkpoint(path, seed: int = 1):
+    """Save a yolov8n (6 classes) with randomized BatchNorm in Ultralytics' checkpoint layout; return the path."""
+    import ultralytics
+
+    torch.manual_seed(seed)
+    net = load_model("yolov8n.yaml", nc=6).model
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(c, generator=g) * 2.0 + 0.05)
+            m.weight.data.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
+            m.bias.data.copy_(torch.randn(c, generator=g) * 0.5)
+    net.eval()
+    ckpt = {
+        "epoch": -1,
+        "best_fitness": None,
+        "model": copy.deepcopy(net).half(),
+        "ema": None,
+        "updates": None,
+        "optimizer": None,
+        "train_args": {"task": "detect", "model": "yolov8n.yaml", "imgsz": IMGSZ, "data": "cardd.yaml"},
+        "train_metrics": {},
+        "version": ultralytics.__version__,
+    }
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt_path(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt")
+
+
+@pytest.fixture(params=["yaml", "trained"])
+def yolo(request, ckpt_path):
+    if request.param == "yaml":
+        torch.manual_seed(0)
+        return load_model("yolov8n.yaml", nc=6)
+    return load_model(ckpt_path)
+
+
+def independent_pre(block, x):
+    """z = bn(conv(x)) straight from torch.nn.functional with the block's raw parameters (the oracle)."""
+    conv = block.conv
+    z = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    if hasattr(block, "bn"):
+        bn = block.bn
+        z = F.batch_norm(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    return z
+
+
+def no_hooks_left(net) -> bool:
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_recorder_pre_post_equal_torch_recompute(yolo, fused, sample_images):
+    net = yolo.model
+    if fused:
+        net.fuse(verbose=False)
+    x, _ = model_input(net, sample_images[3], IMGSZ)
+    net.train()  # the recorder must switch to eval and give the flag back
+    with torch.no_grad():
+        net.eval()
+        plain = net(x)[0]
+        net.train()
+    with LayerRecorder(yolo, mode="tensors", keep_inputs=True) as rec:
+        assert not torch.is_grad_enabled() and not net.training
+        out = rec(x)[0]
+    assert torch.is_grad_enabled() and net.training
+    assert no_hooks_left(net)
+    net.eval()
+    assert torch.equal(out, plain)  # hooks observe, they change nothing
+    blocks = conv_blocks(net)
+    assert len(rec.layers) == len(blocks) == 57
+    with torch.no_grad():
+        for path in rec.layers:
+            z, a = rec.activations[path]
+            assert not z.requires_grad and not a.requires_grad
+            oracle = independent_pre(blocks[path], rec.inputs[path])
+            torch.testing.assert_close(z, oracle, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(a, F.silu(z), rtol=1e-6, atol=1e-7)
+            assert rec.shapes[path]["output"] == list(z.shape)
+    # the head: the decoded scores are the sigmoid of the recorded logits, scale by scale
+    logits = torch.cat([t.flatten(2) for t in rec.head["cls_logits"]], dim=2)
+    torch.testing.assert_close(rec.head["decoded"][:, 4:], logits.sigmoid(), rtol=0, atol=1e-7)
+    torch.testing.assert_close(rec.head["decoded"], plain)
+    assert [t.shape[-1] * s for t, s in zip(rec.head["cls_logits"], rec.head["strides"])] == [IMGSZ] * 3
+
+
+def test_stats_mode_equals_torch_oracle(ckpt_path, sample_images):
+    yolo = load_model(ckpt_path)
+    inputs = [model_input(yolo, p, s)[0] for p, s in ((sample_images[0], IMGSZ), (sample_images[7], 192))]
+    layers = ["model.0", "model.4.m.1.cv2", "model.9.cv2", "model.22.cv3.1.1"]
+    with LayerRecorder(yolo, layers=layers, mode="stats", head=False) as rec:
+        for x in inputs:
+            rec(x)
+    assert not rec.activations  # stats mode keeps no feature maps
+    tensors = {p: [] for p in layers}
+    with LayerRecorder(yolo, layers=layers, mode="tensors", head=False) as rec2:
+        for x in inputs:
+            rec2(x)
+            for p in layers:
+                tensors[p].append(rec2.activations[p])
+    rows = rec.stats_table()
+    assert len(rows) == sum(rec.stats[p].channels for p in layers)
+    assert list(rows[0]) == list(STATS_COLUMNS)
+    for p in layers:
+        z = torch.cat([t[0].double().transpose(0, 1).flatten(1) for t in tensors[p]], dim=1)  # C x all values
+        a = torch.cat([t[1].double().transpose(0, 1).flatten(1) for t in tensors[p]], dim=1)
+        s = rec.stats[p]
+        assert s.count == z.shape[1]
+        torch.testing.assert_close(s.mean, z.mean(1), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(s.std, z.std(1, unbiased=False), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(s.min, z.amin(1), rtol=0, atol=0)
+        torch.testing.assert_close(s.max, z.amax(1), rtol=0, atol=0)
+        torch.testing.assert_close(s.frac_negative, (z < 0).double().mean(1), rtol=0, atol=1e-12)
+        torch.testing.assert_close(s.frac_dead, (a.abs() < s.dead_eps).double().mean(1), rtol=0, atol=1e-12)
+        torch.testing.assert_close(s.post_mean, a.mean(1), rtol=1e-5, atol=1e-6)
+        summary = s.summary()
+        assert summary["std"] == pytest.approx(float(z.std(unbiased=False)), rel=1e-4)
+        assert summary["frac_negative"] == pytest.approx(float((z < 0).double().mean()), abs=1e-12)
+    # randomized BN: the statistics are not degenerate
+    assert 0.05 < rec.stats["model.9.cv2"].summary()["frac_negative"] < 0.95
+
+
+def test_fold_bn_equals_ultralytics_fuse(ckpt_path):
+    yolo = load_model(ckpt_path)
+    params = conv_params(yolo)
+    fused = copy.deepcopy(yolo.model).fuse(verbose=False)
+    fused_blocks = conv_blocks(fused)
+    assert set(params) == set(fused_blocks)
+    for path, p in params.items():
+        conv = fused_blocks[path].conv
+        torch.testing.assert_close(p["folded.weight"], conv.weight, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(p["folded.bias"], conv.bias, rtol=1e-6, atol=1e-6)
+        assert not torch.equal(p["folded.weight"], p["conv.weight"])  # randomized BN: folding is real work
+    # a fused block is its own fold
+    w, b = fold_bn(fused_blocks["model.0"])
+    assert torch.equal(w, fused_blocks["model.0"].conv.weight) and torch.equal(b, fused_blocks["model.0"].conv.bias)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_param_counts_equal_model_info(yolo, fused):
+    from ultralytics.utils.torch_utils import model_info
+
+    net = yolo.model
+    if fused:
+        net.fuse(verbose=False)
+    counts = param_counts(yolo)
+    _, n_params, _, _ = model_info(net, verbose=True, imgsz=IMGSZ)
+    assert counts["total"] == n_params
+    assert sum(layer["params"] for layer in counts["layers"]) == n_params
+    for layer, module in zip(counts["layers"], net.model):
+        assert layer["type"] == type(module).__name__
+        if not fused:  # Ultralytics' summary table column ("params"), stored at build time
+            assert layer["params"] == module.np
+    blocks = conv_blocks(net)
+    for path, n in counts["blocks"].items():
+        conv = blocks[path].conv
+        expected = conv.weight.numel() + (conv.bias.numel() if conv.bias is not None else 0)
+        expected += 0 if fused else 2 * conv.out_channels  # gamma and beta
+        assert n == expected
+
+
+def test_select_layers(yolo):
+    assert select_layers(yolo, [0]) == ["model.0"]
+    assert select_layers(yolo, ["model.2.cv1"]) == ["model.2.cv1"]
+    assert select_layers(yolo, ["SPPF"]) == ["model.9.cv1", "model.9.cv2"]
+    both = select_layers(yolo, ["2", "model.0"])
+    assert both[0] == "model.0" and all(p.startswith("model.2.") for p in both[1:]) and len(both) == 1 + 4  # C2f(n=1): cv1, cv2, m.0.cv1, m.0.cv2
+    assert len(select_layers(yolo, ["Detect"])) == 12
+    with pytest.raises(ValueError, match="matches no Conv block"):
+        select_layers(yolo, ["model.99"])
+    with pytest.raises(ValueError):
+        LayerRecorder(yolo, mode="everything")
+
+
+def test_inspect_cli_writes_the_contract(ckpt_path, sample_images, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    image = sample_images[11]
+    out = tmp_path / "inspect"
+    assert main(["inspect", "--weights", str(ckpt_path), str(image), "--out", str(out), "--imgsz", str(IMGSZ)]) == 0
+    names = ["input.safetensors", "activations.safetensors", "params.safetensors", "index.json", "stats.csv"]
+    assert all((out / n).is_file() for n in names)
+    x = load_file(out / "input.safetensors")["input"]
+    acts = load_file(out / "activations.safetensors")
+    params = load_file(out / "params.safetensors")
+    index = json.loads((out / "index.json").read_text())
+
+    # input.safetensors is exactly what Ultralytics' predictor feeds the network
+    yolo = load_model(ckpt_path)
+    seen = {}
+    yolo.predict(str(image), imgsz=IMGSZ, verbose=False, save=False)
+    net = yolo.predictor.model.model
+    h = net.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0].clone()))
+    yolo.predict(str(image), imgsz=IMGSZ, verbose=False, save=False)
+    h.remove()
+    assert torch.equal(x, seen["x"])
+
+    # every Conv block has pre and post; post = SiLU(pre); the first block recomputed from the files alone
+    assert len(index["layers"]) == 57 and index["totals"]["params"] == param_counts(yolo)["total"]
+    for entry in index["layers"]:
+        p = entry["path"]
+        z, a = acts[f"{p}.pre"], acts[f"{p}.post"]
+        assert list(z.shape) == entry["output_shape"] and z.dtype == torch.float32
+        torch.testing.assert_close(a, F.silu(z), rtol=1e-6, atol=1e-7)
+        for key in ("conv.weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var", "folded.weight", "folded.bias"):
+            assert f"{p}.{key}" in params
+    z0 = F.conv2d(x, params["model.0.folded.weight"], params["model.0.folded.bias"], stride=2, padding=1)
+    torch.testing.assert_close(acts["model.0.pre"], z0, rtol=1e-5, atol=1e-5)
+    # the head: logits at each scale = the final 1x1 conv applied to the recorded post of the block before it
+    for i in range(3):
+        feat = acts[f"model.22.cv3.{i}.1.post"]
+        logit = F.conv2d(feat, params[f"model.22.cv3.{i}.2.weight"], params[f"model.22.cv3.{i}.2.bias"])
+        torch.testing.assert_close(acts[f"model.22.cls_logits.{i}"], logit, rtol=1e-5, atol=1e-5)
+    assert index["head"]["grids"] == [[IMGSZ // s] * 2 for s in (8, 16, 32)]
+
+    # stats.csv agrees with the dumped tensors
+    with open(out / "stats.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == sum(e["out_channels"] for e in index["layers"])
+    by_key = {(r["layer"], int(r["channel"])): r for r in rows}
+    for p, c in (("model.0", 3), ("model.8.cv2", 100), ("model.21.m.0.cv1", 7)):
+        z = acts[f"{p}.pre"][0, c].double()
+        a = acts[f"{p}.post"][0, c].double()
+        r = by_key[(p, c)]
+        assert float(r["mean"]) == pytest.approx(float(z.mean()), rel=1e-5, abs=1e-6)
+        assert float(r["std"]) == pytest.approx(float(z.std(unbiased=False)), rel=1e-4)
+        assert float(r["max"]) == pytest.approx(float(z.max()), rel=1e-7)
+        assert float(r["frac_negative"]) == pytest.approx(float((z < 0).double().mean()), abs=1e-9)
+        assert float(r["frac_dead"]) == pytest.approx(float((a.abs() < index["dead_eps"]).double().mean()), abs=1e-9)
+        assert float(r["post_mean"]) == pytest.approx(float(a.mean()), rel=1e-5, abs=1e-6)
+
+
+def test_inspect_image_selected_layers_float16(ckpt_path, sample_images, tmp_path):
+    from safetensors.torch import load_file
+
+    paths = inspect_image(ckpt_path, sample_images[2], tmp_path, layers=["0", "SPPF"], dtype="float16", imgsz=IMGSZ)
+    acts = load_file(paths["activations"])
+    layer_keys = sorted(k for k in acts if not k.startswith("model.22."))
+    assert layer_keys == sorted(f"{p}.{s}" for p in ("model.0", "model.9.cv1", "model.9.cv2") for s in ("pre", "post"))
+    assert all(t.dtype == torch.float16 for t in acts.values())
+    assert load_file(paths["input"])["input"].dtype == torch.float32
+
+
+def test_inspect_bad_input_one_line(tmp_path, sample_images, capsys):
+    corrupt = tmp_path / "broken.pt"
+    corrupt.write_bytes(b"\x80\x04 not a checkpoint")
+    assert main(["inspect", "--weights", str(corrupt), str(sample_images[0]), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {corrupt}")
+
+    text = tmp_path / "notes.jpg"
+    text.write_text("this is not a photo")
+    assert main(["inspect", "--weights", "yolov8n.yaml", str(text), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {text}")
+
+    assert main(["inspect", str(sample_images[0]), "--out", str(tmp_path / "o"), "--layers", "NoSuchLayer"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "NoSuchLayer" in err[0]
+    assert not (tmp_path / "o" / "index.json").exists()
