@@ -51,10 +51,12 @@ def phash_of(image_bgr: np.ndarray) -> int:
         >>> hamming(a, b)  # same pixels, other encoding
         0
     """
+    import cv2
     import imagehash
     from PIL import Image
 
-    bits = imagehash.phash(Image.fromarray(np.ascontiguousarray(image_bgr[..., ::-1]))).hash.reshape(-1)
+    rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)  # same values as [..., ::-1], without a strided copy
+    bits = imagehash.phash(Image.fromarray(rgb)).hash.reshape(-1)
     return int(np.packbits(bits.astype(np.uint8)).view(">u8")[0])
 
 
@@ -148,14 +150,23 @@ def find_duplicates(
     """
     from ultralytics.utils import TQDM
 
+    names = list(images_by_split)
+    paths = {s: [Path(p) for p in images_by_split[s]] for s in names}
     hashes = dict(hashes or {})
-    todo = sorted({Path(p) for ps in images_by_split.values() for p in ps} - set(hashes))
+    todo = sorted({p for ps in paths.values() for p in ps} - hashes.keys())
     for p in TQDM(todo, desc="hashing images", disable=not progress):
         hashes[p] = fingerprint(p)
 
-    names = list(images_by_split)
-    paths = {s: [Path(p) for p in images_by_split[s]] for s in names}
-    real = {s: [p.resolve() for p in paths[s]] for s in names}
+    real: dict[Path, Path] = {}  # resolved only for candidate pairs: resolve() is a syscall per path
+
+    def resolved(p: Path) -> Path:
+        if p not in real:
+            real[p] = p.resolve()
+        return real[p]
+
+    def same_file(a: str, i: int, b: str, j: int) -> bool:
+        return resolved(paths[a][i]) == resolved(paths[b][j])
+
     sha = {s: [hashes[p][0] for p in paths[s]] for s in names}
     out: list[dict] = []
 
@@ -182,7 +193,7 @@ def find_duplicates(
                 continue
             for i in members[a]:
                 for j in members[b]:
-                    if (a == b and j <= i) or real[a][i] == real[b][j]:
+                    if (a == b and j <= i) or same_file(a, i, b, j):
                         continue
                     out.append(pair("exact", a, i, b, j, 0))
 
@@ -196,7 +207,7 @@ def find_duplicates(
         hb = np.array([hashes[paths[b][j]][1] for j in ib], dtype=np.uint64)
         for ki, kj, d in _pairs_within_distance(ha, hb, near_threshold, upper_only=a == b):
             i, j = ia[ki], ib[kj]
-            if sha[a][i] == sha[b][j] or real[a][i] == real[b][j]:
+            if sha[a][i] == sha[b][j] or same_file(a, i, b, j):
                 continue
             out.append(pair("near", a, i, b, j, d))
     return out
