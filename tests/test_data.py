@@ -135,6 +135,25 @@ def test_sample_train_and_val_same_folder_is_one_error(sample_dir):
     assert report["split_overlaps"][0]["same_list"] and report["split_overlaps"][0]["shared"] == 100
 
 
+def test_sample_cli_exit_1_with_one_error_line(sample_dir, capsys):
+    assert main(["check", str(sample_dir / "data.yaml")]) == 1
+    out = capsys.readouterr()
+    errors = [x for x in out.err.splitlines() if x.startswith("error: ")]
+    assert errors == [
+        f"error: {sample_dir / 'data.yaml'}: train and val are the same folder ({sample_dir / 'images'}): "
+        "all 100 images are in both splits"
+    ]
+    assert "scratch" in out.out and "FAILED" in out.out
+
+
+def test_path_key_is_honoured(tmp_path, roboflow_dataset):
+    _, train, val = roboflow_dataset
+    elsewhere = tmp_path / "configs" / "cardd.yaml"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(f"path: {tmp_path}\ntrain: train/images\nval: valid/images\nnames: {json.dumps(NAMES)}\n")
+    assert dataset_splits(elsewhere) == {"train": sorted(train), "val": sorted(val)}
+
+
 # ---------------------------------------------------------------------------------------------- faults
 
 
