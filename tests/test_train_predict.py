@@ -1,0 +1,102 @@
+"""Training writes the promised files; predict agrees with stock Ultralytics and score == sigmoid(logit)."""
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pipeline.cli import main
+from pipeline.model import load_model
+from pipeline.predict import predict_paths
+
+
+def test_train_writes_weights_and_metrics(trained_weights):
+    run = trained_weights.parent.parent
+    assert trained_weights.is_file() and (run / "weights" / "last.pt").is_file()
+    m = json.loads((run / "metrics.json").read_text())
+    for key in ("mAP50", "mAP50-95", "precision", "recall", "per_class"):
+        assert key in m
+    assert 0.0 <= m["mAP50"] <= 1.0 and m["mAP50-95"] <= m["mAP50"] + 1e-9
+    assert set(m["per_class"]) <= {"crack", "dent", "glass shatter", "lamp broken", "scratch", "tire flat"}
+    # metrics.json repeats what Ultralytics' own validator says about best.pt
+    yolo = load_model(trained_weights)
+    val = yolo.val(data=yolo.ckpt["train_args"]["data"], imgsz=160, batch=8, device="cpu", plots=False, verbose=False, project=str(run.parent), name="val")
+    assert val.box.map50 == pytest.approx(m["mAP50"], abs=1e-4)
+
+
+def test_predict_matches_stock_and_logits(trained_weights, sample_images, tmp_path):
+    yolo = load_model(trained_weights)
+    files = sample_images[:4]
+    records, errors = predict_paths(yolo, files, tmp_path / "out", conf=0.001, imgsz=320, progress=False)
+    assert not errors and len(records) == 4
+    stock = load_model(trained_weights)
+    for rec, res in zip(records, stock.predict([str(f) for f in files], conf=0.001, imgsz=320, device="cpu", verbose=False)):
+        boxes = res.boxes
+        assert len(rec["detections"]) == len(boxes) > 0
+        ours = np.array([d["box_xyxy"] for d in rec["detections"]])
+        np.testing.assert_allclose(ours, boxes.xyxy.numpy(), atol=0.01)
+        np.testing.assert_allclose([d["score"] for d in rec["detections"]], boxes.conf.numpy(), rtol=1e-6)
+        assert [d["class_id"] for d in rec["detections"]] == boxes.cls.int().tolist()
+        for d in rec["detections"]:
+            assert 1 / (1 + math.exp(-d["logit"])) == pytest.approx(d["score"], rel=1e-5)
+        assert (rec["width"], rec["height"]) == res.orig_shape[::-1]
+    saved = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert saved == json.loads(json.dumps(records))
+    assert all((tmp_path / "out" / r["overlay"]).is_file() for r in records)
+
+
+def test_logit_is_the_head_output_at_the_kept_anchor(trained_weights, sample_images):
+    """Recompute the head by hand: the logit equals the raw cls conv output somewhere in the grid."""
+    yolo = load_model(trained_weights)
+    rec = predict_paths(yolo, sample_images[:1], None, conf=0.001, imgsz=320, progress=False)[0][0]
+    model = yolo.model.eval()
+    x = yolo.predictor.preprocess([cv2.imread(str(sample_images[0]))])
+    with torch.no_grad():
+        _, raw = model(x)
+    logits = raw["scores"][0]  # (nc, anchors)
+    for d in rec["detections"][:20]:
+        assert torch.isclose(logits[d["class_id"]], torch.tensor(d["logit"]), atol=1e-5).any()
+
+
+def test_predict_bad_inputs_rest_of_batch_runs(trained_weights, sample_images, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "notes.jpg").write_text("not an image")
+    data = sample_images[0].read_bytes()
+    (bad / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    cv2.imwrite(str(bad / "gray16.png"), (np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20))
+    rgba = np.zeros((40, 50, 4), np.uint8)
+    rgba[..., 3] = 255
+    cv2.imwrite(str(bad / "rgba.png"), rgba)
+    cv2.imwrite(str(bad / "tiny.png"), np.full((1, 1, 3), 128, np.uint8))
+    (tmp_path / "empty").mkdir()
+    rc = main(["predict", "--weights", str(trained_weights), str(bad), str(sample_images[0]), str(tmp_path / "empty"),
+               "--out", str(tmp_path / "o"), "--imgsz", "160"])
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any("notes.jpg" in line for line in err) and any("truncated.jpg" in line for line in err)
+    assert any("empty" in line for line in err)
+    assert all(line.startswith("error: ") for line in err) and not any("Traceback" in l for l in err)
+    done = {json.loads(json.dumps(r))["image"].split("/")[-1] for r in json.loads((tmp_path / "o" / "detections.json").read_text())}
+    assert done == {"gray16.png", "rgba.png", "tiny.png", sample_images[0].name}
+    assert not [p for p in (tmp_path / "o").iterdir() if p.name.startswith(".")]  # no half-written temp files
+
+
+def test_corrupt_and_missing_weights(tmp_path, sample_images, capsys):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00" * 100)
+    assert main(["predict", "--weights", str(junk), str(sample_images[0]), "--out", str(tmp_path / "o")]) == 1
+    assert main(["predict", "--weights", "yolov8n.pt", str(sample_images[0]), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "junk.pt" in err[0] and "yolov8n.pt" in err[1] and "download" in err[1]
+
+
+def test_train_bad_data_yaml(tmp_path, capsys):
+    y = tmp_path / "data.yaml"
+    y.write_text("train: nowhere/images\nval: nowhere/images\nnames: ['a']\n")
+    assert main(["train", "--data", str(y), "--out", str(tmp_path / "r"), "--epochs", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.yaml" in err[0]
