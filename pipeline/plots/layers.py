@@ -38,9 +38,11 @@ from pipeline.io import atomic_write_bytes  # noqa: E402
 DIVERGING = "RdBu_r"  # negative blue, zero white, positive red: the sign of an activation reads at a glance
 
 
-def _save(fig, path) -> Path:
+def _save(fig, path, tight: bool = True) -> Path:
+    """PNG bytes, written atomically. ``tight=False`` for figures already laid out by ``tight_layout``
+    (a second tight-bbox pass costs about a second per figure)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight" if tight else None)
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
@@ -171,8 +173,7 @@ def plot_filter_grid(weight, path, layer: str, max_out: int = 16, max_in: int = 
         for i in range(ni):
             tile[o * (kh + pad) : o * (kh + pad) + kh, i * (kw + pad) : i * (kw + pad) + kw] = w[o, i].numpy()
     fig, ax = plt.subplots(figsize=(6, 6))
-    cmap = plt.get_cmap("gray").copy()
-    cmap.set_bad("#f4d58d")  # gaps between kernels
+    cmap = plt.get_cmap("gray").with_extremes(bad="#f4d58d")  # gaps between kernels
     im = ax.imshow(np.ma.masked_invalid(tile), cmap=cmap, vmin=-lim, vmax=lim, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -196,8 +197,9 @@ def plot_param_histograms(layers: list[dict], path, bins: int = 60) -> Path:
         fw = torch.as_tensor(L["folded_weight"]).flatten().float().numpy()
         lo, hi = float(min(w.min(), fw.min())), float(max(w.max(), fw.max()))
         edges = np.linspace(lo, hi, bins + 1)
-        axw.hist(w, bins=edges, alpha=0.6, label=f"raw W (std {w.std():.3g})", color="tab:gray")
-        axw.hist(fw, bins=edges, alpha=0.6, label=f"folded W' (std {fw.std():.3g})", color="tab:orange")
+        axw.stairs(np.histogram(w, edges)[0], edges, fill=True, alpha=0.6, label=f"raw W (std {w.std():.3g})", color="tab:gray")
+        axw.stairs(np.histogram(fw, edges)[0], edges, fill=True, alpha=0.6, label=f"folded W' (std {fw.std():.3g})",
+                   color="tab:orange")
         axw.set_yscale("log")
         axw.set_title(f"{L['name']}: weights ({w.size} values)", fontsize=8)
         axw.legend(fontsize=7)
@@ -205,10 +207,10 @@ def plot_param_histograms(layers: list[dict], path, bins: int = 60) -> Path:
         fb = torch.as_tensor(L["folded_bias"]).flatten().float().numpy()
         lo, hi = float(min(beta.min(), fb.min())), float(max(beta.max(), fb.max()))
         edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, 31)
-        axb.hist(beta, bins=edges, alpha=0.6, label="BN beta", color="tab:gray")
-        axb.hist(fb, bins=edges, alpha=0.6, label="folded b'", color="tab:purple")
+        axb.stairs(np.histogram(beta, edges)[0], edges, fill=True, alpha=0.6, label="BN beta", color="tab:gray")
+        axb.stairs(np.histogram(fb, edges)[0], edges, fill=True, alpha=0.6, label="folded b'", color="tab:purple")
         axb.set_title(f"{L['name']}: biases ({beta.size} channels)", fontsize=8)
         axb.legend(fontsize=7)
     fig.suptitle("W' = W * gamma / sqrt(var + eps),   b' = beta - gamma * mean / sqrt(var + eps)", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, tight=False)

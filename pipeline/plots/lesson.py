@@ -35,9 +35,11 @@ from pipeline.io import atomic_write_bytes  # noqa: E402
 VARIANT_COLORS = {"silu": "tab:green", "sigmoid": "tab:red", "tanh": "tab:orange", "relu": "tab:blue"}
 
 
-def _save(fig, path) -> Path:
+def _save(fig, path, tight: bool = True) -> Path:
+    """PNG bytes, written atomically. ``tight=False`` for figures already laid out by ``tight_layout``
+    (a second tight-bbox pass costs about a second per figure)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight" if tight else None)
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
@@ -55,11 +57,12 @@ def plot_activation_gallery(z_sample, layer: str, path, max_points: int = 200_00
     x = torch.linspace(lo, hi, 801, dtype=torch.float64)
     x_min, y_min = silu_minimum()
     names = list(GALLERY)
+    counts, edges = np.histogram(z.numpy(), bins=160, range=(lo, hi))
     fig, axes = plt.subplots(2, 4, figsize=(14, 6.4))
     for ax, name in zip(axes.flat, names):
         act = GALLERY[name]
         ax2 = ax.twinx()
-        ax2.hist(z.numpy(), bins=120, range=(lo, hi), color="0.8", density=True)
+        ax2.stairs(counts, edges, fill=True, color="0.8")
         ax2.set_yticks([])
         ax.set_zorder(ax2.get_zorder() + 1)
         ax.patch.set_visible(False)
@@ -75,16 +78,20 @@ def plot_activation_gallery(z_sample, layer: str, path, max_points: int = 200_00
             ax.annotate(f"min {y_min:.4f}\nat z = {x_min:.4f}", (x_min, y_min), (x_min - 0.5, -1.3), fontsize=7,
                         arrowprops=dict(arrowstyle="->", lw=0.6))
         ax.legend(fontsize=7, loc="upper left")
-    ax = axes.flat[-1]
-    ax.hist(z.numpy(), bins=120, range=(lo, hi), color="0.6")
+    ax = axes.flat[-1]  # the same values on their own range, so a narrow distribution shows its shape
+    own = np.percentile(z.numpy(), [0.1, 99.9])
+    own = own if own[1] > own[0] else (own[0] - 1e-6, own[1] + 1e-6)
+    c2, e2 = np.histogram(z.numpy(), bins=120, range=tuple(own))
+    ax.stairs(c2, e2, fill=True, color="0.6")
+    ax.axvline(0, color="k", lw=0.5)
     neg = float((z < 0).double().mean())
     ax.set_title(f"real z of {layer}: {z.numel()} values\nmean {float(z.mean()):.3f}, std {float(z.std()):.3f}, "
                  f"{100 * neg:.1f}% negative", fontsize=8)
-    ax.set_xlabel("pre-activation z")
+    ax.set_xlabel("pre-activation z (central 99.8%)")
     fig.suptitle(f"Activation functions (blue) and derivatives (red dashed) over the pre-activations of {layer} (grey)",
                  fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, tight=False)
 
 
 # --- gradient flow ------------------------------------------------------------------------------
@@ -126,7 +133,7 @@ def plot_gradient_flow(comparison: dict, path, real: dict | None = None, real_la
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, tight=False)
 
 
 # --- one SGD step -------------------------------------------------------------------------------
@@ -178,7 +185,7 @@ def plot_sgd_step(step: dict, path, layer: str = "") -> Path:
     ax.set_title("loss 0.5 (a - t)^2", fontsize=9)
     fig.suptitle(f"One SGD step on neuron {layer}: autograd agrees to {step['max_abs_grad_diff']:.1e}", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, tight=False)
 
 
 # --- detections and CAM -------------------------------------------------------------------------
@@ -241,12 +248,18 @@ def plot_cam(input_tensor, cam: np.ndarray, path, title: str) -> Path:
     return _save(fig, path)
 
 
-def ultralytics_layercam(yolo, image_path, out_dir, imgsz: int = 640, conf: float = 0.25) -> Path | None:
+def ultralytics_layercam(yolo, image_path, out_dir, input_tensor, imgsz: int = 640, conf: float = 0.25,
+                         min_spread: float = 8.0) -> dict:
     """Run Ultralytics' own ``predict(visualize=True)`` (LayerCAM over the head's inputs) into ``out_dir``.
 
-    Returns the heatmap JPEG it wrote, or None when it wrote none or the picture is flat (nothing
-    usable). Note: ``predict`` fuses Conv+BN inside ``yolo`` in place, so call this after anything that
-    needs BatchNorm's parameters.
+    Ultralytics saves ``0.5 * jet(cam) + 0.5 * input`` as a JPEG. Knowing the input (``input_tensor``,
+    min-max scaled per channel as Ultralytics does), we take the input back out and measure the spread
+    (std, 0-255) of the colour-mapped heat alone: a flat map (an untrained head explains nothing) is not
+    usable. Note: ``predict`` fuses Conv+BN inside ``yolo`` in place; call this after anything that needs
+    BatchNorm's parameters.
+
+    Returns:
+        ``{"path": Path or None, "heat_spread": float, "usable": bool}``.
     """
     import cv2
 
@@ -255,11 +268,52 @@ def ultralytics_layercam(yolo, image_path, out_dir, imgsz: int = 640, conf: floa
         yolo.predict(str(image_path), imgsz=imgsz, conf=conf, visualize=True, save=False, verbose=False,
                      project=str(out_dir.parent), name=out_dir.name, exist_ok=True)
     except Exception:  # a failure here only loses the optional LayerCAM picture; EigenCAM stays
-        return None
-    files = sorted(out_dir.glob("*_cam*.jpg"))
-    if not files:
-        return None
-    img = cv2.imread(str(files[-1]))
-    if img is None or float(img.std()) < 1.0:
-        return None
-    return files[-1]
+        return {"path": None, "heat_spread": float("nan"), "usable": False}
+    files = sorted(out_dir.glob("*_cam*.jpg"), key=lambda f: f.stat().st_mtime)
+    img = cv2.imread(str(files[-1])) if files else None
+    if img is None:
+        return {"path": None, "heat_spread": float("nan"), "usable": False}
+    x = torch.as_tensor(input_tensor)[0].float()
+    lo, hi = x.amin((1, 2), keepdim=True), x.amax((1, 2), keepdim=True)
+    base = ((x - lo) / (hi - lo).clamp(min=1e-7) * 255).byte().permute(1, 2, 0).numpy()[..., ::-1].astype(np.float32)
+    if base.shape != img.shape:
+        return {"path": files[-1], "heat_spread": float("nan"), "usable": True}
+    heat = np.clip(2 * img.astype(np.float32) - base, 0, 255)
+    spread = float(heat.reshape(-1, 3).std(0).max())
+    return {"path": files[-1], "heat_spread": spread, "usable": spread >= min_spread}
+
+
+def plot_head_logits(cls_logits: list, strides: list, path, detections: list[dict] | None = None) -> Path:
+    """The Detect head's class logits per scale (histogram) and the sigmoid that turns them into scores.
+
+    Args:
+        cls_logits: per-scale ``1 x nc x H x W`` raw class outputs recorded by the inspector.
+        strides: the scale strides (8, 16, 32).
+        detections: head-trace detections (``logit``, ``sigmoid_by_hand``) marked on the sigmoid.
+    """
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4))
+    all_logits = []
+    for t, s in zip(cls_logits, strides):
+        v = torch.as_tensor(t).detach().double().flatten()
+        all_logits.append(v)
+        c, e = np.histogram(v.numpy(), bins=100)
+        a1.stairs(c, e, lw=1.5, label=f"stride {s:g}: {v.numel()} logits, max {float(v.max()):.2f}")
+    a1.set_yscale("log")
+    a1.set_xlabel("class logit (raw output of the head's last 1x1 conv)")
+    a1.set_title("every class logit at every anchor", fontsize=9)
+    a1.legend(fontsize=7)
+    v = torch.cat(all_logits)
+    lo, hi = min(float(v.min()), -8.0), max(float(v.max()), 8.0)
+    zs = torch.linspace(lo, hi, 400, dtype=torch.float64)
+    a2.plot(zs, torch.sigmoid(zs), color="tab:blue", label="score = sigmoid(logit)")
+    for d in detections or []:
+        a2.plot([d["logit"]], [d["sigmoid_by_hand"]], "o", color="tab:red", ms=4)
+    if detections:
+        a2.plot([], [], "o", color="tab:red", label=f"{len(detections)} reported boxes")
+    a2.set_xlabel("logit")
+    a2.set_ylabel("score")
+    a2.set_title("logit -> sigmoid -> score (no softmax: one independent sigmoid per class)", fontsize=9)
+    a2.legend(fontsize=7)
+    a2.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path, tight=False)

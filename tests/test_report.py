@@ -1,0 +1,221 @@
+"""The HTML report: untrained YAML model on a real photo, trained-format checkpoint on a synthetic scene.
+
+Numbers on the page are checked against independent recomputation (torch, hashlib, Ultralytics); the
+browser test opens the page from file:// in Debian's Chromium through Playwright.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.io import atomic_write_image
+from pipeline.model import load_model
+from pipeline.report import FILES, SECTIONS, write_report
+
+IMGSZ = 320
+FAST = dict(imgsz=IMGSZ, grad_imgsz=160, grad_batch=2)
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def save_trained_checkpoint(path: Path, seed: int = 1) -> Path:
+    """A yolov8n (6 classes) saved the way Ultralytics' trainer saves best.pt (``ema`` in half precision,
+    ``model`` None, ``train_args``), with BatchNorm statistics and class biases moved off their initial
+    values as training moves them, so that folding matters and some boxes pass conf 0.25."""
+    import ultralytics
+
+    torch.manual_seed(seed)
+    net = load_model("yolov8n.yaml", nc=6).model
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(c, generator=g) * 2.0 + 0.05)
+            m.weight.data.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
+            m.bias.data.copy_(torch.randn(c, generator=g) * 0.5)
+    for seq in net.model[-1].cv3:
+        seq[-1].bias.data.copy_(torch.randn(seq[-1].out_channels, generator=g) * 0.5 - 1.5)
+    net.eval()
+    torch.save({
+        "epoch": -1, "best_fitness": None, "model": None, "ema": copy.deepcopy(net).half(), "updates": 0,
+        "optimizer": None, "train_args": {"task": "detect", "model": "yolov8n.yaml", "imgsz": IMGSZ},
+        "train_metrics": {}, "version": ultralytics.__version__,
+    }, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory, sample_images):
+    """Two reports: (untrained yaml, real photo) and (trained checkpoint, synthetic scene with an awkward name)."""
+    from pipeline.synth import render_scene
+
+    root = tmp_path_factory.mktemp("report")
+    ckpt = save_trained_checkpoint(root / "best.pt")
+    scene, _ = render_scene(7, IMGSZ)
+    synth = atomic_write_image(root / 'scene <b>&"x".png', scene)  # the name must come out escaped
+    out = {
+        "untrained": dict(weights="yolov8n.yaml", image=sample_images[0], out=root / "untrained"),
+        "trained": dict(weights=str(ckpt), image=synth, out=root / "trained"),
+    }
+    for r in out.values():
+        r["html_path"] = write_report(r["weights"], r["image"], r["out"], **FAST)
+        r["html"] = r["html_path"].read_text(encoding="utf-8")
+        r["numbers"] = json.loads((r["out"] / FILES / "report.json").read_text())
+    return out
+
+
+@pytest.mark.parametrize("kind", ["untrained", "trained"])
+def test_page_structure_is_offline_and_complete(reports, kind):
+    r = reports[kind]
+    html = r["html"]
+    assert r["html_path"] == r["out"] / "report.html"
+    ids = re.findall(r'<section id="([^"]+)"', html)
+    assert ids == [sid for sid, _ in SECTIONS]  # every section, in the lesson's order
+    srcs = re.findall(r'<img src="([^"]+)"', html)
+    assert len(srcs) >= 15
+    for src in srcs:
+        assert src.startswith(f"{FILES}/") and (r["out"] / src).stat().st_size > 1000, src
+    assert not re.search(r'(?:src|href)="(?:https?:)?//', html)  # no CDN, nothing remote
+    assert "<script" not in html
+    assert not list(r["out"].glob(".report.html*"))  # atomic write left no temp file
+
+
+@pytest.mark.parametrize("kind", ["untrained", "trained"])
+def test_page_names_image_and_weights_with_hashes(reports, kind):
+    import html as htmlmod
+
+    r = reports[kind]
+    img_sha = hashlib.sha256(Path(r["image"]).read_bytes()).hexdigest()
+    assert img_sha[:12] in r["html"]
+    assert htmlmod.escape(str(r["image"]), quote=True) in r["html"]
+    if kind == "trained":
+        assert hashlib.sha256(Path(r["weights"]).read_bytes()).hexdigest()[:12] in r["html"]
+        assert "<b>&" not in r["html"] and "&lt;b&gt;&amp;&quot;x&quot;" in r["html"]  # escaped, not markup
+    else:
+        from ultralytics.utils.checks import check_yaml
+
+        # yolov8n.yaml is Ultralytics' yolov8.yaml at scale n
+        assert hashlib.sha256(Path(check_yaml("yolov8.yaml")).read_bytes()).hexdigest()[:12] in r["html"]
+        assert "untrained" in r["html"]
+
+
+def test_traced_neuron_is_the_model_value(reports):
+    """The page's neuron (untrained yaml, rebuilt with the same seed) recomputed here with torch."""
+    from pipeline.preprocess import model_input
+
+    r = reports["untrained"]
+    t = r["numbers"]["trace"]
+    torch.manual_seed(0)
+    net = load_model("yolov8n.yaml", nc=6).model.eval()
+    x, _ = model_input(r["image"], imgsz=IMGSZ)
+    with torch.no_grad():
+        z = net.model[0].bn(net.model[0].conv(x))[0, t["channel"], t["y"], t["x"]]
+    assert t["layer"] == "model.0"
+    assert t["z_by_hand"] == pytest.approx(float(z), rel=1e-5, abs=1e-6)
+    assert t["silu_by_hand"] == pytest.approx(float(torch.nn.functional.silu(z)), rel=1e-5, abs=1e-6)
+    # the strongest channel of the first layer, at its largest output
+    with torch.no_grad():
+        a = torch.nn.functional.silu(net.model[0].bn(net.model[0].conv(x)))[0]
+    assert t["channel"] == int((a**2).mean(dim=(1, 2)).argmax())
+    assert float(a[t["channel"], t["y"], t["x"]]) == pytest.approx(float(a[t["channel"]].max()))
+    assert f"{t['z_by_hand']:.6f}" in r["html"]
+
+
+def test_detections_and_head_numbers_match_ultralytics(reports):
+    from pipeline.predict import predict_images
+    from pipeline.io import read_image
+
+    r = reports["trained"]
+    out = r["numbers"]["output"]
+    yolo = load_model(r["weights"])
+    dets = predict_images(yolo, [read_image(r["image"])], conf=0.25, imgsz=IMGSZ)[0]
+    assert dets, "the trained-format checkpoint should report boxes on the synthetic scene"
+    assert [(d["class_id"], round(d["score"], 5)) for d in out["detections"]] == [
+        (d["class_id"], round(d["score"], 5)) for d in dets]
+    for d in out["detections"]:
+        assert d["score"] == pytest.approx(1 / (1 + math.exp(-d["logit"])), abs=1e-5)
+    for d in out["head_trace"]:
+        assert d["sigmoid_by_hand"] == pytest.approx(d["ultralytics_conf"], abs=1e-5)
+    # the untrained head reports nothing at conf 0.25 and the page says so
+    assert reports["untrained"]["numbers"]["output"]["detections"] == []
+    assert "No box passes conf" in reports["untrained"]["html"]
+
+
+def test_counts_activation_and_training_numbers(reports):
+    from pipeline.activations import silu_minimum
+
+    r = reports["trained"]
+    n = r["numbers"]
+    yolo = load_model(r["weights"])
+    total = sum(p.numel() for p in yolo.model.parameters())
+    assert f"{total:,} parameters" in r["html"]
+    dense = torch.linspace(-5, 5, 1_000_001, dtype=torch.float64)
+    assert n["activations"]["silu_min"][1] == pytest.approx(float(torch.nn.functional.silu(dense).min()), abs=1e-9)
+    assert n["activations"]["silu_min"] == pytest.approx(list(silu_minimum()))
+    tr = n["training"]
+    assert set(tr["variants"]) == {"silu", "sigmoid", "tanh", "relu"}
+    assert tr["real"]["batch_size"] == 2 and tr["real"]["imgsz"] == 160
+    assert tr["variants"]["sigmoid"]["mean_abs_grad"][0] < tr["variants"]["silu"]["mean_abs_grad"][0]
+    step = tr["sgd_step"]
+    assert step["loss_new"] < step["loss"] and step["max_abs_grad_diff"] < 1e-12
+    # the SGD neuron is the traced neuron
+    assert step["z"] == pytest.approx(n["trace"]["z_by_hand"], abs=1e-12)
+
+
+def test_cli_writes_report_and_rejects_bad_images(tmp_path, sample_images, capsys):
+    from pipeline.cli import main
+
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8not really a jpeg")
+    assert main(["report", "--weights", "yolov8n.yaml", str(bad), "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "broken.jpg" in err[0]
+    assert main(["report", "--weights", "yolov8n.yaml", str(tmp_path / "missing.jpg"), "--out", str(tmp_path / "r")]) == 1
+    assert "missing.jpg" in capsys.readouterr().err
+    assert main(["report", "--weights", str(tmp_path / "nope.pt"), str(sample_images[0]), "--out", str(tmp_path / "r")]) == 1
+    assert "nope.pt" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "report.html").exists()
+
+
+@pytest.mark.browser
+def test_report_in_chromium(reports, tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} missing: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    for kind in ("trained", "untrained"):
+        r = reports[kind]
+        errors, remote = [], []
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.on("request", lambda q: remote.append(q.url) if not q.url.startswith(("file://", "data:")) else None)
+                page.goto(r["html_path"].resolve().as_uri())
+                page.wait_for_load_state("load")
+                images = page.evaluate(
+                    "Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+                present = page.evaluate(f"{[s for s, _ in SECTIONS]}.filter(id => document.getElementById(id))")
+                shot = tmp_path / f"report_{kind}.png"
+                page.screenshot(path=str(shot))
+            finally:
+                browser.close()
+        assert len(images) >= 15
+        assert all(done and width > 0 for _, done, width in images), [i for i in images if not i[2]]
+        assert present == [s for s, _ in SECTIONS]
+        assert errors == [] and remote == []
+        assert shot.stat().st_size > 10_000
+        shutil.copy(shot, tmp_path / f"last_{kind}.png")
