@@ -469,7 +469,9 @@ def _section_biases(params, stem, tr) -> str:
         gamma, beta = P["bn.weight"].double(), P["bn.bias"].double()
         mean, var = P["bn.running_mean"].double(), P["bn.running_var"].double()
         fb = P["folded.bias"].double()
-        scale = P["folded.weight"].double().flatten(1)[:, 0] / P["conv.weight"].double().flatten(1)[:, 0]
+        # the per-channel factor folding applied, read off the inspector's two tensors (W' = s * W)
+        raw, folded = P["conv.weight"].double().flatten(1), P["folded.weight"].double().flatten(1)
+        scale = (raw * folded).sum(1) / (raw * raw).sum(1).clamp(min=1e-30)
         for c in range(min(8, len(gamma))):
             rows.append([c, _n(float(gamma[c])), _n(float(beta[c])), _n(float(mean[c])), _n(float(var[c])),
                          _n(float(scale[c])), _n(float(fb[c]))])

@@ -200,7 +200,6 @@ def plot_param_histograms(layers: list[dict], path, bins: int = 60) -> Path:
         axw.stairs(np.histogram(w, edges)[0], edges, fill=True, alpha=0.6, label=f"raw W (std {w.std():.3g})", color="tab:gray")
         axw.stairs(np.histogram(fw, edges)[0], edges, fill=True, alpha=0.6, label=f"folded W' (std {fw.std():.3g})",
                    color="tab:orange")
-        axw.set_yscale("log")
         axw.set_title(f"{L['name']}: weights ({w.size} values)", fontsize=8)
         axw.legend(fontsize=7)
         beta = torch.as_tensor(L["beta"]).flatten().float().numpy()
