@@ -61,6 +61,10 @@ def detection_model(model) -> nn.Module:
 #: A post-activation |a| below this counts as "dead" (the neuron passes on ~nothing) in stats mode.
 DEAD_EPS = 1e-3
 
+#: Stats mode takes sum(z^2) - n*mean^2 in one pass unless mean^2 > CANCEL_RATIO * variance for a channel
+#: (float32 cancellation would then cost more than ~1e-5 of the std): those channels get the two-pass formula.
+CANCEL_RATIO = 16.0
+
 #: Columns of the per-channel statistics (stats.csv), in order.
 STATS_COLUMNS = (
     "layer",
@@ -166,15 +170,15 @@ class ChannelStats:
     ``z < 0`` (where SiLU bends), ``frac_dead`` the share of ``|a| < dead_eps``, ``post_mean`` the mean of
     ``a`` (how far from zero-centred SiLU's output is).
 
-    The hook pays for a handful of vectorised reductions per batch (sum, a two-pass sum of squared
-    deviations, amin, amax, two sign counts, sum of ``a``) and nothing else; batches are merged
+    The hooks pay for a handful of vectorised passes per batch (sum, sum of squares, amin, amax, two
+    comparisons written as float 0/1 into one reused buffer and summed, sum of ``a``) and nothing else; batches are merged
     lazily in float64 with Chan's parallel formula, so stats over many images equal the stats of one big
     tensor.
     """
 
     def __init__(self, channels: int, dead_eps: float = DEAD_EPS):
         self.channels, self.dead_eps = channels, dead_eps
-        self._batches: list[tuple[int, torch.Tensor]] = []  # (n per channel, 7xC float32 rows)
+        self._batches: list[tuple[int, tuple]] = []  # (n per channel, 7 float32 C-vectors)
         self._pending = None
         self._merged = None
 
@@ -184,24 +188,39 @@ class ChannelStats:
         c = t.shape[1]
         return t.view(c, -1) if t.shape[0] == 1 and t.is_contiguous() else t.transpose(0, 1).reshape(c, -1)
 
-    def update_pre(self, z: torch.Tensor) -> None:
+    @staticmethod
+    def _scratch(t: torch.Tensor, scratch: torch.Tensor | None) -> torch.Tensor:
+        """A work buffer shaped like ``t``: a view into ``scratch`` when it is big enough (no new memory)."""
+        if scratch is not None and scratch.numel() >= t.numel() and scratch.dtype == t.dtype:
+            return scratch[: t.numel()].view(t.shape)
+        return torch.empty_like(t)
+
+    def update_pre(self, z: torch.Tensor, scratch: torch.Tensor | None = None) -> None:
         """First half of a batch: the statistics of ``z`` (called before an in-place SiLU can overwrite it)."""
         zc = self._rows(z)
         n = zc.shape[1]
-        scratch = torch.empty_like(zc)  # one buffer reused by the elementwise steps below
+        work = self._scratch(zc, scratch)
         total = zc.sum(dim=1)
-        m2 = torch.linalg.vector_norm(torch.sub(zc, (total / n)[:, None], out=scratch), dim=1).square()  # two-pass
+        mean = total / n
+        # one pass: m2 = sum(z^2) - n*mean^2; where the mean dwarfs the spread that difference cancels, so those
+        # channels (rare) get the exact two-pass sum of squared deviations instead
+        m2 = torch.linalg.vector_norm(zc, dim=1).square() - n * mean * mean
+        shaky = mean * mean > CANCEL_RATIO * m2 / n
+        if shaky.any():
+            idx = shaky.nonzero().flatten()
+            m2[idx] = torch.linalg.vector_norm(zc.index_select(0, idx) - mean[idx, None], dim=1).square()
         lo, hi = zc.amin(dim=1), zc.amax(dim=1)
-        negative = -torch.sign(zc, out=scratch).clamp_(max=0).sum(dim=1)  # count of z < 0 (a float sum of -1s)
+        negative = torch.lt(zc, 0, out=work).sum(dim=1)  # count of z < 0: a sum of float 0/1 (exact below 2^24)
         self._pending = (n, [total, m2, lo, hi, negative])
 
-    def update_post(self, a: torch.Tensor) -> None:
+    def update_post(self, a: torch.Tensor, scratch: torch.Tensor | None = None) -> None:
         """Second half of a batch: the statistics of ``a = SiLU(z)``; completes the batch begun by ``update_pre``."""
         ac = self._rows(a)
         n, rows = self._pending
-        dead = torch.lt(torch.abs(ac, out=torch.empty_like(ac)), self.dead_eps).sum(dim=1)  # count of |a| < eps
+        work = self._scratch(ac, scratch)
+        dead = torch.lt(torch.abs(ac, out=work), self.dead_eps, out=work).sum(dim=1)  # count of |a| < eps, as floats
         post = ac.sum(dim=1)
-        self._batches.append((n, torch.stack([*rows, dead.to(rows[0].dtype), post])))
+        self._batches.append((n, (*rows, dead, post)))
         self._pending, self._merged = None, None
 
     def update(self, z: torch.Tensor, a: torch.Tensor) -> None:
@@ -217,7 +236,7 @@ class ChannelStats:
         lo, hi = torch.full((c,), float("inf"), dtype=f64), torch.full((c,), float("-inf"), dtype=f64)
         negative, dead, post = torch.zeros(c, dtype=f64), torch.zeros(c, dtype=f64), torch.zeros(c, dtype=f64)
         for n, rows in self._batches:
-            b_sum, b_m2, b_lo, b_hi, b_neg, b_dead, b_post = rows.double()
+            b_sum, b_m2, b_lo, b_hi, b_neg, b_dead, b_post = (r.double() for r in rows)
             b_mean, total = b_sum / n, count + n
             delta = b_mean - mean
             mean = mean + delta * (n / total)
@@ -346,6 +365,7 @@ class LayerRecorder:
         self.head: dict = {}
         self._handles: list = []
         self._pending: dict[str, torch.Tensor] = {}  # z of a block whose forward has not returned yet
+        self._scratch: torch.Tensor | None = None  # work memory for stats mode
         self._stack: contextlib.ExitStack | None = None
         self._was_training = None
 
@@ -359,11 +379,17 @@ class LayerRecorder:
             if keep_stats:
                 if path not in self.stats:
                     self.stats[path] = ChannelStats(output.shape[1], self.dead_eps)
-                self.stats[path].update_pre(output)
+                self.stats[path].update_pre(output, self._work(output))
             if keep_tensors:
                 self._pending[path] = output.detach().clone() if inplace_act else output.detach()
 
         return hook
+
+    def _work(self, like: torch.Tensor) -> torch.Tensor:
+        """One flat scratch buffer for all statistics, grown to the largest feature map (allocated once)."""
+        if self._scratch is None or self._scratch.numel() < like.numel() or self._scratch.dtype != like.dtype:
+            self._scratch = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
+        return self._scratch
 
     def _on_block(self, path):
         keep_tensors, keep_stats = self.mode in ("tensors", "both"), self.mode in ("stats", "both")
@@ -376,7 +402,7 @@ class LayerRecorder:
             if keep_tensors:
                 self.activations[path] = (self._pending.pop(path), a)
             if keep_stats:
-                self.stats[path].update_post(a)
+                self.stats[path].update_post(a, self._work(a))
 
         return hook
 
@@ -430,6 +456,7 @@ class LayerRecorder:
             h.remove()
         self._handles.clear()
         self._pending.clear()
+        self._scratch = None
         if self._was_training is not None:
             self.model.train(self._was_training)
             self._was_training = None

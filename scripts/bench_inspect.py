@@ -1,0 +1,113 @@
+"""Benchmark the inspector: what recording costs next to a plain forward pass, and a full dump's time and size.
+
+Prints, from one run on one 640 photo (default: the first CarDD sample photo):
+
+- plain forward vs stats-only recording of all 57 Conv blocks (+ head): median seconds and their ratio
+  (goal <= 1.15x), measured interleaved so that machine load hits both alike; tensors mode for reference;
+- the same for a model whose SiLU runs in place, as every checkpoint Ultralytics loads does (the
+  recorder then takes z's statistics before the SiLU, or copies z in tensors mode);
+- the full float32 dump (``inspect_image``: forward + stats + five files) in seconds (goal <= 2 s) and
+  the size of each file; the same in float16.
+
+Run:
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_inspect.py
+    OMP_NUM_THREADS=2 .venv/bin/python scripts/bench_inspect.py path/to/photo.jpg --weights best.pt --repeats 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import pipeline  # noqa: F401  (offline environment before ultralytics)
+from pipeline.inspect_cli import FILES, inspect_image
+from pipeline.inspector import LayerRecorder, model_input
+from pipeline.model import load_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def interleaved(fns: dict, repeats: int) -> dict:
+    """Median wall and CPU seconds of each function, called round-robin so load spikes hit all alike.
+
+    CPU time (``time.process_time``) is what this process spent computing: on a shared machine it is far
+    steadier than wall time, and with one torch thread the two agree when the machine is quiet.
+    """
+    wall = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
+    for f in fns.values():  # warm-up (allocator, first-call costs)
+        f()
+    for _ in range(repeats):
+        for k, f in fns.items():
+            w, c = time.perf_counter(), time.process_time()
+            f()
+            cpu[k].append(time.process_time() - c)
+            wall[k].append(time.perf_counter() - w)
+    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
+
+
+def recording_costs(net, x, repeats: int, label: str) -> None:
+    def plain():
+        with torch.no_grad():
+            net(x)
+
+    def record(mode):
+        def f():
+            with LayerRecorder(net, mode=mode) as rec:
+                rec(x)
+
+        return f
+
+    t = interleaved({"plain": plain, "stats": record("stats"), "tensors": record("tensors")}, repeats)
+    for i, clock in enumerate(("wall", "cpu ")):
+        p, s, k = t["plain"][i], t["stats"][i], t["tensors"][i]
+        print(f"{label} [{clock}]: plain forward {p * 1e3:.1f} ms | stats-only {s * 1e3:.1f} ms = {s / p:.3f}x "
+              f"(goal <= 1.15x) | tensors {k * 1e3:.1f} ms = {k / p:.3f}x")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default = sorted((ROOT.parent / "shared" / "data" / "cardd-sample" / "images").glob("*.jpg"))
+    ap.add_argument("image", nargs="?", default=str(default[0]) if default else None)
+    ap.add_argument("--weights", default="yolov8n.yaml")
+    ap.add_argument("--imgsz", type=int, default=640)
+    ap.add_argument("--repeats", type=int, default=15)
+    args = ap.parse_args()
+    if args.image is None:
+        raise SystemExit("give a photo: no CarDD sample found beside the repo")
+
+    torch.manual_seed(0)
+    yolo = load_model(args.weights, nc=6)
+    net = yolo.model.eval()
+    x, _ = model_input(net, args.image, args.imgsz)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {args.weights} on {Path(args.image).name}, "
+          f"input {list(x.shape)}; medians of {args.repeats} interleaved runs")
+
+    recording_costs(net, x, args.repeats, "SiLU out of place")
+    inplace = copy.deepcopy(net)
+    for m in inplace.modules():
+        if isinstance(m, torch.nn.SiLU):
+            m.inplace = True  # what Ultralytics' load_checkpoint does to every loaded .pt
+    recording_costs(inplace, x, args.repeats, "SiLU in place   ")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, model in (("SiLU out of place", net), ("SiLU in place", inplace)):
+            for dtype in ("float32", "float16"):
+                runs = []
+                for i in range(3):
+                    res = inspect_image(model, args.image, Path(tmp) / f"{dtype}{i}", dtype=dtype, imgsz=args.imgsz)
+                    runs.append(res["seconds"])
+                sizes = ", ".join(f"{res[k].name} {res['bytes'][k] / 1e6:.1f} MB" for k in FILES)
+                total = sum(res["bytes"].values()) / 1e6
+                goal = " (goal <= 2 s)" if dtype == "float32" else ""
+                print(f"full {dtype} dump, {label}: median {statistics.median(runs):.2f} s of 3{goal}; "
+                      f"{total:.1f} MB in all: {sizes}")
+
+if __name__ == "__main__":
+    main()
