@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -134,8 +133,7 @@ def predict_paths(
     files, errors = expand_sources([str(s) for s in sources])
     out = Path(out) if out is not None else None
     records, used = [], set()
-    t0 = time.perf_counter()
-    bar = TQDM(files, desc="predict", disable=not progress or len(files) < 2)
+    bar = TQDM(files, desc="predict", unit="img", disable=not progress or len(files) < 2)  # shows img/s
     for path in bar:
         try:
             image = read_image(path)
@@ -150,7 +148,6 @@ def predict_paths(
             atomic_write_image(out / name, _label_overlay(image, record))
             record["overlay"] = name
         records.append(record)
-        bar.set_postfix_str(f"{len(records) / (time.perf_counter() - t0):.1f} img/s")
     if out is not None:
         atomic_write_json(out / "detections.json", records)
     return records, errors

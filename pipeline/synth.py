@@ -129,7 +129,8 @@ def _draw_car(rng, img: np.ndarray) -> dict:
     for cx, cy, rr in wheels:
         cv2.circle(img, (int(cx), int(cy)), int(rr), (25, 25, 25), -1, cv2.LINE_AA)
         cv2.circle(img, (int(cx), int(cy)), int(rr * 0.55), (170, 170, 175), -1, cv2.LINE_AA)
-    panel = np.array([[x0 + 0.05 * w, y_belt + 0.03 * s], [x1 - 0.05 * w, y_sill - 0.05 * s]])
+    # paint damage lands on the door band, above the wheel arches
+    panel = np.array([[x0 + 0.05 * w, y_belt + 0.03 * s], [x1 - 0.05 * w, y_belt + 0.55 * (y_sill - y_belt)]])
     return dict(color=color, panel=panel, windows=[win_front, win_rear], lamps=[head, tail], wheels=wheels, r=r)
 
 
@@ -148,9 +149,13 @@ def _crack(rng, img, car, s) -> Instance:
     for _ in range(rng.integers(2, 5)):
         i = rng.integers(2, len(main) - 1)
         paths.append(_jagged_path(rng, main[i], rng.uniform(0, 2 * np.pi), length * rng.uniform(0.25, 0.5), 5, 0.4))
+    # a dark fissure with a light chipped edge beside it: visible on black and on white paint alike
     dark = (car["color"] * 0.15).tolist()
+    edge = np.clip(car["color"] * 0.5 + 130, 0, 255).tolist()
+    width = max(2, round(s / 128))
     for p in paths:
-        cv2.polylines(img, [p.astype(np.int32)], False, dark, max(1, s // 160), cv2.LINE_AA)
+        cv2.polylines(img, [(p + 1).astype(np.int32)], False, edge, max(1, width - 1), cv2.LINE_AA)
+        cv2.polylines(img, [p.astype(np.int32)], False, dark, width, cv2.LINE_AA)
     return Instance(CRACK, _hull(np.concatenate(paths)))
 
 
@@ -169,7 +174,7 @@ def _dent(rng, img, car, s) -> Instance:
     u = (dx * np.cos(ang) + dy * np.sin(ang)) / ax
     v = (-dx * np.sin(ang) + dy * np.cos(ang)) / ay
     r2 = u * u + v * v
-    shade = np.where(r2 < 1, -0.55 * u * np.sqrt(np.clip(1 - r2, 0, 1)) - 0.25 * (1 - r2), 0)
+    shade = np.where(r2 < 1, -0.8 * u * np.sqrt(np.clip(1 - r2, 0, 1)) - 0.25 * (1 - r2), 0)
     img[y0:y1, x0:x1] += (shade * 255)[..., None]
     cv2.ellipse(img, (int(c[0]), int(c[1])), (int(ax * 0.5), int(ay * 0.35)), np.degrees(ang), 200, 340, (235, 235, 235), max(1, s // 200), cv2.LINE_AA)
     return Instance(DENT, _ellipse_poly(c[0], c[1], ax, ay, ang))
@@ -182,13 +187,16 @@ def _scratch(rng, img, car, s) -> Instance:
     ang = rng.uniform(-0.6, 0.6) + (np.pi if rng.random() < 0.5 else 0)
     d = np.array([np.cos(ang), np.sin(ang)])
     nrm = np.array([-d[1], d[0]])
-    light = np.clip(car["color"] * 0.3 + 170, 0, 255).tolist()
+    # scraped clear coat shows lighter on dark paint and as grey primer on light paint
+    bright = float(car["color"].mean()) > 150
+    light = (np.full(3, 95.0) if bright else np.clip(car["color"] * 0.3 + 170, 0, 255)).tolist()
+    width = max(1, round(s / 128))
     pts = []
     for _ in range(rng.integers(3, 8)):
         off = nrm * rng.normal(0, s * 0.012)
         a = c + off + d * rng.uniform(-0.1, 0.1) * length
         b = a + d * length * rng.uniform(0.6, 1.0) + nrm * rng.normal(0, s * 0.01)
-        cv2.line(img, tuple(a.astype(int)), tuple(b.astype(int)), light, 1, cv2.LINE_AA)
+        cv2.line(img, tuple(a.astype(int)), tuple(b.astype(int)), light, width, cv2.LINE_AA)
         pts += [a, b]
     return Instance(SCRATCH, _hull(np.array(pts)))
 
@@ -204,7 +212,7 @@ def _glass(rng, img, car, s) -> Instance:
     for k in range(rng.integers(7, 12)):
         ang = 2 * np.pi * k / 10 + rng.normal(0, 0.15)
         p = _jagged_path(rng, c, ang, rmax * rng.uniform(0.7, 1.0), 4, 0.15)
-        cv2.polylines(img, [p.astype(np.int32)], False, color, 1, cv2.LINE_AA)
+        cv2.polylines(img, [p.astype(np.int32)], False, color, max(1, round(s / 256)), cv2.LINE_AA)
         spokes.append(p)
     for frac in (0.35, 0.7):
         ring = _ellipse_poly(c[0], c[1], rmax * frac, rmax * frac, 0, 12)

@@ -73,7 +73,7 @@ def metrics_dict(metrics, names: dict) -> dict:
 def train(
     data: str | Path,
     out: str | Path,
-    model: str = DEFAULT_MODEL,
+    model: str | None = None,
     config: str | Path | None = None,
     resume: bool = False,
     **overrides,
@@ -83,7 +83,7 @@ def train(
     Args:
         data: dataset YAML (YOLO boxes or polygons).
         out: run folder; gets ``weights/best.pt``, ``weights/last.pt``, ``results.csv``, ``metrics.json``.
-        model: ``yolov8n.yaml`` (from scratch, default) or a path to weights.
+        model: ``yolov8n.yaml`` (from scratch) or a path to weights; default: the recipe's ``model``, else yolov8n.yaml.
         config: optional recipe YAML; ``overrides`` (e.g. epochs=5) win over it.
         resume: continue the interrupted run in ``out`` from ``out/weights/last.pt``.
 
@@ -105,7 +105,7 @@ def train(
         recipe = load_recipe(config)
         args = {k: v for k, v in recipe.items() if k not in ("model",)}
         args.update({k: v for k, v in overrides.items() if v is not None})
-        model = overrides.get("model") or model or recipe.get("model", DEFAULT_MODEL)
+        model = model or recipe.get("model") or DEFAULT_MODEL
         info = check_data_yaml(data)
         yolo = load_model(model, nc=int(info["nc"]), names=list(info["names"].values()))
         args.setdefault("device", "cpu")
