@@ -52,6 +52,15 @@ def _chw(t) -> torch.Tensor:
     return t[0] if t.ndim == 4 else t
 
 
+#: Colour scales stop at this percentile of |value|: a few extreme pixels would otherwise wash out the rest.
+ROBUST_Q = 99.5
+
+
+def _robust_limit(t) -> float:
+    v = np.percentile(torch.as_tensor(t).abs().flatten().numpy(), ROBUST_Q)
+    return float(v) if v > 0 else (float(torch.as_tensor(t).abs().max()) or 1.0)
+
+
 def channel_energy(act) -> torch.Tensor:
     """Mean of a^2 over each channel's feature map (C,): how strongly the channel fired."""
     a = _chw(act)
@@ -83,7 +92,7 @@ def plot_feature_maps(act, path, layer: str, stride: int | None = None, k: int =
     chans = list(channels) if channels is not None else top_channels(a, k)
     energy = channel_energy(a)
     shown = a[chans]
-    lim = float(shown.abs().max()) or 1.0
+    lim = _robust_limit(shown)
     vmin = -lim if float(shown.min()) < 0 else 0.0  # post-SiLU maps dip below 0: keep 0 at the scale's centre
     rows, cols = _grid(len(chans))
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 1.2, 1.6 * rows + 0.7), squeeze=False)
@@ -95,8 +104,9 @@ def plot_feature_maps(act, path, layer: str, stride: int | None = None, k: int =
         ax.set_title(f"ch {c}  E={float(energy[c]):.3g}", fontsize=7)
     c_, h, w = a.shape
     s = f", stride {stride}" if stride else ""
-    fig.suptitle(f"{layer}: {c_}x{h}x{w}{s}; top {len(chans)} of {c_} channels by energy mean(a^2)", fontsize=9)
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="activation")
+    fig.suptitle(f"{layer}: {c_}x{h}x{w}{s}; top {len(chans)} of {c_} channels by energy mean(a^2); "
+                 f"one colour scale for all (clipped at the {ROBUST_Q:g}th percentile of |a|)", fontsize=9)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="activation", extend="both" if vmin < 0 else "max")
     return _save(fig, path)
 
 
@@ -109,7 +119,7 @@ def plot_pre_post(pre, post, path, layer: str, k: int = 4, silu_min: float | Non
     """
     z, a = _chw(pre), _chw(post)
     chans = top_channels(a, k)
-    lim = float(torch.maximum(z[chans].abs().max(), a[chans].abs().max())) or 1.0
+    lim = _robust_limit(torch.cat([z[chans], a[chans]]))
     fig, axes = plt.subplots(len(chans), 2, figsize=(6.2, 2.5 * len(chans) + 0.6), squeeze=False)
     im = None
     for row, c in zip(axes, chans):
@@ -119,7 +129,7 @@ def plot_pre_post(pre, post, path, layer: str, k: int = 4, silu_min: float | Non
             ax.axis("off")
     floor = f"; SiLU never goes below {silu_min:.4f}" if silu_min is not None else ""
     fig.suptitle(f"{layer}: before and after SiLU (negatives shrink toward 0{floor})", fontsize=9)
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="value")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="value", extend="both")
     return _save(fig, path)
 
 
