@@ -213,8 +213,7 @@ def activation_comparison(cfg, nc: int, batch: dict, seed: int = 0, variants=tup
         seed: torch seed used before building each variant.
 
     Returns:
-        ``{activation: gradient_flow(...) result}``, plus ``stem_to_head_ratio`` per variant (mean |grad|
-        of the first conv layer divided by that of the last Conv block before the head's 1x1 outputs).
+        ``{activation: gradient_flow(...) result}``; ``stem_over_head`` condenses one result to a ratio.
     """
     out = {}
     for name in variants:

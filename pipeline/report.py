@@ -627,7 +627,7 @@ header code{color:#fff}
 nav{position:sticky;top:0;background:#24496f;padding:6px 28px;z-index:1}
 nav a{color:#fff;margin-right:14px;text-decoration:none;font-size:.9em}
 main{max-width:1150px;margin:0 auto;padding:10px 24px 40px}
-section{background:#fff;border:1px solid #e1e4e8;border-radius:6px;padding:6px 22px 16px;margin:18px 0}
+section{background:#fff;border:1px solid #e1e4e8;border-radius:6px;padding:6px 22px 16px;margin:18px 0;scroll-margin-top:44px}
 h2{border-bottom:2px solid #16324f;padding-bottom:4px}
 figure{margin:12px 0;text-align:center}
 figure img{border:1px solid #ddd}
