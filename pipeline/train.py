@@ -103,7 +103,7 @@ def train(
         results = yolo.train(resume=True)
     else:
         recipe = load_recipe(config)
-        args = {k: v for k, v in recipe.items() if k not in ("model",)}
+        args = {k: v for k, v in recipe.items() if k not in ("model", "demo")}  # ours, not Ultralytics'
         args.update({k: v for k, v in overrides.items() if v is not None})
         model = model or recipe.get("model") or DEFAULT_MODEL
         info = check_data_yaml(data)
