@@ -62,7 +62,6 @@ def configure() -> Path:
     """Set the Ultralytics environment before it is imported; return the config dir. Idempotent."""
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "0"
-    os.environ.setdefault("YOLO_VERBOSE", "False")
     config_dir = Path(os.environ.get("YOLO_CONFIG_DIR") or cache_dir() / "ultralytics")
     os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
     _install_local_font(config_dir)
