@@ -99,8 +99,23 @@ def train(
     t0 = time.time()
     if resume:
         last = out / "weights" / "last.pt"
+        if not last.is_file():
+            raise InputError(last, "nothing to resume: no interrupted run in this folder")
+        # A finished run's last.pt is stripped of its optimizer; Ultralytics would then silently start a
+        # *new* run on its default dataset (coco8, a download). Refuse that here.
+        import torch
+
+        try:
+            ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise InputError(last, f"not a valid checkpoint ({type(e).__name__})") from None
+        if not isinstance(ckpt, dict) or ckpt.get("optimizer") is None or ckpt.get("epoch", -1) < 0:
+            raise InputError(last, "nothing to resume: this run finished (or last.pt holds no optimizer state)")
         yolo = load_model(last)
-        results = yolo.train(resume=True)
+        try:
+            results = yolo.train(resume=True)
+        except (AssertionError, FileNotFoundError) as e:  # e.g. "training to N epochs is finished"
+            raise InputError(last, f"cannot resume ({' '.join(str(e).split())[:200]})") from None
     else:
         recipe = load_recipe(config)
         args = {k: v for k, v in recipe.items() if k not in ("model", "demo")}  # ours, not Ultralytics'

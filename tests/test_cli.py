@@ -1,0 +1,78 @@
+"""The command line as a user meets it: --help everywhere, resume, huge photos, clean one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.cli import COMMANDS, main
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_has_help_with_an_example(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert f"cardamage {command}" in out and "Examples:" in out
+
+
+def test_top_level_help_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True, check=True).stdout
+    assert all(name in out for name in COMMANDS)
+
+
+def test_resume_continues_an_interrupted_run(synth_data, tmp_path):
+    """Stop after the first of two epochs (as a crash would), then `train --resume` finishes the run."""
+    from pipeline.model import load_model
+    from pipeline.train import train
+
+    class Interrupt(Exception):
+        pass
+
+    out = tmp_path / "run"
+    yolo = load_model("yolov8n.yaml", nc=6)
+
+    def stop(trainer):
+        raise Interrupt
+
+    yolo.add_callback("on_fit_epoch_end", stop)
+    with pytest.raises(Interrupt):
+        yolo.train(data=str(synth_data), epochs=2, imgsz=96, batch=8, nbs=8, workers=0, device="cpu", plots=False,
+                   project=str(tmp_path), name="run", exist_ok=True, val=False)
+    import torch
+
+    assert torch.load(out / "weights" / "last.pt", weights_only=False)["epoch"] == 0
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["epochs"] == 2 and 0 <= m["mAP50"] <= 1
+    assert len((out / "results.csv").read_text().strip().splitlines()) == 1 + 2  # header + both epochs
+
+
+def test_resume_without_a_run_is_one_line(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "nothing"), "--resume"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "last.pt" in err[0]
+
+
+def test_predict_on_an_8000px_photo(trained_weights, tmp_path):
+    big = tmp_path / "big.png"
+    img = np.full((8000, 8000, 3), 90, np.uint8)
+    cv2.rectangle(img, (1000, 3000), (7000, 6000), (30, 160, 220), -1)
+    cv2.imwrite(str(big), img)
+    assert main(["predict", "--weights", str(trained_weights), str(big), "--out", str(tmp_path / "o"), "--imgsz", "160"]) == 0
+    rec = json.loads((tmp_path / "o" / "detections.json").read_text())[0]
+    assert (rec["width"], rec["height"]) == (8000, 8000)
+    for d in rec["detections"]:
+        x0, y0, x1, y1 = d["box_xyxy"]
+        assert 0 <= x0 <= x1 <= 8000 and 0 <= y0 <= y1 <= 8000
+
+
+def test_resume_a_finished_run_is_one_line(trained_weights, capsys):
+    run = trained_weights.parent.parent
+    assert main(["train", "--out", str(run), "--resume"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "last.pt" in err[0]
