@@ -1,0 +1,263 @@
+"""Reproduce one CarDD benchmark row: train from scratch under a time budget, validate best.pt on valid/.
+
+One command = one row of ``docs/benchmarks.md`` ("CarDD training from scratch"): it runs
+``pipeline.train.train`` with a recipe from ``configs/`` (flags win over the file), then Ultralytics'
+own validator on the dataset's ``val`` split (CarDD ``valid/``, 799 images; never ``test/``) with
+``best.pt``, and prints and writes a JSON row: recipe, model, imgsz, wall minutes of the training call,
+epochs, mAP50, mAP50-95 and per-class mAP50, plus what is needed to trust it (device, AMP, versions,
+image counts, the command itself).
+
+Offline and AMP: ``import pipeline`` sets ``YOLO_OFFLINE`` and friends before Ultralytics loads. On a
+GPU, Ultralytics' AMP check would load ``yolo26n.pt`` and, without the file, try to download it; this
+script swaps in ``offline_check_amp``, which makes the same decision with no weights and no network
+(off on CPU/MPS and on the GPUs Ultralytics lists as fp16-unsafe, else on when an fp16 forward of the
+model being trained is finite and agrees with fp32), so AMP stays on on an H100.
+
+``--tiny`` is the CI smoke run: the recipe itself on 16 + 8 photos of ``../shared/data/cardd-sample``,
+1 epoch at 160 px on the CPU, no time budget. It checks that the pipeline runs end to end, not a score.
+
+Run:
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/train_cardd.py --tiny --out /tmp/cardd-tiny
+    python3 scripts/train_cardd.py --data /tmp/cardd-staged/data.yaml --config configs/cardd_stock.yaml \\
+        --device 0 --out /tmp/runs/stock --json $OUT/stock.json
+    python3 scripts/train_cardd.py --data /tmp/cardd-staged/data.yaml --config configs/cardd.yaml \\
+        --device 0 --out /tmp/runs/cardd --json $OUT/cardd.json
+    python3 scripts/train_cardd.py --data ... --config configs/cardd.yaml --model yolov8s.yaml --minutes 6.3 ...
+
+Examples:
+    >>> row = main(["--tiny", "--out", "/tmp/cardd-tiny"])
+    >>> sorted(row["per_class"])[:2]
+    ['crack', 'dent']
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+for p in (ROOT, ROOT / "scripts"):  # a plain checkout works too (the device machine has no install)
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+import pipeline  # noqa: E402  (offline Ultralytics environment first)
+from pipeline.io import InputError, atomic_write_json  # noqa: E402
+
+SAMPLE = ROOT.parent / "shared" / "data" / "cardd-sample"
+DEFAULT_CONFIG = ROOT / "configs" / "cardd.yaml"
+
+#: The smoke run's settings: small enough for CI on one core, and no time budget (``time: 0`` is off).
+TINY = dict(epochs=1, imgsz=160, batch=8, nbs=8, workers=0, cache=False, time=0, device="cpu", plots=False)
+TINY_IMAGES = (16, 8)  # train, val photos taken from the sample (disjoint)
+
+#: Keys every row has; the test and docs/benchmarks.md rely on them.
+ROW_KEYS = (
+    "recipe", "config", "model", "imgsz", "batch", "gpu_minutes", "budget_minutes", "epochs",
+    "mAP50", "mAP50-95", "precision", "recall", "per_class", "per_class_map50_95",
+    "device", "amp", "n_train", "n_val", "val_seconds", "ultralytics", "torch", "weights", "command", "tiny",
+)
+
+# The GPUs Ultralytics' own check_amp (8.4.190) turns AMP off for: fp16 there gives NaN losses or zero mAP.
+FP16_UNSAFE_GPUS = re.compile(
+    r"(nvidia|geforce|quadro|tesla).*?(1660|1650|1630|t400|t550|t600|t1000|t1200|t2000|k40m)", re.IGNORECASE
+)
+AMP_DECISIONS: list[dict] = []  # what offline_check_amp decided in this process, newest last
+
+
+# ----------------------------------------------------------------------------------------------------- AMP
+
+
+def amp_forward_agrees(model, device, dtype=None, imgsz: int = 256) -> tuple[bool, float]:
+    """Forward a copy of ``model`` on a real photo in fp32 and under autocast; (finite and close, rel. error).
+
+    The copy is in eval mode, so the model being trained keeps its BatchNorm statistics and weights.
+    "Close" means the largest absolute difference of the raw head outputs is within 16 ulps of the
+    autocast dtype relative to the largest fp32 output (a from-scratch model's boxes are noise, so the
+    post-NMS comparison Ultralytics makes with pretrained weights has nothing to compare).
+    """
+    import cv2
+    import torch
+    from ultralytics.utils import ASSETS
+
+    device = torch.device(device)
+    dtype = dtype or (torch.float16 if device.type == "cuda" else torch.bfloat16)
+    im = cv2.resize(cv2.imread(str(ASSETS / "bus.jpg")), (imgsz, imgsz), interpolation=cv2.INTER_LINEAR)
+    x = torch.from_numpy(im[..., ::-1].copy()).permute(2, 0, 1)[None].float().div(255).to(device)
+    m = copy.deepcopy(model).to(device).float().eval()
+    with torch.no_grad():
+        a = m(x)
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            b = m(x)
+    a, b = (t[0] if isinstance(t, (tuple, list)) else t for t in (a, b))
+    b = b.float()
+    rel = float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
+    ok = bool(torch.isfinite(b).all()) and a.shape == b.shape and rel <= 16 * torch.finfo(dtype).eps
+    return ok, rel
+
+
+def offline_check_amp(model) -> bool:
+    """Ultralytics' AMP decision without downloading ``yolo26n.pt``: the trainer's ``check_amp``, offline.
+
+    Off on CPU and MPS (Ultralytics trains those in fp32) and on the GPUs Ultralytics knows are fp16-unsafe;
+    otherwise on when the model's fp16 forward is finite and agrees with fp32 (``amp_forward_agrees``).
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    decision = {"device": str(device), "amp": False, "reason": "", "rel_error": None}
+    if device.type in {"cpu", "mps"}:
+        decision["reason"] = f"{device.type}: Ultralytics trains in fp32 there"
+    elif device.type == "cuda" and FP16_UNSAFE_GPUS.search(name := torch.cuda.get_device_name(device)):
+        decision["reason"] = f"{name} is on Ultralytics' fp16-unsafe list"
+    else:
+        ok, rel = amp_forward_agrees(model, device)
+        decision.update(amp=ok, rel_error=rel, reason="fp16 forward finite and within tolerance" if ok else
+                        "fp16 forward not finite or too far from fp32")
+    AMP_DECISIONS.append(decision)
+    return decision["amp"]
+
+
+def install_offline_amp_check() -> None:
+    """Make the trainer call ``offline_check_amp`` (it imported ``check_amp`` by name, so patch it there)."""
+    import ultralytics.engine.trainer as trainer
+
+    trainer.check_amp = offline_check_amp
+
+
+# ----------------------------------------------------------------------------------------------- the row
+
+
+def validate(weights: Path, data: Path, imgsz: int, device, out: Path, batch: int = 32, workers: int = 8) -> tuple[dict, float]:
+    """Ultralytics' validator on the data's ``val`` split; (metrics dict as in metrics.json, seconds)."""
+    from pipeline.model import load_model
+    from pipeline.train import metrics_dict
+
+    yolo = load_model(weights)
+    t0 = time.time()
+    res = yolo.val(
+        data=str(data), split="val", imgsz=imgsz, batch=batch, device=device, workers=workers,
+        plots=False, verbose=False, project=str(out), name="val", exist_ok=True,
+    )
+    seconds = time.time() - t0
+    metrics = metrics_dict(res, yolo.names)
+    metrics["per_class_map50_95"] = {
+        yolo.names[int(c)]: round(float(ap), 5) for c, ap in zip(res.ap_class_index, res.box.ap)
+    }
+    return metrics, seconds
+
+
+def table_row(row: dict) -> str:
+    """One markdown row for docs/benchmarks.md: recipe | model | imgsz | GPU min | epochs | mAP50 | mAP50-95 | per class."""
+    per = ", ".join(f"{k} {v:.2f}" for k, v in row["per_class"].items())
+    return (
+        f"| {row['recipe']} | {Path(row['model']).stem} | {row['imgsz']} | {row['gpu_minutes']:.1f} | {row['epochs']} "
+        f"| {row['mAP50']:.3f} | {row['mAP50-95']:.3f} | {per} |"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="staged data.yaml (scripts/stage_cardd.py): train + val only")
+    p.add_argument("--config", default=None, help=f"recipe YAML (default {DEFAULT_CONFIG.relative_to(ROOT)})")
+    p.add_argument("--recipe", default=None, help="row name in the table (default: the config's file stem)")
+    p.add_argument("--model", default=None, help="model YAML, overrides the recipe's (e.g. yolov8s.yaml)")
+    p.add_argument("--imgsz", type=int, default=None, help="train and val image size (default: recipe)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default: recipe)")
+    p.add_argument("--epochs", type=int, default=None, help="epoch cap (default: recipe; the time budget wins)")
+    p.add_argument("--minutes", type=float, default=None, help="time budget in minutes (Ultralytics time=, hours)")
+    p.add_argument("--workers", type=int, default=None, help="dataloader workers (default: recipe)")
+    p.add_argument("--device", default=None, help="0 for the first GPU, cpu (default: recipe, else cpu)")
+    p.add_argument("--val-batch", type=int, default=32, help="batch size of the final validation")
+    p.add_argument("--out", required=True, help="run folder: weights/, results.csv, metrics.json, val/, row.json")
+    p.add_argument("--json", default=None, help="also write the row here (default OUT/row.json only)")
+    p.add_argument("--tiny", action="store_true", help="CPU smoke run on 16+8 sample photos, 1 epoch, 160 px")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train, validate, print and write the row; return it. Raises InputError on bad input."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    import torch
+    import ultralytics
+
+    from pipeline.data import dataset_splits
+    from pipeline.train import load_recipe, train
+    from stage_cardd import stage_dataset
+
+    out = Path(args.out).resolve()
+    config = Path(args.config) if args.config else DEFAULT_CONFIG
+    recipe = load_recipe(config)
+    overrides = dict(TINY) if args.tiny else {}
+    if args.tiny:
+        if not (SAMPLE / "data.yaml").is_file():
+            raise InputError(SAMPLE, "the CarDD sample is missing (expected ../shared beside the checkout)")
+        data = stage_dataset(SAMPLE, out / "data", *TINY_IMAGES)
+    elif args.data:
+        data = Path(args.data).resolve()
+    else:
+        raise InputError("--data", "a staged data.yaml is required (or --tiny)")
+    cli = {"imgsz": args.imgsz, "batch": args.batch, "epochs": args.epochs, "workers": args.workers,
+           "device": args.device, "time": None if args.minutes is None else args.minutes / 60}
+    overrides.update({k: v for k, v in cli.items() if v is not None})
+    settings = {**recipe, **overrides}
+    model = args.model or recipe.get("model") or "yolov8n.yaml"
+    imgsz = int(settings.get("imgsz", 640))
+    device = settings.get("device", "cpu")
+    splits = dataset_splits(data)
+
+    install_offline_amp_check()
+    AMP_DECISIONS.clear()
+    t0 = time.time()
+    trained = train(data, out, model=model, config=config, **overrides)
+    gpu_minutes = (time.time() - t0) / 60
+    weights = Path(trained["weights"])
+    metrics, val_seconds = validate(weights, data, imgsz, device, out, batch=args.val_batch,
+                                    workers=int(settings.get("workers", 2)))
+
+    hours = settings.get("time")
+    row = {
+        "recipe": args.recipe or config.stem + ("-tiny" if args.tiny else ""),
+        "config": str(config),
+        "model": model,
+        "imgsz": imgsz,
+        "batch": settings.get("batch"),
+        "gpu_minutes": round(gpu_minutes, 2),  # wall of the training call: setup, caching, epochs, final val
+        "budget_minutes": round(hours * 60, 2) if hours else None,
+        "epochs": trained.get("epochs"),
+        **metrics,
+        "device": torch.cuda.get_device_name(0) if str(device) not in {"cpu", "mps"} and torch.cuda.is_available()
+        else str(device),
+        "amp": AMP_DECISIONS[-1] if AMP_DECISIONS else None,
+        "n_train": len(splits["train"]),
+        "n_val": len(splits["val"]),
+        "val_seconds": round(val_seconds, 1),
+        "ultralytics": ultralytics.__version__,
+        "torch": torch.__version__,
+        "weights": str(weights),
+        "command": " ".join(shlex.quote(a) for a in ["python3", "scripts/train_cardd.py", *argv]),
+        "tiny": bool(args.tiny),
+    }
+    atomic_write_json(out / "row.json", row)
+    if args.json:
+        atomic_write_json(args.json, row)
+    import json
+
+    print(json.dumps(row))
+    print(table_row(row))
+    return row
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        main()
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,220 @@
+"""The CarDD benchmark tooling (issue 6) on the CPU: the tiny row, staging, device packing, copy-paste, AMP.
+
+The GPU numbers need a lent H100 (docs/benchmarks.md); here every piece a GPU session relies on runs
+for real on the 100-photo sample: ``scripts/train_cardd.py --tiny`` end to end (a smoke run, not a
+score), the staging that keeps ``test/`` out, the <= 64 MiB packing that must unpack byte-identical,
+the claim in ``configs/cardd.yaml`` that copy-paste works for a *detect* dataset with polygon labels,
+and the offline AMP check that replaces Ultralytics' downloading one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import shlex
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import pipeline  # noqa: F401  (offline environment before ultralytics)
+from pipeline import CLASS_NAMES
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+train_cardd = importlib.import_module("train_cardd")
+stage_cardd = importlib.import_module("stage_cardd")
+device_pack = importlib.import_module("device_pack")
+
+
+def _tree(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*")}
+
+
+def _roboflow_layout(sample_dir: Path, root: Path, n=(6, 4, 3)) -> Path:
+    """A small Roboflow-style export (train/valid/test) made of links to real sample photos and labels."""
+    images = sorted((sample_dir / "images").glob("*.jpg"))
+    start = 0
+    for split, k in zip(("train", "valid", "test"), n):
+        for sub in ("images", "labels"):
+            (root / split / sub).mkdir(parents=True)
+        for im in images[start : start + k]:
+            (root / split / "images" / im.name).symlink_to(im)
+            (root / split / "labels" / f"{im.stem}.txt").symlink_to(sample_dir / "labels" / f"{im.stem}.txt")
+        start += k
+    return root
+
+
+# --------------------------------------------------------------------------------------------- tiny row
+
+
+def test_tiny_row_has_every_key_and_sane_values(sample_dir, tmp_path):
+    before = _tree(sample_dir)
+    out = tmp_path / "run"
+    argv = ["--tiny", "--out", str(out), "--json", str(tmp_path / "row.json")]
+    row = train_cardd.main(argv)
+
+    assert set(train_cardd.ROW_KEYS) <= set(row), set(train_cardd.ROW_KEYS) - set(row)
+    assert json.loads((tmp_path / "row.json").read_text()) == row == json.loads((out / "row.json").read_text())
+    assert row["tiny"] is True and row["recipe"] == "cardd-tiny" and row["model"] == "yolov8n.yaml"
+    assert (row["imgsz"], row["batch"], row["epochs"]) == (160, 8, 1)
+    assert (row["n_train"], row["n_val"]) == train_cardd.TINY_IMAGES
+    assert row["budget_minutes"] is None  # the smoke run has no time budget
+    assert 0 < row["gpu_minutes"] < 5 and row["val_seconds"] >= 0
+    assert 0.0 <= row["mAP50-95"] <= row["mAP50"] <= 1.0
+    for per in (row["per_class"], row["per_class_map50_95"]):
+        assert set(per) <= set(CLASS_NAMES) and all(0.0 <= v <= 1.0 for v in per.values())
+    assert row["device"] == "cpu" and row["amp"]["amp"] is False  # the trainer asked our check, not Ultralytics'
+    assert Path(row["weights"]).is_file()
+    assert shlex.split(row["command"])[2:] == argv  # the row says how to reproduce itself
+    assert train_cardd.table_row(row).count("|") == 9  # 8 columns
+
+    # the recipe reached Ultralytics, with the tiny overrides on top
+    args = yaml.safe_load((out / "args.yaml").read_text())
+    recipe = yaml.safe_load((REPO / "configs" / "cardd.yaml").read_text())
+    for key in ("copy_paste", "copy_paste_mode", "optimizer", "lr0", "val", "deterministic"):
+        assert args[key] == recipe[key], key
+    assert (args["imgsz"], args["batch"], args["nbs"], args["epochs"], args["time"]) == (160, 8, 8, 1, 0)
+
+    # the sample stayed untouched: no labels.cache or anything else written into ../shared
+    assert _tree(sample_dir) == before
+    assert (out / "data" / "train" / "labels.cache").is_file()
+
+
+def test_recipes_are_valid_ultralytics_arguments():
+    from ultralytics.cfg import get_cfg
+
+    stock = yaml.safe_load((REPO / "configs" / "cardd_stock.yaml").read_text())
+    assert {k: stock[k] for k in ("imgsz", "batch", "epochs", "time", "workers", "cache")} == dict(
+        imgsz=640, batch=64, epochs=200, time=0.105, workers=14, cache="ram"
+    )  # the anchor call quoted in issue 6
+    for name in ("cardd_stock.yaml", "cardd.yaml"):
+        recipe = yaml.safe_load((REPO / "configs" / name).read_text())
+        assert recipe.pop("model") == "yolov8n.yaml"
+        get_cfg(overrides=recipe)  # raises on an unknown key or a bad value
+
+
+# ---------------------------------------------------------------------------------------------- staging
+
+
+def test_stage_keeps_test_out_and_writes_nothing_into_the_source(sample_dir, tmp_path):
+    from pipeline.data import dataset_splits
+
+    src = _roboflow_layout(sample_dir, tmp_path / "export")
+    before = _tree(src)
+    data = stage_cardd.stage_dataset(src, tmp_path / "staged")
+    info = yaml.safe_load(data.read_text())
+    assert "test" not in info and info["names"] == list(CLASS_NAMES)
+
+    splits = dataset_splits(data)  # resolved by Ultralytics' own rules
+    assert sorted(splits) == ["train", "val"]
+    for split, folder, n in (("train", "train", 6), ("val", "valid", 4)):
+        assert len(splits[split]) == n
+        targets = {p.resolve() for p in splits[split]}
+        assert targets == {p.resolve() for p in (src / folder / "images").iterdir()}
+    test_targets = {p.resolve() for p in (src / "test" / "images").iterdir()}
+    assert not test_targets & {p.resolve() for s in splits.values() for p in s}
+
+    # a subset restage leaves no stale links, and staging onto the source itself is refused, harmlessly
+    stage_cardd.stage_dataset(src, tmp_path / "staged", n_train=2, n_val=1)
+    assert len(list((tmp_path / "staged" / "train" / "images").iterdir())) == 2
+    assert stage_cardd.main([str(src), "--out", str(src)]) == 1
+    assert _tree(src) == before
+
+
+# --------------------------------------------------------------------------------------------- packing
+
+
+def test_device_pack_parts_fit_the_cap_and_unpack_identical(sample_dir, tmp_path):
+    src = _roboflow_layout(sample_dir, tmp_path / "export")
+    cap_mib = 0.15  # ~150 KB: forces several parts out of 10 photos of ~45 KB
+    parts = device_pack.pack_dataset(src, tmp_path / "pack", max_mib=cap_mib)
+    assert len(parts) >= 3
+    manifest = json.loads((tmp_path / "pack" / "MANIFEST.json").read_text())
+    assert manifest["images"] == {"train": 6, "valid": 4}
+
+    dest = tmp_path / "unpacked"
+    for part, entry in zip(parts, manifest["parts"]):
+        assert part.stat().st_size <= cap_mib * (1 << 20) and entry["bytes"] == part.stat().st_size
+        digest = hashlib.sha256(part.read_bytes()).hexdigest()
+        assert entry["sha256"] == digest
+        assert (part.parent / f"{part.name}.sha256").read_text().split() == [digest, part.name]
+        with tarfile.open(part) as tar:  # each part is self-contained
+            tar.extractall(dest, filter="data")
+    for split in ("train", "valid"):
+        for sub in ("images", "labels"):
+            original = {p.name: p.read_bytes() for p in (src / split / sub).iterdir()}
+            assert {p.name: p.read_bytes() for p in (dest / split / sub).iterdir()} == original
+    assert not (dest / "test").exists()
+
+    again = device_pack.pack_dataset(src, tmp_path / "pack2", max_mib=cap_mib)
+    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in parts]  # same input, same bytes
+
+    cmd, carry = device_pack.unpack_commands(parts)[0]
+    assert carry == [str(parts[0].parent)] and f"tar xzf {parts[0].name} -C /tmp/cardd" in cmd
+
+
+# ---------------------------------------------------------------------------------------- copy-paste
+
+
+def _items(data_yaml: Path, copy_paste: float, imgsz: int = 320) -> list[dict]:
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data.build import build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+
+    data = check_det_dataset(str(data_yaml), autodownload=False)
+    off = dict(mosaic=0.0, fliplr=0.0, translate=0.0, scale=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0)
+    cfg = get_cfg(overrides=dict(task="detect", imgsz=imgsz, copy_paste=copy_paste, **off))
+    ds = build_yolo_dataset(cfg, data["train"], batch=8, data=data, mode="train")
+    assert ds.use_segments is False  # a detect dataset: no masks in the batch...
+    assert sum(len(lb["segments"]) for lb in ds.labels) == sum(len(lb["cls"]) for lb in ds.labels)  # ...polygons kept
+    return [ds[i] for i in range(len(ds))]
+
+
+def test_copy_paste_pastes_mirrored_polygons_in_a_detect_dataset(sample_dir, tmp_path):
+    """The configs/cardd.yaml lever: every extra box is a mirrored copy (x -> 1 - x) of an original, same class."""
+    data = stage_cardd.stage_dataset(sample_dir, tmp_path / "staged", n_train=24, n_val=4)
+    plain, pasted = _items(data, 0.0), _items(data, 1.0)
+    gained = 0
+    for a, b in zip(plain, pasted):
+        n = len(a["cls"])
+        boxes_a, boxes_b = a["bboxes"].numpy(), b["bboxes"].numpy()
+        assert torch.equal(b["cls"][:n], a["cls"]) and np.allclose(boxes_b[:n], boxes_a, atol=1e-5)
+        mirrored = boxes_a.copy()
+        mirrored[:, 0] = 1.0 - mirrored[:, 0]
+        for cls, box in zip(b["cls"][n:].numpy().ravel(), boxes_b[n:]):
+            match = np.isclose(mirrored, box, atol=2e-3).all(1) & (a["cls"].numpy().ravel() == cls)
+            assert match.any(), (b["im_file"], box)
+        gained += len(b["cls"]) - n
+    assert gained >= 10  # 24 real photos: copy-paste really adds instances (hand count on this sample: dozens)
+
+
+# ------------------------------------------------------------------------------------------------- AMP
+
+
+def test_offline_amp_check_decides_without_weights_or_network():
+    import ultralytics.engine.trainer as trainer
+    from pipeline.model import load_model
+
+    train_cardd.install_offline_amp_check()
+    assert trainer.check_amp is train_cardd.offline_check_amp
+
+    model = load_model("yolov8n.yaml", nc=6).model
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert train_cardd.offline_check_amp(model) is False  # CPU: fp32, as Ultralytics decides
+    assert train_cardd.AMP_DECISIONS[-1]["device"] == "cpu"
+
+    ok, rel = train_cardd.amp_forward_agrees(model, "cpu", torch.float16)  # the GPU path's numerics, on CPU
+    assert ok and rel < 1e-2
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # the check ran on a copy
+    assert model.training  # and left the model being trained in train mode
+
+    with torch.no_grad():
+        model.model[0].conv.weight.mul_(1e5)  # activations past fp16's 65504: the forward overflows
+    ok, _ = train_cardd.amp_forward_agrees(model, "cpu", torch.float16)
+    assert not ok
