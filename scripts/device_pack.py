@@ -150,7 +150,7 @@ def unpack_commands(parts: list[Path], dest: str = DEVICE_DATA) -> list[tuple[st
     for p in parts:
         rel = p.parent.relative_to(ROOT) if p.is_absolute() and ROOT in p.parents else p.parent
         cmd = (f"set -e; mkdir -p {dest}; cd {rel} && sha256sum -c {p.name}.sha256 && tar xzf {p.name} -C {dest}; "
-               f"for s in {' '.join(SPLITS)}; do echo $s $(ls {dest}/$s/images | wc -l) images; done")
+               f"for s in {' '.join(SPLITS)}; do echo $s $(ls {dest}/$s/images 2>/dev/null | wc -l) images; done")
         cmds.append((cmd, [str(rel)]))
     return cmds
 

@@ -22,7 +22,8 @@ Run:
         --device 0 --out /tmp/runs/stock --json $OUT/stock.json
     python3 scripts/train_cardd.py --data /tmp/cardd-staged/data.yaml --config configs/cardd.yaml \\
         --device 0 --out /tmp/runs/cardd --json $OUT/cardd.json
-    python3 scripts/train_cardd.py --data ... --config configs/cardd.yaml --model yolov8s.yaml --minutes 6.3 ...
+    python3 scripts/train_cardd.py --data ... --config configs/cardd.yaml --model yolov8s.yaml --recipe cardd-s ...
+    python3 scripts/train_cardd.py --data ... --config configs/cardd.yaml --set copy_paste=0 --recipe cardd-no-cp ...
 
 Examples:
     >>> row = main(["--tiny", "--out", "/tmp/cardd-tiny"])
@@ -60,7 +61,7 @@ TINY_IMAGES = (16, 8)  # train, val photos taken from the sample (disjoint)
 ROW_KEYS = (
     "recipe", "config", "model", "imgsz", "batch", "gpu_minutes", "budget_minutes", "epochs",
     "mAP50", "mAP50-95", "precision", "recall", "per_class", "per_class_map50_95",
-    "device", "amp", "n_train", "n_val", "val_seconds", "ultralytics", "torch", "weights", "command", "tiny",
+    "device", "amp", "n_train", "n_val", "val_seconds", "ultralytics", "torch", "weights", "command", "tiny", "overrides",
 )
 
 # The GPUs Ultralytics' own check_amp (8.4.190) turns AMP off for: fp16 there gives NaN losses or zero mAP.
@@ -161,6 +162,28 @@ def table_row(row: dict) -> str:
     )
 
 
+def train_count(n: int, fraction=1.0) -> int:
+    """How many of ``n`` train images Ultralytics trains on for its ``fraction`` argument (ratio or count)."""
+    from ultralytics.data.utils import get_split_fraction
+
+    f = get_split_fraction(fraction, "train")
+    count = f if isinstance(f, int) else max(1, round(n * f))  # Ultralytics' BaseDataset.get_img_files rule
+    return min(count, n)
+
+
+def parse_sets(items: list[str]) -> dict:
+    """``["copy_paste=0", "cos_lr=true"]`` -> ``{"copy_paste": 0, "cos_lr": True}`` (values read as YAML)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError("--set", f"expected KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="staged data.yaml (scripts/stage_cardd.py): train + val only")
@@ -173,6 +196,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=None, help="time budget in minutes (Ultralytics time=, hours)")
     p.add_argument("--workers", type=int, default=None, help="dataloader workers (default: recipe)")
     p.add_argument("--device", default=None, help="0 for the first GPU, cpu (default: recipe, else cpu)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other train() argument, YAML-typed (e.g. --set copy_paste=0); repeatable")
     p.add_argument("--val-batch", type=int, default=32, help="batch size of the final validation")
     p.add_argument("--out", required=True, help="run folder: weights/, results.csv, metrics.json, val/, row.json")
     p.add_argument("--json", default=None, help="also write the row here (default OUT/row.json only)")
@@ -206,6 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
     cli = {"imgsz": args.imgsz, "batch": args.batch, "epochs": args.epochs, "workers": args.workers,
            "device": args.device, "time": None if args.minutes is None else args.minutes / 60}
     overrides.update({k: v for k, v in cli.items() if v is not None})
+    overrides.update(parse_sets(args.set))
     settings = {**recipe, **overrides}
     model = args.model or recipe.get("model") or "yolov8n.yaml"
     imgsz = int(settings.get("imgsz", 640))
@@ -235,14 +261,15 @@ def main(argv: list[str] | None = None) -> dict:
         "device": torch.cuda.get_device_name(0) if str(device) not in {"cpu", "mps"} and torch.cuda.is_available()
         else str(device),
         "amp": AMP_DECISIONS[-1] if AMP_DECISIONS else None,
-        "n_train": len(splits["train"]),
-        "n_val": len(splits["val"]),
+        "n_train": train_count(len(splits["train"]), settings.get("fraction", 1.0)),
+        "n_val": len(splits["val"]),  # the final validation passes no fraction: always the whole split
         "val_seconds": round(val_seconds, 1),
         "ultralytics": ultralytics.__version__,
         "torch": torch.__version__,
         "weights": str(weights),
         "command": " ".join(shlex.quote(a) for a in ["python3", "scripts/train_cardd.py", *argv]),
         "tiny": bool(args.tiny),
+        "overrides": overrides,  # what the flags changed on top of the recipe file
     }
     atomic_write_json(out / "row.json", row)
     if args.json:

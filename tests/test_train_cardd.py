@@ -24,6 +24,7 @@ import yaml
 
 import pipeline  # noqa: F401  (offline environment before ultralytics)
 from pipeline import CLASS_NAMES
+from pipeline.io import InputError
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
@@ -56,14 +57,16 @@ def _roboflow_layout(sample_dir: Path, root: Path, n=(6, 4, 3)) -> Path:
 def test_tiny_row_has_every_key_and_sane_values(sample_dir, tmp_path):
     before = _tree(sample_dir)
     out = tmp_path / "run"
-    argv = ["--tiny", "--out", str(out), "--json", str(tmp_path / "row.json")]
+    argv = ["--tiny", "--out", str(out), "--json", str(tmp_path / "row.json"), "--set", "fraction=0.5"]
     row = train_cardd.main(argv)
 
     assert set(train_cardd.ROW_KEYS) <= set(row), set(train_cardd.ROW_KEYS) - set(row)
     assert json.loads((tmp_path / "row.json").read_text()) == row == json.loads((out / "row.json").read_text())
     assert row["tiny"] is True and row["recipe"] == "cardd-tiny" and row["model"] == "yolov8n.yaml"
     assert (row["imgsz"], row["batch"], row["epochs"]) == (160, 8, 1)
-    assert (row["n_train"], row["n_val"]) == train_cardd.TINY_IMAGES
+    n_staged, n_val = train_cardd.TINY_IMAGES
+    assert (row["n_train"], row["n_val"]) == (n_staged // 2, n_val)  # fraction=0.5 halves train, never val
+    assert row["overrides"]["fraction"] == 0.5
     assert row["budget_minutes"] is None  # the smoke run has no time budget
     assert 0 < row["gpu_minutes"] < 5 and row["val_seconds"] >= 0
     assert 0.0 <= row["mAP50-95"] <= row["mAP50"] <= 1.0
@@ -80,10 +83,14 @@ def test_tiny_row_has_every_key_and_sane_values(sample_dir, tmp_path):
     for key in ("copy_paste", "copy_paste_mode", "optimizer", "lr0", "val", "deterministic"):
         assert args[key] == recipe[key], key
     assert (args["imgsz"], args["batch"], args["nbs"], args["epochs"], args["time"]) == (160, 8, 8, 1, 0)
+    assert args["fraction"] == 0.5
 
     # the sample stayed untouched: no labels.cache or anything else written into ../shared
     assert _tree(sample_dir) == before
-    assert (out / "data" / "train" / "labels.cache").is_file()
+    from ultralytics.data.utils import load_dataset_cache_file
+
+    cache = load_dataset_cache_file(out / "data" / "train" / "labels.cache")  # what Ultralytics really trained on
+    assert len(cache["labels"]) == row["n_train"]
 
 
 def test_recipes_are_valid_ultralytics_arguments():
@@ -97,6 +104,13 @@ def test_recipes_are_valid_ultralytics_arguments():
         recipe = yaml.safe_load((REPO / "configs" / name).read_text())
         assert recipe.pop("model") == "yolov8n.yaml"
         get_cfg(overrides=recipe)  # raises on an unknown key or a bad value
+
+
+def test_set_flags_are_yaml_typed_and_checked():
+    assert train_cardd.parse_sets(["copy_paste=0", "cos_lr=true", "scale=0.3", "optimizer=SGD"]) == {
+        "copy_paste": 0, "cos_lr": True, "scale": 0.3, "optimizer": "SGD"}
+    with pytest.raises(InputError, match="KEY=VALUE"):
+        train_cardd.parse_sets(["copy_paste"])
 
 
 # ---------------------------------------------------------------------------------------------- staging
