@@ -13,13 +13,15 @@ how the work is scheduled::
           --(Ultralytics' scale_boxes)--> records, in the same schema as ``pipeline.predict``
 
 Where the time goes decides the backend. On the 2-core CPU this project runs on, decoding a 640x640
-JPEG takes ~2.5 ms and letterboxing ~1.3 ms, while the forward pass takes ~290 ms: reading in parallel
-and batching alone cannot buy much. ONNX Runtime runs the same graph (exported from the same fused
-model, one graph per letterboxed shape) several times faster than torch on that CPU, so ``backend="auto"``
-picks it on CPU when ``onnxruntime`` and ``onnx`` are installed (``pip install -e '.[onnx]'``) and falls
-back to torch otherwise. On CUDA the engine uses torch: fused model, fp16, channels_last, batches on the
-device, optionally JPEG decoding on the GPU (``gpu_decode=True``). The CUDA path was written without a GPU
-to test it on: it is guarded so that a CPU-only machine never touches it, and it is untested.
+JPEG takes ~2.5 ms and letterboxing ~1.3 ms, while stock's forward pass takes ~150 ms (Ultralytics'
+``select_device`` sets torch to cores - 1 threads, so one thread here): reading ahead and batching alone
+cannot buy much, and batching does not help a CPU at all (bigger batches fall out of cache). ONNX
+Runtime runs the same graph, exported from the same fused model (one graph per letterboxed shape), in
+~65 ms on both cores, so ``backend="auto"`` picks it on CPU when ``onnxruntime`` and ``onnx`` are
+installed (``pip install -e '.[onnx]'``) and falls back to torch otherwise. On CUDA the engine uses
+torch: fused model, fp16, channels_last, batches of 32 on the device, optionally JPEG decoding on the
+GPU (``gpu_decode=True``). The CUDA path was written without a GPU to test it on: it is guarded so that
+a CPU-only machine never touches it, and it is untested.
 
 Every detection keeps the raw class logit behind its score (``score == sigmoid(logit)``), read from the
 head's class output at the anchor Ultralytics' NMS kept, as ``pipeline.predict`` does.
@@ -27,14 +29,15 @@ head's class output at the anchor Ultralytics' NMS kept, as ``pipeline.predict``
 Examples:
     >>> from pipeline.engine import Engine
     >>> from pipeline.model import load_model
-    >>> engine = Engine(load_model("best.pt"), imgsz=640, conf=0.25, batch=8, workers=2)
+    >>> engine = Engine(load_model("best.pt"), imgsz=640, conf=0.25, workers=2)
     >>> records, errors = engine.predict(["photos/a.jpg", "photos/b.jpg"])
     >>> records[0]["detections"][0].keys()
     dict_keys(['class_id', 'class_name', 'score', 'logit', 'box_xyxy'])
 
     Command line (the engine runs when ``--batch`` > 1 or a folder is given)::
 
-        cardamage predict --weights best.pt photos/ --out runs/predict --batch 8 --workers 2 --no-overlays
+        cardamage predict --weights best.pt photos/ --out runs/predict --workers 2 --no-overlays
+        cardamage predict --weights best.pt photos/ --out runs/predict --device 0 --batch 64   # GPU, untested
 """
 
 from __future__ import annotations
@@ -58,8 +61,10 @@ from pipeline.preprocess import input_size
 
 import torch  # noqa: E402
 
-#: Batch size when a folder is given and ``--batch`` is not.
-DEFAULT_BATCH = 8
+#: Photos per forward pass when none is asked for. On CPU one photo per pass is fastest (measured with
+#: ONNX Runtime at 640 on 2 cores: 66 ms/photo at batch 1, 69 at 4, 78 at 8: bigger batches fall out of
+#: cache); a GPU needs large batches to be busy.
+DEFAULT_BATCH = {"cpu": 1, "cuda": 32}
 #: Photos decoding ahead of the forward pass, per decode worker (bounds memory on huge folders).
 PREFETCH_PER_WORKER = 4
 
@@ -93,6 +98,23 @@ def onnx_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def cpu_threads() -> int:
+    """The user's ``OMP_NUM_THREADS`` when they set one (tests and shared machines pin it), else every core.
+
+    ``import ultralytics`` sets ``OMP_NUM_THREADS=1`` in ``os.environ`` when it is unset, so the value the
+    process was started with is read from ``/proc/self/environ`` where there is one.
+    """
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            start_env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        env = start_env.get(b"OMP_NUM_THREADS", b"").decode()
+    except OSError:
+        env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def fused_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -167,8 +189,9 @@ class OnnxBackend:
 
     Args:
         model: the ``DetectionModel`` (``yolo.model``).
-        threads: ONNX Runtime intra-op threads (default: ``torch.get_num_threads()``, which honours
-            ``OMP_NUM_THREADS``).
+        threads: ONNX Runtime intra-op threads (default: ``OMP_NUM_THREADS`` if set, else every core this
+            process may use. Not ``torch.get_num_threads()``: Ultralytics' ``select_device`` sets torch to
+            cores - 1, which is 1 on a 2-core machine).
     """
 
     name = "onnx"
@@ -178,7 +201,7 @@ class OnnxBackend:
 
         self.ort = ort
         self.model = _HeadOutputs(fused_copy(model)).eval()
-        self.threads = threads or torch.get_num_threads()
+        self.threads = threads or cpu_threads()
         self.device = torch.device("cpu")
         self.sessions: dict[tuple[int, int], object] = {}
         self._lock = threading.Lock()
@@ -208,7 +231,11 @@ class OnnxBackend:
             return self.sessions[hw]
 
     def preprocess(self, x_bgr_u8: torch.Tensor) -> torch.Tensor:
-        return _stock_preprocess(x_bgr_u8, self.device, False)
+        """Stock's steps in numpy, not torch: torch's OpenMP workers keep spinning for a while after each op
+        and would steal both cores from ONNX Runtime's threads (measured: 120 vs 75 ms per 640 photo).
+        float32 x / 255 is correctly rounded either way, so the tensor is the same bit for bit."""
+        x = x_bgr_u8.numpy()[..., ::-1].transpose(0, 3, 1, 2)  # BGR -> RGB, NHWC -> NCHW
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / np.float32(255))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y, logits = self.session(tuple(x.shape[2:])).run(None, {"images": x.numpy()})
@@ -279,7 +306,8 @@ class Engine:
         imgsz: inference size, as ``YOLO.predict(imgsz=...)``.
         conf, iou, max_det: NMS settings (stock defaults 0.25, 0.7, 300).
         device: ``cpu``, a CUDA index (``0``) or ``cuda:0``; resolved by Ultralytics' ``select_device``.
-        batch: photos per forward pass; only photos with the same letterboxed shape share a batch.
+        batch: photos per forward pass (default ``DEFAULT_BATCH`` for the device); only photos with the same
+            letterboxed shape share a batch.
         workers: threads decoding and letterboxing ahead of the forward pass (OpenCV drops the GIL).
         backend: ``auto`` (ONNX Runtime on CPU if installed, else torch), ``torch`` or ``onnx``.
         half: fp16 on CUDA (default True there; ignored on CPU).
@@ -300,7 +328,7 @@ class Engine:
         iou: float = 0.7,
         max_det: int = 300,
         device: str = "cpu",
-        batch: int = DEFAULT_BATCH,
+        batch: int | None = None,
         workers: int = 2,
         backend: str = "auto",
         half: bool | None = None,
@@ -313,9 +341,10 @@ class Engine:
         self.names = dict(model.names)
         self.stride = max(int(model.stride.max()), 32)
         self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
+        self.device = select_device(str(device), verbose=False)
+        batch = DEFAULT_BATCH.get(self.device.type, 1) if batch is None else batch
         self.batch, self.workers = max(1, int(batch)), max(1, int(workers))
         self.keep_images = keep_images
-        self.device = select_device(str(device), verbose=False)
         self.gpu_decode = bool(gpu_decode and self.device.type == "cuda")
         self.letterbox = _Letterboxer(imgsz, self.stride)
         self.backend = make_backend(model, self.device, backend, half)

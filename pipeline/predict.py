@@ -5,7 +5,7 @@ that produced it. Stock Ultralytics reports only the score; this stage keeps the
 the Detect head's raw class output at the very anchor Ultralytics' own NMS kept (``return_idxs``),
 so ``score == sigmoid(logit)`` holds for every detection and a student can see where it came from.
 
-A folder, or ``--batch`` > 1, runs the batched engine (``pipeline.engine``: parallel decoding,
+A folder, or ``--batch`` > 1, runs the engine (``pipeline.engine``: decoding ahead in threads,
 batches of equally shaped photos, ONNX Runtime on CPU when installed); its detections agree with the
 one-photo-at-a-time path (``scripts/bench_predict.py`` prints the check and both rates).
 
@@ -130,7 +130,8 @@ def predict_paths(
 
     A bad photo is reported (returned in ``errors``) and skipped; the rest of the batch still runs.
     With ``batch`` > 1, or a folder among ``sources``, the batched engine does the work (``batch``
-    defaults to ``pipeline.engine.DEFAULT_BATCH`` there; ``workers`` decode threads; ``backend`` as in
+    defaults to ``pipeline.engine.DEFAULT_BATCH`` for the device there: 1 on CPU, where the engine's
+    gain is ONNX Runtime and decoding ahead, 32 on CUDA; ``workers`` decode threads; ``backend`` as in
     ``pipeline.engine.Engine``); otherwise photos go one by one through stock predict.
 
     Examples:
@@ -173,10 +174,10 @@ def _predict_batched(yolo, files, out, conf, imgsz, device, overlays, progress, 
 
     from ultralytics.utils import TQDM
 
-    from pipeline.engine import DEFAULT_BATCH, Engine
+    from pipeline.engine import Engine
 
     draw = out is not None and overlays
-    engine = Engine(yolo, imgsz=imgsz, conf=conf, device=device, batch=batch or DEFAULT_BATCH, workers=workers, backend=backend, keep_images=draw)
+    engine = Engine(yolo, imgsz=imgsz, conf=conf, device=device, batch=batch, workers=workers, backend=backend, keep_images=draw)
     used: set[str] = set()
     names = [_overlay_name(f, used) for f in files]  # fixed by input order, whatever order batches finish in
     done: dict[int, dict] = {}
@@ -210,7 +211,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--imgsz", type=int, default=640, help="inference size (default 640)")
     p.add_argument("--device", default="cpu", help="cpu or a CUDA index (default cpu)")
     p.add_argument("--no-overlays", action="store_true", help="write detections.json only")
-    p.add_argument("--batch", type=int, default=None, help="photos per forward pass; > 1 (or a folder) runs the batched engine (default 8 there)")
+    p.add_argument("--batch", type=int, default=None, help="photos per forward pass; > 1 (or a folder) runs the batched engine (default there: 1 on CPU, 32 on CUDA)")
     p.add_argument("--workers", type=int, default=2, help="decode threads of the batched engine (default 2)")
     p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto", help="batched engine backend: auto = ONNX Runtime on CPU if installed, else torch")
 
