@@ -5,7 +5,9 @@ time from a ``.txt`` list, as for a folder; and a Python list of paths, which Ul
 batch); ours is
 ``pipeline.engine.Engine``. Both are timed end to end from a loaded ``YOLO`` (stock builds and fuses its
 predictor on the first call, the engine fuses its copy and, with ONNX Runtime, exports one graph per
-input shape; both are inside the timing). Rounds alternate stock, ours, stock, ours... so that load
+input shape; both are inside the timing). torchvision is imported first, so Ultralytics' NMS runs
+torchvision's kernel for stock as for ours (a fresh process running stock alone would use Ultralytics'
+slower torch loop for fewer than 1000 photos). Rounds alternate stock, ours, stock, ours... so that load
 from other processes on a shared machine hits both; the ratio printed is of the summed times.
 
 The agreement check pairs every stock box with one of ours of the same class, IoU >= 0.99 and score
@@ -36,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import pipeline  # noqa: E402,F401  (offline env before ultralytics)
 import torch  # noqa: E402
+import torchvision  # noqa: E402,F401  (stock's NMS, too, then uses torchvision's kernel, as the engine's does)
 
 from pipeline.engine import Engine, agreement, cpu_threads  # noqa: E402
 from pipeline.io import expand_sources  # noqa: E402

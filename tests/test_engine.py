@@ -159,9 +159,9 @@ def test_torch_engine_equals_stock_batch1(weights, photos, tmp_path):
 def test_onnx_engine_agrees_with_stock(weights, photos, tmp_path):
     if not onnx_available():
         pytest.skip("onnx/onnxruntime not installed (pip install -e '.[onnx]')")
-    engine = Engine(load_model(weights), imgsz=IMGSZ, conf=CONF, batch=4, workers=2, backend="onnx")
+    engine = Engine(load_model(weights), imgsz=IMGSZ, conf=CONF, batch=4, workers=2, backend="onnx", streams=2)
     records, errors = engine.predict(photos)
-    assert not errors and engine.backend.name == "onnx"
+    assert not errors and engine.backend.name == "onnx" and engine.streams == 2  # two batches in flight
     assert len(engine.backend.sessions) >= 3  # one graph per letterboxed shape
     assert_same_as_stock(records, stock_predict(weights, photos, tmp_path), score_atol=1e-4)
 
