@@ -15,6 +15,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -70,6 +71,20 @@ def metrics_dict(metrics, names: dict) -> dict:
     }
 
 
+def _use_every_core(yolo) -> None:
+    """Train on all CPU cores: Ultralytics pins torch to cores-1 but also forces 0 dataloader workers on
+    the CPU, so the spare core sits idle (measured 1.47x faster per epoch on 2 cores)."""
+    import torch
+
+    threads = os.cpu_count() or 1
+
+    def callback(trainer):
+        if trainer.device.type == "cpu":
+            torch.set_num_threads(threads)
+
+    yolo.add_callback("on_train_epoch_start", callback)  # each epoch: validation re-pins the threads
+
+
 def train(
     data: str | Path,
     out: str | Path,
@@ -112,6 +127,7 @@ def train(
         if not isinstance(ckpt, dict) or ckpt.get("optimizer") is None or ckpt.get("epoch", -1) < 0:
             raise InputError(last, "nothing to resume: this run finished (or last.pt holds no optimizer state)")
         yolo = load_model(last)
+        _use_every_core(yolo)
         try:
             results = yolo.train(resume=True)
         except (AssertionError, FileNotFoundError) as e:  # e.g. "training to N epochs is finished"
@@ -134,6 +150,7 @@ def train(
             pretrained=False,
             verbose=args.get("verbose", False),
         )
+        _use_every_core(yolo)
         results = yolo.train(**args)
     names = yolo.model.names if hasattr(yolo.model, "names") else yolo.names
     metrics = metrics_dict(results, names) if results is not None else {}
