@@ -24,23 +24,18 @@ Examples:
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.io import InputError, read_image
+from pipeline.io import InputError, file_digest, read_image
 
 _BLOCK = 1024  # rows of the distance matrix computed at once (1024 x 4000 x 8 bytes = 33 MB)
 
 
 def sha1_of_file(path: str | Path) -> str:
     """SHA-1 hex digest of a file's bytes (the exact-duplicate key)."""
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "sha1")
 
 
 def phash_of(image_bgr: np.ndarray) -> int:

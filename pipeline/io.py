@@ -84,6 +84,14 @@ def atomic_save_safetensors(path: str | os.PathLike, tensors: dict, metadata: di
     return Path(path)
 
 
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (read in chunks by hashlib)."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, algorithm).hexdigest()
+
+
 def _jpeg_is_truncated(path: Path) -> bool:
     """A whole JPEG ends with the EOI marker FF D9; a cut-off download does not."""
     with open(path, "rb") as f:

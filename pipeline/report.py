@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import html
 import math
 import platform
@@ -41,7 +40,7 @@ import numpy as np
 import torch
 
 from pipeline import runtime  # noqa: F401  (offline env before ultralytics)
-from pipeline.io import InputError, atomic_write_json, atomic_write_text, read_image
+from pipeline.io import InputError, atomic_write_json, atomic_write_text, file_digest, read_image
 
 #: Section ids, in the lesson's order (the browser test checks every one).
 SECTIONS = (
@@ -63,11 +62,7 @@ DEFAULT_NC = 6
 
 def sha256_of(path: str | Path) -> str:
     """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def _weights_file(weights: str) -> Path | None:

@@ -13,6 +13,7 @@ import csv
 import json
 
 import pytest
+from checkpoints import save_checkpoint
 import torch
 import torch.nn.functional as F
 
@@ -35,35 +36,8 @@ IMGSZ = 256
 
 
 def make_checkpoint(path, seed: int = 1):
-    """Save a yolov8n (6 classes) with randomized BatchNorm in Ultralytics' checkpoint layout; return the path."""
-    import ultralytics
-
-    torch.manual_seed(seed)
-    net = load_model("yolov8n.yaml", nc=6).model
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(c, generator=g) * 2.0 + 0.05)
-            m.weight.data.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-            m.bias.data.copy_(torch.randn(c, generator=g) * 0.5)
-    for seq in net.model[-1].cv3:  # class-logit biases near -1.5 (untrained: ~-8), so boxes pass conf 0.25
-        seq[-1].bias.data.copy_(torch.randn(seq[-1].out_channels, generator=g) * 0.5 - 1.5)
-    net.eval()
-    ckpt = {
-        "epoch": -1,
-        "best_fitness": None,
-        "model": copy.deepcopy(net).half(),
-        "ema": None,
-        "updates": None,
-        "optimizer": None,
-        "train_args": {"task": "detect", "model": "yolov8n.yaml", "imgsz": IMGSZ, "data": "cardd.yaml"},
-        "train_metrics": {},
-        "version": ultralytics.__version__,
-    }
-    torch.save(ckpt, path)
-    return path
+    """The shared trained-looking checkpoint (tests/checkpoints.py) in the older ``model`` layout."""
+    return save_checkpoint(path, seed=seed, imgsz=IMGSZ, key="model")
 
 
 @pytest.fixture(scope="module")

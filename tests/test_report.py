@@ -6,7 +6,6 @@ browser test opens the page from file:// in Debian's Chromium through Playwright
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -15,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from checkpoints import save_checkpoint
 import torch
 
 from pipeline.io import atomic_write_image
@@ -29,30 +29,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 
 def save_trained_checkpoint(path: Path, seed: int = 1) -> Path:
-    """A yolov8n (6 classes) saved the way Ultralytics' trainer saves best.pt (``ema`` in half precision,
-    ``model`` None, ``train_args``), with BatchNorm statistics and class biases moved off their initial
-    values as training moves them, so that folding matters and some boxes pass conf 0.25."""
-    import ultralytics
-
-    torch.manual_seed(seed)
-    net = load_model("yolov8n.yaml", nc=6).model
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(c, generator=g) * 2.0 + 0.05)
-            m.weight.data.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-            m.bias.data.copy_(torch.randn(c, generator=g) * 0.5)
-    for seq in net.model[-1].cv3:
-        seq[-1].bias.data.copy_(torch.randn(seq[-1].out_channels, generator=g) * 0.5 - 1.5)
-    net.eval()
-    torch.save({
-        "epoch": -1, "best_fitness": None, "model": None, "ema": copy.deepcopy(net).half(), "updates": 0,
-        "optimizer": None, "train_args": {"task": "detect", "model": "yolov8n.yaml", "imgsz": IMGSZ},
-        "train_metrics": {}, "version": ultralytics.__version__,
-    }, path)
-    return path
+    """The shared trained-looking checkpoint (tests/checkpoints.py), saved as the trainer saves best.pt."""
+    return save_checkpoint(path, seed=seed, imgsz=IMGSZ)
 
 
 @pytest.fixture(scope="module")

@@ -13,16 +13,12 @@ Examples:
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.io import atomic_write_bytes  # noqa: E402
+from pipeline.plots import save_png  # noqa: E402
 
 CHANNEL_COLORS = ("tab:red", "tab:green", "tab:blue")
 SCALING_TITLES = {
@@ -34,10 +30,7 @@ SCALING_TITLES = {
 
 
 def _save(fig, path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return save_png(fig, path, dpi=110)
 
 
 def _rgb(tensor) -> np.ndarray:

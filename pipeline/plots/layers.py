@@ -22,29 +22,19 @@ Examples:
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.io import atomic_write_bytes  # noqa: E402
+from pipeline.plots import save_png  # noqa: E402
 
 DIVERGING = "RdBu_r"  # negative blue, zero white, positive red: the sign of an activation reads at a glance
 
 
-def _save(fig, path, tight: bool = True) -> Path:
-    """PNG bytes, written atomically. ``tight=False`` for figures already laid out by ``tight_layout``
-    (a second tight-bbox pass costs about a second per figure)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight" if tight else None)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+_save = save_png
 
 
 def _chw(t) -> torch.Tensor:
