@@ -40,7 +40,7 @@ import pipeline  # noqa: E402,F401  (offline env before ultralytics)
 import torch  # noqa: E402
 import torchvision  # noqa: E402,F401  (stock's NMS, too, then uses torchvision's kernel, as the engine's does)
 
-from pipeline.engine import Engine, agreement, cpu_threads  # noqa: E402
+from pipeline.engine import Engine, agreement, cpu_threads, redraw_head  # noqa: E402
 from pipeline.io import expand_sources  # noqa: E402
 from pipeline.model import load_model  # noqa: E402
 
@@ -72,56 +72,6 @@ def stock_records(yolo, files, conf, imgsz, device, mode="batch1") -> list[dict]
         ]
         by_path[str(Path(r.path).resolve())] = {"width": r.orig_shape[1], "height": r.orig_shape[0], "detections": dets}
     return [{"image": str(f), **by_path[str(Path(f).resolve())]} for f in files]
-
-
-def redraw_head(yolo, photo, imgsz: int, seed: int = 0):
-    """Give a weak checkpoint a head whose NMS has one stable answer (the recipe of tests/test_engine.py).
-
-    A checkpoint trained for minutes on synthetic data scores every CarDD anchor about alike (~0.002),
-    so which of two near-tied boxes NMS keeps is decided by float noise of ~1e-7, and no two backends
-    can agree box for box. Keeping the trained backbone, this redraws the last class convs as random
-    readouts of the features (logit ~ -3 + N(0, 1), standardised on ``photo``) and puts each box side's
-    DFL mass on bins 1-2 (boxes 2-4 strides wide). Speed is unchanged: same layers, same shapes.
-    """
-    from pipeline.preprocess import model_input
-
-    model = yolo.model.eval()
-    detect = model.model[-1]
-    heads = [seq[-1] for seq in detect.cv3] + [seq[-1] for seq in detect.cv2]
-    stats = {}
-
-    def measure(k):
-        def hook(module, inputs, output):
-            f = inputs[0][0].flatten(1)
-            stats[k] = (f.mean(1), f.std(1).clamp_min(1e-6))
-
-        return hook
-
-    hooks = [h.register_forward_hook(measure(k)) for k, h in enumerate(heads)]
-    with torch.no_grad():
-        model(model_input(photo, imgsz)[0])
-    for h in hooks:
-        h.remove()
-    g = torch.Generator().manual_seed(seed)
-
-    def readout(k, rows):
-        mu, sigma = stats[k]
-        w = torch.randn(rows, len(mu), generator=g) / (sigma * len(mu) ** 0.5)
-        return w, -(w @ mu)
-
-    for k, conv in enumerate(heads):
-        if k < len(detect.cv3):
-            w, b = readout(k, conv.weight.shape[0])
-            conv.weight.data, conv.bias.data = w[:, :, None, None].clone(), b - 3.0
-        else:
-            w, b = torch.zeros(conv.weight.shape[:2]), torch.full((conv.weight.shape[0],), -20.0)
-            wk, bk = readout(k, 4)
-            for side in range(4):
-                r = side * detect.reg_max
-                b[r + 1] = 0.0
-                w[r + 2], b[r + 2] = wk[side], bk[side]
-            conv.weight.data, conv.bias.data = w[:, :, None, None].clone(), b
-    return yolo
 
 
 def map_on_labels(records: list[dict], data_yaml: str, names: dict) -> dict:

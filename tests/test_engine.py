@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.engine import Engine, agreement, match_detections, onnx_available
+from pipeline.engine import Engine, agreement, match_detections, onnx_available, redraw_head
 from pipeline.model import load_model
 from pipeline.predict import predict_paths
 
@@ -42,46 +42,7 @@ def weights(trained_weights, sample_images, tmp_path_factory):
       so every box is 2-4 strides wide around its anchor, big enough for the 0.01-pixel rounding of the
       JSON, and NMS decides between boxes whose IoUs are spread out rather than piled at the edges.
     """
-    from pipeline.preprocess import model_input
-
-    yolo = load_model(trained_weights)
-    model = yolo.model.eval()
-    detect = model.model[-1]
-    heads = [seq[-1] for seq in detect.cv3] + [seq[-1] for seq in detect.cv2]
-    stats = {}
-
-    def measure(k):
-        def hook(module, inputs, output):
-            f = inputs[0][0].flatten(1)  # channels x positions
-            stats[k] = (f.mean(1), f.std(1).clamp_min(1e-6))  # returns None: the output is left alone
-
-        return hook
-
-    hooks = [h.register_forward_hook(measure(k)) for k, h in enumerate(heads)]
-    with torch.no_grad():
-        model(model_input(sample_images[0], IMGSZ)[0])
-    for h in hooks:
-        h.remove()
-    g = torch.Generator().manual_seed(0)
-
-    def readout(k, rows):  # rows x channels weights giving N(0, 1) outputs, and the bias cancelling the mean
-        mu, sigma = stats[k]
-        w = torch.randn(rows, len(mu), generator=g) / (sigma * math.sqrt(len(mu)))
-        return w, -(w @ mu)
-
-    for k, conv in enumerate(heads):
-        if k < len(detect.cv3):  # class logits
-            w, b = readout(k, conv.weight.shape[0])
-            conv.weight.data, conv.bias.data = w[:, :, None, None].clone(), b - 3.0
-        else:  # 4 sides x reg_max DFL bins: bin 1 at logit 0, bin 2 at N(0, 1), the rest at -20
-            w = torch.zeros(conv.weight.shape[:2])
-            b = torch.full((conv.weight.shape[0],), -20.0)
-            wk, bk = readout(k, 4)
-            for side in range(4):
-                r = side * detect.reg_max
-                b[r + 1] = 0.0
-                w[r + 2], b[r + 2] = wk[side], bk[side]
-            conv.weight.data, conv.bias.data = w[:, :, None, None].clone(), b
+    yolo = redraw_head(load_model(trained_weights), sample_images[0], IMGSZ, seed=0)
     path = tmp_path_factory.mktemp("varied") / "varied.pt"
     yolo.save(path)
     return path
