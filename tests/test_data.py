@@ -346,7 +346,7 @@ def test_find_duplicates_blockwise_popcount_equals_brute_force(tmp_path):
     given |= {p: (f"sb{j}", int(h)) for j, (p, h) in enumerate(zip(pb, hashes_b))}
     given[pb[1]] = given[pa[5]]  # one exact (same sha1)
 
-    found = find_duplicates({"train": pa, "val": pb}, near_threshold=4, hashes=given)
+    found = find_duplicates({"train": pa, "val": pb}, near_threshold=4, hashes=given, confirm=False)
     got = {(d["kind"], d["path_a"], d["path_b"], d["distance"]) for d in found}
     want = {("exact", str(pa[5]), str(pb[1]), 0)}
     for i in range(na):
@@ -387,6 +387,27 @@ def test_find_duplicates_on_photos_against_imagehash(tmp_path, sample_images):
     assert all(d["split_a"] != d["split_b"] for d in found)  # within-split copies are not leakage ...
     within = find_duplicates({"train": train, "val": val}, near_threshold=8, within_split=True)
     assert any(d["split_a"] == d["split_b"] == "train" and d["kind"] == "exact" for d in within)  # ... unless asked
+
+
+def test_same_composition_other_colours_is_not_a_near_duplicate(tmp_path):
+    """Grey structure alike (phash close), colour layout different: not leakage. Same scene: still found."""
+    from pipeline.duplicates import NEAR_SURE
+    from pipeline.synth import render_scene
+
+    img, _ = render_scene(5, 256)
+    swapped = img.copy()
+    swapped[:128] = img[:128, :, ::-1]  # top half: blue and red swapped; grey barely moves
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    cv2.imwrite(str(a / "scene.png"), img)
+    cv2.imwrite(str(b / "recoloured.png"), swapped)
+    cv2.imwrite(str(b / "reshot.png"), cv2.resize(img[4:, 6:], (256, 256)))  # camera moved a few pixels
+    splits = {"train": [a / "scene.png"], "val": sorted(b.iterdir())}
+    loose = {Path(d["path_b"]).name: d["distance"] for d in find_duplicates(splits, near_threshold=12, confirm=False)}
+    assert "recoloured.png" in loose and "reshot.png" in loose  # the grey hash alone takes both
+    kept = {Path(d["path_b"]).name for d in find_duplicates(splits, near_threshold=12)}
+    assert loose["recoloured.png"] > NEAR_SURE and loose["reshot.png"] > NEAR_SURE  # both need the second look
+    assert "reshot.png" in kept and "recoloured.png" not in kept
 
 
 def test_split_overlaps_partial(sample_images):
