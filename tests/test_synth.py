@@ -67,3 +67,9 @@ def test_cli_synth_rejects_bad_size(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path / "s"), "--imgsz", "8"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_synthetic_dataset_passes_check(tmp_path, capsys):
+    """Our own data is clean by our own checker: valid polygons, no leakage between train and val."""
+    data = write_dataset(tmp_path / "s", 120, 30, imgsz=160, seed=0, progress=False)
+    assert main(["check", str(data)]) == 0, capsys.readouterr().err
