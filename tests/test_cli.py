@@ -76,3 +76,23 @@ def test_resume_a_finished_run_is_one_line(trained_weights, capsys):
     assert main(["train", "--out", str(run), "--resume"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "last.pt" in err[0]
+
+
+def test_demo_end_to_end_with_a_tiny_recipe(tmp_path, sample_dir):
+    """`make demo`'s command on a tiny recipe: synth -> train -> predict (synthetic + real) -> report."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(
+        "demo: {train_images: 16, val_images: 8, synth_imgsz: 128, seed: 3}\n"
+        "model: yolov8n.yaml\nepochs: 1\nimgsz: 128\nbatch: 8\nnbs: 8\nworkers: 0\nval: false\nplots: false\n"
+    )
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--config", str(recipe), "--real", str(sample_dir / "images"), "--n-real", "2"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"]["epochs"] == 1 and 0 <= summary["metrics"]["mAP50"] <= 1
+    assert json.loads((out / "train" / "metrics.json").read_text())["mAP50"] == summary["metrics"]["mAP50"]
+    synth = json.loads((out / "predict-synth" / "detections.json").read_text())
+    real = json.loads((out / "predict-real" / "detections.json").read_text())
+    assert len(synth) == 8 and len(real) == 2 and all(r["width"] == 640 for r in real)
+    html = (out / "report" / "report.html").read_text()
+    assert 'id="input"' in html and 'id="training"' in html and "val_00000.jpg" in html
+    assert set(summary["timings"]) >= {"synth_s", "train_s", "predict_s", "report_s", "total_s"}
