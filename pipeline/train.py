@@ -91,6 +91,7 @@ def train(
     model: str | None = None,
     config: str | Path | None = None,
     resume: bool = False,
+    callbacks: dict | None = None,
     **overrides,
 ) -> dict:
     """Train and return the metrics dict (also written to ``out/metrics.json``).
@@ -101,6 +102,7 @@ def train(
         model: ``yolov8n.yaml`` (from scratch) or a path to weights; default: the recipe's ``model``, else yolov8n.yaml.
         config: optional recipe YAML; ``overrides`` (e.g. epochs=5) win over it.
         resume: continue the interrupted run in ``out`` from ``out/weights/last.pt``.
+        callbacks: optional ``{event: function(trainer)}`` added to Ultralytics' callbacks (e.g. ``on_train_start``).
 
     Examples:
         >>> m = train("datasets/synth/data.yaml", "runs/s", epochs=1, imgsz=160, device="cpu")
@@ -151,6 +153,8 @@ def train(
             verbose=args.get("verbose", False),
         )
         _use_every_core(yolo)
+        for event, fn in (callbacks or {}).items():
+            yolo.add_callback(event, fn)
         results = yolo.train(**args)
     names = yolo.model.names if hasattr(yolo.model, "names") else yolo.names
     metrics = metrics_dict(results, names) if results is not None else {}
