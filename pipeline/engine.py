@@ -57,6 +57,7 @@ import numpy as np
 
 from pipeline import runtime  # noqa: F401  (offline env before ultralytics)
 from pipeline.io import InputError, read_image
+from pipeline.predict import detection_dicts
 from pipeline.preprocess import input_size
 
 import torch  # noqa: E402
@@ -458,16 +459,7 @@ class Engine:
 
     def _record(self, g: _Loaded, boxes, scores, cls, logits) -> dict:
         h, w = g.orig_shape
-        dets = [
-            {
-                "class_id": int(c),
-                "class_name": self.names[int(c)],
-                "score": float(s),
-                "logit": float(z),
-                "box_xyxy": [round(float(v), 2) for v in xyxy],
-            }
-            for xyxy, s, c, z in zip(boxes.tolist(), scores.tolist(), cls.tolist(), logits.tolist())
-        ]
+        dets = detection_dicts(boxes, scores, cls, logits, self.names)
         return {"image": str(g.path), "width": int(w), "height": int(h), "detections": dets}
 
     # -- the whole run ---------------------------------------------------------------------------------

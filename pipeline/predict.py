@@ -85,22 +85,23 @@ def predict_images(yolo, images: list[np.ndarray], conf: float = 0.25, imgsz: in
     results = yolo.predict(
         images, stream=True, conf=conf, iou=iou, imgsz=imgsz, device=device, verbose=False, save=False, predictor=_logit_predictor_class()
     )
-    names = yolo.model.names
     for r in results:
-        boxes = r.boxes
-        dets = []
-        for xyxy, score, cls, logit in zip(boxes.xyxy.tolist(), boxes.conf.tolist(), boxes.cls.tolist(), r.logits.tolist()):
-            dets.append(
-                {
-                    "class_id": int(cls),
-                    "class_name": names[int(cls)],
-                    "score": float(score),
-                    "logit": float(logit),
-                    "box_xyxy": [round(float(v), 2) for v in xyxy],
-                }
-            )
-        out.append(dets)
+        out.append(detection_dicts(r.boxes.xyxy, r.boxes.conf, r.boxes.cls, r.logits, yolo.model.names))
     return out
+
+
+def detection_dicts(boxes_xyxy, scores, classes, logits, names) -> list[dict]:
+    """The ``detections`` entries of detections.json (one schema for stock-path and engine predictions)."""
+    return [
+        {
+            "class_id": int(c),
+            "class_name": names[int(c)],
+            "score": float(s),
+            "logit": float(z),
+            "box_xyxy": [round(float(v), 2) for v in xyxy],
+        }
+        for xyxy, s, c, z in zip(boxes_xyxy.tolist(), scores.tolist(), classes.tolist(), logits.tolist())
+    ]
 
 
 def _overlay_name(path: Path, used: set[str]) -> str:
