@@ -51,6 +51,11 @@ from torch import nn
 
 from pipeline import runtime  # noqa: F401  (offline env before ultralytics)
 
+try:  # the one-read C kernel for stats mode (pipeline/_channel_stats.c), built by `pip install`; optional
+    from pipeline import _channel_stats
+except ImportError:  # no compiler at install time: stats mode runs on torch reductions (same numbers, slower)
+    _channel_stats = None
+
 
 def detection_model(model) -> nn.Module:
     """The ``DetectionModel`` of a ``YOLO`` wrapper, or the model itself if it already is one."""
@@ -170,15 +175,22 @@ class ChannelStats:
     ``z < 0`` (where SiLU bends), ``frac_dead`` the share of ``|a| < dead_eps``, ``post_mean`` the mean of
     ``a`` (how far from zero-centred SiLU's output is).
 
-    The hooks pay for a handful of vectorised passes per batch (sum, sum of squares, amin, amax, two
-    comparisons written as float 0/1 into one reused buffer and summed, sum of ``a``) and nothing else; batches are merged
-    lazily in float64 with Chan's parallel formula, so stats over many images equal the stats of one big
-    tensor.
+    Each value of ``z`` and of ``a`` is read once: a small C kernel (``pipeline/_channel_stats.c``) takes
+    all of a map's statistics in that read. Where it cannot run (not built, not float32 on the CPU in NCHW
+    layout, or ``kernel=False``) torch reductions compute the same numbers in ~10 passes. Batches are
+    merged lazily in float64 with Chan's parallel formula, so stats over many images equal the stats of
+    one big tensor.
+
+    Args:
+        channels: channels of the block's output.
+        dead_eps: |a| below this counts as dead.
+        kernel: use the C kernel where it can run (``False``: always torch, the tests' second path).
     """
 
-    def __init__(self, channels: int, dead_eps: float = DEAD_EPS):
+    def __init__(self, channels: int, dead_eps: float = DEAD_EPS, kernel: bool = True):
         self.channels, self.dead_eps = channels, dead_eps
-        self._batches: list[tuple[int, tuple]] = []  # (n per channel, 7 float32 C-vectors)
+        self.kernel = kernel and _channel_stats is not None
+        self._batches: list[tuple] = []  # (n per channel, C x 5 table of z, C x 2 table of a)
         self._pending = None
         self._merged = None
 
@@ -189,16 +201,35 @@ class ChannelStats:
         return t.view(c, -1) if t.shape[0] == 1 and t.is_contiguous() else t.transpose(0, 1).reshape(c, -1)
 
     @staticmethod
-    def _scratch(t: torch.Tensor, scratch: torch.Tensor | None) -> torch.Tensor:
-        """A work buffer shaped like ``t``: a view into ``scratch`` when it is big enough (no new memory)."""
+    def _scratch(t: torch.Tensor, scratch) -> torch.Tensor:
+        """A work buffer shaped like ``t``: a view into ``scratch`` (a tensor, or a function of ``t`` giving one)
+        when it is big enough (no new memory)."""
+        if callable(scratch):
+            scratch = scratch(t)
         if scratch is not None and scratch.numel() >= t.numel() and scratch.dtype == t.dtype:
             return scratch[: t.numel()].view(t.shape)
         return torch.empty_like(t)
 
-    def update_pre(self, z: torch.Tensor, scratch: torch.Tensor | None = None) -> None:
+    def _kernel_can(self, t: torch.Tensor) -> bool:
+        """Whether the C kernel can read ``t``: float32 on the CPU, BxCxHxW, contiguous, not empty."""
+        return (self.kernel and t.dtype is torch.float32 and t.is_cpu and t.dim() == 4 and t.is_contiguous()
+                and t.shape[1] == self.channels and t.numel() > 0)
+
+    @staticmethod
+    def _kernel(fn, t: torch.Tensor, width: int, number: float) -> torch.Tensor:
+        """Run one entry point of the C kernel on contiguous BxCxHxW ``t``: a C x width float64 table."""
+        b, c, h, w = t.shape
+        out = torch.empty(c, width, dtype=torch.float64)
+        fn(t.data_ptr(), b, c, h * w, number, torch.get_num_threads(), out.data_ptr())
+        return out
+
+    def update_pre(self, z: torch.Tensor, scratch=None) -> None:
         """First half of a batch: the statistics of ``z`` (called before an in-place SiLU can overwrite it)."""
+        n = z.numel() // self.channels
+        if self._kernel_can(z):  # C x {sum, m2, min, max, count(z < 0)}, float64
+            self._pending = (n, self._kernel(_channel_stats.pre, z, 5, CANCEL_RATIO))
+            return
         zc = self._rows(z)
-        n = zc.shape[1]
         work = self._scratch(zc, scratch)
         total = zc.sum(dim=1)
         mean = total / n
@@ -209,18 +240,22 @@ class ChannelStats:
         if shaky.any():
             idx = shaky.nonzero().flatten()
             m2[idx] = torch.linalg.vector_norm(zc.index_select(0, idx) - mean[idx, None], dim=1).square()
+        m2.clamp_(min=0)  # rounding can leave a hair below zero; NaN stays NaN
         lo, hi = zc.amin(dim=1), zc.amax(dim=1)
         negative = torch.lt(zc, 0, out=work).sum(dim=1)  # count of z < 0: a sum of float 0/1 (exact below 2^24)
-        self._pending = (n, [total, m2, lo, hi, negative])
+        self._pending = (n, torch.stack([total, m2, lo, hi, negative], 1))
 
-    def update_post(self, a: torch.Tensor, scratch: torch.Tensor | None = None) -> None:
+    def update_post(self, a: torch.Tensor, scratch=None) -> None:
         """Second half of a batch: the statistics of ``a = SiLU(z)``; completes the batch begun by ``update_pre``."""
-        ac = self._rows(a)
-        n, rows = self._pending
-        work = self._scratch(ac, scratch)
-        dead = torch.lt(torch.abs(ac, out=work), self.dead_eps, out=work).sum(dim=1)  # count of |a| < eps, as floats
-        post = ac.sum(dim=1)
-        self._batches.append((n, (*rows, dead, post)))
+        n, pre = self._pending
+        if self._kernel_can(a):  # C x {count(|a| < eps), sum(a)}, float64
+            post = self._kernel(_channel_stats.post, a, 2, self.dead_eps)
+        else:
+            ac = self._rows(a)
+            work = self._scratch(ac, scratch)
+            dead = torch.lt(torch.abs(ac, out=work), self.dead_eps, out=work).sum(dim=1)  # count of |a| < eps
+            post = torch.stack([dead, ac.sum(dim=1)], 1)
+        self._batches.append((n, pre, post))
         self._pending, self._merged = None, None
 
     def update(self, z: torch.Tensor, a: torch.Tensor) -> None:
@@ -235,8 +270,9 @@ class ChannelStats:
         count, mean, m2 = 0, torch.zeros(c, dtype=f64), torch.zeros(c, dtype=f64)
         lo, hi = torch.full((c,), float("inf"), dtype=f64), torch.full((c,), float("-inf"), dtype=f64)
         negative, dead, post = torch.zeros(c, dtype=f64), torch.zeros(c, dtype=f64), torch.zeros(c, dtype=f64)
-        for n, rows in self._batches:
-            b_sum, b_m2, b_lo, b_hi, b_neg, b_dead, b_post = (r.double() for r in rows)
+        for n, pre_table, post_table in self._batches:
+            b_sum, b_m2, b_lo, b_hi, b_neg = pre_table.double().unbind(1)
+            b_dead, b_post = post_table.double().unbind(1)
             b_mean, total = b_sum / n, count + n
             delta = b_mean - mean
             mean = mean + delta * (n / total)
@@ -326,6 +362,7 @@ class LayerRecorder:
         keep_inputs: also keep each recorded block's input tensor (what ``trace_neuron`` needs).
         dead_eps: |a| threshold for ``frac_dead`` in stats.
         grad: leave autograd on inside the context (off by default: nothing keeps a graph).
+        kernel: stats mode reads each map once with the C kernel where it can (``False``: torch reductions).
 
     While the context is open the model is in eval mode and (unless ``grad``) autograd is off; on exit
     every hook handle is removed and the model's train/eval flag is restored.
@@ -351,13 +388,13 @@ class LayerRecorder:
     MODES = ("tensors", "stats", "both")
 
     def __init__(self, model, layers=None, mode: str = "tensors", head: bool = True, keep_inputs: bool = False,
-                 dead_eps: float = DEAD_EPS, grad: bool = False):
+                 dead_eps: float = DEAD_EPS, grad: bool = False, kernel: bool = True):
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
         self.model = detection_model(model)
         self.layers = select_layers(self.model, layers)
         self.mode, self.record_head, self.keep_inputs = mode, head, keep_inputs
-        self.dead_eps, self.grad = dead_eps, grad
+        self.dead_eps, self.grad, self.kernel = dead_eps, grad, kernel
         self.activations: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.inputs: dict[str, torch.Tensor] = {}
         self.shapes: dict[str, dict] = {}
@@ -378,8 +415,8 @@ class LayerRecorder:
             # taken here, before the activation runs, and z is copied only when it is kept and would be overwritten.
             if keep_stats:
                 if path not in self.stats:
-                    self.stats[path] = ChannelStats(output.shape[1], self.dead_eps)
-                self.stats[path].update_pre(output, self._work(output))
+                    self.stats[path] = ChannelStats(output.shape[1], self.dead_eps, self.kernel)
+                self.stats[path].update_pre(output, self._work)  # work memory only for the torch path
             if keep_tensors:
                 self._pending[path] = output.detach().clone() if inplace_act else output.detach()
 
@@ -402,7 +439,7 @@ class LayerRecorder:
             if keep_tensors:
                 self.activations[path] = (self._pending.pop(path), a)
             if keep_stats:
-                self.stats[path].update_post(a, self._work(a))
+                self.stats[path].update_post(a, self._work)
 
         return hook
 
@@ -422,9 +459,11 @@ class LayerRecorder:
         self._stack = contextlib.ExitStack()
         if not self.grad:
             self._stack.enter_context(torch.no_grad())
-        self._was_training = self.model.training
-        self.model.eval()
         modules = dict(self.model.named_modules())
+        # switch to eval only if something trains: Module.train() sets a flag on all ~280 modules (~3 ms each way)
+        if any(m.training for m in modules.values()):
+            self._was_training = self.model.training
+            self.model.eval()
         try:
             for path in self.layers:
                 block = modules[path]
@@ -432,7 +471,8 @@ class LayerRecorder:
                 inplace_act = bool(getattr(block.act, "inplace", False))
                 self._handles.append(pre.register_forward_hook(self._on_pre(path, inplace_act)))
                 self._handles.append(block.register_forward_hook(self._on_block(path)))
-            hpath, detect = detect_head(self.model)
+            Detect = _detect_class()
+            hpath, detect = next(((p, m) for p, m in modules.items() if isinstance(m, Detect)), (None, None))
             if self.record_head and detect is not None:
                 nl = detect.nl
                 self.head.update(path=hpath, cls_logits=[None] * nl, box=[None] * nl, nc=detect.nc,

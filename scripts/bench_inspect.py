@@ -2,9 +2,12 @@
 
 Prints, from one run on one 640 photo (default: the first CarDD sample photo):
 
-- plain forward vs stats-only recording of all 57 Conv blocks (+ head): median seconds and their ratio
-  (goal <= 1.15x), measured interleaved so that machine load hits both alike, per image with a fresh
-  recorder and with one recorder kept open (a dataset pass); tensors mode for reference;
+- plain forward vs stats-only recording of all 57 Conv blocks (+ head) as a ratio of CPU times (goal
+  <= 1.15x): the median over rounds of each round's ratio, the two run back to back so that machine load
+  hits both alike; per image with a fresh recorder and with one recorder kept open (a dataset pass); the
+  same with torch reductions instead of the C kernel (``kernel=False``), no-op hooks and tensors mode for
+  reference; the same ratios of wall times (with several torch threads, idle OpenMP threads spin and
+  count as CPU time, so wall is the fairer clock there);
 - the same for a model whose SiLU runs in place, as every checkpoint Ultralytics loads does (the
   recorder then takes z's statistics before the SiLU, or copies z in tensors mode);
 - the full float32 dump (``inspect_image``: forward + stats + five files) in seconds (goal <= 2 s) and
@@ -34,11 +37,14 @@ from pipeline.model import load_model
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def interleaved(fns: dict, repeats: int) -> dict:
-    """Median wall and CPU seconds of each function, called round-robin so load spikes hit all alike.
+def interleaved(fns: dict, repeats: int, base: str = "plain") -> dict:
+    """Time each function round-robin; per function: (median wall s, median CPU s, ratio to ``base``).
 
-    CPU time (``time.process_time``) is what this process spent computing: on a shared machine it is far
-    steadier than wall time, and with one torch thread the two agree when the machine is quiet.
+    The ratio is the median over rounds of (this function's CPU time / ``base``'s CPU time in the same round):
+    each pair ran back to back, so a load spike from another process that lasts longer than a round hits
+    both alike and cancels, where medians taken separately per function would drift apart on a shared
+    machine. CPU time (``time.process_time``) is what this process spent computing; with one torch thread
+    it equals wall time on a quiet machine.
     """
     wall = {k: [] for k in fns}
     cpu = {k: [] for k in fns}
@@ -50,10 +56,13 @@ def interleaved(fns: dict, repeats: int) -> dict:
             f()
             cpu[k].append(time.process_time() - c)
             wall[k].append(time.perf_counter() - w)
-    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
+    return {k: (statistics.median(wall[k]), statistics.median(cpu[k]),
+                statistics.median(c / b for c, b in zip(cpu[k], cpu[base])),
+                statistics.median(c / b for c, b in zip(wall[k], wall[base]))) for k in fns}
 
 
-def recording_costs(net, x, repeats: int, label: str) -> None:
+def recording_costs(net, x, repeats: int, label: str) -> dict:
+    """Print and return {name: ratio to a plain forward} for no-op hooks, stats (fresh/open) and tensors."""
     def plain():
         with torch.no_grad():
             net(x)
@@ -80,11 +89,15 @@ def recording_costs(net, x, repeats: int, label: str) -> None:
     with LayerRecorder(twin, mode="stats") as open_rec:
         t = interleaved({"plain": plain, "noop": noop, "stats": record("stats"), "stats_open": lambda: open_rec(x),
                          "tensors": record("tensors")}, repeats)
-    for i, clock in enumerate(("wall", "cpu ")):
-        p, n, s, o, k = (t[key][i] for key in ("plain", "noop", "stats", "stats_open", "tensors"))
-        print(f"{label} [{clock}]: plain forward {p * 1e3:.1f} ms | no-op hooks {n / p:.3f}x | stats-only "
-              f"{s * 1e3:.1f} ms = {s / p:.3f}x (goal <= 1.15x), recorder kept open {o / p:.3f}x | "
-              f"tensors {k * 1e3:.1f} ms = {k / p:.3f}x")
+    with LayerRecorder(twin, mode="stats", kernel=False) as rec:  # the torch-reduction path, for comparison
+        t.update(interleaved({"plain": plain, "stats_torch": lambda: rec(x)}, max(3, repeats // 3)))
+    for clock, i in (("cpu ", 2), ("wall", 3)):
+        r = {k: v[i] for k, v in t.items()}
+        print(f"{label} [{clock}]: plain forward {t['plain'][1] * 1e3:.1f} ms CPU, {t['plain'][0] * 1e3:.1f} ms wall | "
+              f"no-op hooks {r['noop']:.3f}x | stats-only {r['stats']:.3f}x (goal <= 1.15x), recorder kept open "
+              f"{r['stats_open']:.3f}x, torch reductions instead of the C kernel {r['stats_torch']:.3f}x | "
+              f"tensors {r['tensors']:.3f}x")
+    return {k: v[2] for k, v in t.items()}
 
 
 def main() -> None:
