@@ -180,7 +180,9 @@ static void run_job(const job_t *j)
         pre_channels(j);
 }
 
-#define MIN_PER_THREAD (1 << 17) /* values: below ~0.1 ms of work, waking a thread costs more than it saves */
+#ifndef MIN_PER_THREAD
+#define MIN_PER_THREAD (1 << 15) /* values: below ~20 us of work, waking a thread costs more than it saves */
+#endif
 
 /* With OpenMP the channels are split over the caller's thread count. The loader hands this module the libgomp
  * torch already loaded (same soname), so these are torch's own worker threads, which are spinning idle right
