@@ -1,4 +1,5 @@
-"""Record every conv layer's pre/post-SiLU activations, weights and folded biases for one photo.
+"""Record every conv layer's pre/post-SiLU activations, weights and folded biases for one photo,
+or the per-channel statistics of every conv layer over a folder of photos.
 
 One forward pass of the exact predictor input with ``LayerRecorder`` hooked on the chosen Conv blocks
 writes five files into ``--out``:
@@ -17,8 +18,13 @@ writes five files into ``--out``:
 - ``stats.csv``: one row per (block, channel): count, mean, std, min, max of z, fraction z < 0,
   fraction |SiLU(z)| < dead_eps ("dead"), mean of SiLU(z).
 
+Given several photos, a folder or a glob (or ``--stats-only``), ``inspect`` keeps no feature map: one
+stats-mode recorder runs over all photos and writes ``stats.csv`` (per channel over the whole set) and
+``index.json`` (see ``inspect_dataset``).
+
 Examples:
     cardamage inspect --weights runs/demo/train/weights/best.pt photo.jpg --out runs/inspect
+    cardamage inspect --weights runs/demo/train/weights/best.pt datasets/cardd/valid/images --out runs/inspect-valid
     cardamage inspect --weights yolov8n.yaml photo.jpg --out runs/inspect --layers 0 1 model.2.cv1 SPPF --dtype float16
 
     >>> from pipeline.inspect_cli import inspect_image
@@ -203,8 +209,118 @@ def inspect_image(weights_or_yolo, image_path, out_dir, layers=None, dtype: str 
     return result
 
 
+def inspect_dataset(weights_or_yolo, sources, out_dir, layers=None, imgsz=640, fuse: bool = False,
+                    dead_eps: float = DEAD_EPS, progress: bool = True, on_error=None) -> dict:
+    """Per-channel statistics of every chosen Conv block over many photos, without keeping any feature map.
+
+    One stats-mode ``LayerRecorder`` stays open over all photos (each at its own letterbox shape, as
+    ``YOLO.predict`` would run it), so every row of ``stats.csv`` describes a channel over all values of
+    all photos: the mean, std, min and max of z, the share of z < 0, the share of dead |SiLU(z)|, the mean
+    of SiLU(z). Writes into ``out_dir``:
+
+    - ``stats.csv``: as in ``inspect_image``, over the whole set;
+    - ``index.json``: model, image size, the photos used (with their input shapes), the photos that failed
+      (``"file: reason"``), per block its path, type, kernel, stride, parameter count and layer summary,
+      seconds and images per second.
+
+    A photo that cannot be read is reported and skipped; the rest still run.
+
+    Args:
+        weights_or_yolo: a weights path or model YAML (``load_model``), or a loaded ``ultralytics.YOLO``.
+        sources: photos, folders and globs (``pipeline.io.expand_sources``).
+        out_dir: folder for the two files (created).
+        layers: selection for ``select_layers`` (``None`` = all Conv blocks).
+        imgsz: inference size. fuse: fold BatchNorm into the convs first. dead_eps: the dead threshold.
+        progress: show a progress bar with images per second.
+        on_error: called with each ``InputError`` as it happens (the CLI prints it), besides being returned.
+
+    Returns:
+        ``{"stats": Path, "index": Path, "images": n used, "errors": [InputError], "seconds": float}``.
+
+    Raises:
+        InputError: unreadable weights, unknown layer selector, or no photo could be read.
+
+    Examples:
+        >>> res = inspect_dataset("best.pt", ["datasets/cardd/valid/images"], "runs/inspect-valid")
+        >>> res["images"], res["stats"]
+        (799, PosixPath('runs/inspect-valid/stats.csv'))
+    """
+    from ultralytics.utils import TQDM
+
+    from pipeline.io import expand_sources
+    from pipeline.model import load_model
+
+    t0 = time.perf_counter()
+    files, errors = expand_sources([str(s) for s in sources])
+    for e in errors:
+        if on_error:
+            on_error(e)
+    yolo = weights_or_yolo
+    if isinstance(weights_or_yolo, (str, Path)):
+        yolo = load_model(weights_or_yolo, nc=len(CLASS_NAMES))
+    net = detection_model(yolo)
+    if fuse:
+        net.fuse(verbose=False)
+    try:
+        recorder = LayerRecorder(net, layers=layers, mode="stats", head=False, dead_eps=dead_eps)
+    except ValueError as e:
+        raise InputError("--layers", str(e)) from None
+    used, shapes = [], {}
+    with recorder as rec:
+        for f in TQDM(files, desc="inspect", unit="img", disable=not progress or len(files) < 2):
+            try:
+                x, meta = model_input(net, f, imgsz)
+            except InputError as e:
+                errors.append(e)
+                if on_error:
+                    on_error(e)
+                continue
+            rec(x)
+            used.append({"image": str(f), "input_shape": list(x.shape)})
+            for path in rec.layers:
+                shapes.setdefault(path, set()).add(tuple(rec.shapes[path]["output"][1:]))
+    if not used:
+        raise InputError(" ".join(map(str, sources)), f"no photo could be read ({len(errors)} errors)")
+    seconds = time.perf_counter() - t0
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"stats": out / "stats.csv", "index": out / "index.json"}
+    blocks = conv_blocks(net)
+    index = {
+        "model": _model_name(yolo),
+        "mode": "dataset statistics",
+        "imgsz": imgsz,
+        "fused": bool(net.is_fused()) if hasattr(net, "is_fused") else False,
+        "dead_eps": dead_eps,
+        "names": {int(k): str(v) for k, v in getattr(net, "names", {}).items()},
+        "images": used,
+        "errors": [str(e) for e in errors],
+        "layers": [{"path": p, **conv_meta(blocks[p]), "output_shapes": sorted(list(s) for s in shapes[p]),
+                    "stats": rec.stats[p].summary()} for p in rec.layers],
+        "totals": {"params": param_counts(net)["total"], "conv_blocks": len(blocks), "recorded_blocks": len(rec.layers),
+                   "images": len(used), "failed": len(errors)},
+        "seconds": round(seconds, 3),
+        "images_per_second": round(len(used) / seconds, 3),
+        "stats_columns": list(STATS_COLUMNS),
+        "files": {k: p.name for k, p in paths.items()},
+        "versions": {"torch": torch.__version__, "ultralytics": __import__("ultralytics").__version__},
+    }
+    atomic_write_text(paths["stats"], stats_csv(rec.stats_table()))
+    atomic_write_json(paths["index"], index)
+    return {**paths, "images": len(used), "errors": errors, "seconds": seconds}
+
+
+def _single_photo(sources: list[str]) -> bool:
+    """One file named on its own gets the full dump; folders, globs and several photos get statistics."""
+    return len(sources) == 1 and not Path(sources[0]).is_dir() and not any(c in sources[0] for c in "*?[")
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("image", help="the photo to inspect")
+    parser.add_argument("image", nargs="+",
+                        help="one photo (full dump: five files), or several photos / folders / globs (statistics over all)")
+    parser.add_argument("--stats-only", action="store_true",
+                        help="write only stats.csv and index.json (the default for several photos or a folder)")
     parser.add_argument("--weights", default="yolov8n.yaml", help="weights .pt or a model YAML (default yolov8n.yaml)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--layers", nargs="+", default=None,
@@ -216,11 +332,19 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    result = inspect_image(args.weights, args.image, args.out, layers=args.layers, dtype=args.dtype,
-                           imgsz=args.imgsz, fuse=args.fuse, dead_eps=args.dead_eps)
-    sizes = ", ".join(f"{result[k].name} {result['bytes'][k] / 1e6:.1f} MB" for k in FILES)
-    print(f"wrote {args.out}: {sizes} in {result['seconds']:.2f} s", file=sys.stderr)
-    return 0
+    if _single_photo(args.image) and not args.stats_only:
+        result = inspect_image(args.weights, args.image[0], args.out, layers=args.layers, dtype=args.dtype,
+                               imgsz=args.imgsz, fuse=args.fuse, dead_eps=args.dead_eps)
+        sizes = ", ".join(f"{result[k].name} {result['bytes'][k] / 1e6:.1f} MB" for k in FILES)
+        print(f"wrote {args.out}: {sizes} in {result['seconds']:.2f} s", file=sys.stderr)
+        return 0
+    result = inspect_dataset(args.weights, args.image, args.out, layers=args.layers, imgsz=args.imgsz,
+                             fuse=args.fuse, dead_eps=args.dead_eps,
+                             on_error=lambda e: print(f"error: {e}", file=sys.stderr, flush=True))
+    n, secs = result["images"], result["seconds"]
+    print(f"statistics over {n} images ({n / secs:.1f} img/s), {len(result['errors'])} errors -> "
+          f"{result['stats']}, {result['index'].name}", file=sys.stderr)
+    return 1 if result["errors"] else 0
 
 
-__all__ = ["DTYPES", "inspect_image", "stats_csv"]
+__all__ = ["DTYPES", "inspect_dataset", "inspect_image", "stats_csv"]

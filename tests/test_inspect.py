@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from checkpoints import save_checkpoint
@@ -276,3 +277,67 @@ def test_inspect_bad_input_one_line(tmp_path, sample_images, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "NoSuchLayer" in err[0]
     assert not (tmp_path / "o" / "index.json").exists()
+
+
+def test_inspect_folder_gives_statistics_over_all_photos(ckpt_path, sample_images, tmp_path, capsys):
+    """A folder: stats.csv per channel over every value of every photo (each at its own letterbox shape)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in sample_images[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken.jpg").write_bytes(sample_images[3].read_bytes()[:2000])  # truncated JPEG
+    out = tmp_path / "stats"
+    rc = main(["inspect", "--weights", str(ckpt_path), str(folder), "--out", str(out), "--imgsz", str(IMGSZ)])
+    err = capsys.readouterr().err
+    assert rc == 1  # one photo failed; the others still ran
+    assert sum("broken.jpg" in line and line.startswith("error:") for line in err.splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["index.json", "stats.csv"]  # no feature maps
+    index = json.loads((out / "index.json").read_text())
+    assert [Path(e["image"]).name for e in index["images"]] == sorted(p.name for p in sample_images[:3])
+    assert len(index["errors"]) == 1 and "broken.jpg" in index["errors"][0]
+    assert len(index["layers"]) == 57 and index["totals"]["images"] == 3
+
+    # the oracle: tensors mode on each photo, values of all three concatenated per channel
+    yolo = load_model(ckpt_path)
+    layers = ["model.0", "model.6.m.0.cv2", "model.22.cv2.2.1"]
+    zs, as_ = {p: [] for p in layers}, {p: [] for p in layers}
+    with LayerRecorder(yolo, layers=layers, mode="tensors", head=False) as rec:
+        for e in index["images"]:
+            x, _ = model_input(yolo, e["image"], IMGSZ)
+            assert list(x.shape) == e["input_shape"]
+            rec(x)
+            for p in layers:
+                z, a = rec.activations[p]
+                zs[p].append(z[0].flatten(1).double())
+                as_[p].append(a[0].flatten(1).double())
+    with open(out / "stats.csv", newline="") as f:
+        rows = {(r["layer"], int(r["channel"])): r for r in csv.DictReader(f)}
+    for p in layers:
+        z, a = torch.cat(zs[p], 1), torch.cat(as_[p], 1)
+        for c in (0, z.shape[0] // 2, z.shape[0] - 1):
+            r = rows[(p, c)]
+            assert int(r["count"]) == z.shape[1]
+            assert float(r["mean"]) == pytest.approx(float(z[c].mean()), rel=1e-5, abs=1e-6)
+            assert float(r["std"]) == pytest.approx(float(z[c].std(unbiased=False)), rel=1e-4)
+            assert float(r["min"]) == pytest.approx(float(z[c].min()), rel=1e-7)
+            assert float(r["frac_negative"]) == pytest.approx(float((z[c] < 0).double().mean()), abs=1e-9)
+            assert float(r["frac_dead"]) == pytest.approx(float((a[c].abs() < index["dead_eps"]).double().mean()), abs=1e-9)
+            assert float(r["post_mean"]) == pytest.approx(float(a[c].mean()), rel=1e-5, abs=1e-6)
+
+
+def test_inspect_stats_only_one_photo_and_nothing_readable(ckpt_path, sample_images, tmp_path, capsys):
+    out = tmp_path / "one"
+    assert main(["inspect", "--weights", str(ckpt_path), str(sample_images[5]), "--out", str(out), "--stats-only",
+                 "--imgsz", str(IMGSZ), "--layers", "SPPF"]) == 0
+    index = json.loads((out / "index.json").read_text())
+    assert [e["path"] for e in index["layers"]] == ["model.9.cv1", "model.9.cv2"] and index["totals"]["images"] == 1
+    assert sorted(p.name for p in out.iterdir()) == ["index.json", "stats.csv"]
+    capsys.readouterr()
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    assert main(["inspect", "--weights", str(ckpt_path), str(bad), str(tmp_path / "missing.jpg"), "--out",
+                 str(tmp_path / "none"), "--imgsz", str(IMGSZ)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("error:") for line in err)  # each file, then the verdict
+    assert "missing.jpg: file not found" in err[0] and "bad.jpg" in err[1] and "no photo could be read" in err[2]
+    assert not (tmp_path / "none").exists()
