@@ -43,6 +43,7 @@ Examples:
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import os
 import threading
@@ -56,7 +57,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from pipeline import runtime  # noqa: F401  (offline env before ultralytics)
-from pipeline.io import InputError, read_image
+from pipeline.io import InputError, atomic_write_bytes, read_image
 from pipeline.predict import detection_dicts
 from pipeline.preprocess import input_size
 
@@ -186,18 +187,20 @@ class OnnxBackend:
     The graph is ``torch.onnx.export`` of the same fused model that torch would run, with the raw class
     logits as a second output. A fixed height and width let ONNX Runtime fold the anchor grid and plan
     its memory once; photos from one camera share one shape, so a folder needs one or a few exports
-    (~1-2 s each, timed in the benchmark as part of the engine).
+    (~1 s each). Exported graphs are kept in ``<cache>/onnx/`` under a hash of the weights' values, the
+    shape and the torch/Ultralytics versions, so the next run on the same weights loads them instead.
 
     Args:
         model: the ``DetectionModel`` (``yolo.model``).
         threads: ONNX Runtime intra-op threads (default: ``OMP_NUM_THREADS`` if set, else every core this
             process may use. Not ``torch.get_num_threads()``: Ultralytics' ``select_device`` sets torch to
             cores - 1, which is 1 on a 2-core machine).
+        cache: keep exported graphs on disk (``runtime.cache_dir() / "onnx"``); ``False``: export in memory.
     """
 
     name = "onnx"
 
-    def __init__(self, model, threads: int | None = None):
+    def __init__(self, model, threads: int | None = None, cache: bool = True):
         import onnxruntime as ort
 
         self.ort = ort
@@ -205,30 +208,65 @@ class OnnxBackend:
         self.threads = threads or cpu_threads()
         self.device = torch.device("cpu")
         self.sessions: dict[tuple[int, int], object] = {}
+        self.exported: list[tuple[int, int]] = []  # shapes exported by this process (the rest came from the cache)
         self._lock = threading.Lock()
+        self.cache = cache
+        self._weights_hash: str | None = None
+
+    def cache_path(self, hw: tuple[int, int]) -> Path:
+        """Where the graph for ``hw`` is kept: a hash of every weight's value, the shape and the versions."""
+        if self._weights_hash is None:
+            import ultralytics
+
+            h = hashlib.sha256(f"{torch.__version__}|{ultralytics.__version__}|opset17|logits".encode())
+            for name, t in self.model.state_dict().items():
+                h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            self._weights_hash = h.hexdigest()[:24]
+        return runtime.cache_dir() / "onnx" / f"{self._weights_hash}-{hw[0]}x{hw[1]}.onnx"
+
+    def _export(self, hw: tuple[int, int]) -> bytes:
+        buf = io.BytesIO()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer and deprecation chatter, not user-facing
+            torch.onnx.export(
+                self.model,
+                torch.zeros(1, 3, *hw),
+                buf,
+                input_names=["images"],
+                output_names=["predictions", "logits"],
+                dynamic_axes={"images": {0: "batch"}, "predictions": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        self.exported.append(hw)
+        return buf.getvalue()
 
     def session(self, hw: tuple[int, int]):
         """The ONNX Runtime session for inputs of height/width ``hw`` (exported on first use)."""
         with self._lock:
             if hw not in self.sessions:
-                buf = io.BytesIO()
-                with warnings.catch_warnings(), torch.no_grad():
-                    warnings.simplefilter("ignore")  # tracer and deprecation chatter, not user-facing
-                    torch.onnx.export(
-                        self.model,
-                        torch.zeros(1, 3, *hw),
-                        buf,
-                        input_names=["images"],
-                        output_names=["predictions", "logits"],
-                        dynamic_axes={"images": {0: "batch"}, "predictions": {0: "batch"}, "logits": {0: "batch"}},
-                        opset_version=17,
-                        dynamo=False,
-                    )
                 so = self.ort.SessionOptions()
                 so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
                 so.intra_op_num_threads = self.threads
                 so.inter_op_num_threads = 1
-                self.sessions[hw] = self.ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+                session = None
+                path = self.cache_path(hw) if self.cache else None
+                if path is not None and path.is_file():
+                    try:
+                        session = self.ort.InferenceSession(path.read_bytes(), so, providers=["CPUExecutionProvider"])
+                    except Exception:  # a damaged cache file: export again and replace it
+                        session = None
+                if session is None:
+                    graph = self._export(hw)
+                    if path is not None:
+                        try:
+                            path.parent.mkdir(parents=True, exist_ok=True)
+                            atomic_write_bytes(path, graph)
+                        except OSError:  # a read-only cache only costs the export next time
+                            pass
+                    session = self.ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
+                self.sessions[hw] = session
             return self.sessions[hw]
 
     def preprocess(self, x_bgr_u8: torch.Tensor) -> torch.Tensor:

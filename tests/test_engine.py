@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.engine import Engine, agreement, match_detections, onnx_available, redraw_head
+from pipeline.engine import Engine, _HeadOutputs, agreement, fused_copy, match_detections, onnx_available, redraw_head
 from pipeline.model import load_model
 from pipeline.predict import predict_paths
 
@@ -125,6 +125,41 @@ def test_onnx_engine_agrees_with_stock(weights, photos, tmp_path):
     assert not errors and engine.backend.name == "onnx" and engine.streams == 2  # two batches in flight
     assert len(engine.backend.sessions) >= 3  # one graph per letterboxed shape
     assert_same_as_stock(records, stock_predict(weights, photos, tmp_path), score_atol=1e-4)
+
+
+def test_onnx_graphs_cached_by_weight_values(weights, monkeypatch, tmp_path):
+    """Exported graphs are reused across runs on the same weights, never across different weights."""
+    if not onnx_available():
+        pytest.skip("onnx/onnxruntime not installed (pip install -e '.[onnx]')")
+    from pipeline.engine import OnnxBackend
+
+    monkeypatch.setenv("CARDAMAGE_CACHE", str(tmp_path / "cache"))
+    x = torch.rand(2, 3, 96, 128)
+    first = OnnxBackend(load_model(weights).model)
+    y1, logits1 = first.forward(x)
+    path = first.cache_path((96, 128))
+    assert first.exported == [(96, 128)] and path.is_file() and path.parent == tmp_path / "cache" / "onnx"
+    second = OnnxBackend(load_model(weights).model)  # a new run: same weights, loaded again
+    y2, logits2 = second.forward(x)
+    assert second.exported == [] and second.cache_path((96, 128)) == path  # came from the cache
+    assert torch.equal(y1, y2) and torch.equal(logits1, logits2)
+    # the graph computes what the model computes (to float32 rounding)
+    ref, _ = _HeadOutputs(fused_copy(load_model(weights).model)).eval()(x)
+    torch.testing.assert_close(y2, ref, rtol=1e-4, atol=1e-3)
+
+    other = load_model(weights).model
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)  # different weights -> a different graph
+    third = OnnxBackend(other)
+    assert third.cache_path((96, 128)) != path
+    third.forward(x)
+    assert third.exported == [(96, 128)]
+
+    path.write_bytes(b"damaged")  # a broken cache file is exported again and replaced
+    fourth = OnnxBackend(load_model(weights).model)
+    y4, _ = fourth.forward(x)
+    assert fourth.exported == [(96, 128)] and torch.equal(y4, y1) and path.stat().st_size > 1000
+    assert OnnxBackend(load_model(weights).model, cache=False).forward(x)[0].shape == y1.shape
 
 
 def test_engine_logits_equal_predict_logits(weights, photos):
