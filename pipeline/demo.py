@@ -85,7 +85,9 @@ def run(args) -> int:
         t = time.perf_counter()
         from pipeline.report import write_report
 
-        report = write_report(metrics["weights"], val_images[0], out / "report", imgsz=imgsz)
+        # every layer's statistics over the whole synthetic val split beside the one photo's
+        report = write_report(metrics["weights"], val_images[0], out / "report", imgsz=imgsz,
+                              stats_over=[str(out / "data" / "val" / "images")])
         timings["report_s"] = round(time.perf_counter() - t, 1)
         print(f"[4/4] report: {report} ({timings['report_s']}s)")
 

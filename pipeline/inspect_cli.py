@@ -209,6 +209,56 @@ def inspect_image(weights_or_yolo, image_path, out_dir, layers=None, dtype: str 
     return result
 
 
+def record_statistics(model, sources, imgsz=640, layers=None, dead_eps: float = DEAD_EPS, progress: bool = True,
+                      on_error=None, limit: int | None = None):
+    """Run photos through ``model`` with one stats-mode recorder kept open; keep no feature map.
+
+    Args:
+        model: a YOLO wrapper or DetectionModel. sources: photos, folders, globs. imgsz: inference size.
+        layers: selection for ``select_layers``. dead_eps: the dead threshold.
+        progress: progress bar with images per second. on_error: called with each ``InputError`` as it happens.
+        limit: use at most this many photos (the first, in sorted order).
+
+    Returns:
+        ``(recorder, used, errors, shapes)``: the closed recorder (``.stats``, ``.layers``), ``[{"image",
+        "input_shape"}]``, ``[InputError]``, and ``{layer: set of output CxHxW shapes}``.
+
+    Raises:
+        InputError: unknown layer selector, or no photo could be read.
+    """
+    from ultralytics.utils import TQDM
+
+    from pipeline.io import expand_sources
+
+    net = detection_model(model)
+    files, errors = expand_sources([str(s) for s in sources])
+    files = files[:limit] if limit else files
+    for e in errors:
+        if on_error:
+            on_error(e)
+    try:
+        recorder = LayerRecorder(net, layers=layers, mode="stats", head=False, dead_eps=dead_eps)
+    except ValueError as e:
+        raise InputError("--layers", str(e)) from None
+    used, shapes = [], {}
+    with recorder as rec:
+        for f in TQDM(files, desc="inspect", unit="img", disable=not progress or len(files) < 2):
+            try:
+                x, _ = model_input(net, f, imgsz)
+            except InputError as e:
+                errors.append(e)
+                if on_error:
+                    on_error(e)
+                continue
+            rec(x)
+            used.append({"image": str(f), "input_shape": list(x.shape)})
+            for path in rec.layers:
+                shapes.setdefault(path, set()).add(tuple(rec.shapes[path]["output"][1:]))
+    if not used:
+        raise InputError(" ".join(map(str, sources)), f"no photo could be read ({len(errors)} errors)")
+    return rec, used, errors, shapes
+
+
 def inspect_dataset(weights_or_yolo, sources, out_dir, layers=None, imgsz=640, fuse: bool = False,
                     dead_eps: float = DEAD_EPS, progress: bool = True, on_error=None) -> dict:
     """Per-channel statistics of every chosen Conv block over many photos, without keeping any feature map.
@@ -245,42 +295,17 @@ def inspect_dataset(weights_or_yolo, sources, out_dir, layers=None, imgsz=640, f
         >>> res["images"], res["stats"]
         (799, PosixPath('runs/inspect-valid/stats.csv'))
     """
-    from ultralytics.utils import TQDM
-
-    from pipeline.io import expand_sources
     from pipeline.model import load_model
 
     t0 = time.perf_counter()
-    files, errors = expand_sources([str(s) for s in sources])
-    for e in errors:
-        if on_error:
-            on_error(e)
     yolo = weights_or_yolo
     if isinstance(weights_or_yolo, (str, Path)):
         yolo = load_model(weights_or_yolo, nc=len(CLASS_NAMES))
     net = detection_model(yolo)
     if fuse:
         net.fuse(verbose=False)
-    try:
-        recorder = LayerRecorder(net, layers=layers, mode="stats", head=False, dead_eps=dead_eps)
-    except ValueError as e:
-        raise InputError("--layers", str(e)) from None
-    used, shapes = [], {}
-    with recorder as rec:
-        for f in TQDM(files, desc="inspect", unit="img", disable=not progress or len(files) < 2):
-            try:
-                x, meta = model_input(net, f, imgsz)
-            except InputError as e:
-                errors.append(e)
-                if on_error:
-                    on_error(e)
-                continue
-            rec(x)
-            used.append({"image": str(f), "input_shape": list(x.shape)})
-            for path in rec.layers:
-                shapes.setdefault(path, set()).add(tuple(rec.shapes[path]["output"][1:]))
-    if not used:
-        raise InputError(" ".join(map(str, sources)), f"no photo could be read ({len(errors)} errors)")
+    rec, used, errors, shapes = record_statistics(net, sources, imgsz, layers=layers, dead_eps=dead_eps,
+                                                  progress=progress, on_error=on_error)
     seconds = time.perf_counter() - t0
 
     out = Path(out_dir)
@@ -347,4 +372,4 @@ def run(args) -> int:
     return 1 if result["errors"] else 0
 
 
-__all__ = ["DTYPES", "inspect_dataset", "inspect_image", "stats_csv"]
+__all__ = ["DTYPES", "inspect_dataset", "inspect_image", "record_statistics", "stats_csv"]

@@ -176,6 +176,8 @@ def write_report(
     grad_batch: int = 2,
     seed: int = 0,
     layercam: bool = True,
+    stats_over=None,
+    stats_limit: int = 200,
 ) -> Path:
     """Run the lesson on one photo with one model and write ``out_dir/report.html``; return its path.
 
@@ -190,6 +192,8 @@ def write_report(
             synthetic scenes); four backward passes run on it, so it is kept small.
         seed: torch seed for a YAML build and for the activation-variant models.
         layercam: also ask Ultralytics' ``visualize=True`` for its LayerCAM heatmap.
+        stats_over: photos, folders or globs: also show every layer's statistics over these photos (at most
+            ``stats_limit``, kept-open stats recorder, no feature map kept) beside the one photo's.
 
     Raises:
         InputError: unreadable image or weights.
@@ -296,6 +300,15 @@ def write_report(
     layer_stats = {p: rec.stats[p].summary() for p in paths if p in rec.stats}
     numbers["activations"] = {"layer": act_layer, "gallery": gallery, "silu_min": [silu_x, silu_y],
                               "layer_stats": layer_stats}
+    set_stats = None
+    if stats_over:  # the same statistics over many photos (before predict fuses BN into the convs)
+        from pipeline.inspect_cli import record_statistics
+
+        srec, used, errs, _ = record_statistics(model, stats_over if isinstance(stats_over, (list, tuple)) else [stats_over],
+                                                imgsz, progress=False, limit=stats_limit)
+        set_stats = {"images": len(used), "failed": [str(e) for e in errs],
+                     "layer_stats": {p: srec.stats[p].summary() for p in paths if p in srec.stats}}
+        numbers["activations"]["dataset"] = set_stats
     t = lap("activations", t)
 
     # 6. hidden layers: feature maps, pre vs post, filters -----------------------------------------
@@ -353,7 +366,7 @@ def write_report(
     add(_section_neurons(tr, format_trace, REL_TOL))
     add(_section_weights(counts, params, hist_layers, f_params, blocks, conv_meta))
     add(_section_biases(params, stem, tr))
-    add(_section_activations(gallery, act_layer, f_gallery, silu_x, silu_y, layer_stats))
+    add(_section_activations(gallery, act_layer, f_gallery, silu_x, silu_y, layer_stats, set_stats))
     add(_section_hidden(f_fmaps, f_prepost, act_layer, f_stem_filters, f_grid, deeper))
     add(_section_output(dets, head, f_logits, f_dets, f_eigencam, f_layercam, lc, cam_layer, conf, names))
     add(_section_training(real_flow, comparison, batch_sources, f_flow, step, f_step, stem, ch, yy, xx,
@@ -492,15 +505,48 @@ def _section_biases(params, stem, tr) -> str:
     ]))
 
 
-def _section_activations(gallery, layer, f_gallery, sx, sy, layer_stats) -> str:
+def _stats_rows(layer_stats: dict) -> list[list]:
+    return [[p, _n(s["mean"], 3), _n(s["std"], 3), _n(s["min"], 3), _n(s["max"], 3), f"{100 * s['frac_negative']:.1f}%",
+             f"{100 * s['frac_dead']:.1f}%", _n(s["post_mean"], 3)] for p, s in layer_stats.items()]
+
+
+STATS_HEADER = ["layer", "mean z", "std z", "min z", "max z", "z < 0", "|a| ~ 0 (dead)", "mean SiLU(z)"]
+
+
+def _dataset_paragraph(layer_stats: dict, set_stats: dict) -> str:
+    """Whole-network shares on this photo vs over the set: how typical this photo's numbers are."""
+    from pipeline.inspector import DEAD_EPS
+
+    def pooled(stats):
+        n = sum(s["count"] for s in stats.values())
+        return {k: sum(s[k] * s["count"] for s in stats.values()) / n for k in ("frac_negative", "frac_dead", "post_mean")}
+
+    one, many = pooled(layer_stats), pooled(set_stats["layer_stats"])
+    failed = f" ({len(set_stats['failed'])} could not be read)" if set_stats["failed"] else ""
+    centred = ("above zero: SiLU's outputs are not zero-centred" if many["post_mean"] > 0.01 else
+               "close to zero" if abs(many["post_mean"]) <= 0.01 else "below zero")
+    return _p(f"Over {set_stats['images']} photos{failed}, pooled over every value of every Conv block: "
+              f"{100 * many['frac_negative']:.1f}% of z are negative (this photo {100 * one['frac_negative']:.1f}%), so "
+              f"ReLU would output exactly 0 (and pass no gradient) for that share, while "
+              f"{100 * many['frac_dead']:.2f}% of SiLU outputs are ~0 (|a| < {DEAD_EPS:g}; this photo "
+              f"{100 * one['frac_dead']:.2f}%). The mean SiLU output is {many['post_mean']:.3f} (this photo "
+              f"{one['post_mean']:.3f}), {centred}.")
+
+
+def _section_activations(gallery, layer, f_gallery, sx, sy, layer_stats, set_stats=None) -> str:
     def bound(v):
         return _n(v, 3) if math.isinf(v) else f"{v:.3f}"
 
     rows = [[g["name"], g["formula"], f"[{bound(g['min'])}, {bound(g['max'])}]", _n(g["f0"], 3), _n(g["max_slope"], 3),
              "yes" if g["zero_centred"] else "no", _n(g["mean_on_normal"], 3), _n(g["mean_on_layer"], 3),
              f"{100 * g['small_grad_fraction_on_layer']:.1f}%", g["note"]] for g in gallery]
-    srows = [[p, _n(s["mean"], 3), _n(s["std"], 3), _n(s["min"], 3), _n(s["max"], 3), f"{100 * s['frac_negative']:.1f}%",
-              f"{100 * s['frac_dead']:.1f}%", _n(s["post_mean"], 3)] for p, s in layer_stats.items()]
+    srows = _stats_rows(layer_stats)
+    dataset = [] if not set_stats else [
+        _dataset_paragraph(layer_stats, set_stats),
+        f"<details><summary>per-layer statistics over {set_stats['images']} photos, every Conv block</summary>",
+        _table(STATS_HEADER, _stats_rows(set_stats["layer_stats"]), "small"),
+        "</details>",
+    ]
     return _section("activations", "".join([
         _p(f"The activation bends z into the neuron's output. YOLOv8 uses SiLU(z) = z * sigmoid(z). Solving "
            f"SiLU'(z) = 0 numerically gives its minimum {sy:.6f} at z = {sx:.6f}: SiLU lets small negative values "
@@ -510,8 +556,9 @@ def _section_activations(gallery, layer, f_gallery, sx, sy, layer_stats) -> str:
         _table(["function", "formula", "range", "f(0)", "max slope", "zero-centred", "mean f on N(0,1)",
                 f"mean f on {layer}", f"|f'| < 0.01 on {layer}", "note"], rows),
         "<details><summary>per-layer statistics of z (pre-SiLU) and mean of SiLU(z), every Conv block</summary>",
-        _table(["layer", "mean z", "std z", "min z", "max z", "z < 0", "|a| ~ 0 (dead)", "mean SiLU(z)"], srows, "small"),
+        _table(STATS_HEADER, srows, "small"),
         "</details>",
+        *dataset,
     ]))
 
 
@@ -675,6 +722,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-batch", type=int, default=2, help="images in the gradient-flow batch (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed for a YAML build and the activation variants")
     p.add_argument("--no-layercam", action="store_true", help="skip Ultralytics' LayerCAM (EigenCAM is always drawn)")
+    p.add_argument("--stats-over", nargs="+", default=None, metavar="SOURCE",
+                   help="also show every layer's statistics over these photos/folders/globs (at most --stats-limit)")
+    p.add_argument("--stats-limit", type=int, default=200, help="photos used by --stats-over (default 200)")
 
 
 def run(args) -> int:
@@ -682,6 +732,6 @@ def run(args) -> int:
         raise InputError(args.image, "file not found")
     path = write_report(args.weights, args.image, args.out, imgsz=args.imgsz, conf=args.conf,
                         grad_imgsz=args.grad_imgsz, grad_batch=args.grad_batch, seed=args.seed,
-                        layercam=not args.no_layercam)
+                        layercam=not args.no_layercam, stats_over=args.stats_over, stats_limit=args.stats_limit)
     print(path)
     return 0

@@ -95,4 +95,5 @@ def test_demo_end_to_end_with_a_tiny_recipe(tmp_path, sample_dir):
     assert len(synth) == 8 and len(real) == 2 and all(r["width"] == 640 for r in real)
     html = (out / "report" / "report.html").read_text()
     assert 'id="input"' in html and 'id="training"' in html and "val_00000.jpg" in html
+    assert "per-layer statistics over 8 photos" in html  # the whole synthetic val split
     assert set(summary["timings"]) >= {"synth_s", "train_s", "predict_s", "report_s", "total_s"}

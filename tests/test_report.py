@@ -197,3 +197,36 @@ def test_report_in_chromium(reports, tmp_path):
         assert errors == [] and remote == []
         assert shot.stat().st_size > 10_000
         shutil.copy(shot, tmp_path / f"last_{kind}.png")
+
+
+def test_report_statistics_over_a_folder(tmp_path, sample_images):
+    """--stats-over: the per-layer table over many photos equals inspect's dataset statistics."""
+    from pipeline.cli import main
+    from pipeline.inspect_cli import inspect_dataset
+
+    folder = tmp_path / "set"
+    folder.mkdir()
+    for p in sample_images[:3]:
+        shutil.copy(p, folder / p.name)
+    ckpt = save_trained_checkpoint(tmp_path / "best.pt", seed=2)
+    out = tmp_path / "report"
+    assert main(["report", "--weights", str(ckpt), str(sample_images[0]), "--out", str(out), "--imgsz", str(IMGSZ),
+                 "--grad-imgsz", "160", "--no-layercam", "--stats-over", str(folder), "--stats-limit", "2"]) == 0
+    numbers = json.loads((out / FILES / "report.json").read_text())
+    ds = numbers["activations"]["dataset"]
+    assert ds["images"] == 2 and ds["failed"] == []  # the limit: the first two photos in sorted order
+    first_two = sorted(folder.iterdir())[:2]
+    ref = inspect_dataset(str(ckpt), first_two, tmp_path / "ref", imgsz=IMGSZ, progress=False)
+    index = json.loads(ref["index"].read_text())
+    assert len(ds["layer_stats"]) == len(index["layers"]) == 57
+    for entry in index["layers"]:
+        got, want = ds["layer_stats"][entry["path"]], entry["stats"]
+        assert got["count"] == want["count"]
+        for k in ("mean", "std", "min", "max", "frac_negative", "frac_dead", "post_mean"):
+            # the two runs may pick different conv algorithms (thread counts differ): float32 rounding apart
+            assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), (entry["path"], k)
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "per-layer statistics over 2 photos" in html
+    pooled = sum(s["frac_negative"] * s["count"] for s in ds["layer_stats"].values()) / sum(
+        s["count"] for s in ds["layer_stats"].values())
+    assert f"{100 * pooled:.1f}% of z are negative" in html
