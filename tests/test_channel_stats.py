@@ -141,12 +141,16 @@ def test_layouts_the_kernel_cannot_read_fall_back_to_torch():
 
 
 @needs_kernel
-def test_recorder_kernel_switch(tmp_path):
-    """The recorder passes ``kernel`` on: both settings give the same per-channel rows on a real model."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_recorder_kernel_switch(fused):
+    """The recorder passes ``kernel`` on: both settings give the same per-channel rows on a real model,
+    unfused (z from the BatchNorm) and fused (z from the conv that BatchNorm was folded into)."""
     from pipeline.model import load_model
 
     torch.manual_seed(0)
     yolo = load_model("yolov8n.yaml", nc=6)
+    if fused:
+        yolo.model.fuse(verbose=False)
     x = torch.rand(2, 3, 96, 128)
     rows = {}
     for kernel in (True, False):
