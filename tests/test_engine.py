@@ -221,6 +221,52 @@ def test_cli_batched_folder_bad_files_reported_rest_written(weights, sample_imag
     assert a["ok"] and a["matched"] > 10
 
 
+@pytest.mark.parametrize("imgsz,crop", [(320, None), (416, (480, 600)), (640, (300, 500)), (800, None)])
+def test_device_letterbox_within_one_grey_level_of_stock(sample_images, imgsz, crop):
+    """The GPU path's torch letterbox against Ultralytics' LetterBox (cv2): same shape and padding, every
+    pixel within 1 grey level (cv2 resizes in fixed point, torch in float: not bit-exact)."""
+    from pipeline.engine import _gpu_letterbox, _Letterboxer
+
+    lb = _Letterboxer(imgsz, 32)
+    diffs = []
+    for src in sample_images[:6]:
+        bgr = cv2.imread(str(src))
+        if crop:
+            bgr = np.ascontiguousarray(bgr[: crop[0], : crop[1]])
+        ref = lb(bgr)[..., ::-1]  # RGB, HxWx3
+        h, w = bgr.shape[:2]
+        params = lb.params(h, w)
+        ours = _gpu_letterbox(torch.from_numpy(bgr[..., ::-1].copy()).permute(2, 0, 1), params).permute(1, 2, 0).numpy()
+        assert ours.shape == ref.shape and ours.dtype == np.uint8
+        d = np.abs(ours.astype(int) - ref.astype(int))
+        assert d.max() <= 1
+        top, left = params["top"], params["left"]
+        assert (ours[:top] == 114).all() and (ours[:, :left] == 114).all()  # padding exactly stock's grey
+        diffs.append(d.mean())
+    assert 0 <= np.mean(diffs) < 0.3  # most pixels agree exactly
+
+
+def test_device_decode_path_on_cpu(weights, photos, tmp_path):
+    """``gpu_decode=True`` runs the GPU path's code (torchvision decode in batches, torch letterbox) on the CPU.
+
+    Its pixels are within 1 grey level of stock's, not equal, so a few near-tie boxes change: this pins
+    down how close it is (and why the engine decodes with cv2 by default, also on a GPU).
+    """
+    bad = tmp_path / "cut.jpg"
+    bad.write_bytes(Path(photos[0]).read_bytes()[:3000])
+    files = [bad, *photos]
+    engine = Engine(load_model(weights), imgsz=IMGSZ, conf=CONF, batch=4, backend="torch", gpu_decode=True)
+    records, errors = engine.predict(files)
+    assert len(errors) == 1 and "cut.jpg" in str(errors[0]) and len(records) == len(photos)
+    by_path = {str(Path(r.path).resolve()): r for r in stock_predict(weights, photos, tmp_path)}  # sorted by stock
+    stock = [{"image": rec["image"], "detections": [{"class_id": int(c), "score": float(p), "box_xyxy": xyxy}
+              for xyxy, p, c in zip(r.boxes.xyxy.tolist(), r.boxes.conf.tolist(), r.boxes.cls.tolist())]}
+             for rec in records for r in [by_path[str(Path(rec["image"]).resolve())]]]
+    a = agreement(records, stock)
+    assert a["stock_boxes"] > 50 and a["matched"] >= 0.95 * a["stock_boxes"]
+    assert a["min_iou"] >= 0.99 and a["max_score_diff"] <= 1e-2
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_engine_agrees_with_stock(weights, photos):  # pragma: no cover - no GPU on the CPU machines
     for gpu_decode in (False, True):
