@@ -124,7 +124,7 @@ def predict_paths(
     overlays: bool = True,
     progress: bool = True,
     batch: int | None = None,
-    workers: int = 2,
+    workers: int | None = None,
     backend: str = "auto",
 ) -> tuple[list[dict], list[InputError]]:
     """Predict on files/folders/globs; write overlays and ``out/detections.json``; return (records, errors).
@@ -213,7 +213,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or a CUDA index (default cpu)")
     p.add_argument("--no-overlays", action="store_true", help="write detections.json only")
     p.add_argument("--batch", type=int, default=None, help="photos per forward pass; > 1 (or a folder) runs the batched engine (default there: 1 on CPU, 32 on CUDA)")
-    p.add_argument("--workers", type=int, default=2, help="decode threads of the batched engine (default 2)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decode threads of the batched engine (default 2 on CPU, every core but one on a GPU)")
     p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto", help="batched engine backend: auto = ONNX Runtime on CPU if installed, else torch")
 
 

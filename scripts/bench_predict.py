@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     p.add_argument("--conf", type=float, default=0.25)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=None, help="engine batch (default: 1 on CPU, 32 on CUDA)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None, help="decode threads (default 2 on CPU, cores - 1 on a GPU)")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"))
     p.add_argument("--rounds", type=int, default=1, help="alternating stock/ours rounds (default 1)")
     p.add_argument("--data", default=None, help="data.yaml of a labelled set whose photos are --source: also compare mAP")

@@ -277,3 +277,9 @@ def test_cuda_engine_agrees_with_stock(weights, photos):  # pragma: no cover - n
                   for xyxy, s, c in zip(r.boxes.xyxy.tolist(), r.boxes.conf.tolist(), r.boxes.cls.tolist())]}
                  for r in load_model(weights).predict([str(f) for f in photos], stream=True, conf=CONF, imgsz=IMGSZ, device="0", verbose=False)]
         assert agreement(records, stock)["ok"]
+
+
+def test_default_decode_workers(weights):
+    """Two decode threads on the CPU, where the cores belong to the forward pass."""
+    assert Engine(load_model(weights), imgsz=IMGSZ, backend="torch").workers == 2
+    assert Engine(load_model(weights), imgsz=IMGSZ, backend="torch", workers=5).workers == 5
