@@ -44,7 +44,7 @@ SUMMARIES = {
     "demo": "synth -> train on CPU -> predict -> report, offline, in minutes",
     "preprocess": "show the exact model input and three pixel scalings with outliers",
     "outliers": "flag outlier images and cross-split duplicates in a dataset",
-    "inspect": "record every conv layer's pre/post-SiLU activations, weights and folded biases",
+    "inspect": "record every conv layer's activations, weights and folded biases (one photo), or its statistics (a folder)",
     "trace": "recompute one neuron by hand: sum(w*x) + b -> SiLU, against the framework",
     "report": "write an offline HTML report walking input -> neurons -> activations -> output -> training",
 }

@@ -1,5 +1,7 @@
-"""Record every conv layer's pre/post-SiLU activations, weights and folded biases for one photo,
-or the per-channel statistics of every conv layer over a folder of photos.
+"""Record what every conv layer computes: a full dump for one photo, or per-channel statistics over many.
+
+For one photo: every layer's pre/post-SiLU activations, weights and folded biases. For a folder, several
+photos or a glob: the per-channel statistics of every layer over all of them.
 
 One forward pass of the exact predictor input with ``LayerRecorder`` hooked on the chosen Conv blocks
 writes five files into ``--out``:
