@@ -46,14 +46,15 @@ typedef int32_t vi __attribute__((vector_size(16)));
             for (int j_ = 0; j_ < VL; j_++) (acc) += (double)(v)[k_][j_];                                         \
     } while (0)
 
-/* z statistics of one run of n values, added into acc = {sum(z-p), sum((z-p)^2), min, max, count(z<0)}. */
+/* z statistics of one run of n values, added into acc = {sum(z-p), sum((z-p)^2), min, max, count(z < 0)};
+ * min and max skip NaNs (a NaN shows in the sums instead). */
 MULTIVERSION
 static void pre_run(const float *x, Py_ssize_t n, float p, double *acc)
 {
     Py_ssize_t i = 0;
-    const vf pv = p - (vf){0}, zero = {0};
+    const vf pv = p - (vf){0}, zero = {0}, inf = INFINITY - (vf){0};
     vf lo[U], hi[U];
-    for (int k = 0; k < U; k++) lo[k] = hi[k] = pv;
+    for (int k = 0; k < U; k++) lo[k] = inf, hi[k] = -inf;
     while (i + LANES <= n) {
         vf s[U], q[U];
         vi neg[U];
@@ -130,6 +131,29 @@ static double squared_deviations(const float *x, Py_ssize_t B, Py_ssize_t C, Py_
     return m2;
 }
 
+/* Whether channel c holds a NaN: asked only when its sums came out NaN, which +inf and -inf together, or
+ * float32 lane sums overflowing both ways, also cause. */
+static int any_nan(const float *x, Py_ssize_t B, Py_ssize_t C, Py_ssize_t HW, Py_ssize_t c)
+{
+    for (Py_ssize_t b = 0; b < B; b++) {
+        const float *r = x + (b * C + c) * HW;
+        for (Py_ssize_t i = 0; i < HW; i++)
+            if (r[i] != r[i]) return 1;
+    }
+    return 0;
+}
+
+/* sum(x) over channel c of all B images, in double: where float32 lane sums overflowed. */
+static double double_sum(const float *x, Py_ssize_t B, Py_ssize_t C, Py_ssize_t HW, Py_ssize_t c)
+{
+    double s = 0.0;
+    for (Py_ssize_t b = 0; b < B; b++) {
+        const float *r = x + (b * C + c) * HW;
+        for (Py_ssize_t i = 0; i < HW; i++) s += r[i];
+    }
+    return s;
+}
+
 /* One call's work: channels [c0, c1) of a BxCxHW map; `number` is the cancel ratio (pre) or eps (post). */
 typedef struct {
     const float *x;
@@ -143,22 +167,34 @@ static void pre_channels(const job_t *j)
     const double n = (double)j->B * j->HW;
     for (Py_ssize_t c = j->c0; c < j->c1; c++) {
         double acc[5], *o = j->out + 5 * c;
-        float p = j->x[c * j->HW];
+        float p = j->x[c * j->HW]; /* the pivot: the channel's first value, or 0 if that is inf or NaN */
+        p = isfinite(p) ? p : 0.0f;
         acc[0] = acc[1] = acc[4] = 0.0;
-        acc[2] = acc[3] = p;
+        acc[2] = INFINITY, acc[3] = -INFINITY;
         for (Py_ssize_t b = 0; b < j->B; b++) pre_run(j->x + (b * j->C + c) * j->HW, j->HW, p, acc);
+        o[2] = acc[2];
+        o[3] = acc[3];
+        o[4] = acc[4];
+        if ((isnan(acc[0]) || isnan(acc[1])) && any_nan(j->x, j->B, j->C, j->HW, c)) {
+            /* a NaN in the map: sum, spread, min and max are NaN, as in torch */
+            o[0] = o[1] = o[2] = o[3] = NAN;
+            continue;
+        }
+        if (isfinite(acc[2]) && isfinite(acc[3]) && !(isfinite(acc[0]) && isfinite(acc[1]))) {
+            /* finite values beyond ~1e19: the float32 lane sums overflowed; take both sums in double */
+            double sum = double_sum(j->x, j->B, j->C, j->HW, c);
+            o[0] = sum;
+            o[1] = squared_deviations(j->x, j->B, j->C, j->HW, c, sum / n);
+            continue;
+        }
         /* mean = p + sum(d)/n and m2 = sum(d^2) - sum(d)^2/n with d = x - p; when the pivot p sat far out in the
          * tail ((mean - p)^2 > cancel * variance) that difference loses digits: then take the exact second pass */
         double shift = acc[0] / n, m2 = acc[1] - acc[0] * shift;
-        if (m2 < 0.0) m2 = 0.0; /* rounding; a NaN (from inf - inf) stays NaN, as in torch */
+        if (m2 < 0.0) m2 = 0.0; /* rounding; a NaN (from inf - inf: the map holds inf) stays NaN, as in torch */
         if (shift * shift * n > j->number * m2 && isfinite(m2))
             m2 = squared_deviations(j->x, j->B, j->C, j->HW, c, p + shift);
         o[0] = p * n + acc[0]; /* sum(x) */
         o[1] = m2;
-        o[2] = acc[2];
-        o[3] = acc[3];
-        o[4] = acc[4];
-        if (isnan(acc[1])) o[2] = o[3] = NAN; /* a NaN in the map: its min and max are NaN, as in torch */
     }
 }
 

@@ -181,6 +181,47 @@ class TorchBackend:
         return y.float(), raw["scores"].float()
 
 
+#: Graphs kept in the ONNX cache at most (the oldest go first); each is ~12 MB for yolov8n.
+ONNX_CACHE_MAX = 24
+
+
+def _fingerprint(model: torch.nn.Module) -> str:
+    """A hash of everything an export of ``model`` depends on: versions, this module's export code, and per
+    submodule its path, class and plain attributes (activation type, Detect's stride, nc, flags...), and
+    every tensor's values (parameters, buffers, tensors held as attributes)."""
+    import inspect
+
+    import ultralytics
+
+    h = hashlib.sha256(f"{torch.__version__}|{ultralytics.__version__}|opset17".encode())
+    h.update(inspect.getsource(_HeadOutputs).encode())
+    h.update(inspect.getsource(OnnxBackend._export).encode())
+    for path, m in model.named_modules():
+        h.update(f"|{path}:{type(m).__module__}.{type(m).__qualname__}".encode())
+        for key, value in sorted(vars(m).items()):
+            if key.startswith("_") or key == "training":
+                continue
+            if isinstance(value, torch.Tensor):
+                h.update(key.encode())
+                h.update(value.detach().cpu().contiguous().numpy().tobytes())
+            elif isinstance(value, (bool, int, float, str, tuple, list, type(None))):
+                h.update(f"{key}={value!r}".encode())
+        for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
+            h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def _evict(folder: Path, keep: int) -> None:
+    """Delete all but the ``keep`` most recently used graphs in ``folder`` (races with another process are harmless)."""
+    try:
+        graphs = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in graphs[keep:]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 class OnnxBackend:
     """ONNX Runtime on CPU, one graph per letterboxed input shape (batch axis dynamic), exported in memory.
 
@@ -214,15 +255,9 @@ class OnnxBackend:
         self._weights_hash: str | None = None
 
     def cache_path(self, hw: tuple[int, int]) -> Path:
-        """Where the graph for ``hw`` is kept: a hash of every weight's value, the shape and the versions."""
+        """Where the graph for ``hw`` is kept: named by a hash of what the export depends on (``_fingerprint``)."""
         if self._weights_hash is None:
-            import ultralytics
-
-            h = hashlib.sha256(f"{torch.__version__}|{ultralytics.__version__}|opset17|logits".encode())
-            for name, t in self.model.state_dict().items():
-                h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-                h.update(t.detach().cpu().contiguous().numpy().tobytes())
-            self._weights_hash = h.hexdigest()[:24]
+            self._weights_hash = _fingerprint(self.model)
         return runtime.cache_dir() / "onnx" / f"{self._weights_hash}-{hw[0]}x{hw[1]}.onnx"
 
     def _export(self, hw: tuple[int, int]) -> bytes:
@@ -255,6 +290,7 @@ class OnnxBackend:
                 if path is not None and path.is_file():
                     try:
                         session = self.ort.InferenceSession(path.read_bytes(), so, providers=["CPUExecutionProvider"])
+                        os.utime(path)  # recently used: kept by the eviction
                     except Exception:  # a damaged cache file: export again and replace it
                         session = None
                 if session is None:
@@ -263,6 +299,7 @@ class OnnxBackend:
                         try:
                             path.parent.mkdir(parents=True, exist_ok=True)
                             atomic_write_bytes(path, graph)
+                            _evict(path.parent, ONNX_CACHE_MAX)
                         except OSError:  # a read-only cache only costs the export next time
                             pass
                     session = self.ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
@@ -348,8 +385,8 @@ class Engine:
         batch: photos per forward pass (default ``DEFAULT_BATCH`` for the device); only photos with the same
             letterboxed shape share a batch.
         workers: threads decoding and letterboxing ahead of the forward pass (OpenCV drops the GIL); default
-            2 on the CPU (the cores belong to the forward), every core but one on CUDA (decoding is then the
-            bottleneck: a GPU forward of a 640 photo takes ~0.2 ms, a cv2 decode ~3 ms).
+            2 on the CPU (the cores belong to the forward), every core but one (at most 16) on CUDA (decoding
+            is then the bottleneck: a GPU forward of a 640 photo takes ~0.2 ms, a cv2 decode ~3 ms).
         backend: ``auto`` (ONNX Runtime on CPU if installed, else torch), ``torch`` or ``onnx``.
         half: fp16 on CUDA (default True there; ignored on CPU).
         keep_images: hand each decoded photo back in ``Output.image`` (for overlays).
@@ -393,7 +430,7 @@ class Engine:
         batch = DEFAULT_BATCH.get(self.device.type, 1) if batch is None else batch
         if workers is None:
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            workers = max(2, cores - 1) if self.device.type == "cuda" else 2
+            workers = min(16, max(2, cores - 1)) if self.device.type == "cuda" else 2  # prefetch memory grows with it
         self.batch, self.workers = max(1, int(batch)), max(1, int(workers))
         self.keep_images = keep_images
         self.gpu_decode = bool(gpu_decode)

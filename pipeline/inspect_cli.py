@@ -234,7 +234,7 @@ def record_statistics(model, sources, imgsz=640, layers=None, dead_eps: float = 
 
     net = detection_model(model)
     files, errors = expand_sources([str(s) for s in sources])
-    files = files[:limit] if limit else files
+    files = files[:limit] if limit is not None else files
     for e in errors:
         if on_error:
             on_error(e)
@@ -299,13 +299,13 @@ def inspect_dataset(weights_or_yolo, sources, out_dir, layers=None, imgsz=640, f
     """
     from pipeline.model import load_model
 
-    t0 = time.perf_counter()
     yolo = weights_or_yolo
     if isinstance(weights_or_yolo, (str, Path)):
         yolo = load_model(weights_or_yolo, nc=len(CLASS_NAMES))
     net = detection_model(yolo)
     if fuse:
         net.fuse(verbose=False)
+    t0 = time.perf_counter()  # images per second: reading, letterboxing, forward and statistics, not the load
     rec, used, errors, shapes = record_statistics(net, sources, imgsz, layers=layers, dead_eps=dead_eps,
                                                   progress=progress, on_error=on_error)
     seconds = time.perf_counter() - t0
@@ -340,7 +340,8 @@ def inspect_dataset(weights_or_yolo, sources, out_dir, layers=None, imgsz=640, f
 
 def _single_photo(sources: list[str]) -> bool:
     """One file named on its own gets the full dump; folders, globs and several photos get statistics."""
-    return len(sources) == 1 and not Path(sources[0]).is_dir() and not any(c in sources[0] for c in "*?[")
+    s = sources[0] if len(sources) == 1 else None
+    return s is not None and (Path(s).is_file() or (not Path(s).is_dir() and not any(c in s for c in "*?[")))
 
 
 def add_arguments(parser) -> None:

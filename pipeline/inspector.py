@@ -72,6 +72,9 @@ DEAD_EPS = 1e-3
 #: (float32 cancellation would then cost more than ~1e-5 of the std): those channels get the two-pass formula.
 CANCEL_RATIO = 16.0
 
+#: ChannelStats folds its per-batch tables into running totals every this many batches (bounded memory).
+FOLD_EVERY = 64
+
 #: Columns of the per-channel statistics (stats.csv), in order.
 STATS_COLUMNS = (
     "layer",
@@ -192,7 +195,7 @@ class ChannelStats:
     def __init__(self, channels: int, dead_eps: float = DEAD_EPS, kernel: bool = True):
         self.channels, self.dead_eps = channels, dead_eps
         self.kernel = kernel and _channel_stats is not None
-        self._batches: list[tuple] = []  # (n per channel, C x 5 table of z, C x 2 table of a)
+        self._batches: list[tuple] = []  # not yet merged: (n per channel, C x 5 table of z, C x 2 table of a)
         self._pending = None
         self._merged = None
 
@@ -258,7 +261,9 @@ class ChannelStats:
             dead = torch.lt(torch.abs(ac, out=work), self.dead_eps, out=work).sum(dim=1)  # count of |a| < eps
             post = torch.stack([dead, ac.sum(dim=1)], 1)
         self._batches.append((n, pre, post))
-        self._pending, self._merged = None, None
+        self._pending = None
+        if len(self._batches) >= FOLD_EVERY:  # a long dataset pass: bounded memory, folding stays rare
+            self._merge()
 
     def update(self, z: torch.Tensor, a: torch.Tensor) -> None:
         """Add one batch ``z, a`` (BxCxHxW, float) to the statistics."""
@@ -266,12 +271,18 @@ class ChannelStats:
         self.update_post(a)
 
     def _merge(self) -> dict:
-        if self._merged is not None:
+        """Fold the batches not yet merged into the running totals (Chan et al.) and return the totals."""
+        if self._merged is not None and not self._batches:
             return self._merged
         c, f64 = self.channels, torch.float64
-        count, mean, m2 = 0, torch.zeros(c, dtype=f64), torch.zeros(c, dtype=f64)
-        lo, hi = torch.full((c,), float("inf"), dtype=f64), torch.full((c,), float("-inf"), dtype=f64)
-        negative, dead, post = torch.zeros(c, dtype=f64), torch.zeros(c, dtype=f64), torch.zeros(c, dtype=f64)
+        if self._merged is None:
+            count, mean, m2 = 0, torch.zeros(c, dtype=f64), torch.zeros(c, dtype=f64)
+            lo, hi = torch.full((c,), float("inf"), dtype=f64), torch.full((c,), float("-inf"), dtype=f64)
+            negative, dead, post = torch.zeros(c, dtype=f64), torch.zeros(c, dtype=f64), torch.zeros(c, dtype=f64)
+        else:
+            t = self._merged
+            count, mean, m2, lo, hi = t["count"], t["mean"], t["m2"], t["min"], t["max"]
+            negative, dead, post = t["negative"], t["dead"], t["post"]
         for n, pre_table, post_table in self._batches:
             b_sum, b_m2, b_lo, b_hi, b_neg = pre_table.double().unbind(1)
             b_dead, b_post = post_table.double().unbind(1)
@@ -282,6 +293,7 @@ class ChannelStats:
             count = total
             lo, hi = torch.minimum(lo, b_lo), torch.maximum(hi, b_hi)
             negative, dead, post = negative + b_neg, dead + b_dead, post + b_post
+        self._batches.clear()
         self._merged = dict(count=count, mean=mean, m2=m2, min=lo, max=hi, negative=negative, dead=dead, post=post)
         return self._merged
 

@@ -216,6 +216,13 @@ def write_report(
         timings[name] = round(time.perf_counter() - t0, 2)
         return time.perf_counter()
 
+    if stats_over:  # fail before the heavy work if the set names nothing readable
+        from pipeline.io import expand_sources
+
+        stats_over = list(stats_over) if isinstance(stats_over, (list, tuple)) else [stats_over]
+        found, missing = expand_sources([str(s) for s in stats_over])
+        if not found:
+            raise missing[0] if missing else InputError(" ".join(map(str, stats_over)), "no photos")
     out_dir = Path(out_dir)
     files = out_dir / FILES
     files.mkdir(parents=True, exist_ok=True)
@@ -304,8 +311,7 @@ def write_report(
     if stats_over:  # the same statistics over many photos (before predict fuses BN into the convs)
         from pipeline.inspect_cli import record_statistics
 
-        srec, used, errs, _ = record_statistics(model, stats_over if isinstance(stats_over, (list, tuple)) else [stats_over],
-                                                imgsz, progress=False, limit=stats_limit)
+        srec, used, errs, _ = record_statistics(model, stats_over, imgsz, progress=False, limit=stats_limit)
         set_stats = {"images": len(used), "failed": [str(e) for e in errs],
                      "layer_stats": {p: srec.stats[p].summary() for p in paths if p in srec.stats}}
         numbers["activations"]["dataset"] = set_stats

@@ -129,6 +129,34 @@ def test_nan_and_inf_reach_the_statistics(kernel):
     torch.testing.assert_close(s.min[2], want["min"][2], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("kernel", [True, False])
+def test_inf_first_value_and_huge_values(kernel):
+    """inf where the kernel takes its pivot (the channel's first value), and finite values near float32's
+    limit whose squares overflow float32: the same answers as torch in float64."""
+    if kernel and inspector._channel_stats is None:
+        pytest.skip("C kernel not built")
+    z = torch.randn(2, 6, 9, 11, generator=torch.Generator().manual_seed(5))
+    z[0, 0, 0, 0] = float("inf")  # channel 0: +inf first
+    z[0, 1, 0, 0] = float("-inf")  # channel 1: -inf first
+    z[:, 2] *= 1e20  # channel 2: finite, but z^2 overflows float32
+    z[1, 4, 3, 3], z[1, 4, 5, 5] = float("inf"), float("-inf")  # channel 4: both infinities, no NaN
+    z[:, 5] = torch.sign(z[:, 5]) * 3e38  # channel 5: finite, sums overflow both ways
+    s = stats_of([silu_pair(z)], kernel)
+    assert torch.isnan(s.mean[4]) and s.min[4] == float("-inf") and s.max[4] == float("inf")  # as torch says
+    big = float(torch.tensor(3e38))  # 3e38 rounded to float32
+    assert s.min[5] == -big and s.max[5] == big  # not NaN: nothing there is NaN
+    assert s.mean[0] == float("inf") and s.max[0] == float("inf") and torch.isfinite(s.min[0])
+    assert s.mean[1] == float("-inf") and s.min[1] == float("-inf") and torch.isfinite(s.max[1])
+    want = oracle([silu_pair(z)])
+    for c in (2, 3):
+        torch.testing.assert_close(s.min[c], want["min"][c], rtol=0, atol=0)
+        torch.testing.assert_close(s.max[c], want["max"][c], rtol=0, atol=0)
+    if kernel:  # torch's own float32 reductions overflow here too; the kernel redoes the sums in float64
+        torch.testing.assert_close(s.mean[2], want["mean"][2], rtol=1e-6, atol=0)
+        torch.testing.assert_close(s.std[2], want["std"][2], rtol=1e-6, atol=0)
+    torch.testing.assert_close(s.std[3], want["std"][3], rtol=1e-5, atol=1e-6)
+
+
 @needs_kernel
 def test_layouts_the_kernel_cannot_read_fall_back_to_torch():
     z = torch.randn(2, 8, 12, 12, generator=torch.Generator().manual_seed(4))
@@ -165,3 +193,21 @@ def test_recorder_kernel_switch(fused):
             assert r1[k] == pytest.approx(r2[k], rel=1e-5, abs=1e-6), (r1["layer"], k)
         for k in ("min", "max", "frac_negative", "frac_dead"):
             assert r1[k] == r2[k], (r1["layer"], k)
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_long_passes_fold_into_running_totals(kernel, monkeypatch):
+    """Per-batch tables are folded every FOLD_EVERY batches (memory stays bounded over a big dataset),
+    and reading the statistics mid-way does not change the final answer."""
+    if kernel and inspector._channel_stats is None:
+        pytest.skip("C kernel not built")
+    monkeypatch.setattr(inspector, "FOLD_EVERY", 3)
+    g = torch.Generator().manual_seed(6)
+    batches = [silu_pair(torch.randn(1 + i % 2, 5, 7 + i, 9, generator=g) * (1 + i) + i) for i in range(8)]
+    s = ChannelStats(5, kernel=kernel)
+    for i, (z, a) in enumerate(batches):
+        s.update(z, a)
+        assert len(s._batches) < 3
+        if i == 4:
+            check(s, oracle(batches[:5]))  # a mid-way read folds too
+    check(s, oracle(batches))

@@ -155,11 +155,23 @@ def test_onnx_graphs_cached_by_weight_values(weights, monkeypatch, tmp_path):
     third.forward(x)
     assert third.exported == [(96, 128)]
 
+    relu = load_model(weights).model  # same parameters, another activation: must not share a graph
+    for m in relu.modules():
+        if hasattr(m, "act") and isinstance(m.act, torch.nn.SiLU):
+            m.act = torch.nn.ReLU()
+    assert OnnxBackend(relu).cache_path((96, 128)) != path
+    stride = load_model(weights).model  # a non-parameter tensor attribute (Detect's strides) counts too
+    stride.model[-1].stride = stride.model[-1].stride * 2
+    assert OnnxBackend(stride).cache_path((96, 128)) != path
+
     path.write_bytes(b"damaged")  # a broken cache file is exported again and replaced
     fourth = OnnxBackend(load_model(weights).model)
     y4, _ = fourth.forward(x)
     assert fourth.exported == [(96, 128)] and torch.equal(y4, y1) and path.stat().st_size > 1000
     assert OnnxBackend(load_model(weights).model, cache=False).forward(x)[0].shape == y1.shape
+    monkeypatch.setattr("pipeline.engine.ONNX_CACHE_MAX", 1)  # eviction keeps the most recently written
+    OnnxBackend(load_model(weights).model).forward(torch.rand(1, 3, 64, 64))
+    assert [p.name for p in path.parent.glob("*.onnx")] == [first.cache_path((64, 64)).name]
 
 
 def test_engine_logits_equal_predict_logits(weights, photos):

@@ -341,3 +341,13 @@ def test_inspect_stats_only_one_photo_and_nothing_readable(ckpt_path, sample_ima
     assert len(err) == 3 and all(line.startswith("error:") for line in err)  # each file, then the verdict
     assert "missing.jpg: file not found" in err[0] and "bad.jpg" in err[1] and "no photo could be read" in err[2]
     assert not (tmp_path / "none").exists()
+
+
+def test_inspect_one_photo_whose_name_looks_like_a_glob(ckpt_path, sample_images, tmp_path):
+    """An existing file named 'photo[1].jpg' is one photo (full dump), not a glob."""
+    photo = tmp_path / "photo[1].jpg"
+    photo.write_bytes(sample_images[4].read_bytes())
+    out = tmp_path / "dump"
+    assert main(["inspect", "--weights", str(ckpt_path), str(photo), "--out", str(out), "--imgsz", str(IMGSZ),
+                 "--layers", "0"]) == 0
+    assert (out / "activations.safetensors").is_file()

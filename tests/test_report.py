@@ -227,6 +227,10 @@ def test_report_statistics_over_a_folder(tmp_path, sample_images):
             assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), (entry["path"], k)
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "per-layer statistics over 2 photos" in html
+    # a set that names nothing fails at once, with the set's own error line, before any report work
+    assert main(["report", "--weights", str(ckpt), str(sample_images[0]), "--out", str(tmp_path / "r2"),
+                 "--stats-over", str(tmp_path / "nothing")]) == 1
+    assert not (tmp_path / "r2").exists()
     pooled = sum(s["frac_negative"] * s["count"] for s in ds["layer_stats"].values()) / sum(
         s["count"] for s in ds["layer_stats"].values())
     assert f"{100 * pooled:.1f}% of z are negative" in html
