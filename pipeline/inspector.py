@@ -127,7 +127,7 @@ def detect_head(model) -> tuple[str, nn.Module] | tuple[None, None]:
     return None, None
 
 
-def select_layers(model, layers=None) -> list[str]:
+def select_layers(model, layers=None, modules: dict | None = None) -> list[str]:
     """Resolve a layer selection to Conv block paths, in model order.
 
     Args:
@@ -136,6 +136,7 @@ def select_layers(model, layers=None) -> list[str]:
             - ints or digit strings: top-level layer index (``2`` -> every Conv block inside ``model.2``),
             - module paths: ``"model.2.cv1"`` (that block) or ``"model.2"`` (every Conv block inside it),
             - type names: ``"C2f"``, ``"SPPF"``, ``"Detect"``, ``"Conv"`` (Conv blocks inside modules of that type).
+        modules: ``dict(model.named_modules())`` if the caller has it already (saves a walk over the model).
 
     Raises:
         ValueError: a selector that matches no Conv block.
@@ -144,12 +145,14 @@ def select_layers(model, layers=None) -> list[str]:
         >>> select_layers(yolo, [0, "model.2.cv1", "SPPF"])
         ['model.0', 'model.2.cv1', 'model.9.cv1', 'model.9.cv2']
     """
-    blocks = conv_blocks(model)
+    if modules is None:
+        modules = dict(detection_model(model).named_modules())
+    Conv = _conv_class()
+    blocks = {p: m for p, m in modules.items() if isinstance(m, Conv)}
     if layers is None:
         return list(blocks)
     if isinstance(layers, (str, int)):
         layers = [layers]
-    modules = dict(detection_model(model).named_modules())
     wanted: set[str] = set()
     for sel in layers:
         s = str(sel).strip()
@@ -406,7 +409,9 @@ class LayerRecorder:
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
         self.model = detection_model(model)
-        self.layers = select_layers(self.model, layers)
+        # one walk over the modules serves selection and hooking (fuse() keeps every block object, only drops bn)
+        self._modules = dict(self.model.named_modules())
+        self.layers = select_layers(self.model, layers, self._modules)
         self.mode, self.record_head, self.keep_inputs = mode, head, keep_inputs
         self.dead_eps, self.grad, self.kernel = dead_eps, grad, kernel
         self.activations: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -473,7 +478,7 @@ class LayerRecorder:
         self._stack = contextlib.ExitStack()
         if not self.grad:
             self._stack.enter_context(torch.no_grad())
-        modules = dict(self.model.named_modules())
+        modules = self._modules
         # switch to eval only if something trains: Module.train() sets a flag on all ~280 modules (~3 ms each way)
         if any(m.training for m in modules.values()):
             self._was_training = self.model.training
