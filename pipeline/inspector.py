@@ -112,19 +112,21 @@ def is_fused(block: nn.Module) -> bool:
     return not hasattr(block, "bn")
 
 
-def conv_blocks(model) -> dict[str, nn.Module]:
+def _named(model, modules: dict | None):
+    """``(path, module)`` pairs: from ``modules`` (``dict(named_modules())``) when given, else a walk."""
+    return modules.items() if modules is not None else detection_model(model).named_modules()
+
+
+def conv_blocks(model, modules: dict | None = None) -> dict[str, nn.Module]:
     """All Conv blocks (``ultralytics.nn.modules.conv.Conv`` and subclasses) by module path, in model order."""
     Conv = _conv_class()
-    return {name: m for name, m in detection_model(model).named_modules() if isinstance(m, Conv)}
+    return {name: m for name, m in _named(model, modules) if isinstance(m, Conv)}
 
 
-def detect_head(model) -> tuple[str, nn.Module] | tuple[None, None]:
+def detect_head(model, modules: dict | None = None) -> tuple[str, nn.Module] | tuple[None, None]:
     """``(path, Detect module)`` of the model's detection head, or ``(None, None)``."""
     Detect = _detect_class()
-    for name, m in detection_model(model).named_modules():
-        if isinstance(m, Detect):
-            return name, m
-    return None, None
+    return next(((name, m) for name, m in _named(model, modules) if isinstance(m, Detect)), (None, None))
 
 
 def select_layers(model, layers=None, modules: dict | None = None) -> list[str]:
@@ -147,8 +149,7 @@ def select_layers(model, layers=None, modules: dict | None = None) -> list[str]:
     """
     if modules is None:
         modules = dict(detection_model(model).named_modules())
-    Conv = _conv_class()
-    blocks = {p: m for p, m in modules.items() if isinstance(m, Conv)}
+    blocks = conv_blocks(model, modules)
     if layers is None:
         return list(blocks)
     if isinstance(layers, (str, int)):
@@ -490,8 +491,7 @@ class LayerRecorder:
                 inplace_act = bool(getattr(block.act, "inplace", False))
                 self._handles.append(pre.register_forward_hook(self._on_pre(path, inplace_act)))
                 self._handles.append(block.register_forward_hook(self._on_block(path)))
-            Detect = _detect_class()
-            hpath, detect = next(((p, m) for p, m in modules.items() if isinstance(m, Detect)), (None, None))
+            hpath, detect = detect_head(self.model, modules)
             if self.record_head and detect is not None:
                 nl = detect.nl
                 self.head.update(path=hpath, cls_logits=[None] * nl, box=[None] * nl, nc=detect.nc,

@@ -216,13 +216,14 @@ def write_report(
         timings[name] = round(time.perf_counter() - t0, 2)
         return time.perf_counter()
 
-    if stats_over:  # fail before the heavy work if the set names nothing readable
+    stats_files, stats_missing = [], []
+    if stats_over:  # listed once, up front: fail before the heavy work if the set names nothing
         from pipeline.io import expand_sources
 
         stats_over = list(stats_over) if isinstance(stats_over, (list, tuple)) else [stats_over]
-        found, missing = expand_sources([str(s) for s in stats_over])
-        if not found:
-            raise missing[0] if missing else InputError(" ".join(map(str, stats_over)), "no photos")
+        stats_files, stats_missing = expand_sources([str(s) for s in stats_over])
+        if not stats_files:
+            raise stats_missing[0] if stats_missing else InputError(" ".join(map(str, stats_over)), "no photos")
     out_dir = Path(out_dir)
     files = out_dir / FILES
     files.mkdir(parents=True, exist_ok=True)
@@ -308,11 +309,11 @@ def write_report(
     numbers["activations"] = {"layer": act_layer, "gallery": gallery, "silu_min": [silu_x, silu_y],
                               "layer_stats": layer_stats}
     set_stats = None
-    if stats_over:  # the same statistics over many photos (before predict fuses BN into the convs)
+    if stats_files:  # the same statistics over many photos (before predict fuses BN into the convs)
         from pipeline.inspect_cli import record_statistics
 
-        srec, used, errs, _ = record_statistics(model, stats_over, imgsz, progress=False, limit=stats_limit)
-        set_stats = {"images": len(used), "failed": [str(e) for e in errs],
+        srec, used, errs, _ = record_statistics(model, stats_files, imgsz, progress=False, limit=stats_limit)
+        set_stats = {"images": len(used), "failed": [str(e) for e in stats_missing + errs],
                      "layer_stats": {p: srec.stats[p].summary() for p in paths if p in srec.stats}}
         numbers["activations"]["dataset"] = set_stats
     t = lap("activations", t)
