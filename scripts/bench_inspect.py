@@ -6,7 +6,8 @@ Prints, from one run on one 640 photo (default: the first CarDD sample photo):
   <= 1.15x): the median over rounds of each round's ratio, the two run back to back so that machine load
   hits both alike; per image with a fresh recorder and with one recorder kept open (a dataset pass); the
   same with torch reductions instead of the C kernel (``kernel=False``), no-op hooks and tensors mode for
-  reference; the same ratios of wall times (with several torch threads, idle OpenMP threads spin and
+  reference; a breakdown of the extra time (the kernel's reads, the hooks' other Python, a fresh recorder's
+  setup); the same ratios of wall times (with several torch threads, idle OpenMP threads spin and
   count as CPU time, so wall is the fairer clock there);
 - the same for a model whose SiLU runs in place, as every checkpoint Ultralytics loads does (the
   recorder then takes z's statistics before the SiLU, or copies z in tensors mode);
@@ -100,6 +101,63 @@ def recording_costs(net, x, repeats: int, label: str) -> dict:
     return {k: v[2] for k, v in t.items()}
 
 
+def cost_breakdown(net, x, repeats: int, label: str) -> None:
+    """Where a stats-only recording's extra time goes, per image: the C kernel's two reads (timed inside
+    the forward), the rest of the hooks' Python (``update_pre``/``update_post`` minus the kernel), and a
+    fresh recorder's setup and teardown (walking the model, registering and removing its hooks)."""
+    from pipeline import inspector
+
+    if inspector._channel_stats is None:
+        print(f"{label}: C kernel not built, no breakdown")
+        return
+    real, spent = inspector._channel_stats, {"pre": 0.0, "post": 0.0, "update": 0.0}
+
+    class Timed:  # the kernel's two entry points, timed
+        @staticmethod
+        def pre(*a):
+            t = time.perf_counter()
+            real.pre(*a)
+            spent["pre"] += time.perf_counter() - t
+
+        @staticmethod
+        def post(*a):
+            t = time.perf_counter()
+            real.post(*a)
+            spent["post"] += time.perf_counter() - t
+
+    cls = inspector.ChannelStats
+    orig = cls.update_pre, cls.update_post
+
+    def timed(fn):
+        def wrapper(self, *a):
+            t = time.perf_counter()
+            fn(self, *a)
+            spent["update"] += time.perf_counter() - t
+        return wrapper
+
+    twin = copy.deepcopy(net)
+    inspector._channel_stats, cls.update_pre, cls.update_post = Timed, timed(orig[0]), timed(orig[1])
+    try:
+        with LayerRecorder(twin, mode="stats") as rec:
+            rec(x)  # warm-up
+            for k in spent:
+                spent[k] = 0.0
+            for _ in range(repeats):
+                rec(x)
+    finally:
+        inspector._channel_stats, (cls.update_pre, cls.update_post) = real, orig
+    setup = []
+    for _ in range(max(repeats, 20)):
+        t = time.perf_counter()
+        with LayerRecorder(twin, mode="stats"):
+            pass
+        setup.append(time.perf_counter() - t)
+    ms = {k: v / repeats * 1e3 for k, v in spent.items()}
+    print(f"{label}: per image, kernel reads z {ms['pre']:.1f} ms + a {ms['post']:.1f} ms, other hook Python "
+          f"{ms['update'] - ms['pre'] - ms['post']:.1f} ms; fresh recorder setup+teardown "
+          f"{statistics.median(setup) * 1e3:.2f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default = sorted((ROOT.parent / "shared" / "data" / "cardd-sample" / "images").glob("*.jpg"))
@@ -124,6 +182,7 @@ def main() -> None:
         if isinstance(m, torch.nn.SiLU):
             m.inplace = True  # what Ultralytics' load_checkpoint does to every loaded .pt
     recording_costs(inplace, x, args.repeats, "SiLU in place   ")
+    cost_breakdown(inplace, x, args.repeats, "breakdown, SiLU in place")
 
     with tempfile.TemporaryDirectory() as tmp:
         for label, model in (("SiLU out of place", net), ("SiLU in place", inplace)):

@@ -121,6 +121,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=1, help="alternating stock/ours rounds (default 1)")
     p.add_argument("--data", default=None, help="data.yaml of a labelled set whose photos are --source: also compare mAP")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    p.add_argument("--gpu-decode", action="store_true",
+                   help="the engine's gpu_decode path (torchvision decode, torch letterbox; also runs on CPU)")
     p.add_argument("--redraw-head", type=int, default=None, metavar="SEED",
                    help="for a weak checkpoint: redraw the head's last convs so NMS has a stable answer (see redraw_head)")
     args = p.parse_args(argv)
@@ -151,7 +153,8 @@ def main(argv=None) -> int:
         os.environ["CARDAMAGE_CACHE"] = tempfile.mkdtemp(prefix="bench-onnx-")
         atexit.register(shutil.rmtree, os.environ["CARDAMAGE_CACHE"], True)
         t2 = time.perf_counter()
-        engine = Engine(yolo, imgsz=args.imgsz, conf=args.conf, device=args.device, batch=args.batch, workers=args.workers, backend=args.backend)
+        engine = Engine(yolo, imgsz=args.imgsz, conf=args.conf, device=args.device, batch=args.batch, workers=args.workers, backend=args.backend,
+                        gpu_decode=args.gpu_decode)
         t3 = time.perf_counter()
         ours, errs = engine.predict(files)
         t4 = time.perf_counter()
