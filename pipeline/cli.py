@@ -56,9 +56,16 @@ def _command_help(module) -> tuple[str, str]:
     return first, rest.strip()
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad options get one line (``error: argument --conf: must be in (0, 1], got 2``) and exit 2, not usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {' '.join(message.split())} (see: {self.prog} --help)\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The full parser; with ``only`` set, import just that command's module."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="cardamage",
         description="A YOLOv8 car-damage pipeline that shows its own insides.",
         epilog=__doc__.split("Examples:")[1],
@@ -67,7 +74,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     from pipeline import __version__
 
     parser.add_argument("--version", action="version", version=f"cardamage {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for name, modname in COMMANDS.items():
         if only is not None and name != only:
             sub.add_parser(name, help=SUMMARIES[name], add_help=False)
@@ -103,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._module.run(args) or 0)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # permission, not a folder, read-only, disk full: one line naming the path
+        where = e.filename if e.filename is not None else "?"
+        print(f"error: {where}: {e.strerror or type(e).__name__}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

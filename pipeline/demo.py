@@ -24,8 +24,15 @@ import argparse
 import time
 from pathlib import Path
 
-from pipeline.io import atomic_write_json
+import yaml
+
+from pipeline import synth
+from pipeline.io import atomic_write_json, atomic_write_text, output_folder
+from pipeline.model import load_model
+from pipeline.predict import predict_paths
+from pipeline.report import write_report
 from pipeline.runtime import PROJECT_ROOT
+from pipeline.train import load_recipe, train
 
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
 DEFAULT_REAL = PROJECT_ROOT.parent / "shared" / "data" / "cardd-sample" / "images"
@@ -40,15 +47,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    import yaml
+    real_dir = Path(args.real)
+    with output_folder(args.out, inputs=[args.config, *([real_dir] if real_dir.is_dir() else [])]):
+        return _run(args, Path(args.out).resolve(), real_dir)
 
-    from pipeline import synth
-    from pipeline.model import load_model
-    from pipeline.predict import predict_paths
-    from pipeline.train import load_recipe, train
 
+def _run(args, out: Path, real_dir: Path) -> int:
     t_start = time.perf_counter()
-    out = Path(args.out).resolve()
     recipe = load_recipe(args.config)
     demo = recipe.pop("demo", {})  # our own keys: dataset size; the rest goes to the trainer
     timings = {}
@@ -59,9 +64,7 @@ def run(args) -> int:
     print(f"[1/4] synthetic data: {data_yaml} ({timings['synth_s']}s)")
 
     t = time.perf_counter()
-    cfg = out / "recipe.yaml"
-    cfg.parent.mkdir(parents=True, exist_ok=True)
-    cfg.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    cfg = atomic_write_text(out / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
     metrics = train(data_yaml, out / "train", config=cfg)
     timings["train_s"] = round(time.perf_counter() - t, 1)
     print(f"[2/4] trained {metrics.get('epochs')} epochs in {timings['train_s']}s: val mAP50 {metrics['mAP50']:.3f}")
@@ -71,7 +74,6 @@ def run(args) -> int:
     imgsz = int(recipe.get("imgsz", 256))
     val_images = sorted((out / "data" / "val" / "images").glob("*.jpg"))[:8]
     synth_records, _ = predict_paths(yolo, val_images, out / "predict-synth", imgsz=imgsz, progress=False)
-    real_dir = Path(args.real)
     real_records = []
     if real_dir.is_dir():
         real_images = sorted(p for p in real_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[: args.n_real]
@@ -83,8 +85,6 @@ def run(args) -> int:
     report = None
     if not args.no_report:
         t = time.perf_counter()
-        from pipeline.report import write_report
-
         # every layer's statistics over the whole synthetic val split beside the one photo's
         report = write_report(metrics["weights"], val_images[0], out / "report", imgsz=imgsz,
                               stats_over=[str(out / "data" / "val" / "images")])

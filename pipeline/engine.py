@@ -57,7 +57,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from pipeline import runtime  # noqa: F401  (offline env before ultralytics)
-from pipeline.io import InputError, atomic_write_bytes, read_image
+from pipeline.io import InputError, atomic_write_bytes, read_image, validate_image
 from pipeline.predict import detection_dicts
 from pipeline.preprocess import input_size
 
@@ -455,13 +455,10 @@ class Engine:
         """GPU path, stage 1: only the file's bytes (decoded later, a batch at a time, on the device)."""
         from torchvision.io import read_file
 
-        from pipeline.io import _jpeg_is_truncated  # nvJPEG may decode a cut-off file into grey rows silently
-
         image = read_image(path) if self.keep_images else None  # overlays need the CPU copy anyway
         if not path.is_file() or path.stat().st_size == 0:
             raise InputError(path, "file not found or empty")
-        if _jpeg_is_truncated(path):
-            raise InputError(path, "truncated or corrupt JPEG (no end-of-image marker)")
+        validate_image(path)  # nvJPEG may decode a damaged file into grey rows silently
         return _Loaded(index, path, None, (0, 0), image, data=read_file(str(path)))
 
     def _decode_on_gpu(self, items: list[_Loaded]) -> Iterator[_Loaded | Output]:

@@ -59,7 +59,16 @@ from pipeline.inspector import (
     model_input,
     param_counts,
 )
-from pipeline.io import InputError, atomic_save_safetensors, atomic_write_json, atomic_write_text
+from pipeline.io import (
+    InputError,
+    atomic_save_safetensors,
+    atomic_write_json,
+    atomic_write_text,
+    input_paths,
+    output_folder,
+)
+from pipeline.model import load_model
+from pipeline.options import add_trust_weights, image_size, positive_float
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 FILES = ("input", "activations", "params", "index", "stats")
@@ -105,8 +114,6 @@ def inspect_image(weights_or_yolo, image_path, out_dir, layers=None, dtype: str 
     Raises:
         InputError: unreadable weights or image, unknown layer selector, unknown dtype.
     """
-    from pipeline.model import load_model
-
     t0 = time.perf_counter()
     if dtype not in DTYPES:
         raise InputError("--dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -297,8 +304,6 @@ def inspect_dataset(weights_or_yolo, sources, out_dir, layers=None, imgsz=640, f
         >>> res["images"], res["stats"]
         (799, PosixPath('runs/inspect-valid/stats.csv'))
     """
-    from pipeline.model import load_model
-
     yolo = weights_or_yolo
     if isinstance(weights_or_yolo, (str, Path)):
         yolo = load_model(weights_or_yolo, nc=len(CLASS_NAMES))
@@ -354,21 +359,25 @@ def add_arguments(parser) -> None:
     parser.add_argument("--layers", nargs="+", default=None,
                         help="which Conv blocks: indices (2), paths (model.2.cv1, model.4), types (C2f, SPPF); default all")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="activation dump dtype")
-    parser.add_argument("--imgsz", type=int, default=640, help="inference size (default 640)")
+    parser.add_argument("--imgsz", type=image_size, default=640, help="inference size (default 640)")
     parser.add_argument("--fuse", action="store_true", help="fold BatchNorm into the convs first (model.fuse())")
-    parser.add_argument("--dead-eps", type=float, default=DEAD_EPS, help=f"|SiLU| below this is 'dead' (default {DEAD_EPS:g})")
+    parser.add_argument("--dead-eps", type=positive_float, default=DEAD_EPS, help=f"|SiLU| below this is 'dead' (default {DEAD_EPS:g})")
+    add_trust_weights(parser)
 
 
 def run(args) -> int:
-    if _single_photo(args.image) and not args.stats_only:
-        result = inspect_image(args.weights, args.image[0], args.out, layers=args.layers, dtype=args.dtype,
-                               imgsz=args.imgsz, fuse=args.fuse, dead_eps=args.dead_eps)
-        sizes = ", ".join(f"{result[k].name} {result['bytes'][k] / 1e6:.1f} MB" for k in FILES)
-        print(f"wrote {args.out}: {sizes} in {result['seconds']:.2f} s", file=sys.stderr)
-        return 0
-    result = inspect_dataset(args.weights, args.image, args.out, layers=args.layers, imgsz=args.imgsz,
-                             fuse=args.fuse, dead_eps=args.dead_eps,
-                             on_error=lambda e: print(f"error: {e}", file=sys.stderr, flush=True))
+    weights = [args.weights] if Path(args.weights).is_file() else []
+    yolo = load_model(args.weights, nc=len(CLASS_NAMES), trust=args.trust_weights)  # nc only matters for a YAML
+    with output_folder(args.out, inputs=[*input_paths(args.image), *weights]):
+        if _single_photo(args.image) and not args.stats_only:
+            result = inspect_image(yolo, args.image[0], args.out, layers=args.layers, dtype=args.dtype,
+                                   imgsz=args.imgsz, fuse=args.fuse, dead_eps=args.dead_eps)
+            sizes = ", ".join(f"{result[k].name} {result['bytes'][k] / 1e6:.1f} MB" for k in FILES)
+            print(f"wrote {args.out}: {sizes} in {result['seconds']:.2f} s", file=sys.stderr)
+            return 0
+        result = inspect_dataset(yolo, args.image, args.out, layers=args.layers, imgsz=args.imgsz,
+                                 fuse=args.fuse, dead_eps=args.dead_eps,
+                                 on_error=lambda e: print(f"error: {e}", file=sys.stderr, flush=True))
     n, secs = result["images"], result["seconds"]
     print(f"statistics over {n} images ({n / secs:.1f} img/s), {len(result['errors'])} errors -> "
           f"{result['stats']}, {result['index'].name}", file=sys.stderr)

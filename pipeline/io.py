@@ -13,6 +13,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -20,6 +21,10 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import PIL.Image
+
+from pipeline import runtime  # noqa: F401  (offline env before ultralytics)
+from ultralytics.utils.patches import imread
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".dng", ".mpo", ".pfm", ".heic"}
 
@@ -32,19 +37,129 @@ class InputError(Exception):
         super().__init__(f"{path}: {reason}")
 
 
+def _read_umask() -> int:
+    """The process umask, read without changing it (os.umask can only be read by setting it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc (macOS): set-and-restore, once, at import
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
+
+
+def _os_reason(e: OSError) -> str:
+    return e.strerror or type(e).__name__
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The file gets the mode a plain ``open(path, "w")`` would give (0666 less the umask): mkstemp's
+    0600 would otherwise hide every result from the user's group. OS errors become one-line
+    ``InputError``s naming ``path`` (not a folder, permission denied, read-only, disk full).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        if path.is_dir():
+            raise InputError(path, "is a folder, expected a file path to write")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~UMASK)
+        os.close(fd)
+    except OSError as e:
+        raise InputError(path, f"cannot write ({_os_reason(e)})") from None
     tmp = Path(tmp)
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        raise InputError(path, f"cannot write ({_os_reason(e)})") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_output(out: str | os.PathLike, inputs=(), not_inside=()) -> Path:
+    """Refuse, before any work, an output that could touch the user's input; return ``out`` as a Path.
+
+    ``out`` may not be one of ``inputs`` (files or folders the command reads), may not hold one of them
+    (anything written there could land on it), and may not lie inside a folder of ``not_inside`` (a
+    dataset split that training scans recursively). An existing file is not an output folder.
+
+    Raises:
+        InputError: one line naming ``out`` and the input it would touch.
+    """
+    out = Path(out)
+    target = out.expanduser().resolve()
+    for item in inputs:
+        source = Path(item).expanduser().resolve()
+        if source == target or target in source.parents:
+            verb = "is" if source == target else "holds"
+            raise InputError(out, f"output {verb} an input ({item}); results would mix with or overwrite it: "
+                                  "choose another output folder")
+    for folder in not_inside:
+        folder_r = Path(folder).expanduser().resolve()
+        if folder_r == target or folder_r in target.parents:
+            raise InputError(out, f"output lies inside input folder {folder}, which is read recursively: "
+                                  "choose a folder outside it")
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "exists and is not a folder")
+    return out
+
+
+def check_output_file(out: str | os.PathLike, inputs=()) -> Path:
+    """Refuse an output *file* (``--json``, ``trace --out``) that is a folder or one of the ``inputs``."""
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(out, "is a folder; expected a file name to write")
+    for item in inputs:
+        if Path(item).exists() and Path(item).resolve() == out.resolve():
+            raise InputError(out, f"is an input of this command ({item}); choose another file name")
+    return out
+
+
+@contextlib.contextmanager
+def output_folder(out: str | os.PathLike, inputs=(), not_inside=()) -> Iterator[Path]:
+    """Check ``out`` (``check_output``), create it, prove it writable, and lock it while a command writes.
+
+    The lock is an ``flock`` on the folder itself: the kernel drops it when the process ends, so a
+    killed run never leaves a folder stuck, and a second run into the same folder at the same time is
+    refused with one line instead of mixing its results with the first run's. A folder this call
+    created and nothing was written into is removed again, so a refused or failed run leaves no trace.
+
+    Examples:
+        >>> with output_folder("runs/predict", inputs=["photos/"]) as out:
+        ...     atomic_write_json(out / "detections.json", [])
+    """
+    out = check_output(out, inputs, not_inside)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise InputError(out, f"cannot create the output folder ({_os_reason(e)})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(out, "busy: another cardamage run is writing into this folder; "
+                                  "wait for it or choose another output folder") from None
+        try:
+            tempfile.TemporaryFile(dir=out).close()  # read-only or full: one line now, not after the work
+        except OSError as e:
+            raise InputError(out, f"cannot write here ({_os_reason(e)})") from None
+        yield out
+    finally:
+        os.close(fd)  # releases the flock
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only succeeds if empty
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -92,39 +207,56 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
         return hashlib.file_digest(f, algorithm).hexdigest()
 
 
-def _jpeg_is_truncated(path: Path) -> bool:
-    """A whole JPEG ends with the EOI marker FF D9; a cut-off download does not."""
-    with open(path, "rb") as f:
-        head = f.read(2)
-        if head != b"\xff\xd8":
-            return False
-        f.seek(-2, os.SEEK_END)
-        tail = f.read(2)
-    return tail != b"\xff\xd9"
+def validate_image(path: str | os.PathLike) -> None:
+    """Decode ``path`` once with Pillow and raise ``InputError`` if the decoder reports damage.
+
+    The one rule every command applies to a photo: an image is good when its whole data stream
+    decodes. Bytes after a JPEG's end marker are fine (cameras and editors append them); a truncated
+    file or a broken stream (libjpeg's "Corrupt JPEG data", which OpenCV only prints to stderr and
+    then hands back grey blocks) is an error. JPEGs decode at 1/8 scale (``draft``): every entropy-
+    coded byte is still read, which is where damage shows, at ~0.5 ms for a 640 px photo.
+    """
+    try:
+        with PIL.Image.open(path) as im:
+            if im.format == "JPEG":
+                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()
+    except (PIL.UnidentifiedImageError, ModuleNotFoundError):
+        # formats Pillow lacks (some TIFF/DNG flavours, non-images): OpenCV's decode decides. Ultralytics'
+        # patched Image.open answers an unknown format by importing pi_heif, absent unless installed.
+        return
+    except PIL.Image.DecompressionBombError:
+        return  # size is the caller's concern; it is not damage
+    except (OSError, SyntaxError, ValueError) as e:  # SyntaxError: Pillow's word for a malformed header
+        if isinstance(e, (PermissionError, FileNotFoundError, IsADirectoryError)):
+            raise InputError(path, _os_reason(e)) from None
+        reason = str(e).split("\n")[0] or type(e).__name__
+        raise InputError(path, f"corrupt image: {reason}") from None
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a photo as BGR uint8 HxWx3, the way Ultralytics' predictor reads it.
 
     Ultralytics reads with ``cv2.imread(..., IMREAD_COLOR)``: grayscale becomes 3 equal channels,
-    alpha is dropped, 16-bit is scaled to 8-bit. We use its own reader and add the checks it leaves
-    out, so that bad files fail with one clear line instead of a traceback or a silently grey image.
+    alpha is dropped, 16-bit is scaled to 8-bit. We use its own reader after ``validate_image``, so
+    bad files fail with one clear line instead of a traceback or a silently grey image.
 
     Raises:
-        InputError: missing, empty, non-image, truncated JPEG or undecodable file.
+        InputError: missing, unreadable, empty, non-image, truncated or corrupt file.
     """
-    from pipeline import runtime  # noqa: F401  (offline env before ultralytics)
-    from ultralytics.utils.patches import imread
-
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, "file not found")
-    if path.is_dir():
-        raise InputError(path, "is a folder, expected an image file")
-    if path.stat().st_size == 0:
-        raise InputError(path, "empty file")
-    if _jpeg_is_truncated(path):
-        raise InputError(path, "truncated or corrupt JPEG (no end-of-image marker)")
+    try:
+        if not path.exists():
+            raise InputError(path, "file not found")
+        if path.is_dir():
+            raise InputError(path, "is a folder, expected an image file")
+        if path.stat().st_size == 0:
+            raise InputError(path, "empty file")
+        with open(path, "rb"):  # permission denied is one line here, not a None from OpenCV
+            pass
+    except OSError as e:
+        raise InputError(path, _os_reason(e)) from None
+    validate_image(path)
     try:
         image = imread(str(path))
     except Exception as e:  # cv2 raises on some malformed headers
@@ -151,7 +283,11 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[InputError]]:
     for src in sources:
         p = Path(src)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            try:
+                found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            except OSError as e:  # unreadable folder: reported, the other sources still run
+                errors.append(InputError(p, f"cannot list folder ({_os_reason(e)})"))
+                continue
             if not found:
                 errors.append(InputError(p, "folder holds no images"))
             files += found
@@ -167,3 +303,9 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[InputError]]:
     seen: set[Path] = set()
     unique = [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
     return unique, errors
+
+
+def input_paths(sources) -> list[Path]:
+    """Every path a command reads from ``sources`` (files, folders, globs): what ``--out`` must not touch."""
+    files, _ = expand_sources([str(s) for s in sources])
+    return [*(Path(s) for s in sources if Path(s).exists()), *files]

@@ -12,27 +12,35 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
+import re
 from pathlib import Path
+
+import torch
 
 from pipeline import CLASS_NAMES, runtime  # noqa: F401  (offline env before ultralytics)
 from pipeline.io import InputError
+from pipeline.options import TRUST_ENV
+from ultralytics import YOLO
+from ultralytics.nn import tasks
 
 DEFAULT_MODEL = "yolov8n.yaml"
 
 
-def load_model(spec: str | Path = DEFAULT_MODEL, nc: int | None = None, names=None):
+def load_model(spec: str | Path = DEFAULT_MODEL, nc: int | None = None, names=None, trust: bool = False):
     """Return an ``ultralytics.YOLO`` for a model YAML or an existing weights file.
 
     Args:
         spec: ``yolov8n.yaml`` (any Ultralytics model YAML, or a path to one) or a path to a ``.pt`` file.
         nc: number of classes for a YAML build (the YAML's own ``nc`` otherwise). Ignored for weights.
         names: class names to attach to a YAML build (defaults to the CarDD names when ``nc`` is 6).
+        trust: load a checkpoint that safe loading refuses (it may run code while loading). Only for
+            files the user said they trust (``--trust-weights``).
 
     Raises:
-        InputError: weights named without an existing file, or a file that is not a valid checkpoint.
+        InputError: weights named without an existing file, a file that is not a valid checkpoint, or
+            one that safe loading refuses (unless ``trust``).
     """
-    from ultralytics import YOLO
-
     spec = str(spec)
     path = Path(spec)
     if spec.endswith((".yaml", ".yml")):
@@ -41,9 +49,7 @@ def load_model(spec: str | Path = DEFAULT_MODEL, nc: int | None = None, names=No
         except (FileNotFoundError, OSError) as e:
             raise InputError(spec, f"model YAML not found ({e})") from None
         if nc is not None and yolo.model.yaml.get("nc") != nc:
-            from ultralytics.nn.tasks import DetectionModel
-
-            yolo.model = DetectionModel(yolo.model.yaml, nc=nc, verbose=False)
+            yolo.model = tasks.DetectionModel(yolo.model.yaml, nc=nc, verbose=False)
         n = yolo.model.yaml["nc"]
         if names is None and n == len(CLASS_NAMES):
             names = CLASS_NAMES
@@ -57,13 +63,56 @@ def load_model(spec: str | Path = DEFAULT_MODEL, nc: int | None = None, names=No
             "(e.g. `wget https://github.com/ultralytics/assets/releases/download/v8.4.0/yolov8n.pt`) "
             "and pass the path, or pass yolov8n.yaml to build from scratch",
         )
-    try:
-        yolo = YOLO(str(path), task="detect")
-    except Exception as e:  # torch.load / pickle / zip errors on corrupt files
-        raise InputError(path, f"not a valid YOLO checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    with weights_policy(trust):
+        try:
+            yolo = YOLO(str(path), task="detect")
+        except Exception as e:  # torch.load / pickle / zip errors on corrupt files, refusals of safe loading
+            raise InputError(path, weights_error(path, e, trust)) from None
     if getattr(yolo, "model", None) is None or not hasattr(yolo.model, "names"):
         raise InputError(path, "not a valid YOLO checkpoint (no model inside)")
     return yolo
+
+
+@contextlib.contextmanager
+def weights_policy(trust: bool = False):
+    """Within the block, Ultralytics loads checkpoints safely (``weights_only`` + its allow-list) unless ``trust``.
+
+    A ``.pt`` file is a pickle, and unpickling can run any code the file's author put there. Ultralytics
+    8.4 ships a restricted loader that rebuilds only the known model classes; it is off by default, so
+    this switches it on for every load in the block: ``YOLO(path)``, the trainer's resume and fine-tune
+    loads. Ultralytics reads the switch (``SAFE_LOAD``) from its module at each load.
+    """
+    old = tasks.SAFE_LOAD
+    tasks.SAFE_LOAD = not trust
+    try:
+        yield
+    finally:
+        tasks.SAFE_LOAD = old
+
+
+def unsafe_globals(path: str | Path) -> list[str]:
+    """The names a checkpoint would import while unpickling that Ultralytics' safe loader does not allow."""
+    try:
+        needed = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # not a torch zip archive: nothing to list
+        return []
+    allowed = tasks._SafeLoad._registry or {}
+    known = ("torch.", "ultralytics.nn.", "ultralytics.utils.", "collections.", "numpy.", "pathlib.", "builtins.set")
+    return [n for n in needed if n not in allowed and not n.startswith(known)]
+
+
+def weights_error(path: str | Path, error: Exception, trust: bool) -> str:
+    """One line for a checkpoint that did not load: what is wrong and, for a refusal, how to opt in."""
+    text = " ".join(str(error).split())
+    text = re.sub(r"^.*?ERROR\W*", "", text)  # Ultralytics' "ERROR ❌️ <path>" prefix
+    text = text.replace(str(path), "").strip(" :.")
+    first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0].rstrip(".")
+    if not trust and ("outside the supported" in text or "weights_only" in text.lower() or "Unsupported global" in text):
+        names = unsafe_globals(path)
+        what = f" ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else ""
+        return (f"refused: this weights file holds objects outside the YOLO checkpoint format{what}, and loading "
+                f"it could run code; if you trust its source, pass --trust-weights (or set {TRUST_ENV}=1)")
+    return f"not a valid YOLO checkpoint ({type(error).__name__}: {first or 'unreadable'})"
 
 
 def detection_model(yolo):

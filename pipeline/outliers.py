@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.io import InputError, atomic_write_json, atomic_write_text, read_image
+from pipeline.io import InputError, atomic_write_json, atomic_write_text, output_folder, read_image
 
 #: statistic -> (how it is scored: "linear" or "log", one-line description)
 STATISTICS = {
@@ -265,9 +265,11 @@ def run(args) -> int:
         raise InputError(args.data, f"--threshold must be positive, got {args.threshold}")
     if not 0 <= args.near <= 64:
         raise InputError(args.data, f"--near must be 0..64 bits, got {args.near}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "--out exists and is not a folder")
+    with output_folder(args.out, inputs=[args.data]) as out:
+        return _run(args, out)
+
+
+def _run(args, out: Path) -> int:
     result = analyse(args.data, args.threshold, not args.plain_z, args.near)
     rows, flags, dups = result["rows"], result["flags"], result["duplicates"]
     for e in result["errors"]:

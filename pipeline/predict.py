@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import runtime  # noqa: F401  (offline env before ultralytics)
-from pipeline.io import InputError, atomic_write_image, atomic_write_json, expand_sources, read_image
+from pipeline.io import InputError, atomic_write_image, atomic_write_json, expand_sources, output_folder, read_image
 from pipeline.model import load_model
+from pipeline.options import add_trust_weights, device, image_size, positive_int, probability
 
 
 @functools.lru_cache(maxsize=None)  # one class object, so Ultralytics keeps its predictor between calls
@@ -141,10 +142,23 @@ def predict_paths(
         >>> records[0]["detections"][0].keys()
         dict_keys(['class_id', 'class_name', 'score', 'logit', 'box_xyxy'])
     """
+    files, errors = expand_sources([str(s) for s in sources])
+    if out is None:
+        return _predict(yolo, sources, files, errors, None, conf, imgsz, device, overlays, progress, batch, workers, backend)
+    inputs = [*(s for s in sources if Path(s).is_dir()), *files, *_weights_file(yolo)]
+    with output_folder(out, inputs=inputs) as out:  # refused before any inference if it could touch an input
+        return _predict(yolo, sources, files, errors, out, conf, imgsz, device, overlays, progress, batch, workers, backend)
+
+
+def _weights_file(yolo) -> list[str]:
+    path = getattr(yolo, "ckpt_path", None)
+    return [path] if path and Path(path).is_file() else []
+
+
+def _predict(yolo, sources, files, errors, out, conf, imgsz, device, overlays, progress, batch, workers, backend):
+    """``predict_paths`` after its checks: the engine for folders and batches, else photo by photo."""
     from ultralytics.utils import TQDM
 
-    files, errors = expand_sources([str(s) for s in sources])
-    out = Path(out) if out is not None else None
     if (batch is not None and batch > 1) or any(Path(s).is_dir() for s in sources):
         records, file_errors = _predict_batched(yolo, files, out, conf, imgsz, device, overlays, progress, batch, workers, backend)
         return records, errors + file_errors
@@ -208,18 +222,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders or globs")
     p.add_argument("--weights", required=True, help="trained weights (.pt) or a model YAML (untrained)")
     p.add_argument("--out", required=True, help="output folder: overlays + detections.json")
-    p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
-    p.add_argument("--imgsz", type=int, default=640, help="inference size (default 640)")
-    p.add_argument("--device", default="cpu", help="cpu or a CUDA index (default cpu)")
+    p.add_argument("--conf", type=probability, default=0.25, help="score threshold in (0, 1] (default 0.25)")
+    p.add_argument("--imgsz", type=image_size, default=640, help="inference size (default 640)")
+    p.add_argument("--device", type=device, default="cpu", help="cpu or a CUDA index (default cpu)")
     p.add_argument("--no-overlays", action="store_true", help="write detections.json only")
-    p.add_argument("--batch", type=int, default=None, help="photos per forward pass; > 1 (or a folder) runs the batched engine (default there: 1 on CPU, 32 on CUDA)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--batch", type=positive_int, default=None, help="photos per forward pass; > 1 (or a folder) runs the batched engine (default there: 1 on CPU, 32 on CUDA)")
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="decode threads of the batched engine (default 2 on CPU, every core but one on a GPU)")
     p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto", help="batched engine backend: auto = ONNX Runtime on CPU if installed, else torch")
+    add_trust_weights(p)
 
 
 def run(args) -> int:
-    yolo = load_model(args.weights)
+    yolo = load_model(args.weights, trust=args.trust_weights)
     records, errors = predict_paths(
         yolo,
         args.sources,

@@ -26,38 +26,20 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.io import InputError, atomic_save_safetensors, atomic_write_json
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
+from pipeline.io import InputError, atomic_save_safetensors, atomic_write_json, output_folder
+from pipeline.options import image_size, positive_float, positive_int
+from pipeline.preprocess import load_bgr, model_input, outlier_summary, pixel_outliers, scalings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", metavar="IMAGE", help="photo to preprocess (any size; grayscale, RGBA, 16-bit handled as Ultralytics does)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--imgsz", type=_positive_int, default=640, help="inference size, rounded up to a stride multiple (default 640)")
-    parser.add_argument("--stride", type=_positive_int, default=32, help="model stride (default 32, YOLOv8)")
+    parser.add_argument("--imgsz", type=image_size, default=640, help="inference size, rounded up to a stride multiple (default 640)")
+    parser.add_argument("--stride", type=positive_int, default=32, help="model stride (default 32, YOLOv8)")
     parser.add_argument("--square", action="store_true", help="pad to a full imgsz x imgsz square (predict rect=False) instead of the stride-multiple rectangle")
-    parser.add_argument("--threshold", type=_positive_float, default=3.0, help="|z| cut-off for pixel outliers (default 3)")
+    parser.add_argument("--threshold", type=positive_float, default=3.0, help="|z| cut-off for pixel outliers (default 3)")
     parser.add_argument("--data", metavar="DATA_YAML", help="also z-score with this dataset's per-channel statistics (train split)")
-    parser.add_argument("--max-images", type=_positive_int, default=500, help="with --data: use at most this many train images (evenly spaced; default 500)")
+    parser.add_argument("--max-images", type=positive_int, default=500, help="with --data: use at most this many train images (evenly spaced; default 500)")
     parser.add_argument("--no-plots", action="store_true", help="write the tensor and stats.json only")
 
 
@@ -79,11 +61,11 @@ def _dataset_stats(data_yaml: str, args) -> dict:
 
 
 def run(args) -> int:
-    from pipeline.preprocess import load_bgr, model_input, outlier_summary, pixel_outliers, scalings
+    with output_folder(args.out, inputs=[args.image, *([args.data] if args.data else [])]) as out:
+        return _run(args, out)
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "--out exists and is not a folder")
+
+def _run(args, out: Path) -> int:
     image, _ = load_bgr(args.image)  # one read: bad files fail here with one line
     x, meta = model_input(image, args.imgsz, args.stride, auto=not args.square)
     meta["source"] = str(args.image)

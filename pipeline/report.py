@@ -40,7 +40,16 @@ import numpy as np
 import torch
 
 from pipeline import runtime  # noqa: F401  (offline env before ultralytics)
-from pipeline.io import InputError, atomic_write_json, atomic_write_text, file_digest, read_image
+from pipeline.io import (
+    InputError,
+    atomic_write_json,
+    atomic_write_text,
+    file_digest,
+    input_paths,
+    output_folder,
+    read_image,
+)
+from pipeline.options import add_trust_weights, image_size, positive_int, probability
 
 #: Section ids, in the lesson's order (the browser test checks every one).
 SECTIONS = (
@@ -178,6 +187,7 @@ def write_report(
     layercam: bool = True,
     stats_over=None,
     stats_limit: int = 200,
+    trust: bool = False,
 ) -> Path:
     """Run the lesson on one photo with one model and write ``out_dir/report.html``; return its path.
 
@@ -194,6 +204,7 @@ def write_report(
         layercam: also ask Ultralytics' ``visualize=True`` for its LayerCAM heatmap.
         stats_over: photos, folders or globs: also show every layer's statistics over these photos (at most
             ``stats_limit``, kept-open stats recorder, no feature map kept) beside the one photo's.
+        trust: load a weights file that safe loading refuses (``--trust-weights``).
 
     Raises:
         InputError: unreadable image or weights.
@@ -233,7 +244,7 @@ def write_report(
     from_yaml = weights_spec.endswith((".yaml", ".yml"))
     if from_yaml:
         torch.manual_seed(seed)
-    yolo = load_model(weights_spec, nc=DEFAULT_NC if from_yaml else None)
+    yolo = load_model(weights_spec, nc=DEFAULT_NC if from_yaml else None, trust=trust)
     wfile = _weights_file(weights_spec)
     model = yolo.model
     names = {int(k): str(v) for k, v in model.names.items()}
@@ -723,22 +734,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", metavar="IMAGE", help="the photo to walk through the network")
     p.add_argument("--weights", required=True, help="best.pt (trained) or yolov8n.yaml (untrained, built from scratch)")
     p.add_argument("--out", required=True, help="folder for report.html and report_files/")
-    p.add_argument("--imgsz", type=int, default=640, help="inference size (default 640)")
-    p.add_argument("--conf", type=float, default=0.25, help="score threshold for detections (default 0.25)")
-    p.add_argument("--grad-imgsz", type=int, default=320, help="image size of the gradient-flow batch (default 320)")
-    p.add_argument("--grad-batch", type=int, default=2, help="images in the gradient-flow batch (default 2)")
+    p.add_argument("--imgsz", type=image_size, default=640, help="inference size (default 640)")
+    p.add_argument("--conf", type=probability, default=0.25, help="score threshold for detections (default 0.25)")
+    p.add_argument("--grad-imgsz", type=image_size, default=320, help="image size of the gradient-flow batch (default 320)")
+    p.add_argument("--grad-batch", type=positive_int, default=2, help="images in the gradient-flow batch (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed for a YAML build and the activation variants")
     p.add_argument("--no-layercam", action="store_true", help="skip Ultralytics' LayerCAM (EigenCAM is always drawn)")
     p.add_argument("--stats-over", nargs="+", default=None, metavar="SOURCE",
                    help="also show every layer's statistics over these photos/folders/globs (at most --stats-limit)")
-    p.add_argument("--stats-limit", type=int, default=200, help="photos used by --stats-over (default 200)")
+    p.add_argument("--stats-limit", type=positive_int, default=200, help="photos used by --stats-over (default 200)")
+    add_trust_weights(p)
 
 
 def run(args) -> int:
     if not Path(args.image).exists():
         raise InputError(args.image, "file not found")
-    path = write_report(args.weights, args.image, args.out, imgsz=args.imgsz, conf=args.conf,
-                        grad_imgsz=args.grad_imgsz, grad_batch=args.grad_batch, seed=args.seed,
-                        layercam=not args.no_layercam, stats_over=args.stats_over, stats_limit=args.stats_limit)
+    inputs = [args.image, *([args.weights] if Path(args.weights).is_file() else []), *input_paths(args.stats_over or [])]
+    with output_folder(args.out, inputs=inputs):
+        path = write_report(args.weights, args.image, args.out, imgsz=args.imgsz, conf=args.conf,
+                            grad_imgsz=args.grad_imgsz, grad_batch=args.grad_batch, seed=args.seed,
+                            layercam=not args.no_layercam, stats_over=args.stats_over, stats_limit=args.stats_limit,
+                            trust=args.trust_weights)
     print(path)
     return 0

@@ -10,9 +10,10 @@ missing packages. This module is imported by ``pipeline/__init__.py`` before any
 - ``YOLO_CONFIG_DIR`` points inside the project's cache folder, so nothing lands in ``~/.config``;
 - a local font copied to ``$YOLO_CONFIG_DIR/Ultralytics/Arial.ttf`` makes ``check_font`` return early;
 - settings get ``sync=False`` (no telemetry) once Ultralytics is imported (see ``ultralytics_settings``);
-- the trainer's AMP check (which downloads ``yolo26n.pt`` on a GPU) is replaced by ``offline_check_amp``.
+- the trainer's AMP check (which downloads ``yolo26n.pt`` on a GPU) is replaced by ``offline_check_amp``;
+- ``ULTRALYTICS_SAFE_LOAD=1``: checkpoints load without running code (``pipeline.model.weights_policy``).
 
-Weights are resolved by ``resolve_model`` in ``pipeline/model.py``, which refuses bare hub names.
+Weights are loaded by ``load_model`` in ``pipeline/model.py``, which refuses bare hub names.
 
 Examples:
     >>> import pipeline  # noqa: F401  (sets the environment first)
@@ -65,6 +66,9 @@ def configure() -> Path:
     """Set the Ultralytics environment before it is imported; return the config dir. Idempotent."""
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "0"
+    # Every checkpoint load is weights_only + Ultralytics' allow-list unless a caller opts in for one
+    # file (pipeline.model.weights_policy): a .pt file is a pickle and could otherwise run code.
+    os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
     config_dir = Path(os.environ.get("YOLO_CONFIG_DIR") or cache_dir() / "ultralytics")
     os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
     _install_local_font(config_dir)

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from pipeline import CLASS_NAMES
-from pipeline.io import atomic_write_bytes, atomic_write_text
+from pipeline.io import InputError, atomic_write_bytes, atomic_write_text, output_folder
 
 CRACK, DENT, GLASS, LAMP, SCRATCH, TIRE = range(6)
 
@@ -346,11 +346,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     if args.imgsz < 64 or args.train < 0 or args.val < 0:
-        from pipeline.io import InputError
-
         raise InputError(args.out, "need --imgsz >= 64 and non-negative --train/--val")
     t = time.perf_counter()
-    yaml = write_dataset(args.out, args.train, args.val, args.imgsz, args.seed)
+    with output_folder(args.out):
+        yaml = write_dataset(args.out, args.train, args.val, args.imgsz, args.seed)
     dt = time.perf_counter() - t
     n = args.train + args.val
     print(f"wrote {n} images to {Path(args.out).resolve()} in {dt:.1f}s ({n / max(dt, 1e-9):.0f} img/s); data: {yaml}")

@@ -40,7 +40,9 @@ import torch.nn.functional as F
 
 from pipeline import CLASS_NAMES, runtime  # noqa: F401  (offline env before ultralytics)
 from pipeline.inspector import LayerRecorder, conv_blocks, conv_meta, detection_model, fold_bn, is_fused, model_input
-from pipeline.io import InputError, atomic_write_json
+from pipeline.io import InputError, atomic_write_json, check_output_file
+from pipeline.model import load_model
+from pipeline.options import add_trust_weights, image_size, probability
 
 #: The agreement the lesson promises between the float64 hand computation and the float32 framework.
 REL_TOL = 1e-5
@@ -285,18 +287,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--channel", type=int, required=True, help="output channel of that layer")
     parser.add_argument("--y", type=int, required=True, help="row in the layer's output map")
     parser.add_argument("--x", type=int, required=True, help="column in the layer's output map")
-    parser.add_argument("--imgsz", type=int, default=640, help="inference size (default 640)")
+    parser.add_argument("--imgsz", type=image_size, default=640, help="inference size (default 640)")
     parser.add_argument("--fuse", action="store_true", help="fold BatchNorm into the convs first (model.fuse())")
     parser.add_argument("--head", action="store_true", help="also trace every reported box: logit -> sigmoid -> conf")
-    parser.add_argument("--conf", type=float, default=0.25, help="confidence threshold for --head (default 0.25)")
-    parser.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold for --head (default 0.7)")
-    parser.add_argument("--out", help="write the trace as JSON here")
+    parser.add_argument("--conf", type=probability, default=0.25, help="confidence threshold for --head (default 0.25)")
+    parser.add_argument("--iou", type=probability, default=0.7, help="NMS IoU threshold for --head (default 0.7)")
+    parser.add_argument("--out", help="write the trace as JSON to this file")
+    add_trust_weights(parser)
 
 
 def run(args) -> int:
-    from pipeline.model import load_model
-
-    yolo = load_model(args.weights, nc=len(CLASS_NAMES))  # nc only matters for a YAML build
+    if args.out:  # a file, not a folder: it may only not be one of the inputs
+        check_output_file(args.out, [args.image, args.weights])
+    yolo = load_model(args.weights, nc=len(CLASS_NAMES), trust=args.trust_weights)  # nc only matters for a YAML build
     if args.fuse:
         yolo.model.fuse(verbose=False)
     x, _ = model_input(yolo, args.image, args.imgsz)

@@ -16,13 +16,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from pipeline.io import InputError, atomic_write_json
-from pipeline.model import DEFAULT_MODEL, load_model
+from pipeline import runtime
+from pipeline.dataset_view import stage_dataset
+from pipeline.io import InputError, atomic_write_json, output_folder
+from pipeline.model import DEFAULT_MODEL, load_model, weights_error, weights_policy
+from pipeline.options import add_trust_weights, device, image_size, positive_int
+from ultralytics.nn import tasks
 
 # Keys of a recipe file that are ours, not Ultralytics' train() arguments.
 RECIPE_KEYS = {"model", "data", "epochs", "imgsz", "batch", "device"}
@@ -56,6 +61,10 @@ def check_data_yaml(data: str | Path) -> dict:
     except Exception as e:  # FileNotFoundError / SyntaxError with multi-line messages
         msg = " ".join(str(e).split())
         raise InputError(path, f"bad dataset ({msg[:300]})") from None
+
+
+def _as_list(entry) -> list:
+    return entry if isinstance(entry, list) else [entry] if entry else []
 
 
 def metrics_dict(metrics, names: dict) -> dict:
@@ -92,6 +101,8 @@ def train(
     config: str | Path | None = None,
     resume: bool = False,
     callbacks: dict | None = None,
+    trust: bool = False,
+    on_error=None,
     **overrides,
 ) -> dict:
     """Train and return the metrics dict (also written to ``out/metrics.json``).
@@ -103,14 +114,17 @@ def train(
         config: optional recipe YAML; ``overrides`` (e.g. epochs=5) win over it.
         resume: continue the interrupted run in ``out`` from ``out/weights/last.pt``.
         callbacks: optional ``{event: function(trainer)}`` added to Ultralytics' callbacks (e.g. ``on_train_start``).
+        trust: load ``model`` / ``last.pt`` even if safe loading refuses it (``--trust-weights``).
+        on_error: called with each damaged dataset image, which is left out of training.
+
+    Training reads a view of the dataset made of links under ``out/dataset`` (``pipeline.dataset_view``),
+    so nothing in the user's dataset is ever rewritten; ``out`` may not hold the dataset or the weights.
 
     Examples:
         >>> m = train("datasets/synth/data.yaml", "runs/s", epochs=1, imgsz=160, device="cpu")
         >>> sorted(m)[:2]
         ['mAP50', 'mAP50-95']
     """
-    from pipeline import runtime
-
     runtime.ultralytics_settings()
     out = Path(out).resolve()
     t0 = time.time()
@@ -118,75 +132,94 @@ def train(
         last = out / "weights" / "last.pt"
         if not last.is_file():
             raise InputError(last, "nothing to resume: no interrupted run in this folder")
-        # A finished run's last.pt is stripped of its optimizer; Ultralytics would then silently start a
-        # *new* run on its default dataset (coco8, a download). Refuse that here.
-        import torch
-
-        try:
-            ckpt = torch.load(last, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise InputError(last, f"not a valid checkpoint ({type(e).__name__})") from None
-        if not isinstance(ckpt, dict) or ckpt.get("optimizer") is None or ckpt.get("epoch", -1) < 0:
-            raise InputError(last, "nothing to resume: this run finished (or last.pt holds no optimizer state)")
-        yolo = load_model(last)
-        _use_every_core(yolo)
-        try:
-            results = yolo.train(resume=True)
-        except (AssertionError, FileNotFoundError) as e:  # e.g. "training to N epochs is finished"
-            raise InputError(last, f"cannot resume ({' '.join(str(e).split())[:200]})") from None
+        with output_folder(out):
+            yolo, results = _resume(last, trust)
+        left_out = []
     else:
         recipe = load_recipe(config)
         args = {k: v for k, v in recipe.items() if k not in ("model", "demo")}  # ours, not Ultralytics'
         args.update({k: v for k, v in overrides.items() if v is not None})
         model = model or recipe.get("model") or DEFAULT_MODEL
         info = check_data_yaml(data)
-        yolo = load_model(model, nc=int(info["nc"]), names=list(info["names"].values()))
-        args.setdefault("device", "cpu")
-        args.setdefault("plots", False)
-        args.setdefault("workers", 2)
-        args.update(
-            data=str(Path(data).resolve()),
-            project=str(out.parent),  # absolute: otherwise runs land inside site-packages under pytest
-            name=out.name,
-            exist_ok=True,
-            pretrained=False,
-            verbose=args.get("verbose", False),
-        )
-        _use_every_core(yolo)
-        for event, fn in (callbacks or {}).items():
-            yolo.add_callback(event, fn)
-        results = yolo.train(**args)
+        inputs = [data, *([model] if Path(model).is_file() else []), *([config] if config else [])]
+        split_dirs = [p for k in ("train", "val", "test") for p in _as_list(info.get(k)) if Path(p).is_dir()]
+        with output_folder(out, inputs=inputs, not_inside=split_dirs):
+            view = stage_dataset(data, out / "dataset", on_error=on_error)
+            left_out = view.errors
+            yolo = load_model(model, nc=int(info["nc"]), names=list(info["names"].values()), trust=trust)
+            args.setdefault("device", "cpu")
+            args.setdefault("plots", False)
+            args.setdefault("workers", 2)
+            args.update(
+                data=str(view.data_yaml),
+                project=str(out.parent),  # absolute: otherwise runs land inside site-packages under pytest
+                name=out.name,
+                exist_ok=True,
+                pretrained=False,
+                verbose=args.get("verbose", False),
+            )
+            _use_every_core(yolo)
+            for event, fn in (callbacks or {}).items():
+                yolo.add_callback(event, fn)
+            with weights_policy(trust):
+                results = yolo.train(**args)
     names = yolo.model.names if hasattr(yolo.model, "names") else yolo.names
     metrics = metrics_dict(results, names) if results is not None else {}
     metrics["epochs"] = int(yolo.trainer.epoch + 1) if getattr(yolo, "trainer", None) else None
     metrics["train_seconds"] = round(time.time() - t0, 1)
     metrics["weights"] = str(out / "weights" / "best.pt")
+    metrics["left_out"] = [str(e) for e in left_out]  # damaged images not trained on (one error line each)
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _resume(last: Path, trust: bool):
+    """Continue the run whose ``last.pt`` is given; return (yolo, results)."""
+    # A finished run's last.pt is stripped of its optimizer; Ultralytics would then silently start a
+    # *new* run on its default dataset (coco8, a download). Refuse that here. Safe loading as everywhere.
+    with weights_policy(trust):
+        try:
+            ckpt, _ = tasks.torch_safe_load(str(last))
+        except Exception as e:
+            raise InputError(last, weights_error(last, e, trust)) from None
+    if not isinstance(ckpt, dict) or ckpt.get("optimizer") is None or ckpt.get("epoch", -1) < 0:
+        raise InputError(last, "nothing to resume: this run finished (or last.pt holds no optimizer state)")
+    yolo = load_model(last, trust=trust)
+    _use_every_core(yolo)
+    try:
+        with weights_policy(trust):
+            return yolo, yolo.train(resume=True)
+    except (AssertionError, FileNotFoundError) as e:  # e.g. "training to N epochs is finished"
+        raise InputError(last, f"cannot resume ({' '.join(str(e).split())[:200]})") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset YAML (YOLO box or polygon rows)")
     p.add_argument("--model", default=None, help=f"model YAML (from scratch) or weights path (default {DEFAULT_MODEL})")
-    p.add_argument("--epochs", type=int, help="epochs (default: config, else 100)")
-    p.add_argument("--imgsz", type=int, help="training image size (default: config, else 640)")
-    p.add_argument("--batch", type=int, help="batch size (default: config, else 16)")
-    p.add_argument("--device", help="cpu, 0, 0,1 ... (default cpu)")
+    p.add_argument("--epochs", type=positive_int, help="epochs (default: config, else 100)")
+    p.add_argument("--imgsz", type=image_size, help="training image size (default: config, else 640)")
+    p.add_argument("--batch", type=positive_int, help="batch size (default: config, else 16)")
+    p.add_argument("--device", type=device, help="cpu, 0, 0,1 ... (default cpu)")
     p.add_argument("--out", required=True, help="run folder; gets weights/best.pt and metrics.json")
     p.add_argument("--config", help="recipe YAML from configs/ (flags win over it)")
     p.add_argument("--time", type=float, help="time budget in hours (Ultralytics' time=)")
     p.add_argument("--resume", action="store_true", help="resume the interrupted run in --out")
+    add_trust_weights(p)
 
 
 def run(args) -> int:
     if not args.resume and not args.data:
         raise InputError("--data", "a dataset YAML is required unless --resume is given")
+    if args.time is not None and not args.time > 0:
+        raise InputError("--time", f"must be a positive number of hours, got {args.time}")
     m = train(
         args.data,
         args.out,
         model=args.model,
         config=args.config,
         resume=args.resume,
+        trust=args.trust_weights,
+        on_error=lambda e: print(f"error: {e} (left out of training)", file=sys.stderr, flush=True),
         epochs=args.epochs,
         imgsz=args.imgsz,
         batch=args.batch,
@@ -196,4 +229,5 @@ def run(args) -> int:
     per = ", ".join(f"{k} {v:.3f}" for k, v in m.get("per_class", {}).items())
     print(f"mAP50 {m.get('mAP50', float('nan')):.3f}  mAP50-95 {m.get('mAP50-95', float('nan')):.3f}  ({per})")
     print(f"weights: {m['weights']}\nmetrics: {Path(args.out).resolve() / 'metrics.json'}")
-    return 0
+    return 1 if m["left_out"] else 0
+

@@ -26,4 +26,4 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$py" scripts/train_cardd.py --data /tmp/cardd-staged/data.yaml --config "$config" --device 0 \
   --recipe "$name" --out "/tmp/runs/$name" --json "$out/$name.json" "$@" 2>&1 | tee "$out/$name.log"
-cp "/tmp/runs/$name/results.csv" "$out/$name-results.csv"
+cp "/tmp/runs/$name/train/results.csv" "$out/$name-results.csv"

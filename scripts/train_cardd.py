@@ -135,7 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other train() argument, YAML-typed (e.g. --set copy_paste=0); repeatable")
     p.add_argument("--val-batch", type=int, default=32, help="batch size of the final validation")
-    p.add_argument("--out", required=True, help="run folder: weights/, results.csv, metrics.json, val/, row.json")
+    p.add_argument("--out", required=True, help="run folder: data/ (staged), train/ (weights/, results.csv, metrics.json), val/, row.json")
     p.add_argument("--json", default=None, help="also write the row here (default OUT/row.json only)")
     p.add_argument("--tiny", action="store_true", help="CPU smoke run on 16+8 sample photos, 1 epoch, 160 px")
     return p.parse_args(argv)
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     install_offline_amp_check()
     AMP_DECISIONS.clear()
     t0 = time.time()
-    trained = train(data, out, model=model, config=config, **overrides)
+    trained = train(data, out / "train", model=model, config=config, **overrides)  # out holds the staged data
     gpu_minutes = (time.time() - t0) / 60
     weights = Path(trained["weights"])
     metrics, val_seconds = validate(weights, data, imgsz, device, out, batch=args.val_batch,

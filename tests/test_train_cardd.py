@@ -78,7 +78,7 @@ def test_tiny_row_has_every_key_and_sane_values(sample_dir, tmp_path):
     assert train_cardd.table_row(row).count("|") == 10  # the 9 columns of docs/benchmarks.md
 
     # the recipe reached Ultralytics, with the tiny overrides on top
-    args = yaml.safe_load((out / "args.yaml").read_text())
+    args = yaml.safe_load((out / "train" / "args.yaml").read_text())
     recipe = yaml.safe_load((REPO / "configs" / "cardd.yaml").read_text())
     for key in ("copy_paste", "copy_paste_mode", "optimizer", "lr0", "val", "deterministic"):
         assert args[key] == recipe[key], key
@@ -89,7 +89,7 @@ def test_tiny_row_has_every_key_and_sane_values(sample_dir, tmp_path):
     assert _tree(sample_dir) == before
     from ultralytics.data.utils import load_dataset_cache_file
 
-    cache = load_dataset_cache_file(out / "data" / "train" / "labels.cache")  # what Ultralytics really trained on
+    cache = load_dataset_cache_file(out / "train" / "dataset" / "train" / "labels.cache")  # what Ultralytics really trained on
     assert len(cache["labels"]) == row["n_train"]
 
 

@@ -1,0 +1,92 @@
+"""A training view of a YOLO dataset: links to the user's files, so training never writes into them.
+
+Ultralytics' dataset scan rewrites, in place, every JPEG whose last two bytes are not the end marker
+("corrupt JPEG restored and saved"), and it saves ``labels.cache`` beside the label folders. Both would
+change the user's dataset. Training therefore reads a view under its own run folder::
+
+    OUT/dataset/data.yaml              names and nc from the user's yaml, splits pointing here
+    OUT/dataset/<split>/images/...     symbolic links to the user's images (same relative layout)
+    OUT/dataset/<split>/labels/...     symbolic links to their label files
+
+Ultralytics replaces an image it restores with ``os.replace``, which swaps the link, never its target,
+and its caches land in the view. Every image is decoded first (``pipeline.io.validate_image``, the rule
+all commands share): a damaged one is reported on its own line and left out of the view.
+
+Examples:
+    >>> view = stage_dataset("datasets/cardd/data.yaml", "runs/cardd/dataset")
+    >>> view.data_yaml, len(view.errors)
+    (PosixPath('runs/cardd/dataset/data.yaml'), 0)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeline.data import dataset_splits, label_path, load_names
+from pipeline.io import InputError, atomic_write_text, validate_image
+
+
+@dataclass
+class DatasetView:
+    """What ``stage_dataset`` made: the view's yaml, images linked per split, and the images left out."""
+
+    data_yaml: Path
+    images: dict[str, int] = field(default_factory=dict)
+    errors: list[InputError] = field(default_factory=list)
+
+
+def _common_root(files: list[Path]) -> Path:
+    return Path(os.path.commonpath([str(f.parent) for f in files]))
+
+
+def stage_dataset(data_yaml: str | Path, dest: str | Path, on_error=None) -> DatasetView:
+    """Build the view of ``data_yaml`` in ``dest`` (replacing an earlier view there) and return it.
+
+    Args:
+        data_yaml: the user's dataset YAML (resolved as Ultralytics resolves it; nothing is downloaded).
+        dest: the view's folder, inside the run folder.
+        on_error: called with each ``InputError`` (a damaged image) as it is found.
+
+    Raises:
+        InputError: the yaml is malformed, a split is missing, or a split has no usable image left.
+    """
+    dest = Path(dest)
+    splits = dataset_splits(data_yaml)
+    names = load_names(data_yaml)
+    if dest.exists():
+        shutil.rmtree(dest)  # links only: an earlier view of (maybe) another version of the dataset
+    view = DatasetView(data_yaml=dest / "data.yaml")
+    entries = {}
+    for split, files in splits.items():
+        root = _common_root(files)
+        kept = 0
+        for image in files:
+            try:
+                validate_image(image)
+            except InputError as e:
+                view.errors.append(e)
+                if on_error:
+                    on_error(e)
+                continue
+            staged = dest / split / "images" / image.relative_to(root)
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(image.resolve(), staged)
+            label = label_path(image)
+            if label.is_file():  # an image without a label file is a background image, as in the source
+                staged_label = label_path(staged)
+                staged_label.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(label.resolve(), staged_label)
+            kept += 1
+        if not kept:
+            raise InputError(data_yaml, f"'{split}' has no readable image left")
+        view.images[split] = kept
+        entries[split] = f"{split}/images"
+    spec = {"path": str(dest.resolve()), **entries, "nc": len(names), "names": dict(enumerate(names))}
+    atomic_write_text(view.data_yaml, f"# Training view of {Path(data_yaml).resolve()} (links; see pipeline/dataset_view.py)\n"
+                      + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    return view
