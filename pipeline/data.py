@@ -626,8 +626,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too (leakage, missing label files)")
 
 
+def _write_failure(path: Path, e: OSError) -> InputError:
+    """One line for a report that cannot be written, naming the path the user gave (not our temp file)."""
+    for parent in path.parents:  # `--json notes.txt/r.json`: the OSError only says "File exists"
+        if parent.exists() and not parent.is_dir():
+            return InputError(path, f"cannot write the report: {parent} is a file, not a folder")
+    reason = e.strerror or str(e) or type(e).__name__
+    return InputError(path, f"cannot write the report: {reason[0].lower()}{reason[1:]}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``cardamage check``: 1 when there are errors (with ``--strict``, errors or warnings), else 0."""
+    json_path = Path(args.json) if args.json else None
+    if json_path is not None and json_path.is_dir():  # before the scan, which takes minutes on CarDD
+        raise InputError(json_path, "is a folder, expected a file name for the JSON report")
     report = check_dataset(args.data_yaml, near_threshold=args.near, progress=True)
     for kind, items in (("error", report["errors"]), ("warning", report["warnings"])):
         for item in items[: args.max_lines]:
@@ -635,7 +647,10 @@ def run(args: argparse.Namespace) -> int:
         if len(items) > args.max_lines:
             print(f"{kind}: ... {len(items) - args.max_lines} more {kind}s (all in --json)", file=sys.stderr)
     print(format_report(report, strict=args.strict))
-    if args.json:
-        atomic_write_json(args.json, report)
-        print(f"report written to {args.json}")
+    if json_path is not None:
+        try:
+            atomic_write_json(json_path, report)
+        except OSError as e:
+            raise _write_failure(json_path, e) from None
+        print(f"report written to {json_path}")
     return 0 if report["strict_ok" if args.strict else "ok"] else 1

@@ -397,6 +397,41 @@ def test_leak_summary_counts_each_image_once_under_its_strongest_link(tmp_path):
     assert leak_summary({"train": [a], "val": [b]}, []) == []
 
 
+def test_json_to_a_folder_or_below_a_file_is_one_line(roboflow_dataset, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import pipeline.data
+
+    yaml, _, _ = roboflow_dataset
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    assert main(["check", str(yaml), "--json", str(folder)]) == 1
+    out = capsys.readouterr()
+    assert out.err.splitlines() == [f"error: {folder}: is a folder, expected a file name for the JSON report"]
+    assert out.out == ""  # refused before scanning the dataset
+    assert list(folder.iterdir()) == []
+
+    note = tmp_path / "notes.txt"
+    note.write_text("mine\n")
+    target = note / "check.json"
+    assert main(["check", str(yaml), "--json", str(target)]) == 1
+    out = capsys.readouterr()
+    assert [x for x in out.err.splitlines() if x.startswith("error")] == [
+        f"error: {target}: cannot write the report: {note} is a file, not a folder"
+    ]
+    assert "Traceback" not in out.err and note.read_text() == "mine\n"
+
+    # any other OSError while writing, e.g. a full disk, is one line naming the path too
+    def disk_full(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(pipeline.data, "atomic_write_json", disk_full)
+    assert main(["check", str(yaml), "--json", str(tmp_path / "r.json")]) == 1
+    assert [x for x in capsys.readouterr().err.splitlines() if x.startswith("error")] == [
+        f"error: {tmp_path / 'r.json'}: cannot write the report: no space left on device"
+    ]
+
+
 def test_box_rows_give_the_same_report_as_polygon_rows(roboflow_dataset, tmp_path):
     yaml, train, val = roboflow_dataset
     before = check_dataset(yaml)
