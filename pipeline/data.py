@@ -5,16 +5,36 @@ with their ``../train/images`` paths), then looks at every image and label file:
 
 - counts: images, labelled / empty / missing label files, instances per class, instances per image;
 - box sizes in pixels of the original image, in CarDD's buckets: small < 128^2, medium < 256^2, large;
-- errors, each on its own line with the file (and line) and the reason: corrupt images, bad label
-  lines (wrong number of values, non-numeric, odd polygon coordinates, < 3 points), class ids out of
-  range, coordinates outside [0, 1], images Ultralytics would drop, and leakage: splits that list the
-  same files, exact (same bytes) and near (perceptual hash) duplicates across splits.
+- errors, each on its own line ``error: <file>[:line]: <reason>``: corrupt images, bad label lines
+  (wrong number of values, non-numeric, odd polygon coordinates, < 3 points), class ids out of range,
+  coordinates outside [0, 1], images Ultralytics would drop, a split without a single label file;
+- warnings, each on its own line ``warning: <file>[:line]: <reason>``: missing label files (background
+  images), rows Ultralytics fixes while loading, and leakage between splits: splits that list the same
+  files (``split_overlap``, e.g. ``train`` and ``val`` both ``images/``), exact (same bytes,
+  ``exact_duplicate``) and near (perceptual hash, ``near_duplicate``) duplicates across splits. A leak
+  makes the later split's scores optimistic, but the data still trains (Ultralytics' coco128 uses
+  train == val on purpose), so it is reported loudly, with a ``LEAKAGE train -> val: ...`` summary
+  line per pair of splits, not failed.
 
-Exit status 1 when there is any error, 0 otherwise. Polygons count as their bounding box, which is
-what Ultralytics trains a detector on.
+Exit status 1 when there is any error, 0 otherwise; with ``--strict`` any warning fails too. Polygons
+count as their bounding box, which is what Ultralytics trains a detector on.
+
+The report (``--json``) holds:
+
+- ``splits`` / ``total``: the statistics of ``check_dataset``;
+- ``errors`` and ``warnings``: lists of {file, line, kind, reason, split}; warning kinds are
+  ``missing_label``, ``ultralytics`` and the leak kinds ``split_overlap``, ``exact_duplicate``,
+  ``near_duplicate`` (``LEAK_KINDS``);
+- ``leaks``: per pair of splits that share images, {split_a, split_b, images, of, same_file, exact,
+  near}: ``images`` of the ``of`` images of ``split_b`` are also in ``split_a``, each counted once
+  under its strongest link (listed by both splits > same bytes > near duplicate);
+- ``split_overlaps`` and ``duplicates``: the raw findings of ``pipeline.duplicates``;
+- ``ok``: no errors (exit 0 without ``--strict``); ``strict_ok``: no errors and no warnings (exit 0
+  with ``--strict``).
 
 Examples:
     cardamage check datasets/cardd/data.yaml
+    cardamage check datasets/cardd/data.yaml --strict    # leaks and other warnings fail too
     cardamage check "car damage detection.v1i.yolov8/data.yaml" --json runs/check.json
     cardamage check ../shared/data/cardd-sample/data.yaml --near 6
 """
@@ -35,6 +55,7 @@ from pipeline.io import InputError, atomic_write_json, read_image
 SPLITS = ("train", "val", "test", "minival")
 SMALL, LARGE = 128**2, 256**2  # CarDD's box-area buckets in original-image pixels
 COORD_TOL = 1e-6  # float printing noise; anything beyond is outside [0, 1]
+LEAK_KINDS = ("split_overlap", "exact_duplicate", "near_duplicate")  # warning kinds that are leakage
 
 
 # ----------------------------------------------------------------------------------------------- yaml
@@ -354,9 +375,13 @@ def check_dataset(data_yaml: str | Path, near_threshold: int = 4, progress: bool
         near_threshold: perceptual-hash Hamming distance that counts as a near duplicate.
         progress: show a progress bar.
 
+    Leakage (split overlaps, exact and near duplicates across splits) goes to ``warnings``, not
+    ``errors``: it makes scores optimistic but leaves a dataset that trains.
+
     Returns:
         {data_yaml, names, splits: {split: stats}, total: stats over unique files, errors: [{file, line,
-        kind, reason, split}], warnings: [...], split_overlaps: [...], duplicates: [...], ok: bool}.
+        kind, reason, split}], warnings: [same keys], leaks: [see ``leak_summary``], split_overlaps: [...],
+        duplicates: [...], ok: no errors, strict_ok: no errors and no warnings}.
         ``stats`` holds images, labelled / empty_labels / missing_labels, corrupt_images, instances,
         class_counts (name -> instances), instances_per_image {histogram, mean, max}, box_sizes
         {small, medium, large} and box_area_px. Statistics count valid label rows of decodable images.
@@ -366,8 +391,10 @@ def check_dataset(data_yaml: str | Path, near_threshold: int = 4, progress: bool
 
     Examples:
         >>> report = check_dataset("../shared/data/cardd-sample/data.yaml")
-        >>> report["total"]["class_counts"]["scratch"], report["ok"]
-        (73, False)
+        >>> report["total"]["class_counts"]["scratch"], report["ok"], report["strict_ok"]
+        (100, True, False)
+        >>> [w["kind"] for w in report["warnings"]]  # train and val are one folder there, on purpose
+        ['split_overlap']
     """
     from ultralytics.utils import TQDM
 
@@ -418,19 +445,20 @@ def check_dataset(data_yaml: str | Path, near_threshold: int = 4, progress: bool
     overlaps = split_overlaps(splits)
     for o in overlaps:
         a, b = o["split_a"], o["split_b"]
-        folders = sorted({str(Path(f).parent) for f in o["files"]})
+        shared = {p.resolve() for p in splits[a]} & {p.resolve() for p in splits[b]}
+        folders = ", ".join(sorted({str(f.parent) for f in shared}))
         reason = (
-            f"{a} and {b} are the same folder ({', '.join(folders)}): all {o['shared']} images are in both splits"
+            f"{a} and {b} are the same folder ({folders}): all {o['shared']} images are in both splits"
             if o["same_list"]
-            else f"{o['shared']} images are listed in both {a} and {b}"
+            else f"{o['shared']} images are listed in both {a} and {b} (in {folders})"
         )
-        errors.append({"file": str(data_yaml), "line": None, "kind": "split_overlap", "reason": reason, "split": b})
+        warnings.append({"file": str(data_yaml), "line": None, "kind": "split_overlap", "reason": reason, "split": b})
 
     hashes = {p: (scanned[p.resolve()]["sha1"], scanned[p.resolve()]["phash"]) for ps in splits.values() for p in ps}
     duplicates = find_duplicates(splits, near_threshold, hashes=hashes)
     for d in duplicates:
         what = "same bytes" if d["kind"] == "exact" else f"perceptual hash distance {d['distance']}"
-        errors.append(
+        warnings.append(
             {
                 "file": d["path_b"],
                 "line": None,
@@ -447,10 +475,57 @@ def check_dataset(data_yaml: str | Path, near_threshold: int = 4, progress: bool
         "total": _stats(list(scanned.values()), names),
         "errors": errors,
         "warnings": warnings,
+        "leaks": leak_summary(splits, duplicates),
         "split_overlaps": overlaps,
         "duplicates": duplicates,
         "ok": not errors,
+        "strict_ok": not errors and not warnings,
     }
+
+
+def leak_summary(splits: dict[str, list[Path]], duplicates: list[dict]) -> list[dict]:
+    """How many images of each split are also in an earlier split, per pair of splits that share any.
+
+    Each leaked image of ``split_b`` is counted once, under its strongest link to ``split_a``: the same
+    file listed by both splits, else a file with the same bytes, else a near duplicate.
+
+    Args:
+        splits: split name -> image paths, in the order of ``dataset_splits``.
+        duplicates: ``pipeline.duplicates.find_duplicates`` output for those splits.
+
+    Returns:
+        list of {split_a, split_b, images, of, same_file, exact, near}: ``images`` of the ``of`` images
+        of ``split_b`` leak from ``split_a``; ``same_file + exact + near == images``.
+
+    Examples:
+        >>> leak_summary({"train": [Path("a.jpg")], "val": [Path("a.jpg"), Path("b.jpg")]}, [])
+        [{'split_a': 'train', 'split_b': 'val', 'images': 1, 'of': 2, 'same_file': 1, 'exact': 0, 'near': 0}]
+    """
+    strength = {"same_file": 0, "exact": 1, "near": 2}  # lower is stronger
+    resolved = {s: {p.resolve() for p in ps} for s, ps in splits.items()}
+    names = list(splits)
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            link = {p: "same_file" for p in resolved[a] & resolved[b]}
+            for d in duplicates:
+                if (d["split_a"], d["split_b"]) != (a, b):
+                    continue
+                p = Path(d["path_b"]).resolve()
+                if p not in link or strength[d["kind"]] < strength[link[p]]:
+                    link[p] = d["kind"]
+            if link:
+                kinds = Counter(link.values())
+                out.append(
+                    {
+                        "split_a": a,
+                        "split_b": b,
+                        "images": len(link),
+                        "of": len(resolved[b]),
+                        **{k: kinds[k] for k in strength},
+                    }
+                )
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -464,8 +539,38 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def format_report(report: dict) -> str:
-    """The human-readable summary: tables of counts, classes and box sizes, then the verdict."""
+def leak_line(leak: dict) -> str:
+    """One loud summary line for a pair of splits that share images (an item of ``leak_summary``).
+
+    Examples:
+        >>> leak_line({"split_a": "train", "split_b": "val", "images": 100, "of": 100, "same_file": 100,
+        ...            "exact": 0, "near": 0})
+        'LEAKAGE train -> val: 100 of 100 val images (100%) are also in train (100 shared files): val scores will be optimistic'
+    """
+    a, b = leak["split_a"], leak["split_b"]
+    counts = (
+        (leak["same_file"], "shared file", "shared files"),
+        (leak["exact"], "exact copy", "exact copies"),
+        (leak["near"], "near duplicate", "near duplicates"),
+    )
+    parts = [f"{n} {one if n == 1 else many}" for n, one, many in counts if n]
+    # a train leak grades the model on pictures it trained on; between evaluation splits the harm is
+    # milder (val picks best.pt, so test is no longer independent of it)
+    effect = f"{b} scores will be optimistic" if a == "train" else f"{b} is not independent of {a}"
+    share = f"{100 * leak['images'] / leak['of']:.3g}%"
+    return (
+        f"LEAKAGE {a} -> {b}: {leak['images']} of {leak['of']} {b} images ({share}) are also in {a} "
+        f"({', '.join(parts)}): {effect}"
+    )
+
+
+def format_report(report: dict, strict: bool = False) -> str:
+    """The human-readable summary: tables of counts, classes and box sizes, leakage, then the verdict.
+
+    Args:
+        report: ``check_dataset`` output.
+        strict: the verdict counts warnings as failures (``--strict``).
+    """
     cols = list(report["splits"]) + ["total"]
     st = {**report["splits"], "total": report["total"]}
     out = [f"dataset {report['data_yaml']}", ""]
@@ -491,13 +596,20 @@ def format_report(report: dict) -> str:
     out += [_table(["box area (original px)"] + cols, bucket_rows), ""]
     hist = report["total"]["instances_per_image"]["histogram"]
     out.append("instances per image (all): " + ", ".join(f"{k}: {v}" for k, v in hist.items()))
-    if report["split_overlaps"]:
-        for o in report["split_overlaps"]:
-            out.append(f"split overlap: {o['split_a']} / {o['split_b']} share {o['shared']} files")
     n_exact = sum(d["kind"] == "exact" for d in report["duplicates"])
     out.append(f"cross-split duplicates: {n_exact} exact, {len(report['duplicates']) - n_exact} near")
-    out.append(f"{len(report['errors'])} error(s), {len(report['warnings'])} warning(s)")
-    out.append("OK" if report["ok"] else "FAILED: see the errors above (stderr)")
+    out += [leak_line(leak) for leak in report["leaks"]]
+    n_err, n_warn = len(report["errors"]), len(report["warnings"])
+    n_leak = sum(w["kind"] in LEAK_KINDS for w in report["warnings"])
+    out.append(f"{n_err} error(s), {n_warn} warning(s)" + (f", {n_leak} of them leakage" if n_leak else ""))
+    if n_err:
+        out.append("FAILED: see the errors above (stderr)")
+    elif n_warn and strict:
+        out.append(f"FAILED (--strict): no errors, but {n_warn} warning(s) count as failures (stderr)")
+    elif n_warn:
+        out.append(f"OK: no errors; {n_warn} warning(s) above (stderr), which --strict would fail")
+    else:
+        out.append("OK")
     return "\n".join(out)
 
 
@@ -511,17 +623,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the full report as JSON (atomically)")
     p.add_argument("--near", type=int, default=4, metavar="BITS", help="perceptual-hash distance for near duplicates")
     p.add_argument("--max-lines", type=int, default=50, help="print at most this many error/warning lines (JSON has all)")
+    p.add_argument("--strict", action="store_true", help="exit 1 on warnings too (leakage, missing label files)")
+
+
+def _write_failure(path: Path, e: OSError) -> InputError:
+    """One line for a report that cannot be written, naming the path the user gave (not our temp file)."""
+    for parent in path.parents:  # `--json notes.txt/r.json`: the OSError only says "File exists"
+        if parent.exists() and not parent.is_dir():
+            return InputError(path, f"cannot write the report: {parent} is a file, not a folder")
+    reason = e.strerror or str(e) or type(e).__name__
+    return InputError(path, f"cannot write the report: {reason[0].lower()}{reason[1:]}")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``cardamage check``: 1 when there are errors (with ``--strict``, errors or warnings), else 0."""
+    json_path = Path(args.json) if args.json else None
+    if json_path is not None and json_path.is_dir():  # before the scan, which takes minutes on CarDD
+        raise InputError(json_path, "is a folder, expected a file name for the JSON report")
     report = check_dataset(args.data_yaml, near_threshold=args.near, progress=True)
     for kind, items in (("error", report["errors"]), ("warning", report["warnings"])):
         for item in items[: args.max_lines]:
             print(f"{kind}: {_line(item)}", file=sys.stderr)
         if len(items) > args.max_lines:
             print(f"{kind}: ... {len(items) - args.max_lines} more {kind}s (all in --json)", file=sys.stderr)
-    print(format_report(report))
-    if args.json:
-        atomic_write_json(args.json, report)
-        print(f"report written to {args.json}")
-    return 0 if report["ok"] else 1
+    print(format_report(report, strict=args.strict))
+    if json_path is not None:
+        try:
+            atomic_write_json(json_path, report)
+        except OSError as e:
+            raise _write_failure(json_path, e) from None
+        print(f"report written to {json_path}")
+    return 0 if report["strict_ok" if args.strict else "ok"] else 1

@@ -18,7 +18,7 @@ import pytest
 
 import pipeline  # noqa: F401  (offline environment before ultralytics)
 from pipeline.cli import main
-from pipeline.data import check_dataset, dataset_splits, label_path, load_names, parse_label_text
+from pipeline.data import check_dataset, dataset_splits, label_path, leak_summary, load_names, parse_label_text
 from pipeline.duplicates import find_duplicates, hamming, phash_of, split_overlaps
 from pipeline.io import InputError, read_image
 
@@ -120,30 +120,48 @@ def test_sample_box_size_buckets_match_recount(sample_dir, sample_images):
     assert report["total"]["box_area_px"]["median"] == pytest.approx(np.median(areas), abs=0.1)
 
 
-def test_sample_train_and_val_same_folder_is_one_error(sample_dir):
+def test_sample_train_and_val_same_folder_is_one_leak_warning(sample_dir):
     splits = dataset_splits(sample_dir / "data.yaml")
     assert list(splits) == ["train", "val"] and len(splits["train"]) == len(splits["val"]) == 100
     assert load_names(sample_dir / "data.yaml") == NAMES
 
     report = check_dataset(sample_dir / "data.yaml")
-    assert not report["ok"]
-    assert len(report["errors"]) == 1, report["errors"]
-    err = report["errors"][0]
-    assert err["kind"] == "split_overlap"
-    assert "train and val are the same folder" in err["reason"] and "all 100 images" in err["reason"]
+    # train == val is leakage (val scores are optimistic), not a broken dataset: Ultralytics' coco128 does it
+    assert report["ok"] is True and report["strict_ok"] is False
+    assert report["errors"] == []
+    assert [w["kind"] for w in report["warnings"]] == ["split_overlap"]
+    warning = report["warnings"][0]
+    assert warning["file"] == str(sample_dir / "data.yaml") and warning["split"] == "val"
+    assert "train and val are the same folder" in warning["reason"] and "all 100 images" in warning["reason"]
     assert report["duplicates"] == []  # the same file twice is an overlap, not 100 duplicate pairs
     assert report["split_overlaps"][0]["same_list"] and report["split_overlaps"][0]["shared"] == 100
-
-
-def test_sample_cli_exit_1_with_one_error_line(sample_dir, capsys):
-    assert main(["check", str(sample_dir / "data.yaml")]) == 1
-    out = capsys.readouterr()
-    errors = [x for x in out.err.splitlines() if x.startswith("error: ")]
-    assert errors == [
-        f"error: {sample_dir / 'data.yaml'}: train and val are the same folder ({sample_dir / 'images'}): "
-        "all 100 images are in both splits"
+    assert report["leaks"] == [
+        {"split_a": "train", "split_b": "val", "images": 100, "of": 100, "same_file": 100, "exact": 0, "near": 0}
     ]
-    assert "scratch" in out.out and "FAILED" in out.out
+
+
+def test_sample_cli_exit_0_with_one_warning_and_1_with_strict(sample_dir, capsys):
+    yaml = sample_dir / "data.yaml"
+    warning = (
+        f"warning: {yaml}: train and val are the same folder ({sample_dir / 'images'}): all 100 images are in both splits"
+    )
+    leak = "LEAKAGE train -> val: 100 of 100 val images (100%) are also in train (100 shared files): val scores will be optimistic"
+
+    assert main(["check", str(yaml)]) == 0
+    out = capsys.readouterr()
+    assert [x for x in out.err.splitlines() if x.startswith(("error: ", "warning: "))] == [warning]
+    lines = out.out.splitlines()
+    assert "scratch" in out.out and leak in lines
+    assert lines[-2:] == [
+        "0 error(s), 1 warning(s), 1 of them leakage",
+        "OK: no errors; 1 warning(s) above (stderr), which --strict would fail",
+    ]
+
+    assert main(["check", str(yaml), "--strict"]) == 1
+    out = capsys.readouterr()
+    assert [x for x in out.err.splitlines() if x.startswith(("error: ", "warning: "))] == [warning]
+    assert leak in out.out.splitlines()
+    assert out.out.splitlines()[-1] == "FAILED (--strict): no errors, but 1 warning(s) count as failures (stderr)"
 
 
 def test_path_key_is_honoured(tmp_path, roboflow_dataset):
@@ -190,10 +208,10 @@ def test_planted_faults_each_reported_and_exit_1(tmp_path, sample_dir, sample_im
     assert "Traceback" not in err
     lines = err.splitlines()
 
-    def reported(path: Path, *words, line: int | None = None):
+    def reported(path: Path, *words, line: int | None = None, level: str = "error"):
         where = f"{path}:{line}" if line else f"{path}"
-        hits = [x for x in lines if x.startswith("error: ") and f" {where}:" in x and all(w in x for w in words)]
-        assert hits, f"nothing reported for {where} {words}:\n{err}"
+        hits = [x for x in lines if x.startswith(f"{level}: ") and f" {where}:" in x and all(w in x for w in words)]
+        assert hits, f"no {level} reported for {where} {words}:\n{err}"
 
     n0 = len(lbl(train[0]).read_text().splitlines())
     reported(lbl(train[0]), "non-numeric", "'abc'", line=n0)
@@ -203,19 +221,24 @@ def test_planted_faults_each_reported_and_exit_1(tmp_path, sample_dir, sample_im
     reported(lbl(train[4]), "coordinate 1.5 outside [0, 1]", line=1)
     reported(truncated, "truncated")
     reported(root / "train" / "images" / "notanimage.jpg", "not an image")
-    reported(root / "val" / "images" / "leak_exact.jpg", "same bytes", str(train[7]))
-    reported(root / "val" / "images" / "leak_near.png", "perceptual hash distance", str(train[6]))
+    reported(root / "val" / "images" / "leak_exact.jpg", "same bytes", str(train[7]), level="warning")
+    reported(root / "val" / "images" / "leak_near.png", "perceptual hash distance", str(train[6]), level="warning")
     assert any(x.startswith("warning: ") and str(lbl(train[5])) in x and "no label file" in x for x in lines)
     assert not any(str(lbl(train[6])) in x for x in lines)  # an empty label file is a background image: no message
     assert truncated.read_bytes() == truncated_bytes  # check never repairs (rewrites) the user's files
 
     report = json.loads(out_json.read_text())
-    assert report["ok"] is False
+    assert report["ok"] is False and report["strict_ok"] is False
     tr = report["splits"]["train"]
     assert tr["images"] == 10 and tr["missing_labels"] == 2 and tr["empty_labels"] == 1 and tr["corrupt_images"] == 2
-    kinds = Counter(e["kind"] for e in report["errors"])
-    assert kinds["exact_duplicate"] == 1 and kinds["near_duplicate"] == 1 and kinds["class_out_of_range"] == 1
-    assert kinds["coordinate_out_of_range"] == 1 and kinds["corrupt_image"] == 2 and kinds["bad_label_line"] == 3
+    assert Counter(e["kind"] for e in report["errors"]) == {
+        "bad_label_line": 3,
+        "class_out_of_range": 1,
+        "coordinate_out_of_range": 1,
+        "corrupt_image": 2,
+    }
+    # missing labels: train[5] (deleted), notanimage.jpg, and the two leaked copies in val (no label copied)
+    assert Counter(w["kind"] for w in report["warnings"]) == {"missing_label": 4, "exact_duplicate": 1, "near_duplicate": 1}
     near = next(d for d in report["duplicates"] if d["kind"] == "near")
     assert near["distance"] == hamming(phash_of(pixels), phash_of(read_image(root / "val" / "images" / "leak_near.png")))
     # statistics count only valid rows: train[0] keeps its good rows, the 4 one-row faulty files add nothing
@@ -237,6 +260,176 @@ def test_clean_roboflow_export_exit_0(roboflow_dataset, capsys, tmp_path):
     classes, per_image, _ = recount([label_path(p) for p in train], [read_image(p).shape[:2] for p in train])
     assert [report["splits"]["train"]["class_counts"][n] for n in NAMES] == classes.tolist()
     assert report["splits"]["val"]["images"] == 3 and report["errors"] == []
+
+
+# ---------------------------------------------------------------------------------------------- leakage
+
+
+def leak_copy(source: Path, dest: Path, plant: str) -> Path:
+    """Plant a leaked copy of a photo (with its label file, so the leak is the only warning).
+
+    ``exact``: the same bytes. ``reencoded``: a few pixels blacked out and saved at JPEG quality 70, as a
+    re-upload or a light edit would do. ``moved``: 4 px cropped off the top and left and scaled back, like
+    the same scene shot again with the camera moved a little.
+    """
+    if plant == "exact":
+        shutil.copy(source, dest)
+    else:
+        pixels = cv2.imread(str(source))
+        if plant == "reencoded":
+            pixels[:6, :6] = 0
+            quality = 70
+        else:
+            pixels = cv2.resize(pixels[4:, 4:], pixels.shape[1::-1])
+            quality = 90
+        assert cv2.imwrite(str(dest), pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    shutil.copy(label_path(source), label_path(dest))
+    return dest
+
+
+def imagehash_distance(a: Path, b: Path) -> int:
+    """Oracle: the perceptual-hash distance by imagehash on PIL's own decode (not our cv2 path)."""
+    import imagehash
+    from PIL import Image
+
+    return imagehash.phash(Image.open(a).convert("RGB")) - imagehash.phash(Image.open(b).convert("RGB"))
+
+
+@pytest.mark.parametrize(
+    "plant, kind, distance",
+    [
+        ("exact", "exact", 0),
+        ("reencoded", "near", 0),
+        ("moved", "near", 4),  # the distance of the one CarDD leak users reported
+    ],
+)
+def test_one_leaked_image_is_a_warning_and_fails_only_with_strict(
+    plant, kind, distance, tmp_path, sample_dir, sample_images, capsys
+):
+    import hashlib
+
+    root = tmp_path / "ds"
+    train = copy_split(sample_dir, sample_images[:4], root / "train")
+    copy_split(sample_dir, sample_images[4:6], root / "val")
+    leak = leak_copy(train[1], root / "val" / "images" / "leak.jpg", plant)
+    yaml = write_yaml(root / "data.yaml", "train: train/images\nval: val/images\nnames: " + json.dumps(NAMES) + "\n")
+
+    same_bytes = hashlib.sha1(leak.read_bytes()).digest() == hashlib.sha1(train[1].read_bytes()).digest()
+    assert same_bytes == (kind == "exact") and imagehash_distance(train[1], leak) == distance
+    what = "same bytes" if kind == "exact" else f"perceptual hash distance {distance}"
+    warning = f"warning: {leak}: val image duplicates train image {train[1]} ({what})"
+    summary = (
+        f"LEAKAGE train -> val: 1 of 3 val images (33.3%) are also in train "
+        f"(1 {'exact copy' if kind == 'exact' else 'near duplicate'}): val scores will be optimistic"
+    )
+
+    assert main(["check", str(yaml)]) == 0
+    out = capsys.readouterr()
+    assert [x for x in out.err.splitlines() if x.startswith(("error: ", "warning: "))] == [warning]
+    assert summary in out.out.splitlines()
+
+    out_json = tmp_path / "report.json"
+    assert main(["check", str(yaml), "--strict", "--json", str(out_json)]) == 1
+    out = capsys.readouterr()
+    assert [x for x in out.err.splitlines() if x.startswith(("error: ", "warning: "))] == [warning]
+    assert "FAILED (--strict)" in out.out.splitlines()[-2]  # the last line says where the report went
+    report = json.loads(out_json.read_text())
+    assert report["ok"] is True and report["strict_ok"] is False and report["errors"] == []
+    assert [(w["kind"], w["file"], w["split"]) for w in report["warnings"]] == [(f"{kind}_duplicate", str(leak), "val")]
+    assert report["leaks"] == [
+        {"split_a": "train", "split_b": "val", "images": 1, "of": 3, "same_file": 0,
+         "exact": int(kind == "exact"), "near": int(kind == "near")}
+    ]  # fmt: skip
+    assert [(d["kind"], d["distance"]) for d in report["duplicates"]] == [(kind, distance)]
+
+
+def test_shared_folder_and_three_splits_each_pair_summarised(tmp_path, sample_dir, sample_images, capsys):
+    root = tmp_path / "ds"
+    train = copy_split(sample_dir, sample_images[:4], root / "train")
+    copy_split(sample_dir, sample_images[10:12], root / "extra")  # listed by train and by val
+    val = copy_split(sample_dir, sample_images[4:6], root / "val")
+    copy_split(sample_dir, sample_images[6:8], root / "test")
+    val_leak = leak_copy(train[0], root / "val" / "images" / "from_train.jpg", "exact")
+    test_near = leak_copy(train[1], root / "test" / "images" / "from_train.jpg", "moved")
+    test_exact = leak_copy(val[0], root / "test" / "images" / "from_val.jpg", "exact")
+    yaml = write_yaml(
+        root / "data.yaml",
+        "train: [train/images, extra/images]\nval: [val/images, extra/images]\ntest: test/images\n"
+        "names: " + json.dumps(NAMES) + "\n",
+    )
+
+    assert main(["check", str(yaml)]) == 0
+    out = capsys.readouterr()
+    d = imagehash_distance(train[1], test_near)
+    extra = (root / "extra" / "images").resolve()
+    assert [x for x in out.err.splitlines() if x.startswith(("error: ", "warning: "))] == [
+        f"warning: {yaml}: 2 images are listed in both train and val (in {extra})",
+        f"warning: {val_leak}: val image duplicates train image {train[0]} (same bytes)",
+        f"warning: {test_exact}: test image duplicates val image {val[0]} (same bytes)",
+        f"warning: {test_near}: test image duplicates train image {train[1]} (perceptual hash distance {d})",
+    ]
+    lines = out.out.splitlines()
+    leak_lines = [x for x in lines if x.startswith("LEAKAGE")]
+    # val: 2 own photos + its copy of train[0] + the 2 shared ones = 5; test: 2 own + 2 copies = 4
+    assert leak_lines == [
+        "LEAKAGE train -> val: 3 of 5 val images (60%) are also in train (2 shared files, 1 exact copy): "
+        "val scores will be optimistic",
+        "LEAKAGE train -> test: 1 of 4 test images (25%) are also in train (1 near duplicate): test scores will be optimistic",
+        "LEAKAGE val -> test: 1 of 4 test images (25%) are also in val (1 exact copy): test is not independent of val",
+    ]
+    assert lines[-2] == "0 error(s), 4 warning(s), 4 of them leakage"
+    assert main(["check", str(yaml), "--strict"]) == 1
+
+
+def test_leak_summary_counts_each_image_once_under_its_strongest_link(tmp_path):
+    a, b, c = (tmp_path / n for n in ("a.jpg", "b.jpg", "c.jpg"))
+    splits = {"train": [a, tmp_path / "t.jpg"], "val": [a, b, c]}
+    dup = lambda kind, pa, pb: {"kind": kind, "split_a": "train", "path_a": str(pa), "split_b": "val", "path_b": str(pb)}  # noqa: E731
+    duplicates = [
+        dup("near", tmp_path / "t.jpg", b),
+        dup("exact", tmp_path / "t.jpg", b),  # b is both near and exact: counted once, as exact
+        dup("near", tmp_path / "t.jpg", c),
+        dup("near", tmp_path / "t.jpg", a),  # a is listed by both splits already
+    ]
+    assert leak_summary(splits, duplicates) == [
+        {"split_a": "train", "split_b": "val", "images": 3, "of": 3, "same_file": 1, "exact": 1, "near": 1}
+    ]
+    assert leak_summary({"train": [a], "val": [b]}, []) == []
+
+
+def test_json_to_a_folder_or_below_a_file_is_one_line(roboflow_dataset, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import pipeline.data
+
+    yaml, _, _ = roboflow_dataset
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    assert main(["check", str(yaml), "--json", str(folder)]) == 1
+    out = capsys.readouterr()
+    assert out.err.splitlines() == [f"error: {folder}: is a folder, expected a file name for the JSON report"]
+    assert out.out == ""  # refused before scanning the dataset
+    assert list(folder.iterdir()) == []
+
+    note = tmp_path / "notes.txt"
+    note.write_text("mine\n")
+    target = note / "check.json"
+    assert main(["check", str(yaml), "--json", str(target)]) == 1
+    out = capsys.readouterr()
+    assert [x for x in out.err.splitlines() if x.startswith("error")] == [
+        f"error: {target}: cannot write the report: {note} is a file, not a folder"
+    ]
+    assert "Traceback" not in out.err and note.read_text() == "mine\n"
+
+    # any other OSError while writing, e.g. a full disk, is one line naming the path too
+    def disk_full(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(pipeline.data, "atomic_write_json", disk_full)
+    assert main(["check", str(yaml), "--json", str(tmp_path / "r.json")]) == 1
+    assert [x for x in capsys.readouterr().err.splitlines() if x.startswith("error")] == [
+        f"error: {tmp_path / 'r.json'}: cannot write the report: no space left on device"
+    ]
 
 
 def test_box_rows_give_the_same_report_as_polygon_rows(roboflow_dataset, tmp_path):
