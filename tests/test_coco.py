@@ -226,3 +226,186 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
         assert err.count("\n") == 1 and err.startswith(f"error: {path}: ")
     with pytest.raises(InputError, match="images folder not found"):
         convert_coco(unknown, tmp_path / "nope", tmp_path / "o")
+
+
+# ---------------------------------------------------------------------------------- hostile input
+# Each case builds its bad JSON here from a tiny valid one: two real 64x48 JPEGs, one RLE instance each.
+
+W, H = 64, 48
+BOX_B = [8.0, 6.0, 16.0, 12.0]  # b.jpg's instance, a scratch (CarDD id 2, our class 4)
+
+
+def tiny_coco(root: Path) -> tuple[dict, Path]:
+    """A valid CarDD-style COCO dict for root/imgs/{a,b}.jpg (written here) and the images folder."""
+    import cv2
+
+    imgs = root / "imgs"
+    imgs.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in ("a.jpg", "b.jpg"):
+        cv2.imwrite(str(imgs / name), rng.integers(0, 255, (H, W, 3), dtype=np.uint8))
+    coco = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": W, "height": H},
+                   {"id": 2, "file_name": "b.jpg", "width": W, "height": H}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "segmentation": {"size": [H, W], "counts": "x"},
+             "bbox": [4.0, 4.0, 20.0, 10.0], "iscrowd": 0},
+            {"id": 2, "image_id": 2, "category_id": 2, "segmentation": {"size": [H, W], "counts": "x"},
+             "bbox": BOX_B, "iscrowd": 0},
+        ],
+        "categories": [dict(c) for c in CARDD_CATEGORIES],  # copies: the cases mutate them
+    }  # fmt: skip
+    return coco, imgs
+
+
+def box_row(cls: int, bbox: list[float], w: float = W, h: float = H) -> str:
+    """The label line expected for a bbox instance, computed with numpy from the pixel corners."""
+    x, y, bw, bh = bbox
+    corners = np.array([[x, y], [x + bw, y], [x + bw, y + bh], [x, y + bh]]) / np.array([w, h])
+    return f"{cls} " + " ".join(f"{v:.6f}" for v in corners.reshape(-1))
+
+
+def convert(tmp_path: Path, coco, imgs: Path, capsys, out: Path | None = None, raw: str | None = None):
+    """Write ``coco`` (or ``raw`` text) as instances_train2017.json, run the CLI; (rc, stderr lines, json path, out)."""
+    ann = tmp_path / "instances_train2017.json"
+    ann.write_text(raw if raw is not None else json.dumps(coco))  # json.dumps writes NaN/Infinity as given
+    out = out or tmp_path / "yolo"
+    rc = main(["convert-coco", str(ann), str(imgs), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return rc, err.splitlines(), ann, out
+
+
+def test_tiny_coco_converts_to_the_numpy_computed_rows(tmp_path, capsys):
+    coco, imgs = tiny_coco(tmp_path)
+    rc, err, _, out = convert(tmp_path, coco, imgs, capsys)
+    assert rc == 0 and err == []
+    assert (out / "labels" / "train" / "b.txt").read_text() == box_row(4, BOX_B) + "\n"
+    assert (out / "labels" / "train" / "a.txt").read_text() == box_row(1, [4, 4, 20, 10]) + "\n"
+
+
+def test_missing_width_height_use_the_image_file_size(tmp_path, capsys):
+    coco, imgs = tiny_coco(tmp_path)
+    del coco["images"][1]["width"]
+    coco["images"][1]["height"] = None
+    rc, err, _, out = convert(tmp_path, coco, imgs, capsys)
+    assert rc == 0 and err == []
+    assert (out / "labels" / "train" / "b.txt").read_text() == box_row(4, BOX_B, W, H) + "\n"
+
+
+def _set(path: str, value):
+    """A mutation that sets coco[path] (dotted, with list indices) to value; DELETE removes the key."""
+
+    def apply(coco):
+        *parents, last = path.split(".")
+        obj = coco
+        for p in parents:
+            obj = obj[int(p)] if isinstance(obj, list) else obj[p]
+        key = int(last) if isinstance(obj, list) else last
+        if value is DELETE:
+            del obj[key]
+        else:
+            obj[key] = value
+
+    return apply
+
+
+DELETE = object()
+FATAL = [
+    (_set("images.1.id", DELETE), "images[1]: missing 'id'"),
+    (lambda c: c.update(images={str(im["id"]): im for im in c["images"]}), "images: expected a list, got an object"),
+    (_set("annotations", DELETE), "missing 'annotations' (a COCO instances file has images, annotations and categories)"),
+    (_set("categories", "dent"), "categories: expected a list, got 'dent'"),
+    (_set("categories.0.id", "1"), "categories[0].id: expected an integer, got '1'"),
+    (_set("categories.1.id", 1), "categories[1].id: 1 is also the id of categories[0]"),
+    (_set("images.0.id", "1"), "images[0].id: expected an integer, got '1'"),
+    (_set("images.1.id", 1), "images[1].id: 1 is also the id of images[0]"),
+    (_set("images.0", "a.jpg"), "images[0]: expected an object, got 'a.jpg'"),
+    (_set("images.0.file_name", DELETE), "images[0]: missing 'file_name'"),
+    (_set("images.0.file_name", 7), "images[0].file_name: expected a file name, got 7"),
+    (_set("images.0.width", float("nan")), "images[0].width: expected a positive number, got nan"),
+    (_set("images.0.width", float("inf")), "images[0].width: expected a positive number, got inf"),
+    (_set("images.0.width", 0), "images[0].width: expected a positive number, got 0"),
+    (_set("images.0.height", -48), "images[0].height: expected a positive number, got -48"),
+    (_set("images.0.height", "48"), "images[0].height: expected a positive number, got '48'"),
+    (_set("images.1.file_name", "a.jpg"),
+     "images[1].file_name: 'a.jpg' and images[0].file_name 'a.jpg' would write the same label file a.txt"),
+    (_set("images.1.file_name", "sub/A.png"),
+     "images[1].file_name: 'sub/A.png' and images[0].file_name 'a.jpg' would write the same label file A.txt"),
+    (_set("images.0.file_name", "../secret.jpg"),
+     "images[0].file_name: '../secret.jpg' is outside IMAGES_DIR (names must be relative to it)"),
+    (_set("images.0.file_name", "x/../../secret.jpg"),
+     "images[0].file_name: 'x/../../secret.jpg' is outside IMAGES_DIR (names must be relative to it)"),
+    (_set("images.0.file_name", "/etc/secret.jpg"),
+     "images[0].file_name: '/etc/secret.jpg' is outside IMAGES_DIR (names must be relative to it)"),
+    (_set("images.0.file_name", "sub/.."), "images[0].file_name: 'sub/..' names no file"),
+    (_set("annotations.1", [1, 2]), "annotations[1]: expected an object, got [1, 2]"),
+    (_set("annotations.1.image_id", DELETE), "annotations[1]: missing 'image_id'"),
+    (_set("annotations.1.image_id", "2"), "annotations[1].image_id: expected an integer, got '2'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("mutate, message", FATAL, ids=[m for _, m in FATAL])
+def test_malformed_json_is_one_line_naming_the_place_and_writes_nothing(tmp_path, capsys, mutate, message):
+    coco, imgs = tiny_coco(tmp_path)
+    mutate(coco)
+    rc, err, ann, out = convert(tmp_path, coco, imgs, capsys)
+    assert rc == 1 and err == [f"error: {ann}: {message}"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("raw", ["{not json", "[" * 100_000, '{"images": [{"id": ' + "1" * 5000 + "}]}", "\udcff"])
+def test_text_that_is_not_json_is_one_line(tmp_path, capsys, raw):
+    coco, imgs = tiny_coco(tmp_path)
+    ann = tmp_path / "instances_train2017.json"
+    ann.write_bytes(raw.encode("utf-8", "surrogateescape"))  # the last one is the lone byte 0xff
+    rc = main(["convert-coco", str(ann), str(imgs), "--out", str(tmp_path / "yolo")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith(f"error: {ann}: not valid JSON (") and err.count("\n") == 1
+    assert not (tmp_path / "yolo").exists()
+
+
+SKIP_IMAGE = [
+    (_set("annotations.0.bbox", "abc"), "annotations[0].bbox: expected 4 finite numbers [x, y, width, height], got 'abc'"),
+    (_set("annotations.0.bbox", [4, 4, 20]), "annotations[0].bbox: expected 4 finite numbers [x, y, width, height], got [4, 4, 20]"),
+    (_set("annotations.0.bbox.2", float("nan")),
+     "annotations[0].bbox: expected 4 finite numbers [x, y, width, height], got [4.0, 4.0, nan, 10.0]"),
+    (_set("annotations.0.bbox", [30, 30, -20, -10]), "annotations[0].bbox: width and height must be positive, got [30, 30, -20, -10]"),
+    (_set("annotations.0.bbox.3", 0), "annotations[0].bbox: width and height must be positive, got [4.0, 4.0, 20.0, 0]"),
+    (_set("annotations.0.bbox", [100, 100, 10, 10]), "annotations[0]: has no area inside the 64x48 image"),
+    (_set("annotations.0.category_id", "1"), "annotations[0].category_id: expected an integer, got '1'"),
+    (_set("annotations.0.category_id", 99), "annotations[0].category_id: 99 is not in categories"),
+    (_set("annotations.0.category_id", DELETE), "annotations[0]: missing 'category_id'"),
+    (_set("annotations.0.bbox", DELETE), "annotations[0]: RLE segmentation and no bbox to fall back on"),
+    (_set("annotations.0.segmentation", "abc"),
+     "annotations[0].segmentation: expected polygons (a list) or RLE (an object), got 'abc'"),
+    (_set("annotations.0.segmentation", [4, 4, 30, 4, 30, 20]),
+     "annotations[0].segmentation[0]: expected a list of finite numbers, got 4"),
+    (_set("annotations.0.segmentation", [[4, 4, 30, "4", 30, 20]]),
+     "annotations[0].segmentation[0]: expected a list of finite numbers, got [4, 4, 30, '4', 30, 20]"),
+    (_set("annotations.0.segmentation", [[4, 4, 30, float("nan"), 30, 20]]),
+     "annotations[0].segmentation[0]: expected a list of finite numbers, got [4, 4, 30, nan, 30, 20]"),
+    (_set("annotations.0.segmentation", [[4, 4, 30, 4, 30]]), "annotations[0].segmentation[0]: odd number of coordinates (5)"),
+    (_set("annotations.0.iscrowd", "0"), "annotations[0].iscrowd: expected 0 or 1, got '0'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("mutate, message", SKIP_IMAGE, ids=[m for _, m in SKIP_IMAGE])
+def test_bad_annotation_skips_its_image_with_one_line(tmp_path, capsys, mutate, message):
+    coco, imgs = tiny_coco(tmp_path)
+    mutate(coco)
+    rc, err, ann, out = convert(tmp_path, coco, imgs, capsys)
+    assert rc == 1 and err == [f"error: {ann}: {message} (annotation id 1); image 'a.jpg' not converted"]
+    # a.jpg is left out whole (not converted with its instance missing); b.jpg is converted exactly
+    assert sorted(p.name for p in (out / "labels" / "train").iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in (out / "images" / "train").iterdir()) == ["b.jpg"]
+    assert (out / "labels" / "train" / "b.txt").read_text() == box_row(4, BOX_B) + "\n"
+
+
+def test_annotation_of_an_unknown_image_is_one_line_and_the_rest_converts(tmp_path, capsys):
+    coco, imgs = tiny_coco(tmp_path)
+    coco["annotations"].append(dict(coco["annotations"][1], id=77, image_id=5))
+    rc, err, ann, out = convert(tmp_path, coco, imgs, capsys)
+    assert rc == 1 and err == [f"error: {ann}: annotations[2].image_id: no image has id 5 (annotation id 77)"]
+    assert (out / "labels" / "train" / "b.txt").read_text() == box_row(4, BOX_B) + "\n"
+    assert (out / "labels" / "train" / "a.txt").exists()
