@@ -141,16 +141,47 @@ def _place_image(src: Path, dst: Path, copy: bool) -> None:
         shutil.copyfile(src, tmp)
 
 
-def _image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) after EXIF rotation, as Ultralytics sees it; None when unreadable."""
+def _find_image(images_dir: Path, root: Path, name: str) -> tuple[Path | None, str]:
+    """The resolved file for ``file_name`` (tried as given, then by base name for a folder prefix), else why not.
+
+    Raises:
+        InputError: the file resolves outside IMAGES_DIR (a symlink leading out): never link it in.
+    """
+    why = "image file not found"
+    for cand in (images_dir / name, images_dir / Path(name).name):
+        try:
+            real = cand.resolve(strict=True)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except (OSError, RuntimeError) as e:  # permission denied, name too long, symlink loop
+            why = f"cannot open ({_os_reason(e) if isinstance(e, OSError) else e})"
+            continue
+        if not real.is_relative_to(root):
+            raise InputError(cand, f"leads to {real}, outside IMAGES_DIR {root}")
+        if real.is_file():
+            return real, ""
+    return None, why
+
+
+def _image_size(path: Path) -> tuple[tuple[int, int] | None, str]:
+    """((width, height) after EXIF rotation, as Ultralytics sees it, ''), or (None, why not)."""
     from PIL import Image
     from ultralytics.data.utils import exif_size
 
     try:
         with Image.open(path) as im:
-            return tuple(exif_size(im))
+            return tuple(exif_size(im)), ""
+    except PermissionError as e:
+        return None, f"cannot read ({_os_reason(e)})"
     except Exception:
-        return None
+        return None, "not an image or corrupt (cannot read its size)"
+
+
+def _os_reason(e: OSError) -> str:
+    """'permission denied', 'no space left on device', ... (lower-case, as this project's messages)."""
+    reason = e.strerror or type(e).__name__
+    reason = reason[:1].lower() + reason[1:]
+    return f"{reason} (with {e.filename2})" if e.filename2 else reason
 
 
 def write_data_yaml(out_dir: Path, names: list[str] = CLASS_NAMES) -> Path:
@@ -223,28 +254,28 @@ def convert_coco(
     img_out.mkdir(parents=True, exist_ok=True)
     lbl_out.mkdir(parents=True, exist_ok=True)
 
+    root = images_dir.resolve()
     counts: Counter = Counter()
     kinds: Counter = Counter()
     summary = {"split": split, "images": len(images), "written": 0, "empty_images": 0, "crowd_skipped": 0,
                "clipped_points": 0, "size_mismatch": []}  # fmt: skip
     for image_id, im in TQDM(sorted(images.items()), desc=f"converting {split}", disable=not progress):
         name = im["name"]
-        src = images_dir / name
-        if not src.is_file():
-            src = images_dir / Path(name).name  # file_name may carry a folder prefix
-        if not src.is_file():
-            errors.append(f"{images_dir / name}: image file not found (image id {image_id})")
+        src, why = _find_image(images_dir, root, name)
+        if src is None:
+            errors.append(f"{images_dir / name}: {why} (image id {image_id})")
             continue
-        if src.suffix.lower() not in IMAGE_SUFFIXES:
-            errors.append(f"{src}: not an image file type ({src.suffix or 'no suffix'})")
+        out_name = Path(name).name  # not src.name: a symlink's target may be named otherwise
+        if Path(out_name).suffix.lower() not in IMAGE_SUFFIXES:
+            errors.append(f"{images_dir / name}: not an image file type ({Path(out_name).suffix or 'no suffix'})")
             continue
-        actual = _image_size(src)
+        actual, why = _image_size(src)
         if actual is None:
-            errors.append(f"{src}: not an image or corrupt (cannot read its size)")
+            errors.append(f"{images_dir / name}: {why}")
             continue
         w, h = (s if s is not None else a for s, a in zip(im["size"], actual))
         if (w, h) != actual:
-            summary["size_mismatch"].append(f"{src}: JSON says {w:g}x{h:g}, file is {actual[0]}x{actual[1]}")
+            summary["size_mismatch"].append(f"{images_dir / name}: JSON says {w:g}x{h:g}, file is {actual[0]}x{actual[1]}")
 
         # A bad annotation skips its whole image: dropping just the instance would teach the model
         # that the damage it outlined is background.
@@ -264,8 +295,8 @@ def convert_coco(
         if problems:
             errors += problems
             continue
-        _place_image(src, img_out / src.name, copy)
-        atomic_write_text(lbl_out / f"{src.stem}.txt", "".join(f"{c} {xy}\n" for c, xy, _ in rows))
+        _place_image(src, img_out / out_name, copy)
+        atomic_write_text(lbl_out / f"{Path(out_name).stem}.txt", "".join(f"{c} {xy}\n" for c, xy, _ in rows))
         counts.update(c for c, _, _ in rows)
         kinds.update(k for _, _, k in rows)
         summary["crowd_skipped"] += crowd

@@ -7,6 +7,7 @@ ids and order), converted back, and compared with the original polygons. Photos 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -409,3 +410,25 @@ def test_annotation_of_an_unknown_image_is_one_line_and_the_rest_converts(tmp_pa
     assert rc == 1 and err == [f"error: {ann}: annotations[2].image_id: no image has id 5 (annotation id 77)"]
     assert (out / "labels" / "train" / "b.txt").read_text() == box_row(4, BOX_B) + "\n"
     assert (out / "labels" / "train" / "a.txt").exists()
+
+
+
+def test_symlink_leading_outside_images_dir_is_refused_and_nothing_written(tmp_path, capsys):
+    coco, imgs = tiny_coco(tmp_path)
+    secret = tmp_path / "secret.jpg"
+    (imgs / "b.jpg").rename(secret)
+    (imgs / "b.jpg").symlink_to(secret)
+    rc, err, _, out = convert(tmp_path, coco, imgs, capsys)
+    assert rc == 1 and err == [f"error: {imgs / 'b.jpg'}: leads to {secret}, outside IMAGES_DIR {imgs.resolve()}"]
+    assert secret.stat().st_nlink == 1 and not (out / "images" / "train" / "b.jpg").exists()  # not linked
+
+
+def test_symlink_inside_images_dir_is_followed(tmp_path, capsys):
+    coco, imgs = tiny_coco(tmp_path)
+    (imgs / "store").mkdir()
+    (imgs / "b.jpg").rename(imgs / "store" / "blob")
+    (imgs / "b.jpg").symlink_to(Path("store") / "blob")
+    rc, err, _, out = convert(tmp_path, coco, imgs, capsys)
+    assert rc == 0 and err == []
+    placed = out / "images" / "train" / "b.jpg"  # named as the JSON names it, linked to the real file
+    assert not placed.is_symlink() and placed.stat().st_ino == (imgs / "store" / "blob").stat().st_ino
