@@ -412,6 +412,10 @@ def test_annotation_of_an_unknown_image_is_one_line_and_the_rest_converts(tmp_pa
     assert (out / "labels" / "train" / "a.txt").exists()
 
 
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under root (relative path -> bytes): what a failed run must leave unchanged."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
 
 def test_symlink_leading_outside_images_dir_is_refused_and_nothing_written(tmp_path, capsys):
     coco, imgs = tiny_coco(tmp_path)
@@ -420,7 +424,8 @@ def test_symlink_leading_outside_images_dir_is_refused_and_nothing_written(tmp_p
     (imgs / "b.jpg").symlink_to(secret)
     rc, err, _, out = convert(tmp_path, coco, imgs, capsys)
     assert rc == 1 and err == [f"error: {imgs / 'b.jpg'}: leads to {secret}, outside IMAGES_DIR {imgs.resolve()}"]
-    assert secret.stat().st_nlink == 1 and not (out / "images" / "train" / "b.jpg").exists()  # not linked
+    assert not out.exists() and secret.stat().st_nlink == 1  # not linked anywhere
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "instances_train2017.json", "secret.jpg"]
 
 
 def test_symlink_inside_images_dir_is_followed(tmp_path, capsys):
@@ -432,3 +437,204 @@ def test_symlink_inside_images_dir_is_followed(tmp_path, capsys):
     assert rc == 0 and err == []
     placed = out / "images" / "train" / "b.jpg"  # named as the JSON names it, linked to the real file
     assert not placed.is_symlink() and placed.stat().st_ino == (imgs / "store" / "blob").stat().st_ino
+
+
+def test_second_split_into_same_out_and_failed_reruns_keep_what_was_there(tmp_path, capsys):
+    coco, imgs = tiny_coco(tmp_path)
+    out = tmp_path / "yolo"
+    assert convert(tmp_path, coco, imgs, capsys, out)[0] == 0
+    ann_val = tmp_path / "instances_val2017.json"
+    ann_val.write_text(json.dumps(coco))
+    assert main(["convert-coco", str(ann_val), str(imgs), "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = snapshot(out)
+    assert "labels/train/b.txt" in before and "labels/val/b.txt" in before
+    assert "train: images/train" in before["data.yaml"].decode() and "val: images/val" in before["data.yaml"].decode()
+
+    # failures found before staging (bad JSON), and during it (a symlink out, found at the 2nd image)
+    for split in ("train", "val"):
+        bad = dict(coco, images=coco["images"] + [{"id": 9, "file_name": "../x.jpg"}])
+        ann = tmp_path / f"instances_{split}2017.json"
+        ann.write_text(json.dumps(bad))
+        assert main(["convert-coco", str(ann), str(imgs), "--out", str(out)]) == 1
+        (imgs / "b.jpg").rename(tmp_path / "b.jpg")
+        (imgs / "b.jpg").symlink_to(tmp_path / "b.jpg")
+        ann.write_text(json.dumps(coco))
+        assert main(["convert-coco", str(ann), str(imgs), "--out", str(out)]) == 1
+        (imgs / "b.jpg").unlink()
+        (tmp_path / "b.jpg").rename(imgs / "b.jpg")
+        assert snapshot(out) == before
+        assert sorted(p.name for p in out.iterdir()) == ["data.yaml", "images", "labels"]  # no staging left
+    assert all(line.startswith("error: ") for line in capsys.readouterr().err.splitlines())
+
+
+def test_rerun_replaces_the_split_whole(tmp_path, capsys):
+    coco, imgs = tiny_coco(tmp_path)
+    out = tmp_path / "yolo"
+    assert convert(tmp_path, coco, imgs, capsys, out)[0] == 0
+    coco["images"].pop(0)  # a.jpg dropped from the JSON: its old label must not linger as training data
+    coco["annotations"].pop(0)
+    assert convert(tmp_path, coco, imgs, capsys, out)[0] == 0
+    assert sorted(p.name for p in (out / "labels" / "train").iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in (out / "images" / "train").iterdir()) == ["b.jpg"]
+    assert sorted(p.name for p in out.iterdir()) == ["data.yaml", "images", "labels"]
+
+
+def test_os_error_while_building_leaves_out_unchanged(tmp_path, capsys, monkeypatch):
+    import errno
+
+    coco, imgs = tiny_coco(tmp_path)
+    out = tmp_path / "yolo"
+    assert convert(tmp_path, coco, imgs, capsys, out)[0] == 0
+    before = snapshot(out)
+    real_copy = shutil.copyfile
+
+    def full_disk(src, dst, *a, **k):
+        if Path(src).name == "b.jpg":  # the second image: the first is already in the staging folder
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        return real_copy(src, dst, *a, **k)
+
+    monkeypatch.setattr(shutil, "copyfile", full_disk)
+    ann = tmp_path / "instances_train2017.json"
+    assert main(["convert-coco", str(ann), str(imgs), "--out", str(out), "--copy"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"error: {out / 'images' / 'train' / 'b.jpg'}: no space left on device"]
+    assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == ["data.yaml", "images", "labels"]
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 3, 4, 5])
+def test_failed_swap_is_undone(tmp_path, capsys, monkeypatch, fail_at):
+    """Any of the 4 renames or the data.yaml replace fails: the renames before it are undone."""
+    coco, imgs = tiny_coco(tmp_path)
+    out = tmp_path / "yolo"
+    assert convert(tmp_path, coco, imgs, capsys, out)[0] == 0
+    before = snapshot(out)
+    coco["annotations"][1]["bbox"] = [0.0, 0.0, 32.0, 24.0]  # new content, so a swap would show
+    calls = []
+    real_rename, real_replace = os.rename, os.replace
+
+    def failing(real):
+        def move(src, dst):
+            calls.append(src)
+            if len(calls) == fail_at:
+                raise PermissionError(13, "Permission denied", str(src))
+            return real(src, dst)
+
+        return move
+
+    monkeypatch.setattr(os, "rename", failing(real_rename))
+    monkeypatch.setattr(os, "replace", failing(real_replace))
+    rc, err, _, _ = convert(tmp_path, coco, imgs, capsys, out)
+    named = {1: "images/train", 2: "images/train", 3: "labels/train", 4: "labels/train", 5: "data.yaml"}[fail_at]
+    assert rc == 1 and err == [f"error: {out / named}: permission denied"]  # the path in OUT, not the staging one
+    assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == ["data.yaml", "images", "labels"]
+
+
+def test_files_follow_the_umask(tmp_path, capsys):
+    coco, imgs = tiny_coco(tmp_path)
+    old = os.umask(0o027)
+    try:
+        ann = tmp_path / "instances_train2017.json"
+        ann.write_text(json.dumps(coco))
+        out = tmp_path / "new" / "yolo"
+        assert main(["convert-coco", str(ann), str(imgs), "--out", str(out), "--copy"]) == 0
+        ann.with_name("instances_val2017.json").write_text(json.dumps(coco))  # the second run: swap into OUT
+        assert main(["convert-coco", str(ann.with_name("instances_val2017.json")), str(imgs), "--out", str(out), "--copy"]) == 0
+    finally:
+        os.umask(old)
+    capsys.readouterr()
+    modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777 for p in [out.parent, *out.rglob("*"), out]}
+    assert modes == {k: 0o750 if (tmp_path / k).is_dir() else 0o640 for k in modes}
+    assert "yolo/labels/val/b.txt" in {k[4:] for k in modes} and "new/yolo/data.yaml" in modes
+
+
+def test_inputs_are_never_modified(tmp_path, capsys):
+    import hashlib
+
+    coco, imgs = tiny_coco(tmp_path)
+    ann = tmp_path / "instances_train2017.json"
+    ann.write_text(json.dumps(coco))
+
+    def digests():
+        return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in [ann, *imgs.iterdir()]}
+
+    before = digests()
+    out = tmp_path / "yolo"
+    for _ in range(2):  # the second run replaces the split that holds links to the inputs
+        assert main(["convert-coco", str(ann), str(imgs), "--out", str(out)]) == 0
+    assert digests() == before
+    assert (out / "images" / "train" / "a.jpg").stat().st_ino == (imgs / "a.jpg").stat().st_ino
+    assert all(p.stat().st_nlink == 1 for p in [out / "data.yaml", *(out / "labels" / "train").iterdir()])
+    # the inputs inside the split folder this run would replace: refused, nothing deleted
+    rc = main(["convert-coco", str(ann), str(out / "images" / "train"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and err == f"error: {out / 'images' / 'train'}: is inside {out / 'images' / 'train'}, which this conversion replaces: choose another --out\n"
+    assert sorted(p.name for p in (out / "images" / "train").iterdir()) == ["a.jpg", "b.jpg"]
+
+
+def test_split_not_written_by_convert_coco_is_not_replaced(tmp_path, capsys):
+    coco, imgs = tiny_coco(tmp_path)
+    out = tmp_path / "roboflow"
+    (out / "images" / "train").mkdir(parents=True)
+    (out / "images" / "train" / "mine.jpg").write_bytes(b"precious")
+    (out / "data.yaml").write_text("train: images/train\nval: images/val\nnames: [x]\n")
+    before = snapshot(out)
+    rc, err, _, _ = convert(tmp_path, coco, imgs, capsys, out)
+    assert rc == 1 and err == [f"error: {out}: its train split was not written by convert-coco (no data.yaml of ours): "
+                               "refusing to replace it, choose another --out"]  # fmt: skip
+    assert snapshot(out) == before
+
+
+def test_os_errors_are_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
+    import errno
+
+    coco, imgs = tiny_coco(tmp_path)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [(["--out", str(a_file)], f"{a_file}: not a folder"),
+             (["--out", str(a_file / "yolo")], f"{a_file}: not a folder"),
+             (["--out", str(tmp_path / "o"), "--split", "../up"], "--split: expected a folder name such as train or val, got '../up'")]  # fmt: skip
+    (tmp_path / "o2" / "labels").mkdir(parents=True)
+    (tmp_path / "o2" / "labels" / "train").write_text("x")
+    cases.append((["--out", str(tmp_path / "o2")], f"{tmp_path / 'o2' / 'labels' / 'train'}: not a folder"))
+    ann = tmp_path / "instances_train2017.json"
+    ann.write_text(json.dumps(coco))
+    for extra, message in cases:
+        assert main(["convert-coco", str(ann), str(imgs), *extra]) == 1
+        assert capsys.readouterr().err == f"error: {message}\n"
+    assert main(["convert-coco", str(ann), str(a_file), "--out", str(tmp_path / "o")]) == 1
+    assert capsys.readouterr().err == f"error: {a_file}: not a folder\n"
+    assert main(["convert-coco", str(imgs), str(imgs), "--out", str(tmp_path / "o")]) == 1
+    assert capsys.readouterr().err == f"error: {imgs}: is a folder, expected a JSON file\n"
+
+    # a read-only --out (simulated: the tests may run as root, who may write anyway)
+    def read_only(*a, dir=None, **k):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(Path(dir) / ".convert-coco-x"))
+
+    monkeypatch.setattr("tempfile.mkdtemp", read_only)
+    out = tmp_path / "ro"
+    out.mkdir()
+    assert main(["convert-coco", str(ann), str(imgs), "--out", str(out)]) == 1
+    assert capsys.readouterr().err == f"error: {out}: cannot write here (read-only file system)\n"
+
+
+def test_permission_denied_is_one_line(tmp_path, capsys):
+    probe = tmp_path / "probe"
+    probe.mkdir(mode=0o555)
+    if os.access(probe, os.W_OK):  # root with CAP_DAC_OVERRIDE: modes are not enforced
+        pytest.skip("this user may write to a read-only folder")
+    coco, imgs = tiny_coco(tmp_path)
+    ann = tmp_path / "instances_train2017.json"
+    ann.write_text(json.dumps(coco))
+    out = tmp_path / "locked"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        assert main(["convert-coco", str(ann), str(imgs), "--out", str(out)]) == 1
+        assert capsys.readouterr().err == f"error: {out}: cannot write here (permission denied)\n"
+        ann.chmod(0o000)
+        assert main(["convert-coco", str(ann), str(imgs), "--out", str(tmp_path / "o")]) == 1
+        assert capsys.readouterr().err == f"error: {ann}: permission denied\n"
+    finally:
+        out.chmod(0o755)
+        ann.chmod(0o644)
