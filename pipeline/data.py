@@ -42,7 +42,9 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -50,7 +52,7 @@ from types import SimpleNamespace
 import numpy as np
 
 import pipeline  # noqa: F401  (offline Ultralytics environment first)
-from pipeline.io import InputError, atomic_write_json, read_image
+from pipeline.io import InputError, atomic_write_json, check_output_file, read_image
 
 SPLITS = ("train", "val", "test", "minival")
 SMALL, LARGE = 128**2, 256**2  # CarDD's box-area buckets in original-image pixels
@@ -308,8 +310,12 @@ def scan_pair(image: Path, label: Path, nc: int) -> dict:
     rec["shape"] = pixels.shape[:2]
     rec["phash"] = phash_of(pixels)
 
-    # what training will do with this pair
-    out = verify_image_label((str(image), str(label), "", False, nc, 0, 0, False))
+    # what training will do with this pair. Through a link: Ultralytics "restores" (re-encodes) a JPEG
+    # whose last bytes are not the end marker, and its os.replace then swaps the link, not the user's file.
+    with tempfile.TemporaryDirectory(prefix="cardamage-check-") as tmp:
+        link = Path(tmp) / image.name
+        os.symlink(image.resolve(), link)
+        out = verify_image_label((str(link), str(label), "", False, nc, 0, 0, False))
     msg = out[-1]
     if out[0] is None:  # Ultralytics drops the image
         rec["dropped"] = True
@@ -317,7 +323,7 @@ def scan_pair(image: Path, label: Path, nc: int) -> dict:
             reason = msg.split("ignoring corrupt image/label:")[-1].strip()
             rec["errors"].append((str(image), None, "rejected_by_ultralytics", f"Ultralytics drops it: {reason}"))
     elif msg:
-        rec["warnings"].append((str(label), None, "ultralytics", msg.split(f"{image}:")[-1].strip()))
+        rec["warnings"].append((str(label), None, "ultralytics", msg.split(f"{link}:")[-1].strip()))
     return rec
 
 
@@ -626,20 +632,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too (leakage, missing label files)")
 
 
-def _write_failure(path: Path, e: OSError) -> InputError:
-    """One line for a report that cannot be written, naming the path the user gave (not our temp file)."""
-    for parent in path.parents:  # `--json notes.txt/r.json`: the OSError only says "File exists"
-        if parent.exists() and not parent.is_dir():
-            return InputError(path, f"cannot write the report: {parent} is a file, not a folder")
-    reason = e.strerror or str(e) or type(e).__name__
-    return InputError(path, f"cannot write the report: {reason[0].lower()}{reason[1:]}")
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``cardamage check``: 1 when there are errors (with ``--strict``, errors or warnings), else 0."""
-    json_path = Path(args.json) if args.json else None
-    if json_path is not None and json_path.is_dir():  # before the scan, which takes minutes on CarDD
-        raise InputError(json_path, "is a folder, expected a file name for the JSON report")
+    # before the scan, which takes minutes on CarDD: not a folder, not the dataset's own yaml
+    json_path = check_output_file(args.json, [args.data_yaml]) if args.json else None
     report = check_dataset(args.data_yaml, near_threshold=args.near, progress=True)
     for kind, items in (("error", report["errors"]), ("warning", report["warnings"])):
         for item in items[: args.max_lines]:
@@ -648,9 +644,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"{kind}: ... {len(items) - args.max_lines} more {kind}s (all in --json)", file=sys.stderr)
     print(format_report(report, strict=args.strict))
     if json_path is not None:
-        try:
-            atomic_write_json(json_path, report)
-        except OSError as e:
-            raise _write_failure(json_path, e) from None
+        atomic_write_json(json_path, report)
         print(f"report written to {json_path}")
     return 0 if report["strict_ok" if args.strict else "ok"] else 1

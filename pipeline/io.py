@@ -57,6 +57,14 @@ def _os_reason(e: OSError) -> str:
     return e.strerror or type(e).__name__
 
 
+def _write_reason(path: Path, e: OSError) -> str:
+    """Why ``path`` cannot be written, in words: a file where a folder should be says so by name."""
+    for parent in path.parents:  # `--json notes.txt/r.json`: the OSError itself only says "Not a directory"
+        if parent.exists() and not parent.is_dir():
+            return f"cannot write ({parent} is a file, not a folder)"
+    return f"cannot write ({_os_reason(e)})"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
@@ -74,7 +82,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.fchmod(fd, 0o666 & ~UMASK)
         os.close(fd)
     except OSError as e:
-        raise InputError(path, f"cannot write ({_os_reason(e)})") from None
+        raise InputError(path, _write_reason(path, e)) from None
     tmp = Path(tmp)
     try:
         yield tmp

@@ -407,7 +407,7 @@ def test_json_to_a_folder_or_below_a_file_is_one_line(roboflow_dataset, tmp_path
     folder.mkdir()
     assert main(["check", str(yaml), "--json", str(folder)]) == 1
     out = capsys.readouterr()
-    assert out.err.splitlines() == [f"error: {folder}: is a folder, expected a file name for the JSON report"]
+    assert out.err.splitlines() == [f"error: {folder}: is a folder; expected a file name to write"]
     assert out.out == ""  # refused before scanning the dataset
     assert list(folder.iterdir()) == []
 
@@ -417,7 +417,7 @@ def test_json_to_a_folder_or_below_a_file_is_one_line(roboflow_dataset, tmp_path
     assert main(["check", str(yaml), "--json", str(target)]) == 1
     out = capsys.readouterr()
     assert [x for x in out.err.splitlines() if x.startswith("error")] == [
-        f"error: {target}: cannot write the report: {note} is a file, not a folder"
+        f"error: {target}: cannot write ({note} is a file, not a folder)"
     ]
     assert "Traceback" not in out.err and note.read_text() == "mine\n"
 
@@ -428,7 +428,7 @@ def test_json_to_a_folder_or_below_a_file_is_one_line(roboflow_dataset, tmp_path
     monkeypatch.setattr(pipeline.data, "atomic_write_json", disk_full)
     assert main(["check", str(yaml), "--json", str(tmp_path / "r.json")]) == 1
     assert [x for x in capsys.readouterr().err.splitlines() if x.startswith("error")] == [
-        f"error: {tmp_path / 'r.json'}: cannot write the report: no space left on device"
+        f"error: {tmp_path / 'r.json'}: No space left on device"
     ]
 
 
