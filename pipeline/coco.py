@@ -72,7 +72,7 @@ from pipeline.coco_schema import (  # noqa: F401  (CLASS_NAMES, category_map, no
     parse_coco,
     polygon_parts,
 )
-from pipeline.io import IMAGE_SUFFIXES, InputError
+from pipeline.io import IMAGE_SUFFIXES, InputError, output_folder
 
 _YAML_HEADER = "# YOLO dataset written by `cardamage convert-coco`"
 _SPLIT_WORDS = (("train", "train"), ("val", "val"), ("valid", "val"), ("test", "test"))
@@ -446,7 +446,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    s = convert_coco(args.annotations_json, args.images_dir, args.out, split=args.split, copy=args.copy, progress=True)
+    with output_folder(args.out, inputs=[args.annotations_json, args.images_dir]):  # one writer at a time
+        s = convert_coco(args.annotations_json, args.images_dir, args.out, split=args.split, copy=args.copy,
+                         progress=True)
     for line in s["errors"]:
         print(f"error: {line}", file=sys.stderr)
     for line in s["size_mismatch"]:

@@ -151,7 +151,7 @@ def output_folder(out: str | os.PathLike, inputs=(), not_inside=()) -> Iterator[
         out.mkdir(parents=True, exist_ok=True)
         fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
-        raise InputError(out, f"cannot create the output folder ({_os_reason(e)})") from None
+        raise InputError(out, _write_reason(out, e).replace("cannot write", "cannot create the output folder")) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

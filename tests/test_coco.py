@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -571,7 +573,8 @@ def test_inputs_are_never_modified(tmp_path, capsys):
     # the inputs inside the split folder this run would replace: refused, nothing deleted
     rc = main(["convert-coco", str(ann), str(out / "images" / "train"), "--out", str(out)])
     err = capsys.readouterr().err
-    assert rc == 1 and err == f"error: {out / 'images' / 'train'}: is inside {out / 'images' / 'train'}, which this conversion replaces: choose another --out\n"
+    assert rc == 1 and err == (f"error: {out}: output holds an input ({out / 'images' / 'train'}); results would mix "
+                               "with or overwrite it: choose another output folder\n")
     assert sorted(p.name for p in (out / "images" / "train").iterdir()) == ["a.jpg", "b.jpg"]
 
 
@@ -594,8 +597,8 @@ def test_os_errors_are_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
     coco, imgs = tiny_coco(tmp_path)
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    cases = [(["--out", str(a_file)], f"{a_file}: not a folder"),
-             (["--out", str(a_file / "yolo")], f"{a_file}: not a folder"),
+    cases = [(["--out", str(a_file)], f"{a_file}: exists and is not a folder"),
+             (["--out", str(a_file / "yolo")], f"{a_file / 'yolo'}: cannot create the output folder ({a_file} is a file, not a folder)"),
              (["--out", str(tmp_path / "o"), "--split", "../up"], "--split: expected a folder name such as train or val, got '../up'")]  # fmt: skip
     (tmp_path / "o2" / "labels").mkdir(parents=True)
     (tmp_path / "o2" / "labels" / "train").write_text("x")
@@ -621,23 +624,20 @@ def test_os_errors_are_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err == f"error: {out}: cannot write here (read-only file system)\n"
 
 
-def test_permission_denied_is_one_line(tmp_path, capsys):
-    probe = tmp_path / "probe"
-    probe.mkdir(mode=0o555)
-    if os.access(probe, os.W_OK):  # root with CAP_DAC_OVERRIDE: modes are not enforced
-        pytest.skip("this user may write to a read-only folder")
+def test_permission_denied_is_one_line(tmp_path):
+    """Root ignores modes, so the command runs in a child without the capabilities that bypass them."""
     coco, imgs = tiny_coco(tmp_path)
     ann = tmp_path / "instances_train2017.json"
     ann.write_text(json.dumps(coco))
     out = tmp_path / "locked"
     out.mkdir()
     out.chmod(0o555)
-    try:
-        assert main(["convert-coco", str(ann), str(imgs), "--out", str(out)]) == 1
-        assert capsys.readouterr().err == f"error: {out}: cannot write here (permission denied)\n"
-        ann.chmod(0o000)
-        assert main(["convert-coco", str(ann), str(imgs), "--out", str(tmp_path / "o")]) == 1
-        assert capsys.readouterr().err == f"error: {ann}: permission denied\n"
-    finally:
-        out.chmod(0o755)
-        ann.chmod(0o644)
+    cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--", sys.executable, "-m", "pipeline",
+           "convert-coco", str(ann), str(imgs)]
+    r = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr == f"error: {out}: cannot write here (Permission denied)\n"
+    assert list(out.iterdir()) == []
+    ann.chmod(0o000)
+    r = subprocess.run([*cmd, "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.lower() == f"error: {ann}: permission denied\n".lower()
+    assert not (tmp_path / "o").exists()
