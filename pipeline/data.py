@@ -53,6 +53,7 @@ import numpy as np
 
 import pipeline  # noqa: F401  (offline Ultralytics environment first)
 from pipeline.io import InputError, atomic_write_json, check_output_file, read_image
+from pipeline.options import positive_int
 
 SPLITS = ("train", "val", "test", "minival")
 SMALL, LARGE = 128**2, 256**2  # CarDD's box-area buckets in original-image pixels
@@ -628,12 +629,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data_yaml", metavar="DATA_YAML", help="the dataset's data.yaml (YOLO boxes or polygons)")
     p.add_argument("--json", metavar="FILE", help="also write the full report as JSON (atomically)")
     p.add_argument("--near", type=int, default=4, metavar="BITS", help="perceptual-hash distance for near duplicates")
-    p.add_argument("--max-lines", type=int, default=50, help="print at most this many error/warning lines (JSON has all)")
+    p.add_argument("--max-lines", type=positive_int, default=50, help="print at most this many error/warning lines (JSON has all)")
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too (leakage, missing label files)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``cardamage check``: 1 when there are errors (with ``--strict``, errors or warnings), else 0."""
+    if not 0 <= args.near <= 64:
+        raise InputError("--near", f"must be 0..64 bits of the 64-bit perceptual hash, got {args.near}")
     # before the scan, which takes minutes on CarDD: not a folder, not the dataset's own yaml
     json_path = check_output_file(args.json, [args.data_yaml]) if args.json else None
     report = check_dataset(args.data_yaml, near_threshold=args.near, progress=True)
