@@ -68,6 +68,21 @@ def int_id(value) -> int | None:
     return None
 
 
+def _entry_id(entry, at: str, keys: tuple[str, ...], seen: dict[int, int], table: str) -> int:
+    """The integer id of one ``images``/``categories`` entry, after checking its type and keys are there."""
+    if not isinstance(entry, dict):
+        raise SchemaError(f"{at}: expected an object, got {show(entry)}")
+    for key in keys:
+        if key not in entry:
+            raise SchemaError(f"{at}: missing {key!r}")
+    eid = int_id(entry["id"])
+    if eid is None:
+        raise SchemaError(f"{at}.id: expected an integer, got {show(entry['id'])}")
+    if eid in seen:
+        raise SchemaError(f"{at}.id: {eid} is also the id of {table}[{seen[eid]}]")
+    return eid
+
+
 def category_map(categories: list[dict], names: list[str] = CLASS_NAMES) -> dict[int, int]:
     """COCO category id -> our class id, matched by normalised name.
 
@@ -85,16 +100,7 @@ def category_map(categories: list[dict], names: list[str] = CLASS_NAMES) -> dict
     where: dict[int, int] = {}
     for i, c in enumerate(categories):
         at = f"categories[{i}]"
-        if not isinstance(c, dict):
-            raise SchemaError(f"{at}: expected an object, got {show(c)}")
-        for key in ("id", "name"):
-            if key not in c:
-                raise SchemaError(f"{at}: missing {key!r}")
-        cid = int_id(c["id"])
-        if cid is None:
-            raise SchemaError(f"{at}.id: expected an integer, got {show(c['id'])}")
-        if cid in mapping:  # which of the two names would annotations mean?
-            raise SchemaError(f"{at}.id: {cid} is also the id of categories[{where[cid]}]")
+        cid = _entry_id(c, at, ("id", "name"), where, "categories")  # a repeated id: which name would it mean?
         if not isinstance(c["name"], str) or normalise_name(c["name"]) not in ours:
             raise SchemaError(f"{at}: category {c['name']!r} (id {cid}) is not one of {names}")
         mapping[cid], where[cid] = ours[normalise_name(c["name"])], i
@@ -161,19 +167,11 @@ def parse_coco(coco, json_path: Path) -> tuple[dict[int, int], dict[int, dict], 
     cat_to_cls = category_map(coco["categories"])
 
     images: dict[int, dict] = {}
+    index_of: dict[int, int] = {}  # image id -> its place in coco["images"], for duplicate-id messages
     label_of: dict[str, int] = {}  # case-folded label stem -> image index: one label file per image
     for i, im in enumerate(coco["images"]):
         at = f"images[{i}]"
-        if not isinstance(im, dict):
-            raise SchemaError(f"{at}: expected an object, got {show(im)}")
-        for key in ("id", "file_name"):
-            if key not in im:
-                raise SchemaError(f"{at}: missing {key!r}")
-        iid = int_id(im["id"])
-        if iid is None:
-            raise SchemaError(f"{at}.id: expected an integer, got {show(im['id'])}")
-        if iid in images:
-            raise SchemaError(f"{at}.id: {iid} is also the id of images[{images[iid]['index']}]")
+        iid = _entry_id(im, at, ("id", "file_name"), index_of, "images")
         name = check_file_name(im["file_name"], at)
         stem = Path(name).stem
         if stem.casefold() in label_of:  # also x.jpg vs x.png, and X.jpg vs x.jpg on case-blind disks
@@ -188,6 +186,7 @@ def parse_coco(coco, json_path: Path) -> tuple[dict[int, int], dict[int, dict], 
             size.append(v)
         label_of[stem.casefold()] = i
         images[iid] = {"index": i, "name": name, "size": size}
+        index_of[iid] = i
 
     by_image: dict[int, list] = {iid: [] for iid in images}
     dangling = []
