@@ -55,6 +55,7 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -202,7 +203,7 @@ def _write_new(path: Path, text: str) -> None:
         f.write(text)
 
 
-def data_yaml_text(root: Path, names: list[str] = CLASS_NAMES) -> str:
+def data_yaml_text(root: Path, names: Sequence[str] = CLASS_NAMES) -> str:
     """The data.yaml for the dataset at ``root``, listing every split folder under root/images."""
     present = [s for s in ("train", "val", "test") if (root / "images" / s).is_dir()]
     present += sorted(p.name for p in (root / "images").iterdir()

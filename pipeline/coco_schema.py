@@ -21,11 +21,12 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-CLASS_NAMES = ["crack", "dent", "glass shatter", "lamp broken", "scratch", "tire flat"]
+from pipeline import CLASS_NAMES
 
 
 def normalise_name(name: str) -> str:
@@ -83,7 +84,7 @@ def _entry_id(entry, at: str, keys: tuple[str, ...], seen: dict[int, int], table
     return eid
 
 
-def category_map(categories: list[dict], names: list[str] = CLASS_NAMES) -> dict[int, int]:
+def category_map(categories: list[dict], names: Sequence[str] = CLASS_NAMES) -> dict[int, int]:
     """COCO category id -> our class id, matched by normalised name.
 
     Raises:
@@ -102,7 +103,7 @@ def category_map(categories: list[dict], names: list[str] = CLASS_NAMES) -> dict
         at = f"categories[{i}]"
         cid = _entry_id(c, at, ("id", "name"), where, "categories")  # a repeated id: which name would it mean?
         if not isinstance(c["name"], str) or normalise_name(c["name"]) not in ours:
-            raise SchemaError(f"{at}: category {c['name']!r} (id {cid}) is not one of {names}")
+            raise SchemaError(f"{at}: category {c['name']!r} (id {cid}) is not one of {list(names)}")
         mapping[cid], where[cid] = ours[normalise_name(c["name"])], i
     return mapping
 
