@@ -196,6 +196,12 @@ def predict_paths(
     return records, errors
 
 
+def _write_overlay(engine, o, path: Path) -> None:
+    """Writer thread: draw ``o``'s boxes on its photo (kept by the engine, or read again) and write it."""
+    with engine.photo(o) as image:
+        atomic_write_image(path, _label_overlay(image, o.record))
+
+
 def _predict_batched(yolo, files, out, conf, imgsz, device, overlays, progress, batch, workers, backend):
     """The engine path of ``predict_paths``: records in input order, overlays drawn on a writer thread."""
     from concurrent.futures import ThreadPoolExecutor
@@ -220,7 +226,7 @@ def _predict_batched(yolo, files, out, conf, imgsz, device, overlays, progress, 
                 continue
             if draw:
                 o.record["overlay"] = names[o.index]
-                pending.append(writer.submit(atomic_write_image, out / names[o.index], _label_overlay(o.image, o.record)))
+                pending.append(writer.submit(_write_overlay, engine, o, out / names[o.index]))
             done[o.index] = o.record
         for f in pending:
             f.result()  # surfaces a failed write
