@@ -12,6 +12,11 @@ how the work is scheduled::
           --(Ultralytics' NMS on the batch, with the kept anchor indices)--> boxes, score, class, logit
           --(Ultralytics' scale_boxes)--> records, in the same schema as ``pipeline.predict``
 
+Reading ahead is bounded in bytes as well as in photos: decodes share a budget sized from each file's
+header (``DECODE_BUDGET_PER_WORKER``), and photos are kept for overlays only within ``KEEP_BUDGET``
+(``Engine.photo`` reads the others again when their overlay is drawn), so a folder of 8000x8000 photos
+is decoded one photo at a time instead of one per thread.
+
 Where the time goes decides the backend. On the 2-core CPU this project runs on, decoding a 640x640
 JPEG takes ~2.5 ms and letterboxing ~1.3 ms, while stock's forward pass takes ~150 ms (Ultralytics'
 ``select_device`` sets torch to cores - 1 threads, so one thread here): reading ahead and batching alone
