@@ -42,20 +42,42 @@ def sha1_of_file(path: str | Path) -> str:
     return file_digest(path, "sha1")
 
 
+#: Rows that ``pil_grey`` converts at a time: 256 rows of an 8000-pixel-wide photo are 6 MB as RGB.
+STRIP_ROWS = 256
+
+
+def pil_grey(image_bgr: np.ndarray) -> np.ndarray:
+    """``Image.fromarray(rgb).convert("L")`` of a BGR photo, as an HxW uint8 array, a strip of rows at a time.
+
+    PIL's RGB -> L (ITU-R 601-2 luma with its own rounding) is computed pixel by pixel, so strips give
+    exactly the whole-photo result, without its full-size RGB and 4-byte-per-pixel PIL copies (430 MB
+    for an 8000x8000 photo).
+    """
+    import cv2
+    from PIL import Image
+
+    grey = np.empty(image_bgr.shape[:2], np.uint8)
+    for r in range(0, image_bgr.shape[0], STRIP_ROWS):
+        rgb = cv2.cvtColor(image_bgr[r : r + STRIP_ROWS], cv2.COLOR_BGR2RGB)  # [..., ::-1] without a strided copy
+        grey[r : r + STRIP_ROWS] = np.asarray(Image.fromarray(rgb).convert("L"))
+    return grey
+
+
 def phash_of(image_bgr: np.ndarray) -> int:
     """64-bit perceptual hash of a decoded BGR image, as an int (bit i = imagehash's bit i, row-major).
+
+    ``imagehash.phash`` of the RGB photo starts with ``convert("L")``; we hand it that grey image
+    (``pil_grey``), so the hash is the same, bit for bit.
 
     Examples:
         >>> a = phash_of(read_image("a.jpg")); b = phash_of(read_image("a.png"))
         >>> hamming(a, b)  # same pixels, other encoding
         0
     """
-    import cv2
     import imagehash
     from PIL import Image
 
-    rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)  # same values as [..., ::-1], without a strided copy
-    bits = imagehash.phash(Image.fromarray(rgb)).hash.reshape(-1)
+    bits = imagehash.phash(Image.fromarray(pil_grey(image_bgr))).hash.reshape(-1)
     return int(np.packbits(bits.astype(np.uint8)).view(">u8")[0])
 
 
@@ -71,13 +93,20 @@ def thumb_distance(a: np.ndarray, b: np.ndarray) -> float:
     Standardising per channel forgives brightness, contrast and colour-cast edits; what is left is where
     the colours sit. Same photo re-encoded: ~0.01; same scene re-shot: ~0.3; unrelated photos: ~1.
     """
-    import cv2
 
     def thumb(image):
-        t = cv2.resize(image, (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32)
+        t = thumb16(image).astype(np.float32)
         return (t - t.mean((0, 1))) / (t.std((0, 1)) + 1e-6)
 
     return float(np.abs(thumb(a) - thumb(b)).mean())
+
+
+def thumb16(image: np.ndarray) -> np.ndarray:
+    """The 16x16 thumbnail ``thumb_distance`` compares (area average). A 16x16 image is its own thumbnail,
+    so ``thumb_distance`` gives the same number on thumbnails as on the photos they came from."""
+    import cv2
+
+    return cv2.resize(image, (16, 16), interpolation=cv2.INTER_AREA)
 
 
 def hamming(a: int, b: int) -> int:
@@ -219,12 +248,12 @@ def find_duplicates(
                         continue
                     out.append(pair("exact", a, i, b, j, 0))
 
-    thumbs: dict[Path, np.ndarray] = {}
+    thumbs: dict[Path, np.ndarray] = {}  # 16x16 thumbnails, not photos: a photo may take part in many pairs
 
     def same_colours(pa: Path, pb: Path) -> bool:
         for p in (pa, pb):
             if p not in thumbs:
-                thumbs[p] = read_image(p)
+                thumbs[p] = thumb16(read_image(p))
         return thumb_distance(thumbs[pa], thumbs[pb]) <= THUMB_MAX
 
     # near: popcount of XORed perceptual hashes, skipping undecodable images and exact pairs

@@ -12,6 +12,11 @@ how the work is scheduled::
           --(Ultralytics' NMS on the batch, with the kept anchor indices)--> boxes, score, class, logit
           --(Ultralytics' scale_boxes)--> records, in the same schema as ``pipeline.predict``
 
+Reading ahead is bounded in bytes as well as in photos: decodes share a budget sized from each file's
+header (``DECODE_BUDGET_PER_WORKER``), and photos are kept for overlays only within ``KEEP_BUDGET``
+(``Engine.photo`` reads the others again when their overlay is drawn), so a folder of 8000x8000 photos
+is decoded one photo at a time instead of one per thread.
+
 Where the time goes decides the backend. On the 2-core CPU this project runs on, decoding a 640x640
 JPEG takes ~2.5 ms and letterboxing ~1.3 ms, while stock's forward pass takes ~150 ms (Ultralytics'
 ``select_device`` sets torch to cores - 1 threads, so one thread here): reading ahead and batching alone
@@ -42,6 +47,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
@@ -69,11 +75,77 @@ import torch  # noqa: E402
 DEFAULT_BATCH = {"cpu": 1, "cuda": 32}
 #: Photos decoding ahead of the forward pass, per decode worker (bounds memory on huge folders).
 PREFETCH_PER_WORKER = 4
+#: Bytes of photos being decoded at once, per decode worker (``_decode_cost``: twice the decoded pixels).
+#: With the CPU's 2 workers: 384 MiB, two 32-megapixel photos at a time, one 64-megapixel photo alone
+#: (an 8000x8000 photo decodes at 366 MiB), where two at once came to 1.9 GB for the whole process.
+DECODE_BUDGET_PER_WORKER = 192 * 2**20
+#: Bytes of decoded photos kept for overlays at once (``keep_images``). A photo that does not fit is let
+#: go after letterboxing and read again when its overlay is drawn (a decode peaks at twice what keeping
+#: costs); a 640x640 photo takes 1.2 MB, an 8000x8000 one 183 MB.
+KEEP_BUDGET = 256 * 2**20
+
+
+def _decode_cost(path: Path, alone: int) -> int:
+    """Bytes OpenCV's decode of ``path`` peaks at: twice its 8-bit BGR pixels (the decoded image, and the
+    copy cv2's Python binding makes of it), from the header (PIL reads no pixels for ``size``). A header
+    PIL cannot read costs ``alone``, the whole budget: that file is decoded with nothing beside it."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: only the size is read
+            with Image.open(path) as im:
+                w, h = im.size
+    except Exception:  # not an image PIL knows, or too big for it: read_image decides what it is
+        return alone
+    return 2 * 3 * int(w) * int(h)
+
+
+class _Budget:
+    """At most ``limit`` bytes held at once, granted first come, first served.
+
+    ``hold`` waits for room (a request above ``limit`` waits until nothing else is held, then runs alone);
+    ``try_take`` takes room only if there is some now. Holders never wait on anything but this budget,
+    so first come, first served cannot deadlock.
+    """
+
+    def __init__(self, limit: int):
+        self.limit, self.used = int(limit), 0
+        self._cond = threading.Condition()
+        self._queue: deque = deque()
+
+    @contextlib.contextmanager
+    def hold(self, nbytes: int):
+        n = min(int(nbytes), self.limit)
+        with self._cond:
+            ticket = object()
+            self._queue.append(ticket)
+            self._cond.wait_for(lambda: self._queue[0] is ticket and self.used + n <= self.limit)
+            self._queue.popleft()
+            self.used += n
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            self.give(n)
+
+    def try_take(self, nbytes: int) -> bool:
+        with self._cond:
+            if self._queue or self.used + nbytes > self.limit:
+                return False
+            self.used += nbytes
+            return True
+
+    def give(self, nbytes: int) -> None:
+        with self._cond:
+            self.used -= nbytes
+            self._cond.notify_all()
 
 
 @dataclass
 class Output:
-    """One photo's outcome: ``record`` (detections.json schema) or ``error``; ``image`` only if kept."""
+    """One photo's outcome: ``record`` (detections.json schema) or ``error``; ``image`` only if kept
+    (``Engine.photo`` gives the photo either way)."""
 
     index: int
     path: Path
@@ -389,12 +461,15 @@ class Engine:
             is then the bottleneck: a GPU forward of a 640 photo takes ~0.2 ms, a cv2 decode ~3 ms).
         backend: ``auto`` (ONNX Runtime on CPU if installed, else torch), ``torch`` or ``onnx``.
         half: fp16 on CUDA (default True there; ignored on CPU).
-        keep_images: hand each decoded photo back in ``Output.image`` (for overlays).
+        keep_images: hand decoded photos back in ``Output.image`` (for overlays), as many as fit in
+            ``KEEP_BUDGET``; ``photo(out)`` gives each photo, kept or read again.
         gpu_decode: decode JPEGs with torchvision in batches and letterbox with torch on the engine's device
             (nvJPEG on CUDA; libjpeg-turbo on the CPU, where it exists to test this path). Not bit-exact with
             stock: torch's bilinear resize is within 1 grey level of cv2's (measured on the CarDD sample).
         streams: batches in flight at once, each in its own thread (default: one per core with ONNX Runtime,
             each using cores/streams intra-op threads; 1 with torch).
+        decode_budget: bytes of photos decoded at once (``_decode_cost``; default ``DECODE_BUDGET_PER_WORKER``
+            per worker): big photos wait for each other instead of decoding side by side.
 
     Examples:
         >>> engine = Engine(load_model("best.pt"), conf=0.25, batch=8)
@@ -417,6 +492,7 @@ class Engine:
         keep_images: bool = False,
         gpu_decode: bool = False,
         streams: int | None = None,
+        decode_budget: int | None = None,
     ):
         import torchvision  # noqa: F401  (Ultralytics' NMS uses torchvision's kernel once it is imported, else
         # its own torch loop: measured 5 vs 96 ms per photo with ~300 kept boxes; same boxes either way)
@@ -433,6 +509,8 @@ class Engine:
             workers = min(16, max(2, cores - 1)) if self.device.type == "cuda" else 2  # prefetch memory grows with it
         self.batch, self.workers = max(1, int(batch)), max(1, int(workers))
         self.keep_images = keep_images
+        self.decoding = _Budget(decode_budget or DECODE_BUDGET_PER_WORKER * self.workers)
+        self.kept = _Budget(KEEP_BUDGET)
         self.gpu_decode = bool(gpu_decode)
         self.letterbox = _Letterboxer(imgsz, self.stride)
         use_onnx = backend == "onnx" or (backend == "auto" and self.device.type == "cpu" and onnx_available())
@@ -455,7 +533,7 @@ class Engine:
         """GPU path, stage 1: only the file's bytes (decoded later, a batch at a time, on the device)."""
         from torchvision.io import read_file
 
-        image = read_image(path) if self.keep_images else None  # overlays need the CPU copy anyway
+        image = self._kept_copy(path)  # overlays need the CPU copy anyway
         if not path.is_file() or path.stat().st_size == 0:
             raise InputError(path, "file not found or empty")
         validate_image(path)  # nvJPEG may decode a damaged file into grey rows silently
@@ -483,12 +561,45 @@ class Engine:
 
     def _load_cpu(self, index: int, path: Path) -> _Loaded | Output:
         """Ultralytics' reader and LetterBox, on the CPU: the exact input stock batch-1 predict builds."""
-        try:
-            image = read_image(path)
-        except InputError as e:
-            return Output(index, path, error=e)
+        with self.decoding.hold(_decode_cost(path, self.decoding.limit)):
+            try:
+                image = read_image(path)
+            except InputError as e:
+                return Output(index, path, error=e)
+            boxed = self.letterbox(image)
         h, w = image.shape[:2]
-        return _Loaded(index, path, self.letterbox(image), (h, w), image if self.keep_images else None)
+        return _Loaded(index, path, boxed, (h, w), image if self._keep(image) else None)
+
+    def _keep(self, image: np.ndarray) -> bool:
+        """Keep ``image`` for its overlay if asked to and it fits in ``KEEP_BUDGET`` (``photo`` gives it back)."""
+        return self.keep_images and self.kept.try_take(image.nbytes)
+
+    def _kept_copy(self, path: Path) -> np.ndarray | None:
+        """GPU path: the CPU copy an overlay needs, read now if it will be kept, else left for ``photo``."""
+        cost = _decode_cost(path, self.decoding.limit)
+        if not self.keep_images or cost // 2 > self.kept.limit:
+            return None
+        with self.decoding.hold(cost):
+            image = read_image(path)
+        return image if self._keep(image) else None
+
+    @contextlib.contextmanager
+    def photo(self, out: Output) -> Iterator[np.ndarray]:
+        """The full-resolution photo of ``out``, to draw on inside the ``with`` block.
+
+        A kept photo (``Output.image``) is handed over and its room in ``KEEP_BUDGET`` given back when the
+        block ends; any other is read again under the decode budget, held until the block ends, so that
+        drawing and encoding a big photo never overlaps another big decode.
+        """
+        if out.image is not None:
+            image, out.image = out.image, None
+            try:
+                yield image
+            finally:
+                self.kept.give(image.nbytes)
+            return
+        with self.decoding.hold(_decode_cost(out.path, self.decoding.limit)):
+            yield read_image(out.path)
 
     def _loaded(self, files: list[Path]) -> Iterator[_Loaded | Output]:
         """Decoded photos in input order, at most ``workers * PREFETCH_PER_WORKER + batch`` in flight."""

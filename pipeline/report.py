@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import html
 import math
 import platform
@@ -270,7 +271,8 @@ def write_report(
 
     # 1. input ------------------------------------------------------------------------------------
     stride = max(int(model.stride.max()), 32)
-    x, meta = model_input(image, imgsz=imgsz, stride=stride, auto=True)
+    x, meta = model_input(image_bgr, imgsz=imgsz, stride=stride, auto=True)  # the photo read above, not a second decode
+    meta["source"] = str(image)
     scal = scalings(x)
     outl = pixel_outliers(x, meta=meta)
     f_letterbox = pin.plot_letterbox(image_bgr, x, meta, files / "01_letterbox.png", title=image.name)
@@ -357,7 +359,7 @@ def write_report(
 
     # 8. output: logits -> sigmoid, detections, CAM ------------------------------------------------
     dets = predict_images(yolo, [image_bgr], conf=conf, imgsz=imgsz)[0]
-    head = trace_head(yolo, image, imgsz=imgsz, conf=conf)
+    head = trace_head(yolo, image, imgsz=imgsz, conf=conf, pixels=image_bgr)
     f_logits = ples.plot_head_logits(rec.head["cls_logits"], rec.head["strides"], files / "12_head_logits.png",
                                      head["detections"])
     f_dets = ples.plot_detections(image_bgr, dets, files / "13_detections.png")
@@ -366,6 +368,12 @@ def write_report(
     f_eigencam = ples.plot_cam(x, cam, files / "14_eigencam.png",
                                f"EigenCAM: 1st principal component of {cam_layer} activations")
     f_layercam, lc = None, None
+    # LayerCAM runs autograd through the whole network (~0.4 GB): first let go of what nothing below
+    # reads, the recorded activations and the decoded photo (183 MB at 8000x8000; Ultralytics reads it
+    # again from the file). collect() because torchvision's first import, inside the first predict
+    # above, left the photo in a reference cycle (see predict_paths).
+    del rec, image_bgr
+    gc.collect()
     if layercam:
         lc = ples.ultralytics_layercam(yolo, image, files / "layercam", x, imgsz=imgsz, conf=conf)
         if lc["usable"]:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from pipeline import CLASS_NAMES, runtime  # noqa: F401  (offline env before ultralytics)
 from pipeline.inspector import LayerRecorder, conv_blocks, conv_meta, detection_model, fold_bn, is_fused, model_input
-from pipeline.io import InputError, atomic_write_json, check_output_file
+from pipeline.io import InputError, atomic_write_json, check_output_file, read_image
 from pipeline.model import load_model
 from pipeline.options import add_trust_weights, image_size, probability
 
@@ -176,7 +176,7 @@ def format_trace(t: dict) -> str:
     return "\n".join(lines)
 
 
-def trace_head(yolo, image, imgsz=640, conf: float = 0.25, iou: float = 0.7, max_det: int = 300) -> dict:
+def trace_head(yolo, image, imgsz=640, conf: float = 0.25, iou: float = 0.7, max_det: int = 300, pixels=None) -> dict:
     """Trace every box Ultralytics reports back to its class logit: logit -> sigmoid -> reported ``conf``.
 
     Runs ``yolo.predict`` on ``image`` while the predictor's own (fused) network is hooked, so the logits
@@ -187,6 +187,9 @@ def trace_head(yolo, image, imgsz=640, conf: float = 0.25, iou: float = 0.7, max
         yolo: an ``ultralytics.YOLO`` (``pipeline.model.load_model``).
         image: photo path.
         imgsz, conf, iou, max_det: as in ``YOLO.predict``.
+        pixels: the photo as ``pipeline.io.read_image(image)`` returns it, when the caller has read it
+            already; read here otherwise. Either way it is decoded once, not once per ``predict`` call
+            (an 8000x8000 photo decodes into 183 MB, at a peak of twice that).
 
     Returns:
         ``{"image", "input_shape", "strides", "grid_shapes", "names", "detections": [...]}``; each detection:
@@ -197,17 +200,22 @@ def trace_head(yolo, image, imgsz=640, conf: float = 0.25, iou: float = 0.7, max
     """
     from ultralytics.utils import nms, ops
 
+    from pipeline.predict import release_photos
+
     image = str(image)
+    if pixels is None:
+        pixels = read_image(image)  # the very pixels Ultralytics' own reader would give predict for the path
     kwargs = dict(imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, verbose=False, save=False)
-    yolo.predict(image, **kwargs)  # builds (or updates) the predictor and its fused copy of the network
+    yolo.predict(pixels, **kwargs)  # builds (or updates) the predictor and its fused copy of the network
     net = detection_model(yolo.predictor.model.model)
     seen = {}
     grab = net.register_forward_pre_hook(lambda m, args: seen.__setitem__("input", args[0].detach()))
     try:
         with LayerRecorder(net, layers=[], mode="tensors", head=True) as rec:
-            result = yolo.predict(image, **kwargs)[0]
+            result = yolo.predict(pixels, **kwargs)[0]
     finally:
         grab.remove()
+        release_photos(yolo)
     args = yolo.predictor.args
     kept, idxs = nms.non_max_suppression(
         rec.head["decoded"], args.conf, args.iou, args.classes, args.agnostic_nms, max_det=args.max_det,
@@ -302,14 +310,15 @@ def run(args) -> int:
     yolo = load_model(args.weights, nc=len(CLASS_NAMES), trust=args.trust_weights)  # nc only matters for a YAML build
     if args.fuse:
         yolo.model.fuse(verbose=False)
-    x, _ = model_input(yolo, args.image, args.imgsz)
+    image = read_image(args.image)  # once: the neuron trace and the head trace share it
+    x, _ = model_input(yolo, image, args.imgsz)
     try:
         t = trace_neuron(yolo, x, args.layer, args.channel, args.y, args.x)
     except ValueError as e:
         raise InputError(args.layer, str(e)) from None
     print(format_trace(t))
     if args.head:
-        t["head"] = trace_head(yolo, args.image, imgsz=args.imgsz, conf=args.conf, iou=args.iou)
+        t["head"] = trace_head(yolo, args.image, imgsz=args.imgsz, conf=args.conf, iou=args.iou, pixels=image)
         print(format_head(t["head"]))
     if args.out:
         atomic_write_json(Path(args.out), t)

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline.activations import GALLERY, silu_minimum  # noqa: E402
-from pipeline.plots import save_png  # noqa: E402
+from pipeline.plots import imshow_photo, save_png  # noqa: E402
 
 VARIANT_COLORS = {"silu": "tab:green", "sigmoid": "tab:red", "tanh": "tab:orange", "relu": "tab:blue"}
 
@@ -183,10 +183,9 @@ def plot_sgd_step(step: dict, path, layer: str = "") -> Path:
 
 def plot_detections(image_bgr: np.ndarray, detections: list[dict], path, max_boxes: int = 30) -> Path:
     """The photo with each box labelled ``class score (logit)``: score = sigmoid(logit)."""
-    rgb = image_bgr[..., ::-1]
-    h, w = rgb.shape[:2]
+    h, w = image_bgr.shape[:2]
     fig, ax = plt.subplots(figsize=(7, 7 * h / max(w, 1)))
-    ax.imshow(rgb)
+    imshow_photo(ax, image_bgr)
     cmap = plt.get_cmap("tab10")
     for d in sorted(detections, key=lambda d: -d["score"])[:max_boxes]:
         x0, y0, x1, y1 = d["box_xyxy"]

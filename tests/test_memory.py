@@ -1,0 +1,147 @@
+"""Peak memory of every command that reads a photo, on an 8000x8000 photo.
+
+Each command runs as ``python -m pipeline ...`` in a fresh process, started by a small wrapper process
+that has no other child, so the wrapper's ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` is that command's
+peak resident memory alone (KiB on Linux). Before these tests existed, ``preprocess`` peaked at 5.3 GB
+on such a photo (matplotlib resampling the full photo) and ``report`` at 5.3 GB.
+
+The limit is 1.5 GiB. About 0.75 GB of it is the import of torch itself and ~0.37 GB one decode of the
+photo (OpenCV peaks at twice the 183 MB of pixels), so what is tested is that nothing else of the
+photo's size is held at the same time.
+
+``report`` cannot meet the limit on any photo (its LayerCAM alone runs autograd through the network, on
+top of a process that has run every other lesson), so its test holds it to what a 640x640 photo costs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+
+REPO = Path(__file__).resolve().parent.parent
+#: 1.5 GiB, in KiB (the unit of ``ru_maxrss`` on Linux).
+LIMIT_KIB = 1536 * 1024
+SIDE = 8000
+
+_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "rc = subprocess.call(sys.argv[1:])\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    "sys.exit(rc)\n"
+)
+
+
+def peak_kib(args: list[str], cache: Path) -> int:
+    """Run ``python -m pipeline *args`` in a fresh process; fail on a non-zero exit; return its peak RSS in KiB."""
+    env = {**os.environ, "CARDAMAGE_CACHE": str(cache)}  # a fresh cache: the engine's ONNX export runs too
+    proc = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, sys.executable, "-m", "pipeline", *map(str, args)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return int(proc.stdout.strip().splitlines()[-1])
+
+
+def _mib(kib: int) -> str:
+    return f"{kib / 1024:.0f} MiB"
+
+
+@pytest.fixture(scope="module")
+def big_photo(tmp_path_factory) -> Path:
+    """An 8000x8000 JPEG of smooth colour blobs (random 40x40 colours, bicubic upscaled): 3.5 MB on disk."""
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    image = cv2.resize(small, (SIDE, SIDE), interpolation=cv2.INTER_CUBIC)
+    path = tmp_path_factory.mktemp("big") / "big.jpg"
+    assert cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return path
+
+
+@pytest.fixture
+def cache(tmp_path) -> Path:
+    path = tmp_path / "cache"
+    path.mkdir()
+    return path
+
+
+def test_preprocess_under_limit(big_photo, tmp_path, cache):
+    out = tmp_path / "pre"
+    kib = peak_kib(["preprocess", big_photo, "--out", out], cache)
+    assert kib < LIMIT_KIB, _mib(kib)
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["input"]["orig_shape"] == [SIDE, SIDE] and stats["input"]["input_shape"] == [640, 640]
+    assert (out / "letterbox.png").stat().st_size > 0
+
+
+def test_predict_one_photo_under_limit(big_photo, tmp_path, cache):
+    out = tmp_path / "pred"
+    kib = peak_kib(["predict", "--weights", "yolov8n.yaml", big_photo, "--out", out], cache)
+    assert kib < LIMIT_KIB, _mib(kib)
+    rec = json.loads((out / "detections.json").read_text())[0]
+    assert (rec["width"], rec["height"]) == (SIDE, SIDE)
+    assert cv2.imread(str(out / rec["overlay"])).shape == (SIDE, SIDE, 3)  # the overlay is full size
+
+
+def test_predict_folder_engine_under_limit(big_photo, tmp_path, cache):
+    """A folder runs the batched engine (decode threads, ONNX Runtime when installed, overlay writer)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "big.jpg").write_bytes(big_photo.read_bytes())
+    out = tmp_path / "pred"
+    kib = peak_kib(["predict", "--weights", "yolov8n.yaml", folder, "--out", out], cache)
+    assert kib < LIMIT_KIB, _mib(kib)
+    rec = json.loads((out / "detections.json").read_text())[0]
+    assert (rec["width"], rec["height"]) == (SIDE, SIDE)
+    assert cv2.imread(str(out / rec["overlay"])).shape == (SIDE, SIDE, 3)
+
+
+def test_inspect_under_limit(big_photo, tmp_path, cache):
+    out = tmp_path / "insp"
+    kib = peak_kib(["inspect", "--weights", "yolov8n.yaml", big_photo, "--out", out], cache)
+    assert kib < LIMIT_KIB, _mib(kib)
+    assert json.loads((out / "index.json").read_text())["letterbox"]["orig_shape"] == [SIDE, SIDE]
+
+
+def test_trace_under_limit(big_photo, tmp_path, cache):
+    out = tmp_path / "trace.json"
+    args = ["trace", "--weights", "yolov8n.yaml", big_photo, "--layer", "model.0", "--channel", "0",
+            "--y", "10", "--x", "10", "--head", "--out", out]
+    kib = peak_kib(args, cache)
+    assert kib < LIMIT_KIB, _mib(kib)
+    t = json.loads(out.read_text())
+    assert t["head"]["input_shape"] == [1, 3, 640, 640] and t["rel_error"] <= 1e-5
+
+
+def test_outliers_dataset_with_a_big_photo_under_limit(big_photo, tmp_path, cache):
+    from pipeline.synth import write_dataset
+
+    data = write_dataset(tmp_path / "ds", n_train=6, n_val=2, imgsz=160, seed=0, progress=False)
+    (data.parent / "train" / "images" / "big.jpg").write_bytes(big_photo.read_bytes())
+    out = tmp_path / "outl"
+    kib = peak_kib(["outliers", data, "--out", out], cache)
+    assert kib < LIMIT_KIB, _mib(kib)
+    rows = list(csv.DictReader((out / "image_stats.csv").open()))
+    big = [r for r in rows if r["path"].endswith("big.jpg")]
+    assert len(rows) == 9 and len(big) == 1 and float(big[0]["megapixels"]) == 64.0
+
+
+@pytest.mark.slow
+def test_report_costs_what_a_small_photo_costs(big_photo, tmp_path, cache):
+    """The report's own ~1.8 GB (LayerCAM, the lessons' models) does not depend on the photo; the photo adds
+    little on top of it (5.3 GB before: three decodes, two full-resolution plots)."""
+    small = tmp_path / "small.jpg"
+    cv2.imwrite(str(small), cv2.resize(cv2.imread(str(big_photo)), (640, 640), interpolation=cv2.INTER_AREA))
+    base = peak_kib(["report", "--weights", "yolov8n.yaml", small, "--out", tmp_path / "rs"], cache)
+    kib = peak_kib(["report", "--weights", "yolov8n.yaml", big_photo, "--out", tmp_path / "rb"], cache)
+    assert kib - base < 200 * 1024, f"{_mib(kib)} on {SIDE}x{SIDE} vs {_mib(base)} on 640x640"
+    assert (tmp_path / "rb" / "report.html").stat().st_size > 0
