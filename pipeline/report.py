@@ -218,7 +218,7 @@ def write_report(
     from pipeline.plots import layers as play
     from pipeline.plots import lesson as ples
     from pipeline.predict import predict_images
-    from pipeline.preprocess import model_input, pixel_outliers, scalings
+    from pipeline.preprocess import model_input, pixel_outliers, scalings, tensor_to_bgr
     from pipeline.trace import REL_TOL, format_trace, trace_head, trace_neuron
 
     t_start = time.perf_counter()
@@ -283,6 +283,19 @@ def write_report(
                         "divide255": {k: scal["divide255"][k] for k in ("min", "max", "mean", "std")},
                         "outliers": {k: outl[k] for k in ("count", "fraction", "threshold", "bright_count", "dark_count")}}
     t = lap("input", t)
+
+    # LayerCAM first, while the process is lean: it runs autograd through the whole network (~0.35 GB),
+    # and later steps leave the heap fragmented. On a copy, because Ultralytics' predict fuses Conv+BN in
+    # place and the sections below need BatchNorm's own parameters.
+    f_layercam, lc = None, None
+    if layercam:
+        lc = ples.ultralytics_layercam(copy.deepcopy(yolo), tensor_to_bgr(x), files / "layercam", x, imgsz=imgsz,
+                                       conf=conf)
+        if lc["usable"]:
+            f_layercam = files / "15_layercam.jpg"
+            _copy(lc["path"], f_layercam)
+        gc.collect()
+    t = lap("layercam", t)
 
     # 2. record every Conv block (pre and post SiLU) and the head's logits -------------------------
     with LayerRecorder(yolo, mode="both", head=True) as rec:
@@ -367,18 +380,6 @@ def write_report(
     cam = ples.eigencam(rec.activations[cam_layer][1])
     f_eigencam = ples.plot_cam(x, cam, files / "14_eigencam.png",
                                f"EigenCAM: 1st principal component of {cam_layer} activations")
-    f_layercam, lc = None, None
-    # LayerCAM runs autograd through the whole network (~0.4 GB): first let go of what nothing below
-    # reads, the recorded activations and the decoded photo (183 MB at 8000x8000; Ultralytics reads it
-    # again from the file). collect() because torchvision's first import, inside the first predict
-    # above, left the photo in a reference cycle (see predict_paths).
-    del rec, image_bgr
-    gc.collect()
-    if layercam:
-        lc = ples.ultralytics_layercam(yolo, image, files / "layercam", x, imgsz=imgsz, conf=conf)
-        if lc["usable"]:
-            f_layercam = files / "15_layercam.jpg"
-            _copy(lc["path"], f_layercam)
     numbers["output"] = {"detections": dets, "head_trace": head["detections"], "cam_layer": cam_layer,
                          "layercam": lc and {"usable": lc["usable"], "heat_spread": lc["heat_spread"]}}
     t = lap("output", t)

@@ -237,9 +237,13 @@ def plot_cam(input_tensor, cam: np.ndarray, path, title: str) -> Path:
     return _save(fig, path)
 
 
-def ultralytics_layercam(yolo, image_path, out_dir, input_tensor, imgsz: int = 640, conf: float = 0.25,
+def ultralytics_layercam(yolo, source, out_dir, input_tensor, imgsz: int = 640, conf: float = 0.25,
                          min_spread: float = 8.0) -> dict:
     """Run Ultralytics' own ``predict(visualize=True)`` (LayerCAM over the head's inputs) into ``out_dir``.
+
+    ``source`` is what predict is given: a photo's path, or the model input itself as BGR uint8 (the
+    letterbox of a letterboxed input at the same size is the identity, so the CAM sees the same tensor
+    without decoding the photo again).
 
     Ultralytics saves ``0.5 * jet(cam) + 0.5 * input`` as a JPEG. Knowing the input (``input_tensor``,
     min-max scaled per channel as Ultralytics does), we take the input back out and measure the spread
@@ -254,7 +258,7 @@ def ultralytics_layercam(yolo, image_path, out_dir, input_tensor, imgsz: int = 6
 
     out_dir = Path(out_dir).resolve()
     try:
-        yolo.predict(str(image_path), imgsz=imgsz, conf=conf, visualize=True, save=False, verbose=False,
+        yolo.predict(source if isinstance(source, np.ndarray) else str(source), imgsz=imgsz, conf=conf, visualize=True, save=False, verbose=False,
                      project=str(out_dir.parent), name=out_dir.name, exist_ok=True)
     except Exception:  # a failure here only loses the optional LayerCAM picture; EigenCAM stays
         return {"path": None, "heat_spread": float("nan"), "usable": False}
