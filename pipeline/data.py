@@ -53,7 +53,7 @@ import numpy as np
 
 import pipeline  # noqa: F401  (offline Ultralytics environment first)
 from pipeline.io import InputError, atomic_write_json, check_output_file, read_image
-from pipeline.options import positive_int
+from pipeline.options import int_range, positive_int
 
 SPLITS = ("train", "val", "test", "minival")
 SMALL, LARGE = 128**2, 256**2  # CarDD's box-area buckets in original-image pixels
@@ -172,6 +172,14 @@ def dataset_splits(data_yaml: str | Path) -> dict[str, list[Path]]:
             raise InputError(data_yaml, f"'{split}' holds no images: {', '.join(map(str, entries))}")
         splits[split] = files
     return splits
+
+
+def dataset_folders(data_yaml: str | Path) -> list[Path]:
+    """The yaml and every folder that holds a split's images or labels: what no output may be, hold, or enter
+    (training scans image folders recursively; a stray PNG or .txt there becomes data)."""
+    images = [f for files in dataset_splits(data_yaml).values() for f in files]
+    folders = {f.parent for f in images} | {label_path(f).parent for f in images}
+    return [Path(data_yaml), *sorted(folders)]
 
 
 # ----------------------------------------------------------------------------------------------- labels
@@ -323,7 +331,7 @@ def scan_pair(image: Path, label: Path, nc: int) -> dict:
         if not rec["errors"]:
             reason = msg.split("ignoring corrupt image/label:")[-1].strip()
             rec["errors"].append((str(image), None, "rejected_by_ultralytics", f"Ultralytics drops it: {reason}"))
-    elif msg:
+    elif msg and "corrupt JPEG restored" not in msg:  # it "restored" the link; the file itself is a valid JPEG
         rec["warnings"].append((str(label), None, "ultralytics", msg.split(f"{link}:")[-1].strip()))
     return rec
 
@@ -628,15 +636,13 @@ def _line(item: dict) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data_yaml", metavar="DATA_YAML", help="the dataset's data.yaml (YOLO boxes or polygons)")
     p.add_argument("--json", metavar="FILE", help="also write the full report as JSON (atomically)")
-    p.add_argument("--near", type=int, default=4, metavar="BITS", help="perceptual-hash distance for near duplicates")
+    p.add_argument("--near", type=int_range(0, 64), default=4, metavar="BITS", help="perceptual-hash distance for near duplicates")
     p.add_argument("--max-lines", type=positive_int, default=50, help="print at most this many error/warning lines (JSON has all)")
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too (leakage, missing label files)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``cardamage check``: 1 when there are errors (with ``--strict``, errors or warnings), else 0."""
-    if not 0 <= args.near <= 64:
-        raise InputError("--near", f"must be 0..64 bits of the 64-bit perceptual hash, got {args.near}")
     # before the scan, which takes minutes on CarDD: not a folder, not the dataset's own yaml
     json_path = check_output_file(args.json, [args.data_yaml]) if args.json else None
     report = check_dataset(args.data_yaml, near_threshold=args.near, progress=True)

@@ -10,7 +10,8 @@ change the user's dataset. Training therefore reads a view under its own run fol
 
 Ultralytics replaces an image it restores with ``os.replace``, which swaps the link, never its target,
 and its caches land in the view. Every image is decoded first (``pipeline.io.validate_image``, the rule
-all commands share): a damaged one is reported on its own line and left out of the view.
+all commands share), and its label file parsed as ``cardamage check`` parses it: an image Ultralytics would
+drop (damaged photo, bad label line) is reported on its own line and left out of the view.
 
 Examples:
     >>> view = stage_dataset("datasets/cardd/data.yaml", "runs/cardd/dataset")
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.data import dataset_splits, label_path, load_names
+from pipeline.data import dataset_splits, label_path, load_names, parse_label_text
 from pipeline.io import InputError, atomic_write_text, validate_image
 
 
@@ -42,6 +43,36 @@ class DatasetView:
 
 def _common_root(files: list[Path]) -> Path:
     return Path(os.path.commonpath([str(f.parent) for f in files]))
+
+
+ULTRALYTICS_COORD_TOL = 0.01  # its scan keeps coordinates up to 1.01 (and down to -0.01) and trains on them
+
+
+def _within_ultralytics_tolerance(error: tuple[int, str, str]) -> bool:
+    """A coordinate a hair outside [0, 1] is an error to ``check`` but Ultralytics trains on it: keep it."""
+    _, kind, reason = error
+    if kind != "coordinate_out_of_range":
+        return False
+    value = float(reason.split()[1])  # "coordinate 1.004 outside [0, 1]"
+    return -ULTRALYTICS_COORD_TOL <= value <= 1 + ULTRALYTICS_COORD_TOL
+
+
+def _check_label(label: Path, nc: int) -> None:
+    """Raise ``InputError`` for a label file Ultralytics would drop its image for (first problem only)."""
+    if not label.is_file():
+        return
+    try:
+        text = label.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(label, f"unreadable label file ({getattr(e, 'strerror', None) or type(e).__name__})") from None
+    _, errors, info = parse_label_text(text, nc)
+    errors = [e for e in errors if not _within_ultralytics_tolerance(e)]
+    if errors:
+        line, _, reason = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise InputError(f"{label}:{line}", f"{reason}{more}")
+    if info["box_rows"] and info["polygon_rows"]:
+        raise InputError(label, "mixes box rows and polygon rows")
 
 
 def stage_dataset(data_yaml: str | Path, dest: str | Path, on_error=None) -> DatasetView:
@@ -66,8 +97,10 @@ def stage_dataset(data_yaml: str | Path, dest: str | Path, on_error=None) -> Dat
         root = _common_root(files)
         kept = 0
         for image in files:
+            label = label_path(image)
             try:
                 validate_image(image)
+                _check_label(label, len(names))
             except InputError as e:
                 view.errors.append(e)
                 if on_error:
@@ -76,7 +109,6 @@ def stage_dataset(data_yaml: str | Path, dest: str | Path, on_error=None) -> Dat
             staged = dest / split / "images" / image.relative_to(root)
             staged.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(image.resolve(), staged)
-            label = label_path(image)
             if label.is_file():  # an image without a label file is a background image, as in the source
                 staged_label = label_path(staged)
                 staged_label.parent.mkdir(parents=True, exist_ok=True)

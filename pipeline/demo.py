@@ -29,6 +29,7 @@ import yaml
 from pipeline import synth
 from pipeline.io import atomic_write_json, atomic_write_text, output_folder
 from pipeline.model import load_model
+from pipeline.options import non_negative_int
 from pipeline.predict import predict_paths
 from pipeline.report import write_report
 from pipeline.runtime import PROJECT_ROOT
@@ -42,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="demo recipe (default configs/demo.yaml)")
     p.add_argument("--real", default=str(DEFAULT_REAL), help="folder of real photos to predict on (skipped if absent)")
-    p.add_argument("--n-real", type=int, default=8, help="how many real photos to predict on (default 8)")
+    p.add_argument("--n-real", type=non_negative_int, default=8, help="how many real photos to predict on (default 8)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
 
 

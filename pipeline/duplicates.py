@@ -37,9 +37,13 @@ from pipeline.io import InputError, file_digest, read_image
 _BLOCK = 1024  # rows of the distance matrix computed at once (1024 x 4000 x 8 bytes = 33 MB)
 
 
-def sha1_of_file(path: str | Path) -> str:
-    """SHA-1 hex digest of a file's bytes (the exact-duplicate key)."""
-    return file_digest(path, "sha1")
+def sha1_of_file(path: str | Path) -> str | None:
+    """SHA-1 hex digest of a file's bytes (the exact-duplicate key); None for a file that cannot be read
+    (reported by whoever decodes it; a scan goes on past it)."""
+    try:
+        return file_digest(path, "sha1")
+    except OSError:
+        return None
 
 
 #: Rows that ``pil_grey`` converts at a time: 256 rows of an 8000-pixel-wide photo are 6 MB as RGB.
@@ -237,7 +241,8 @@ def find_duplicates(
     by_digest: dict[str, dict[str, list[int]]] = {}
     for s in names:
         for i, d in enumerate(sha[s]):
-            by_digest.setdefault(d, {}).setdefault(s, []).append(i)
+            if d is not None:  # unreadable files are no duplicates of each other
+                by_digest.setdefault(d, {}).setdefault(s, []).append(i)
     for a, b in split_pairs:
         for members in by_digest.values():
             if a not in members or b not in members:

@@ -22,9 +22,15 @@ from typing import Iterator
 
 import numpy as np
 import PIL.Image
+from safetensors import SafetensorError
+from safetensors.torch import save_file
 
 from pipeline import runtime  # noqa: F401  (offline env before ultralytics)
+from ultralytics.utils import patches as ultralytics_patches
 from ultralytics.utils.patches import imread
+
+# Pillow's own open: Ultralytics patches Image.open to pip-check pi-heif on every unknown format
+_pil_open = getattr(ultralytics_patches, "_image_open", PIL.Image.open)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".dng", ".mpo", ".pfm", ".heic"}
 
@@ -86,6 +92,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~UMASK)  # again: a writer may have replaced the file (safetensors does)
         os.replace(tmp, path)
     except OSError as e:
         raise InputError(path, f"cannot write ({_os_reason(e)})") from None
@@ -121,11 +128,14 @@ def check_output(out: str | os.PathLike, inputs=(), not_inside=()) -> Path:
     return out
 
 
-def check_output_file(out: str | os.PathLike, inputs=()) -> Path:
-    """Refuse an output *file* (``--json``, ``trace --out``) that is a folder or one of the ``inputs``."""
+def check_output_file(out: str | os.PathLike, inputs=(), suffix: str = ".json") -> Path:
+    """Refuse an output *file* (``--json``, ``trace --out``) that is a folder, one of the ``inputs``, or
+    lacks ``suffix``: a report may replace an old report, never a photo, label, checkpoint or yaml."""
     out = Path(out)
     if out.is_dir():
         raise InputError(out, "is a folder; expected a file name to write")
+    if out.suffix.lower() != suffix:
+        raise InputError(out, f"expected a file name ending in {suffix} (this command writes {suffix[1:].upper()})")
     for item in inputs:
         if Path(item).exists() and Path(item).resolve() == out.resolve():
             raise InputError(out, f"is an input of this command ({item}); choose another file name")
@@ -199,11 +209,12 @@ def atomic_write_image(path: str | os.PathLike, image_bgr: np.ndarray) -> Path:
 
 def atomic_save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> Path:
     """Save a dict of torch tensors with safetensors, atomically (contiguous copies are made as needed)."""
-    from safetensors.torch import save_file
-
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as e:  # its I/O errors (disk full) are not OSErrors
+            raise InputError(path, f"cannot write ({' '.join(str(e).split())})") from None
     return Path(path)
 
 
@@ -225,7 +236,7 @@ def validate_image(path: str | os.PathLike) -> None:
     coded byte is still read, which is where damage shows, at ~0.5 ms for a 640 px photo.
     """
     try:
-        with PIL.Image.open(path) as im:
+        with _pil_open(path) as im:
             if im.format == "JPEG":
                 im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()

@@ -48,6 +48,9 @@ def load_model(spec: str | Path = DEFAULT_MODEL, nc: int | None = None, names=No
             yolo = YOLO(spec, task="detect")
         except (FileNotFoundError, OSError) as e:
             raise InputError(spec, f"model YAML not found ({e})") from None
+        except Exception as e:  # a malformed or hostile YAML: Ultralytics' parser raises many kinds
+            reason = re.sub(r"^.*?ERROR\W*", "", " ".join(str(e).split())) or type(e).__name__
+            raise InputError(spec, f"not a valid model YAML ({type(e).__name__}: {reason[:200]})") from None
         if nc is not None and yolo.model.yaml.get("nc") != nc:
             yolo.model = tasks.DetectionModel(yolo.model.yaml, nc=nc, verbose=False)
         n = yolo.model.yaml["nc"]
@@ -102,17 +105,28 @@ def unsafe_globals(path: str | Path) -> list[str]:
 
 
 def weights_error(path: str | Path, error: Exception, trust: bool) -> str:
-    """One line for a checkpoint that did not load: what is wrong and, for a refusal, how to opt in."""
-    text = " ".join(str(error).split())
-    text = re.sub(r"^.*?ERROR\W*", "", text)  # Ultralytics' "ERROR ❌️ <path>" prefix
-    text = text.replace(str(path), "").strip(" :.")
-    first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0].rstrip(".")
-    if not trust and ("outside the supported" in text or "weights_only" in text.lower() or "Unsupported global" in text):
-        names = unsafe_globals(path)
+    """One line for a checkpoint that did not load: what is wrong and, for a refusal, how to opt in.
+
+    A refusal is said only where the file really names code outside the allow-list (so a broken file
+    never teaches anyone to reach for --trust-weights); Ultralytics' own wrapper hides the reason, so the
+    innermost cause is the one reported.
+    """
+    root = error
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = " ".join(str(root).split())
+    names = [] if trust else unsafe_globals(path)
+    if names or (not trust and "Unsupported global" in text):
         what = f" ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else ""
         return (f"refused: this weights file holds objects outside the YOLO checkpoint format{what}, and loading "
                 f"it could run code; if you trust its source, pass --trust-weights (or set {TRUST_ENV}=1)")
-    return f"not a valid YOLO checkpoint ({type(error).__name__}: {first or 'unreadable'})"
+    if root is error and "outside the supported" in text:  # loaded fine, but no YOLO model in it
+        return "not a YOLO checkpoint (no model inside)"
+    if m := re.search(r"invalid load key, '[^']*'|Unsupported operand \d+", text):  # an image or text named .pt
+        return f"not a torch checkpoint file ({m.group(0)})"
+    text = re.sub(r"^.*?ERROR\W*", "", text).replace(str(path), "").strip(" :.")  # Ultralytics' "ERROR ❌️ <path>"
+    first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0].rstrip(".")
+    return f"not a valid YOLO checkpoint ({type(root).__name__}: {first or 'unreadable'})"
 
 
 def detection_model(yolo):

@@ -55,11 +55,28 @@ def positive_int(text: str) -> int:
     return value
 
 
+def int_range(lo: int, hi: int | None = None):
+    """An argparse type for an integer in [lo, hi] (no upper end when ``hi`` is None)."""
+
+    def parse(text: str) -> int:
+        value = _number(text, int)
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be an integer in {lo}..{hi if hi is not None else ''}, got {text}")
+        return value
+
+    parse.__name__ = f"integer {lo}..{hi if hi is not None else ''}"  # argparse names the type in its messages
+    return parse
+
+
+non_negative_int = int_range(0)
+MAX_IMGSZ = 4096  # a 4096 px input already needs several GB of activations; beyond, allocations fail
+
+
 def image_size(text: str) -> int:
-    """An inference or training size in pixels: at least one stride (32); Ultralytics rounds it up to a multiple."""
+    """An inference or training size in pixels, 32..4096: Ultralytics rounds it up to a stride multiple."""
     value = _number(text, int)
-    if value < 32:
-        raise argparse.ArgumentTypeError(f"must be a size in pixels >= 32, got {text}")
+    if not 32 <= value <= MAX_IMGSZ:
+        raise argparse.ArgumentTypeError(f"must be a size in pixels from 32 to {MAX_IMGSZ}, got {text}")
     return value
 
 

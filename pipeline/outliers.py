@@ -39,7 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data import dataset_folders
 from pipeline.io import InputError, atomic_write_json, atomic_write_text, output_folder, read_image
+from pipeline.options import int_range, positive_float
 
 #: statistic -> (how it is scored: "linear" or "log", one-line description)
 STATISTICS = {
@@ -254,18 +256,15 @@ def analyse(data_yaml, threshold: float = Z_THRESHOLD, robust: bool = True, near
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DATA_YAML", help="YOLO dataset yaml (train/val[/test] image folders or lists)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--threshold", type=float, default=Z_THRESHOLD, help="flag |z| above this (default 3)")
+    parser.add_argument("--threshold", type=positive_float, default=Z_THRESHOLD, help="flag |z| above this (default 3)")
     parser.add_argument("--plain-z", action="store_true", help="z = (x - mean) / std instead of the robust median/MAD z")
-    parser.add_argument("--near", type=int, default=4, help="max perceptual-hash distance (bits of 64) for near duplicates (default 4)")
+    parser.add_argument("--near", type=int_range(0, 64), default=4, help="max perceptual-hash distance (bits of 64) for near duplicates (default 4)")
     parser.add_argument("--no-plots", action="store_true", help="write the CSV/JSON files only")
 
 
 def run(args) -> int:
-    if args.threshold <= 0:
-        raise InputError(args.data, f"--threshold must be positive, got {args.threshold}")
-    if not 0 <= args.near <= 64:
-        raise InputError(args.data, f"--near must be 0..64 bits, got {args.near}")
-    with output_folder(args.out, inputs=[args.data]) as out:
+    folders = dataset_folders(args.data)
+    with output_folder(args.out, inputs=folders, not_inside=folders[1:]) as out:
         return _run(args, out)
 
 

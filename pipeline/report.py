@@ -34,6 +34,7 @@ import gc
 import html
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -45,6 +46,7 @@ from pipeline.io import (
     InputError,
     atomic_write_json,
     atomic_write_text,
+    expand_sources,
     file_digest,
     input_paths,
     output_folder,
@@ -189,6 +191,7 @@ def write_report(
     stats_over=None,
     stats_limit: int = 200,
     trust: bool = False,
+    on_error=None,
 ) -> Path:
     """Run the lesson on one photo with one model and write ``out_dir/report.html``; return its path.
 
@@ -206,6 +209,7 @@ def write_report(
         stats_over: photos, folders or globs: also show every layer's statistics over these photos (at most
             ``stats_limit``, kept-open stats recorder, no feature map kept) beside the one photo's.
         trust: load a weights file that safe loading refuses (``--trust-weights``).
+        on_error: called with each ``--stats-over`` source or photo that could not be read (the rest count).
 
     Raises:
         InputError: unreadable image or weights.
@@ -230,17 +234,15 @@ def write_report(
 
     stats_files, stats_missing = [], []
     if stats_over:  # listed once, up front: fail before the heavy work if the set names nothing
-        from pipeline.io import expand_sources
-
         stats_over = list(stats_over) if isinstance(stats_over, (list, tuple)) else [stats_over]
         stats_files, stats_missing = expand_sources([str(s) for s in stats_over])
         if not stats_files:
             raise stats_missing[0] if stats_missing else InputError(" ".join(map(str, stats_over)), "no photos")
     out_dir = Path(out_dir)
     files = out_dir / FILES
-    files.mkdir(parents=True, exist_ok=True)
     image = Path(image)
-    image_bgr = read_image(image)  # InputError on a bad photo
+    image_bgr = read_image(image)  # InputError on a bad photo, before anything is written
+    files.mkdir(parents=True, exist_ok=True)
     weights_spec = str(weights)
     from_yaml = weights_spec.endswith((".yaml", ".yml"))
     if from_yaml:
@@ -339,6 +341,9 @@ def write_report(
         from pipeline.inspect_cli import record_statistics
 
         srec, used, errs, _ = record_statistics(model, stats_files, imgsz, progress=False, limit=stats_limit)
+        for e in stats_missing + errs:
+            if on_error:
+                on_error(e)
         set_stats = {"images": len(used), "failed": [str(e) for e in stats_missing + errs],
                      "layer_stats": {p: srec.stats[p].summary() for p in paths if p in srec.stats}}
         numbers["activations"]["dataset"] = set_stats
@@ -759,10 +764,13 @@ def run(args) -> int:
     if not Path(args.image).exists():
         raise InputError(args.image, "file not found")
     inputs = [args.image, *([args.weights] if Path(args.weights).is_file() else []), *input_paths(args.stats_over or [])]
+    failed: list[InputError] = []
     with output_folder(args.out, inputs=inputs):
         path = write_report(args.weights, args.image, args.out, imgsz=args.imgsz, conf=args.conf,
                             grad_imgsz=args.grad_imgsz, grad_batch=args.grad_batch, seed=args.seed,
                             layercam=not args.no_layercam, stats_over=args.stats_over, stats_limit=args.stats_limit,
-                            trust=args.trust_weights)
+                            trust=args.trust_weights, on_error=failed.append)
+    for e in failed:  # the statistics were taken over the rest
+        print(f"error: {e}", file=sys.stderr)
     print(path)
-    return 0
+    return 1 if failed else 0

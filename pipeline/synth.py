@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 
 from pipeline import CLASS_NAMES
-from pipeline.io import InputError, atomic_write_bytes, atomic_write_text, output_folder
+from pipeline.io import atomic_write_bytes, atomic_write_text, output_folder
+from pipeline.options import MAX_IMGSZ, int_range, non_negative_int
 
 CRACK, DENT, GLASS, LAMP, SCRATCH, TIRE = range(6)
 
@@ -338,15 +339,13 @@ def write_dataset(out: str | Path, n_train: int = 400, n_val: int = 100, imgsz: 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (gets train/, val/, data.yaml)")
-    p.add_argument("--train", type=int, default=400, help="number of training images (default 400)")
-    p.add_argument("--val", type=int, default=100, help="number of validation images (default 100)")
-    p.add_argument("--imgsz", type=int, default=640, help="square image side in pixels (default 640)")
-    p.add_argument("--seed", type=int, default=0, help="random seed: same seed -> same bytes (default 0)")
+    p.add_argument("--train", type=non_negative_int, default=400, help="number of training images (default 400)")
+    p.add_argument("--val", type=non_negative_int, default=100, help="number of validation images (default 100)")
+    p.add_argument("--imgsz", type=int_range(64, MAX_IMGSZ), default=640, help="square image side in pixels (default 640)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed: same seed -> same bytes (default 0)")
 
 
 def run(args) -> int:
-    if args.imgsz < 64 or args.train < 0 or args.val < 0:
-        raise InputError(args.out, "need --imgsz >= 64 and non-negative --train/--val")
     t = time.perf_counter()
     with output_folder(args.out):
         yaml = write_dataset(args.out, args.train, args.val, args.imgsz, args.seed)

@@ -23,10 +23,11 @@ from pathlib import Path
 import yaml
 
 from pipeline import runtime
+from pipeline.data import dataset_folders
 from pipeline.dataset_view import stage_dataset
 from pipeline.io import InputError, atomic_write_json, output_folder
 from pipeline.model import DEFAULT_MODEL, load_model, weights_error, weights_policy
-from pipeline.options import add_trust_weights, device, image_size, positive_int
+from pipeline.options import add_trust_weights, device, image_size, positive_float, positive_int
 from ultralytics.nn import tasks
 
 # Keys of a recipe file that are ours, not Ultralytics' train() arguments.
@@ -61,10 +62,6 @@ def check_data_yaml(data: str | Path) -> dict:
     except Exception as e:  # FileNotFoundError / SyntaxError with multi-line messages
         msg = " ".join(str(e).split())
         raise InputError(path, f"bad dataset ({msg[:300]})") from None
-
-
-def _as_list(entry) -> list:
-    return entry if isinstance(entry, list) else [entry] if entry else []
 
 
 def metrics_dict(metrics, names: dict) -> dict:
@@ -141,12 +138,12 @@ def train(
         args.update({k: v for k, v in overrides.items() if v is not None})
         model = model or recipe.get("model") or DEFAULT_MODEL
         info = check_data_yaml(data)
-        inputs = [data, *([model] if Path(model).is_file() else []), *([config] if config else [])]
-        split_dirs = [p for k in ("train", "val", "test") for p in _as_list(info.get(k)) if Path(p).is_dir()]
-        with output_folder(out, inputs=inputs, not_inside=split_dirs):
+        folders = dataset_folders(data)
+        inputs = [*folders, *([model] if Path(model).is_file() else []), *([config] if config else [])]
+        with output_folder(out, inputs=inputs, not_inside=folders[1:]):
+            yolo = load_model(model, nc=int(info["nc"]), names=list(info["names"].values()), trust=trust)
             view = stage_dataset(data, out / "dataset", on_error=on_error)
             left_out = view.errors
-            yolo = load_model(model, nc=int(info["nc"]), names=list(info["names"].values()), trust=trust)
             args.setdefault("device", "cpu")
             args.setdefault("plots", False)
             args.setdefault("workers", 2)
@@ -162,7 +159,10 @@ def train(
             for event, fn in (callbacks or {}).items():
                 yolo.add_callback(event, fn)
             with weights_policy(trust):
-                results = yolo.train(**args)
+                try:
+                    results = yolo.train(**args)
+                except OSError as e:  # e.g. a full disk while Ultralytics saves a checkpoint: name the run
+                    raise InputError(e.filename or out, e.strerror or type(e).__name__) from None
     names = yolo.model.names if hasattr(yolo.model, "names") else yolo.names
     metrics = metrics_dict(results, names) if results is not None else {}
     metrics["epochs"] = int(yolo.trainer.epoch + 1) if getattr(yolo, "trainer", None) else None
@@ -202,7 +202,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=device, help="cpu, 0, 0,1 ... (default cpu)")
     p.add_argument("--out", required=True, help="run folder; gets weights/best.pt and metrics.json")
     p.add_argument("--config", help="recipe YAML from configs/ (flags win over it)")
-    p.add_argument("--time", type=float, help="time budget in hours (Ultralytics' time=)")
+    p.add_argument("--time", type=positive_float, help="time budget in hours (Ultralytics' time=)")
     p.add_argument("--resume", action="store_true", help="resume the interrupted run in --out")
     add_trust_weights(p)
 
@@ -210,8 +210,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     if not args.resume and not args.data:
         raise InputError("--data", "a dataset YAML is required unless --resume is given")
-    if args.time is not None and not args.time > 0:
-        raise InputError("--time", f"must be a positive number of hours, got {args.time}")
     m = train(
         args.data,
         args.out,
