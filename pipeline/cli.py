@@ -68,7 +68,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="cardamage",
         description="A YOLOv8 car-damage pipeline that shows its own insides.",
-        epilog=__doc__.split("Examples:")[1],
+        epilog="Examples:" + __doc__.rsplit("Examples:", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from pipeline import __version__

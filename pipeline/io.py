@@ -134,11 +134,11 @@ def check_output_file(out: str | os.PathLike, inputs=(), suffix: str = ".json") 
     out = Path(out)
     if out.is_dir():
         raise InputError(out, "is a folder; expected a file name to write")
-    if out.suffix.lower() != suffix:
-        raise InputError(out, f"expected a file name ending in {suffix} (this command writes {suffix[1:].upper()})")
     for item in inputs:
         if Path(item).exists() and Path(item).resolve() == out.resolve():
             raise InputError(out, f"is an input of this command ({item}); choose another file name")
+    if out.suffix.lower() != suffix:
+        raise InputError(out, f"expected a file name ending in {suffix} (this command writes {suffix[1:].upper()})")
     return out
 
 

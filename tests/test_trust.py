@@ -164,6 +164,17 @@ def test_genuine_checkpoints_load_safely(trained_weights, weights, photos, tmp_p
         assert main(["predict", "--weights", str(w), str(photos), "--out", str(tmp_path / w.stem), "--imgsz", "64"]) == 0
 
 
+def test_a_broken_file_is_never_called_code(photos, tmp_path, capsys):
+    """Only a file that names code outside the allow-list gets the refusal: nobody should learn to reach for
+    --trust-weights to open a damaged file."""
+    (tmp_path / "photo.pt").write_bytes((photos / "car0.jpg").read_bytes())
+    torch.save({"a": 1}, tmp_path / "dict.pt")
+    for name, reason in (("photo.pt", "not a torch checkpoint file"), ("dict.pt", "not a YOLO checkpoint (no model inside)")):
+        assert main(["predict", "--weights", str(tmp_path / name), str(photos), "--out", str(tmp_path / "o")]) == 1
+        line = one_error_line(capsys.readouterr().err)
+        assert reason in line and "trust" not in line
+
+
 def test_weights_errors_are_whole_and_plain(tmp_path, capsys):
     bad = tmp_path / "cut.pt"
     bad.write_bytes(b"PK\x03\x04" + b"\x00" * 64)  # a zip header and nothing else
@@ -223,6 +234,26 @@ def test_outliers_out_cannot_be_the_dataset_root(synth_data, capsys):
     assert "input" in _refuses(["outliers", synth_data, "--out", root], [root], capsys)
 
 
+def test_no_output_enters_or_holds_a_split_folder(synth_data, capsys):
+    """Plots written into train/images would become training images; a run folder there, data."""
+    root = synth_data.parent
+    for out in (root / "train" / "images", root / "train", root / "val" / "labels"):
+        assert "input" in _refuses(["outliers", synth_data, "--out", out], [root], capsys)
+        assert "input" in _refuses(["train", "--data", synth_data, "--out", out, "--epochs", "1"], [root], capsys)
+
+
+def test_a_report_file_never_replaces_an_input_or_any_non_json_file(synth_data, weights, photos, capsys):
+    root = synth_data.parent
+    image = root / "train" / "images" / "train_00000.jpg"
+    label = root / "train" / "labels" / "train_00000.txt"
+    for target in (image, label, weights, synth_data):
+        line = _refuses(["check", synth_data, "--json", target], [root, weights], capsys)
+        assert "is an input" in line or "ending in .json" in line
+    trace = ["trace", photos / "car0.jpg", "--weights", weights, "--layer", "model.0", "--channel", "0", "--y", "0",
+             "--x", "0"]
+    assert "ending in .json" in _refuses([*trace, "--out", weights.with_name("last.pt")], [photos, weights], capsys)
+
+
 @pytest.mark.slow
 def test_train_never_rewrites_a_dataset_image(tmp_path, capsys):
     """A JPEG with bytes after its end marker: Ultralytics' scan would re-encode it in place (33 KB -> 132 KB).
@@ -247,6 +278,14 @@ def test_train_never_rewrites_a_dataset_image(tmp_path, capsys):
     assert err == [f"error: {broken}: corrupt image: broken data stream when reading image file (left out of training)"]
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["epochs"] == 1 and len(m["left_out"]) == 1
+    # a label line Ultralytics would drop its image for: left out with one line, as a damaged photo is
+    bad_label = root / "train" / "labels" / "train_00002.txt"
+    bad_label.write_text(bad_label.read_text() + "0 nan 0.5 0.1 0.1\n")
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run2"), "--epochs", "1", "--imgsz", "64",
+                 "--batch", "4"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert f"error: {bad_label}:" in err[1] and "non-finite" in err[1] and err[1].endswith("(left out of training)")
+    assert len(list((tmp_path / "run2" / "dataset" / "train" / "images").iterdir())) == 6
     view = tmp_path / "run" / "dataset" / "train" / "images"
     assert len(list(view.iterdir())) == 7 and (view / "train_00000.jpg").exists()
 
@@ -264,6 +303,23 @@ def test_an_unreadable_photo_is_one_line_and_the_batch_goes_on(photos, weights, 
         assert r.returncode == 1, r.stderr
         assert one_error_line(r.stderr) == f"error: {locked}: Permission denied"
         assert [Path(rec["image"]).name for rec in json.loads((out / "detections.json").read_text())] == ["car0.jpg", "car2.jpg"]
+
+
+def test_check_and_outliers_go_on_past_an_unreadable_photo(tmp_path):
+    from pipeline.synth import write_dataset
+
+    data = write_dataset(tmp_path / "ds", n_train=4, n_val=2, imgsz=96, seed=3, progress=False)
+    locked = data.parent / "train" / "images" / "train_00001.jpg"
+    locked.chmod(0)
+    r = cli("check", data, "--json", tmp_path / "check.json", drop_caps=True)
+    assert r.returncode == 1, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {locked}: Permission denied"]
+    report = json.loads((tmp_path / "check.json").read_text())
+    assert report["splits"]["train"]["images"] == 4 and len(report["errors"]) == 1
+    r = cli("outliers", data, "--out", tmp_path / "o", "--no-plots", drop_caps=True)
+    assert r.returncode == 1 and [x for x in r.stderr.splitlines() if x.startswith("error:")] == errors
+    assert len((tmp_path / "o" / "image_stats.csv").read_text().strip().splitlines()) == 1 + 5
 
 
 def test_an_unreadable_folder_is_one_line(photos, weights, tmp_path):
@@ -374,6 +430,9 @@ def test_decoding_decides_everywhere(command, odd_photos, weights, tmp_path, cap
     ["predict", "--device", "0"], ["predict", "--device", "cuda:3"], ["predict", "--device", "gpu"],
     ["trace", "--iou", "1.5"], ["report", "--conf", "-1"], ["inspect", "--imgsz", "abc"],
     ["train", "--epochs", "0"], ["train", "--batch", "-1"], ["train", "--device", "0"], ["preprocess", "--threshold", "0"],
+    ["predict", "--imgsz", "100000"], ["train", "--time", "0"], ["outliers", "--threshold", "nan"],
+    ["outliers", "--near", "65"], ["check", "--near", "-1"], ["synth", "--seed", "-1"], ["synth", "--imgsz", "31"],
+    ["synth", "--train", "-1"], ["demo", "--n-real", "-1"],
 ])
 def test_bad_options_get_one_line_before_any_work(args, tmp_path, capsys):
     command, *opts = args
@@ -384,6 +443,10 @@ def test_bad_options_get_one_line_before_any_work(args, tmp_path, capsys):
         "inspect": ["inspect", "x.jpg", "--out", str(tmp_path / "o")],
         "train": ["train", "--data", "d.yaml", "--out", str(tmp_path / "o")],
         "preprocess": ["preprocess", "x.jpg", "--out", str(tmp_path / "o")],
+        "outliers": ["outliers", "d.yaml", "--out", str(tmp_path / "o")],
+        "check": ["check", "d.yaml"],
+        "synth": ["synth", "--out", str(tmp_path / "o")],
+        "demo": ["demo", "--out", str(tmp_path / "o")],
     }[command]
     with pytest.raises(SystemExit) as e:
         main([*base, *opts])
@@ -403,8 +466,10 @@ def test_written_files_respect_the_umask(umask, mode, photos, weights, tmp_path)
     assert r.returncode == 0, r.stderr
     r = cli("synth", "--out", tmp_path / "s", "--train", "1", "--val", "1", "--imgsz", "64", umask=umask)
     assert r.returncode == 0, r.stderr
-    written = [p for root in (out, tmp_path / "s") for p in root.rglob("*") if p.is_file()]
-    assert len(written) >= 9
+    r = cli("inspect", "--weights", weights, photos / "car0.jpg", "--out", tmp_path / "i", "--imgsz", "64", umask=umask)
+    assert r.returncode == 0, r.stderr  # safetensors replaces the file it is given: the mode must survive that
+    written = [p for root in (out, tmp_path / "s", tmp_path / "i") for p in root.rglob("*") if p.is_file()]
+    assert len(written) >= 14 and sum(p.suffix == ".safetensors" for p in written) == 3
     assert {p.stat().st_mode & 0o777 for p in written} == {mode}
 
 
