@@ -64,9 +64,12 @@ def test_cli_synth_and_check_data_yaml(tmp_path):
 
 
 def test_cli_synth_rejects_bad_size(tmp_path, capsys):
-    assert main(["synth", "--out", str(tmp_path / "s"), "--imgsz", "8"]) == 1
+    with pytest.raises(SystemExit) as e:  # a bad option: refused by the parser, exit 2, nothing written
+        main(["synth", "--out", str(tmp_path / "s"), "--imgsz", "8"])
+    assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ")
+    assert len(err) == 1 and err[0].startswith("error: argument --imgsz: must be an integer in 64..4096")
+    assert not (tmp_path / "s").exists()
 
 
 def test_synthetic_dataset_passes_check(tmp_path, capsys):
