@@ -81,8 +81,9 @@ PREFETCH_PER_WORKER = 4
 DECODE_BUDGET_PER_WORKER = 192 * 2**20
 #: Bytes of decoded photos kept for overlays at once (``keep_images``). A photo that does not fit is let
 #: go after letterboxing and read again when its overlay is drawn (a decode peaks at twice what keeping
-#: costs); a 640x640 photo takes 1.2 MB, an 8000x8000 one 183 MB.
-KEEP_BUDGET = 256 * 2**20
+#: costs); a 640x640 photo takes 1.2 MB, an 8000x8000 one 183 MB, which is then read again: with 256 MiB
+#: a folder of three such photos peaked at 1544 MiB, with 128 MiB at 1377 (tests/test_memory.py).
+KEEP_BUDGET = 128 * 2**20
 
 
 def _decode_cost(path: Path, alone: int) -> int:

@@ -161,6 +161,7 @@ def predict_paths(
         >>> records[0]["detections"][0].keys()
         dict_keys(['class_id', 'class_name', 'score', 'logit', 'box_xyxy'])
     """
+    runtime.return_freed_memory()  # a folder of big photos: freed decodes go back to the OS at once
     files, errors = expand_sources([str(s) for s in sources])
     if out is None:
         return _predict(yolo, sources, files, errors, None, conf, imgsz, device, overlays, progress, batch, workers, backend)

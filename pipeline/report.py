@@ -225,6 +225,7 @@ def write_report(
     from pipeline.preprocess import model_input, pixel_outliers, scalings, tensor_to_bgr
     from pipeline.trace import REL_TOL, format_trace, trace_head, trace_neuron
 
+    runtime.return_freed_memory()  # feature maps of every size come and go: keep the heap from drifting up
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 
