@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from pipeline import synth
-from pipeline.io import atomic_write_json, atomic_write_text, output_folder
+from pipeline.io import atomic_write_json, atomic_write_text, expand_sources, output_folder
 from pipeline.model import load_model
 from pipeline.options import non_negative_int
 from pipeline.predict import predict_paths
@@ -77,7 +77,7 @@ def _run(args, out: Path, real_dir: Path) -> int:
     synth_records, _ = predict_paths(yolo, val_images, out / "predict-synth", imgsz=imgsz, progress=False)
     real_records = []
     if real_dir.is_dir():
-        real_images = sorted(p for p in real_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[: args.n_real]
+        real_images = expand_sources([str(real_dir)])[0][: args.n_real]
         real_records, _ = predict_paths(yolo, real_images, out / "predict-real", conf=0.05, imgsz=640, progress=False)
     timings["predict_s"] = round(time.perf_counter() - t, 1)
     n_det = sum(len(r["detections"]) for r in synth_records)

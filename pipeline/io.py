@@ -26,13 +26,15 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from pipeline import runtime  # noqa: F401  (offline env before ultralytics)
+from ultralytics.data.utils import IMG_FORMATS
 from ultralytics.utils import patches as ultralytics_patches
 from ultralytics.utils.patches import imread
 
 # Pillow's own open: Ultralytics patches Image.open to pip-check pi-heif on every unknown format
 _pil_open = getattr(ultralytics_patches, "_image_open", PIL.Image.open)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".dng", ".mpo", ".pfm", ".heic"}
+#: What a folder contributes: Ultralytics' own image formats, so predict sees what training sees (no GIF).
+IMAGE_SUFFIXES = {f".{suffix}" for suffix in IMG_FORMATS}
 
 
 class InputError(Exception):
