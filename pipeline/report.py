@@ -290,7 +290,13 @@ def write_report(
     # LayerCAM first, while the process is lean: it runs autograd through the whole network (~0.35 GB),
     # and later steps leave the heap fragmented. On a copy, because Ultralytics' predict fuses Conv+BN in
     # place and the sections below need BatchNorm's own parameters.
+    # A photo over 4 megapixels is let go meanwhile and read again after (183 MB at 8000x8000, held beside
+    # LayerCAM's autograd, set the report's peak); a smaller one is kept, a second decode would cost more.
     f_layercam, lc = None, None
+    reread = layercam and image_bgr.size > 3 * 4_000_000
+    if reread:
+        del image_bgr
+        gc.collect()
     if layercam:
         lc = ples.ultralytics_layercam(copy.deepcopy(yolo), tensor_to_bgr(x), files / "layercam", x, imgsz=imgsz,
                                        conf=conf)
@@ -298,6 +304,8 @@ def write_report(
             f_layercam = files / "15_layercam.jpg"
             _copy(lc["path"], f_layercam)
         gc.collect()
+    if reread:
+        image_bgr = read_image(image)
     t = lap("layercam", t)
 
     # 2. record every Conv block (pre and post SiLU) and the head's logits -------------------------

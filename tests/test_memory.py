@@ -5,9 +5,11 @@ that has no other child, so the wrapper's ``getrusage(RUSAGE_CHILDREN).ru_maxrss
 peak resident memory alone (KiB on Linux). Before these tests existed, ``preprocess`` peaked at 5.3 GB
 on such a photo (matplotlib resampling the full photo) and ``report`` at 5.3 GB.
 
-The limit is 1.5 GiB. About 0.75 GB of it is the import of torch itself and ~0.37 GB one decode of the
-photo (OpenCV peaks at twice the 183 MB of pixels), so what is tested is that nothing else of the
-photo's size is held at the same time.
+The limit is 1.5 GiB, held against the command's memory beside its libraries (``assert_under_limit``):
+the imports alone take 670 MiB in the venv where the limit was set, but 509 to 834 MiB in other venvs
+on the same machine, by how much of torch's CUDA libraries the page cache maps. ~0.37 GB of what is
+left is one decode of the photo (OpenCV peaks at twice the 183 MB of pixels), so what is tested is that
+nothing else of the photo's size is held at the same time.
 
 ``report`` comes closest: its LayerCAM runs autograd through the whole network (~0.35 GB), so it runs
 first, on the model input, and freed blocks go back to the OS at once (``runtime.return_freed_memory``).
@@ -31,6 +33,12 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in
 REPO = Path(__file__).resolve().parent.parent
 #: 1.5 GiB, in KiB (the unit of ``ru_maxrss`` on Linux).
 LIMIT_KIB = 1536 * 1024
+#: What the libraries every command imports cost in RSS where the goal was set (this project's dev venv,
+#: 2026-12-01). The same imports measure 509 to 834 MiB in other venvs on the same machine, by how the
+#: page cache holds torch's CUDA libraries, so each test measures them anew and holds the command to
+#: what 1.5 GiB leaves beside them here: the command's own memory, not the libraries' mapping.
+REFERENCE_IMPORTS_KIB = 670 * 1024
+IMPORTS = "import pipeline.cli, pipeline.predict, pipeline.report, pipeline.engine, onnxruntime, matplotlib.pyplot"
 SIDE = 8000
 
 _WRAPPER = (
@@ -57,6 +65,23 @@ def _mib(kib: int) -> str:
 
 
 @pytest.fixture(scope="module")
+def imports_kib() -> int:
+    """Peak RSS of a process that only imports what the commands import (the libraries' share)."""
+    proc = subprocess.run([sys.executable, "-c", _WRAPPER, sys.executable, "-c", IMPORTS], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return int(proc.stdout.strip().splitlines()[-1])
+
+
+def assert_under_limit(kib: int, imports_kib: int) -> None:
+    """The command's peak, less this venv's imports, fits what 1.5 GiB leaves beside the reference imports."""
+    own = kib - imports_kib
+    assert own < LIMIT_KIB - REFERENCE_IMPORTS_KIB, (
+        f"{_mib(kib)} peak, {_mib(own)} above the imports ({_mib(imports_kib)} here, "
+        f"{_mib(REFERENCE_IMPORTS_KIB)} where the limit was set)")
+
+
+@pytest.fixture(scope="module")
 def big_photo(tmp_path_factory) -> Path:
     """An 8000x8000 JPEG of smooth colour blobs (random 40x40 colours, bicubic upscaled): 3.5 MB on disk."""
     rng = np.random.default_rng(0)
@@ -74,82 +99,82 @@ def cache(tmp_path) -> Path:
     return path
 
 
-def test_preprocess_under_limit(big_photo, tmp_path, cache):
+def test_preprocess_under_limit(big_photo, tmp_path, cache, imports_kib):
     out = tmp_path / "pre"
     kib = peak_kib(["preprocess", big_photo, "--out", out], cache)
-    assert kib < LIMIT_KIB, _mib(kib)
+    assert_under_limit(kib, imports_kib)
     stats = json.loads((out / "stats.json").read_text())
     assert stats["input"]["orig_shape"] == [SIDE, SIDE] and stats["input"]["input_shape"] == [640, 640]
     assert (out / "letterbox.png").stat().st_size > 0
 
 
-def test_predict_one_photo_under_limit(big_photo, tmp_path, cache):
+def test_predict_one_photo_under_limit(big_photo, tmp_path, cache, imports_kib):
     out = tmp_path / "pred"
     kib = peak_kib(["predict", "--weights", "yolov8n.yaml", big_photo, "--out", out], cache)
-    assert kib < LIMIT_KIB, _mib(kib)
+    assert_under_limit(kib, imports_kib)
     rec = json.loads((out / "detections.json").read_text())[0]
     assert (rec["width"], rec["height"]) == (SIDE, SIDE)
     assert cv2.imread(str(out / rec["overlay"])).shape == (SIDE, SIDE, 3)  # the overlay is full size
 
 
-def test_predict_folder_engine_under_limit(big_photo, tmp_path, cache):
+def test_predict_folder_engine_under_limit(big_photo, tmp_path, cache, imports_kib):
     """A folder runs the batched engine (decode threads, ONNX Runtime when installed, overlay writer)."""
     folder = tmp_path / "photos"
     folder.mkdir()
     (folder / "big.jpg").write_bytes(big_photo.read_bytes())
     out = tmp_path / "pred"
     kib = peak_kib(["predict", "--weights", "yolov8n.yaml", folder, "--out", out], cache)
-    assert kib < LIMIT_KIB, _mib(kib)
+    assert_under_limit(kib, imports_kib)
     rec = json.loads((out / "detections.json").read_text())[0]
     assert (rec["width"], rec["height"]) == (SIDE, SIDE)
     assert cv2.imread(str(out / rec["overlay"])).shape == (SIDE, SIDE, 3)
 
 
-def test_inspect_under_limit(big_photo, tmp_path, cache):
+def test_inspect_under_limit(big_photo, tmp_path, cache, imports_kib):
     out = tmp_path / "insp"
     kib = peak_kib(["inspect", "--weights", "yolov8n.yaml", big_photo, "--out", out], cache)
-    assert kib < LIMIT_KIB, _mib(kib)
+    assert_under_limit(kib, imports_kib)
     assert json.loads((out / "index.json").read_text())["letterbox"]["orig_shape"] == [SIDE, SIDE]
 
 
-def test_trace_under_limit(big_photo, tmp_path, cache):
+def test_trace_under_limit(big_photo, tmp_path, cache, imports_kib):
     out = tmp_path / "trace.json"
     args = ["trace", "--weights", "yolov8n.yaml", big_photo, "--layer", "model.0", "--channel", "0",
             "--y", "10", "--x", "10", "--head", "--out", out]
     kib = peak_kib(args, cache)
-    assert kib < LIMIT_KIB, _mib(kib)
+    assert_under_limit(kib, imports_kib)
     t = json.loads(out.read_text())
     assert t["head"]["input_shape"] == [1, 3, 640, 640] and t["rel_error"] <= 1e-5
 
 
-def test_outliers_dataset_with_a_big_photo_under_limit(big_photo, tmp_path, cache):
+def test_outliers_dataset_with_a_big_photo_under_limit(big_photo, tmp_path, cache, imports_kib):
     from pipeline.synth import write_dataset
 
     data = write_dataset(tmp_path / "ds", n_train=6, n_val=2, imgsz=160, seed=0, progress=False)
     (data.parent / "train" / "images" / "big.jpg").write_bytes(big_photo.read_bytes())
     out = tmp_path / "outl"
     kib = peak_kib(["outliers", data, "--out", out], cache)
-    assert kib < LIMIT_KIB, _mib(kib)
+    assert_under_limit(kib, imports_kib)
     rows = list(csv.DictReader((out / "image_stats.csv").open()))
     big = [r for r in rows if r["path"].endswith("big.jpg")]
     assert len(rows) == 9 and len(big) == 1 and float(big[0]["megapixels"]) == 64.0
 
 
-def test_predict_folder_of_three_big_photos_under_limit(big_photo, tmp_path, cache):
+def test_predict_folder_of_three_big_photos_under_limit(big_photo, tmp_path, cache, imports_kib):
     """Decoding runs ahead in threads: big photos must not pile up (the engine's byte budgets)."""
     folder = tmp_path / "photos"
     folder.mkdir()
     for i in range(3):
         (folder / f"big{i}.jpg").write_bytes(big_photo.read_bytes())
     kib = peak_kib(["predict", "--weights", "yolov8n.yaml", folder, "--out", tmp_path / "pred"], cache)
-    assert kib < LIMIT_KIB, _mib(kib)
+    assert_under_limit(kib, imports_kib)
     assert len(json.loads((tmp_path / "pred" / "detections.json").read_text())) == 3
 
 
 @pytest.mark.slow
-def test_report_under_limit(big_photo, tmp_path, cache):
+def test_report_under_limit(big_photo, tmp_path, cache, imports_kib):
     """LayerCAM (autograd through the whole network) runs first, on the model input, while the process is
     lean; freed blocks go back to the OS (runtime.return_freed_memory). 5.3 GB before this test existed."""
     kib = peak_kib(["report", "--weights", "yolov8n.yaml", big_photo, "--out", tmp_path / "rb"], cache)
-    assert kib < LIMIT_KIB, _mib(kib)
+    assert_under_limit(kib, imports_kib)
     assert (tmp_path / "rb" / "report.html").stat().st_size > 0
