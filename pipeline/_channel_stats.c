@@ -13,7 +13,7 @@
  * ~1e-6 relative however big the map.
  *
  * The Python side (ChannelStats) checks dtype, device and layout, passes data pointers, and falls back
- * to torch for anything else; torch's own reductions are the oracle in tests/test_inspector.py.
+ * to torch for anything else; torch's own reductions are the oracle in tests/test_channel_stats.py.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -127,8 +127,3 @@ def weights_error(path: str | Path, error: Exception, trust: bool) -> str:
     text = re.sub(r"^.*?ERROR\W*", "", text).replace(str(path), "").strip(" :.")  # Ultralytics' "ERROR ❌️ <path>"
     first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0].rstrip(".")
     return f"not a valid YOLO checkpoint ({type(root).__name__}: {first or 'unreadable'})"
-
-
-def detection_model(yolo):
-    """The underlying ``DetectionModel`` (``nn.Module``) of a YOLO wrapper, or the module itself."""
-    return getattr(yolo, "model", yolo)

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import Z_THRESHOLD
 from pipeline.data import dataset_folders
 from pipeline.io import InputError, atomic_write_json, atomic_write_text, output_folder, read_image
 from pipeline.options import int_range, positive_float
@@ -55,7 +56,6 @@ STATISTICS = {
 }
 THUMB_SIDE = 256  # statistics are computed on a copy at most this long (except size and aspect)
 DARK_LEVEL = 16  # a row/column whose mean grey is at most this counts as black border
-Z_THRESHOLD = 3.0
 
 
 def thumbnail(image_bgr: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:

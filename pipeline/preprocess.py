@@ -43,7 +43,7 @@ from typing import Iterable
 
 import numpy as np
 
-from pipeline import runtime  # noqa: F401  (offline env before ultralytics)
+from pipeline import Z_THRESHOLD, runtime  # noqa: F401  (runtime: offline env before ultralytics)
 from pipeline.io import InputError, read_image
 
 import torch  # noqa: E402  (after the runtime so Ultralytics sees the offline environment)
@@ -51,7 +51,6 @@ import torch  # noqa: E402  (after the runtime so Ultralytics sees the offline e
 #: Ultralytics pads with this grey level (114/255 = 0.447 after scaling).
 PAD_VALUE = 114
 #: |z| above this marks a pixel (or an image statistic) as an outlier.
-Z_THRESHOLD = 3.0
 #: Channel names of the model input (RGB after the flip).
 CHANNELS = ("R", "G", "B")
 
