@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+import cv2
 import numpy as np
 import PIL.Image
 from safetensors import SafetensorError
@@ -201,8 +202,6 @@ def atomic_write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> P
 
 def atomic_write_image(path: str | os.PathLike, image_bgr: np.ndarray) -> Path:
     """Encode a BGR image by the file's suffix and write it atomically."""
-    import cv2
-
     ok, buf = cv2.imencode(Path(path).suffix or ".jpg", image_bgr)
     if not ok:
         raise InputError(path, "could not encode image")
@@ -289,6 +288,15 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if image.dtype != np.uint8:
         raise InputError(path, f"unsupported pixel type {image.dtype}")
     return image
+
+
+def shrink(image: np.ndarray, max_side: int) -> np.ndarray:
+    """``image`` itself if its longest side is at most ``max_side``, else a copy shrunk to it (area average)."""
+    h, w = image.shape[:2]
+    r = max_side / max(h, w)
+    if r >= 1:
+        return image
+    return cv2.resize(image, (max(1, round(w * r)), max(1, round(h * r))), interpolation=cv2.INTER_AREA)
 
 
 def expand_sources(sources: list[str]) -> tuple[list[Path], list[InputError]]:

@@ -41,7 +41,7 @@ import numpy as np
 
 from pipeline import Z_THRESHOLD
 from pipeline.data import dataset_folders
-from pipeline.io import InputError, atomic_write_json, atomic_write_text, output_folder, read_image
+from pipeline.io import InputError, atomic_write_json, atomic_write_text, output_folder, read_image, shrink
 from pipeline.options import int_range, positive_float
 
 #: statistic -> (how it is scored: "linear" or "log", one-line description)
@@ -60,13 +60,7 @@ DARK_LEVEL = 16  # a row/column whose mean grey is at most this counts as black 
 
 def thumbnail(image_bgr: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
     """A copy at most ``side`` pixels on its long side (area interpolation; never enlarged)."""
-    import cv2
-
-    h, w = image_bgr.shape[:2]
-    r = side / max(h, w)
-    if r >= 1:
-        return image_bgr
-    return cv2.resize(image_bgr, (max(1, round(w * r)), max(1, round(h * r))), interpolation=cv2.INTER_AREA)
+    return shrink(image_bgr, side)
 
 
 def black_border_fraction(grey: np.ndarray, level: int = DARK_LEVEL) -> float:

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from pipeline.io import atomic_write_bytes  # noqa: E402
+from pipeline.io import atomic_write_bytes, shrink  # noqa: E402
 
 #: Longest side, in pixels, of a photo as handed to matplotlib. Our figures are at most ~1100 pixels wide,
 #: so this is about twice what any panel can show; a bigger photo is shrunk first, because matplotlib
@@ -38,13 +38,7 @@ def save_png(fig, path, tight: bool = True, dpi: int = 100) -> Path:
 
 def display_copy(image: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
     """``image`` itself if its longest side is at most ``max_side``, else a copy shrunk to it (area average)."""
-    h, w = image.shape[:2]
-    r = max_side / max(h, w)
-    if r >= 1:
-        return image
-    import cv2
-
-    return cv2.resize(image, (max(1, round(w * r)), max(1, round(h * r))), interpolation=cv2.INTER_AREA)
+    return shrink(image, max_side)
 
 
 def imshow_photo(ax, image_bgr: np.ndarray, **kwargs):

@@ -18,6 +18,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipeline.io import InputError, read_image, shrink  # noqa: E402
 from pipeline.plots import imshow_photo, save_png  # noqa: E402
 
 CHANNEL_COLORS = ("tab:red", "tab:green", "tab:blue")
@@ -177,11 +178,8 @@ def plot_dataset_stats(rows: list[dict], flags: list[dict], statistics, path, z_
 
 
 def _thumb_rgb(path, side: int = 160) -> np.ndarray | None:
-    from pipeline.io import InputError, read_image
-    from pipeline.outliers import thumbnail
-
     try:
-        return thumbnail(read_image(path), side)[..., ::-1]
+        return shrink(read_image(path), side)[..., ::-1]
     except InputError:
         return None
 
