@@ -64,7 +64,6 @@ import numpy as np
 
 from pipeline import runtime  # noqa: F401  (offline env before ultralytics)
 from pipeline.io import InputError, atomic_write_bytes, read_image, validate_image
-from pipeline.predict import detection_dicts
 from pipeline.preprocess import input_size
 
 import torch  # noqa: E402
@@ -710,6 +709,21 @@ class Engine:
 # ----------------------------------------------------------------------------------------------------
 # Agreement with stock predict
 # ----------------------------------------------------------------------------------------------------
+
+
+def detection_dicts(boxes_xyxy, scores, classes, logits, names) -> list[dict]:
+    """The ``detections`` entries of detections.json: one schema for the stock path (``pipeline.predict``)
+    and the engine."""
+    return [
+        {
+            "class_id": int(c),
+            "class_name": names[int(c)],
+            "score": float(s),
+            "logit": float(z),
+            "box_xyxy": [round(float(v), 2) for v in xyxy],
+        }
+        for xyxy, s, c, z in zip(boxes_xyxy.tolist(), scores.tolist(), classes.tolist(), logits.tolist())
+    ]
 
 
 def match_detections(a: list[dict], b: list[dict], iou_min: float = 0.99, score_tol: float = 1e-3) -> list[tuple[int, int, float]]:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import runtime  # noqa: F401  (offline env before ultralytics)
+from pipeline.engine import Engine, detection_dicts
 from pipeline.io import InputError, atomic_write_image, atomic_write_json, expand_sources, output_folder, read_image
 from pipeline.model import load_model
 from pipeline.options import add_trust_weights, device, image_size, positive_int, probability
@@ -108,20 +109,6 @@ def release_photos(yolo) -> None:
     predictor = getattr(yolo, "predictor", None)
     if predictor is not None:
         predictor.batch = predictor.results = predictor.dataset = None
-
-
-def detection_dicts(boxes_xyxy, scores, classes, logits, names) -> list[dict]:
-    """The ``detections`` entries of detections.json (one schema for stock-path and engine predictions)."""
-    return [
-        {
-            "class_id": int(c),
-            "class_name": names[int(c)],
-            "score": float(s),
-            "logit": float(z),
-            "box_xyxy": [round(float(v), 2) for v in xyxy],
-        }
-        for xyxy, s, c, z in zip(boxes_xyxy.tolist(), scores.tolist(), classes.tolist(), logits.tolist())
-    ]
 
 
 def _overlay_name(path: Path, used: set[str]) -> str:
@@ -222,8 +209,6 @@ def _predict_batched(yolo, files, out, conf, imgsz, device, overlays, progress, 
     from concurrent.futures import ThreadPoolExecutor
 
     from ultralytics.utils import TQDM
-
-    from pipeline.engine import Engine
 
     draw = out is not None and overlays
     engine = Engine(yolo, imgsz=imgsz, conf=conf, device=device, batch=batch, workers=workers, backend=backend, keep_images=draw)
