@@ -263,6 +263,16 @@ def parse_label_text(text: str, nc: int) -> tuple[np.ndarray, list[tuple[int, st
     return np.array(rows, dtype=np.float64).reshape(-1, 5), errors, info
 
 
+def label_boxes(image: str | Path, nc: int) -> list[tuple[int, float, float, float, float]]:
+    """The valid rows of an image's label file as ``(class, xc, yc, w, h)`` boxes (polygons as their bounding
+    box, as Ultralytics trains on them); ``[]`` when the image has no label file."""
+    label = label_path(image)
+    if not label.is_file():
+        return []
+    boxes, _, _ = parse_label_text(label.read_text(encoding="utf-8-sig"), nc)
+    return [(int(b[0]), *(float(v) for v in b[1:])) for b in boxes]
+
+
 def _is_float(token: str) -> bool:
     try:
         float(token)

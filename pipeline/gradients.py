@@ -82,37 +82,6 @@ def make_batch(samples, imgsz: int = 320) -> dict:
     }
 
 
-def yolo_labels(label_file: str | Path) -> list[tuple]:
-    """Read a YOLO label file (boxes or polygons) as ``(class, xc, yc, w, h)`` boxes; missing file -> []."""
-    path = Path(label_file)
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) < 5:
-            continue
-        c, coords = int(float(parts[0])), np.asarray(parts[1:], dtype=np.float64)
-        if len(coords) == 4:
-            out.append((c, *coords.tolist()))
-            continue
-        xs, ys = coords[0::2], coords[1::2]  # polygon -> enclosing box
-        x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
-        out.append((c, (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0))
-    return out
-
-
-def label_file_for(image_path: str | Path) -> Path:
-    """The YOLO label file beside an image in a standard layout: ``.../images/x.jpg`` -> ``.../labels/x.txt``."""
-    p = Path(image_path)
-    parts = list(p.parts)
-    if "images" in parts:
-        i = len(parts) - 1 - parts[::-1].index("images")
-        parts[i] = "labels"
-        return Path(*parts).with_suffix(".txt")
-    return p.with_suffix(".txt")
-
-
 # --- gradient flow ------------------------------------------------------------------------------
 
 

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from pipeline import runtime  # noqa: F401  (offline env before ultralytics)
+from pipeline.data import label_boxes, label_path
 from pipeline.io import (
     InputError,
     atomic_write_json,
@@ -154,14 +155,14 @@ def _stride(input_shape, output_shape) -> int:
 # --- the batch for the gradient lesson ----------------------------------------------------------
 
 
-def _gradient_batch(image_bgr, image_path, n: int, imgsz: int, seed: int):
+def _gradient_batch(image_bgr, image_path, n: int, imgsz: int, seed: int, nc: int):
     """The report's photo (with its YOLO labels if a label file sits beside it) plus synthetic scenes."""
-    from pipeline.gradients import label_file_for, make_batch, yolo_labels
+    from pipeline.gradients import make_batch
     from pipeline.synth import render_scene
 
-    labels = yolo_labels(label_file_for(image_path))
+    labels = label_boxes(image_path, nc)
     samples = [(image_bgr, labels)]
-    sources = [f"{Path(image_path).name} ({len(labels)} labels from {label_file_for(image_path)})" if labels
+    sources = [f"{Path(image_path).name} ({len(labels)} labels from {label_path(image_path)})" if labels
                else f"{Path(image_path).name} (no label file found: background only)"]
     for i in range(max(0, n - 1)):
         img, inst = render_scene(seed + 1000 + i, imgsz)
@@ -373,7 +374,7 @@ def write_report(
     t = lap("hidden", t)
 
     # 7. training: gradient flow (before predict: predict fuses BN into the convs in place) -----------
-    batch, batch_sources = _gradient_batch(image_bgr, image, grad_batch, grad_imgsz, seed)
+    batch, batch_sources = _gradient_batch(image_bgr, image, grad_batch, grad_imgsz, seed, nc)
     real_flow = gradient_flow(model, batch)
     comparison = activation_comparison(model.yaml, nc, batch, seed=seed)
     f_flow = ples.plot_gradient_flow(comparison, files / "10_gradient_flow.png", real=real_flow,

@@ -10,15 +10,14 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline.data import label_boxes, label_path
 from pipeline.gradients import (
     activation_comparison,
     build_variant,
     gradient_flow,
-    label_file_for,
     make_batch,
     sgd_step,
     stem_over_head,
-    yolo_labels,
 )
 from pipeline.model import load_model
 
@@ -29,7 +28,7 @@ IMGSZ = 256
 def batch(sample_images):
     samples = []
     for p in sample_images[:2]:
-        labels = yolo_labels(label_file_for(p))
+        labels = label_boxes(p, nc=6)
         assert labels, f"no labels found for {p}"
         samples.append((cv2.imread(str(p)), labels))
     return make_batch(samples, IMGSZ)
@@ -43,8 +42,8 @@ def yolo():
 
 def test_labels_from_polygons_and_batch_layout(sample_images, batch):
     p = sample_images[0]
-    rows = [line.split() for line in label_file_for(p).read_text().splitlines() if line.strip()]
-    labels = yolo_labels(label_file_for(p))
+    rows = [line.split() for line in label_path(p).read_text().splitlines() if line.strip()]
+    labels = label_boxes(p, nc=6)
     assert len(labels) == len(rows)
     pts = np.asarray(rows[0][1:], dtype=float).reshape(-1, 2)
     c, x, y, w, h = labels[0]
