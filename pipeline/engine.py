@@ -64,7 +64,8 @@ import numpy as np
 
 from pipeline import runtime  # noqa: F401  (offline env before ultralytics)
 from pipeline.io import InputError, atomic_write_bytes, read_image, validate_image
-from pipeline.preprocess import input_size
+from pipeline.model import model_stride
+from pipeline.preprocess import input_size, model_input
 
 import torch  # noqa: E402
 
@@ -500,7 +501,7 @@ class Engine:
 
         model = getattr(yolo, "model", yolo)
         self.names = dict(model.names)
-        self.stride = max(int(model.stride.max()), 32)
+        self.stride = model_stride(model)
         self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
         self.device = select_device(str(device), verbose=False)
         batch = DEFAULT_BATCH.get(self.device.type, 1) if batch is None else batch
@@ -815,8 +816,6 @@ def redraw_head(yolo, photo, imgsz: int, seed: int = 0):
     DFL mass on bins 1-2 (boxes 2-4 strides wide). Speed is unchanged: same layers, same shapes.
     Modifies ``yolo`` in place and returns it.
     """
-    from pipeline.preprocess import model_input
-
     model = yolo.model.eval()
     detect = model.model[-1]
     heads = [seq[-1] for seq in detect.cv3] + [seq[-1] for seq in detect.cv2]

@@ -52,18 +52,14 @@ import torch
 from torch import nn
 
 from pipeline import runtime  # noqa: F401  (offline env before ultralytics)
+from pipeline.model import detection_model, model_stride  # noqa: F401  (detection_model: also public here)
+from pipeline.preprocess import model_input as letterboxed_input
 
 try:  # the one-read C kernel for stats mode (pipeline/_channel_stats.c), built by `pip install`; optional
     from pipeline import _channel_stats
 except ImportError:  # no compiler at install time: stats mode runs on torch reductions (same numbers, slower)
     _channel_stats = None
 
-
-def detection_model(model) -> nn.Module:
-    """The ``DetectionModel`` of a ``YOLO`` wrapper, or the model itself if it already is one."""
-    from ultralytics.nn.tasks import BaseModel
-
-    return model if isinstance(model, BaseModel) else model.model
 
 #: A post-activation |a| below this counts as "dead" (the neuron passes on ~nothing) in stats mode.
 DEAD_EPS = 1e-3
@@ -641,21 +637,14 @@ def param_counts(model) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 
-def model_stride(model) -> int:
-    """The letterbox stride the predictor uses for a PyTorch model: ``max(int(stride.max()), 32)``."""
-    m = detection_model(model)
-    return max(int(m.stride.max()), 32) if hasattr(m, "stride") else 32
-
-
 def model_input(model, image, imgsz=640) -> tuple[torch.Tensor, dict]:
-    """The exact tensor ``YOLO.predict`` feeds this model for one photo (``pipeline.preprocess.model_input``).
+    """The exact tensor ``YOLO.predict`` feeds this model for one photo: ``pipeline.preprocess.model_input``
+    at the model's own stride (``pipeline.model.model_stride``).
 
     Returns:
         ``(x, meta)``: float32 ``1x3xHxW`` RGB in [0, 1] and the letterbox metadata (ratio, padding...).
     """
-    from pipeline.preprocess import model_input as _model_input
-
-    return _model_input(image, imgsz=imgsz, stride=model_stride(model), auto=True)
+    return letterboxed_input(image, imgsz=imgsz, stride=model_stride(model), auto=True)
 
 
 def iter_modules(model, paths: Iterable[str]) -> list[nn.Module]:

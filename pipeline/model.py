@@ -127,3 +127,14 @@ def weights_error(path: str | Path, error: Exception, trust: bool) -> str:
     text = re.sub(r"^.*?ERROR\W*", "", text).replace(str(path), "").strip(" :.")  # Ultralytics' "ERROR ❌️ <path>"
     first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0].rstrip(".")
     return f"not a valid YOLO checkpoint ({type(root).__name__}: {first or 'unreadable'})"
+
+
+def detection_model(model) -> torch.nn.Module:
+    """The ``DetectionModel`` of a ``YOLO`` wrapper, or the model itself if it already is one."""
+    return model if isinstance(model, tasks.BaseModel) else model.model
+
+
+def model_stride(model) -> int:
+    """The letterbox stride the predictor uses for a PyTorch model: ``max(int(stride.max()), 32)``."""
+    m = detection_model(model)
+    return max(int(m.stride.max()), 32) if hasattr(m, "stride") else 32

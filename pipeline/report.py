@@ -43,6 +43,7 @@ import torch
 
 from pipeline import runtime  # noqa: F401  (offline env before ultralytics)
 from pipeline.data import label_boxes, label_path
+from pipeline.model import model_stride
 from pipeline.io import (
     InputError,
     atomic_write_json,
@@ -274,7 +275,7 @@ def write_report(
     t = time.perf_counter()
 
     # 1. input ------------------------------------------------------------------------------------
-    stride = max(int(model.stride.max()), 32)
+    stride = model_stride(model)
     x, meta = model_input(image_bgr, imgsz=imgsz, stride=stride, auto=True)  # the photo read above, not a second decode
     meta["source"] = str(image)
     scal = scalings(x)

@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import CLASS_NAMES, runtime  # noqa: F401  (offline env before ultralytics)
-from pipeline.inspector import LayerRecorder, conv_blocks, conv_meta, detection_model, fold_bn, is_fused, model_input
+from pipeline.inspector import LayerRecorder, conv_blocks, conv_meta, fold_bn, is_fused, model_input
 from pipeline.io import InputError, atomic_write_json, check_output_file, read_image
-from pipeline.model import load_model
+from pipeline.model import detection_model, load_model
 from pipeline.options import add_trust_weights, image_size, probability
 
 #: The agreement the lesson promises between the float64 hand computation and the float32 framework.
