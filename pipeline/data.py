@@ -192,11 +192,12 @@ def label_path(image: str | Path) -> Path:
     return Path(img2label_paths([str(image)])[0])
 
 
-def parse_label_text(text: str, nc: int) -> tuple[np.ndarray, list[tuple[int, str, str]], dict]:
+def parse_label_text(text: str, nc: int, coord_tol: float = COORD_TOL) -> tuple[np.ndarray, list[tuple[int, str, str]], dict]:
     """Parse a YOLO label file line by line: valid boxes plus one (line, kind, reason) per bad line.
 
     A row is ``cls x y w h`` (box) or ``cls x1 y1 x2 y2 x3 y3 ...`` (polygon, >= 3 points); all
-    coordinates are normalised to [0, 1]. A polygon becomes the bounding box of its points
+    coordinates are normalised to [0, 1] (within ``coord_tol``; training passes Ultralytics' own 0.01,
+    which keeps such rows). A polygon becomes the bounding box of its points
     (Ultralytics' ``segments2boxes``). Only valid rows are returned.
 
     Returns:
@@ -247,7 +248,7 @@ def parse_label_text(text: str, nc: int) -> tuple[np.ndarray, list[tuple[int, st
         if not 0 <= cls < nc:
             errors.append((n, "class_out_of_range", f"class id {int(cls)} out of range 0..{nc - 1}"))
             continue
-        outside = coords[(coords < -COORD_TOL) | (coords > 1 + COORD_TOL)]
+        outside = coords[(coords < -coord_tol) | (coords > 1 + coord_tol)]
         if outside.size:
             errors.append((n, "coordinate_out_of_range", f"coordinate {outside[0]:g} outside [0, 1]"))
             continue

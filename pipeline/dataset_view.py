@@ -48,15 +48,6 @@ def _common_root(files: list[Path]) -> Path:
 ULTRALYTICS_COORD_TOL = 0.01  # its scan keeps coordinates up to 1.01 (and down to -0.01) and trains on them
 
 
-def _within_ultralytics_tolerance(error: tuple[int, str, str]) -> bool:
-    """A coordinate a hair outside [0, 1] is an error to ``check`` but Ultralytics trains on it: keep it."""
-    _, kind, reason = error
-    if kind != "coordinate_out_of_range":
-        return False
-    value = float(reason.split()[1])  # "coordinate 1.004 outside [0, 1]"
-    return -ULTRALYTICS_COORD_TOL <= value <= 1 + ULTRALYTICS_COORD_TOL
-
-
 def _check_label(label: Path, nc: int) -> None:
     """Raise ``InputError`` for a label file Ultralytics would drop its image for (first problem only)."""
     if not label.is_file():
@@ -65,8 +56,7 @@ def _check_label(label: Path, nc: int) -> None:
         text = label.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(label, f"unreadable label file ({getattr(e, 'strerror', None) or type(e).__name__})") from None
-    _, errors, info = parse_label_text(text, nc)
-    errors = [e for e in errors if not _within_ultralytics_tolerance(e)]
+    _, errors, info = parse_label_text(text, nc, coord_tol=ULTRALYTICS_COORD_TOL)
     if errors:
         line, _, reason = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""

@@ -42,6 +42,7 @@ from pipeline import CLASS_NAMES, runtime  # noqa: F401  (offline env before ult
 from pipeline.inspector import LayerRecorder, conv_blocks, conv_meta, fold_bn, is_fused, model_input
 from pipeline.io import InputError, atomic_write_json, check_output_file, read_image
 from pipeline.model import detection_model, load_model
+from pipeline.predict import release_photos
 from pipeline.options import add_trust_weights, image_size, probability
 
 #: The agreement the lesson promises between the float64 hand computation and the float32 framework.
@@ -199,8 +200,6 @@ def trace_head(yolo, image, imgsz=640, conf: float = 0.25, iou: float = 0.7, max
         ``abs_error`` (vs Ultralytics' conf), ``box_matches`` (our NMS box == Ultralytics' box).
     """
     from ultralytics.utils import nms, ops
-
-    from pipeline.predict import release_photos
 
     image = str(image)
     if pixels is None:

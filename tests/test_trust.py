@@ -545,3 +545,18 @@ def test_check_never_rewrites_a_dataset_image(tmp_path, capsys):
     assert main(["check", str(data), "--json", str(data)]) == 1  # the yaml is an input of check
     assert "is an input" in capsys.readouterr().err.splitlines()[-1]
     assert digests(data.parent) == before
+
+
+def test_staging_keeps_what_ultralytics_trains_on_and_leaves_out_what_it_drops(tmp_path):
+    """A coordinate a hair outside [0, 1] (Ultralytics keeps up to 1.01) stays; one clearly outside is left out."""
+    from pipeline.dataset_view import stage_dataset
+    from pipeline.synth import write_dataset
+
+    data = write_dataset(tmp_path / "ds", n_train=3, n_val=1, imgsz=96, seed=4, progress=False)
+    labels = data.parent / "train" / "labels"
+    (labels / "train_00000.txt").write_text("0 0.5 0.5 0.2 1.005\n")
+    (labels / "train_00001.txt").write_text("0 0.5 0.5 0.2 1.05\n")
+    view = stage_dataset(data, tmp_path / "view")
+    staged = sorted(p.name for p in (tmp_path / "view" / "train" / "images").iterdir())
+    assert staged == ["train_00000.jpg", "train_00002.jpg"]
+    assert [str(e) for e in view.errors] == [f"{labels / 'train_00001.txt'}:1: coordinate 1.05 outside [0, 1]"]
