@@ -23,9 +23,11 @@ demo: install
 	$(VENV)/bin/cardamage demo --out $(OUT)
 
 test: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 test-fast: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not slow and not browser"
 
 bench: install

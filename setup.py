@@ -29,7 +29,7 @@ class BuildExt(build_ext):
 
 setup(
     ext_modules=[
-        Extension("pipeline._channel_stats", ["pipeline/_channel_stats.c"], extra_compile_args=["-O3", *OPENMP],
+        Extension("pipeline.probe._channel_stats", ["pipeline/probe/_channel_stats.c"], extra_compile_args=["-O3", *OPENMP],
                   extra_link_args=OPENMP, optional=True),
     ],
     cmdclass={"build_ext": BuildExt},

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 import pipeline  # noqa: F401  (offline environment before ultralytics)
-from pipeline.data import check_dataset
-from pipeline.duplicates import find_duplicates, hamming
+from pipeline.data.check import check_dataset
+from pipeline.data.duplicates import find_duplicates, hamming
 
 ROOT = Path(__file__).resolve().parent.parent
 

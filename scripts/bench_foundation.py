@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pipeline  # noqa: E402,F401
-from pipeline.synth import render_scene, write_dataset  # noqa: E402
+from pipeline.data.synth import render_scene, write_dataset  # noqa: E402
 
 
 def synth_rate(imgsz: int, n: int) -> tuple[float, float]:
@@ -47,7 +47,7 @@ def train_threads(n_images: int = 400) -> None:
     """One epoch on the demo recipe with Ultralytics' 1 torch thread, then with every core (our default)."""
     import torch
 
-    from pipeline.train import train
+    from pipeline.model.train import train
 
     with tempfile.TemporaryDirectory() as d:
         data = write_dataset(Path(d) / "data", n_images, 20, imgsz=256, seed=0, progress=False)

@@ -31,9 +31,10 @@ from pathlib import Path
 import torch
 
 import pipeline  # noqa: F401  (offline environment before ultralytics)
-from pipeline.inspect_cli import FILES, inspect_image
-from pipeline.inspector import LayerRecorder, conv_blocks, model_input
-from pipeline.model import load_model
+from pipeline.probe.statistics import FILES, inspect_image
+from pipeline.probe.recorder import LayerRecorder
+from pipeline.probe.layers import conv_blocks, model_input
+from pipeline.model.load import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,7 +106,7 @@ def cost_breakdown(net, x, repeats: int, label: str) -> None:
     """Where a stats-only recording's extra time goes, per image: the C kernel's two reads (timed inside
     the forward), the rest of the hooks' Python (``update_pre``/``update_post`` minus the kernel), and a
     fresh recorder's setup and teardown (walking the model, registering and removing its hooks)."""
-    from pipeline import inspector
+    from pipeline.probe import layers as inspector
 
     if inspector._channel_stats is None:
         print(f"{label}: C kernel not built, no breakdown")

@@ -3,7 +3,7 @@
 Stock is ``YOLO.predict(..., stream=True)`` with the same conf/imgsz/device, run two ways (one photo at a
 time from a ``.txt`` list, as for a folder; and a Python list of paths, which Ultralytics runs as one
 batch); ours is
-``pipeline.engine.Engine``. Both are timed end to end from a loaded ``YOLO`` (stock builds and fuses its
+``pipeline.model.engine.Engine``. Both are timed end to end from a loaded ``YOLO`` (stock builds and fuses its
 predictor on the first call, the engine fuses its copy and, with ONNX Runtime, exports one graph per
 input shape; both are inside the timing, and each round starts with an empty graph cache). torchvision is imported first, so Ultralytics' NMS runs
 torchvision's kernel for stock as for ours (a fresh process running stock alone would use Ultralytics'
@@ -11,7 +11,7 @@ slower torch loop for fewer than 1000 photos). Rounds alternate stock, ours, sto
 from other processes on a shared machine hits both; the ratio printed is of the summed times.
 
 The agreement check pairs every stock box with one of ours of the same class, IoU >= 0.99 and score
-within 1e-3 (``pipeline.engine.agreement``). With ``--data`` (a YOLO data.yaml whose ``val`` split is
+within 1e-3 (``pipeline.model.detections.agreement``). With ``--data`` (a YOLO data.yaml whose ``val`` split is
 labelled) it also scores both prediction sets with Ultralytics' own matching and ``DetMetrics`` and
 prints mAP50-95 and mAP50 of each and the difference.
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import json
 import os
 import shutil
 import sys
@@ -43,9 +42,11 @@ import pipeline  # noqa: E402,F401  (offline env before ultralytics)
 import torch  # noqa: E402
 import torchvision  # noqa: E402,F401  (stock's NMS, too, then uses torchvision's kernel, as the engine's does)
 
-from pipeline.engine import Engine, agreement, cpu_threads, redraw_head  # noqa: E402
-from pipeline.io import expand_sources  # noqa: E402
-from pipeline.model import load_model  # noqa: E402
+from pipeline.model.engine import Engine  # noqa: E402
+from pipeline.model.detections import agreement, redraw_head
+from pipeline.model.backends import cpu_threads
+from pipeline.core.io import expand_sources  # noqa: E402
+from pipeline.model.load import load_model  # noqa: E402
 
 DEFAULT_SOURCE = ROOT.parent / "shared" / "data" / "cardd-sample" / "images"
 
@@ -202,7 +203,7 @@ def main(argv=None) -> int:
         print(f"mAP50-95 stock {m_stock['mAP50-95']:.4f} ours {m_ours['mAP50-95']:.4f} (|diff| {d:.4f} {'<=' if d <= 0.002 else '>'} 0.002); "
               f"mAP50 stock {m_stock['mAP50']:.4f} ours {m_ours['mAP50']:.4f}")
     if args.json:
-        from pipeline.io import atomic_write_json
+        from pipeline.core.io import atomic_write_json
 
         atomic_write_json(args.json, result)
     return 0 if agree["ok"] and result.get("mAP", {}).get("ok", True) else 1

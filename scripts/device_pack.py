@@ -58,7 +58,7 @@ PIP_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_
 
 def _pairs(src: Path, limit: int | None = None) -> list[tuple[Path, Path | None]]:
     """(image, label or None) for every train/valid image, sorted; ``limit`` per split for quick tries."""
-    from pipeline.io import IMAGE_SUFFIXES
+    from pipeline.core.io import IMAGE_SUFFIXES
 
     pairs = []
     for split in SPLITS:

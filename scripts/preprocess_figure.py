@@ -1,6 +1,6 @@
 """Draw docs/img/preprocess.png: the input layer on a synthetic photo (no CarDD pixels in the repo).
 
-A synthetic car scene (``pipeline.synth``), cropped to 3:4 portrait and given a glare spot, goes
+A synthetic car scene (``pipeline.data.synth``), cropped to 3:4 portrait and given a glare spot, goes
 through ``model_input`` at 320; the figure shows the model input with its letterbox padding, the
 x/255, min-max and z-score histograms of the same pixels, and the |z| > 3 mask.
 
@@ -17,9 +17,10 @@ import cv2
 import numpy as np
 
 import pipeline  # noqa: F401  (offline env before ultralytics)
-from pipeline.io import atomic_write_bytes
-from pipeline.preprocess import model_input, pixel_outliers, scalings
-from pipeline.synth import render_scene
+from pipeline.core.io import atomic_write_bytes
+from pipeline.data.preprocess import model_input
+from pipeline.lesson.input_scaling import pixel_outliers, scalings
+from pipeline.data.synth import render_scene
 
 
 def synthetic_photo(seed: int = 3) -> np.ndarray:

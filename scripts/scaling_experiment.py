@@ -19,11 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import pipeline  # noqa: E402,F401  (offline environment before ultralytics)
-from pipeline.input_scaling import standardized_trainer  # noqa: E402
-from pipeline.io import atomic_write_json  # noqa: E402
-from pipeline.preprocess import dataset_channel_stats  # noqa: E402
-from pipeline.synth import write_dataset  # noqa: E402
-from pipeline.train import train  # noqa: E402
+from pipeline.lesson.input_scaling import standardized_trainer  # noqa: E402
+from pipeline.core.io import atomic_write_json  # noqa: E402
+from pipeline.lesson.input_scaling import dataset_channel_stats  # noqa: E402
+from pipeline.data.synth import write_dataset  # noqa: E402
+from pipeline.model.train import train  # noqa: E402
 
 LOSSES = ("train/box_loss", "train/cls_loss", "train/dfl_loss")
 
@@ -64,7 +64,7 @@ def main() -> int:
 
     import matplotlib.pyplot as plt
 
-    from pipeline.plots import save_png
+    from pipeline.report.plots import save_png
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for (name, r), color in zip(summary["runs"].items(), ("tab:blue", "tab:orange")):

@@ -32,8 +32,8 @@ if str(ROOT) not in sys.path:  # run from a plain checkout (the device machine) 
     sys.path.insert(0, str(ROOT))
 
 import pipeline  # noqa: E402,F401  (offline Ultralytics environment first)
-from pipeline import CLASS_NAMES  # noqa: E402
-from pipeline.io import IMAGE_SUFFIXES, InputError, atomic_write_text  # noqa: E402
+from pipeline.core.facts import CLASS_NAMES  # noqa: E402
+from pipeline.core.io import IMAGE_SUFFIXES, InputError, atomic_write_text  # noqa: E402
 
 #: Where each split we train on lives in a Roboflow export; ``test`` is deliberately absent.
 ROBOFLOW_SPLITS = {"train": "train", "val": "valid"}

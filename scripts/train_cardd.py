@@ -1,7 +1,7 @@
 """Reproduce one CarDD benchmark row: train from scratch under a time budget, validate best.pt on valid/.
 
 One command = one row of ``docs/benchmarks.md`` ("CarDD training from scratch"): it runs
-``pipeline.train.train`` with a recipe from ``configs/`` (flags win over the file), then Ultralytics'
+``pipeline.model.train.train`` with a recipe from ``configs/`` (flags win over the file), then Ultralytics'
 own validator on the dataset's ``val`` split (CarDD ``valid/``, 799 images; never ``test/``) with
 ``best.pt``, and prints and writes a JSON row: recipe, model, imgsz, wall minutes of the training call,
 epochs, mAP50, mAP50-95 and per-class mAP50, plus what is needed to trust it (device, AMP, versions,
@@ -45,8 +45,7 @@ for p in (ROOT, ROOT / "scripts"):  # a plain checkout works too (the device mac
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-import pipeline  # noqa: E402  (offline Ultralytics environment first)
-from pipeline.io import InputError, atomic_write_json  # noqa: E402
+from pipeline.core.io import InputError, atomic_write_json  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "cardd-sample"
 DEFAULT_CONFIG = ROOT / "configs" / "cardd.yaml"
@@ -63,7 +62,7 @@ ROW_KEYS = (
 )
 
 # The offline AMP check lives with the rest of the network guards, in pipeline/runtime.py.
-from pipeline.runtime import AMP_DECISIONS, amp_forward_agrees, install_offline_amp_check, offline_check_amp  # noqa: E402,F401
+from pipeline.core.runtime import AMP_DECISIONS, amp_forward_agrees, install_offline_amp_check, offline_check_amp  # noqa: E402,F401
 
 
 # ----------------------------------------------------------------------------------------------- the row
@@ -71,8 +70,8 @@ from pipeline.runtime import AMP_DECISIONS, amp_forward_agrees, install_offline_
 
 def validate(weights: Path, data: Path, imgsz: int, device, out: Path, batch: int = 32, workers: int = 8) -> tuple[dict, float]:
     """Ultralytics' validator on the data's ``val`` split; (metrics dict as in metrics.json, seconds)."""
-    from pipeline.model import load_model
-    from pipeline.train import metrics_dict
+    from pipeline.model.load import load_model
+    from pipeline.model.train import metrics_dict
 
     yolo = load_model(weights)
     t0 = time.time()
@@ -148,8 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     import ultralytics
 
-    from pipeline.data import dataset_splits
-    from pipeline.train import load_recipe, train
+    from pipeline.data.labels import dataset_splits
+    from pipeline.model.train import load_recipe, train
     from stage_cardd import stage_dataset
 
     out = Path(args.out).resolve()

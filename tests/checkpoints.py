@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.model import load_model
+from pipeline.model.load import load_model
 
 
 def save_checkpoint(path: Path, seed: int = 1, imgsz: int = 640, key: str = "ema") -> Path:

@@ -87,8 +87,8 @@ def sample_images(sample_dir) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory) -> Path:
-    """A small synthetic dataset (24 train / 8 val images at 160 px) drawn by pipeline.synth; returns data.yaml."""
-    from pipeline.synth import write_dataset
+    """A small synthetic dataset (24 train / 8 val images at 160 px) drawn by pipeline.data.synth; returns data.yaml."""
+    from pipeline.data.synth import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("synth"), n_train=24, n_val=8, imgsz=160, seed=0, progress=False)
 
@@ -96,7 +96,7 @@ def synth_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_weights(synth_data, tmp_path_factory) -> Path:
     """A real Ultralytics checkpoint: yolov8n.yaml trained for one short epoch on synthetic data (CPU, ~20 s)."""
-    from pipeline.train import train
+    from pipeline.model.train import train
 
     out = tmp_path_factory.mktemp("train") / "run"
     train(synth_data, out, epochs=1, imgsz=160, batch=8, nbs=8, workers=0, device="cpu", val=True, seed=0)

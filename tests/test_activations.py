@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pipeline import activations as A
+from pipeline.lesson import activations as A
 
 Z = torch.cat([torch.linspace(-12, 12, 2401, dtype=torch.float64), torch.tensor([-1e-3, 1e-3, 0.37, -2.9])])
 Z_NONZERO = Z[Z.abs() > 1e-9]  # ReLU-family derivatives are undefined exactly at 0

@@ -1,4 +1,4 @@
-"""The stats-mode C kernel (pipeline/_channel_stats.c) against torch in float64, on maps made to break it.
+"""The stats-mode C kernel (pipeline/probe/_channel_stats.c) against torch in float64, on maps made to break it.
 
 ``ChannelStats(kernel=True)`` reads each map once in C; ``kernel=False`` takes the same numbers with torch
 reductions. Both are checked against a float64 torch oracle, on shapes with SIMD tails, several images
@@ -14,19 +14,20 @@ import pytest
 import torch
 
 import pipeline  # noqa: F401  (offline env before ultralytics)
-from pipeline import inspector
-from pipeline.inspector import DEAD_EPS, ChannelStats, LayerRecorder
+from pipeline.probe import channel_stats
+from pipeline.probe.channel_stats import DEAD_EPS, ChannelStats
+from pipeline.probe.recorder import LayerRecorder
 
 
 def test_kernel_is_built_in_ci():
     """`pip install -e .` compiles the kernel; in CI a silent fallback to torch would hide a broken build."""
     if os.environ.get("CI") == "true":
-        assert inspector._channel_stats is not None, "pipeline._channel_stats was not built by the install"
-    elif inspector._channel_stats is None:
+        assert channel_stats._channel_stats is not None, "pipeline.probe._channel_stats was not built by the install"
+    elif channel_stats._channel_stats is None:
         pytest.skip("the C kernel is not built here (no compiler at install time)")
 
 
-needs_kernel = pytest.mark.skipif(inspector._channel_stats is None, reason="C kernel not built")
+needs_kernel = pytest.mark.skipif(channel_stats._channel_stats is None, reason="C kernel not built")
 
 
 def oracle(batches):
@@ -63,7 +64,7 @@ def silu_pair(z):
 @pytest.mark.parametrize("kernel", [True, False])
 @pytest.mark.parametrize("shape", [(1, 3, 1, 1), (1, 5, 3, 5), (2, 4, 17, 19), (3, 2, 64, 65), (1, 7, 160, 161)])
 def test_random_maps_equal_float64_oracle(shape, kernel):
-    if kernel and inspector._channel_stats is None:
+    if kernel and channel_stats._channel_stats is None:
         pytest.skip("C kernel not built")
     g = torch.Generator().manual_seed(sum(shape))
     batches = [silu_pair(torch.randn(shape, generator=g) * 3 - 0.5) for _ in range(2)]
@@ -85,7 +86,7 @@ def test_kernel_used_and_equal_to_torch_path():
 @pytest.mark.parametrize("kernel", [True, False])
 def test_large_mean_small_spread_keeps_its_digits(kernel):
     """A channel at 1000 +- 0.01: sum(z^2) - n*mean^2 alone would lose the spread; the exact pass keeps it."""
-    if kernel and inspector._channel_stats is None:
+    if kernel and channel_stats._channel_stats is None:
         pytest.skip("C kernel not built")
     g = torch.Generator().manual_seed(2)
     z = torch.randn(1, 4, 50, 50, generator=g) * 0.01
@@ -115,7 +116,7 @@ def test_dead_threshold_and_signed_zero_exact():
 @pytest.mark.parametrize("kernel", [True, False])
 def test_nan_and_inf_reach_the_statistics(kernel):
     """A broken map must look broken: NaN makes its channel's stats NaN, inf shows in min/max."""
-    if kernel and inspector._channel_stats is None:
+    if kernel and channel_stats._channel_stats is None:
         pytest.skip("C kernel not built")
     z = torch.randn(1, 3, 8, 9, generator=torch.Generator().manual_seed(3))
     z[0, 0, 4, 4] = float("nan")
@@ -133,7 +134,7 @@ def test_nan_and_inf_reach_the_statistics(kernel):
 def test_inf_first_value_and_huge_values(kernel):
     """inf where the kernel takes its pivot (the channel's first value), and finite values near float32's
     limit whose squares overflow float32: the same answers as torch in float64."""
-    if kernel and inspector._channel_stats is None:
+    if kernel and channel_stats._channel_stats is None:
         pytest.skip("C kernel not built")
     z = torch.randn(2, 6, 9, 11, generator=torch.Generator().manual_seed(5))
     z[0, 0, 0, 0] = float("inf")  # channel 0: +inf first
@@ -173,7 +174,7 @@ def test_layouts_the_kernel_cannot_read_fall_back_to_torch():
 def test_recorder_kernel_switch(fused):
     """The recorder passes ``kernel`` on: both settings give the same per-channel rows on a real model,
     unfused (z from the BatchNorm) and fused (z from the conv that BatchNorm was folded into)."""
-    from pipeline.model import load_model
+    from pipeline.model.load import load_model
 
     torch.manual_seed(0)
     yolo = load_model("yolov8n.yaml", nc=6)
@@ -199,9 +200,9 @@ def test_recorder_kernel_switch(fused):
 def test_long_passes_fold_into_running_totals(kernel, monkeypatch):
     """Per-batch tables are folded every FOLD_EVERY batches (memory stays bounded over a big dataset),
     and reading the statistics mid-way does not change the final answer."""
-    if kernel and inspector._channel_stats is None:
+    if kernel and channel_stats._channel_stats is None:
         pytest.skip("C kernel not built")
-    monkeypatch.setattr(inspector, "FOLD_EVERY", 3)
+    monkeypatch.setattr(channel_stats, "FOLD_EVERY", 3)
     g = torch.Generator().manual_seed(6)
     batches = [silu_pair(torch.randn(1 + i % 2, 5, 7 + i, 9, generator=g) * (1 + i) + i) for i in range(8)]
     s = ChannelStats(5, kernel=kernel)

@@ -27,8 +27,7 @@ def test_top_level_help_lists_every_command():
 
 def test_resume_continues_an_interrupted_run(synth_data, tmp_path):
     """Stop after the first of two epochs (as a crash would), then `train --resume` finishes the run."""
-    from pipeline.model import load_model
-    from pipeline.train import train
+    from pipeline.model.load import load_model
 
     class Interrupt(Exception):
         pass

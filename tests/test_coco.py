@@ -18,9 +18,10 @@ import pytest
 
 import pipeline  # noqa: F401  (offline environment before ultralytics)
 from pipeline.cli import main
-from pipeline.coco import category_map, convert_coco, instance_polygon, normalise_name, split_from_name
-from pipeline.data import check_dataset
-from pipeline.io import InputError, read_image
+from pipeline.data.coco_schema import category_map, normalise_name
+from pipeline.data.coco import convert_coco, instance_polygon, split_from_name
+from pipeline.data.check import check_dataset
+from pipeline.core.io import InputError, read_image
 
 NAMES = ["crack", "dent", "glass shatter", "lamp broken", "scratch", "tire flat"]
 # CarDD's official categories: ids 1..6 in this order (not ours)

@@ -18,9 +18,10 @@ import pytest
 
 import pipeline  # noqa: F401  (offline environment before ultralytics)
 from pipeline.cli import main
-from pipeline.data import check_dataset, dataset_splits, label_path, leak_summary, load_names, parse_label_text
-from pipeline.duplicates import find_duplicates, hamming, phash_of, split_overlaps
-from pipeline.io import InputError, read_image
+from pipeline.data.check import check_dataset, leak_summary
+from pipeline.data.labels import dataset_splits, label_path, load_names, parse_label_text
+from pipeline.data.duplicates import find_duplicates, hamming, phash_of, split_overlaps
+from pipeline.core.io import InputError, read_image
 
 NAMES = ["crack", "dent", "glass shatter", "lamp broken", "scratch", "tire flat"]
 
@@ -400,7 +401,7 @@ def test_leak_summary_counts_each_image_once_under_its_strongest_link(tmp_path):
 def test_json_to_a_folder_or_below_a_file_is_one_line(roboflow_dataset, tmp_path, capsys, monkeypatch):
     import errno
 
-    import pipeline.data
+    import pipeline.cli.check
 
     yaml, _, _ = roboflow_dataset
     folder = tmp_path / "runs"
@@ -425,7 +426,7 @@ def test_json_to_a_folder_or_below_a_file_is_one_line(roboflow_dataset, tmp_path
     def disk_full(path, obj):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(pipeline.data, "atomic_write_json", disk_full)
+    monkeypatch.setattr(pipeline.cli.check, "atomic_write_json", disk_full)
     assert main(["check", str(yaml), "--json", str(tmp_path / "r.json")]) == 1
     assert [x for x in capsys.readouterr().err.splitlines() if x.startswith("error")] == [
         f"error: {tmp_path / 'r.json'}: No space left on device"
@@ -584,8 +585,8 @@ def test_find_duplicates_on_photos_against_imagehash(tmp_path, sample_images):
 
 def test_same_composition_other_colours_is_not_a_near_duplicate(tmp_path):
     """Grey structure alike (phash close), colour layout different: not leakage. Same scene: still found."""
-    from pipeline.duplicates import NEAR_SURE
-    from pipeline.synth import render_scene
+    from pipeline.data.duplicates import NEAR_SURE
+    from pipeline.data.synth import render_scene
 
     img, _ = render_scene(5, 256)
     swapped = img.copy()

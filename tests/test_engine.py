@@ -19,9 +19,11 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.engine import Engine, _HeadOutputs, agreement, fused_copy, match_detections, onnx_available, redraw_head
-from pipeline.model import load_model
-from pipeline.predict import predict_paths
+from pipeline.model.engine import Engine
+from pipeline.model.backends import _HeadOutputs, fused_copy, onnx_available
+from pipeline.model.detections import agreement, match_detections, redraw_head
+from pipeline.model.load import load_model
+from pipeline.model.predict import predict_paths
 
 IMGSZ = 320
 CONF = 0.3
@@ -131,7 +133,7 @@ def test_onnx_graphs_cached_by_weight_values(weights, monkeypatch, tmp_path):
     """Exported graphs are reused across runs on the same weights, never across different weights."""
     if not onnx_available():
         pytest.skip("onnx/onnxruntime not installed (pip install -e '.[onnx]')")
-    from pipeline.engine import OnnxBackend
+    from pipeline.model.backends import OnnxBackend
 
     monkeypatch.setenv("CARDAMAGE_CACHE", str(tmp_path / "cache"))
     x = torch.rand(2, 3, 96, 128)
@@ -169,7 +171,7 @@ def test_onnx_graphs_cached_by_weight_values(weights, monkeypatch, tmp_path):
     y4, _ = fourth.forward(x)
     assert fourth.exported == [(96, 128)] and torch.equal(y4, y1) and path.stat().st_size > 1000
     assert OnnxBackend(load_model(weights).model, cache=False).forward(x)[0].shape == y1.shape
-    monkeypatch.setattr("pipeline.engine.ONNX_CACHE_MAX", 1)  # eviction keeps the most recently written
+    monkeypatch.setattr("pipeline.model.backends.ONNX_CACHE_MAX", 1)  # eviction keeps the most recently written
     OnnxBackend(load_model(weights).model).forward(torch.rand(1, 3, 64, 64))
     assert [p.name for p in path.parent.glob("*.onnx")] == [first.cache_path((64, 64)).name]
 
@@ -237,7 +239,7 @@ def test_cli_batched_folder_bad_files_reported_rest_written(weights, sample_imag
 def test_device_letterbox_within_one_grey_level_of_stock(sample_images, imgsz, crop):
     """The GPU path's torch letterbox against Ultralytics' LetterBox (cv2): same shape and padding, every
     pixel within 1 grey level (cv2 resizes in fixed point, torch in float: not bit-exact)."""
-    from pipeline.engine import _gpu_letterbox, _Letterboxer
+    from pipeline.model.engine import _gpu_letterbox, _Letterboxer
 
     lb = _Letterboxer(imgsz, 32)
     diffs = []

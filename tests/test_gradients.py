@@ -10,16 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.data import label_boxes, label_path
-from pipeline.gradients import (
-    activation_comparison,
-    build_variant,
-    gradient_flow,
-    make_batch,
-    sgd_step,
-    stem_over_head,
-)
-from pipeline.model import load_model
+from pipeline.data.labels import label_boxes, label_path
+from pipeline.lesson.gradients import activation_comparison, build_variant, gradient_flow, make_batch, sgd_step, stem_over_head
+from pipeline.model.load import load_model
 
 IMGSZ = 256
 
@@ -120,8 +113,9 @@ def test_sigmoid_gradient_vanishes_toward_the_stem(yolo, batch):
 
 
 def test_sgd_step_on_a_real_stem_neuron(yolo, sample_images):
-    from pipeline.inspector import conv_blocks, fold_bn
-    from pipeline.preprocess import model_input
+    from pipeline.probe.layers import conv_blocks
+    from pipeline.probe.fold import fold_bn
+    from pipeline.data.preprocess import model_input
 
     x, _ = model_input(sample_images[0], imgsz=IMGSZ)
     block = conv_blocks(yolo)["model.0"]

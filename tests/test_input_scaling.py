@@ -2,8 +2,8 @@
 
 import torch
 
-from pipeline.input_scaling import standardized_trainer
-from pipeline.train import train
+from pipeline.lesson.input_scaling import standardized_trainer
+from pipeline.model.train import train
 
 
 PIXELS = torch.randint(0, 256, (2, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)

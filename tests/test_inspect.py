@@ -20,18 +20,12 @@ import torch.nn.functional as F
 
 import pipeline  # noqa: F401  (offline env before ultralytics)
 from pipeline.cli import main
-from pipeline.inspect_cli import inspect_image
-from pipeline.inspector import (
-    STATS_COLUMNS,
-    LayerRecorder,
-    conv_blocks,
-    conv_params,
-    fold_bn,
-    model_input,
-    param_counts,
-    select_layers,
-)
-from pipeline.model import load_model
+from pipeline.probe.statistics import inspect_image
+from pipeline.probe.channel_stats import STATS_COLUMNS
+from pipeline.probe.recorder import LayerRecorder
+from pipeline.probe.layers import conv_blocks, model_input, select_layers
+from pipeline.probe.fold import conv_params, fold_bn, param_counts
+from pipeline.model.load import load_model
 
 IMGSZ = 256
 

@@ -38,7 +38,7 @@ LIMIT_KIB = 1536 * 1024
 #: page cache holds torch's CUDA libraries, so each test measures them anew and holds the command to
 #: what 1.5 GiB leaves beside them here: the command's own memory, not the libraries' mapping.
 REFERENCE_IMPORTS_KIB = 670 * 1024
-IMPORTS = "import pipeline.cli, pipeline.predict, pipeline.report, pipeline.engine, onnxruntime, matplotlib.pyplot"
+IMPORTS = "import pipeline.cli, pipeline.model.predict, pipeline.report.page, pipeline.model.engine, onnxruntime, matplotlib.pyplot"
 SIDE = 8000
 
 _WRAPPER = (
@@ -148,7 +148,7 @@ def test_trace_under_limit(big_photo, tmp_path, cache, imports_kib):
 
 
 def test_outliers_dataset_with_a_big_photo_under_limit(big_photo, tmp_path, cache, imports_kib):
-    from pipeline.synth import write_dataset
+    from pipeline.data.synth import write_dataset
 
     data = write_dataset(tmp_path / "ds", n_train=6, n_val=2, imgsz=160, seed=0, progress=False)
     (data.parent / "train" / "images" / "big.jpg").write_bytes(big_photo.read_bytes())

@@ -15,8 +15,8 @@ import pytest
 
 import pipeline  # noqa: F401  (offline env before ultralytics)
 from pipeline.cli import main
-from pipeline.io import read_image
-from pipeline.outliers import STATISTICS, black_border_fraction, image_stats, thumbnail, zscores
+from pipeline.core.io import read_image
+from pipeline.data.outliers import STATISTICS, black_border_fraction, image_stats, thumbnail, zscores
 
 
 def _rows(path):

@@ -16,15 +16,8 @@ import torch
 
 import pipeline  # noqa: F401  (offline env before ultralytics)
 from pipeline.cli import main
-from pipeline.preprocess import (
-    content_mask,
-    dataset_channel_stats,
-    load_bgr,
-    model_input,
-    pixel_outliers,
-    scalings,
-    tensor_to_bgr,
-)
+from pipeline.data.preprocess import content_mask, load_bgr, model_input, tensor_to_bgr
+from pipeline.lesson.input_scaling import dataset_channel_stats, pixel_outliers, scalings
 
 IMGSZ = 256
 
@@ -32,7 +25,7 @@ IMGSZ = 256
 @pytest.fixture(scope="module")
 def yolo():
     """A from-scratch YOLOv8n whose forward inputs are recorded in ``yolo.seen``."""
-    from pipeline.model import load_model
+    from pipeline.model.load import load_model
 
     model = load_model("yolov8n.yaml", nc=6)
     model.seen = []

@@ -17,9 +17,9 @@ import pytest
 from checkpoints import save_checkpoint
 import torch
 
-from pipeline.io import atomic_write_image
-from pipeline.model import load_model
-from pipeline.report import FILES, SECTIONS, write_report
+from pipeline.core.io import atomic_write_image
+from pipeline.model.load import load_model
+from pipeline.report.page import FILES, SECTIONS, write_report
 
 IMGSZ = 320
 FAST = dict(imgsz=IMGSZ, grad_imgsz=160, grad_batch=2)
@@ -36,7 +36,7 @@ def save_trained_checkpoint(path: Path, seed: int = 1) -> Path:
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory, sample_images):
     """Two reports: (untrained yaml, real photo) and (trained checkpoint, synthetic scene with an awkward name)."""
-    from pipeline.synth import render_scene
+    from pipeline.data.synth import render_scene
 
     root = tmp_path_factory.mktemp("report")
     ckpt = save_trained_checkpoint(root / "best.pt")
@@ -90,7 +90,7 @@ def test_page_names_image_and_weights_with_hashes(reports, kind):
 
 def test_traced_neuron_is_the_model_value(reports):
     """The page's neuron (untrained yaml, rebuilt with the same seed) recomputed here with torch."""
-    from pipeline.preprocess import model_input
+    from pipeline.data.preprocess import model_input
 
     r = reports["untrained"]
     t = r["numbers"]["trace"]
@@ -111,8 +111,8 @@ def test_traced_neuron_is_the_model_value(reports):
 
 
 def test_detections_and_head_numbers_match_ultralytics(reports):
-    from pipeline.predict import predict_images
-    from pipeline.io import read_image
+    from pipeline.model.predict import predict_images
+    from pipeline.core.io import read_image
 
     r = reports["trained"]
     out = r["numbers"]["output"]
@@ -131,7 +131,7 @@ def test_detections_and_head_numbers_match_ultralytics(reports):
 
 
 def test_counts_activation_and_training_numbers(reports):
-    from pipeline.activations import silu_minimum
+    from pipeline.lesson.activations import silu_minimum
 
     r = reports["trained"]
     n = r["numbers"]
@@ -202,7 +202,7 @@ def test_report_in_chromium(reports, tmp_path):
 def test_report_statistics_over_a_folder(tmp_path, sample_images):
     """--stats-over: the per-layer table over many photos equals inspect's dataset statistics."""
     from pipeline.cli import main
-    from pipeline.inspect_cli import inspect_dataset
+    from pipeline.probe.statistics import inspect_dataset
 
     folder = tmp_path / "set"
     folder.mkdir()

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import CLASS_NAMES
+from pipeline.core.facts import CLASS_NAMES
 from pipeline.cli import main
-from pipeline.synth import render_scene, write_dataset, yolo_rows
+from pipeline.data.synth import render_scene, write_dataset, yolo_rows
 
 
 def _digest(folder: Path) -> dict:
@@ -55,7 +55,7 @@ def test_yolo_rows_roundtrip_through_ultralytics(tmp_path):
 
 
 def test_cli_synth_and_check_data_yaml(tmp_path):
-    from pipeline.train import check_data_yaml
+    from pipeline.model.train import check_data_yaml
 
     assert main(["synth", "--out", str(tmp_path / "s"), "--train", "4", "--val", "2", "--imgsz", "96"]) == 0
     info = check_data_yaml(tmp_path / "s" / "data.yaml")

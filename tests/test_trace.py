@@ -18,9 +18,11 @@ import torch.nn.functional as F
 
 import pipeline  # noqa: F401  (offline env before ultralytics)
 from pipeline.cli import main
-from pipeline.inspector import LayerRecorder, conv_blocks, fold_bn, model_input
-from pipeline.model import load_model
-from pipeline.trace import REL_TOL, trace_head, trace_neuron
+from pipeline.probe.recorder import LayerRecorder
+from pipeline.probe.layers import conv_blocks, model_input
+from pipeline.probe.fold import fold_bn
+from pipeline.model.load import load_model
+from pipeline.probe.trace import REL_TOL, trace_head, trace_neuron
 from test_inspect import make_checkpoint
 
 IMGSZ = 256

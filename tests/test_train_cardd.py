@@ -23,8 +23,8 @@ import torch
 import yaml
 
 import pipeline  # noqa: F401  (offline environment before ultralytics)
-from pipeline import CLASS_NAMES
-from pipeline.io import InputError
+from pipeline.core.facts import CLASS_NAMES
+from pipeline.core.io import InputError
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
@@ -117,7 +117,7 @@ def test_set_flags_are_yaml_typed_and_checked():
 
 
 def test_stage_keeps_test_out_and_writes_nothing_into_the_source(sample_dir, tmp_path):
-    from pipeline.data import dataset_splits
+    from pipeline.data.labels import dataset_splits
 
     src = _roboflow_layout(sample_dir, tmp_path / "export")
     before = _tree(src)
@@ -213,7 +213,7 @@ def test_copy_paste_pastes_mirrored_polygons_in_a_detect_dataset(sample_dir, tmp
 
 def test_offline_amp_check_decides_without_weights_or_network():
     import ultralytics.engine.trainer as trainer
-    from pipeline.model import load_model
+    from pipeline.model.load import load_model
 
     train_cardd.install_offline_amp_check()
     assert trainer.check_amp is train_cardd.offline_check_amp

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.model import load_model
-from pipeline.predict import predict_paths
+from pipeline.model.load import load_model
+from pipeline.model.predict import predict_paths
 
 
 def test_train_writes_weights_and_metrics(trained_weights):

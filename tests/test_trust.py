@@ -28,7 +28,7 @@ import torch
 
 from checkpoints import save_checkpoint
 from pipeline.cli import main
-from pipeline.io import output_folder
+from pipeline.core.io import output_folder
 
 REPO = Path(__file__).resolve().parent.parent
 DROP_CAPS = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
@@ -261,7 +261,7 @@ def test_train_never_rewrites_a_dataset_image(tmp_path, capsys):
     Training reads a view of links; the user's files stay byte-identical and no cache lands beside them.
     A JPEG with a broken stream is left out of training with one error line; the rest trains.
     """
-    from pipeline.synth import write_dataset
+    from pipeline.data.synth import write_dataset
 
     data = write_dataset(tmp_path / "ds", n_train=8, n_val=4, imgsz=96, seed=1, progress=False)
     root = data.parent
@@ -306,7 +306,7 @@ def test_an_unreadable_photo_is_one_line_and_the_batch_goes_on(photos, weights, 
 
 
 def test_check_and_outliers_go_on_past_an_unreadable_photo(tmp_path):
-    from pipeline.synth import write_dataset
+    from pipeline.data.synth import write_dataset
 
     data = write_dataset(tmp_path / "ds", n_train=4, n_val=2, imgsz=96, seed=3, progress=False)
     locked = data.parent / "train" / "images" / "train_00001.jpg"
@@ -480,7 +480,7 @@ def test_a_busy_out_is_refused_and_a_killed_run_leaves_no_stale_lock(photos, wei
         assert r.returncode == 1 and "busy: another cardamage run" in one_error_line(r.stderr)
     assert not (out / "detections.json").exists()
 
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pipeline.io import output_folder\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pipeline.core.io import output_folder\n"
                                f"with output_folder({str(out)!r}):\n print('locked', flush=True); time.sleep(60)"],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
@@ -498,8 +498,8 @@ def test_a_busy_out_is_refused_and_a_killed_run_leaves_no_stale_lock(photos, wei
 
 def test_the_demo_trains_a_fixed_number_of_epochs():
     """No wall-clock budget: the same recipe gives the same model on a busy or a slow machine."""
-    from pipeline.demo import DEFAULT_CONFIG
-    from pipeline.train import load_recipe
+    from pipeline.cli.demo import DEFAULT_CONFIG
+    from pipeline.model.train import load_recipe
 
     recipe = load_recipe(DEFAULT_CONFIG)
     assert "time" not in recipe and recipe["epochs"] == 10 and recipe["seed"] == 0 and recipe["deterministic"]
@@ -508,9 +508,9 @@ def test_the_demo_trains_a_fixed_number_of_epochs():
 @pytest.mark.slow
 def test_the_demo_recipe_gives_the_same_model_under_load(tmp_path):
     """The demo's recipe (shortened to one epoch on a tiny set) trained idle and beside two busy processes."""
-    from pipeline.demo import DEFAULT_CONFIG
-    from pipeline.synth import write_dataset
-    from pipeline.train import train
+    from pipeline.cli.demo import DEFAULT_CONFIG
+    from pipeline.data.synth import write_dataset
+    from pipeline.model.train import train
 
     data = write_dataset(tmp_path / "ds", n_train=16, n_val=8, imgsz=96, seed=2, progress=False)
     kw = dict(config=DEFAULT_CONFIG, epochs=1, imgsz=64, cache=False, workers=0)
@@ -534,7 +534,7 @@ def test_the_demo_recipe_gives_the_same_model_under_load(tmp_path):
 def test_check_never_rewrites_a_dataset_image(tmp_path, capsys):
     """`check` asks Ultralytics what training would do with each pair, through a link: a JPEG with bytes
     after its end marker would otherwise be re-encoded in place by that very question."""
-    from pipeline.synth import write_dataset
+    from pipeline.data.synth import write_dataset
 
     data = write_dataset(tmp_path / "ds", n_train=4, n_val=2, imgsz=96, seed=1, progress=False)
     trailing = data.parent / "train" / "images" / "train_00000.jpg"
@@ -549,8 +549,8 @@ def test_check_never_rewrites_a_dataset_image(tmp_path, capsys):
 
 def test_staging_keeps_what_ultralytics_trains_on_and_leaves_out_what_it_drops(tmp_path):
     """A coordinate a hair outside [0, 1] (Ultralytics keeps up to 1.01) stays; one clearly outside is left out."""
-    from pipeline.dataset_view import stage_dataset
-    from pipeline.synth import write_dataset
+    from pipeline.data.dataset_view import stage_dataset
+    from pipeline.data.synth import write_dataset
 
     data = write_dataset(tmp_path / "ds", n_train=3, n_val=1, imgsz=96, seed=4, progress=False)
     labels = data.parent / "train" / "labels"

@@ -1,0 +1,124 @@
+"""The ``cardamage`` command line (also ``python -m pipeline``).
+
+Each sub-command lives in its own module, which defines ``add_arguments(parser)`` and ``run(args) -> int``
+plus a module docstring whose first line is the command's summary and whose ``Examples:`` block is
+shown by ``--help``. Modules are imported only when their command runs, so ``--help`` stays fast.
+
+Bad input never shows a traceback: an ``InputError`` is printed as ``error: <file>: <reason>`` and
+the exit code is 1.
+
+Examples:
+    cardamage synth --out datasets/synth --train 400 --val 100
+    cardamage train --data datasets/synth/data.yaml --epochs 30 --imgsz 320 --out runs/synth
+    cardamage predict --weights runs/synth/weights/best.pt photos/ --out runs/predict
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command name -> module that implements it (order is the order of --help)
+COMMANDS = {
+    "synth": "pipeline.cli.synth",
+    "check": "pipeline.cli.check",
+    "convert-coco": "pipeline.cli.convert_coco",
+    "train": "pipeline.cli.train",
+    "predict": "pipeline.cli.predict",
+    "demo": "pipeline.cli.demo",
+    "preprocess": "pipeline.cli.preprocess",
+    "outliers": "pipeline.cli.outliers",
+    "inspect": "pipeline.cli.inspect",
+    "trace": "pipeline.cli.trace",
+    "report": "pipeline.cli.report",
+}
+
+# one-line summaries for the top-level --help (kept here so --help imports nothing heavy)
+SUMMARIES = {
+    "synth": "draw a synthetic car-damage dataset (YOLO polygons, same seed -> same bytes)",
+    "check": "check a YOLO dataset: counts, box sizes, label errors, cross-split duplicates",
+    "convert-coco": "convert CarDD's COCO JSON annotations to a YOLO dataset",
+    "train": "train YOLOv8 (from yolov8n.yaml by default) and write best.pt + metrics.json",
+    "predict": "detect damage in photos; overlays + detections.json with scores and logits",
+    "demo": "synth -> train on CPU -> predict -> report, offline, in minutes",
+    "preprocess": "show the exact model input and three pixel scalings with outliers",
+    "outliers": "flag outlier images and cross-split duplicates in a dataset",
+    "inspect": "record every conv layer's activations, weights and folded biases (one photo), or its statistics (a folder)",
+    "trace": "recompute one neuron by hand: sum(w*x) + b -> SiLU, against the framework",
+    "report": "write an offline HTML report walking input -> neurons -> activations -> output -> training",
+}
+
+
+def _command_help(module) -> tuple[str, str]:
+    doc = (module.__doc__ or "").strip()
+    first, _, rest = doc.partition("\n")
+    return first, rest.strip()
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad options get one line (``error: argument --conf: must be in (0, 1], got 2``) and exit 2, not usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {' '.join(message.split())} (see: {self.prog} --help)\n")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``only`` set, import just that command's module."""
+    parser = OneLineParser(
+        prog="cardamage",
+        description="A YOLOv8 car-damage pipeline that shows its own insides.",
+        epilog="Examples:" + __doc__.rsplit("Examples:", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from pipeline import __version__
+
+    parser.add_argument("--version", action="version", version=f"cardamage {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    for name, modname in COMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=SUMMARIES[name], add_help=False)
+            continue
+        module = importlib.import_module(modname)
+        summary, body = _command_help(module)
+        p = sub.add_parser(
+            name,
+            help=SUMMARIES[name],
+            description=summary,
+            epilog=body,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command; return its exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in COMMANDS:
+        command = None
+    parser = build_parser(only=command) if command else build_parser(only="")
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    from pipeline.core.io import InputError
+
+    try:
+        return int(args._module.run(args) or 0)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # permission, not a folder, read-only, disk full: one line naming the path
+        where = e.filename if e.filename is not None else "?"
+        print(f"error: {where}: {e.strerror or type(e).__name__}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,112 @@
+"""Command-line option types shared by every command: each bad value is refused with one line.
+
+``argparse`` calls these while parsing, so a bad option stops the command before any model is
+loaded or any file is written; ``pipeline.cli`` prints the refusal as ``error: argument --conf: ...``.
+
+Examples:
+    >>> parser.add_argument("--conf", type=probability, default=0.25)
+    >>> parser.add_argument("--device", type=device, default="cpu")
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+
+import torch
+
+from pipeline.core.facts import MAX_IMGSZ, TRUST_ENV
+
+
+def _number(text: str, kind=float):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def probability(text: str) -> float:
+    """A threshold in (0, 1]: conf and iou (0 would keep every one of the 8400 candidate boxes)."""
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0: thresholds such as |z| cut-offs and the dead-unit epsilon."""
+    value = _number(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1: batch, workers, counts."""
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def int_range(lo: int, hi: int | None = None):
+    """An argparse type for an integer in [lo, hi] (no upper end when ``hi`` is None)."""
+
+    def parse(text: str) -> int:
+        value = _number(text, int)
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be an integer in {lo}..{hi if hi is not None else ''}, got {text}")
+        return value
+
+    parse.__name__ = f"integer {lo}..{hi if hi is not None else ''}"  # argparse names the type in its messages
+    return parse
+
+
+non_negative_int = int_range(0)
+
+
+def image_size(text: str) -> int:
+    """An inference or training size in pixels, 32..4096: Ultralytics rounds it up to a stride multiple."""
+    value = _number(text, int)
+    if not 32 <= value <= MAX_IMGSZ:
+        raise argparse.ArgumentTypeError(f"must be a size in pixels from 32 to {MAX_IMGSZ}, got {text}")
+    return value
+
+
+_CUDA = re.compile(r"^(cuda:)?\d+(,\d+)*$")
+
+
+def device(text: str) -> str:
+    """``cpu``, ``mps``, or CUDA indices (``0``, ``0,1``, ``cuda:0``) that exist on this machine."""
+    value = text.strip().lower().replace(" ", "")
+    if value == "cpu":
+        return value
+    if value == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError("mps is not available on this machine; use --device cpu")
+        return value
+    if value == "cuda":
+        value = "0"
+    if not _CUDA.match(value):
+        raise argparse.ArgumentTypeError(f"expected cpu, mps or CUDA indices like 0 or 0,1, got {text!r}")
+    wanted = [int(i) for i in value.removeprefix("cuda:").split(",")]
+    have = torch.cuda.device_count()
+    missing = [i for i in wanted if i >= have]
+    if missing:
+        seen = f"{have} CUDA device(s)" if have else "no CUDA device"
+        raise argparse.ArgumentTypeError(f"device {missing[0]} not found: torch sees {seen}; use --device cpu")
+    return value
+
+
+def add_trust_weights(parser: argparse.ArgumentParser) -> None:
+    """The explicit opt-in for weights files that safe loading refuses (see ``pipeline.model.load_model``)."""
+    parser.add_argument(
+        "--trust-weights", action="store_true", default=os.environ.get(TRUST_ENV, "") == "1",
+        help=f"load a weights file even if it holds code (pickled objects outside the YOLO format); only for "
+             f"files from a source you trust. Also: {TRUST_ENV}=1",
+    )

@@ -1,0 +1,64 @@
+"""Detect damage in photos: overlays plus ``detections.json`` with each box's sigmoid score and its logit.
+
+YOLOv8 has no objectness: a box's score is ``sigmoid(logit)`` of the best class output at the anchor
+that produced it. Stock Ultralytics reports only the score; this stage keeps the logit too, read from
+the Detect head's raw class output at the very anchor Ultralytics' own NMS kept (``return_idxs``),
+so ``score == sigmoid(logit)`` holds for every detection and a student can see where it came from.
+
+A folder, or ``--batch`` > 1, runs the engine (``pipeline.model.engine``: decoding ahead in threads,
+batches of equally shaped photos, ONNX Runtime on CPU when installed); its detections agree with the
+one-photo-at-a-time path (``scripts/bench_predict.py`` prints the check and both rates).
+
+Examples:
+    cardamage predict --weights runs/demo/train/weights/best.pt photos/ --out runs/predict
+    cardamage predict --weights best.pt 'shots/*.jpg' car.png --out out --conf 0.1 --imgsz 640
+    cardamage predict --weights best.pt photos/ --out out --batch 16 --workers 4 --no-overlays
+"""
+
+
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.cli.options import add_trust_weights, device, image_size, positive_int, probability
+from pipeline.model.load import load_model
+from pipeline.model.predict import predict_paths
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders or globs")
+    p.add_argument("--weights", required=True, help="trained weights (.pt) or a model YAML (untrained)")
+    p.add_argument("--out", required=True, help="output folder: overlays + detections.json")
+    p.add_argument("--conf", type=probability, default=0.25, help="score threshold in (0, 1] (default 0.25)")
+    p.add_argument("--imgsz", type=image_size, default=640, help="inference size (default 640)")
+    p.add_argument("--device", type=device, default="cpu", help="cpu or a CUDA index (default cpu)")
+    p.add_argument("--no-overlays", action="store_true", help="write detections.json only")
+    p.add_argument("--batch", type=positive_int, default=None, help="photos per forward pass; > 1 (or a folder) runs the batched engine (default there: 1 on CPU, 32 on CUDA)")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="decode threads of the batched engine (default 2 on CPU, every core but one on a GPU)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto", help="batched engine backend: auto = ONNX Runtime on CPU if installed, else torch")
+    add_trust_weights(p)
+
+
+def run(args) -> int:
+    yolo = load_model(args.weights, trust=args.trust_weights)
+    records, errors = predict_paths(
+        yolo,
+        args.sources,
+        args.out,
+        conf=args.conf,
+        imgsz=args.imgsz,
+        device=args.device,
+        overlays=not args.no_overlays,
+        batch=args.batch,
+        workers=args.workers,
+        backend=args.backend,
+    )
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    n = sum(len(r["detections"]) for r in records)
+    print(f"{len(records)} images, {n} detections, {len(errors)} errors -> {Path(args.out).resolve() / 'detections.json'}")
+    return 1 if errors else 0

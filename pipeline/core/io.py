@@ -1,0 +1,338 @@
+"""Files in and out: one-line errors that name the file, atomic writes, and image reading.
+
+Every command reads photos and writes results through here, so the rules hold everywhere:
+bad input raises ``InputError`` (the CLI prints it as one line and exits non-zero), and every file
+is written to a temporary sibling first and then renamed, so a crash never leaves half a file.
+
+Examples:
+    >>> from pipeline.core.io import atomic_write_json, read_image
+    >>> atomic_write_json("out/result.json", {"ok": True})
+    >>> img = read_image("photo.jpg")  # BGR uint8, HxWx3, exactly as Ultralytics reads it
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import PIL.Image
+from safetensors import SafetensorError
+from safetensors.torch import save_file
+from ultralytics.data.utils import IMG_FORMATS
+from ultralytics.utils import patches as ultralytics_patches
+from ultralytics.utils.patches import imread
+
+# Pillow's own open: Ultralytics patches Image.open to pip-check pi-heif on every unknown format
+_pil_open = getattr(ultralytics_patches, "_image_open", PIL.Image.open)
+
+#: What a folder contributes: Ultralytics' own image formats, so predict sees what training sees (no GIF).
+IMAGE_SUFFIXES = {f".{suffix}" for suffix in IMG_FORMATS}
+
+
+class InputError(Exception):
+    """Bad user input: the message is one line and names the file."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+def _read_umask() -> int:
+    """The process umask, read without changing it (os.umask can only be read by setting it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc (macOS): set-and-restore, once, at import
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
+
+
+def _os_reason(e: OSError) -> str:
+    return e.strerror or type(e).__name__
+
+
+def _write_reason(path: Path, e: OSError) -> str:
+    """Why ``path`` cannot be written, in words: a file where a folder should be says so by name."""
+    for parent in path.parents:  # `--json notes.txt/r.json`: the OSError itself only says "Not a directory"
+        if parent.exists() and not parent.is_dir():
+            return f"cannot write ({parent} is a file, not a folder)"
+    return f"cannot write ({_os_reason(e)})"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The file gets the mode a plain ``open(path, "w")`` would give (0666 less the umask): mkstemp's
+    0600 would otherwise hide every result from the user's group. OS errors become one-line
+    ``InputError``s naming ``path`` (not a folder, permission denied, read-only, disk full).
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise InputError(path, "is a folder, expected a file path to write")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~UMASK)
+        os.close(fd)
+    except OSError as e:
+        raise InputError(path, _write_reason(path, e)) from None
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~UMASK)  # again: a writer may have replaced the file (safetensors does)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise InputError(path, f"cannot write ({_os_reason(e)})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_output(out: str | os.PathLike, inputs=(), not_inside=()) -> Path:
+    """Refuse, before any work, an output that could touch the user's input; return ``out`` as a Path.
+
+    ``out`` may not be one of ``inputs`` (files or folders the command reads), may not hold one of them
+    (anything written there could land on it), and may not lie inside a folder of ``not_inside`` (a
+    dataset split that training scans recursively). An existing file is not an output folder.
+
+    Raises:
+        InputError: one line naming ``out`` and the input it would touch.
+    """
+    out = Path(out)
+    target = out.expanduser().resolve()
+    for item in inputs:
+        source = Path(item).expanduser().resolve()
+        if source == target or target in source.parents:
+            verb = "is" if source == target else "holds"
+            raise InputError(out, f"output {verb} an input ({item}); results would mix with or overwrite it: "
+                                  "choose another output folder")
+    for folder in not_inside:
+        folder_r = Path(folder).expanduser().resolve()
+        if folder_r == target or folder_r in target.parents:
+            raise InputError(out, f"output lies inside input folder {folder}, which is read recursively: "
+                                  "choose a folder outside it")
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "exists and is not a folder")
+    return out
+
+
+def check_output_file(out: str | os.PathLike, inputs=(), suffix: str = ".json") -> Path:
+    """Refuse an output *file* (``--json``, ``trace --out``) that is a folder, one of the ``inputs``, or
+    lacks ``suffix``: a report may replace an old report, never a photo, label, checkpoint or yaml."""
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(out, "is a folder; expected a file name to write")
+    for item in inputs:
+        if Path(item).exists() and Path(item).resolve() == out.resolve():
+            raise InputError(out, f"is an input of this command ({item}); choose another file name")
+    if out.suffix.lower() != suffix:
+        raise InputError(out, f"expected a file name ending in {suffix} (this command writes {suffix[1:].upper()})")
+    return out
+
+
+@contextlib.contextmanager
+def output_folder(out: str | os.PathLike, inputs=(), not_inside=()) -> Iterator[Path]:
+    """Check ``out`` (``check_output``), create it, prove it writable, and lock it while a command writes.
+
+    The lock is an ``flock`` on the folder itself: the kernel drops it when the process ends, so a
+    killed run never leaves a folder stuck, and a second run into the same folder at the same time is
+    refused with one line instead of mixing its results with the first run's. A folder this call
+    created and nothing was written into is removed again, so a refused or failed run leaves no trace.
+
+    Examples:
+        >>> with output_folder("runs/predict", inputs=["photos/"]) as out:
+        ...     atomic_write_json(out / "detections.json", [])
+    """
+    out = check_output(out, inputs, not_inside)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise InputError(out, _write_reason(out, e).replace("cannot write", "cannot create the output folder")) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(out, "busy: another cardamage run is writing into this folder; "
+                                  "wait for it or choose another output folder") from None
+        try:
+            tempfile.TemporaryFile(dir=out).close()  # read-only or full: one line now, not after the work
+        except OSError as e:
+            raise InputError(out, f"cannot write here ({_os_reason(e)})") from None
+        yield out
+    finally:
+        os.close(fd)  # releases the flock
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only succeeds if empty
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> Path:
+    """Write ``obj`` as JSON atomically (NaN is refused: JSON has no NaN)."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
+
+
+def atomic_write_image(path: str | os.PathLike, image_bgr: np.ndarray) -> Path:
+    """Encode a BGR image by the file's suffix and write it atomically."""
+    ok, buf = cv2.imencode(Path(path).suffix or ".jpg", image_bgr)
+    if not ok:
+        raise InputError(path, "could not encode image")
+    return atomic_write_bytes(path, buf.tobytes())
+
+
+def atomic_save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> Path:
+    """Save a dict of torch tensors with safetensors, atomically (contiguous copies are made as needed)."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as e:  # its I/O errors (disk full) are not OSErrors
+            raise InputError(path, f"cannot write ({' '.join(str(e).split())})") from None
+    return Path(path)
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (read in chunks by hashlib)."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, algorithm).hexdigest()
+
+
+def validate_image(path: str | os.PathLike) -> None:
+    """Decode ``path`` once with Pillow and raise ``InputError`` if the decoder reports damage.
+
+    The one rule every command applies to a photo: an image is good when its whole data stream
+    decodes. Bytes after a JPEG's end marker are fine (cameras and editors append them); a truncated
+    file or a broken stream (libjpeg's "Corrupt JPEG data", which OpenCV only prints to stderr and
+    then hands back grey blocks) is an error. JPEGs decode at 1/8 scale (``draft``): every entropy-
+    coded byte is still read, which is where damage shows, at ~0.5 ms for a 640 px photo.
+    """
+    try:
+        with _pil_open(path) as im:
+            if im.format == "JPEG":
+                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()
+    except (PIL.UnidentifiedImageError, ModuleNotFoundError):
+        # formats Pillow lacks (some TIFF/DNG flavours, non-images): OpenCV's decode decides. Ultralytics'
+        # patched Image.open answers an unknown format by importing pi_heif, absent unless installed.
+        return
+    except PIL.Image.DecompressionBombError:
+        return  # size is the caller's concern; it is not damage
+    except (OSError, SyntaxError, ValueError) as e:  # SyntaxError: Pillow's word for a malformed header
+        if isinstance(e, (PermissionError, FileNotFoundError, IsADirectoryError)):
+            raise InputError(path, _os_reason(e)) from None
+        reason = str(e).split("\n")[0] or type(e).__name__
+        raise InputError(path, f"corrupt image: {reason}") from None
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a photo as BGR uint8 HxWx3, the way Ultralytics' predictor reads it.
+
+    Ultralytics reads with ``cv2.imread(..., IMREAD_COLOR)``: grayscale becomes 3 equal channels,
+    alpha is dropped, 16-bit is scaled to 8-bit. We use its own reader after ``validate_image``, so
+    bad files fail with one clear line instead of a traceback or a silently grey image.
+
+    Raises:
+        InputError: missing, unreadable, empty, non-image, truncated or corrupt file.
+    """
+    path = Path(path)
+    try:
+        if not path.exists():
+            raise InputError(path, "file not found")
+        if path.is_dir():
+            raise InputError(path, "is a folder, expected an image file")
+        if path.stat().st_size == 0:
+            raise InputError(path, "empty file")
+        with open(path, "rb"):  # permission denied is one line here, not a None from OpenCV
+            pass
+    except OSError as e:
+        raise InputError(path, _os_reason(e)) from None
+    validate_image(path)
+    try:
+        image = imread(str(path))
+    except Exception as e:  # cv2 raises on some malformed headers
+        raise InputError(path, f"cannot decode image ({type(e).__name__})") from None
+    if image is None or image.size == 0:
+        raise InputError(path, "not an image or corrupt (OpenCV could not decode it)")
+    if image.ndim == 2:  # imread may hand back 2-D for some formats
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.dtype != np.uint8:
+        raise InputError(path, f"unsupported pixel type {image.dtype}")
+    return image
+
+
+def shrink(image: np.ndarray, max_side: int) -> np.ndarray:
+    """``image`` itself if its longest side is at most ``max_side``, else a copy shrunk to it (area average)."""
+    h, w = image.shape[:2]
+    r = max_side / max(h, w)
+    if r >= 1:
+        return image
+    return cv2.resize(image, (max(1, round(w * r)), max(1, round(h * r))), interpolation=cv2.INTER_AREA)
+
+
+def expand_sources(sources: list[str]) -> tuple[list[Path], list[InputError]]:
+    """Turn files, folders and globs into a sorted list of image files, plus errors for what matched nothing.
+
+    A folder contributes the images directly inside it (by suffix); an explicitly named file is kept
+    whatever its suffix, so a non-image named by the user is reported rather than silently skipped.
+    """
+    import glob
+
+    files: list[Path] = []
+    errors: list[InputError] = []
+    for src in sources:
+        p = Path(src)
+        if p.is_dir():
+            try:
+                found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            except OSError as e:  # unreadable folder: reported, the other sources still run
+                errors.append(InputError(p, f"cannot list folder ({_os_reason(e)})"))
+                continue
+            if not found:
+                errors.append(InputError(p, "folder holds no images"))
+            files += found
+        elif p.exists():
+            files.append(p)
+        elif any(c in src for c in "*?["):
+            found = sorted(Path(f) for f in glob.glob(src, recursive=True) if Path(f).is_file())
+            if not found:
+                errors.append(InputError(src, "glob matched no files"))
+            files += found
+        else:
+            errors.append(InputError(p, "file not found"))
+    seen: set[Path] = set()
+    unique = [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
+    return unique, errors
+
+
+def input_paths(sources) -> list[Path]:
+    """Every path a command reads from ``sources`` (files, folders, globs): what ``--out`` must not touch."""
+    files, _ = expand_sources([str(s) for s in sources])
+    return [*(Path(s) for s in sources if Path(s).exists()), *files]

@@ -1,0 +1,183 @@
+"""Offline-safe Ultralytics runtime: the one place that decides how Ultralytics may touch the outside world.
+
+Ultralytics 8.4 reaches for the network in several places: a DNS probe at import (``is_online``), a HEAD
+request for ``Arial.ttf`` at the start of every training run (``check_font``, not stopped by
+``YOLO_OFFLINE``), downloads of weights named without a path (``yolov8n.pt``), and pip installs of
+missing packages. This module is imported by ``pipeline/__init__.py`` before anything imports
+``ultralytics``, and it makes every one of those impossible:
+
+- ``YOLO_OFFLINE=1`` turns the import-time probe off, ``YOLO_AUTOINSTALL=0`` stops pip installs;
+- ``YOLO_CONFIG_DIR`` points inside the project's cache folder, so nothing lands in ``~/.config``;
+- a local font copied to ``$YOLO_CONFIG_DIR/Ultralytics/Arial.ttf`` makes ``check_font`` return early;
+- settings get ``sync=False`` (no telemetry) once Ultralytics is imported (see ``ultralytics_settings``);
+- the trainer's AMP check (which downloads ``yolo26n.pt`` on a GPU) is replaced by ``offline_check_amp``;
+- ``ULTRALYTICS_SAFE_LOAD=1``: checkpoints load without running code (``pipeline.model.weights_policy``).
+
+Weights are loaded by ``load_model`` in ``pipeline/model.py``, which refuses bare hub names.
+
+Examples:
+    >>> import pipeline  # noqa: F401  (sets the environment first)
+    >>> from pipeline.core.runtime import cache_dir
+    >>> cache_dir().name
+    '.cache'
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import os
+import re
+import shutil
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # pipeline/core/runtime.py -> the checkout
+
+
+def cache_dir() -> Path:
+    """Return the project's cache folder (``$CARDAMAGE_CACHE`` or ``<repo>/.cache``), created if needed."""
+    env = os.environ.get("CARDAMAGE_CACHE")
+    path = Path(env).expanduser() if env else PROJECT_ROOT / ".cache"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:  # read-only install: fall back to the user's cache
+        path = Path.home() / ".cache" / "cardamage"
+        path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()
+
+
+def _install_local_font(config_dir: Path) -> None:
+    """Give Ultralytics an Arial.ttf so check_font never does its HEAD request (matplotlib ships DejaVu)."""
+    target_dir = config_dir / "Ultralytics"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    wanted = [target_dir / "Arial.ttf", target_dir / "Arial.Unicode.ttf"]
+    if all(p.exists() for p in wanted):
+        return
+    import matplotlib  # only on first use; importing matplotlib costs ~0.2 s
+
+    source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    for dst in wanted:
+        if not dst.exists():
+            tmp = dst.with_suffix(".tmp")
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, dst)
+
+
+def configure() -> Path:
+    """Set the Ultralytics environment before it is imported; return the config dir. Idempotent."""
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ["YOLO_AUTOINSTALL"] = "0"
+    # Every checkpoint load is weights_only + Ultralytics' allow-list unless a caller opts in for one
+    # file (pipeline.model.weights_policy): a .pt file is a pickle and could otherwise run code.
+    os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
+    config_dir = Path(os.environ.get("YOLO_CONFIG_DIR") or cache_dir() / "ultralytics")
+    os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
+    _install_local_font(config_dir)
+    return config_dir
+
+
+def ultralytics_settings() -> None:
+    """Switch Ultralytics' telemetry off and keep its datasets/runs folders inside our cache."""
+    from ultralytics.utils import SETTINGS
+
+    wanted = {
+        "sync": False,
+        "datasets_dir": str(cache_dir() / "datasets"),
+        "runs_dir": str(cache_dir() / "runs"),
+        "weights_dir": str(cache_dir() / "weights"),
+    }
+    if any(SETTINGS.get(k) != v for k, v in wanted.items()):
+        SETTINGS.update(wanted)
+    install_offline_amp_check()
+
+
+# --------------------------------------------------------------------------------------- memory
+M_MMAP_THRESHOLD = -3  # mallopt parameter number (glibc's malloc.h)
+MMAP_THRESHOLD = 1 << 20
+
+
+def return_freed_memory() -> bool:
+    """Make glibc hand every freed block of 1 MB or more straight back to the OS; True where it applied.
+
+    glibc serves big blocks from mmap, but each big free raises its threshold (up to 32 MB), after which
+    tensors of a few MB come from its heaps and stay there when freed: a report, which allocates feature
+    maps of every size in turn, then peaks ~100 MB higher (measured: 1548 -> 1491 MiB on an 8000 px photo).
+    A fixed threshold stops that drift. Linux with glibc only; elsewhere nothing changes.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+
+
+# --------------------------------------------------------------------------------------- AMP, offline
+# On a GPU the trainer's check_amp loads yolo26n.pt and, when it is missing, downloads it. This check makes
+# the same decision without weights or network; ultralytics_settings() installs it into the trainer.
+# The GPUs Ultralytics' own check_amp (8.4.190) turns AMP off for: fp16 there gives NaN losses or zero mAP.
+FP16_UNSAFE_GPUS = re.compile(
+    r"(nvidia|geforce|quadro|tesla).*?(1660|1650|1630|t400|t550|t600|t1000|t1200|t2000|k40m)", re.IGNORECASE
+)
+AMP_REL_TOL = 0.05  # see amp_forward_agrees: far above fp16 rounding, far below a broken forward
+AMP_DECISIONS: list[dict] = []  # what offline_check_amp decided in this process, newest last
+
+
+def amp_forward_agrees(model, device, dtype=None, imgsz: int = 256) -> tuple[bool, float]:
+    """Forward a copy of ``model`` on a real photo in fp32 and under autocast; (finite and close, rel. error).
+
+    The copy is in eval mode, so the model being trained keeps its BatchNorm statistics and weights.
+    "Close" means the largest absolute difference of the raw head outputs is within ``AMP_REL_TOL`` of
+    the largest fp32 output: fp16 rounding gives ~1e-3 there (spacing 0.25 px at 256 px box coordinates),
+    broken fp16 gives inf/NaN or errors of order 1. (A from-scratch model's boxes are noise, so the
+    post-NMS comparison Ultralytics makes with pretrained weights would have nothing to compare.)
+    """
+    import cv2
+    import torch
+    from ultralytics.utils import ASSETS
+
+    device = torch.device(device)
+    dtype = dtype or (torch.bfloat16 if device.type == "cpu" else torch.float16)
+    im = cv2.resize(cv2.imread(str(ASSETS / "bus.jpg")), (imgsz, imgsz), interpolation=cv2.INTER_LINEAR)
+    x = torch.from_numpy(im[..., ::-1].copy()).permute(2, 0, 1)[None].float().div(255).to(device)
+    m = copy.deepcopy(model).to(device).float().eval()
+    with torch.no_grad():
+        a = m(x)
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            b = m(x)
+    a, b = (t[0] if isinstance(t, (tuple, list)) else t for t in (a, b))
+    b = b.float()
+    rel = float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
+    ok = bool(torch.isfinite(b).all()) and a.shape == b.shape and rel <= AMP_REL_TOL
+    return ok, rel
+
+
+def offline_check_amp(model) -> bool:
+    """Ultralytics' AMP decision without downloading ``yolo26n.pt``: the trainer's ``check_amp``, offline.
+
+    Off on CPU and MPS (Ultralytics trains those in fp32) and on the GPUs Ultralytics knows are fp16-unsafe;
+    otherwise on when the model's fp16 forward is finite and agrees with fp32 (``amp_forward_agrees``).
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    decision = {"device": str(device), "amp": False, "reason": "", "rel_error": None}
+    if device.type in {"cpu", "mps"}:
+        decision["reason"] = f"{device.type}: Ultralytics trains in fp32 there"
+    elif device.type == "cuda" and FP16_UNSAFE_GPUS.search(name := torch.cuda.get_device_name(device)):
+        decision["reason"] = f"{name} is on Ultralytics' fp16-unsafe list"
+    else:
+        ok, rel = amp_forward_agrees(model, device)
+        decision.update(amp=ok, rel_error=rel, reason="fp16 forward finite and within tolerance" if ok else
+                        "fp16 forward not finite or too far from fp32")
+    AMP_DECISIONS.append(decision)
+    return decision["amp"]
+
+
+def install_offline_amp_check() -> None:
+    """Make the trainer call ``offline_check_amp`` (it imported ``check_amp`` by name, so patch it there)."""
+    import ultralytics.engine.trainer as trainer
+
+    trainer.check_amp = offline_check_amp
+
+
+configure()

@@ -1,0 +1,114 @@
+"""A training view of a YOLO dataset: links to the user's files, so training never writes into them.
+
+Ultralytics' dataset scan rewrites, in place, every JPEG whose last two bytes are not the end marker
+("corrupt JPEG restored and saved"), and it saves ``labels.cache`` beside the label folders. Both would
+change the user's dataset. Training therefore reads a view under its own run folder::
+
+    OUT/dataset/data.yaml              names and nc from the user's yaml, splits pointing here
+    OUT/dataset/<split>/images/...     symbolic links to the user's images (same relative layout)
+    OUT/dataset/<split>/labels/...     symbolic links to their label files
+
+Ultralytics replaces an image it restores with ``os.replace``, which swaps the link, never its target,
+and its caches land in the view. Every image is decoded first (``pipeline.core.io.validate_image``, the rule
+all commands share), and its label file parsed as ``cardamage check`` parses it: an image Ultralytics would
+drop (damaged photo, bad label line) is reported on its own line and left out of the view.
+
+Examples:
+    >>> view = stage_dataset("datasets/cardd/data.yaml", "runs/cardd/dataset")
+    >>> view.data_yaml, len(view.errors)
+    (PosixPath('runs/cardd/dataset/data.yaml'), 0)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeline.core.io import InputError, atomic_write_text, validate_image
+from pipeline.data.labels import dataset_splits, label_path, load_names, parse_label_text
+
+
+@dataclass
+class DatasetView:
+    """What ``stage_dataset`` made: the view's yaml, images linked per split, and the images left out."""
+
+    data_yaml: Path
+    images: dict[str, int] = field(default_factory=dict)
+    errors: list[InputError] = field(default_factory=list)
+
+
+def _common_root(files: list[Path]) -> Path:
+    return Path(os.path.commonpath([str(f.parent) for f in files]))
+
+
+ULTRALYTICS_COORD_TOL = 0.01  # its scan keeps coordinates up to 1.01 (and down to -0.01) and trains on them
+
+
+def _check_label(label: Path, nc: int) -> None:
+    """Raise ``InputError`` for a label file Ultralytics would drop its image for (first problem only)."""
+    if not label.is_file():
+        return
+    try:
+        text = label.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(label, f"unreadable label file ({getattr(e, 'strerror', None) or type(e).__name__})") from None
+    _, errors, info = parse_label_text(text, nc, coord_tol=ULTRALYTICS_COORD_TOL)
+    if errors:
+        line, _, reason = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise InputError(f"{label}:{line}", f"{reason}{more}")
+    if info["box_rows"] and info["polygon_rows"]:
+        raise InputError(label, "mixes box rows and polygon rows")
+
+
+def stage_dataset(data_yaml: str | Path, dest: str | Path, on_error=None) -> DatasetView:
+    """Build the view of ``data_yaml`` in ``dest`` (replacing an earlier view there) and return it.
+
+    Args:
+        data_yaml: the user's dataset YAML (resolved as Ultralytics resolves it; nothing is downloaded).
+        dest: the view's folder, inside the run folder.
+        on_error: called with each ``InputError`` (a damaged image) as it is found.
+
+    Raises:
+        InputError: the yaml is malformed, a split is missing, or a split has no usable image left.
+    """
+    dest = Path(dest)
+    splits = dataset_splits(data_yaml)
+    names = load_names(data_yaml)
+    if dest.exists():
+        shutil.rmtree(dest)  # links only: an earlier view of (maybe) another version of the dataset
+    view = DatasetView(data_yaml=dest / "data.yaml")
+    entries = {}
+    for split, files in splits.items():
+        root = _common_root(files)
+        kept = 0
+        for image in files:
+            label = label_path(image)
+            try:
+                validate_image(image)
+                _check_label(label, len(names))
+            except InputError as e:
+                view.errors.append(e)
+                if on_error:
+                    on_error(e)
+                continue
+            staged = dest / split / "images" / image.relative_to(root)
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(image.resolve(), staged)
+            if label.is_file():  # an image without a label file is a background image, as in the source
+                staged_label = label_path(staged)
+                staged_label.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(label.resolve(), staged_label)
+            kept += 1
+        if not kept:
+            raise InputError(data_yaml, f"'{split}' has no readable image left")
+        view.images[split] = kept
+        entries[split] = f"{split}/images"
+    spec = {"path": str(dest.resolve()), **entries, "nc": len(names), "names": dict(enumerate(names))}
+    atomic_write_text(view.data_yaml, f"# Training view of {Path(data_yaml).resolve()} (links; see pipeline/dataset_view.py)\n"
+                      + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    return view

@@ -1,0 +1,275 @@
+"""Check a YOLO dataset: class counts, box sizes, label errors and images leaking across splits.
+
+Reads a ``data.yaml`` exactly as Ultralytics training will (box rows or polygon rows, Roboflow exports
+with their ``../train/images`` paths), then looks at every image and label file:
+
+- counts: images, labelled / empty / missing label files, instances per class, instances per image;
+- box sizes in pixels of the original image, in CarDD's buckets: small < 128^2, medium < 256^2, large;
+- errors, each on its own line ``error: <file>[:line]: <reason>``: corrupt images, bad label lines
+  (wrong number of values, non-numeric, odd polygon coordinates, < 3 points), class ids out of range,
+  coordinates outside [0, 1], images Ultralytics would drop, a split without a single label file;
+- warnings, each on its own line ``warning: <file>[:line]: <reason>``: missing label files (background
+  images), rows Ultralytics fixes while loading, and leakage between splits: splits that list the same
+  files (``split_overlap``, e.g. ``train`` and ``val`` both ``images/``), exact (same bytes,
+  ``exact_duplicate``) and near (perceptual hash, ``near_duplicate``) duplicates across splits. A leak
+  makes the later split's scores optimistic, but the data still trains (Ultralytics' coco128 uses
+  train == val on purpose), so it is reported loudly, with a ``LEAKAGE train -> val: ...`` summary
+  line per pair of splits, not failed.
+
+Exit status 1 when there is any error, 0 otherwise; with ``--strict`` any warning fails too. Polygons
+count as their bounding box, which is what Ultralytics trains a detector on.
+
+The report (``--json``) holds:
+
+- ``splits`` / ``total``: the statistics of ``check_dataset``;
+- ``errors`` and ``warnings``: lists of {file, line, kind, reason, split}; warning kinds are
+  ``missing_label``, ``ultralytics`` and the leak kinds ``split_overlap``, ``exact_duplicate``,
+  ``near_duplicate`` (``LEAK_KINDS``);
+- ``leaks``: per pair of splits that share images, {split_a, split_b, images, of, same_file, exact,
+  near}: ``images`` of the ``of`` images of ``split_b`` are also in ``split_a``, each counted once
+  under its strongest link (listed by both splits > same bytes > near duplicate);
+- ``split_overlaps`` and ``duplicates``: the raw findings of ``pipeline.data.duplicates``;
+- ``ok``: no errors (exit 0 without ``--strict``); ``strict_ok``: no errors and no warnings (exit 0
+  with ``--strict``).
+
+Examples:
+    cardamage check datasets/cardd/data.yaml
+    cardamage check datasets/cardd/data.yaml --strict    # leaks and other warnings fail too
+    cardamage check "car damage detection.v1i.yolov8/data.yaml" --json runs/check.json
+    cardamage check ../shared/data/cardd-sample/data.yaml --near 6
+"""
+
+
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from pipeline.core.io import InputError
+
+SPLITS = ("train", "val", "test", "minival")
+COORD_TOL = 1e-6  # float printing noise; anything beyond is outside [0, 1]
+
+
+# ----------------------------------------------------------------------------------------------- yaml
+
+
+def _one_line(e: BaseException) -> str:
+    """The first meaningful line of an exception, without Ultralytics' emoji decoration."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text.replace("❌", "").replace("⚠️", "").strip()
+
+
+def _read_yaml(data_yaml: str | Path) -> dict:
+    from ultralytics.utils import YAML
+
+    path = Path(data_yaml)
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if path.is_dir():
+        raise InputError(path, "is a folder, expected a data.yaml file")
+    try:
+        data = YAML.load(path)
+    except Exception as e:
+        raise InputError(path, f"not a valid YAML file: {_one_line(e)}") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "not a dataset YAML (expected keys train, val, names)")
+    return data
+
+
+def load_names(data_yaml: str | Path) -> list[str]:
+    """Class names in class-id order, read the way Ultralytics reads them (list, dict or only ``nc``).
+
+    Examples:
+        >>> load_names("../shared/data/cardd-sample/data.yaml")
+        ['crack', 'dent', 'glass shatter', 'lamp broken', 'scratch', 'tire flat']
+    """
+    from ultralytics.nn.autobackend import check_class_names
+
+    data = _read_yaml(data_yaml)
+    names = data.get("names")
+    if names is None:
+        nc = data.get("nc")
+        if not isinstance(nc, int) or nc < 1:
+            raise InputError(data_yaml, "has neither 'names' nor an integer 'nc'")
+        return [f"class_{i}" for i in range(nc)]
+    try:
+        names = check_class_names(names)
+    except Exception as e:
+        raise InputError(data_yaml, f"bad 'names': {_one_line(e)}") from None
+    return [names[i] for i in range(len(names))]
+
+
+def _resolve(data_yaml: Path) -> dict:
+    """Ultralytics' own data.yaml resolution, with every failure turned into one line and no downloads."""
+    from ultralytics.data.utils import check_det_dataset
+
+    data = _read_yaml(data_yaml)
+    if data_yaml.suffix.lower() not in {".yaml", ".yml"}:
+        raise InputError(data_yaml, "expected a .yaml or .yml dataset file")
+    try:
+        # autodownload=False: a missing path raises instead of running the yaml's `download:` script/URL
+        return check_det_dataset(str(data_yaml), autodownload=False)
+    except FileNotFoundError as e:
+        msg = _one_line(e)
+        missing = msg.split("missing path")[-1].strip(" '") if "missing path" in msg else msg
+        raise InputError(data_yaml, f"'val' images not found, missing path {missing}") from None
+    except Exception as e:
+        raise InputError(data_yaml, _one_line(e)) from None
+
+
+def _list_images(split_path: str) -> list[Path]:
+    """The image files Ultralytics' datasets load for one split entry (folder, list file or image)."""
+    from ultralytics.data.base import BaseDataset
+
+    # get_img_files only needs a prefix and a fraction from its dataset; using it keeps our file list
+    # identical to training's (recursive folder glob, *.txt lists with ./ paths, IMG_FORMATS suffixes)
+    try:
+        return [Path(f) for f in BaseDataset.get_img_files(SimpleNamespace(prefix="", fraction=1.0), split_path)]
+    except FileNotFoundError:
+        return []
+
+
+def dataset_splits(data_yaml: str | Path) -> dict[str, list[Path]]:
+    """Split name -> sorted image paths of a YOLO data.yaml, resolved exactly as Ultralytics resolves it.
+
+    Paths are relative to ``path:`` when given, otherwise to the yaml's folder; Roboflow's ``../train/images``
+    falls back to ``train/images`` beside the yaml. Splits are ``train``, ``val`` and, when present,
+    ``test`` (and ``minival``).
+
+    Raises:
+        InputError: the yaml is missing or malformed, or a split's path is missing or holds no images
+            (one line naming the yaml, the split and the path). Nothing is ever downloaded.
+
+    Examples:
+        >>> splits = dataset_splits("../shared/data/cardd-sample/data.yaml")
+        >>> {k: len(v) for k, v in splits.items()}
+        {'train': 100, 'val': 100}
+    """
+    data_yaml = Path(data_yaml)
+    data = _resolve(data_yaml)
+    splits: dict[str, list[Path]] = {}
+    for split in SPLITS:
+        entry = data.get(split)
+        if not entry:
+            continue
+        entries = entry if isinstance(entry, list) else [entry]
+        for p in entries:
+            if not Path(p).exists():
+                raise InputError(data_yaml, f"'{split}' images not found, missing path {p}")
+        files = sorted({f for p in entries for f in _list_images(str(p))})
+        if not files:
+            raise InputError(data_yaml, f"'{split}' holds no images: {', '.join(map(str, entries))}")
+        splits[split] = files
+    return splits
+
+
+def dataset_folders(data_yaml: str | Path) -> list[Path]:
+    """The yaml and every folder that holds a split's images or labels: what no output may be, hold, or enter
+    (training scans image folders recursively; a stray PNG or .txt there becomes data)."""
+    images = [f for files in dataset_splits(data_yaml).values() for f in files]
+    folders = {f.parent for f in images} | {label_path(f).parent for f in images}
+    return [Path(data_yaml), *sorted(folders)]
+
+
+# ----------------------------------------------------------------------------------------------- labels
+
+
+def label_path(image: str | Path) -> Path:
+    """The label file Ultralytics reads for an image (last ``/images/`` -> ``/labels/``, suffix -> .txt)."""
+    from ultralytics.data.utils import img2label_paths
+
+    return Path(img2label_paths([str(image)])[0])
+
+
+def parse_label_text(text: str, nc: int, coord_tol: float = COORD_TOL) -> tuple[np.ndarray, list[tuple[int, str, str]], dict]:
+    """Parse a YOLO label file line by line: valid boxes plus one (line, kind, reason) per bad line.
+
+    A row is ``cls x y w h`` (box) or ``cls x1 y1 x2 y2 x3 y3 ...`` (polygon, >= 3 points); all
+    coordinates are normalised to [0, 1] (within ``coord_tol``; training passes Ultralytics' own 0.01,
+    which keeps such rows). A polygon becomes the bounding box of its points
+    (Ultralytics' ``segments2boxes``). Only valid rows are returned.
+
+    Returns:
+        boxes: (N, 5) float64 [cls, x_center, y_center, w, h] normalised;
+        errors: [(line_number, kind, reason)];
+        info: {"box_rows": n, "polygon_rows": n}.
+
+    Examples:
+        >>> boxes, errors, _ = parse_label_text("0 0.5 0.5 0.2 0.2\\n7 0.5 0.5 0.1 0.1\\n", nc=6)
+        >>> boxes.shape, errors
+        ((1, 5), [(2, 'class_out_of_range', 'class id 7 out of range 0..5')])
+    """
+    from ultralytics.utils.ops import segments2boxes
+
+    rows, errors = [], []
+    info = {"box_rows": 0, "polygon_rows": 0}
+    for n, line in enumerate(text.splitlines(), start=1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        try:
+            values = np.array([float(t) for t in tokens], dtype=np.float64)
+        except ValueError:
+            bad = next(t for t in tokens if not _is_float(t))
+            errors.append((n, "bad_label_line", f"non-numeric value {bad!r}"))
+            continue
+        if not np.isfinite(values).all():
+            errors.append((n, "bad_label_line", "non-finite value (nan or inf)"))
+            continue
+        cls, coords = values[0], values[1:]
+        k = len(coords)
+        if k == 4:
+            kind = "box_rows"
+        elif k >= 6 and k % 2 == 0:
+            kind = "polygon_rows"
+        elif k == 0:
+            errors.append((n, "bad_label_line", "class id only, no coordinates"))
+            continue
+        elif k % 2:
+            errors.append((n, "bad_label_line", f"{k} coordinates: a polygon needs an even count (x y pairs)"))
+            continue
+        else:
+            errors.append((n, "bad_label_line", f"polygon with {k // 2} point(s), needs at least 3"))
+            continue
+        if cls != int(cls):
+            errors.append((n, "bad_label_line", f"non-integer class id {tokens[0]}"))
+            continue
+        if not 0 <= cls < nc:
+            errors.append((n, "class_out_of_range", f"class id {int(cls)} out of range 0..{nc - 1}"))
+            continue
+        outside = coords[(coords < -coord_tol) | (coords > 1 + coord_tol)]
+        if outside.size:
+            errors.append((n, "coordinate_out_of_range", f"coordinate {outside[0]:g} outside [0, 1]"))
+            continue
+        if kind == "box_rows":
+            box = coords
+            if box[2] <= 0 or box[3] <= 0:
+                errors.append((n, "bad_label_line", f"box width/height must be > 0, got {box[2]:g} {box[3]:g}"))
+                continue
+        else:
+            box = segments2boxes([coords.reshape(-1, 2)])[0]
+        info[kind] += 1
+        rows.append([cls, *box])
+    return np.array(rows, dtype=np.float64).reshape(-1, 5), errors, info
+
+
+def label_boxes(image: str | Path, nc: int) -> list[tuple[int, float, float, float, float]]:
+    """The valid rows of an image's label file as ``(class, xc, yc, w, h)`` boxes (polygons as their bounding
+    box, as Ultralytics trains on them); ``[]`` when the image has no label file."""
+    label = label_path(image)
+    if not label.is_file():
+        return []
+    boxes, _, _ = parse_label_text(label.read_text(encoding="utf-8-sig"), nc)
+    return [(int(b[0]), *(float(v) for v in b[1:])) for b in boxes]
+
+
+def _is_float(token: str) -> bool:
+    try:
+        float(token)
+        return True
+    except ValueError:
+        return False

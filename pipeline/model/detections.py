@@ -1,0 +1,148 @@
+"""Detection records: the one schema of detections.json, and how two runs' detections are compared.
+
+``detection_dicts`` builds the records for both prediction routes; ``match_detections`` and ``agreement``
+pair our engine's boxes with stock Ultralytics' (IoU and score tolerance), which tests and benchmarks use.
+
+Examples:
+    >>> from pipeline.model.detections import agreement
+    >>> agreement(engine_records, stock_records)["ok"]
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.data.preprocess import model_input
+
+# ----------------------------------------------------------------------------------------------------
+# Agreement with stock predict
+# ----------------------------------------------------------------------------------------------------
+
+
+def detection_dicts(boxes_xyxy, scores, classes, logits, names) -> list[dict]:
+    """The ``detections`` entries of detections.json: one schema for the stock path (``pipeline.model.predict``)
+    and the engine."""
+    return [
+        {
+            "class_id": int(c),
+            "class_name": names[int(c)],
+            "score": float(s),
+            "logit": float(z),
+            "box_xyxy": [round(float(v), 2) for v in xyxy],
+        }
+        for xyxy, s, c, z in zip(boxes_xyxy.tolist(), scores.tolist(), classes.tolist(), logits.tolist())
+    ]
+
+
+def match_detections(a: list[dict], b: list[dict], iou_min: float = 0.99, score_tol: float = 1e-3) -> list[tuple[int, int, float]]:
+    """Pair detections of one photo: same class, |score difference| <= ``score_tol``, IoU >= ``iou_min``.
+
+    Greedy, highest score of ``a`` first; each takes the free partner in ``b`` with the closest score
+    (then the largest IoU: boxes clipped to the photo's edges can coincide exactly). Returns
+    ``(i, j, iou)`` for every pair.
+    """
+    from torchvision.ops import box_iou
+
+    if not a or not b:
+        return []
+    iou = box_iou(torch.tensor([d["box_xyxy"] for d in a], dtype=torch.float64), torch.tensor([d["box_xyxy"] for d in b], dtype=torch.float64))
+    ds = (torch.tensor([d["score"] for d in a], dtype=torch.float64)[:, None] - torch.tensor([d["score"] for d in b], dtype=torch.float64)[None]).abs()
+    same = torch.tensor([d["class_id"] for d in a])[:, None] == torch.tensor([d["class_id"] for d in b])[None]
+    ok = same & (ds <= score_tol) & (iou >= iou_min)
+    pairs, taken = [], set()
+    for i in sorted(range(len(a)), key=lambda k: -a[k]["score"]):
+        free = [j for j in ok[i].nonzero().flatten().tolist() if j not in taken]
+        if free:
+            j = min(free, key=lambda j: (float(ds[i, j]), -float(iou[i, j])))
+            taken.add(j)
+            pairs.append((i, j, float(iou[i, j])))
+    return pairs
+
+
+def agreement(ours: list[dict], stock: list[dict], iou_min: float = 0.99, score_tol: float = 1e-3) -> dict:
+    """Compare two lists of detections.json records photo by photo (same order); ``ok`` if every box pairs up.
+
+    Returns counts (``stock_boxes``, ``our_boxes``, ``matched``, ``unmatched_stock``, ``unmatched_ours``),
+    the worst matched pair (``min_iou``, ``max_score_diff``, ``max_logit_diff``) and ``ok``.
+
+    Examples:
+        >>> agreement(engine_records, stock_records)["ok"]
+        True
+    """
+    if [r["image"] for r in ours] != [r["image"] for r in stock]:
+        raise ValueError("records are for different photos (or in a different order)")
+    n_s = n_o = n_m = 0
+    min_iou, max_ds, max_dz = 1.0, 0.0, 0.0
+    for ro, rs in zip(ours, stock):
+        a, b = rs["detections"], ro["detections"]
+        pairs = match_detections(a, b, iou_min, score_tol)
+        n_s, n_o, n_m = n_s + len(a), n_o + len(b), n_m + len(pairs)
+        for i, j, v in pairs:
+            min_iou = min(min_iou, v)
+            max_ds = max(max_ds, abs(a[i]["score"] - b[j]["score"]))
+            if "logit" in a[i] and "logit" in b[j]:  # stock Results carry no logit
+                max_dz = max(max_dz, abs(a[i]["logit"] - b[j]["logit"]))
+    return {
+        "images": len(ours),
+        "stock_boxes": n_s,
+        "our_boxes": n_o,
+        "matched": n_m,
+        "unmatched_stock": n_s - n_m,
+        "unmatched_ours": n_o - n_m,
+        "min_iou": min_iou if n_m else None,
+        "max_score_diff": max_ds if n_m else None,
+        "max_logit_diff": max_dz if n_m else None,
+        "iou_min": iou_min,
+        "score_tol": score_tol,
+        "ok": n_m == n_s == n_o,
+    }
+
+
+# ------------------------------------------------------------------------------ agreement tooling
+def redraw_head(yolo, photo, imgsz: int, seed: int = 0):
+    """Give a weak checkpoint a head whose NMS has one stable answer (for agreement checks: bench and tests).
+
+    A checkpoint trained for minutes on synthetic data scores every CarDD anchor about alike (~0.002),
+    so which of two near-tied boxes NMS keeps is decided by float noise of ~1e-7, and no two backends
+    can agree box for box. Keeping the trained backbone, this redraws the last class convs as random
+    readouts of the features (logit ~ -3 + N(0, 1), standardised on ``photo``) and puts each box side's
+    DFL mass on bins 1-2 (boxes 2-4 strides wide). Speed is unchanged: same layers, same shapes.
+    Modifies ``yolo`` in place and returns it.
+    """
+    model = yolo.model.eval()
+    detect = model.model[-1]
+    heads = [seq[-1] for seq in detect.cv3] + [seq[-1] for seq in detect.cv2]
+    stats = {}
+
+    def measure(k):
+        def hook(module, inputs, output):
+            f = inputs[0][0].flatten(1)
+            stats[k] = (f.mean(1), f.std(1).clamp_min(1e-6))
+
+        return hook
+
+    hooks = [h.register_forward_hook(measure(k)) for k, h in enumerate(heads)]
+    with torch.no_grad():
+        model(model_input(photo, imgsz)[0])
+    for h in hooks:
+        h.remove()
+    g = torch.Generator().manual_seed(seed)
+
+    def readout(k, rows):
+        mu, sigma = stats[k]
+        w = torch.randn(rows, len(mu), generator=g) / (sigma * len(mu) ** 0.5)
+        return w, -(w @ mu)
+
+    for k, conv in enumerate(heads):
+        if k < len(detect.cv3):
+            w, b = readout(k, conv.weight.shape[0])
+            conv.weight.data, conv.bias.data = w[:, :, None, None].clone(), b - 3.0
+        else:
+            w, b = torch.zeros(conv.weight.shape[:2]), torch.full((conv.weight.shape[0],), -20.0)
+            wk, bk = readout(k, 4)
+            for side in range(4):
+                r = side * detect.reg_max
+                b[r + 1] = 0.0
+                w[r + 2], b[r + 2] = wk[side], bk[side]
+            conv.weight.data, conv.bias.data = w[:, :, None, None].clone(), b
+    return yolo

@@ -1,0 +1,139 @@
+"""The model: build YOLOv8 from a YAML (from scratch) or load a checkpoint path, never a hub name.
+
+Offline, Ultralytics would try to download ``yolov8n.pt`` when it is named without a path. We only
+load weights from a file that exists; a bare ``*.pt`` name that is not a file gets one line saying how
+to get it. A ``*.yaml`` name builds a fresh, randomly initialised model (Ultralytics ships the YAMLs).
+
+Examples:
+    >>> from pipeline.model.load import load_model
+    >>> yolo = load_model("yolov8n.yaml", nc=6)  # from scratch, six CarDD classes
+    >>> yolo = load_model("runs/demo/train/weights/best.pt")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+
+import torch
+from ultralytics import YOLO
+from ultralytics.nn import tasks
+
+from pipeline.core.facts import CLASS_NAMES, TRUST_ENV
+from pipeline.core.io import InputError
+
+DEFAULT_MODEL = "yolov8n.yaml"
+
+
+def load_model(spec: str | Path = DEFAULT_MODEL, nc: int | None = None, names=None, trust: bool = False):
+    """Return an ``ultralytics.YOLO`` for a model YAML or an existing weights file.
+
+    Args:
+        spec: ``yolov8n.yaml`` (any Ultralytics model YAML, or a path to one) or a path to a ``.pt`` file.
+        nc: number of classes for a YAML build (the YAML's own ``nc`` otherwise). Ignored for weights.
+        names: class names to attach to a YAML build (defaults to the CarDD names when ``nc`` is 6).
+        trust: load a checkpoint that safe loading refuses (it may run code while loading). Only for
+            files the user said they trust (``--trust-weights``).
+
+    Raises:
+        InputError: weights named without an existing file, a file that is not a valid checkpoint, or
+            one that safe loading refuses (unless ``trust``).
+    """
+    spec = str(spec)
+    path = Path(spec)
+    if spec.endswith((".yaml", ".yml")):
+        try:
+            yolo = YOLO(spec, task="detect")
+        except (FileNotFoundError, OSError) as e:
+            raise InputError(spec, f"model YAML not found ({e})") from None
+        except Exception as e:  # a malformed or hostile YAML: Ultralytics' parser raises many kinds
+            reason = re.sub(r"^.*?ERROR\W*", "", " ".join(str(e).split())) or type(e).__name__
+            raise InputError(spec, f"not a valid model YAML ({type(e).__name__}: {reason[:200]})") from None
+        if nc is not None and yolo.model.yaml.get("nc") != nc:
+            yolo.model = tasks.DetectionModel(yolo.model.yaml, nc=nc, verbose=False)
+        n = yolo.model.yaml["nc"]
+        if names is None and n == len(CLASS_NAMES):
+            names = CLASS_NAMES
+        if names is not None:
+            yolo.model.names = {i: str(name) for i, name in enumerate(names)}
+        return yolo
+    if not path.is_file():
+        raise InputError(
+            spec,
+            "weights file not found; this project never downloads weights. Get them while online "
+            "(e.g. `wget https://github.com/ultralytics/assets/releases/download/v8.4.0/yolov8n.pt`) "
+            "and pass the path, or pass yolov8n.yaml to build from scratch",
+        )
+    with weights_policy(trust):
+        try:
+            yolo = YOLO(str(path), task="detect")
+        except Exception as e:  # torch.load / pickle / zip errors on corrupt files, refusals of safe loading
+            raise InputError(path, weights_error(path, e, trust)) from None
+    if getattr(yolo, "model", None) is None or not hasattr(yolo.model, "names"):
+        raise InputError(path, "not a valid YOLO checkpoint (no model inside)")
+    return yolo
+
+
+@contextlib.contextmanager
+def weights_policy(trust: bool = False):
+    """Within the block, Ultralytics loads checkpoints safely (``weights_only`` + its allow-list) unless ``trust``.
+
+    A ``.pt`` file is a pickle, and unpickling can run any code the file's author put there. Ultralytics
+    8.4 ships a restricted loader that rebuilds only the known model classes; it is off by default, so
+    this switches it on for every load in the block: ``YOLO(path)``, the trainer's resume and fine-tune
+    loads. Ultralytics reads the switch (``SAFE_LOAD``) from its module at each load.
+    """
+    old = tasks.SAFE_LOAD
+    tasks.SAFE_LOAD = not trust
+    try:
+        yield
+    finally:
+        tasks.SAFE_LOAD = old
+
+
+def unsafe_globals(path: str | Path) -> list[str]:
+    """The names a checkpoint would import while unpickling that Ultralytics' safe loader does not allow."""
+    try:
+        needed = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # not a torch zip archive: nothing to list
+        return []
+    allowed = tasks._SafeLoad._registry or {}
+    known = ("torch.", "ultralytics.nn.", "ultralytics.utils.", "collections.", "numpy.", "pathlib.", "builtins.set")
+    return [n for n in needed if n not in allowed and not n.startswith(known)]
+
+
+def weights_error(path: str | Path, error: Exception, trust: bool) -> str:
+    """One line for a checkpoint that did not load: what is wrong and, for a refusal, how to opt in.
+
+    A refusal is said only where the file really names code outside the allow-list (so a broken file
+    never teaches anyone to reach for --trust-weights); Ultralytics' own wrapper hides the reason, so the
+    innermost cause is the one reported.
+    """
+    root = error
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = " ".join(str(root).split())
+    names = [] if trust else unsafe_globals(path)
+    if names or (not trust and "Unsupported global" in text):
+        what = f" ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else ""
+        return (f"refused: this weights file holds objects outside the YOLO checkpoint format{what}, and loading "
+                f"it could run code; if you trust its source, pass --trust-weights (or set {TRUST_ENV}=1)")
+    if root is error and "outside the supported" in text:  # loaded fine, but no YOLO model in it
+        return "not a YOLO checkpoint (no model inside)"
+    if m := re.search(r"invalid load key, '[^']*'|Unsupported operand \d+", text):  # an image or text named .pt
+        return f"not a torch checkpoint file ({m.group(0)})"
+    text = re.sub(r"^.*?ERROR\W*", "", text).replace(str(path), "").strip(" :.")  # Ultralytics' "ERROR ❌️ <path>"
+    first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0].rstrip(".")
+    return f"not a valid YOLO checkpoint ({type(root).__name__}: {first or 'unreadable'})"
+
+
+def detection_model(model) -> torch.nn.Module:
+    """The ``DetectionModel`` of a ``YOLO`` wrapper, or the model itself if it already is one."""
+    return model if isinstance(model, tasks.BaseModel) else model.model
+
+
+def model_stride(model) -> int:
+    """The letterbox stride the predictor uses for a PyTorch model: ``max(int(stride.max()), 32)``."""
+    m = detection_model(model)
+    return max(int(m.stride.max()), 32) if hasattr(m, "stride") else 32

@@ -1,0 +1,244 @@
+"""Detect damage in photos: overlays plus ``detections.json`` with each box's sigmoid score and its logit.
+
+YOLOv8 has no objectness: a box's score is ``sigmoid(logit)`` of the best class output at the anchor
+that produced it. Stock Ultralytics reports only the score; this stage keeps the logit too, read from
+the Detect head's raw class output at the very anchor Ultralytics' own NMS kept (``return_idxs``),
+so ``score == sigmoid(logit)`` holds for every detection and a student can see where it came from.
+
+A folder, or ``--batch`` > 1, runs the engine (``pipeline.model.engine``: decoding ahead in threads,
+batches of equally shaped photos, ONNX Runtime on CPU when installed); its detections agree with the
+one-photo-at-a-time path (``scripts/bench_predict.py`` prints the check and both rates).
+
+Examples:
+    cardamage predict --weights runs/demo/train/weights/best.pt photos/ --out runs/predict
+    cardamage predict --weights best.pt 'shots/*.jpg' car.png --out out --conf 0.1 --imgsz 640
+    cardamage predict --weights best.pt photos/ --out out --batch 16 --workers 4 --no-overlays
+"""
+
+
+
+from __future__ import annotations
+
+import functools
+import gc
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.core import runtime
+from pipeline.core.io import (
+    InputError,
+    atomic_write_image,
+    atomic_write_json,
+    expand_sources,
+    output_folder,
+    read_image,
+)
+from pipeline.model.detections import detection_dicts
+from pipeline.model.engine import Engine
+
+
+@functools.lru_cache(maxsize=None)  # one class object, so Ultralytics keeps its predictor between calls
+def _logit_predictor_class():
+    """A DetectionPredictor that also returns, per kept box, the raw class logit behind its score."""
+    from ultralytics.models.yolo.detect import DetectionPredictor
+    from ultralytics.utils import nms
+
+    class LogitPredictor(DetectionPredictor):
+        def postprocess(self, preds, img, orig_imgs, **kwargs):
+            raw = preds[1] if isinstance(preds, (tuple, list)) and isinstance(preds[1], dict) else None
+            dets, idxs = nms.non_max_suppression(
+                preds,
+                self.args.conf,
+                self.args.iou,
+                self.args.classes,
+                self.args.agnostic_nms,
+                max_det=self.args.max_det,
+                nc=0,
+                end2end=getattr(self.model, "end2end", False),
+                return_idxs=True,
+            )
+            if not isinstance(orig_imgs, list):
+                from ultralytics.utils import ops
+
+                orig_imgs = ops.convert_torch2numpy_batch(orig_imgs)[..., ::-1]
+            results = self.construct_results(dets, img, orig_imgs)
+            for b, (r, det, idx) in enumerate(zip(results, dets, idxs)):
+                if raw is None:  # exported backends give no raw head output: invert the sigmoid instead
+                    r.logits = _inverse_sigmoid(det[:, 4].double()).float()
+                else:
+                    r.logits = raw["scores"][b, det[:, 5].long(), idx.long()].float()
+            return results
+
+    return LogitPredictor
+
+
+def _inverse_sigmoid(p):
+    p = p.clamp(1e-12, 1 - 1e-12)
+    return (p / (1 - p)).log()
+
+
+def _label_overlay(image: np.ndarray, record: dict) -> np.ndarray:
+    """Draw boxes labelled ``class p=score z=logit`` with Ultralytics' Annotator (its colours, its fonts).
+
+    Draws on ``image`` itself: every caller is done with the photo once its overlay is drawn, and a
+    copy of an 8000x8000 photo would cost 183 MB more.
+    """
+    from ultralytics.utils.plotting import Annotator, colors
+
+    ann = Annotator(image, line_width=max(1, round(sum(image.shape[:2]) / 2 * 0.003)))
+    for d in record["detections"]:
+        ann.box_label(d["box_xyxy"], f"{d['class_name']} p={d['score']:.2f} z={d['logit']:+.2f}", color=colors(d["class_id"], True))
+    return ann.result()
+
+
+def predict_images(yolo, images: list[np.ndarray], conf: float = 0.25, imgsz: int = 640, iou: float = 0.7, device: str = "cpu"):
+    """Run the detector on BGR images one by one (as stock predict does); return per-image detection lists."""
+    out = []
+    results = yolo.predict(
+        images, stream=True, conf=conf, iou=iou, imgsz=imgsz, device=device, verbose=False, save=False, predictor=_logit_predictor_class()
+    )
+    for r in results:
+        out.append(detection_dicts(r.boxes.xyxy, r.boxes.conf, r.boxes.cls, r.logits, yolo.model.names))
+    release_photos(yolo)
+    return out
+
+
+def release_photos(yolo) -> None:
+    """Drop the references Ultralytics' predictor keeps to the last photos it ran on.
+
+    Its ``batch``, ``results`` and source loader (``dataset``) hold the last photos until the next
+    ``predict`` call replaces them, so, photo by photo, the previous photo stayed in memory while the
+    next one was decoded (183 MB more for 8000x8000 photos). ``predict`` sets all three afresh on every
+    call, so clearing them changes nothing else.
+    """
+    predictor = getattr(yolo, "predictor", None)
+    if predictor is not None:
+        predictor.batch = predictor.results = predictor.dataset = None
+
+
+def _overlay_name(path: Path, used: set[str]) -> str:
+    name = f"{path.stem}.jpg"
+    k = 1
+    while name in used:  # photos with the same stem from different folders
+        name = f"{path.stem}_{k}.jpg"
+        k += 1
+    used.add(name)
+    return name
+
+
+def predict_paths(
+    yolo,
+    sources: list[str | Path],
+    out: str | Path | None,
+    conf: float = 0.25,
+    imgsz: int = 640,
+    device: str = "cpu",
+    overlays: bool = True,
+    progress: bool = True,
+    batch: int | None = None,
+    workers: int | None = None,
+    backend: str = "auto",
+) -> tuple[list[dict], list[InputError]]:
+    """Predict on files/folders/globs; write overlays and ``out/detections.json``; return (records, errors).
+
+    A bad photo is reported (returned in ``errors``) and skipped; the rest of the batch still runs.
+    With ``batch`` > 1, or a folder among ``sources``, the batched engine does the work (``batch``
+    defaults to ``pipeline.model.engine.DEFAULT_BATCH`` for the device there: 1 on CPU, where the engine's
+    gain is ONNX Runtime and decoding ahead, 32 on CUDA; ``workers`` decode threads; ``backend`` as in
+    ``pipeline.model.engine.Engine``); otherwise photos go one by one through stock predict.
+
+    Examples:
+        >>> yolo = load_model("runs/demo/train/weights/best.pt")
+        >>> records, errors = predict_paths(yolo, ["photos/"], "runs/predict")
+        >>> records[0]["detections"][0].keys()
+        dict_keys(['class_id', 'class_name', 'score', 'logit', 'box_xyxy'])
+    """
+    runtime.return_freed_memory()  # a folder of big photos: freed decodes go back to the OS at once
+    files, errors = expand_sources([str(s) for s in sources])
+    if out is None:
+        return _predict(yolo, sources, files, errors, None, conf, imgsz, device, overlays, progress, batch, workers, backend)
+    inputs = [*(s for s in sources if Path(s).is_dir()), *files, *_weights_file(yolo)]
+    with output_folder(out, inputs=inputs) as out:  # refused before any inference if it could touch an input
+        return _predict(yolo, sources, files, errors, out, conf, imgsz, device, overlays, progress, batch, workers, backend)
+
+
+def _weights_file(yolo) -> list[str]:
+    path = getattr(yolo, "ckpt_path", None)
+    return [path] if path and Path(path).is_file() else []
+
+
+def _predict(yolo, sources, files, errors, out, conf, imgsz, device, overlays, progress, batch, workers, backend):
+    """``predict_paths`` after its checks: the engine for folders and batches, else photo by photo."""
+    from ultralytics.utils import TQDM
+
+    if (batch is not None and batch > 1) or any(Path(s).is_dir() for s in sources):
+        records, file_errors = _predict_batched(yolo, files, out, conf, imgsz, device, overlays, progress, batch, workers, backend)
+        return records, errors + file_errors
+    records, used = [], set()
+    bar = TQDM(files, desc="predict", unit="img", disable=not progress or len(files) < 2)  # shows img/s
+    for path in bar:
+        try:
+            image = read_image(path)
+        except InputError as e:
+            errors.append(e)
+            continue
+        imports_torchvision = "torchvision" not in sys.modules
+        dets = predict_images(yolo, [image], conf=conf, imgsz=imgsz, device=device)[0]
+        h, w = image.shape[:2]
+        record = {"image": str(path), "width": w, "height": h, "detections": dets}
+        if out is not None and overlays:
+            name = _overlay_name(path, used)
+            atomic_write_image(out / name, _label_overlay(image, record))
+            record["overlay"] = name
+        records.append(record)
+        del image  # before the next photo is decoded, not after: two large photos would be held at once
+        if imports_torchvision:
+            # Ultralytics imports torchvision in its first predict, and torch.fx keeps the importing frames,
+            # the photo among their locals, in a reference cycle. Collect it once, now, rather than carry
+            # the photo until Python's collector gets to it (importing torchvision earlier would put its
+            # 150 MB beside the decode of the first photo instead).
+            gc.collect()
+    if out is not None:
+        atomic_write_json(out / "detections.json", records)
+    return records, errors
+
+
+def _write_overlay(engine, o, path: Path) -> None:
+    """Writer thread: draw ``o``'s boxes on its photo (kept by the engine, or read again) and write it."""
+    with engine.photo(o) as image:
+        atomic_write_image(path, _label_overlay(image, o.record))
+
+
+def _predict_batched(yolo, files, out, conf, imgsz, device, overlays, progress, batch, workers, backend):
+    """The engine path of ``predict_paths``: records in input order, overlays drawn on a writer thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ultralytics.utils import TQDM
+
+    draw = out is not None and overlays
+    engine = Engine(yolo, imgsz=imgsz, conf=conf, device=device, batch=batch, workers=workers, backend=backend, keep_images=draw)
+    used: set[str] = set()
+    names = [_overlay_name(f, used) for f in files]  # fixed by input order, whatever order batches finish in
+    done: dict[int, dict] = {}
+    failed: dict[int, InputError] = {}
+    bar = TQDM(total=len(files), desc=f"predict ({engine.backend.name}, batch {engine.batch})", unit="img", disable=not progress or len(files) < 2)
+    with ThreadPoolExecutor(1, thread_name_prefix="overlay") as writer:
+        pending = []
+        for o in engine.run(files):
+            bar.update(1)
+            if o.error is not None:
+                failed[o.index] = o.error
+                continue
+            if draw:
+                o.record["overlay"] = names[o.index]
+                pending.append(writer.submit(_write_overlay, engine, o, out / names[o.index]))
+            done[o.index] = o.record
+        for f in pending:
+            f.result()  # surfaces a failed write
+    bar.close()
+    records = [done[i] for i in sorted(done)]
+    if out is not None:
+        atomic_write_json(out / "detections.json", records)
+    return records, [failed[i] for i in sorted(failed)]

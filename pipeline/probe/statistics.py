@@ -1,0 +1,328 @@
+"""Record what every conv layer computes: a full dump for one photo, or per-channel statistics over many.
+
+For one photo: every layer's pre/post-SiLU activations, weights and folded biases. For a folder, several
+photos or a glob: the per-channel statistics of every layer over all of them.
+
+One forward pass of the exact predictor input with ``LayerRecorder`` hooked on the chosen Conv blocks
+writes five files into ``--out``:
+
+- ``input.safetensors``: key ``input``, the model input (1x3xHxW float32, RGB, [0, 1]).
+- ``activations.safetensors``: ``<block>.pre`` (z = bn(conv(x))) and ``<block>.post`` (SiLU(z)) for every
+  recorded Conv block, plus the Detect head's ``<head>.cls_logits.<scale>`` (class logits before the
+  sigmoid), ``<head>.box.<scale>`` (raw box distributions) and ``<head>.decoded`` (1 x (4+nc) x anchors:
+  xywh boxes in input pixels, then sigmoid class scores). ``--dtype float16`` halves this file.
+- ``params.safetensors``: ``<block>.conv.weight``, ``<block>.bn.weight|bias|running_mean|running_var``
+  (unfused models), ``<block>.folded.weight|bias`` (BN folded in, as ``model.fuse()`` does), and the head's
+  final ``Conv2d`` weights and biases (``model.22.cv3.0.2.weight`` ...). Always float32.
+- ``index.json``: per recorded block its path, type, input/output shapes, kernel, stride, padding,
+  groups, BN eps, parameter count and layer-level statistics; the head's strides and grids; per
+  top-level layer parameter counts; model name, image size, letterbox, totals.
+- ``stats.csv``: one row per (block, channel): count, mean, std, min, max of z, fraction z < 0,
+  fraction |SiLU(z)| < dead_eps ("dead"), mean of SiLU(z).
+
+Given several photos, a folder or a glob (or ``--stats-only``), ``inspect`` keeps no feature map: one
+stats-mode recorder runs over all photos and writes ``stats.csv`` (per channel over the whole set) and
+``index.json`` (see ``inspect_dataset``).
+
+Examples:
+    cardamage inspect --weights runs/demo/train/weights/best.pt photo.jpg --out runs/inspect
+    cardamage inspect --weights runs/demo/train/weights/best.pt datasets/cardd/valid/images --out runs/inspect-valid
+    cardamage inspect --weights yolov8n.yaml photo.jpg --out runs/inspect --layers 0 1 model.2.cv1 SPPF --dtype float16
+
+    >>> from pipeline.probe.statistics import inspect_image
+    >>> paths = inspect_image("best.pt", "photo.jpg", "runs/inspect", imgsz=640)
+    >>> from safetensors.torch import load_file
+    >>> load_file(paths["activations"])["model.0.post"].shape
+    torch.Size([1, 16, 320, 320])
+"""
+
+
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.core.facts import CLASS_NAMES
+from pipeline.core.io import InputError, atomic_save_safetensors, atomic_write_json, atomic_write_text, expand_sources
+from pipeline.probe.layers import detection_model
+from pipeline.model.load import load_model
+from pipeline.probe.channel_stats import DEAD_EPS, STATS_COLUMNS
+from pipeline.probe.fold import block_params, conv_meta, head_params, param_counts
+from pipeline.probe.layers import conv_blocks, model_input
+from pipeline.probe.recorder import LayerRecorder
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
+FILES = ("input", "activations", "params", "index", "stats")
+
+
+def _model_name(yolo) -> str:
+    net = detection_model(yolo)
+    path = getattr(yolo, "ckpt_path", None) or getattr(net, "pt_path", None)
+    if path:
+        return str(path)
+    yaml = getattr(net, "yaml", {}) or {}
+    return str(yaml.get("yaml_file") or type(net).__name__)
+
+
+def stats_csv(rows: list[dict]) -> str:
+    """The per-channel statistics as CSV text (``STATS_COLUMNS``, floats with 9 significant digits)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=STATS_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.9g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def inspect_image(weights_or_yolo, image_path, out_dir, layers=None, dtype: str = "float32", imgsz=640,
+                  fuse: bool = False, dead_eps: float = DEAD_EPS) -> dict:
+    """Run one photo through the model with every chosen Conv block hooked and write the five files.
+
+    Args:
+        weights_or_yolo: a weights path or model YAML (``load_model``), or a loaded ``ultralytics.YOLO``.
+        image_path: the photo.
+        out_dir: folder for the files (created).
+        layers: selection for ``select_layers`` (``None`` = all Conv blocks).
+        dtype: ``"float32"`` or ``"float16"`` for ``activations.safetensors``.
+        imgsz: inference size, as for ``YOLO.predict``.
+        fuse: fold BatchNorm into the convs first (on the given model, in place).
+        dead_eps: |SiLU(z)| below this counts as dead in the statistics.
+
+    Returns:
+        ``{"input", "activations", "params", "index", "stats"}`` -> Path, plus ``"seconds"`` (wall time of
+        record + write) and ``"bytes"`` {name: file size}.
+
+    Raises:
+        InputError: unreadable weights or image, unknown layer selector, unknown dtype.
+    """
+    t0 = time.perf_counter()
+    if dtype not in DTYPES:
+        raise InputError("--dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    yolo = weights_or_yolo
+    if isinstance(weights_or_yolo, (str, Path)):
+        yolo = load_model(weights_or_yolo, nc=len(CLASS_NAMES))  # nc only matters for a YAML build
+    net = detection_model(yolo)
+    if fuse:
+        net.fuse(verbose=False)
+    x, meta = model_input(net, image_path, imgsz)
+    try:
+        recorder = LayerRecorder(net, layers=layers, mode="both", head=True, dead_eps=dead_eps)
+    except ValueError as e:
+        raise InputError("--layers", str(e)) from None
+    with recorder as rec:
+        rec(x)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "input": out / "input.safetensors",
+        "activations": out / "activations.safetensors",
+        "params": out / "params.safetensors",
+        "index": out / "index.json",
+        "stats": out / "stats.csv",
+    }
+    cast = DTYPES[dtype]
+    acts: dict[str, torch.Tensor] = {}
+    for path in rec.layers:
+        z, a = rec.activations[path]
+        acts[f"{path}.pre"], acts[f"{path}.post"] = z.to(cast), a.to(cast)
+    head = rec.head
+    if head:
+        for i, (cls, box) in enumerate(zip(head["cls_logits"], head["box"])):
+            acts[f"{head['path']}.cls_logits.{i}"] = cls.to(cast)
+            acts[f"{head['path']}.box.{i}"] = box.to(cast)
+        acts[f"{head['path']}.decoded"] = head["decoded"].to(cast)
+
+    blocks = conv_blocks(net)
+    params: dict[str, torch.Tensor] = {}
+    for path in rec.layers:
+        for key, value in block_params(blocks[path]).items():
+            params[f"{path}.{key}"] = value.float()
+    params.update({k: v.float() for k, v in head_params(net).items()})
+
+    counts = param_counts(net)
+    layer_entries = []
+    for path in rec.layers:
+        m = conv_meta(blocks[path])
+        layer_entries.append({
+            "path": path,
+            **m,
+            "input_shape": rec.shapes[path]["input"],
+            "output_shape": rec.shapes[path]["output"],
+            "keys": {"pre": f"{path}.pre", "post": f"{path}.post"},
+            "stats": rec.stats[path].summary(),
+        })
+    index = {
+        "model": _model_name(yolo),
+        "image": str(image_path),
+        "imgsz": meta["imgsz"],
+        "input_shape": list(x.shape),
+        "letterbox": {k: v for k, v in meta.items() if k != "source"},
+        "fused": bool(net.is_fused()) if hasattr(net, "is_fused") else False,
+        "dtype": dtype,
+        "dead_eps": dead_eps,
+        "names": {int(k): str(v) for k, v in getattr(net, "names", {}).items()},
+        "layers": layer_entries,
+        "head": None if not head else {
+            "path": head["path"],
+            "nc": head["nc"],
+            "reg_max": head["reg_max"],
+            "strides": head["strides"],
+            "grids": [list(t.shape[2:]) for t in head["cls_logits"]],
+            "keys": {
+                "cls_logits": [f"{head['path']}.cls_logits.{i}" for i in range(len(head["cls_logits"]))],
+                "box": [f"{head['path']}.box.{i}" for i in range(len(head["box"]))],
+                "decoded": f"{head['path']}.decoded",
+            },
+            "params": sorted(head_params(net)),
+        },
+        "top_level_layers": counts["layers"],
+        "totals": {
+            "params": counts["total"],
+            "conv_blocks": len(blocks),
+            "recorded_blocks": len(rec.layers),
+            "activation_values": int(sum(t.numel() for t in acts.values())),
+        },
+        "stats_columns": list(STATS_COLUMNS),
+        "files": {k: p.name for k, p in paths.items()},
+        "versions": {"torch": torch.__version__, "ultralytics": __import__("ultralytics").__version__},
+    }
+
+    atomic_save_safetensors(paths["input"], {"input": x})
+    atomic_save_safetensors(paths["activations"], acts, metadata={"dtype": dtype, "image": str(image_path)})
+    atomic_save_safetensors(paths["params"], params)
+    atomic_write_text(paths["stats"], stats_csv(rec.stats_table()))
+    atomic_write_json(paths["index"], index)
+    result = dict(paths)
+    result["seconds"] = time.perf_counter() - t0
+    result["bytes"] = {k: p.stat().st_size for k, p in paths.items()}
+    return result
+
+
+def record_statistics(model, sources, imgsz=640, layers=None, dead_eps: float = DEAD_EPS, progress: bool = True,
+                      on_error=None, limit: int | None = None):
+    """Run photos through ``model`` with one stats-mode recorder kept open; keep no feature map.
+
+    Args:
+        model: a YOLO wrapper or DetectionModel. sources: photos, folders, globs. imgsz: inference size.
+        layers: selection for ``select_layers``. dead_eps: the dead threshold.
+        progress: progress bar with images per second. on_error: called with each ``InputError`` as it happens.
+        limit: use at most this many photos (the first, in sorted order).
+
+    Returns:
+        ``(recorder, used, errors, shapes)``: the closed recorder (``.stats``, ``.layers``), ``[{"image",
+        "input_shape"}]``, ``[InputError]``, and ``{layer: set of output CxHxW shapes}``.
+
+    Raises:
+        InputError: unknown layer selector, or no photo could be read.
+    """
+    from ultralytics.utils import TQDM
+
+
+    net = detection_model(model)
+    files, errors = expand_sources([str(s) for s in sources])
+    files = files[:limit] if limit is not None else files
+    for e in errors:
+        if on_error:
+            on_error(e)
+    try:
+        recorder = LayerRecorder(net, layers=layers, mode="stats", head=False, dead_eps=dead_eps)
+    except ValueError as e:
+        raise InputError("--layers", str(e)) from None
+    used, shapes = [], {}
+    with recorder as rec:
+        for f in TQDM(files, desc="inspect", unit="img", disable=not progress or len(files) < 2):
+            try:
+                x, _ = model_input(net, f, imgsz)
+            except InputError as e:
+                errors.append(e)
+                if on_error:
+                    on_error(e)
+                continue
+            rec(x)
+            used.append({"image": str(f), "input_shape": list(x.shape)})
+            for path in rec.layers:
+                shapes.setdefault(path, set()).add(tuple(rec.shapes[path]["output"][1:]))
+    if not used:
+        raise InputError(" ".join(map(str, sources)), f"no photo could be read ({len(errors)} errors)")
+    return rec, used, errors, shapes
+
+
+def inspect_dataset(weights_or_yolo, sources, out_dir, layers=None, imgsz=640, fuse: bool = False,
+                    dead_eps: float = DEAD_EPS, progress: bool = True, on_error=None) -> dict:
+    """Per-channel statistics of every chosen Conv block over many photos, without keeping any feature map.
+
+    One stats-mode ``LayerRecorder`` stays open over all photos (each at its own letterbox shape, as
+    ``YOLO.predict`` would run it), so every row of ``stats.csv`` describes a channel over all values of
+    all photos: the mean, std, min and max of z, the share of z < 0, the share of dead |SiLU(z)|, the mean
+    of SiLU(z). Writes into ``out_dir``:
+
+    - ``stats.csv``: as in ``inspect_image``, over the whole set;
+    - ``index.json``: model, image size, the photos used (with their input shapes), the photos that failed
+      (``"file: reason"``), per block its path, type, kernel, stride, parameter count and layer summary,
+      seconds and images per second.
+
+    A photo that cannot be read is reported and skipped; the rest still run.
+
+    Args:
+        weights_or_yolo: a weights path or model YAML (``load_model``), or a loaded ``ultralytics.YOLO``.
+        sources: photos, folders and globs (``pipeline.core.io.expand_sources``).
+        out_dir: folder for the two files (created).
+        layers: selection for ``select_layers`` (``None`` = all Conv blocks).
+        imgsz: inference size. fuse: fold BatchNorm into the convs first. dead_eps: the dead threshold.
+        progress: show a progress bar with images per second.
+        on_error: called with each ``InputError`` as it happens (the CLI prints it), besides being returned.
+
+    Returns:
+        ``{"stats": Path, "index": Path, "images": n used, "errors": [InputError], "seconds": float}``.
+
+    Raises:
+        InputError: unreadable weights, unknown layer selector, or no photo could be read.
+
+    Examples:
+        >>> res = inspect_dataset("best.pt", ["datasets/cardd/valid/images"], "runs/inspect-valid")
+        >>> res["images"], res["stats"]
+        (799, PosixPath('runs/inspect-valid/stats.csv'))
+    """
+    yolo = weights_or_yolo
+    if isinstance(weights_or_yolo, (str, Path)):
+        yolo = load_model(weights_or_yolo, nc=len(CLASS_NAMES))
+    net = detection_model(yolo)
+    if fuse:
+        net.fuse(verbose=False)
+    t0 = time.perf_counter()  # images per second: reading, letterboxing, forward and statistics, not the load
+    rec, used, errors, shapes = record_statistics(net, sources, imgsz, layers=layers, dead_eps=dead_eps,
+                                                  progress=progress, on_error=on_error)
+    seconds = time.perf_counter() - t0
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"stats": out / "stats.csv", "index": out / "index.json"}
+    blocks = conv_blocks(net)
+    index = {
+        "model": _model_name(yolo),
+        "mode": "dataset statistics",
+        "imgsz": imgsz,
+        "fused": bool(net.is_fused()) if hasattr(net, "is_fused") else False,
+        "dead_eps": dead_eps,
+        "names": {int(k): str(v) for k, v in getattr(net, "names", {}).items()},
+        "images": used,
+        "errors": [str(e) for e in errors],
+        "layers": [{"path": p, **conv_meta(blocks[p]), "output_shapes": sorted(list(s) for s in shapes[p]),
+                    "stats": rec.stats[p].summary()} for p in rec.layers],
+        "totals": {"params": param_counts(net)["total"], "conv_blocks": len(blocks), "recorded_blocks": len(rec.layers),
+                   "images": len(used), "failed": len(errors)},
+        "seconds": round(seconds, 3),
+        "images_per_second": round(len(used) / seconds, 3),
+        "stats_columns": list(STATS_COLUMNS),
+        "files": {k: p.name for k, p in paths.items()},
+        "versions": {"torch": torch.__version__, "ultralytics": __import__("ultralytics").__version__},
+    }
+    atomic_write_text(paths["stats"], stats_csv(rec.stats_table()))
+    atomic_write_json(paths["index"], index)
+    return {**paths, "images": len(used), "errors": errors, "seconds": seconds}

@@ -1,0 +1,282 @@
+"""Recompute one neuron by hand: sum(w*x) + b -> SiLU, against the framework; and a box score from its logit.
+
+A YOLOv8 conv neuron at (layer, channel c, row y, column x) sees a k x k window of its layer's input
+(all input channels of its group, zero-padded at the border). With BatchNorm folded into the weights
+(W' = W * gamma/sqrt(var+eps), b' = beta - mean * gamma/sqrt(var+eps)) it computes, in float64 here::
+
+    z = sum_{i,u,v} W'[c,i,u,v] * patch[i,u,v] + b'[c]      (pre-activation)
+    sigmoid(z) = 1 / (1 + exp(-z))
+    SiLU(z) = z * sigmoid(z)                                 (post-activation)
+
+and the hooked value from the float32 forward pass must agree (relative error <= 1e-5). The unfolded
+route (conv first, then (conv - mean) / sqrt(var + eps) * gamma + beta) is shown too, to see that
+folding changes nothing.
+
+The head trace does the same for a detection Ultralytics reports: NMS keeps, per anchor, the class
+with the highest score; we run Ultralytics' own NMS on the recorded head output with the predictor's
+arguments and ``return_idxs`` to learn which anchor (scale, grid cell) each reported box came from,
+then show logit -> sigmoid(logit) -> the ``conf`` Ultralytics printed.
+
+Examples:
+    cardamage trace --weights yolov8n.yaml photo.jpg --layer model.2.cv1 --channel 5 --y 40 --x 40
+    cardamage trace --weights best.pt photo.jpg --layer model.0 --channel 0 --y 100 --x 100 --out trace.json
+    cardamage trace --weights best.pt photo.jpg --layer model.22.cv3.0.1 --channel 3 --y 7 --x 9 --head --conf 0.1
+
+    >>> from pipeline.probe.trace import trace_neuron, trace_head, format_trace
+    >>> t = trace_neuron(yolo, x, "model.2.cv1", channel=5, y=40, x=40)
+    >>> print(format_trace(t)); t["abs_error"] < 1e-5
+    >>> h = trace_head(yolo, "photo.jpg", imgsz=640, conf=0.25)
+    >>> [(d["logit"], d["sigmoid_by_hand"], d["ultralytics_conf"]) for d in h["detections"]]
+"""
+
+
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.core.io import read_image
+from pipeline.model.load import detection_model
+from pipeline.model.predict import release_photos
+from pipeline.probe.fold import conv_meta, fold_bn
+from pipeline.probe.layers import conv_blocks, is_fused
+from pipeline.probe.recorder import LayerRecorder
+
+#: The agreement the lesson promises between the float64 hand computation and the float32 framework.
+REL_TOL = 1e-5
+
+
+def _sigmoid(z: float) -> float:
+    """1 / (1 + exp(-z)) in float64, written so that it never overflows."""
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
+def rel_error(hand: float, framework: float) -> float:
+    """|hand - framework| / max(1, |framework|): relative for big values, absolute near zero."""
+    return abs(hand - framework) / max(1.0, abs(framework))
+
+
+def trace_neuron(model, inp: torch.Tensor, layer: str, channel: int, y: int, x: int, top: int = 5) -> dict:
+    """Recompute the neuron (``layer``, ``channel``, ``y``, ``x``) by hand in float64 and compare with the hooks.
+
+    Args:
+        model: YOLO wrapper or DetectionModel (fused or not).
+        inp: the model input, ``1x3xHxW`` (``pipeline.probe.layers.model_input``).
+        layer: Conv block path, e.g. ``"model.2.cv1"``.
+        channel, y, x: output channel and position in the layer's output map.
+        top: how many of the largest |w*x| products to list.
+
+    Returns:
+        JSON-ready dict: ``layer``, ``channel``, ``y``, ``x``, geometry (``kernel``, ``stride``, ``padding``,
+        ``dilation``, ``groups``, ``input_channels``), ``patch_origin`` (top-left of the window in the layer
+        input, negative inside the zero padding), ``patch`` and ``weights`` (nested [cin][ky][kx], the folded
+        weights), ``bias`` (folded), ``dot`` (sum of products), ``z_by_hand``, ``sigmoid_by_hand``,
+        ``silu_by_hand``, ``framework_pre``, ``framework_value`` (post), ``abs_error`` and ``rel_error``
+        (post), ``abs_error_pre``, ``top_products``, and for an unfused block ``unfolded`` (raw conv sum,
+        gamma, beta, running mean/var, eps and the BN formula's z).
+
+    Raises:
+        ValueError: unknown layer or a position outside the layer's output.
+    """
+    blocks = conv_blocks(model)
+    if layer not in blocks:
+        raise ValueError(f"{layer!r} is not a Conv block; Conv blocks are e.g. {', '.join(list(blocks)[:4])}, ...")
+    block = blocks[layer]
+    with LayerRecorder(model, layers=[layer], mode="tensors", head=False, keep_inputs=True) as rec:
+        rec(inp)
+    z_fw, a_fw = rec.activations[layer]
+    _, c_out, h_out, w_out = z_fw.shape
+    if not (0 <= channel < c_out and 0 <= y < h_out and 0 <= x < w_out):
+        raise ValueError(f"{layer} has output {c_out}x{h_out}x{w_out} (channels x rows x columns); "
+                         f"channel={channel} y={y} x={x} is outside it")
+    geo = conv_meta(block)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geo["kernel"], geo["stride"], geo["padding"], geo["dilation"]
+    cin_g = geo["in_channels"] // geo["groups"]
+    g = channel // (geo["out_channels"] // geo["groups"])
+
+    # the window of the layer input this neuron sees (zero padding as the conv pads)
+    x_in = rec.inputs[layer][0].double()
+    padded = F.pad(x_in, (pw, pw, ph, ph))
+    r0, c0 = y * sh, x * sw  # top-left in padded coordinates
+    patch = padded[g * cin_g:(g + 1) * cin_g, r0:r0 + dh * (kh - 1) + 1:dh, c0:c0 + dw * (kw - 1) + 1:dw]
+
+    w_folded, b_folded = fold_bn(block, torch.float64)
+    w = w_folded[channel]
+    b = float(b_folded[channel])
+    products = w * patch
+    dot = float(products.sum())
+    z = dot + b
+    sig = _sigmoid(z)
+    silu = z * sig
+    pre, post = float(z_fw[0, channel, y, x]), float(a_fw[0, channel, y, x])
+
+    flat = products.flatten()
+    order = flat.abs().argsort(descending=True)[:top].tolist()
+    top_products = []
+    for k in order:
+        i, rem = divmod(k, kh * kw)
+        u, v = divmod(rem, kw)
+        top_products.append({"in_channel": g * cin_g + i, "ky": u, "kx": v, "w": float(w[i, u, v]),
+                             "x": float(patch[i, u, v]), "w_times_x": float(flat[k])})
+
+    out = {
+        "layer": layer, "type": geo["type"], "channel": channel, "y": y, "x": x,
+        "kernel": geo["kernel"], "stride": geo["stride"], "padding": geo["padding"], "dilation": geo["dilation"],
+        "groups": geo["groups"], "input_channels": [g * cin_g, (g + 1) * cin_g], "fused": geo["fused"],
+        "input_shape": list(rec.inputs[layer].shape), "output_shape": list(z_fw.shape),
+        "patch_origin": [r0 - ph, c0 - pw],
+        "patch": patch.tolist(), "weights": w.tolist(), "bias": b,
+        "n_products": int(flat.numel()), "dot": dot,
+        "z_by_hand": z, "sigmoid_by_hand": sig, "silu_by_hand": silu,
+        "framework_pre": pre, "framework_value": post,
+        "abs_error_pre": abs(z - pre), "abs_error": abs(silu - post), "rel_error": rel_error(silu, post),
+        "rel_error_pre": rel_error(z, pre), "top_products": top_products,
+    }
+    if not is_fused(block):
+        bn = block.bn
+        gamma, beta = float(bn.weight.detach()[channel]), float(bn.bias.detach()[channel])
+        mean, var, eps = float(bn.running_mean[channel]), float(bn.running_var[channel]), float(bn.eps)
+        raw = float((block.conv.weight.detach()[channel].double() * patch).sum())
+        out["unfolded"] = {"conv_sum": raw, "gamma": gamma, "beta": beta, "running_mean": mean,
+                           "running_var": var, "eps": eps,
+                           "z": (raw - mean) / math.sqrt(var + eps) * gamma + beta}
+    return out
+
+
+def format_trace(t: dict) -> str:
+    """The neuron trace as readable steps (what ``cardamage trace`` prints)."""
+    kh, kw = t["kernel"]
+    (r, c), n = t["patch_origin"], t["n_products"]
+    lines = [
+        f"neuron {t['layer']} channel {t['channel']} at (y={t['y']}, x={t['x']}): {t['type']} {kh}x{kw}, "
+        f"stride {t['stride'][0]}, padding {t['padding'][0]}, groups {t['groups']}" + (" (fused)" if t["fused"] else ""),
+        f"  input window: channels {t['input_channels'][0]}..{t['input_channels'][1] - 1} x rows {r}..{r + kh - 1} "
+        f"x cols {c}..{c + kw - 1} of the layer input {t['input_shape']} (outside = zero padding)",
+    ]
+    if "unfolded" in t:
+        u = t["unfolded"]
+        lines += [
+            f"  0) unfolded: conv = sum(W * patch) = {u['conv_sum']:.9g}; "
+            f"bn = (conv - {u['running_mean']:.6g}) / sqrt({u['running_var']:.6g} + {u['eps']:g}) * {u['gamma']:.6g} "
+            f"+ {u['beta']:.6g} = {u['z']:.9g}",
+            "  1) fold BN into the weights: W' = W * gamma / sqrt(var + eps), b' = beta - mean * gamma / sqrt(var + eps)",
+        ]
+    biggest = ", ".join(f"{p['w']:.4g}*{p['x']:.4g}" for p in t["top_products"][:3])
+    lines += [
+        f"  2) z = sum of {n} products W'*x + b' = {t['dot']:.9g} + ({t['bias']:.9g}) = {t['z_by_hand']:.9g}"
+        f"   (largest products: {biggest})",
+        f"  3) sigmoid(z) = 1 / (1 + exp(-z)) = {t['sigmoid_by_hand']:.9g}",
+        f"  4) SiLU(z) = z * sigmoid(z) = {t['silu_by_hand']:.9g}",
+        f"  framework (float32 hooks): z = {t['framework_pre']:.9g}, SiLU = {t['framework_value']:.9g}",
+        f"  |hand - framework| = {t['abs_error']:.3g} (relative {t['rel_error']:.3g}; "
+        f"{'OK' if t['rel_error'] <= REL_TOL else 'ABOVE'} the {REL_TOL:g} tolerance)",
+    ]
+    return "\n".join(lines)
+
+
+def trace_head(yolo, image, imgsz=640, conf: float = 0.25, iou: float = 0.7, max_det: int = 300, pixels=None) -> dict:
+    """Trace every box Ultralytics reports back to its class logit: logit -> sigmoid -> reported ``conf``.
+
+    Runs ``yolo.predict`` on ``image`` while the predictor's own (fused) network is hooked, so the logits
+    are the very numbers behind the reported boxes. Ultralytics' NMS is re-run on the recorded head output
+    with the predictor's arguments and ``return_idxs=True``, which names the anchor of each kept box.
+
+    Args:
+        yolo: an ``ultralytics.YOLO`` (``pipeline.model.load_model``).
+        image: photo path.
+        imgsz, conf, iou, max_det: as in ``YOLO.predict``.
+        pixels: the photo as ``pipeline.core.io.read_image(image)`` returns it, when the caller has read it
+            already; read here otherwise. Either way it is decoded once, not once per ``predict`` call
+            (an 8000x8000 photo decodes into 183 MB, at a peak of twice that).
+
+    Returns:
+        ``{"image", "input_shape", "strides", "grid_shapes", "names", "detections": [...]}``; each detection:
+        ``index``, ``box_xyxy`` (original-image pixels), ``class_id``, ``class_name``, ``ultralytics_conf``,
+        ``anchor_index``, ``scale`` (0 = stride 8), ``stride``, ``grid_y``, ``grid_x``, ``anchor_center``
+        (input pixels), ``logit``, ``all_logits`` (every class at that anchor), ``sigmoid_by_hand``,
+        ``abs_error`` (vs Ultralytics' conf), ``box_matches`` (our NMS box == Ultralytics' box).
+    """
+    from ultralytics.utils import nms, ops
+
+    image = str(image)
+    if pixels is None:
+        pixels = read_image(image)  # the very pixels Ultralytics' own reader would give predict for the path
+    kwargs = dict(imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, verbose=False, save=False)
+    yolo.predict(pixels, **kwargs)  # builds (or updates) the predictor and its fused copy of the network
+    net = detection_model(yolo.predictor.model.model)
+    seen = {}
+    grab = net.register_forward_pre_hook(lambda m, args: seen.__setitem__("input", args[0].detach()))
+    try:
+        with LayerRecorder(net, layers=[], mode="tensors", head=True) as rec:
+            result = yolo.predict(pixels, **kwargs)[0]
+    finally:
+        grab.remove()
+        release_photos(yolo)
+    args = yolo.predictor.args
+    kept, idxs = nms.non_max_suppression(
+        rec.head["decoded"], args.conf, args.iou, args.classes, args.agnostic_nms, max_det=args.max_det,
+        nc=0, end2end=getattr(net, "end2end", False), rotated=False, return_idxs=True)
+    kept, idxs = kept[0], idxs[0].view(-1)
+    x = seen["input"]
+    boxes = ops.scale_boxes(x.shape[2:], kept[:, :4].clone(), result.orig_shape)
+
+    grids = [tuple(t.shape[2:]) for t in rec.head["cls_logits"]]
+    offsets = [0]
+    for h, w in grids:
+        offsets.append(offsets[-1] + h * w)
+    reported_boxes, reported_conf = result.boxes.xyxy, result.boxes.conf
+    detections = []
+    for k in range(len(kept)):
+        a = int(idxs[k])
+        s = max(i for i in range(len(grids)) if offsets[i] <= a)
+        gy, gx = divmod(a - offsets[s], grids[s][1])
+        cls = int(kept[k, 5])
+        logits = rec.head["cls_logits"][s][0, :, gy, gx].double()
+        logit = float(logits[cls])
+        sig = _sigmoid(logit)
+        stride = rec.head["strides"][s]
+        reported = float(reported_conf[k]) if k < len(reported_conf) else float("nan")
+        detections.append({
+            "index": k,
+            "box_xyxy": [float(v) for v in boxes[k]],
+            "class_id": cls,
+            "class_name": str(result.names.get(cls, cls)),
+            "ultralytics_conf": reported,
+            "anchor_index": a,
+            "scale": s,
+            "stride": stride,
+            "grid_y": gy,
+            "grid_x": gx,
+            "anchor_center": [(gx + 0.5) * stride, (gy + 0.5) * stride],
+            "logit": logit,
+            "all_logits": logits.tolist(),
+            "is_max_logit": bool(int(logits.argmax()) == cls),
+            "sigmoid_by_hand": sig,
+            "abs_error": abs(sig - reported),
+            "box_matches": bool(k < len(reported_boxes) and torch.allclose(boxes[k], reported_boxes[k], atol=1e-4)),
+        })
+    return {
+        "image": image,
+        "input_shape": list(x.shape),
+        "strides": rec.head["strides"],
+        "grid_shapes": [list(g) for g in grids],
+        "names": {int(k): str(v) for k, v in result.names.items()},
+        "n_reported": len(reported_conf),
+        "detections": detections,
+    }
+
+
+def format_head(h: dict, limit: int = 10) -> str:
+    """The head trace as readable lines, one per reported box."""
+    lines = [f"head: {h['n_reported']} boxes reported on {h['image']} (input {h['input_shape']})"]
+    for d in h["detections"][:limit]:
+        lines.append(
+            f"  box {d['index']}: {d['class_name']} from scale {d['scale']} (stride {d['stride']:g}) cell "
+            f"(y={d['grid_y']}, x={d['grid_x']}): logit {d['logit']:.6g} -> sigmoid = {d['sigmoid_by_hand']:.7g}; "
+            f"Ultralytics conf {d['ultralytics_conf']:.7g} (|diff| {d['abs_error']:.2g})")
+    if len(h["detections"]) > limit:
+        lines.append(f"  ... {len(h['detections']) - limit} more in the JSON")
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""Plots (matplotlib, Agg backend, PNG files), one module per lesson topic.
+
+``input.py`` (preprocessing and outliers), ``layers.py`` (feature maps, filters, weight histograms) and
+``lesson.py`` (activation gallery, gradient flow, SGD step, detections, CAM) all write through
+``save_png``, so every figure is written atomically. Photos are drawn with ``imshow_photo``, which hands
+matplotlib a copy no bigger than the figure can show.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from pipeline.core.io import atomic_write_bytes, shrink  # noqa: E402
+
+#: Longest side, in pixels, of a photo as handed to matplotlib. Our figures are at most ~1100 pixels wide,
+#: so this is about twice what any panel can show; a bigger photo is shrunk first, because matplotlib
+#: resamples the whole array in float64 RGBA (about 70 bytes per pixel at its peak: 4.4 GB for 8000x8000).
+DISPLAY_MAX_SIDE = 1024
+
+
+def save_png(fig, path, tight: bool = True, dpi: int = 100) -> Path:
+    """Write ``fig`` as PNG atomically and close it. ``tight=False`` for figures already laid out by
+    ``tight_layout`` (a second tight-bbox pass costs about a second per figure)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def display_copy(image: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
+    """``image`` itself if its longest side is at most ``max_side``, else a copy shrunk to it (area average)."""
+    return shrink(image, max_side)
+
+
+def imshow_photo(ax, image_bgr: np.ndarray, **kwargs):
+    """Draw a BGR photo on ``ax`` in the photo's own pixel coordinates, from ``display_copy`` of it.
+
+    A shrunk copy is stretched over the full photo's extent, so ticks, boxes and patches drawn in
+    full-resolution pixels land where they would on the full photo.
+    """
+    h, w = image_bgr.shape[:2]
+    shown = display_copy(image_bgr)
+    if shown is not image_bgr:
+        kwargs.setdefault("extent", (-0.5, w - 0.5, h - 0.5, -0.5))  # imshow's own extent for an h x w array
+    return ax.imshow(shown[..., ::-1], **kwargs)

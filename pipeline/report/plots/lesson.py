@@ -1,0 +1,312 @@
+"""Plots of the lesson: activation functions on real data, gradient flow, one SGD step, detections, CAM.
+
+- ``plot_activation_gallery``: each activation of ``pipeline.lesson.activations.GALLERY`` with its derivative,
+  over a histogram of the real pre-activations z of one YOLOv8 layer (what the function is applied to);
+  SiLU's minimum is marked where ``silu_minimum`` found it.
+- ``plot_gradient_flow``: mean |dL/dW| per conv layer, stem -> head, log scale, one line per activation
+  variant (from ``pipeline.lesson.gradients``).
+- ``plot_sgd_step``: one neuron's patch, kernel, gradient and updated kernel, the SiLU curve with the
+  neuron's z before and after the step, and the loss before and after.
+- ``plot_detections``: boxes with class name, sigmoid score and the logit it came from.
+- ``eigencam`` / ``plot_cam``: the first principal component of a recorded layer's activations,
+  upsampled over the model input; ``ultralytics_layercam`` asks Ultralytics' own ``visualize=True``.
+
+Examples:
+    >>> from pipeline.report.plots.lesson import plot_activation_gallery, plot_gradient_flow
+    >>> plot_activation_gallery(acts["model.2.cv1.pre"], "model.2.cv1", "gallery.png")
+    >>> plot_gradient_flow(activation_comparison("yolov8n.yaml", 6, batch), "flow.png")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch
+
+from pipeline.lesson.activations import GALLERY, silu_minimum  # noqa: E402
+from pipeline.report.plots import imshow_photo, save_png  # noqa: E402
+from pipeline.lesson.activations import silu as silu_f
+
+VARIANT_COLORS = {"silu": "tab:green", "sigmoid": "tab:red", "tanh": "tab:orange", "relu": "tab:blue"}
+
+
+_save = save_png
+
+
+# --- activation functions ------------------------------------------------------------------------
+
+
+def plot_activation_gallery(z_sample, layer: str, path, max_points: int = 200_000) -> Path:
+    """Seven activations with derivatives, each over the real pre-activation histogram of ``layer``."""
+    z = torch.as_tensor(z_sample).detach().double().flatten()
+    if z.numel() > max_points:  # a fixed stride keeps it deterministic
+        z = z[:: z.numel() // max_points + 1]
+    lo, hi = np.percentile(z.numpy(), [0.5, 99.5])
+    lo, hi = min(lo, -5.0), max(hi, 5.0)
+    x = torch.linspace(lo, hi, 801, dtype=torch.float64)
+    x_min, y_min = silu_minimum()
+    names = list(GALLERY)
+    counts, edges = np.histogram(z.numpy(), bins=160, range=(lo, hi))
+    fig, axes = plt.subplots(2, 4, figsize=(14, 6.4))
+    for ax, name in zip(axes.flat, names):
+        act = GALLERY[name]
+        ax2 = ax.twinx()
+        ax2.stairs(counts, edges, fill=True, color="0.8")
+        ax2.set_yticks([])
+        ax.set_zorder(ax2.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        ax.plot(x, act.f(x), color="tab:blue", lw=2, label="f(z)")
+        ax.plot(x, act.df(x), color="tab:red", lw=1.2, ls="--", label="f'(z)")
+        ax.axhline(0, color="k", lw=0.5)
+        ax.axvline(0, color="k", lw=0.5)
+        mean_out = float(act.f(z).mean())
+        ax.set_title(f"{name}: {act.formula}\nmean f(z) on this layer = {mean_out:.3f}", fontsize=8)
+        ax.set_ylim(-1.5, 3.0)
+        if name == "silu":
+            ax.plot([x_min], [y_min], "ko")
+            ax.annotate(f"min {y_min:.4f}\nat z = {x_min:.4f}", (x_min, y_min), (x_min - 0.5, -1.3), fontsize=7,
+                        arrowprops=dict(arrowstyle="->", lw=0.6))
+        ax.legend(fontsize=7, loc="upper left")
+    ax = axes.flat[-1]  # the same values on their own range, so a narrow distribution shows its shape
+    own = np.percentile(z.numpy(), [0.1, 99.9])
+    own = own if own[1] > own[0] else (own[0] - 1e-6, own[1] + 1e-6)
+    c2, e2 = np.histogram(z.numpy(), bins=120, range=tuple(own))
+    ax.stairs(c2, e2, fill=True, color="0.6")
+    ax.axvline(0, color="k", lw=0.5)
+    neg = float((z < 0).double().mean())
+    ax.set_title(f"real z of {layer}: {z.numel()} values\nmean {float(z.mean()):.3f}, std {float(z.std()):.3f}, "
+                 f"{100 * neg:.1f}% negative", fontsize=8)
+    ax.set_xlabel("pre-activation z (central 99.8%)")
+    fig.suptitle(f"Activation functions (blue) and derivatives (red dashed) over the pre-activations of {layer} (grey)",
+                 fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, tight=False)
+
+
+# --- gradient flow ------------------------------------------------------------------------------
+
+
+def _positive(values) -> np.ndarray:
+    """Zeros (a box branch with no assigned target gets no gradient) become gaps on a log axis."""
+    v = np.asarray(values, dtype=float)
+    return np.where(v > 0, v, np.nan)
+
+
+def plot_gradient_flow(comparison: dict, path, real: dict | None = None, real_label: str = "loaded weights (SiLU)") -> Path:
+    """Mean |grad| of every conv layer's weights, stem (left) to head (right), log scale, per activation.
+
+    A layer with exactly zero gradient (a box branch at a scale where no target was assigned) is a gap.
+    """
+    fig, ax = plt.subplots(figsize=(12, 4.6))
+    layers = None
+    for name, flow in comparison.items():
+        layers = flow["layers"]
+        ax.semilogy(range(len(layers)), _positive(flow["mean_abs_grad"]), "-o", ms=2.5, lw=1.4,
+                    color=VARIANT_COLORS.get(name), label=f"{name} (fresh init, loss {flow['loss']:.2f})")
+    if real is not None:
+        layers = layers or real["layers"]
+        ax.semilogy(range(len(real["layers"])), _positive(real["mean_abs_grad"]), "k:", lw=1.6,
+                    label=f"{real_label}, loss {real['loss']:.2f}")
+    head = [i for i, n in enumerate(layers) if n.startswith(f"model.{max(int(n.split('.')[1]) for n in layers)}.")]
+    if head:
+        ax.axvspan(head[0] - 0.5, len(layers) - 0.5, color="0.93", zorder=0)
+        ax.text(head[0], ax.get_ylim()[1], " Detect head", va="top", fontsize=8)
+    step = max(1, len(layers) // 24)
+    ax.set_xticks(range(0, len(layers), step))
+    ax.set_xticklabels([layers[i] for i in range(0, len(layers), step)], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("mean |dL/dW|  (log scale)")
+    ax.set_xlabel("conv layer, stem (input side) -> head (loss side); backprop runs right to left")
+    any_flow = next(iter(comparison.values()), real)
+    ax.set_title(f"Gradient flow: one fp32 backward pass of YOLOv8's detection loss "
+                 f"(batch {any_flow['batch_size']} at {any_flow['imgsz']}px, {any_flow['num_labels']} boxes)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path, tight=False)
+
+
+# --- one SGD step -------------------------------------------------------------------------------
+
+
+def _kernel_image(t: np.ndarray) -> np.ndarray:
+    """C x k x k -> a row of k x k tiles (at most 8 input channels) separated by NaN gaps."""
+    t = t[:8]
+    c, kh, kw = t.shape
+    out = np.full((kh, c * (kw + 1) - 1), np.nan)
+    for i in range(c):
+        out[:, i * (kw + 1) : i * (kw + 1) + kw] = t[i]
+    return out
+
+
+def plot_sgd_step(step: dict, path, layer: str = "") -> Path:
+    """The numbers of ``pipeline.lesson.gradients.sgd_step`` as pictures: x, w, dL/dw, w - lr*dL/dw; SiLU; loss."""
+
+    x, w = np.asarray(step["patch"]), np.asarray(step["weight"])
+    g, w_new = np.asarray(step["dL_dw"]), np.asarray(step["weight_new"])
+    fig = plt.figure(figsize=(13, 5.2))
+    gs = fig.add_gridspec(4, 3, width_ratios=[2.4, 1.2, 1.0])
+    titles = [("input patch x", x), ("kernel w (folded)", w), ("dL/dw = (a - t) SiLU'(z) x", g),
+              (f"w - lr dL/dw  (lr = {step['lr']:g})", w_new)]
+    for r, (title, t) in enumerate(titles):
+        ax = fig.add_subplot(gs[r, 0])
+        lim = float(np.nanmax(np.abs(t))) or 1.0
+        im = ax.imshow(np.ma.masked_invalid(_kernel_image(t)), cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+        ax.set_title(f"{title}   (first {min(8, t.shape[0])} of {t.shape[0]} input channels)", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, fraction=0.03)
+    ax = fig.add_subplot(gs[:, 1])
+    zs = np.linspace(min(step["z"], step["z_new"], -3) - 1, max(step["z"], step["z_new"], 3) + 1, 400)
+    ax.plot(zs, silu_f(torch.as_tensor(zs)).numpy(), color="tab:blue", label="SiLU(z)")
+    ax.axhline(step["target"], color="tab:green", ls="--", lw=1, label=f"target t = {step['target']:.3f}")
+    ax.plot([step["z"]], [step["a"]], "o", color="tab:red", label=f"before: z={step['z']:.3f}, a={step['a']:.3f}")
+    ax.plot([step["z_new"]], [step["a_new"]], "s", color="tab:purple",
+            label=f"after: z={step['z_new']:.3f}, a={step['a_new']:.3f}")
+    ax.annotate("", (step["z_new"], step["a_new"]), (step["z"], step["a"]), arrowprops=dict(arrowstyle="->"))
+    ax.set_xlabel("z")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title("the neuron moves along SiLU", fontsize=9)
+    ax = fig.add_subplot(gs[:, 2])
+    bars = ax.bar(["before", "after"], [step["loss"], step["loss_new"]], color=["tab:red", "tab:purple"])
+    for b, v in zip(bars, [step["loss"], step["loss_new"]]):
+        ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.4f}", ha="center", va="bottom", fontsize=8)
+    ax.set_title("loss 0.5 (a - t)^2", fontsize=9)
+    fig.suptitle(f"One SGD step on neuron {layer}: autograd agrees to {step['max_abs_grad_diff']:.1e}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, tight=False)
+
+
+# --- detections and CAM -------------------------------------------------------------------------
+
+
+def plot_detections(image_bgr: np.ndarray, detections: list[dict], path, max_boxes: int = 30) -> Path:
+    """The photo with each box labelled ``class score (logit)``: score = sigmoid(logit)."""
+    h, w = image_bgr.shape[:2]
+    fig, ax = plt.subplots(figsize=(7, 7 * h / max(w, 1)))
+    imshow_photo(ax, image_bgr)
+    cmap = plt.get_cmap("tab10")
+    for d in sorted(detections, key=lambda d: -d["score"])[:max_boxes]:
+        x0, y0, x1, y1 = d["box_xyxy"]
+        color = cmap(int(d["class_id"]) % 10)
+        ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2, color=color))
+        ax.text(x0, y0, f"{d['class_name']} {d['score']:.2f} (logit {d['logit']:+.2f})", fontsize=7,
+                color="white", va="bottom", bbox=dict(facecolor=color, alpha=0.8, pad=1, lw=0))
+    ax.set_title(f"{len(detections)} detections; score = sigmoid(logit)" if detections else
+                 "no detection above the confidence threshold", fontsize=9)
+    ax.axis("off")
+    return _save(fig, path)
+
+
+def eigencam(act) -> np.ndarray:
+    """EigenCAM: project each position's C-vector of activations on their first principal direction.
+
+    ``A`` is the activation reshaped to (H*W, C); after centring, the first right singular vector ``v``
+    is the direction along which positions differ most; the map is ``A v`` reshaped to HxW, signed so
+    that it correlates positively with the channel-mean activation, clipped at 0 and scaled to [0, 1].
+    """
+    a = torch.as_tensor(act).detach().double()
+    a = a[0] if a.ndim == 4 else a
+    c, h, w = a.shape
+    A = a.reshape(c, h * w).T  # (HW, C)
+    A = A - A.mean(0, keepdim=True)
+    _, _, vh = torch.linalg.svd(A, full_matrices=False)
+    cam = (A @ vh[0]).reshape(h, w)
+    if float((cam.flatten() * a.mean(0).flatten()).sum()) < 0:  # singular vectors have no fixed sign
+        cam = -cam
+    cam = cam.clamp(min=0)
+    return (cam / cam.max().clamp(min=1e-12)).numpy()
+
+
+def plot_cam(input_tensor, cam: np.ndarray, path, title: str) -> Path:
+    """A HxW map in [0, 1] upsampled (bilinear) over the model input, with a colorbar."""
+    import cv2
+
+    x = torch.as_tensor(input_tensor)
+    x = x[0] if x.ndim == 4 else x
+    rgb = x.permute(1, 2, 0).float().numpy().clip(0, 1)
+    H, W = rgb.shape[:2]
+    up = cv2.resize(cam.astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
+    fig, ax = plt.subplots(figsize=(6, 6 * H / W))
+    ax.imshow(rgb)
+    im = ax.imshow(up, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    return _save(fig, path)
+
+
+def ultralytics_layercam(yolo, source, out_dir, input_tensor, imgsz: int = 640, conf: float = 0.25,
+                         min_spread: float = 8.0) -> dict:
+    """Run Ultralytics' own ``predict(visualize=True)`` (LayerCAM over the head's inputs) into ``out_dir``.
+
+    ``source`` is what predict is given: a photo's path, or the model input itself as BGR uint8 (the
+    letterbox of a letterboxed input at the same size is the identity, so the CAM sees the same tensor
+    without decoding the photo again).
+
+    Ultralytics saves ``0.5 * jet(cam) + 0.5 * input`` as a JPEG. Knowing the input (``input_tensor``,
+    min-max scaled per channel as Ultralytics does), we take the input back out and measure the spread
+    (std, 0-255) of the colour-mapped heat alone: a flat map (an untrained head explains nothing) is not
+    usable. Note: ``predict`` fuses Conv+BN inside ``yolo`` in place; call this after anything that needs
+    BatchNorm's parameters.
+
+    Returns:
+        ``{"path": Path or None, "heat_spread": float, "usable": bool}``.
+    """
+    import cv2
+
+    out_dir = Path(out_dir).resolve()
+    try:
+        yolo.predict(source if isinstance(source, np.ndarray) else str(source), imgsz=imgsz, conf=conf, visualize=True, save=False, verbose=False,
+                     project=str(out_dir.parent), name=out_dir.name, exist_ok=True)
+    except Exception:  # a failure here only loses the optional LayerCAM picture; EigenCAM stays
+        return {"path": None, "heat_spread": float("nan"), "usable": False}
+    files = sorted(out_dir.glob("*_cam*.jpg"), key=lambda f: f.stat().st_mtime)
+    img = cv2.imread(str(files[-1])) if files else None
+    if img is None:
+        return {"path": None, "heat_spread": float("nan"), "usable": False}
+    x = torch.as_tensor(input_tensor)[0].float()
+    lo, hi = x.amin((1, 2), keepdim=True), x.amax((1, 2), keepdim=True)
+    base = ((x - lo) / (hi - lo).clamp(min=1e-7) * 255).byte().permute(1, 2, 0).numpy()[..., ::-1].astype(np.float32)
+    if base.shape != img.shape:
+        return {"path": files[-1], "heat_spread": float("nan"), "usable": True}
+    heat = np.clip(2 * img.astype(np.float32) - base, 0, 255)
+    spread = float(heat.reshape(-1, 3).std(0).max())
+    return {"path": files[-1], "heat_spread": spread, "usable": spread >= min_spread}
+
+
+def plot_head_logits(cls_logits: list, strides: list, path, detections: list[dict] | None = None) -> Path:
+    """The Detect head's class logits per scale (histogram) and the sigmoid that turns them into scores.
+
+    Args:
+        cls_logits: per-scale ``1 x nc x H x W`` raw class outputs recorded by the inspector.
+        strides: the scale strides (8, 16, 32).
+        detections: head-trace detections (``logit``, ``sigmoid_by_hand``) marked on the sigmoid.
+    """
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4))
+    all_logits = []
+    for t, s in zip(cls_logits, strides):
+        v = torch.as_tensor(t).detach().double().flatten()
+        all_logits.append(v)
+        c, e = np.histogram(v.numpy(), bins=100)
+        a1.stairs(c, e, lw=1.5, label=f"stride {s:g}: {v.numel()} logits, max {float(v.max()):.2f}")
+    a1.set_yscale("log")
+    a1.set_xlabel("class logit (raw output of the head's last 1x1 conv)")
+    a1.set_title("every class logit at every anchor", fontsize=9)
+    a1.legend(fontsize=7)
+    v = torch.cat(all_logits)
+    lo, hi = min(float(v.min()), -8.0), max(float(v.max()), 8.0)
+    zs = torch.linspace(lo, hi, 400, dtype=torch.float64)
+    a2.plot(zs, torch.sigmoid(zs), color="tab:blue", label="score = sigmoid(logit)")
+    for d in detections or []:
+        a2.plot([d["logit"]], [d["sigmoid_by_hand"]], "o", color="tab:red", ms=4)
+    if detections:
+        a2.plot([], [], "o", color="tab:red", label=f"{len(detections)} reported boxes")
+    a2.set_xlabel("logit")
+    a2.set_ylabel("score")
+    a2.set_title("logit -> sigmoid -> score (no softmax: one independent sigmoid per class)", fontsize=9)
+    a2.legend(fontsize=7)
+    a2.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path, tight=False)
