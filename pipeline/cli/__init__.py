@@ -19,6 +19,8 @@ import argparse
 import importlib
 import sys
 
+from pipeline import __version__
+
 # command name -> module that implements it (order is the order of --help)
 COMMANDS = {
     "synth": "pipeline.cli.synth",
@@ -71,8 +73,6 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         epilog="Examples:" + __doc__.rsplit("Examples:", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from pipeline import __version__
-
     parser.add_argument("--version", action="version", version=f"cardamage {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for name, modname in COMMANDS.items():
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    # here, not at the top: core.io loads Ultralytics and OpenCV, and `cardamage --help` should not wait for them
     from pipeline.core.io import InputError
 
     try:

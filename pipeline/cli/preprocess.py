@@ -27,10 +27,11 @@ import sys
 from pathlib import Path
 
 from pipeline.cli.options import image_size, positive_float, positive_int
+from pipeline.core.facts import Z_THRESHOLD
 from pipeline.core.io import InputError, atomic_save_safetensors, atomic_write_json, output_folder
 from pipeline.data.labels import dataset_splits
 from pipeline.data.preprocess import load_bgr, model_input
-from pipeline.lesson.input_scaling import outlier_summary, pixel_outliers, scalings
+from pipeline.lesson.input_scaling import dataset_channel_stats, outlier_summary, pixel_outliers, scalings
 from pipeline.report.plots.input import plot_letterbox, plot_outlier_mask, plot_scaling_histograms
 
 
@@ -40,15 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--imgsz", type=image_size, default=640, help="inference size, rounded up to a stride multiple (default 640)")
     parser.add_argument("--stride", type=positive_int, default=32, help="model stride (default 32, YOLOv8)")
     parser.add_argument("--square", action="store_true", help="pad to a full imgsz x imgsz square (predict rect=False) instead of the stride-multiple rectangle")
-    parser.add_argument("--threshold", type=positive_float, default=3.0, help="|z| cut-off for pixel outliers (default 3)")
+    parser.add_argument("--threshold", type=positive_float, default=Z_THRESHOLD, help=f"|z| cut-off for pixel outliers (default {Z_THRESHOLD:g})")
     parser.add_argument("--data", metavar="DATA_YAML", help="also z-score with this dataset's per-channel statistics (train split)")
     parser.add_argument("--max-images", type=positive_int, default=500, help="with --data: use at most this many train images (evenly spaced; default 500)")
     parser.add_argument("--no-plots", action="store_true", help="write the tensor and stats.json only")
 
 
 def _dataset_stats(data_yaml: str, args) -> dict:
-    from pipeline.lesson.input_scaling import dataset_channel_stats
-
     splits = dataset_splits(data_yaml)
     images = list(splits.get("train") or next(iter(splits.values()), []))
     if not images:

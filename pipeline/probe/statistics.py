@@ -49,11 +49,10 @@ import torch
 
 from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import InputError, atomic_save_safetensors, atomic_write_json, atomic_write_text, expand_sources
-from pipeline.probe.layers import detection_model
 from pipeline.model.load import load_model
 from pipeline.probe.channel_stats import DEAD_EPS, STATS_COLUMNS
 from pipeline.probe.fold import block_params, conv_meta, head_params, param_counts
-from pipeline.probe.layers import conv_blocks, model_input
+from pipeline.probe.layers import conv_blocks, detection_model, model_input
 from pipeline.probe.recorder import LayerRecorder
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
