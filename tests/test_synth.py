@@ -76,3 +76,18 @@ def test_synthetic_dataset_passes_check(tmp_path, capsys):
     """Our own data is clean by our own checker: valid polygons, no leakage between train and val."""
     data = write_dataset(tmp_path / "s", 120, 30, imgsz=160, seed=0, progress=False)
     assert main(["check", str(data)]) == 0, capsys.readouterr().err
+
+
+def test_a_smaller_dataset_over_a_larger_one_keeps_no_extra_images(tmp_path):
+    """The folder holds exactly what was asked: the larger run's extra images and labels go, a file of the
+    user's own (not named as the generator names them) stays."""
+    write_dataset(tmp_path, n_train=5, n_val=3, imgsz=64, progress=False)
+    own = tmp_path / "train" / "images" / "my_photo.jpg"
+    own.write_bytes(b"mine")
+    write_dataset(tmp_path, n_train=2, n_val=1, imgsz=64, progress=False)
+    images = sorted(p.name for p in (tmp_path / "train" / "images").iterdir())
+    labels = sorted(p.name for p in (tmp_path / "train" / "labels").iterdir())
+    assert images == ["my_photo.jpg", "train_00000.jpg", "train_00001.jpg"]
+    assert labels == ["train_00000.txt", "train_00001.txt"]
+    assert sorted(p.name for p in (tmp_path / "val" / "images").iterdir()) == ["val_00000.jpg"]
+    assert own.read_bytes() == b"mine"

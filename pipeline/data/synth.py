@@ -16,6 +16,7 @@ Examples:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -310,11 +311,23 @@ def yolo_rows(instances: list[Instance], w: int, h: int) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+def _drop_stale(split_dir: Path, split: str, n: int) -> None:
+    """Remove images and labels an earlier, larger run left past index ``n``: the folder then holds exactly
+    the dataset asked for (only files named as this generator names them are touched)."""
+    pattern = re.compile(rf"{split}_(\d{{5}})\.(jpg|txt)")
+    for sub in ("images", "labels"):
+        for f in (split_dir / sub).iterdir():
+            m = pattern.fullmatch(f.name)
+            if m and int(m.group(1)) >= n and f.is_file():
+                f.unlink()
+
+
 def write_dataset(out: str | Path, n_train: int = 400, n_val: int = 100, imgsz: int = 640, seed: int = 0, progress: bool = True) -> Path:
     """Write ``out/{train,val}/{images,labels}`` and ``out/data.yaml``; return the YAML path.
 
     Image ``i`` of split ``k`` is drawn from seed ``(seed, k, i)``, so a larger dataset begins with
-    the images of a smaller one and every file is reproducible on its own.
+    the images of a smaller one and every file is reproducible on its own. Writing a smaller dataset over
+    a larger one removes the larger one's extra images and labels.
     """
     from ultralytics.utils import TQDM
 
@@ -327,6 +340,7 @@ def write_dataset(out: str | Path, n_train: int = 400, n_val: int = 100, imgsz: 
             ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])
             atomic_write_bytes(out / split / "images" / f"{split}_{i:05d}.jpg", buf.tobytes())
             atomic_write_text(out / split / "labels" / f"{split}_{i:05d}.txt", yolo_rows(inst, imgsz, imgsz))
+        _drop_stale(out / split, split, n)
     names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASS_NAMES))
     yaml = (
         f"# Synthetic car damage drawn by `cardamage synth --seed {seed} --imgsz {imgsz}`.\n"
