@@ -322,6 +322,19 @@ def test_check_and_outliers_go_on_past_an_unreadable_photo(tmp_path):
     assert len((tmp_path / "o" / "image_stats.csv").read_text().strip().splitlines()) == 1 + 5
 
 
+def test_check_reports_an_unreadable_label_once(tmp_path):
+    """An unreadable label file is one error, not also a "no label file" warning."""
+    from pipeline.data.synth import write_dataset
+
+    data = write_dataset(tmp_path / "ds", n_train=3, n_val=1, imgsz=96, seed=3, progress=False)
+    locked = data.parent / "train" / "labels" / "train_00001.txt"
+    locked.chmod(0)
+    r = cli("check", data, drop_caps=True)
+    assert r.returncode == 1, r.stderr
+    mentions = [line for line in (r.stdout + r.stderr).splitlines() if str(locked) in line]
+    assert mentions == [f"error: {locked}: unreadable label file (PermissionError)"]
+
+
 def test_an_unreadable_folder_is_one_line(photos, weights, tmp_path):
     shut = tmp_path / "shut"
     shut.mkdir()

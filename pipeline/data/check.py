@@ -35,7 +35,6 @@ def scan_pair(image: Path, label: Path, nc: int) -> dict:
     """
     from ultralytics.data.utils import verify_image_label
 
-
     rec = {
         "image": image,
         "label": label,
@@ -53,6 +52,7 @@ def scan_pair(image: Path, label: Path, nc: int) -> dict:
             text = label.read_text(encoding="utf-8-sig")
         except (UnicodeDecodeError, OSError) as e:
             rec["errors"].append((str(label), None, "bad_label_file", f"unreadable label file ({type(e).__name__})"))
+            rec["label_status"] = "unreadable"  # reported once, as the error above, not also as "missing"
             text = None
         if text is not None:
             boxes, line_errors, info = parse_label_text(text, nc)
