@@ -38,6 +38,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from pipeline.core.facts import sigmoid
 from pipeline.core.io import read_image
 from pipeline.model.load import detection_model
 from pipeline.model.predict import release_photos
@@ -47,11 +48,6 @@ from pipeline.probe.recorder import LayerRecorder
 
 #: The agreement the lesson promises between the float64 hand computation and the float32 framework.
 REL_TOL = 1e-5
-
-
-def _sigmoid(z: float) -> float:
-    """1 / (1 + exp(-z)) in float64, written so that it never overflows."""
-    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
 
 def rel_error(hand: float, framework: float) -> float:
@@ -64,7 +60,7 @@ def trace_neuron(model, inp: torch.Tensor, layer: str, channel: int, y: int, x: 
 
     Args:
         model: YOLO wrapper or DetectionModel (fused or not).
-        inp: the model input, ``1x3xHxW`` (``pipeline.probe.layers.model_input``).
+        inp: the model input, ``1x3xHxW`` (``model_input(image, imgsz, stride=model_stride(model))``).
         layer: Conv block path, e.g. ``"model.2.cv1"``.
         channel, y, x: output channel and position in the layer's output map.
         top: how many of the largest |w*x| products to list.
@@ -109,7 +105,7 @@ def trace_neuron(model, inp: torch.Tensor, layer: str, channel: int, y: int, x: 
     products = w * patch
     dot = float(products.sum())
     z = dot + b
-    sig = _sigmoid(z)
+    sig = sigmoid(z)
     silu = z * sig
     pre, post = float(z_fw[0, channel, y, x]), float(a_fw[0, channel, y, x])
 
@@ -236,7 +232,7 @@ def trace_head(yolo, image, imgsz=640, conf: float = 0.25, iou: float = 0.7, max
         cls = int(kept[k, 5])
         logits = rec.head["cls_logits"][s][0, :, gy, gx].double()
         logit = float(logits[cls])
-        sig = _sigmoid(logit)
+        sig = sigmoid(logit)
         stride = rec.head["strides"][s]
         reported = float(reported_conf[k]) if k < len(reported_conf) else float("nan")
         detections.append({
