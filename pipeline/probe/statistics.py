@@ -49,11 +49,11 @@ import torch
 
 from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import InputError, atomic_save_safetensors, atomic_write_json, atomic_write_text, expand_sources
-from pipeline.probe.layers import detection_model
-from pipeline.model.load import load_model
+from pipeline.data.preprocess import model_input
+from pipeline.model.load import detection_model, load_model, model_stride
 from pipeline.probe.channel_stats import DEAD_EPS, STATS_COLUMNS
 from pipeline.probe.fold import block_params, conv_meta, head_params, param_counts
-from pipeline.probe.layers import conv_blocks, model_input
+from pipeline.probe.layers import conv_blocks
 from pipeline.probe.recorder import LayerRecorder
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -109,7 +109,7 @@ def inspect_image(weights_or_yolo, image_path, out_dir, layers=None, dtype: str 
     net = detection_model(yolo)
     if fuse:
         net.fuse(verbose=False)
-    x, meta = model_input(net, image_path, imgsz)
+    x, meta = model_input(image_path, imgsz, stride=model_stride(net))
     try:
         recorder = LayerRecorder(net, layers=layers, mode="both", head=True, dead_eps=dead_eps)
     except ValueError as e:
@@ -238,7 +238,7 @@ def record_statistics(model, sources, imgsz=640, layers=None, dead_eps: float = 
     with recorder as rec:
         for f in TQDM(files, desc="inspect", unit="img", disable=not progress or len(files) < 2):
             try:
-                x, _ = model_input(net, f, imgsz)
+                x, _ = model_input(f, imgsz, stride=model_stride(net))
             except InputError as e:
                 errors.append(e)
                 if on_error:
