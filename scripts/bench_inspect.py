@@ -33,8 +33,9 @@ import torch
 import pipeline  # noqa: F401  (offline environment before ultralytics)
 from pipeline.probe.statistics import FILES, inspect_image
 from pipeline.probe.recorder import LayerRecorder
-from pipeline.probe.layers import conv_blocks, model_input
-from pipeline.model.load import load_model
+from pipeline.data.preprocess import model_input
+from pipeline.probe.layers import conv_blocks
+from pipeline.model.load import load_model, model_stride
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -173,7 +174,7 @@ def main() -> None:
     torch.manual_seed(0)
     yolo = load_model(args.weights, nc=6)
     net = yolo.model.eval()
-    x, _ = model_input(net, args.image, args.imgsz)
+    x, _ = model_input(args.image, args.imgsz, stride=model_stride(net))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {args.weights} on {Path(args.image).name}, "
           f"input {list(x.shape)}; medians of {args.repeats} interleaved runs")
 

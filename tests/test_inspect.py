@@ -23,9 +23,10 @@ from pipeline.cli import main
 from pipeline.probe.statistics import inspect_image
 from pipeline.probe.channel_stats import STATS_COLUMNS
 from pipeline.probe.recorder import LayerRecorder
-from pipeline.probe.layers import conv_blocks, model_input, select_layers
+from pipeline.data.preprocess import model_input
+from pipeline.probe.layers import conv_blocks, select_layers
 from pipeline.probe.fold import conv_params, fold_bn, param_counts
-from pipeline.model.load import load_model
+from pipeline.model.load import load_model, model_stride
 
 IMGSZ = 256
 
@@ -67,7 +68,7 @@ def test_recorder_pre_post_equal_torch_recompute(yolo, fused, sample_images):
     net = yolo.model
     if fused:
         net.fuse(verbose=False)
-    x, _ = model_input(net, sample_images[3], IMGSZ)
+    x, _ = model_input(sample_images[3], IMGSZ, stride=model_stride(net))
     net.train()  # the recorder must switch to eval and give the flag back
     with torch.no_grad():
         net.eval()
@@ -99,7 +100,7 @@ def test_recorder_pre_post_equal_torch_recompute(yolo, fused, sample_images):
 
 def test_stats_mode_equals_torch_oracle(ckpt_path, sample_images):
     yolo = load_model(ckpt_path)
-    inputs = [model_input(yolo, p, s)[0] for p, s in ((sample_images[0], IMGSZ), (sample_images[7], 192))]
+    inputs = [model_input(p, s, stride=model_stride(yolo))[0] for p, s in ((sample_images[0], IMGSZ), (sample_images[7], 192))]
     layers = ["model.0", "model.4.m.1.cv2", "model.9.cv2", "model.22.cv3.1.1"]
     with LayerRecorder(yolo, layers=layers, mode="stats", head=False) as rec:
         for x in inputs:
@@ -209,7 +210,7 @@ def test_inspect_cli_writes_the_contract(ckpt_path, sample_images, tmp_path, cap
     assert torch.equal(x, seen["x"])
 
     # every Conv block has pre and post; post = SiLU(pre); the first block recomputed from the files alone
-    assert len(index["layers"]) == 57 and index["totals"]["params"] == param_counts(yolo)["total"]
+    assert len(index["layers"]) == 57 and index["totals"]["params"] == sum(p.numel() for p in yolo.model.parameters())
     for entry in index["layers"]:
         p = entry["path"]
         z, a = acts[f"{p}.pre"], acts[f"{p}.post"]
@@ -297,7 +298,7 @@ def test_inspect_folder_gives_statistics_over_all_photos(ckpt_path, sample_image
     zs, as_ = {p: [] for p in layers}, {p: [] for p in layers}
     with LayerRecorder(yolo, layers=layers, mode="tensors", head=False) as rec:
         for e in index["images"]:
-            x, _ = model_input(yolo, e["image"], IMGSZ)
+            x, _ = model_input(e["image"], IMGSZ, stride=model_stride(yolo))
             assert list(x.shape) == e["input_shape"]
             rec(x)
             for p in layers:

@@ -28,7 +28,8 @@ import cv2
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+# slow: each test starts fresh child processes on an 8000x8000 photo (about a minute together on 2 cores)
+pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only"), pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
 #: 1.5 GiB, in KiB (the unit of ``ru_maxrss`` on Linux).
@@ -171,7 +172,6 @@ def test_predict_folder_of_three_big_photos_under_limit(big_photo, tmp_path, cac
     assert len(json.loads((tmp_path / "pred" / "detections.json").read_text())) == 3
 
 
-@pytest.mark.slow
 def test_report_under_limit(big_photo, tmp_path, cache, imports_kib):
     """LayerCAM (autograd through the whole network) runs first, on the model input, while the process is
     lean; freed blocks go back to the OS (runtime.return_freed_memory). 5.3 GB before this test existed."""

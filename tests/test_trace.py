@@ -19,9 +19,10 @@ import torch.nn.functional as F
 import pipeline  # noqa: F401  (offline env before ultralytics)
 from pipeline.cli import main
 from pipeline.probe.recorder import LayerRecorder
-from pipeline.probe.layers import conv_blocks, model_input
+from pipeline.data.preprocess import model_input
+from pipeline.probe.layers import conv_blocks
 from pipeline.probe.fold import fold_bn
-from pipeline.model.load import load_model
+from pipeline.model.load import load_model, model_stride
 from pipeline.probe.trace import REL_TOL, trace_head, trace_neuron
 from test_inspect import make_checkpoint
 
@@ -50,7 +51,7 @@ def test_neuron_by_hand_at_random_positions(kind, fused, ckpt_path, sample_image
     paths = list(blocks)
     big = 0
     for image in rng.sample(sample_images, 3):
-        x, _ = model_input(yolo, image, IMGSZ)
+        x, _ = model_input(image, IMGSZ, stride=model_stride(yolo))
         with LayerRecorder(yolo, mode="tensors", head=False, keep_inputs=True) as rec:
             rec(x)
         for path in rng.sample(paths, 4) + ["model.0"]:

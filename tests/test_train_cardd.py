@@ -25,6 +25,8 @@ import yaml
 import pipeline  # noqa: F401  (offline environment before ultralytics)
 from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import InputError
+from pipeline.data.labels import dataset_splits
+from ultralytics.data.utils import img2label_paths
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
@@ -69,9 +71,14 @@ def test_tiny_row_has_every_key_and_sane_values(sample_dir, tmp_path):
     assert row["overrides"]["fraction"] == 0.5
     assert row["budget_minutes"] is None  # the smoke run has no time budget
     assert 0 < row["gpu_minutes"] < 5 and row["val_seconds"] >= 0
-    assert 0.0 <= row["mAP50-95"] <= row["mAP50"] <= 1.0
-    for per in (row["per_class"], row["per_class_map50_95"]):
-        assert set(per) <= set(CLASS_NAMES) and all(0.0 <= v <= 1.0 for v in per.values())
+    assert row["mAP50-95"] <= row["mAP50"]
+    # the per-class tables name exactly the classes in the staged val labels (Ultralytics scores only those),
+    # read here straight from the label files Ultralytics pairs with each val image, and the mAPs are their means
+    val_labels = img2label_paths([str(p) for p in dataset_splits(out / "data" / "data.yaml")["val"]])
+    val_ids = {int(line.split()[0]) for f in val_labels for line in Path(f).read_text().splitlines() if line.strip()}
+    for per, key in ((row["per_class"], "mAP50"), (row["per_class_map50_95"], "mAP50-95")):
+        assert set(per) == {CLASS_NAMES[c] for c in val_ids}
+        assert row[key] == pytest.approx(np.mean(list(per.values())), abs=1e-5)
     assert row["device"] == "cpu" and row["amp"]["amp"] is False  # the trainer asked our check, not Ultralytics'
     assert Path(row["weights"]).is_file()
     assert shlex.split(row["command"])[2:] == argv  # the row says how to reproduce itself
@@ -117,8 +124,6 @@ def test_set_flags_are_yaml_typed_and_checked():
 
 
 def test_stage_keeps_test_out_and_writes_nothing_into_the_source(sample_dir, tmp_path):
-    from pipeline.data.labels import dataset_splits
-
     src = _roboflow_layout(sample_dir, tmp_path / "export")
     before = _tree(src)
     data = stage_cardd.stage_dataset(src, tmp_path / "staged")

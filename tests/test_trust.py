@@ -472,7 +472,10 @@ def test_bad_options_get_one_line_before_any_work(args, tmp_path, capsys):
 # ------------------------------------------------------------------------------ 8. umask and the lock
 
 
-@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+# 027 runs in test-fast: a mode hard-coded to 0o644 and a temp file left at 0o600 both fail it; the other two
+# umasks (four child processes each, ~12 s) run in `make test`
+@pytest.mark.parametrize("umask,mode", [pytest.param(0o022, 0o644, marks=pytest.mark.slow), (0o027, 0o640),
+                                        pytest.param(0o077, 0o600, marks=pytest.mark.slow)])
 def test_written_files_respect_the_umask(umask, mode, photos, weights, tmp_path):
     out = tmp_path / "o"
     r = cli("predict", "--weights", weights, photos, "--out", out, "--imgsz", "64", umask=umask)

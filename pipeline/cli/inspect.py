@@ -26,7 +26,7 @@ stats-mode recorder runs over all photos and writes ``stats.csv`` (per channel o
 
 Examples:
     cardamage inspect --weights runs/demo/train/weights/best.pt photo.jpg --out runs/inspect
-    cardamage inspect --weights runs/demo/train/weights/best.pt datasets/cardd/valid/images --out runs/inspect-valid
+    cardamage inspect --weights runs/demo/train/weights/best.pt datasets/cardd-roboflow-check/valid/images --out runs/inspect-valid
     cardamage inspect --weights yolov8n.yaml photo.jpg --out runs/inspect --layers 0 1 model.2.cv1 SPPF --dtype float16
 
     >>> from pipeline.probe.statistics import inspect_image

@@ -39,8 +39,8 @@ from pathlib import Path
 from pipeline.cli.options import add_trust_weights, image_size, probability
 from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import InputError, atomic_write_json, check_output_file, read_image
-from pipeline.model.load import load_model
-from pipeline.probe.layers import model_input
+from pipeline.data.preprocess import model_input
+from pipeline.model.load import load_model, model_stride
 from pipeline.probe.trace import format_head, format_trace, trace_head, trace_neuron
 
 # ------------------------------------------------------------------------------------------------
@@ -71,7 +71,7 @@ def run(args) -> int:
     if args.fuse:
         yolo.model.fuse(verbose=False)
     image = read_image(args.image)  # once: the neuron trace and the head trace share it
-    x, _ = model_input(yolo, image, args.imgsz)
+    x, _ = model_input(image, args.imgsz, stride=model_stride(yolo))
     try:
         t = trace_neuron(yolo, x, args.layer, args.channel, args.y, args.x)
     except ValueError as e:

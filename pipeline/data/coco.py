@@ -1,48 +1,32 @@
-"""Convert CarDD's official COCO JSON annotations to a YOLO polygon dataset.
+"""CarDD's COCO annotations turned into YOLO polygon rows: the conversion ``cardamage convert-coco`` runs.
 
-CarDD ships ``instances_{train,val,test}2017.json`` with polygon ``segmentation`` and ``bbox`` per
-instance and categories numbered 1..6 in the order dent, scratch, crack, glass shatter, lamp broken,
-tire flat. This project's class order is alphabetical (crack 0, dent 1, glass shatter 2, lamp broken 3,
-scratch 4, tire flat 5), so categories are mapped **by name** (case, ``_`` and ``-`` ignored), never
-by id. Each instance becomes one YOLO polygon row ``cls x1 y1 x2 y2 ...`` normalised by the image size
-in the JSON:
+What it holds:
 
-- an instance drawn as several polygons is written as one row that visits each part and returns
-  along the same edge, so its box is the union box and the bridges add no area;
-- RLE masks and polygons with fewer than 3 points become the ``bbox`` rectangle (no extra dependency);
-- ``iscrowd`` regions are skipped (COCO evaluation ignores them too); images without instances get an
-  empty label file (background);
-- a missing image file is reported on its own line, the rest is converted, and the exit status is 1.
+- ``convert_coco``: one ``instances_*.json`` split -> ``OUT/images/SPLIT`` (hard links, or copies),
+  ``OUT/labels/SPLIT`` and ``OUT/data.yaml``; returns a summary (instances per class, skipped images,
+  one error line per problem).
+- ``instance_polygon``: one annotation -> one normalisable polygon. Several parts become one row that
+  goes out to each part and back along the same edge (the box is their union, the bridges add no
+  area); an RLE mask or a polygon under 3 points falls back to the ``bbox`` rectangle.
+- ``split_from_name``: the split a JSON's file name implies (``valid`` counts as ``val``; default ``train``).
+- ``data_yaml_text``: the relative ``data.yaml`` (no ``path:`` key) over every split already in OUT.
 
-The JSON is checked before anything is written, and every message names its place
-(``images[3]: missing 'id'``, ``annotations[12].bbox: expected 4 finite numbers ..., got 'abc'``):
-
-- fatal (one ``error:`` line, nothing written): not JSON, not a COCO object, a wrong container type,
-  a bad category, any bad ``images`` entry (id, ``file_name``, ``width``/``height`` that is not a
-  positive finite number), two images that would share a label file, a ``file_name`` that leaves
-  IMAGES_DIR, an annotation that is not an object or whose ``image_id`` is not an integer;
-- the image is skipped (one line per problem, exit status 1): any bad annotation on it (non-numeric,
-  NaN or non-positive bbox, bad polygon, unknown ``category_id``, RLE without bbox, no area inside
-  the image), because converting it without that instance would label the damage as background;
-- one line, nothing else lost: an annotation whose ``image_id`` names no image;
-- absent ``width``/``height`` fall back to the image file's own size.
-
-Images are hard-linked (copied when linking is impossible) into ``OUT/images/SPLIT/``, labels go to
-``OUT/labels/SPLIT/``, and ``OUT/data.yaml`` (relative paths, no ``path:`` key) lists every split
-converted into OUT so far. SPLIT comes from the JSON's name (train/val/test) unless ``--split`` says.
-
-The split is built in a hidden staging folder (inside OUT, or beside it on the first run) and swapped
-in at the end: a run that fails leaves OUT as it was, and a run that succeeds replaces the split's
-folders whole (no stale files from an earlier JSON). Other splits in OUT are kept; a split folder
-that OUT's data.yaml does not show to be ours is never replaced. Image files reached through a
-symlink that leads outside IMAGES_DIR are refused. Files are created with the user's umask, and
-the inputs are never written (outputs are new files and renames, so a hard link cannot pass a
-write back to the input). OS errors are one ``error:`` line naming the path.
+Class ids come from category *names* (``coco_schema.category_map``), never from CarDD's ids, which
+order the classes differently from this project's alphabetical ``CLASS_NAMES``. ``coco_schema.parse_coco``
+vets the whole JSON before anything is written: a problem with the file itself (not a COCO object, a bad
+``images`` entry, a ``file_name`` that escapes IMAGES_DIR, two images sharing one label file) raises
+``InputError``; a bad annotation drops its image, since leaving the instance out would teach the model
+that the damage is background; crowd regions are skipped. A split is assembled in a hidden staging
+folder and renamed into place, so a failed run leaves OUT as it was and a good one leaves no stale files.
 
 Examples:
-    cardamage convert-coco CarDD_COCO/annotations/instances_train2017.json CarDD_COCO/train2017 --out datasets/cardd
-    cardamage convert-coco CarDD_COCO/annotations/instances_val2017.json CarDD_COCO/val2017 --out datasets/cardd
-    cardamage check datasets/cardd/data.yaml
+    >>> from pathlib import Path
+    >>> from pipeline.data.coco import convert_coco, split_from_name
+    >>> split_from_name(Path("instances_val2017.json"))
+    'val'
+    >>> s = convert_coco("CarDD_COCO/annotations/instances_val2017.json", "CarDD_COCO/val2017", "datasets/cardd")
+    >>> s["split"], s["errors"]
+    ('val', [])
 """
 
 

@@ -1,42 +1,29 @@
-"""Check a YOLO dataset: class counts, box sizes, label errors and images leaking across splits.
+"""Dataset files as Ultralytics reads them: the ``data.yaml`` and the one YOLO label parser.
 
-Reads a ``data.yaml`` exactly as Ultralytics training will (box rows or polygon rows, Roboflow exports
-with their ``../train/images`` paths), then looks at every image and label file:
+Every part of the project that reads a dataset (``check``, training's linked view in ``dataset_view``,
+``outliers``, the report's gradient batch) goes through this module, so its idea of a dataset is the one
+Ultralytics trains on:
 
-- counts: images, labelled / empty / missing label files, instances per class, instances per image;
-- box sizes in pixels of the original image, in CarDD's buckets: small < 128^2, medium < 256^2, large;
-- errors, each on its own line ``error: <file>[:line]: <reason>``: corrupt images, bad label lines
-  (wrong number of values, non-numeric, odd polygon coordinates, < 3 points), class ids out of range,
-  coordinates outside [0, 1], images Ultralytics would drop, a split without a single label file;
-- warnings, each on its own line ``warning: <file>[:line]: <reason>``: missing label files (background
-  images), rows Ultralytics fixes while loading, and leakage between splits: splits that list the same
-  files (``split_overlap``, e.g. ``train`` and ``val`` both ``images/``), exact (same bytes,
-  ``exact_duplicate``) and near (perceptual hash, ``near_duplicate``) duplicates across splits. A leak
-  makes the later split's scores optimistic, but the data still trains (Ultralytics' coco128 uses
-  train == val on purpose), so it is reported loudly, with a ``LEAKAGE train -> val: ...`` summary
-  line per pair of splits, not failed.
+- the yaml: ``load_names`` (class names in id order, from a ``names`` list or dict, or only ``nc``),
+  ``dataset_splits`` (split -> sorted image paths, resolved by Ultralytics' ``check_det_dataset`` and its
+  own image listing, with downloads switched off) and ``dataset_folders`` (the yaml plus every image and
+  label folder: the places no output may be written into);
+- the labels: ``label_path`` (Ultralytics' rule: the last ``/images/`` becomes ``/labels/``, the suffix
+  ``.txt``), ``parse_label_text`` (the one parser of YOLO rows, ``cls x y w h`` or a polygon
+  ``cls x1 y1 x2 y2 ...`` taken as its bounding box, with one ``(line, kind, reason)`` per rejected row)
+  and ``label_boxes`` (the valid rows of one image's label file).
 
-Exit status 1 when there is any error, 0 otherwise; with ``--strict`` any warning fails too. Polygons
-count as their bounding box, which is what Ultralytics trains a detector on.
-
-The report (``--json``) holds:
-
-- ``splits`` / ``total``: the statistics of ``check_dataset``;
-- ``errors`` and ``warnings``: lists of {file, line, kind, reason, split}; warning kinds are
-  ``missing_label``, ``ultralytics`` and the leak kinds ``split_overlap``, ``exact_duplicate``,
-  ``near_duplicate`` (``LEAK_KINDS``);
-- ``leaks``: per pair of splits that share images, {split_a, split_b, images, of, same_file, exact,
-  near}: ``images`` of the ``of`` images of ``split_b`` are also in ``split_a``, each counted once
-  under its strongest link (listed by both splits > same bytes > near duplicate);
-- ``split_overlaps`` and ``duplicates``: the raw findings of ``pipeline.data.duplicates``;
-- ``ok``: no errors (exit 0 without ``--strict``); ``strict_ok``: no errors and no warnings (exit 0
-  with ``--strict``).
+A yaml that is missing, malformed or points at nothing is one ``InputError`` line naming the file.
 
 Examples:
-    cardamage check datasets/cardd/data.yaml
-    cardamage check datasets/cardd/data.yaml --strict    # leaks and other warnings fail too
-    cardamage check "car damage detection.v1i.yolov8/data.yaml" --json runs/check.json
-    cardamage check ../shared/data/cardd-sample/data.yaml --near 6
+    >>> from pipeline.data.labels import dataset_splits, load_names, parse_label_text
+    >>> load_names("../shared/data/cardd-sample/data.yaml")
+    ['crack', 'dent', 'glass shatter', 'lamp broken', 'scratch', 'tire flat']
+    >>> {k: len(v) for k, v in dataset_splits("../shared/data/cardd-sample/data.yaml").items()}
+    {'train': 100, 'val': 100}
+    >>> boxes, errors, info = parse_label_text("4 0.5 0.5 0.2 0.1\\n9 0.5 0.5 0.1 0.1\\n", nc=6)
+    >>> boxes.tolist(), errors
+    ([[4.0, 0.5, 0.5, 0.2, 0.1]], [(2, 'class_out_of_range', 'class id 9 out of range 0..5')])
 """
 
 

@@ -1,32 +1,24 @@
-"""Flag outlier images and cross-split duplicates in a dataset: per-image statistics, |z| > 3, leakage.
+"""Per-image statistics of a dataset and the images that stand out: the analysis behind ``cardamage outliers``.
 
-Every image of every split gets seven numbers, computed on a copy shrunk to at most 256 pixels on its
-long side (cheap, and it makes blur comparable between photos of different sizes; size and aspect come
-from the full image):
-
-  brightness    mean grey level, 0..255 (OpenCV's luma: 0.299 R + 0.587 G + 0.114 B)
-  contrast      standard deviation of the grey levels
-  saturation    mean HSV saturation, 0..255 (0 = grey photo)
-  black_border  share of the image area in all-dark rows/columns at its edges (mean grey <= 16)
-  blur          variance of the Laplacian of the grey image (low = blurry); scored on log10(1 + v)
-  megapixels    width * height / 1e6; scored on log10
-  aspect        width / height; scored on log10 (so 2:1 and 1:2 are equally far from square)
-
-For each statistic, z = (value - median) / (1.4826 * MAD) over the dataset (a robust z-score: for normal
-data it equals the usual (x - mean) / std, but a few extreme images cannot inflate the spread and hide
-each other, and a small dataset can still reach |z| > 3, which (x - mean) / std never can with n <= 10 images:
-its |z| is at most sqrt(n - 1)).
-``--plain-z`` uses mean and std instead. An image with |z| > 3 on any statistic is listed with the reason.
-Exact and near-duplicate images across splits (leakage) come from ``pipeline.data.duplicates``.
-
-Writes, into --out: outliers.csv (path, statistic, value, z, split, reason: one row per flag),
-duplicates.csv (kind, distance, split_a, path_a, split_b, path_b), image_stats.csv (every image's
-statistics), summary.json (per-statistic centre/spread, counts, split overlaps), dataset_stats.png (the
-distributions with flagged images marked), flagged.png and duplicates.png (thumbnails).
+- ``image_stats``: seven numbers for one BGR photo (``STATISTICS``: brightness, contrast, saturation,
+  black_border, blur, megapixels, aspect), measured on a ``thumbnail`` at most ``THUMB_SIDE`` pixels
+  long so that blur compares across photo sizes (size and aspect come from the full image);
+  ``black_border_fraction`` is the share of the area in dark edge rows and columns.
+- ``zscores``: robust z-scores, (x - median) / (1.4826 MAD), or plain (x - mean) / std. The robust
+  form lets a small set reach |z| > 3 (a plain z-score cannot exceed sqrt(n - 1)) and keeps a few
+  extreme photos from widening the spread that should expose them.
+- ``flag_outliers``: one flag per (image, statistic) beyond the threshold (``core.facts.Z_THRESHOLD``),
+  with a readable reason; the ``"log"`` statistics are scored on log10 (blur on log10(1 + v)), so an
+  aspect of 2:1 and one of 1:2 are equally odd.
+- ``image_table``: the statistics (and perceptual hashes) of every image of every split.
+- ``analyse``: all of it for a ``data.yaml``, plus cross-split duplicates from ``data.duplicates``.
 
 Examples:
-  cardamage outliers ../shared/data/cardd-sample/data.yaml --out runs/outliers
-  cardamage outliers datasets/cardd/data.yaml --out runs/outliers --threshold 3.5 --near 2
+    >>> from pipeline.data.outliers import analyse, zscores
+    >>> z, centre, spread = zscores([100, 101, 99, 100, 30])
+    >>> round(float(z[-1]), 1), centre
+    (-47.2, 100.0)
+    >>> res = analyse("../shared/data/cardd-sample/data.yaml", threshold=3.0)
 """
 
 

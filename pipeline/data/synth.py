@@ -1,15 +1,21 @@
-"""Draw a synthetic car-damage dataset: procedural car scenes carrying the six CarDD damage classes.
+"""Procedural car-damage pictures with YOLO polygon labels: the data a fresh offline machine can train on.
 
-No real dataset can be downloaded on a fresh offline machine, so the demo trains on pictures this
-module draws with OpenCV: a car (body panel of random colour and gloss, windows, lamps, wheels) on a
-background, under random lighting, blur, noise and perspective, with damage of six kinds drawn where
-it happens in real life: crack, dent and scratch on the paint, glass shatter on a window, lamp broken
-on a lamp, tire flat on a wheel. Every instance gets a polygon (and so a box) in YOLO segmentation
-format, like a Roboflow export of CarDD. Same seed -> same bytes.
+- ``render_scene``: one picture, drawn with OpenCV from a seed: a car (body panel of random colour and
+  gloss, windows, lamps, wheels) on a background, under random light, blur, noise and perspective,
+  carrying one to three ``Instance`` objects (class id and polygon) of the six CarDD classes, each put
+  where that damage occurs: cracks, dents and scratches on paint, shattered glass on a window, a
+  broken lamp on a lamp, a flat tire on a wheel.
+- ``yolo_rows``: the instances as YOLO segmentation rows, normalised by the picture size.
+- ``write_dataset``: ``{train,val}/{images,labels}`` and a relative ``data.yaml``; the same seed
+  gives the same bytes.
 
 Examples:
-    cardamage synth --out datasets/synth --train 400 --val 100 --imgsz 320 --seed 0
-    python -m pipeline synth --out /tmp/s --train 8 --val 4
+    >>> from pipeline.data.synth import render_scene, write_dataset, yolo_rows
+    >>> img, instances = render_scene(3, imgsz=256)
+    >>> img.shape, len(yolo_rows(instances, 256, 256).splitlines()) == len(instances)
+    ((256, 256, 3), True)
+    >>> write_dataset("datasets/synth", n_train=400, n_val=100, imgsz=320, seed=0)
+    PosixPath('datasets/synth/data.yaml')
 """
 
 

@@ -111,12 +111,6 @@ def softmax(logits, dim: int = -1) -> Tensor:
     return e / e.sum(dim=dim, keepdim=True)
 
 
-def softmax_jacobian(logits) -> Tensor:
-    """d softmax_i / d z_j = s_i * (delta_ij - s_j), for a 1-D vector of logits."""
-    s = softmax(logits)
-    return torch.diag(s) - torch.outer(s, s)
-
-
 def softmax_first(z, k: int = SOFTMAX_CLASSES) -> Tensor:
     """Softmax probability of class 0 when its logit is ``z`` and the other k-1 logits are 0."""
     z = _t(z)

@@ -180,26 +180,13 @@ def activation_comparison(cfg, nc: int, batch: dict, seed: int = 0, variants=tup
         seed: torch seed used before building each variant.
 
     Returns:
-        ``{activation: gradient_flow(...) result}``; ``stem_over_head`` condenses one result to a ratio.
+        ``{activation: gradient_flow(...) result}``.
     """
     out = {}
     for name in variants:
         flow = gradient_flow(build_variant(cfg, nc, name, seed), batch)
         out[name] = flow
     return out
-
-
-def stem_over_head(flow: dict) -> float:
-    """Mean |grad| at the stem conv divided by the mean over the head's conv layers: < 1 means it shrank."""
-    g = np.asarray(flow["mean_abs_grad"])
-    head = [i for i, n in enumerate(flow["layers"]) if n.startswith(_head_prefix(flow["layers"]))]
-    return float(g[0] / max(np.mean(g[head]), 1e-30))
-
-
-def _head_prefix(layers: list[str]) -> str:
-    """Module path of the Detect head (the highest model index present)."""
-    last = max(int(n.split(".")[1]) for n in layers)
-    return f"model.{last}."
 
 
 # --- one SGD step on one neuron ------------------------------------------------------------------

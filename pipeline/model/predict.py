@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core import runtime
+from pipeline.core.facts import logit
 from pipeline.core.io import (
     InputError,
     atomic_write_image,
@@ -66,7 +67,7 @@ def _logit_predictor_class():
             results = self.construct_results(dets, img, orig_imgs)
             for b, (r, det, idx) in enumerate(zip(results, dets, idxs)):
                 if raw is None:  # exported backends give no raw head output: invert the sigmoid instead
-                    r.logits = _inverse_sigmoid(det[:, 4].double()).float()
+                    r.logits = _logits_of_scores(det[:, 4])
                 else:
                     r.logits = raw["scores"][b, det[:, 5].long(), idx.long()].float()
             return results
@@ -74,9 +75,10 @@ def _logit_predictor_class():
     return LogitPredictor
 
 
-def _inverse_sigmoid(p):
-    p = p.clamp(1e-12, 1 - 1e-12)
-    return (p / (1 - p)).log()
+def _logits_of_scores(scores):
+    """``facts.logit`` of each score, clamped into [1e-12, 1 - 1e-12] first: a float32 score of exactly 1
+    (any logit above ~16.6) gets a finite logit, 27.6, which ``detections.json`` can hold; infinity it cannot."""
+    return scores.new_tensor([logit(min(max(p, 1e-12), 1 - 1e-12)) for p in scores.double().tolist()]).float()
 
 
 def _label_overlay(image: np.ndarray, record: dict) -> np.ndarray:

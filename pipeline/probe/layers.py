@@ -48,13 +48,10 @@ Examples:
 from __future__ import annotations
 
 import re
-from typing import Iterable
 
-import torch
 from torch import nn
 
-from pipeline.data.preprocess import model_input as letterboxed_input
-from pipeline.model.load import detection_model, model_stride
+from pipeline.model.load import detection_model
 
 # ------------------------------------------------------------------------------------------------
 # Which modules: Conv blocks, the Detect head, layer selection
@@ -137,23 +134,3 @@ def select_layers(model, layers=None, modules: dict | None = None) -> list[str]:
         wanted.update(hits)
     return [p for p in blocks if p in wanted]
 
-
-# ------------------------------------------------------------------------------------------------
-# The model input
-# ------------------------------------------------------------------------------------------------
-
-
-def model_input(model, image, imgsz=640) -> tuple[torch.Tensor, dict]:
-    """The exact tensor ``YOLO.predict`` feeds this model for one photo: ``pipeline.data.preprocess.model_input``
-    at the model's own stride (``pipeline.model.model_stride``).
-
-    Returns:
-        ``(x, meta)``: float32 ``1x3xHxW`` RGB in [0, 1] and the letterbox metadata (ratio, padding...).
-    """
-    return letterboxed_input(image, imgsz=imgsz, stride=model_stride(model), auto=True)
-
-
-def iter_modules(model, paths: Iterable[str]) -> list[nn.Module]:
-    """Modules by path (a small helper for callers that keep paths)."""
-    modules = dict(detection_model(model).named_modules())
-    return [modules[p] for p in paths]

@@ -1,39 +1,24 @@
-"""Record what every conv layer computes: a full dump for one photo, or per-channel statistics over many.
+"""What ``cardamage inspect`` records: every Conv block of one photo in full, or per-channel statistics of many.
 
-For one photo: every layer's pre/post-SiLU activations, weights and folded biases. For a folder, several
-photos or a glob: the per-channel statistics of every layer over all of them.
-
-One forward pass of the exact predictor input with ``LayerRecorder`` hooked on the chosen Conv blocks
-writes five files into ``--out``:
-
-- ``input.safetensors``: key ``input``, the model input (1x3xHxW float32, RGB, [0, 1]).
-- ``activations.safetensors``: ``<block>.pre`` (z = bn(conv(x))) and ``<block>.post`` (SiLU(z)) for every
-  recorded Conv block, plus the Detect head's ``<head>.cls_logits.<scale>`` (class logits before the
-  sigmoid), ``<head>.box.<scale>`` (raw box distributions) and ``<head>.decoded`` (1 x (4+nc) x anchors:
-  xywh boxes in input pixels, then sigmoid class scores). ``--dtype float16`` halves this file.
-- ``params.safetensors``: ``<block>.conv.weight``, ``<block>.bn.weight|bias|running_mean|running_var``
-  (unfused models), ``<block>.folded.weight|bias`` (BN folded in, as ``model.fuse()`` does), and the head's
-  final ``Conv2d`` weights and biases (``model.22.cv3.0.2.weight`` ...). Always float32.
-- ``index.json``: per recorded block its path, type, input/output shapes, kernel, stride, padding,
-  groups, BN eps, parameter count and layer-level statistics; the head's strides and grids; per
-  top-level layer parameter counts; model name, image size, letterbox, totals.
-- ``stats.csv``: one row per (block, channel): count, mean, std, min, max of z, fraction z < 0,
-  fraction |SiLU(z)| < dead_eps ("dead"), mean of SiLU(z).
-
-Given several photos, a folder or a glob (or ``--stats-only``), ``inspect`` keeps no feature map: one
-stats-mode recorder runs over all photos and writes ``stats.csv`` (per channel over the whole set) and
-``index.json`` (see ``inspect_dataset``).
+- ``inspect_image``: one forward pass of the predictor's exact input (``data.preprocess.model_input`` at
+  the model's stride) with a ``LayerRecorder`` on the chosen blocks; writes ``input.safetensors``,
+  ``activations.safetensors`` (z and SiLU(z) per block, the head's class logits, box outputs and decoded
+  output), ``params.safetensors`` (conv and BatchNorm weights, and the folded ones), ``index.json`` and
+  ``stats.csv``, and returns their paths with the time and sizes.
+- ``record_statistics``: one stats-mode recorder kept open over many photos, so nothing but running
+  per-channel sums is held; unreadable photos are collected as errors, not raised.
+- ``inspect_dataset``: ``record_statistics`` over photos, folders and globs, written as ``stats.csv`` (one
+  row per channel over the whole set) and ``index.json``.
+- ``stats_csv``: ``ChannelStats`` rows as CSV text (``STATS_COLUMNS``, 9 significant digits).
 
 Examples:
-    cardamage inspect --weights runs/demo/train/weights/best.pt photo.jpg --out runs/inspect
-    cardamage inspect --weights runs/demo/train/weights/best.pt datasets/cardd/valid/images --out runs/inspect-valid
-    cardamage inspect --weights yolov8n.yaml photo.jpg --out runs/inspect --layers 0 1 model.2.cv1 SPPF --dtype float16
-
-    >>> from pipeline.probe.statistics import inspect_image
-    >>> paths = inspect_image("best.pt", "photo.jpg", "runs/inspect", imgsz=640)
     >>> from safetensors.torch import load_file
+    >>> from pipeline.probe.statistics import inspect_dataset, inspect_image
+    >>> paths = inspect_image("yolov8n.yaml", "photo.jpg", "runs/inspect", imgsz=640)
     >>> load_file(paths["activations"])["model.0.post"].shape
     torch.Size([1, 16, 320, 320])
+    >>> inspect_dataset("best.pt", ["datasets/cardd-roboflow-check/valid/images"], "runs/inspect-valid")["images"]
+    799
 """
 
 
@@ -49,10 +34,11 @@ import torch
 
 from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import InputError, atomic_save_safetensors, atomic_write_json, atomic_write_text, expand_sources
-from pipeline.model.load import load_model
+from pipeline.data.preprocess import model_input
+from pipeline.model.load import detection_model, load_model, model_stride
 from pipeline.probe.channel_stats import DEAD_EPS, STATS_COLUMNS
 from pipeline.probe.fold import block_params, conv_meta, head_params, param_counts
-from pipeline.probe.layers import conv_blocks, detection_model, model_input
+from pipeline.probe.layers import conv_blocks
 from pipeline.probe.recorder import LayerRecorder
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -108,7 +94,7 @@ def inspect_image(weights_or_yolo, image_path, out_dir, layers=None, dtype: str 
     net = detection_model(yolo)
     if fuse:
         net.fuse(verbose=False)
-    x, meta = model_input(net, image_path, imgsz)
+    x, meta = model_input(image_path, imgsz, stride=model_stride(net))
     try:
         recorder = LayerRecorder(net, layers=layers, mode="both", head=True, dead_eps=dead_eps)
     except ValueError as e:
@@ -237,7 +223,7 @@ def record_statistics(model, sources, imgsz=640, layers=None, dead_eps: float = 
     with recorder as rec:
         for f in TQDM(files, desc="inspect", unit="img", disable=not progress or len(files) < 2):
             try:
-                x, _ = model_input(net, f, imgsz)
+                x, _ = model_input(f, imgsz, stride=model_stride(net))
             except InputError as e:
                 errors.append(e)
                 if on_error:
@@ -284,7 +270,7 @@ def inspect_dataset(weights_or_yolo, sources, out_dir, layers=None, imgsz=640, f
         InputError: unreadable weights, unknown layer selector, or no photo could be read.
 
     Examples:
-        >>> res = inspect_dataset("best.pt", ["datasets/cardd/valid/images"], "runs/inspect-valid")
+        >>> res = inspect_dataset("best.pt", ["datasets/cardd-roboflow-check/valid/images"], "runs/inspect-valid")
         >>> res["images"], res["stats"]
         (799, PosixPath('runs/inspect-valid/stats.csv'))
     """

@@ -1,30 +1,24 @@
-"""Recompute one neuron by hand: sum(w*x) + b -> SiLU, against the framework; and a box score from its logit.
+"""One neuron and one detection recomputed by hand, in float64, next to what the framework computed.
 
-A YOLOv8 conv neuron at (layer, channel c, row y, column x) sees a k x k window of its layer's input
-(all input channels of its group, zero-padded at the border). With BatchNorm folded into the weights
-(W' = W * gamma/sqrt(var+eps), b' = beta - mean * gamma/sqrt(var+eps)) it computes, in float64 here::
-
-    z = sum_{i,u,v} W'[c,i,u,v] * patch[i,u,v] + b'[c]      (pre-activation)
-    sigmoid(z) = 1 / (1 + exp(-z))
-    SiLU(z) = z * sigmoid(z)                                 (post-activation)
-
-and the hooked value from the float32 forward pass must agree (relative error <= 1e-5). The unfolded
-route (conv first, then (conv - mean) / sqrt(var + eps) * gamma + beta) is shown too, to see that
-folding changes nothing.
-
-The head trace does the same for a detection Ultralytics reports: NMS keeps, per anchor, the class
-with the highest score; we run Ultralytics' own NMS on the recorded head output with the predictor's
-arguments and ``return_idxs`` to learn which anchor (scale, grid cell) each reported box came from,
-then show logit -> sigmoid(logit) -> the ``conf`` Ultralytics printed.
+- ``trace_neuron``: for a Conv block, channel and output position, takes the input window the neuron
+  sees (zero-padded at the border), the BatchNorm-folded weights and bias (``fold.fold_bn``), and
+  computes z = sum(w * x) + b, sigmoid(z) and SiLU(z) = z * sigmoid(z); the recorder's float32 values
+  from the same forward pass must agree within ``REL_TOL`` (``rel_error``). The unfolded route, conv
+  first and BatchNorm after, is returned as well, and the ``top`` largest products w * x are listed.
+- ``trace_head``: runs Ultralytics' own NMS with ``return_idxs`` on the recorded head output, with the
+  predictor's arguments, to find the anchor (scale, grid cell) behind each reported box, then shows
+  its class logit, ``core.facts.sigmoid`` of it, and the ``conf`` Ultralytics reported.
+- ``format_trace`` and ``format_head``: the same numbers as text for the terminal.
 
 Examples:
-    cardamage trace --weights yolov8n.yaml photo.jpg --layer model.2.cv1 --channel 5 --y 40 --x 40
-    cardamage trace --weights best.pt photo.jpg --layer model.0 --channel 0 --y 100 --x 100 --out trace.json
-    cardamage trace --weights best.pt photo.jpg --layer model.22.cv3.0.1 --channel 3 --y 7 --x 9 --head --conf 0.1
-
-    >>> from pipeline.probe.trace import trace_neuron, trace_head, format_trace
+    >>> from pipeline.data.preprocess import model_input
+    >>> from pipeline.model.load import load_model, model_stride
+    >>> from pipeline.probe.trace import format_trace, trace_head, trace_neuron
+    >>> yolo = load_model("best.pt")
+    >>> x, _ = model_input("photo.jpg", 640, stride=model_stride(yolo))
     >>> t = trace_neuron(yolo, x, "model.2.cv1", channel=5, y=40, x=40)
-    >>> print(format_trace(t)); t["abs_error"] < 1e-5
+    >>> t["rel_error"] <= 1e-5
+    True
     >>> h = trace_head(yolo, "photo.jpg", imgsz=640, conf=0.25)
     >>> [(d["logit"], d["sigmoid_by_hand"], d["ultralytics_conf"]) for d in h["detections"]]
 """
@@ -38,6 +32,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from pipeline.core.facts import sigmoid
 from pipeline.core.io import read_image
 from pipeline.model.load import detection_model
 from pipeline.model.predict import release_photos
@@ -47,11 +42,6 @@ from pipeline.probe.recorder import LayerRecorder
 
 #: The agreement the lesson promises between the float64 hand computation and the float32 framework.
 REL_TOL = 1e-5
-
-
-def _sigmoid(z: float) -> float:
-    """1 / (1 + exp(-z)) in float64, written so that it never overflows."""
-    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
 
 def rel_error(hand: float, framework: float) -> float:
@@ -64,7 +54,7 @@ def trace_neuron(model, inp: torch.Tensor, layer: str, channel: int, y: int, x: 
 
     Args:
         model: YOLO wrapper or DetectionModel (fused or not).
-        inp: the model input, ``1x3xHxW`` (``pipeline.probe.layers.model_input``).
+        inp: the model input, ``1x3xHxW`` (``model_input(image, imgsz, stride=model_stride(model))``).
         layer: Conv block path, e.g. ``"model.2.cv1"``.
         channel, y, x: output channel and position in the layer's output map.
         top: how many of the largest |w*x| products to list.
@@ -109,7 +99,7 @@ def trace_neuron(model, inp: torch.Tensor, layer: str, channel: int, y: int, x: 
     products = w * patch
     dot = float(products.sum())
     z = dot + b
-    sig = _sigmoid(z)
+    sig = sigmoid(z)
     silu = z * sig
     pre, post = float(z_fw[0, channel, y, x]), float(a_fw[0, channel, y, x])
 
@@ -236,7 +226,7 @@ def trace_head(yolo, image, imgsz=640, conf: float = 0.25, iou: float = 0.7, max
         cls = int(kept[k, 5])
         logits = rec.head["cls_logits"][s][0, :, gy, gx].double()
         logit = float(logits[cls])
-        sig = _sigmoid(logit)
+        sig = sigmoid(logit)
         stride = rec.head["strides"][s]
         reported = float(reported_conf[k]) if k < len(reported_conf) else float("nan")
         detections.append({
