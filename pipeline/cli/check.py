@@ -48,7 +48,7 @@ import sys
 
 from pipeline.cli.options import int_range, positive_int
 from pipeline.core.io import atomic_write_json, check_output_file
-from pipeline.data.check import _line, check_dataset, format_report
+from pipeline.data.check import check_dataset, format_report, issue_line
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     report = check_dataset(args.data_yaml, near_threshold=args.near, progress=True)
     for kind, items in (("error", report["errors"]), ("warning", report["warnings"])):
         for item in items[: args.max_lines]:
-            print(f"{kind}: {_line(item)}", file=sys.stderr)
+            print(f"{kind}: {issue_line(item)}", file=sys.stderr)
         if len(items) > args.max_lines:
             print(f"{kind}: ... {len(items) - args.max_lines} more {kind}s (all in --json)", file=sys.stderr)
     print(format_report(report, strict=args.strict))

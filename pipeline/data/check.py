@@ -381,6 +381,7 @@ def format_report(report: dict, strict: bool = False) -> str:
     return "\n".join(out)
 
 
-def _line(item: dict) -> str:
+def issue_line(item: dict) -> str:
+    """One error or warning of the report as ``file[:line]: reason``, the form every command prints."""
     where = f"{item['file']}:{item['line']}" if item["line"] else item["file"]
     return f"{where}: {item['reason']}"

@@ -94,7 +94,7 @@ def _resolve(data_yaml: Path) -> dict:
     """Ultralytics' own data.yaml resolution, with every failure turned into one line and no downloads."""
     from ultralytics.data.utils import check_det_dataset
 
-    data = _read_yaml(data_yaml)
+    _read_yaml(data_yaml)  # a missing or malformed file gets its own one line before Ultralytics sees it
     if data_yaml.suffix.lower() not in {".yaml", ".yml"}:
         raise InputError(data_yaml, "expected a .yaml or .yml dataset file")
     try:
