@@ -58,6 +58,10 @@ class PredictWorker:
                              device=settings["device"], batch=settings["batch"], backend=settings["backend"],
                              keep_images=self.out is not None)
 
+    def ready(self) -> str:
+        """The engine's backend name, once the model is loaded (the driver waits for this before timing)."""
+        return self.engine.backend.name
+
     def predict(self, chunk: list[tuple[int, str, str | None]]) -> tuple[list, list]:
         """Run ``[(index, path, overlay name)]``; return ``([(index, record)], [(index, reason)])``."""
         records, errors = [], []
@@ -156,9 +160,11 @@ def ray_predict(yolo, sources, out, conf: float = 0.25, imgsz: int = 640, overla
                 actor = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(PredictWorker)
                 net_ref = ray.put(net)
                 actors = [actor.remote(net_ref, worker, str(out.resolve()) if overlays else None) for _ in range(n)]
-                log(f"ray: {n} workers, {len(tasks)} chunks")
-                bar = TQDM(total=len(todo), desc=f"predict (ray, {n} workers)", unit="img", disable=not progress)
                 t0 = time.perf_counter()
+                backends = ray.get([a.ready.remote() for a in actors])
+                log(f"ray: {n} workers ({backends[0]}) ready in {time.perf_counter() - t0:.2f} s, {len(tasks)} chunks")
+                bar = TQDM(total=len(todo), desc=f"predict (ray, {n} workers)", unit="img", disable=not progress)
+                t0 = time.perf_counter()  # the photos alone: Ray's start and the workers' model loads are above
 
                 def finished(_, result) -> None:
                     nonlocal part
