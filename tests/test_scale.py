@@ -209,3 +209,14 @@ def test_a_killed_process_resumes(photos, weights, tmp_path):
     assert second.returncode == 1, second.stderr
     assert f"8 photos, {done} done in earlier shards, {8 - done} to run" in second.stderr
     assert len(json.loads((out / "detections.json").read_text())) == 6
+
+
+def test_train_passes_several_gpus_to_ultralytics_ddp(synth_data, tmp_path, monkeypatch):
+    """Many GPUs for training stay Ultralytics' DDP: ``--device 0,1`` reaches ``YOLO.train`` unchanged."""
+    from ultralytics.engine.model import Model
+
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # what --device checks; no GPU is touched
+    monkeypatch.setattr(Model, "train", lambda self, **kw: seen.update(kw))
+    assert main(["train", "--data", str(synth_data), "--out", str(tmp_path / "run"), "--device", "0,1", "--epochs", "1"]) == 0
+    assert seen["device"] == "0,1" and seen["epochs"] == 1
