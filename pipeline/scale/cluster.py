@@ -31,7 +31,11 @@ CHUNK = 8
 
 
 def import_ray():
-    """Ray itself, or one line saying how to install it (it is the optional ``scale`` extra)."""
+    """Ray itself, or one line saying how to install it (it is the optional ``scale`` extra).
+
+    Examples:
+        >>> ray = import_ray()
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # before Ray reads it: nothing is reported home
     try:
         import ray
@@ -76,6 +80,10 @@ def read_list(path: Path) -> list[str]:
     """The photos a ``.txt`` source names, one per line; blank lines and ``#`` comments are skipped.
 
     A relative line is taken relative to the list file's folder, so a list travels with its photos.
+
+    Examples:
+        >>> read_list(Path("/data/list.txt"))  # lines "a.jpg", "/other/b.jpg"
+        ['/data/a.jpg', '/other/b.jpg']
     """
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -89,6 +97,9 @@ def expand_with_lists(sources: list[str]) -> tuple[list[Path], list[InputError]]
     """``expand_sources`` with one addition: an existing ``.txt`` file contributes the photos it lists.
 
     The order is ``expand_sources``' order for the same sources with each list replaced by its lines.
+
+    Examples:
+        >>> files, errors = expand_with_lists(["photos/", "more.txt"])
     """
     expanded: list[str] = []
     errors: list[InputError] = []
@@ -109,13 +120,23 @@ def expand_with_lists(sources: list[str]) -> tuple[list[Path], list[InputError]]
 
 
 def chunks(items: list, workers: int = 1, size: int = CHUNK) -> list[list]:
-    """``items`` in consecutive pieces of at most ``size``, small enough that each worker gets two or more."""
+    """``items`` in consecutive pieces of at most ``size``, small enough that each worker gets two or more.
+
+    Examples:
+        >>> chunks(list(range(10)), workers=2)
+        [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    """
     size = max(1, min(size, -(-len(items) // (2 * max(1, workers)))))
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def default_workers(ray, gpus_per_worker: float, cpus_per_worker: float = 1) -> int:
-    """Workers that fit the cluster now: by GPUs when each worker takes some, else by CPUs."""
+    """Workers that fit the cluster now: by GPUs when each worker takes some, else by CPUs.
+
+    Examples:
+        >>> default_workers(ray, gpus_per_worker=0.5)  # a cluster with 4 GPUs
+        8
+    """
     res = ray.cluster_resources()
     if gpus_per_worker > 0:
         return max(1, int(res.get("GPU", 0) // gpus_per_worker))
@@ -126,7 +147,10 @@ def run_pool(ray, actors: list, method: str, tasks: list, on_result) -> None:
     """Send ``tasks`` to ``actors`` (each keeps two in flight) and call ``on_result(i, result)`` as each ends.
 
     Results arrive in completion order; ``i`` is the task's position in ``tasks``. A worker that dies takes
-    the run down with it (``ray.exceptions.RayActorError``): a resumed run redoes only unfinished work.
+    the run down with it, as one ``InputError`` line: a resumed run redoes only unfinished work.
+
+    Examples:
+        >>> run_pool(ray, actors, "predict", [[(0, "/data/a.jpg", None)]], lambda i, result: print(i, result))
     """
     todo = list(enumerate(tasks))[::-1]
     inflight: dict = {}
@@ -142,5 +166,14 @@ def run_pool(ray, actors: list, method: str, tasks: list, on_result) -> None:
     while inflight:
         ready, _ = ray.wait(list(inflight), num_returns=1)
         i, actor = inflight.pop(ready[0])
-        on_result(i, ray.get(ready[0]))
+        try:
+            result = ray.get(ready[0])
+        except ray.exceptions.RayError as e:  # one line, not a remote traceback; the shards written so far stay
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, InputError):  # e.g. an overlay the worker could not write
+                raise cause from None
+            first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise InputError("--ray", f"a worker failed ({first.strip()[:200]}); run the same command again to "
+                                      "resume from the shards written so far") from None
+        on_result(i, result)
         submit(actor)

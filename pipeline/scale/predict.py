@@ -79,7 +79,12 @@ class PredictWorker:
 
 
 def model_digest(net) -> str:
-    """SHA-256 of a model's weights and buffers: a resumed run must use the very same numbers."""
+    """SHA-256 of a model's weights and buffers: a resumed run must use the very same numbers.
+
+    Examples:
+        >>> model_digest(detection_model(load_model("best.pt")))[:12]
+        '3f1c0a9e5b7d'
+    """
     h = hashlib.sha256()
     for key, value in net.state_dict().items():
         h.update(key.encode())
@@ -88,7 +93,13 @@ def model_digest(net) -> str:
 
 
 def read_shards(folder: Path, settings: dict) -> tuple[dict[str, dict], int]:
-    """Records already done (by image path) and the next free shard number; refuse shards of other settings."""
+    """Records already done (by image path) and the next free shard number; refuse shards of other settings.
+
+    Examples:
+        >>> done, next_part = read_shards(Path("runs/p/shards"), settings)
+        >>> len(done), next_part
+        (40, 5)
+    """
     run_file = folder / RUN_FILE
     if run_file.is_file():
         try:

@@ -74,6 +74,10 @@ def ray_inspect(yolo, sources, out, layers=None, imgsz: int = 640, fuse: bool = 
 
     Raises:
         InputError: unknown layer selector, or no photo could be read.
+
+    Examples:
+        >>> ray_inspect(load_model("best.pt"), ["photos/"], "runs/i", workers=2)["images"]
+        100
     """
     files, errors = expand_with_lists(sources)
     inputs = [*(s for s in map(str, sources) if Path(s).exists()), *files]
