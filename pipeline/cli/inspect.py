@@ -28,6 +28,7 @@ Examples:
     cardamage inspect --weights runs/demo/train/weights/best.pt photo.jpg --out runs/inspect
     cardamage inspect --weights runs/demo/train/weights/best.pt datasets/cardd-roboflow-check/valid/images --out runs/inspect-valid
     cardamage inspect --weights yolov8n.yaml photo.jpg --out runs/inspect --layers 0 1 model.2.cv1 SPPF --dtype float16
+    cardamage inspect photos/ --weights best.pt --out runs/inspect --stats-only --ray --workers 2  # docs/scale.md
 
     >>> from pipeline.probe.statistics import inspect_image
     >>> paths = inspect_image("best.pt", "photo.jpg", "runs/inspect", imgsz=640)
@@ -43,12 +44,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline.cli.options import add_trust_weights, image_size, positive_float
+from pipeline.cli.options import add_ray_arguments, add_trust_weights, image_size, positive_float
 from pipeline.core.facts import CLASS_NAMES
-from pipeline.core.io import input_paths, output_folder
+from pipeline.core.io import InputError, input_paths, output_folder
 from pipeline.model.load import load_model
 from pipeline.probe.channel_stats import DEAD_EPS
 from pipeline.probe.statistics import DTYPES, FILES, inspect_dataset, inspect_image
+from pipeline.scale.stats import ray_inspect
 
 
 def _single_photo(sources: list[str]) -> bool:
@@ -70,12 +72,26 @@ def add_arguments(parser) -> None:
     parser.add_argument("--imgsz", type=image_size, default=640, help="inference size (default 640)")
     parser.add_argument("--fuse", action="store_true", help="fold BatchNorm into the convs first (model.fuse())")
     parser.add_argument("--dead-eps", type=positive_float, default=DEAD_EPS, help=f"|SiLU| below this is 'dead' (default {DEAD_EPS:g})")
+    add_ray_arguments(parser)
     add_trust_weights(parser)
 
 
 def run(args) -> int:
     weights = [args.weights] if Path(args.weights).is_file() else []
+    if args.ray is None and (args.gpus_per_worker or args.workers):
+        raise InputError("--workers" if args.workers else "--gpus-per-worker", "applies to Ray workers: add --ray")
+    if args.ray is not None and _single_photo(args.image) and not args.stats_only:
+        raise InputError("--ray", "computes statistics over many photos: add --stats-only (one photo's dump runs here)")
     yolo = load_model(args.weights, nc=len(CLASS_NAMES), trust=args.trust_weights)  # nc only matters for a YAML
+    if args.ray is not None:
+        result = ray_inspect(yolo, args.image, args.out, layers=args.layers, imgsz=args.imgsz, fuse=args.fuse,
+                             dead_eps=args.dead_eps, address=args.ray, workers=args.workers,
+                             gpus_per_worker=args.gpus_per_worker,
+                             on_error=lambda e: print(f"error: {e}", file=sys.stderr, flush=True))
+        n, secs = result["images"], result["seconds"]
+        print(f"statistics over {n} images on Ray ({n / secs:.1f} img/s), {len(result['errors'])} errors -> "
+              f"{result['stats']}, {result['index'].name}", file=sys.stderr)
+        return 1 if result["errors"] else 0
     with output_folder(args.out, inputs=[*input_paths(args.image), *weights]):
         if _single_photo(args.image) and not args.stats_only:
             result = inspect_image(yolo, args.image[0], args.out, layers=args.layers, dtype=args.dtype,

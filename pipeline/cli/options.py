@@ -46,6 +46,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0: GPUs per Ray worker (a fraction shares a GPU between workers)."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An integer >= 1: batch, workers, counts."""
     value = _number(text, int)
@@ -110,3 +118,29 @@ def add_trust_weights(parser: argparse.ArgumentParser) -> None:
         help=f"load a weights file even if it holds code (pickled objects outside the YOLO format); only for "
              f"files from a source you trust. Also: {TRUST_ENV}=1",
     )
+
+
+_RAY_ADDRESS = re.compile(r"^(auto|local|(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+)$")
+
+
+def ray_address(text: str) -> str:
+    """``--ray``'s optional value: ``auto``, ``local``, ``host:port`` or ``ray://host:port``."""
+    value = text.strip()
+    if not _RAY_ADDRESS.match(value):
+        raise argparse.ArgumentTypeError(
+            f"expected a Ray address like auto, 10.0.0.5:6379 or ray://head:10001, got {text!r} "
+            "(a photo right after --ray is read as its address: put --ray after the photos)")
+    return value
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser, workers: bool = True) -> None:
+    """``--ray [ADDRESS]`` and ``--gpus-per-worker`` (``--workers`` counts Ray workers when ``--ray`` is given)."""
+    parser.add_argument("--ray", nargs="?", const="local", default=None, type=ray_address, metavar="ADDRESS",
+                        help="run on Ray: no ADDRESS starts a local instance (loopback only), an ADDRESS "
+                             "(auto, host:port, ray://host:port) joins that cluster; photos and --out must be on a "
+                             "filesystem every worker sees. Needs pip install -e '.[scale]'")
+    if workers:
+        parser.add_argument("--workers", type=positive_int, default=None,
+                            help="Ray workers (default: one per CPU of the cluster, or per --gpus-per-worker GPUs)")
+    parser.add_argument("--gpus-per-worker", type=non_negative_float, default=0, metavar="G",
+                        help="GPUs each Ray worker takes (default 0: CPU workers); with --ray only")

@@ -285,6 +285,24 @@ def inspect_dataset(weights_or_yolo, sources, out_dir, layers=None, imgsz=640, f
                                                   progress=progress, on_error=on_error)
     seconds = time.perf_counter() - t0
 
+    stats = {p: rec.stats[p] for p in rec.layers}
+    return write_dataset_statistics(yolo, out_dir, stats, used, errors, shapes, seconds, imgsz=imgsz, dead_eps=dead_eps)
+
+
+def write_dataset_statistics(yolo, out_dir, stats: dict, used: list[dict], errors: list, shapes: dict, seconds: float,
+                             imgsz=640, dead_eps: float = DEAD_EPS) -> dict:
+    """Write ``stats.csv`` and ``index.json`` of a dataset pass (``inspect_dataset``'s files) from its parts.
+
+    ``stats`` is ``{block path: ChannelStats}`` in model order, however it was gathered: one recorder over
+    all photos, or the totals of several workers merged with ``ChannelStats.absorb`` (``pipeline.scale``).
+
+    Returns:
+        ``{"stats": Path, "index": Path, "images": n used, "errors": [InputError], "seconds": float}``.
+
+    Examples:
+        >>> write_dataset_statistics(yolo, "runs/inspect", {p: rec.stats[p] for p in rec.layers}, used, [], shapes, 3.2)
+    """
+    net = detection_model(yolo)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"stats": out / "stats.csv", "index": out / "index.json"}
@@ -299,8 +317,8 @@ def inspect_dataset(weights_or_yolo, sources, out_dir, layers=None, imgsz=640, f
         "images": used,
         "errors": [str(e) for e in errors],
         "layers": [{"path": p, **conv_meta(blocks[p]), "output_shapes": sorted(list(s) for s in shapes[p]),
-                    "stats": rec.stats[p].summary()} for p in rec.layers],
-        "totals": {"params": param_counts(net)["total"], "conv_blocks": len(blocks), "recorded_blocks": len(rec.layers),
+                    "stats": stats[p].summary()} for p in stats],
+        "totals": {"params": param_counts(net)["total"], "conv_blocks": len(blocks), "recorded_blocks": len(stats),
                    "images": len(used), "failed": len(errors)},
         "seconds": round(seconds, 3),
         "images_per_second": round(len(used) / seconds, 3),
@@ -308,6 +326,6 @@ def inspect_dataset(weights_or_yolo, sources, out_dir, layers=None, imgsz=640, f
         "files": {k: p.name for k, p in paths.items()},
         "versions": {"torch": torch.__version__, "ultralytics": __import__("ultralytics").__version__},
     }
-    atomic_write_text(paths["stats"], stats_csv(rec.stats_table()))
+    atomic_write_text(paths["stats"], stats_csv([row for p, s in stats.items() for row in s.table(p)]))
     atomic_write_json(paths["index"], index)
     return {**paths, "images": len(used), "errors": errors, "seconds": seconds}
