@@ -20,12 +20,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from checkpoints import save_checkpoint
+
 from pipeline.cli import main
+from pipeline.core.io import expand_sources
 from pipeline.probe.channel_stats import ChannelStats
 from pipeline.probe.statistics import inspect_dataset
-from pipeline.scale.cluster import chunks, expand_with_lists
+from pipeline.scale.cluster import chunks
 from pipeline.scale.stats import ray_inspect
 
 ray = pytest.importorskip("ray")
@@ -175,11 +176,22 @@ def test_absorb_equals_one_pass():
 def test_txt_lists_and_chunks(tmp_path, sample_images):
     listed = tmp_path / "list.txt"
     listed.write_text(f"# two photos\n{sample_images[1]}\n\nmissing.jpg\n")
-    files, errors = expand_with_lists([str(sample_images[0]), str(listed)])
+    files, errors = expand_sources([str(sample_images[0]), str(listed)])
     assert files == [sample_images[0], sample_images[1]]
     assert [e.reason for e in errors] == ["file not found"] and errors[0].path == str(tmp_path / "missing.jpg")
     assert chunks(list(range(10)), workers=2) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
     assert sum(chunks(list(range(100)), workers=2), []) == list(range(100))
+
+
+def test_plain_predict_reads_a_txt_list_too(tmp_path, sample_images, weights):
+    """A .txt list is a SOURCE for every predict, not only with --ray: its photos, in its order."""
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{sample_images[3]}\n{sample_images[2]}\n")
+    out = tmp_path / "o"
+    assert main(["predict", str(listed), "--weights", str(weights), "--out", str(out), "--imgsz", "160",
+                 "--no-overlays"]) == 0
+    records = json.loads((out / "detections.json").read_text())
+    assert [r["image"] for r in records] == [str(sample_images[3]), str(sample_images[2])]
 
 
 def test_ray_flags_are_checked(tmp_path, capsys):

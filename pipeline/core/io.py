@@ -297,19 +297,51 @@ def shrink(image: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(image, (max(1, round(w * r)), max(1, round(h * r))), interpolation=cv2.INTER_AREA)
 
 
-def expand_sources(sources: list[str]) -> tuple[list[Path], list[InputError]]:
-    """Turn files, folders and globs into a sorted list of image files, plus errors for what matched nothing.
+def read_list(path: Path) -> list[str]:
+    """The photos a ``.txt`` source names, one per line; blank lines and ``#`` comments are skipped.
 
-    A folder contributes the images directly inside it (by suffix); an explicitly named file is kept
-    whatever its suffix, so a non-image named by the user is reported rather than silently skipped.
+    A relative line is taken relative to the list file's folder, so a list travels with its photos.
+
+    Examples:
+        >>> read_list(Path("/data/list.txt"))  # lines "a.jpg", "/other/b.jpg"
+        ['/data/a.jpg', '/other/b.jpg']
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(path, f"cannot read the list ({getattr(e, 'strerror', None) or type(e).__name__})") from None
+    names = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    return [n if Path(n).is_absolute() else str(path.parent / n) for n in names]
+
+
+def expand_sources(sources: list[str]) -> tuple[list[Path], list[InputError]]:
+    """Turn files, folders, globs and ``.txt`` lists into a list of image files, plus errors for what matched nothing.
+
+    A folder contributes the images directly inside it (by suffix, sorted); a ``.txt`` file contributes
+    the photos it lists (``read_list``); any other explicitly named file is kept whatever its suffix, so a
+    non-image named by the user is reported rather than silently skipped. A photo named twice counts once.
+
+    Examples:
+        >>> files, errors = expand_sources(["photos/", "more.txt", "shots/*.jpg"])
     """
     import glob
 
     files: list[Path] = []
     errors: list[InputError] = []
-    for src in sources:
+    for src in map(str, sources):
         p = Path(src)
-        if p.is_dir():
+        if p.suffix.lower() == ".txt" and p.is_file():
+            try:
+                listed = read_list(p)
+            except InputError as e:
+                errors.append(e)
+                continue
+            if not listed:
+                errors.append(InputError(p, "the list names no photos"))
+            more, bad = expand_sources([f for f in listed if not f.lower().endswith(".txt")])  # lists do not nest
+            files += more
+            errors += bad
+        elif p.is_dir():
             try:
                 found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
             except OSError as e:  # unreadable folder: reported, the other sources still run

@@ -11,17 +11,15 @@ Examples:
     >>> with ray_session("local", num_cpus=2) as ray:
     ...     ray.cluster_resources()["CPU"]
     2.0
-    >>> files, errors = expand_with_lists(["photos/", "more.txt"])
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 from typing import Iterator
 
-from pipeline.core.io import InputError, expand_sources
+from pipeline.core.io import InputError
 
 #: What ``--ray`` means without an address: start a Ray instance on this machine for this run only.
 LOCAL = "local"
@@ -74,49 +72,6 @@ def ray_session(address: str = LOCAL, num_cpus: int | None = None, num_gpus: int
         yield ray
     finally:
         ray.shutdown()
-
-
-def read_list(path: Path) -> list[str]:
-    """The photos a ``.txt`` source names, one per line; blank lines and ``#`` comments are skipped.
-
-    A relative line is taken relative to the list file's folder, so a list travels with its photos.
-
-    Examples:
-        >>> read_list(Path("/data/list.txt"))  # lines "a.jpg", "/other/b.jpg"
-        ['/data/a.jpg', '/other/b.jpg']
-    """
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(path, f"cannot read the list ({getattr(e, 'strerror', None) or type(e).__name__})") from None
-    names = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-    return [n if Path(n).is_absolute() else str(path.parent / n) for n in names]
-
-
-def expand_with_lists(sources: list[str]) -> tuple[list[Path], list[InputError]]:
-    """``expand_sources`` with one addition: an existing ``.txt`` file contributes the photos it lists.
-
-    The order is ``expand_sources``' order for the same sources with each list replaced by its lines.
-
-    Examples:
-        >>> files, errors = expand_with_lists(["photos/", "more.txt"])
-    """
-    expanded: list[str] = []
-    errors: list[InputError] = []
-    for s in map(str, sources):
-        if s.lower().endswith(".txt") and Path(s).is_file():
-            try:
-                names = read_list(Path(s))
-            except InputError as e:
-                errors.append(e)
-                continue
-            if not names:
-                errors.append(InputError(s, "the list names no photos"))
-            expanded += names
-        else:
-            expanded.append(s)
-    files, more = expand_sources(expanded)
-    return files, errors + more
 
 
 def chunks(items: list, workers: int = 1, size: int = CHUNK) -> list[list]:

@@ -1,6 +1,6 @@
 """``cardamage predict --ray``: today's engine in one stateful Ray actor per worker, resumable JSON Lines shards.
 
-The driver expands the sources (``expand_with_lists``: folders, globs, files and ``.txt`` lists, sorted as
+The driver expands the sources (``expand_sources``: folders, globs, files and ``.txt`` lists, sorted as
 ``expand_sources`` gives them), loads the model once and puts it in Ray's object store. Each worker is a
 ``PredictWorker`` actor: it takes the model from the store once, builds ``pipeline.model.engine.Engine``
 once, and runs chunks of ``CHUNK`` photos through it, drawing overlays itself. As each chunk comes back the
@@ -27,11 +27,18 @@ import time
 import types
 from pathlib import Path
 
-from pipeline.core.io import InputError, atomic_write_image, atomic_write_json, atomic_write_text, output_folder
+from pipeline.core.io import (
+    InputError,
+    atomic_write_image,
+    atomic_write_json,
+    atomic_write_text,
+    expand_sources,
+    output_folder,
+)
 from pipeline.model.engine import Engine
 from pipeline.model.load import detection_model
 from pipeline.model.predict import _label_overlay, _overlay_name, _weights_file
-from pipeline.scale.cluster import LOCAL, chunks, default_workers, expand_with_lists, ray_session, run_pool
+from pipeline.scale.cluster import LOCAL, chunks, default_workers, ray_session, run_pool
 
 #: Folder of the JSON Lines shards inside the output folder, and the settings file beside them.
 SHARDS = "shards"
@@ -130,7 +137,7 @@ def ray_predict(yolo, sources, out, conf: float = 0.25, imgsz: int = 640, overla
 
     Args:
         yolo: the loaded model (``pipeline.model.load.load_model``); workers get a copy through Ray.
-        sources: folders, globs, files and ``.txt`` lists of photos (``expand_with_lists``).
+        sources: folders, globs, files and ``.txt`` lists of photos (``expand_sources``).
         out: output folder; an earlier run's folder resumes it (its shards are read first).
         conf, imgsz, batch, backend: as for ``pipeline.model.engine.Engine``.
         overlays: workers draw each photo's boxes into ``out`` (as the single-process run names them).
@@ -148,7 +155,7 @@ def ray_predict(yolo, sources, out, conf: float = 0.25, imgsz: int = 640, overla
     from ultralytics.utils import TQDM
 
     log = log or (lambda line: None)
-    files, errors = expand_with_lists(sources)
+    files, errors = expand_sources(sources)
     inputs = [*(s for s in map(str, sources) if Path(s).is_dir() or Path(s).is_file()), *files, *_weights_file(yolo)]
     with output_folder(out, inputs=inputs) as out:
         net = detection_model(yolo)

@@ -20,12 +20,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pipeline.core.io import InputError, output_folder
+from pipeline.core.io import InputError, expand_sources, output_folder
 from pipeline.model.load import detection_model
 from pipeline.probe.channel_stats import DEAD_EPS, ChannelStats
 from pipeline.probe.recorder import LayerRecorder
 from pipeline.probe.statistics import record_statistics, write_dataset_statistics
-from pipeline.scale.cluster import LOCAL, chunks, default_workers, expand_with_lists, ray_session, run_pool
+from pipeline.scale.cluster import LOCAL, chunks, default_workers, ray_session, run_pool
 
 
 class StatsWorker:
@@ -79,7 +79,7 @@ def ray_inspect(yolo, sources, out, layers=None, imgsz: int = 640, fuse: bool = 
         >>> ray_inspect(load_model("best.pt"), ["photos/"], "runs/i", workers=2)["images"]
         100
     """
-    files, errors = expand_with_lists(sources)
+    files, errors = expand_sources(sources)
     inputs = [*(s for s in map(str, sources) if Path(s).exists()), *files]
     with output_folder(out, inputs=inputs) as out:
         net = detection_model(yolo)
