@@ -15,8 +15,6 @@ Examples:
     cardamage predict --weights best.pt photos/ --out out --batch 16 --workers 4 --no-overlays
 """
 
-
-
 from __future__ import annotations
 
 import argparse

@@ -1,21 +1,21 @@
-"""Detect damage in photos: overlays plus ``detections.json`` with each box's sigmoid score and its logit.
+"""Prediction as a library: detection records with each box's score and the class logit behind it.
 
 YOLOv8 has no objectness: a box's score is ``sigmoid(logit)`` of the best class output at the anchor
-that produced it. Stock Ultralytics reports only the score; this stage keeps the logit too, read from
-the Detect head's raw class output at the very anchor Ultralytics' own NMS kept (``return_idxs``),
-so ``score == sigmoid(logit)`` holds for every detection and a student can see where it came from.
-
-A folder, or ``--batch`` > 1, runs the engine (``pipeline.model.engine``: decoding ahead in threads,
-batches of equally shaped photos, ONNX Runtime on CPU when installed); its detections agree with the
-one-photo-at-a-time path (``scripts/bench_predict.py`` prints the check and both rates).
+that produced it. Stock Ultralytics reports only the score; ``predict_images`` runs stock predict with
+a predictor that also reads the Detect head's raw class output at the anchor Ultralytics' own NMS kept
+(``return_idxs``), so ``score == sigmoid(logit)`` for every detection. ``predict_paths`` adds files,
+folders and globs, bad-file reporting, overlays and ``detections.json``, and hands folders and batches
+to the engine (``pipeline.model.engine``); the records have one schema (``pipeline.model.detections``).
 
 Examples:
-    cardamage predict --weights runs/demo/train/weights/best.pt photos/ --out runs/predict
-    cardamage predict --weights best.pt 'shots/*.jpg' car.png --out out --conf 0.1 --imgsz 640
-    cardamage predict --weights best.pt photos/ --out out --batch 16 --workers 4 --no-overlays
+    >>> from pipeline.model.load import load_model
+    >>> from pipeline.model.predict import predict_images, predict_paths
+    >>> yolo = load_model("runs/demo/train/weights/best.pt")
+    >>> records, errors = predict_paths(yolo, ["photos/"], "runs/predict", conf=0.25)
+    >>> dets = predict_images(yolo, [cv2.imread("car.jpg")])[0]
+    >>> sorted(dets[0])
+    ['box_xyxy', 'class_id', 'class_name', 'logit', 'score']
 """
-
-
 
 from __future__ import annotations
 

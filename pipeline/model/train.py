@@ -1,18 +1,17 @@
-"""Train YOLOv8 on a YOLO dataset and write ``OUT/weights/best.pt`` and ``OUT/metrics.json``.
+"""Training as a library: Ultralytics' trainer with a recipe, offline-safe defaults and ``metrics.json``.
 
-Training is Ultralytics' own trainer; this stage adds what a user of this project needs around it:
-a recipe from ``configs/*.yaml`` (command-line flags win over the file), offline-safe defaults,
-from-scratch training from ``yolov8n.yaml`` unless a weights path is given, a run folder that is
-exactly ``--out``, resume, and a ``metrics.json`` with the numbers the report and the docs quote.
+``train`` merges a ``configs/*.yaml`` recipe (``load_recipe``) with keyword overrides, checks the dataset
+YAML (``check_data_yaml``), trains from ``yolov8n.yaml`` unless weights are given, on a linked view of the
+dataset (damaged images left out and reported), in a run folder that is exactly ``out``, and returns the
+metrics it writes to ``out/metrics.json`` (``metrics_dict``). Resume continues ``out/weights/last.pt``.
 
 Examples:
-    cardamage train --data datasets/synth/data.yaml --epochs 30 --imgsz 320 --out runs/synth
-    cardamage train --data cardd/data.yaml --config configs/cardd.yaml --device 0 --out runs/cardd
-    cardamage train --data cardd/data.yaml --model path/to/yolov8n.pt --out runs/finetune
-    cardamage train --out runs/synth --resume
+    >>> from pipeline.model.train import train
+    >>> m = train("datasets/synth/data.yaml", "runs/synth", epochs=30, imgsz=320, device="cpu")
+    >>> m["weights"], m["mAP50"]
+    ('.../runs/synth/weights/best.pt', 0.84)
+    >>> train("datasets/cardd/data.yaml", "runs/cardd", config="configs/cardd.yaml", device="0")
 """
-
-
 
 from __future__ import annotations
 
