@@ -19,7 +19,7 @@ is decoded one photo at a time instead of one per thread.
 
 What it is kept for, measured against Ultralytics' own ONNX route (``YOLO(pt).export(format="onnx")``,
 then ``YOLO(onnx).predict``) as whole processes on the 100 CarDD sample photos at 640, same weights and
-8200 boxes in every variant equal to stock's, 2 shared cores (``scripts/bench_onnx_route.py``; three runs
+8200 boxes in every variant equal to stock's, 2 shared cores (``scripts/bench_onnx_route.py``; four runs
 in docs/benchmarks.md): ``cardamage predict FOLDER`` with its graph cache filled ran 1.36-2.10x as fast
 as the ONNX route's predict (1.85-2.72x steady), and 1.05-1.68x as fast as stock PyTorch predict
 (1.23-2.02x steady): the issue's 1.5x over stock held in the most loaded run only. The route's graph is
