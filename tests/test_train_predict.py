@@ -105,3 +105,18 @@ def test_train_bad_data_yaml(tmp_path, capsys):
     assert main(["train", "--data", str(y), "--out", str(tmp_path / "r"), "--epochs", "1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.yaml" in err[0]
+
+
+def test_folder_without_onnxruntime_runs_stock(trained_weights, sample_images, tmp_path, monkeypatch):
+    """On a CPU without onnxruntime the engine would be no faster than stock: a folder goes photo by photo."""
+    import shutil
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for f in sample_images[:2]:
+        shutil.copy(f, folder)
+    monkeypatch.setattr("pipeline.model.predict.onnx_available", lambda: False)
+    monkeypatch.setattr("pipeline.model.predict._predict_batched", lambda *a, **k: pytest.fail("the engine ran"))
+    records, errors = predict_paths(load_model(trained_weights), [folder], tmp_path / "out", imgsz=160, overlays=False, progress=False)
+    assert not errors and len(records) == 2
+    assert all(set(d) == {"class_id", "class_name", "score", "logit", "box_xyxy"} for r in records for d in r["detections"])

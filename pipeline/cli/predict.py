@@ -6,8 +6,9 @@ the Detect head's raw class output at the very anchor Ultralytics' own NMS kept 
 so ``score == sigmoid(logit)`` holds for every detection and a student can see where it came from.
 
 A folder, or ``--batch`` > 1, runs the engine (``pipeline.model.engine``: decoding ahead in threads,
-batches of equally shaped photos, ONNX Runtime on CPU when installed); its detections agree with the
-one-photo-at-a-time path (``scripts/bench_predict.py`` prints the check and both rates).
+ONNX Runtime on CPU, batches of equally shaped photos on a GPU); on a CPU without ONNX Runtime a folder
+goes photo by photo, where the engine would be no faster. Its detections agree with the one-photo-at-a-
+time path (``scripts/bench_predict.py``, ``scripts/bench_onnx_route.py`` print the check and the rates).
 
 Examples:
     cardamage predict --weights runs/demo/train/weights/best.pt photos/ --out runs/predict
@@ -15,8 +16,6 @@ Examples:
     cardamage predict --weights best.pt photos/ --out out --batch 16 --workers 4 --no-overlays
     cardamage predict --weights best.pt photos/ list.txt --out out --ray --workers 2   # Ray: see docs/scale.md
 """
-
-
 
 from __future__ import annotations
 
@@ -43,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=positive_int, default=None,
                    help="decode threads of the batched engine (default 2 on CPU, every core but one on a GPU); "
                         "with --ray: Ray workers (default one per CPU of the cluster, or per --gpus-per-worker GPUs)")
-    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto", help="batched engine backend: auto = ONNX Runtime on CPU if installed, else torch")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto", help="batched engine backend: auto = ONNX Runtime on CPU if installed (else a CPU folder runs stock predict), torch on a GPU")
     add_ray_arguments(p, workers=False)
     add_trust_weights(p)
 

@@ -12,8 +12,6 @@ Examples:
     cardamage train --out runs/synth --resume
 """
 
-
-
 from __future__ import annotations
 
 import argparse

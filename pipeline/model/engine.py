@@ -17,16 +17,29 @@ header (``DECODE_BUDGET_PER_WORKER``), and photos are kept for overlays only wit
 (``Engine.photo`` reads the others again when their overlay is drawn), so a folder of 8000x8000 photos
 is decoded one photo at a time instead of one per thread.
 
-Where the time goes decides the backend. On the 2-core CPU this project runs on, decoding a 640x640
-JPEG takes ~2.5 ms and letterboxing ~1.3 ms, while stock's forward pass takes ~150 ms (Ultralytics'
-``select_device`` sets torch to cores - 1 threads, so one thread here): reading ahead and batching alone
-cannot buy much, and batching does not help a CPU at all (bigger batches fall out of cache). ONNX
-Runtime runs the same graph, exported from the same fused model (one graph per letterboxed shape), in
-~65 ms on both cores, so ``backend="auto"`` picks it on CPU when ``onnxruntime`` and ``onnx`` are
-installed (``pip install -e '.[onnx]'``) and falls back to torch otherwise. On CUDA the engine uses
-torch: fused model, fp16, channels_last, batches of 32 on the device, optionally JPEG decoding on the
-GPU (``gpu_decode=True``). The CUDA path was written without a GPU to test it on: it is guarded so that
-a CPU-only machine never touches it, and it is untested.
+What it is kept for, measured against Ultralytics' own ONNX route (``YOLO(pt).export(format="onnx")``,
+then ``YOLO(onnx).predict``) as whole processes on the 100 CarDD sample photos at 640, same weights and
+8200 boxes in every variant equal to stock's, 2 shared cores (``scripts/bench_onnx_route.py``; four runs
+in docs/benchmarks.md): ``cardamage predict FOLDER`` with its graph cache filled ran 1.36-2.10x as fast
+as the ONNX route's predict (1.85-2.72x steady), and 1.05-1.68x as fast as stock PyTorch predict
+(1.23-2.02x steady): the issue's 1.5x over stock held in the most loaded run only. The route's graph is
+as fast in a tight loop (46 ms vs 44 for one of our single-threaded sessions) but took 85-99 ms inside
+its predict loop, likely its one session spread over both cores between torch steps on a shared machine.
+So the engine keeps what wins:
+
+- ONNX Runtime as two single-threaded streams, preprocessing in numpy (torch's OpenMP workers keep
+  spinning after each op and would steal both cores from ONNX Runtime's threads), decoding ahead in
+  threads under byte budgets;
+- one graph per letterboxed shape with the raw class logits as a second output (the route exports one
+  fixed square and only scores), cached on disk by the weights' values (saves ~3 s a run);
+- the torch backend for CUDA and for ``backend="torch"``. On a CPU without ``onnxruntime`` a folder
+  goes through stock predict instead (``pipeline.model.predict``): the torch engine was no faster there
+  (0.70x and 0.90x stock on 100 photos, 1.09x on 30). Batching does not help a CPU (ONNX Runtime:
+  66 ms/photo at batch 1, 78 at 8), so the CPU batch is 1.
+
+On CUDA the engine uses torch: fused model, fp16, channels_last, batches of 32 on the device, optionally
+JPEG decoding on the GPU (``gpu_decode=True``). The CUDA path was written without a GPU to test it on: it
+is guarded so that a CPU-only machine never touches it, and it is untested.
 
 Every detection keeps the raw class logit behind its score (``score == sigmoid(logit)``), read from the
 head's class output at the anchor Ultralytics' NMS kept, as ``pipeline.model.predict`` does.
@@ -39,13 +52,11 @@ Examples:
     >>> records[0]["detections"][0].keys()
     dict_keys(['class_id', 'class_name', 'score', 'logit', 'box_xyxy'])
 
-    Command line (the engine runs when ``--batch`` > 1 or a folder is given)::
+    Command line (the engine runs for ``--batch`` > 1, and for a folder with ONNX Runtime or a GPU)::
 
         cardamage predict --weights best.pt photos/ --out runs/predict --workers 2 --no-overlays
         cardamage predict --weights best.pt photos/ --out runs/predict --device 0 --batch 64   # GPU, untested
 """
-
-
 
 from __future__ import annotations
 

@@ -18,8 +18,6 @@ Examples:
     (1, True)
 """
 
-
-
 from __future__ import annotations
 
 import os
