@@ -25,6 +25,17 @@ from pipeline.probe.layers import detect_head, is_fused, select_layers
 # ------------------------------------------------------------------------------------------------
 
 
+def _shape_of(output):
+    """A module output's shape as lists: a tensor's shape, or the shapes inside a tuple/list (the head's)."""
+    if isinstance(output, torch.Tensor):
+        return list(output.shape)
+    if isinstance(output, (tuple, list)):
+        return [_shape_of(o) for o in output]
+    if isinstance(output, dict):  # some heads return a dict of branches in training mode
+        return {k: _shape_of(v) for k, v in output.items()}
+    return None
+
+
 class LayerRecorder:
     """Context manager that hooks Conv blocks (and the Detect head) and records what they compute.
 
@@ -48,6 +59,8 @@ class LayerRecorder:
         activations: ``{path: (z, a)}`` (modes ``tensors``/``both``), detached tensors.
         inputs: ``{path: x}`` with ``keep_inputs``.
         shapes: ``{path: {"input": [...], "output": [...]}}``, always.
+        stages: ``{"model.i": {"type", "out_shape"}}`` for every top-level layer, in order, always: the
+            forward pass stage by stage (the Detect head's entry lists its decoded output and its 3 scales).
         stats: ``{path: ChannelStats}`` (modes ``stats``/``both``).
         head: ``{"path", "cls_logits": [per scale BxNCxHxW], "box": [per scale Bx4*reg_maxxHxW],
             "decoded": Bx(4+nc)xN (xywh boxes in input pixels, then sigmoid scores), "strides": [...]}``.
@@ -75,6 +88,7 @@ class LayerRecorder:
         self.activations: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.inputs: dict[str, torch.Tensor] = {}
         self.shapes: dict[str, dict] = {}
+        self.stages: dict[str, dict] = {}
         self.stats: dict[str, ChannelStats] = {}
         self.head: dict = {}
         self._handles: list = []
@@ -120,6 +134,12 @@ class LayerRecorder:
 
         return hook
 
+    def _on_stage(self, path):
+        def hook(module, inputs, output):
+            self.stages[path] = {"type": type(module).__name__, "out_shape": _shape_of(output)}
+
+        return hook
+
     def _on_head_conv(self, key, i):
         def hook(module, inputs, output):
             self.head[key][i] = output.detach()
@@ -148,6 +168,8 @@ class LayerRecorder:
                 inplace_act = bool(getattr(block.act, "inplace", False))
                 self._handles.append(pre.register_forward_hook(self._on_pre(path, inplace_act)))
                 self._handles.append(block.register_forward_hook(self._on_block(path)))
+            for i, layer in enumerate(self.model.model):  # shapes only: a stage map costs no copy
+                self._handles.append(layer.register_forward_hook(self._on_stage(f"model.{i}")))
             hpath, detect = detect_head(self.model, modules)
             if self.record_head and detect is not None:
                 nl = detect.nl

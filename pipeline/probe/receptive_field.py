@@ -1,0 +1,123 @@
+"""Which input pixels a neuron can see: its receptive field, read off autograd, in input or photo pixels.
+
+A neuron of a Conv block (layer, any channel, position ``(y, x)``) depends on a window of the model input.
+YOLOv8 is not a chain (C2f branches, SPPF pooling, upsampling, concatenations), so instead of adding kernel
+sizes by hand the window is measured: the gradient of the neuron's sum over channels with respect to the
+input is nonzero exactly on the pixels it can see (SiLU's slope is never 0). The forward pass stops at the
+layer, and only ``d(neuron)/d(input)`` is taken, so no parameter gradient is touched.
+
+Because every layer is translation-equivariant, the window is measured once per layer (at the centre of
+a canvas large enough that it does not touch the border) and moved to any position; near the image
+border it is clipped to the input, as the real window is. ``to_photo`` maps a window from the letterboxed
+input back to the photo with Ultralytics' own ``scale_boxes``.
+
+Examples:
+    >>> from pipeline.probe.receptive_field import receptive_field, to_photo
+    >>> receptive_field(yolo, "model.0", (640, 640), y=10, x=20)     # 3x3 conv, stride 2, padding 1
+    (39, 19, 42, 22)
+    >>> to_photo((39, 19, 42, 22), (640, 640), photo_shape=(480, 640))
+"""
+
+from __future__ import annotations
+
+import torch
+from ultralytics.utils.ops import scale_boxes
+
+from pipeline.model.load import detection_model
+
+#: The probing canvas. A window still touching its border there reaches at least half the canvas from its
+#: neuron (a deep layer): it covers any input up to half this side; on larger inputs each such neuron is
+#: measured on the real input shape instead (one stopped forward pass and one input gradient, then cached).
+CANVAS = 256
+
+_OFFSETS: dict[tuple[int, str], tuple[int, int, int, int, int, int | None]] = {}
+_MEASURED: dict[tuple, tuple[int, int, int, int]] = {}
+
+
+class _Stop(Exception):
+    """Raised by the probe hook once the layer has run: the rest of the network is not needed."""
+
+
+def _block(net, layer: str):
+    modules = dict(net.named_modules())
+    if layer not in modules:
+        raise ValueError(f"no module {layer!r} in this model")
+    return modules[layer]
+
+
+def _window_at(net, block, canvas: tuple[int, int], y: int | None = None, x: int | None = None):
+    """``(x0, y0, x1, y1, stride, (y, x))``: the pixels of a zero ``canvas`` input that neuron (y, x) sees."""
+    captured = {}
+
+    def hook(module, inputs, output):
+        captured["a"] = output
+        raise _Stop
+
+    inp = torch.zeros(1, 3, *canvas, requires_grad=True)
+    handle = block.register_forward_hook(hook)
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.enable_grad():
+            try:
+                net(inp)
+            except _Stop:
+                pass
+            a = captured["a"]
+            h, w = a.shape[-2:]
+            y = h // 2 if y is None else y
+            x = w // 2 if x is None else x
+            (g,) = torch.autograd.grad(a[0, :, y, x].sum(), inp)
+    finally:
+        handle.remove()
+        net.train(was_training)
+    seen = g[0].abs().sum(0) > 0
+    rows, cols = torch.nonzero(seen.any(1)).flatten(), torch.nonzero(seen.any(0)).flatten()
+    stride = canvas[0] // h
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1, stride, (y, x)
+
+
+def _offsets(net, layer: str) -> tuple[int, int, int, int, int, int | None]:
+    """The window of neuron (y, x) as ``(x*stride + dx0, y*stride + dy0, ...)``, measured once per model and
+    layer, and the canvas side it still touched (``None`` when it fits, so the offsets hold everywhere)."""
+    key = (id(net), layer)
+    if key not in _OFFSETS:
+        x0, y0, x1, y1, s, (y, x) = _window_at(net, _block(net, layer), (CANVAS, CANVAS))
+        touches = x0 == 0 or y0 == 0 or x1 == CANVAS or y1 == CANVAS
+        _OFFSETS[key] = (x0 - x * s, y0 - y * s, x1 - x * s, y1 - y * s, s, CANVAS if touches else None)
+    return _OFFSETS[key]
+
+
+def receptive_field(model, layer: str, input_hw: tuple[int, int], y: int, x: int) -> tuple[int, int, int, int]:
+    """The input pixels neuron ``(y, x)`` of Conv block ``layer`` sees, as ``(x0, y0, x1, y1)`` (end exclusive).
+
+    Args:
+        model: a YOLO wrapper or DetectionModel.
+        layer: a Conv block path such as ``"model.4.m.0.cv2"``.
+        input_hw: the model input's height and width (a multiple of the stride, as letterboxed inputs are).
+        y, x: the neuron's position in the layer's output map.
+
+    Examples:
+        >>> receptive_field(yolo, "model.1", (640, 640), y=0, x=0)   # two 3x3 stride-2 convs: 7 px, clipped
+        (0, 0, 4, 4)
+    """
+    net = detection_model(model)
+    dx0, dy0, dx1, dy1, s, touched = _offsets(net, layer)
+    h, w = input_hw
+    if touched is None:
+        return max(0, x * s + dx0), max(0, y * s + dy0), min(w, x * s + dx1), min(h, y * s + dy1)
+    if 2 * max(h, w) <= touched:  # reaches half the canvas from any neuron: sees all of a smaller input
+        return 0, 0, w, h
+    key = (id(net), layer, h, w, y, x)
+    if key not in _MEASURED:  # a wide window: measure this neuron on the real input shape
+        _MEASURED[key] = _window_at(net, _block(net, layer), (h, w), y, x)[:4]
+    return _MEASURED[key]
+
+
+def to_photo(box_xyxy, input_hw: tuple[int, int], photo_shape: tuple[int, int]) -> list[float]:
+    """A window in letterboxed-input pixels as photo pixels (padding removed, scaled, clipped to the photo).
+
+    Ultralytics' ``scale_boxes`` does the mapping, the same call that places predicted boxes on the photo.
+    """
+    box = torch.tensor([list(map(float, box_xyxy))])
+    return [round(v, 2) for v in scale_boxes(tuple(input_hw), box, tuple(photo_shape[:2]))[0].tolist()]

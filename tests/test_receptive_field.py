@@ -1,0 +1,88 @@
+"""Receptive fields and the stage map, against hand arithmetic and the test's own autograd and hooks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pipeline  # noqa: F401  (offline environment before ultralytics)
+from pipeline.model.load import load_model
+from pipeline.probe.receptive_field import receptive_field, to_photo
+from pipeline.probe.recorder import LayerRecorder
+
+
+@pytest.fixture(scope="module")
+def yolo():
+    torch.manual_seed(0)
+    return load_model("yolov8n.yaml", nc=6)
+
+
+def _clip(lo, hi, n):
+    return max(0, lo), min(n, hi)
+
+
+@pytest.mark.parametrize("y, x", [(0, 0), (5, 9), (159, 119)])
+def test_first_two_convs_match_kernel_arithmetic(yolo, y, x):
+    """model.0 is a 3x3 stride-2 conv with padding 1: it sees input rows 2y-1 .. 2y+1; model.1 stacks
+    another, so it sees 4y-3 .. 4y+3 (jump 2, size 3 + 2*2 = 7)."""
+    h, w = 320, 240
+    y0, y1 = _clip(2 * y - 1, 2 * y + 2, h)
+    x0, x1 = _clip(2 * x - 1, 2 * x + 2, w)
+    assert receptive_field(yolo, "model.0", (h, w), y, x) == (x0, y0, x1, y1)
+    yy, xx = y // 2, x // 2
+    y0, y1 = _clip(4 * yy - 3, 4 * yy + 4, h)
+    x0, x1 = _clip(4 * xx - 3, 4 * xx + 4, w)
+    assert receptive_field(yolo, "model.1", (h, w), yy, xx) == (x0, y0, x1, y1)
+
+
+@pytest.mark.parametrize("layer, y, x", [("model.4.m.0.cv2", 3, 5), ("model.4.m.0.cv2", 0, 0),
+                                         ("model.6.cv2", 7, 4), ("model.15.cv2", 12, 20)])
+def test_window_equals_the_full_gradient_support(yolo, layer, y, x):
+    """The oracle: the whole network run on a random input, the neuron's input gradient taken by autograd;
+    its nonzero support is the window (the module moves a window measured elsewhere, or measures it)."""
+    h, w = 320, 256
+    net = yolo.model
+    block = dict(net.named_modules())[layer]
+    kept = {}
+    handle = block.register_forward_hook(lambda m, i, o: kept.__setitem__("a", o))
+    inp = torch.rand(1, 3, h, w, requires_grad=True)
+    try:
+        net.eval()
+        with torch.enable_grad():
+            net(inp)
+            (g,) = torch.autograd.grad(kept["a"][0, :, y, x].sum(), inp)
+    finally:
+        handle.remove()
+    seen = g[0].abs().sum(0) > 0
+    rows, cols = torch.nonzero(seen.any(1)).flatten(), torch.nonzero(seen.any(0)).flatten()
+    expected = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+    assert receptive_field(yolo, layer, (h, w), y, x) == expected
+    assert all(p.grad is None for p in net.parameters())  # only the input gradient was taken
+
+
+def test_window_on_the_photo_uses_the_letterbox(yolo):
+    """A 640x480 photo letterboxed to 640x640 has 80 px of padding above: input row 100 is photo row 20."""
+    assert to_photo((10, 100, 20, 110), (640, 640), (480, 640)) == [10.0, 20.0, 20.0, 30.0]
+    assert to_photo((10, 0, 20, 50), (640, 640), (480, 640))[1::2] == [0.0, 0.0]  # in the padding: clipped
+
+
+def test_stage_map_matches_hooks_of_our_own(yolo):
+    """Every top-level layer's output shape, in order, as hooks registered here see it."""
+    x = torch.rand(1, 3, 256, 192)
+    seen, handles = {}, []
+    for i, layer in enumerate(yolo.model.model):
+        handles.append(layer.register_forward_hook(
+            lambda m, inp, out, i=i: seen.__setitem__(f"model.{i}", out.shape if isinstance(out, torch.Tensor) else None)))
+    with torch.no_grad():
+        yolo.model.eval()
+        yolo.model(x)
+    for h in handles:
+        h.remove()
+    with LayerRecorder(yolo, mode="stats") as rec:
+        rec(x)
+    assert list(rec.stages) == [f"model.{i}" for i in range(len(yolo.model.model))]
+    for path, shape in seen.items():
+        if shape is not None:
+            assert rec.stages[path]["out_shape"] == list(shape), path
+    assert rec.stages["model.22"]["type"] == "Detect"
+    assert rec.stages["model.22"]["out_shape"][0] == [1, 4 + 6, (32 * 24) + (16 * 12) + (8 * 6)]
