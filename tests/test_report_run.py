@@ -7,6 +7,8 @@ head's forward), not by asking the run.
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import pytest
 import torch
@@ -123,3 +125,31 @@ def test_neuron_is_what_cardamage_trace_computes(checkpoint, sample_images, laye
         run.neuron("model.0", 10_000, 0, 0)
     with pytest.raises(ValueError):
         run.neuron("model.99", 0, 0, 0)
+
+
+def test_detections_are_predicts_in_a_fresh_process(tmp_path):
+    """In a process where nothing imported torchvision or set torch's threads yet (both change Ultralytics'
+    numbers: its NMS kernel and float32 sums), the run's detections equal predict's to the bit."""
+    import subprocess
+    import sys
+
+    from pipeline.core.io import atomic_write_image
+    from pipeline.data.synth import render_scene
+
+    checkpoint = save_checkpoint(tmp_path / "best.pt", seed=1, imgsz=320)  # test_report's: ~300 boxes, near ties
+    scene = atomic_write_image(tmp_path / "scene.png", render_scene(7, 320)[0])
+    code = (
+        "import json, sys\n"
+        "from pipeline.core.io import read_image\n"
+        "from pipeline.model.load import load_model\n"
+        "from pipeline.model.predict import predict_images\n"
+        "from pipeline.report.run import PhotoRun\n"
+        "run = PhotoRun(load_model(sys.argv[1]), sys.argv[2], imgsz=320, conf=0.25)\n"
+        "mine = run.detections\n"
+        "theirs = predict_images(load_model(sys.argv[1]), [read_image(sys.argv[2])], conf=0.25, imgsz=320)[0]\n"
+        "print(json.dumps([mine, theirs]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(checkpoint), str(scene)], capture_output=True, text=True,
+                          timeout=300, check=True)
+    mine, theirs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert theirs and mine == theirs

@@ -270,8 +270,11 @@ def head_nms(head: dict, conf: float, iou: float, max_det: int = 300, classes=No
     Examples:
         >>> kept, idxs = head_nms(rec.head, conf=0.25, iou=0.7)
     """
+    import torchvision  # noqa: F401  (see below)
     from ultralytics.utils import nms
 
+    # Ultralytics' NMS takes torchvision's kernel only once torchvision is imported, and predict always imports
+    # it first (AutoBackend.warmup); its own fallback can order near-equal boxes differently, so import it too.
     kept, idxs = nms.non_max_suppression(head["decoded"], conf, iou, classes, agnostic, max_det=max_det, nc=0,
                                          end2end=end2end, rotated=False, return_idxs=True)
     return kept[0], idxs[0].view(-1)
