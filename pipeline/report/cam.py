@@ -3,13 +3,13 @@
 Both are numbers computed here and only drawn by ``pipeline.report.plots``:
 
 - ``eigencam`` needs no gradient: the first principal component of one recorded layer's activations;
-- ``layercam`` asks Ultralytics' predictor for its LayerCAM overlay (a backward pass per explained box) and
+- ``layercam`` asks Ultralytics for its LayerCAM overlay (a backward pass per explained box) and
   measures how much heat it holds, so a flat map from an untrained head is not shown as an explanation.
 
 Examples:
     >>> from pipeline.report.cam import eigencam, layercam
     >>> cam = eigencam(rec.activations["model.15.cv2"][1])     # HxW in [0, 1]
-    >>> lc = layercam(private_yolo, x, "runs/report/report_files/layercam", imgsz=640)
+    >>> lc = layercam(AutoBackend(model=private_copy, fuse=True), x, "runs/report/report_files/layercam")
     >>> lc["usable"], lc["heat_spread"]
 """
 
@@ -21,8 +21,6 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.data.preprocess import tensor_to_bgr
-from pipeline.model.predict import release_photos
 
 #: A LayerCAM overlay whose heat varies less than this (std, 0-255) explains nothing (an untrained head).
 MIN_HEAT_SPREAD = 8.0
@@ -48,29 +46,31 @@ def eigencam(act) -> np.ndarray:
     return (cam / cam.max().clamp(min=1e-12)).numpy()
 
 
-def layercam(yolo, input_tensor, out_dir, imgsz: int = 640, conf: float = 0.25,
-             min_spread: float = MIN_HEAT_SPREAD) -> dict:
-    """Run Ultralytics' own ``predict(visualize=True)`` (LayerCAM over the head's inputs) into ``out_dir``.
+def layercam(backend, input_tensor, out_dir, conf: float = 0.25, min_spread: float = MIN_HEAT_SPREAD) -> dict:
+    """Ultralytics' own LayerCAM (``class_activation_map``, what ``predict(visualize=True)`` calls) on the model input.
 
-    The predictor is given the model input back as BGR uint8: the letterbox of a letterboxed input at the
-    same size is the identity, so the CAM sees the same tensor without decoding the photo again.
-    ``predict`` fuses Conv+BN inside ``yolo`` in place, so pass a private copy.
+    Called directly with the model input and an ``AutoBackend``, so no predictor is set up around it (no
+    letterbox of an already letterboxed input, no warm-up, no second model preparation): the same map.
 
     Ultralytics saves ``0.5 * jet(cam) + 0.5 * input`` as a JPEG. Knowing the input (min-max scaled per
     channel as Ultralytics does), we take the input back out and measure the spread (std, 0-255) of the
     colour-mapped heat alone: a flat map (an untrained head explains nothing) is not usable.
 
+    Args:
+        backend: an ``ultralytics.nn.autobackend.AutoBackend`` around a PyTorch detection model.
+        input_tensor: the model input ``1x3xHxW``. out_dir: where Ultralytics writes ``image0_cam.jpg``.
+        conf: score a prediction must pass to be explained (Ultralytics explains the best one if none does).
+
     Returns:
         ``{"path": Path or None, "heat_spread": float, "usable": bool}``.
     """
+    from ultralytics.utils.plotting import class_activation_map
+
     out_dir = Path(out_dir).resolve()
     try:
-        yolo.predict(tensor_to_bgr(input_tensor), imgsz=imgsz, conf=conf, visualize=True, save=False, verbose=False,
-                     project=str(out_dir.parent), name=out_dir.name, exist_ok=True)
+        class_activation_map(backend, input_tensor, ["image0"], out_dir, conf=conf)
     except Exception:  # a failure here only loses the optional LayerCAM picture; EigenCAM stays
         return {"path": None, "heat_spread": float("nan"), "usable": False}
-    finally:
-        release_photos(yolo)
     files = sorted(out_dir.glob("*_cam*.jpg"), key=lambda f: f.stat().st_mtime)
     img = cv2.imread(str(files[-1])) if files else None  # Ultralytics' overlay, not the photo
     if img is None:

@@ -51,7 +51,7 @@ class PhotoRun:
     """One photo, one model, one recorded forward pass; everything else is derived or asked for by name.
 
     Args:
-        yolo: an ``ultralytics.YOLO`` (``pipeline.model.load.load_model``); copied, never changed.
+        yolo: an ``ultralytics.YOLO`` (``pipeline.model.load.load_model``) or its DetectionModel; copied, never changed.
         image: a photo path, or the photo as BGR uint8 (``read_image``).
         imgsz, conf, iou, max_det: as in ``YOLO.predict``.
 
@@ -70,10 +70,9 @@ class PhotoRun:
         # A private copy prepared by Ultralytics' own AutoBackend, as predict prepares it (Conv+BN fused, and
         # channels-last on x86 CPUs, which changes float32 rounding): its detections are predict's to the bit,
         # and the caller keeps its BatchNorm (the report reads BN's own parameters from it).
-        self._yolo = copy.deepcopy(yolo)
-        self._yolo.predictor = None
-        self.net = AutoBackend(model=detection_model(self._yolo), device=torch.device("cpu"), fuse=True,
-                               verbose=False).model
+        self._backend = AutoBackend(model=copy.deepcopy(self.model), device=torch.device("cpu"), fuse=True,
+                                    verbose=False)
+        self.net = self._backend.model
         self.names = {int(k): str(v) for k, v in self.model.names.items()}
         self.blocks = conv_blocks(self.model)
         self.paths = list(self.blocks)
@@ -229,7 +228,7 @@ class PhotoRun:
         """Ultralytics' LayerCAM on the model input (``report.cam.layercam``): its own forward and backward passes."""
         key = str(out_dir)
         if key not in self._layercam:
-            self._layercam[key] = layercam(self._yolo, self.x, out_dir, imgsz=self.imgsz, conf=self.conf)
+            self._layercam[key] = layercam(self._backend, self.x, out_dir, conf=self.conf)
         return self._layercam[key]
 
     def gradients(self, imgsz: int = 320, batch: int = 2, seed: int = 0) -> dict:
