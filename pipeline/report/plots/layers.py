@@ -85,18 +85,25 @@ def plot_feature_maps(act, path, layer: str, stride: int | None = None, k: int =
     lim = _robust_limit(shown)
     vmin = -lim if float(shown.min()) < 0 else 0.0  # post-SiLU maps dip below 0: keep 0 at the scale's centre
     rows, cols = _grid(len(chans))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 1.2, 1.6 * rows + 0.7), squeeze=False)
-    im = None
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, c in zip(axes.flat, chans):
-        im = ax.imshow(a[c].numpy(), cmap=DIVERGING if vmin < 0 else "viridis", vmin=vmin, vmax=lim)
-        ax.set_title(f"ch {c}  E={float(energy[c]):.3g}", fontsize=7)
-    c_, h, w = a.shape
+    # one image of tiles on one axes: the same panels as a subplot per channel, at a fraction of matplotlib's
+    # cost per axes (five of these figures per report)
+    h, w = a.shape[1:]
+    gap = max(1, round(0.2 * max(h, w)))  # room for each tile's title, in feature-map pixels
+    mosaic = np.full((rows * (h + gap), cols * (w + gap) - gap), np.nan, dtype=np.float32)
+    fig, ax = plt.subplots(figsize=(1.6 * cols + 1.2, 1.6 * rows + 0.7))
+    for i, c in enumerate(chans):
+        r, q = divmod(i, cols)
+        y0, x0 = r * (h + gap) + gap, q * (w + gap)
+        mosaic[y0:y0 + h, x0:x0 + w] = a[c].numpy()
+        ax.text(x0 + w / 2, y0 - gap * 0.15, f"ch {c}  E={float(energy[c]):.3g}", fontsize=7, ha="center", va="bottom")
+    im = ax.imshow(np.ma.masked_invalid(mosaic), cmap=DIVERGING if vmin < 0 else "viridis", vmin=vmin, vmax=lim,
+                   interpolation="antialiased")
+    ax.axis("off")
+    c_ = a.shape[0]
     s = f", stride {stride}" if stride else ""
     fig.suptitle(f"{layer}: {c_}x{h}x{w}{s}; top {len(chans)} of {c_} channels by energy mean(a^2); "
                  f"one colour scale for all (clipped at the {ROBUST_Q:g}th percentile of |a|)", fontsize=9)
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="activation", extend="both" if vmin < 0 else "max")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="activation", extend="both" if vmin < 0 else "max")
     return _save(fig, path)
 
 
