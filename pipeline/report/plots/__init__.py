@@ -3,7 +3,12 @@
 ``input.py`` (preprocessing and outliers), ``layers.py`` (feature maps, filters, weight histograms) and
 ``lesson.py`` (activation gallery, gradient flow, SGD step, detections, CAM) all write through
 ``save_png``, so every figure is written atomically. Photos are drawn with ``imshow_photo``, which hands
-matplotlib a copy no bigger than the figure can show.
+matplotlib a copy no bigger than the figure can show. Nothing here runs the model.
+
+Examples:
+    >>> fig, ax = plt.subplots()
+    >>> imshow_photo(ax, run.pixels)
+    >>> save_png(fig, "out/report_files/photo.png")
 """
 
 from __future__ import annotations
