@@ -39,8 +39,6 @@ Examples:
     cardamage check ../shared/data/cardd-sample/data.yaml --near 6
 """
 
-
-
 from __future__ import annotations
 
 import argparse

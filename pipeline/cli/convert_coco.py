@@ -45,8 +45,6 @@ Examples:
     cardamage check datasets/cardd/data.yaml
 """
 
-
-
 from __future__ import annotations
 
 import argparse

@@ -37,8 +37,6 @@ Examples:
     torch.Size([1, 16, 320, 320])
 """
 
-
-
 from __future__ import annotations
 
 import sys

@@ -29,8 +29,6 @@ Examples:
   cardamage outliers datasets/cardd/data.yaml --out runs/outliers --threshold 3.5 --near 2
 """
 
-
-
 from __future__ import annotations
 
 import argparse

@@ -12,8 +12,6 @@ Examples:
     python -m pipeline synth --out /tmp/s --train 8 --val 4
 """
 
-
-
 from __future__ import annotations
 
 import argparse

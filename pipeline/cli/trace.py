@@ -29,8 +29,6 @@ Examples:
     >>> [(d["logit"], d["sigmoid_by_hand"], d["ultralytics_conf"]) for d in h["detections"]]
 """
 
-
-
 from __future__ import annotations
 
 import sys

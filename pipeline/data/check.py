@@ -167,7 +167,6 @@ def check_dataset(data_yaml: str | Path, near_threshold: int = 4, progress: bool
     """
     from ultralytics.utils import TQDM
 
-
     data_yaml = Path(data_yaml)
     splits = dataset_splits(data_yaml)
     names = load_names(data_yaml)

@@ -29,8 +29,6 @@ Examples:
     ('val', [])
 """
 
-
-
 from __future__ import annotations
 
 import json

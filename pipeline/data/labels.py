@@ -26,8 +26,6 @@ Examples:
     ([[4.0, 0.5, 0.5, 0.2, 0.1]], [(2, 'class_out_of_range', 'class id 9 out of range 0..5')])
 """
 
-
-
 from __future__ import annotations
 
 from pathlib import Path

@@ -21,8 +21,6 @@ Examples:
     >>> res = analyse("../shared/data/cardd-sample/data.yaml", threshold=3.0)
 """
 
-
-
 from __future__ import annotations
 
 import csv

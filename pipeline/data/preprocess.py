@@ -36,8 +36,6 @@ Examples:
         cardamage preprocess photo.jpg --out runs/preprocess --imgsz 640
 """
 
-
-
 from __future__ import annotations
 
 import os

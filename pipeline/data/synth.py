@@ -18,8 +18,6 @@ Examples:
     PosixPath('datasets/synth/data.yaml')
 """
 
-
-
 from __future__ import annotations
 
 import re

@@ -13,8 +13,6 @@ Examples:
     >>> train("datasets/synth/data.yaml", "runs/std", trainer=Trainer, epochs=5, imgsz=224)
 """
 
-
-
 from __future__ import annotations
 
 from copy import copy

@@ -82,7 +82,7 @@ def _logits_of_scores(scores):
     return scores.new_tensor([logit(min(max(p, 1e-12), 1 - 1e-12)) for p in scores.double().tolist()]).float()
 
 
-def _label_overlay(image: np.ndarray, record: dict) -> np.ndarray:
+def label_overlay(image: np.ndarray, record: dict) -> np.ndarray:
     """Draw boxes labelled ``class p=score z=logit`` with Ultralytics' Annotator (its colours, its fonts).
 
     Draws on ``image`` itself: every caller is done with the photo once its overlay is drawn, and a
@@ -121,7 +121,8 @@ def release_photos(yolo) -> None:
         predictor.batch = predictor.results = predictor.dataset = None
 
 
-def _overlay_name(path: Path, used: set[str]) -> str:
+def overlay_name(path: Path, used: set[str]) -> str:
+    """The overlay's file name for ``path``: its stem + .jpg, numbered when another photo took it (adds to ``used``)."""
     name = f"{path.stem}.jpg"
     k = 1
     while name in used:  # photos with the same stem from different folders
@@ -164,12 +165,13 @@ def predict_paths(
     files, errors = expand_sources([str(s) for s in sources])
     if out is None:
         return _predict(yolo, sources, files, errors, None, conf, imgsz, device, overlays, progress, batch, workers, backend)
-    inputs = [*(s for s in sources if Path(s).is_dir()), *files, *_weights_file(yolo)]
+    inputs = [*(s for s in sources if Path(s).is_dir()), *files, *weights_file(yolo)]
     with output_folder(out, inputs=inputs) as out:  # refused before any inference if it could touch an input
         return _predict(yolo, sources, files, errors, out, conf, imgsz, device, overlays, progress, batch, workers, backend)
 
 
-def _weights_file(yolo) -> list[str]:
+def weights_file(yolo) -> list[str]:
+    """The weights file ``yolo`` was loaded from, as a one-item list (an input no output may overwrite), or []."""
     path = getattr(yolo, "ckpt_path", None)
     return [path] if path and Path(path).is_file() else []
 
@@ -194,8 +196,8 @@ def _predict(yolo, sources, files, errors, out, conf, imgsz, device, overlays, p
         h, w = image.shape[:2]
         record = {"image": str(path), "width": w, "height": h, "detections": dets}
         if out is not None and overlays:
-            name = _overlay_name(path, used)
-            atomic_write_image(out / name, _label_overlay(image, record))
+            name = overlay_name(path, used)
+            atomic_write_image(out / name, label_overlay(image, record))
             record["overlay"] = name
         records.append(record)
         del image  # before the next photo is decoded, not after: two large photos would be held at once
@@ -223,7 +225,7 @@ def _engine_wins(device, backend: str) -> bool:
 def _write_overlay(engine, o, path: Path) -> None:
     """Writer thread: draw ``o``'s boxes on its photo (kept by the engine, or read again) and write it."""
     with engine.photo(o) as image:
-        atomic_write_image(path, _label_overlay(image, o.record))
+        atomic_write_image(path, label_overlay(image, o.record))
 
 
 def _predict_batched(yolo, files, out, conf, imgsz, device, overlays, progress, batch, workers, backend):
@@ -235,7 +237,7 @@ def _predict_batched(yolo, files, out, conf, imgsz, device, overlays, progress, 
     draw = out is not None and overlays
     engine = Engine(yolo, imgsz=imgsz, conf=conf, device=device, batch=batch, workers=workers, backend=backend, keep_images=draw)
     used: set[str] = set()
-    names = [_overlay_name(f, used) for f in files]  # fixed by input order, whatever order batches finish in
+    names = [overlay_name(f, used) for f in files]  # fixed by input order, whatever order batches finish in
     done: dict[int, dict] = {}
     failed: dict[int, InputError] = {}
     bar = TQDM(total=len(files), desc=f"predict ({engine.backend.name}, batch {engine.batch})", unit="img", disable=not progress or len(files) < 2)

@@ -43,8 +43,6 @@ Examples:
     >>> param_counts(yolo)["total"]                 # == model.info()'s parameter count
 """
 
-
-
 from __future__ import annotations
 
 import re

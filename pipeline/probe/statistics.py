@@ -21,8 +21,6 @@ Examples:
     799
 """
 
-
-
 from __future__ import annotations
 
 import csv
@@ -207,7 +205,6 @@ def record_statistics(model, sources, imgsz=640, layers=None, dead_eps: float = 
         InputError: unknown layer selector, or no photo could be read.
     """
     from ultralytics.utils import TQDM
-
 
     net = detection_model(model)
     files, errors = expand_sources([str(s) for s in sources])

@@ -23,8 +23,6 @@ Examples:
     >>> [(d["logit"], d["sigmoid_by_hand"], d["ultralytics_conf"]) for d in h["detections"]]
 """
 
-
-
 from __future__ import annotations
 
 import math

@@ -37,7 +37,7 @@ from pipeline.core.io import (
 )
 from pipeline.model.engine import Engine
 from pipeline.model.load import detection_model
-from pipeline.model.predict import _label_overlay, _overlay_name, _weights_file
+from pipeline.model.predict import label_overlay, overlay_name, weights_file
 from pipeline.scale.cluster import LOCAL, chunks, default_workers, ray_session, run_pool
 
 #: Folder of the JSON Lines shards inside the output folder, and the settings file beside them.
@@ -80,7 +80,7 @@ class PredictWorker:
             if self.out is not None and name:
                 o.record["overlay"] = name
                 with self.engine.photo(o) as image:
-                    atomic_write_image(self.out / name, _label_overlay(image, o.record))
+                    atomic_write_image(self.out / name, label_overlay(image, o.record))
             records.append((index, o.record))
         return records, errors
 
@@ -156,7 +156,7 @@ def ray_predict(yolo, sources, out, conf: float = 0.25, imgsz: int = 640, overla
 
     log = log or (lambda line: None)
     files, errors = expand_sources(sources)
-    inputs = [*(s for s in map(str, sources) if Path(s).is_dir() or Path(s).is_file()), *files, *_weights_file(yolo)]
+    inputs = [*(s for s in map(str, sources) if Path(s).is_dir() or Path(s).is_file()), *files, *weights_file(yolo)]
     with output_folder(out, inputs=inputs) as out:
         net = detection_model(yolo)
         settings = {"model": model_digest(net), "conf": conf, "imgsz": imgsz, "batch": batch, "backend": backend,
@@ -164,7 +164,7 @@ def ray_predict(yolo, sources, out, conf: float = 0.25, imgsz: int = 640, overla
         shard_dir = out / SHARDS
         done, part = read_shards(shard_dir, settings)
         used: set[str] = set()
-        names = [_overlay_name(f, used) for f in files]  # fixed by input order, as in the single-process run
+        names = [overlay_name(f, used) for f in files]  # fixed by input order, as in the single-process run
         todo = [(i, str(f.resolve()), names[i] if overlays else None) for i, f in enumerate(files) if str(f) not in done]
         results = {i: done[str(f)] for i, f in enumerate(files) if str(f) in done}
         failed: dict[int, InputError] = {}
