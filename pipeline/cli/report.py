@@ -12,8 +12,10 @@ from ``file://``), in the order of the lesson::
     output      class logits -> sigmoid scores, detections with score and logit, CAM
     training    gradient flow per activation, one SGD step on the traced neuron, scaling and outliers
 
-Every number is taken from this run by the modules that own it (``preprocess``, ``inspector``,
-``trace``, ``predict``, ``activations``, ``gradients``); the report only lays them out. It also writes
+The photo is decoded once and run once through a fused copy of the model (``pipeline.report.run``);
+the neuron, the detections and their logits are read off that one pass, and only the gradient lesson and
+LayerCAM run the network again. Every number is computed by the modules that own it (``preprocess``,
+``recorder``, ``trace``, ``activations``, ``gradients``); the report only lays them out. It also writes
 ``OUT/report_files/report.json`` with those numbers. The page names the image and the weights (path and
 sha256 prefix).
 
@@ -26,8 +28,6 @@ Examples:
     PosixPath('runs/report/report.html')
 """
 
-
-
 from __future__ import annotations
 
 import argparse
@@ -37,9 +37,6 @@ from pathlib import Path
 from pipeline.cli.options import add_trust_weights, image_size, positive_int, probability
 from pipeline.core.io import InputError, input_paths, output_folder
 from pipeline.report.page import write_report
-
-# --- CLI ------------------------------------------------------------------------------------------
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", metavar="IMAGE", help="the photo to walk through the network")

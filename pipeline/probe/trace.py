@@ -60,6 +60,31 @@ def trace_neuron(model, inp: torch.Tensor, layer: str, channel: int, y: int, x: 
         top: how many of the largest |w*x| products to list.
 
     Returns:
+        ``trace_recorded``'s dict, for one forward pass of ``model`` on ``inp``.
+
+    Raises:
+        ValueError: unknown layer or a position outside the layer's output.
+    """
+    blocks = conv_blocks(model)
+    if layer not in blocks:
+        raise ValueError(f"{layer!r} is not a Conv block; Conv blocks are e.g. {', '.join(list(blocks)[:4])}, ...")
+    with LayerRecorder(model, layers=[layer], mode="tensors", head=False, keep_inputs=True) as rec:
+        rec(inp)
+    return trace_recorded(blocks[layer], layer, rec.inputs[layer], *rec.activations[layer], channel, y, x, top)
+
+
+def trace_recorded(block, layer: str, x_in: torch.Tensor, z_fw: torch.Tensor, a_fw: torch.Tensor, channel: int, y: int,
+                   x: int, top: int = 5) -> dict:
+    """``trace_neuron`` on tensors a recorder already holds: no forward pass (a live explorer asks for many).
+
+    Args:
+        block: the Conv block whose weights the hand computation uses (unfused: the unfolded route is added).
+        layer: its path, e.g. ``"model.2.cv1"``.
+        x_in, z_fw, a_fw: the block's recorded input and pre/post-SiLU outputs (``LayerRecorder`` with
+            ``keep_inputs``); they may come from a fused copy of the same weights.
+        channel, y, x, top: as in ``trace_neuron``.
+
+    Returns:
         JSON-ready dict: ``layer``, ``channel``, ``y``, ``x``, geometry (``kernel``, ``stride``, ``padding``,
         ``dilation``, ``groups``, ``input_channels``), ``patch_origin`` (top-left of the window in the layer
         input, negative inside the zero padding), ``patch`` and ``weights`` (nested [cin][ky][kx], the folded
@@ -69,15 +94,14 @@ def trace_neuron(model, inp: torch.Tensor, layer: str, channel: int, y: int, x: 
         gamma, beta, running mean/var, eps and the BN formula's z).
 
     Raises:
-        ValueError: unknown layer or a position outside the layer's output.
+        ValueError: a position outside the layer's output.
+
+    Examples:
+        >>> with LayerRecorder(yolo, mode="tensors", keep_inputs=True) as rec:
+        ...     rec(x)
+        >>> t = trace_recorded(conv_blocks(yolo)["model.0"], "model.0", rec.inputs["model.0"],
+        ...                    *rec.activations["model.0"], channel=3, y=10, x=12)
     """
-    blocks = conv_blocks(model)
-    if layer not in blocks:
-        raise ValueError(f"{layer!r} is not a Conv block; Conv blocks are e.g. {', '.join(list(blocks)[:4])}, ...")
-    block = blocks[layer]
-    with LayerRecorder(model, layers=[layer], mode="tensors", head=False, keep_inputs=True) as rec:
-        rec(inp)
-    z_fw, a_fw = rec.activations[layer]
     _, c_out, h_out, w_out = z_fw.shape
     if not (0 <= channel < c_out and 0 <= y < h_out and 0 <= x < w_out):
         raise ValueError(f"{layer} has output {c_out}x{h_out}x{w_out} (channels x rows x columns); "
@@ -88,8 +112,7 @@ def trace_neuron(model, inp: torch.Tensor, layer: str, channel: int, y: int, x: 
     g = channel // (geo["out_channels"] // geo["groups"])
 
     # the window of the layer input this neuron sees (zero padding as the conv pads)
-    x_in = rec.inputs[layer][0].double()
-    padded = F.pad(x_in, (pw, pw, ph, ph))
+    padded = F.pad(x_in[0].double(), (pw, pw, ph, ph))
     r0, c0 = y * sh, x * sw  # top-left in padded coordinates
     patch = padded[g * cin_g:(g + 1) * cin_g, r0:r0 + dh * (kh - 1) + 1:dh, c0:c0 + dw * (kw - 1) + 1:dw]
 
@@ -116,7 +139,7 @@ def trace_neuron(model, inp: torch.Tensor, layer: str, channel: int, y: int, x: 
         "layer": layer, "type": geo["type"], "channel": channel, "y": y, "x": x,
         "kernel": geo["kernel"], "stride": geo["stride"], "padding": geo["padding"], "dilation": geo["dilation"],
         "groups": geo["groups"], "input_channels": [g * cin_g, (g + 1) * cin_g], "fused": geo["fused"],
-        "input_shape": list(rec.inputs[layer].shape), "output_shape": list(z_fw.shape),
+        "input_shape": list(x_in.shape), "output_shape": list(z_fw.shape),
         "patch_origin": [r0 - ph, c0 - pw],
         "patch": patch.tolist(), "weights": w.tolist(), "bias": b,
         "n_products": int(flat.numel()), "dot": dot,
@@ -189,7 +212,7 @@ def trace_head(yolo, image, imgsz=640, conf: float = 0.25, iou: float = 0.7, max
         (input pixels), ``logit``, ``all_logits`` (every class at that anchor), ``sigmoid_by_hand``,
         ``abs_error`` (vs Ultralytics' conf), ``box_matches`` (our NMS box == Ultralytics' box).
     """
-    from ultralytics.utils import nms, ops
+    from ultralytics.utils import ops
 
     image = str(image)
     if pixels is None:
@@ -206,34 +229,81 @@ def trace_head(yolo, image, imgsz=640, conf: float = 0.25, iou: float = 0.7, max
         grab.remove()
         release_photos(yolo)
     args = yolo.predictor.args
-    kept, idxs = nms.non_max_suppression(
-        rec.head["decoded"], args.conf, args.iou, args.classes, args.agnostic_nms, max_det=args.max_det,
-        nc=0, end2end=getattr(net, "end2end", False), rotated=False, return_idxs=True)
-    kept, idxs = kept[0], idxs[0].view(-1)
+    kept, idxs = head_nms(rec.head, args.conf, args.iou, args.max_det, args.classes, args.agnostic_nms,
+                          end2end=getattr(net, "end2end", False))
     x = seen["input"]
     boxes = ops.scale_boxes(x.shape[2:], kept[:, :4].clone(), result.orig_shape)
+    names = {int(k): str(v) for k, v in result.names.items()}
+    return {
+        "image": image,
+        "input_shape": list(x.shape),
+        "strides": rec.head["strides"],
+        "grid_shapes": [list(t.shape[2:]) for t in rec.head["cls_logits"]],
+        "names": names,
+        "n_reported": len(result.boxes.conf),
+        "detections": head_detections(rec.head, kept, idxs, boxes, names, result.boxes.conf, result.boxes.xyxy),
+    }
 
-    grids = [tuple(t.shape[2:]) for t in rec.head["cls_logits"]]
+
+def head_nms(head: dict, conf: float, iou: float, max_det: int = 300, classes=None, agnostic: bool = False,
+             end2end: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ultralytics' own NMS on a recorded head output, with ``return_idxs``: which anchor each kept box came from.
+
+    Args:
+        head: ``LayerRecorder.head`` of one image (its ``decoded`` output).
+        conf, iou, max_det, classes, agnostic: the predictor's arguments.
+        end2end: the network's ``end2end`` flag.
+
+    Returns:
+        ``(kept, anchor_idxs)``: ``N x 6`` (xyxy in input pixels, score, class) and ``N`` anchor indices.
+
+    Examples:
+        >>> kept, idxs = head_nms(rec.head, conf=0.25, iou=0.7)
+    """
+    import torchvision  # noqa: F401  (see below)
+    from ultralytics.utils import nms
+
+    # Ultralytics' NMS takes torchvision's kernel only once torchvision is imported, and predict always imports
+    # it first (AutoBackend.warmup); its own fallback can order near-equal boxes differently, so import it too.
+    kept, idxs = nms.non_max_suppression(head["decoded"], conf, iou, classes, agnostic, max_det=max_det, nc=0,
+                                         end2end=end2end, rotated=False, return_idxs=True)
+    return kept[0], idxs[0].view(-1)
+
+
+def head_detections(head: dict, kept, idxs, boxes, names: dict, reported_conf, reported_boxes) -> list[dict]:
+    """Each kept box traced to its anchor's class logit: logit -> sigmoid by hand -> the reported score.
+
+    Args:
+        head: ``LayerRecorder.head`` (per-scale ``cls_logits``, ``strides``).
+        kept, idxs: from ``head_nms``. boxes: ``kept``'s boxes in original-photo pixels.
+        names: class names. reported_conf, reported_boxes: what Ultralytics reported for these boxes.
+
+    Returns:
+        the ``detections`` list of ``trace_head``.
+
+    Examples:
+        >>> head_detections(rec.head, kept, idxs, boxes, names, kept[:, 4], boxes)[0]["sigmoid_by_hand"]
+    """
+    grids = [tuple(t.shape[2:]) for t in head["cls_logits"]]
     offsets = [0]
     for h, w in grids:
         offsets.append(offsets[-1] + h * w)
-    reported_boxes, reported_conf = result.boxes.xyxy, result.boxes.conf
     detections = []
     for k in range(len(kept)):
         a = int(idxs[k])
         s = max(i for i in range(len(grids)) if offsets[i] <= a)
         gy, gx = divmod(a - offsets[s], grids[s][1])
         cls = int(kept[k, 5])
-        logits = rec.head["cls_logits"][s][0, :, gy, gx].double()
+        logits = head["cls_logits"][s][0, :, gy, gx].double()
         logit = float(logits[cls])
         sig = sigmoid(logit)
-        stride = rec.head["strides"][s]
+        stride = head["strides"][s]
         reported = float(reported_conf[k]) if k < len(reported_conf) else float("nan")
         detections.append({
             "index": k,
             "box_xyxy": [float(v) for v in boxes[k]],
             "class_id": cls,
-            "class_name": str(result.names.get(cls, cls)),
+            "class_name": str(names.get(cls, cls)),
             "ultralytics_conf": reported,
             "anchor_index": a,
             "scale": s,
@@ -248,15 +318,7 @@ def trace_head(yolo, image, imgsz=640, conf: float = 0.25, iou: float = 0.7, max
             "abs_error": abs(sig - reported),
             "box_matches": bool(k < len(reported_boxes) and torch.allclose(boxes[k], reported_boxes[k], atol=1e-4)),
         })
-    return {
-        "image": image,
-        "input_shape": list(x.shape),
-        "strides": rec.head["strides"],
-        "grid_shapes": [list(g) for g in grids],
-        "names": {int(k): str(v) for k, v in result.names.items()},
-        "n_reported": len(reported_conf),
-        "detections": detections,
-    }
+    return detections
 
 
 def format_head(h: dict, limit: int = 10) -> str:

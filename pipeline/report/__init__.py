@@ -1,4 +1,11 @@
 """The offline HTML report: one photo walked from pixels to score with the model's own numbers.
 
-``page`` computes and writes it; ``plots`` draws the figures from numbers the lower layers computed.
+``run`` computes (one ``PhotoRun`` per photo: one decode, one recorded forward pass, named extra passes),
+``cam`` computes the class activation maps, ``sections`` turns a run into each section's values and figures,
+``plots`` draws them, ``render`` fills the Jinja2 templates in ``templates/``, and ``page`` writes it all.
+
+Examples:
+    >>> from pipeline.report.page import write_report
+    >>> write_report("best.pt", "photo.jpg", "runs/report")
+    PosixPath('runs/report/report.html')
 """

@@ -3,7 +3,12 @@
 ``input.py`` (preprocessing and outliers), ``layers.py`` (feature maps, filters, weight histograms) and
 ``lesson.py`` (activation gallery, gradient flow, SGD step, detections, CAM) all write through
 ``save_png``, so every figure is written atomically. Photos are drawn with ``imshow_photo``, which hands
-matplotlib a copy no bigger than the figure can show.
+matplotlib a copy no bigger than the figure can show. Nothing here runs the model.
+
+Examples:
+    >>> fig, ax = plt.subplots()
+    >>> imshow_photo(ax, run.pixels)
+    >>> save_png(fig, "out/report_files/photo.png")
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 
 import numpy as np  # noqa: E402
+import PIL.Image  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 
 from pipeline.core.io import atomic_write_bytes, shrink  # noqa: E402
 
@@ -27,11 +34,25 @@ from pipeline.core.io import atomic_write_bytes, shrink  # noqa: E402
 DISPLAY_MAX_SIDE = 1024
 
 
-def save_png(fig, path, tight: bool = True, dpi: int = 100) -> Path:
-    """Write ``fig`` as PNG atomically and close it. ``tight=False`` for figures already laid out by
-    ``tight_layout`` (a second tight-bbox pass costs about a second per figure)."""
+def save_png(fig, path, tight: bool = True, dpi: int = 100, pad_inches: float = 0.1) -> Path:
+    """Write ``fig`` as PNG atomically and close it, drawing it once.
+
+    ``tight`` crops to the drawn content plus ``pad_inches``, as ``bbox_inches="tight"`` would, but from the
+    one rendering: matplotlib's own tight save draws every figure twice (about a tenth of a second more per
+    figure here). ``tight=False`` for figures already laid out by ``tight_layout``.
+    """
+    fig.set_dpi(dpi)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    if tight:
+        box = fig.get_tightbbox(canvas.get_renderer()).padded(pad_inches)  # inches, origin bottom left
+        h, w = rgba.shape[:2]
+        x0, x1 = max(0, int(box.x0 * dpi)), min(w, int(np.ceil(box.x1 * dpi)))
+        y0, y1 = max(0, h - int(np.ceil(box.y1 * dpi))), min(h, h - int(box.y0 * dpi))
+        rgba = rgba[y0:y1, x0:x1]
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
+    PIL.Image.fromarray(np.ascontiguousarray(rgba)).save(buf, format="png")
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 

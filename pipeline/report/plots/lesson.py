@@ -8,12 +8,15 @@
 - ``plot_sgd_step``: one neuron's patch, kernel, gradient and updated kernel, the SiLU curve with the
   neuron's z before and after the step, and the loss before and after.
 - ``plot_detections``: boxes with class name, sigmoid score and the logit it came from.
-- ``eigencam`` / ``plot_cam``: the first principal component of a recorded layer's activations,
-  upsampled over the model input; ``ultralytics_layercam`` asks Ultralytics' own ``visualize=True``.
+- ``plot_cam``: a class activation map (``pipeline.report.cam``) upsampled over the model input.
+
+Nothing here runs the model: every function draws numbers computed elsewhere (the run, ``lesson``, ``cam``).
 
 Examples:
     >>> from pipeline.report.plots.lesson import plot_activation_gallery, plot_gradient_flow
-    >>> plot_activation_gallery(acts["model.2.cv1.pre"], "model.2.cv1", "gallery.png")
+    >>> gallery = describe_all(z)
+    >>> plot_activation_gallery(z, "model.2.cv1", "gallery.png", silu_minimum(),
+    ...                         {g["name"]: g["mean_on_layer"] for g in gallery})
     >>> plot_gradient_flow(activation_comparison("yolov8n.yaml", 6, batch), "flow.png")
 """
 
@@ -25,9 +28,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch
 
-from pipeline.lesson.activations import GALLERY, silu_minimum  # noqa: E402
-from pipeline.report.plots import imshow_photo, save_png  # noqa: E402
+from pipeline.lesson.activations import GALLERY  # noqa: E402
 from pipeline.lesson.activations import silu as silu_f
+from pipeline.report.plots import imshow_photo, save_png  # noqa: E402
 
 VARIANT_COLORS = {"silu": "tab:green", "sigmoid": "tab:red", "tanh": "tab:orange", "relu": "tab:blue"}
 
@@ -38,15 +41,20 @@ _save = save_png
 # --- activation functions ------------------------------------------------------------------------
 
 
-def plot_activation_gallery(z_sample, layer: str, path, max_points: int = 200_000) -> Path:
-    """Seven activations with derivatives, each over the real pre-activation histogram of ``layer``."""
+def plot_activation_gallery(z_sample, layer: str, path, silu_min: tuple[float, float], layer_means: dict,
+                            max_points: int = 200_000) -> Path:
+    """Seven activations with derivatives, each over the real pre-activation histogram of ``layer``.
+
+    ``silu_min`` is ``(z*, SiLU(z*))`` (``lesson.activations.silu_minimum``), marked on the SiLU panel;
+    ``layer_means`` the mean output of each activation on the layer (``describe_all``'s ``mean_on_layer``).
+    """
     z = torch.as_tensor(z_sample).detach().double().flatten()
     if z.numel() > max_points:  # a fixed stride keeps it deterministic
         z = z[:: z.numel() // max_points + 1]
     lo, hi = np.percentile(z.numpy(), [0.5, 99.5])
     lo, hi = min(lo, -5.0), max(hi, 5.0)
     x = torch.linspace(lo, hi, 801, dtype=torch.float64)
-    x_min, y_min = silu_minimum()
+    x_min, y_min = silu_min
     names = list(GALLERY)
     counts, edges = np.histogram(z.numpy(), bins=160, range=(lo, hi))
     fig, axes = plt.subplots(2, 4, figsize=(14, 6.4))
@@ -61,8 +69,7 @@ def plot_activation_gallery(z_sample, layer: str, path, max_points: int = 200_00
         ax.plot(x, act.df(x), color="tab:red", lw=1.2, ls="--", label="f'(z)")
         ax.axhline(0, color="k", lw=0.5)
         ax.axvline(0, color="k", lw=0.5)
-        mean_out = float(act.f(z).mean())
-        ax.set_title(f"{name}: {act.formula}\nmean f(z) on this layer = {mean_out:.3f}", fontsize=8)
+        ax.set_title(f"{name}: {act.formula}\nmean f(z) on this layer = {layer_means[name]:.3f}", fontsize=8)
         ax.set_ylim(-1.5, 3.0)
         if name == "silu":
             ax.plot([x_min], [y_min], "ko")
@@ -199,26 +206,6 @@ def plot_detections(image_bgr: np.ndarray, detections: list[dict], path, max_box
     return _save(fig, path)
 
 
-def eigencam(act) -> np.ndarray:
-    """EigenCAM: project each position's C-vector of activations on their first principal direction.
-
-    ``A`` is the activation reshaped to (H*W, C); after centring, the first right singular vector ``v``
-    is the direction along which positions differ most; the map is ``A v`` reshaped to HxW, signed so
-    that it correlates positively with the channel-mean activation, clipped at 0 and scaled to [0, 1].
-    """
-    a = torch.as_tensor(act).detach().double()
-    a = a[0] if a.ndim == 4 else a
-    c, h, w = a.shape
-    A = a.reshape(c, h * w).T  # (HW, C)
-    A = A - A.mean(0, keepdim=True)
-    _, _, vh = torch.linalg.svd(A, full_matrices=False)
-    cam = (A @ vh[0]).reshape(h, w)
-    if float((cam.flatten() * a.mean(0).flatten()).sum()) < 0:  # singular vectors have no fixed sign
-        cam = -cam
-    cam = cam.clamp(min=0)
-    return (cam / cam.max().clamp(min=1e-12)).numpy()
-
-
 def plot_cam(input_tensor, cam: np.ndarray, path, title: str) -> Path:
     """A HxW map in [0, 1] upsampled (bilinear) over the model input, with a colorbar."""
     import cv2
@@ -235,45 +222,6 @@ def plot_cam(input_tensor, cam: np.ndarray, path, title: str) -> Path:
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     return _save(fig, path)
-
-
-def ultralytics_layercam(yolo, source, out_dir, input_tensor, imgsz: int = 640, conf: float = 0.25,
-                         min_spread: float = 8.0) -> dict:
-    """Run Ultralytics' own ``predict(visualize=True)`` (LayerCAM over the head's inputs) into ``out_dir``.
-
-    ``source`` is what predict is given: a photo's path, or the model input itself as BGR uint8 (the
-    letterbox of a letterboxed input at the same size is the identity, so the CAM sees the same tensor
-    without decoding the photo again).
-
-    Ultralytics saves ``0.5 * jet(cam) + 0.5 * input`` as a JPEG. Knowing the input (``input_tensor``,
-    min-max scaled per channel as Ultralytics does), we take the input back out and measure the spread
-    (std, 0-255) of the colour-mapped heat alone: a flat map (an untrained head explains nothing) is not
-    usable. Note: ``predict`` fuses Conv+BN inside ``yolo`` in place; call this after anything that needs
-    BatchNorm's parameters.
-
-    Returns:
-        ``{"path": Path or None, "heat_spread": float, "usable": bool}``.
-    """
-    import cv2
-
-    out_dir = Path(out_dir).resolve()
-    try:
-        yolo.predict(source if isinstance(source, np.ndarray) else str(source), imgsz=imgsz, conf=conf, visualize=True, save=False, verbose=False,
-                     project=str(out_dir.parent), name=out_dir.name, exist_ok=True)
-    except Exception:  # a failure here only loses the optional LayerCAM picture; EigenCAM stays
-        return {"path": None, "heat_spread": float("nan"), "usable": False}
-    files = sorted(out_dir.glob("*_cam*.jpg"), key=lambda f: f.stat().st_mtime)
-    img = cv2.imread(str(files[-1])) if files else None
-    if img is None:
-        return {"path": None, "heat_spread": float("nan"), "usable": False}
-    x = torch.as_tensor(input_tensor)[0].float()
-    lo, hi = x.amin((1, 2), keepdim=True), x.amax((1, 2), keepdim=True)
-    base = ((x - lo) / (hi - lo).clamp(min=1e-7) * 255).byte().permute(1, 2, 0).numpy()[..., ::-1].astype(np.float32)
-    if base.shape != img.shape:
-        return {"path": files[-1], "heat_spread": float("nan"), "usable": True}
-    heat = np.clip(2 * img.astype(np.float32) - base, 0, 255)
-    spread = float(heat.reshape(-1, 3).std(0).max())
-    return {"path": files[-1], "heat_spread": spread, "usable": spread >= min_spread}
 
 
 def plot_head_logits(cls_logits: list, strides: list, path, detections: list[dict] | None = None) -> Path:

@@ -1,0 +1,90 @@
+"""Render the report page from Jinja2 templates (shipped in ``pipeline/report/templates``), autoescaped.
+
+Sections hand plain values (strings, numbers, table rows, figure paths) to their template; every value
+printed with ``{{ }}`` is escaped with ``html.escape(quote=True)`` (``&quot;``, ``&#x27;``), the same
+escaping the page has always had, so no photo name or class name can become markup.
+
+Examples:
+    >>> from pipeline.report.render import num, render_page
+    >>> num(0.000012345), num(1234567), num(3)
+    ('1.234e-05', '1.235e+06', '3')
+    >>> html = render_page(info, sections, timings)   # sections: ``pipeline.report.sections.Section`` list
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+import jinja2
+import numpy as np
+from markupsafe import Markup
+
+#: Folder beside report.html that holds the figures and report.json.
+FILES = "report_files"
+
+
+def num(x, digits: int = 4) -> str:
+    """A number for the page: fixed or scientific, whichever reads better."""
+    if isinstance(x, (bool, np.bool_)):
+        return str(bool(x))
+    if isinstance(x, (int, np.integer)):
+        return f"{int(x):,}"
+    x = float(x)
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "+inf" if x > 0 else "-inf"
+    if x != 0 and (abs(x) < 10 ** -(digits - 1) or abs(x) >= 1e6):
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}f}"
+
+
+def is_number(cell) -> bool:
+    """Whether a table cell reads as a number (right-aligned on the page)."""
+    try:
+        float(str(cell).replace(",", "").rstrip("%"))
+        return True
+    except ValueError:
+        return False
+
+
+def figure_src(path) -> str:
+    """A figure's address relative to report.html."""
+    return f"{FILES}/{Path(path).name}"
+
+
+def _escape(value):
+    """Autoescaping with ``html.escape``: markupsafe would write ``&#34;``; the page has always written ``&quot;``."""
+    if isinstance(value, Markup):
+        return value
+    return Markup(html.escape("" if value is None else str(value), quote=True))
+
+
+def environment() -> jinja2.Environment:
+    """The report's Jinja2 environment: package templates, autoescape on, strict undefined variables."""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("pipeline.report", "templates"),
+                             autoescape=jinja2.select_autoescape(["html"], default_for_string=True),
+                             undefined=jinja2.StrictUndefined, finalize=_escape, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(num=num, src=figure_src)
+    env.tests["number"] = is_number
+    return env
+
+
+_ENV: jinja2.Environment | None = None
+
+
+def _env() -> jinja2.Environment:
+    global _ENV
+    if _ENV is None:  # templates compile once per process
+        _ENV = environment()
+    return _ENV
+
+
+def render_page(info: dict, sections: list, timings: dict, nav: list[tuple[str, str]]) -> str:
+    """The whole page: header (photo, weights, versions), navigation, the sections in order, footer."""
+    env = _env()
+    body = [Markup(env.get_template(f"sections/{s.id}.html").render(section=s, **s.context)) for s in sections]
+    return env.get_template("page.html").render(info=info, sections=body, nav=nav, timings=timings,
+                                                image_name=Path(info["image"]).name)

@@ -1,0 +1,274 @@
+"""``PhotoRun``: one photo through one model, computed once and then only asked questions.
+
+Made once per photo: the photo is decoded once, letterboxed into the exact model input, and one forward
+pass of a private fused copy of the model is recorded (``LayerRecorder``: every Conv block's input, z and
+SiLU(z), their statistics, and the Detect head's logits). The caller's model is never fused nor changed:
+BatchNorm's own parameters (weights, biases, the unfolded neuron route) are read from it.
+
+From that one pass, without running the network again: any neuron's hand trace (``neuron``), the
+detections and their head trace (Ultralytics' own NMS on the recorded head output, with the anchor of each
+box), EigenCAM, per-layer statistics. What truly needs another pass is a named method, computed when asked
+and kept: ``gradients`` (backward passes of the detection loss), ``layercam`` (Ultralytics' LayerCAM, a
+backward pass per explained box) and ``dataset_stats`` (other photos).
+
+Examples:
+    >>> from pipeline.model.load import load_model
+    >>> from pipeline.report.run import PhotoRun
+    >>> run = PhotoRun(load_model("best.pt"), "photo.jpg", imgsz=640, conf=0.25)
+    >>> run.detections[0]["score"], run.head_trace[0]["logit"]
+    >>> run.neuron("model.2.cv1", 5, 40, 40)["z_by_hand"]        # no forward pass: read off the record
+    >>> flow = run.gradients(imgsz=320, batch=2)["real"]            # backward passes, on request
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from ultralytics.nn.autobackend import AutoBackend
+
+from pipeline.core.io import read_image
+from pipeline.data.labels import label_boxes, label_path
+from pipeline.data.preprocess import model_input
+from pipeline.data.synth import render_scene
+from pipeline.lesson.activations import describe_all, silu_minimum
+from pipeline.lesson.gradients import activation_comparison, gradient_flow, make_batch, sgd_step
+from pipeline.lesson.input_scaling import pixel_outliers, scalings
+from pipeline.model.detections import detection_dicts
+from pipeline.model.load import detection_model, model_stride
+from pipeline.probe.fold import conv_params, param_counts
+from pipeline.probe.layers import conv_blocks, detect_head
+from pipeline.probe.recorder import LayerRecorder
+from pipeline.probe.statistics import record_statistics
+from pipeline.probe.trace import head_detections, head_nms, trace_recorded
+from pipeline.report.cam import eigencam, layercam
+
+
+class PhotoRun:
+    """One photo, one model, one recorded forward pass; everything else is derived or asked for by name.
+
+    Args:
+        yolo: an ``ultralytics.YOLO`` (``pipeline.model.load.load_model``) or its DetectionModel; copied, never changed.
+        image: a photo path, or the photo as BGR uint8 (``read_image``).
+        imgsz, conf, iou, max_det: as in ``YOLO.predict``.
+
+    Attributes:
+        source: the photo's path (``None`` for pixels). pixels: the photo, decoded once.
+        model: the caller's DetectionModel (read only). net: the private fused copy that ran.
+        x, meta: the model input ``1x3xHxW`` and its letterbox numbers. record: the closed recorder.
+        blocks, paths: the caller's Conv blocks and their paths, stem first. names: class names.
+    """
+
+    def __init__(self, yolo, image, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7, max_det: int = 300):
+        self.source = None if isinstance(image, np.ndarray) else Path(image)
+        self.pixels = image if self.source is None else read_image(self.source)
+        self.imgsz, self.conf, self.iou, self.max_det = imgsz, conf, iou, max_det
+        self.model = detection_model(yolo)
+        # A private copy prepared by Ultralytics' own AutoBackend, as predict prepares it (Conv+BN fused, and
+        # channels-last on x86 CPUs, which changes float32 rounding): its detections are predict's to the bit,
+        # and the caller keeps its BatchNorm (the report reads BN's own parameters from it).
+        self._backend = AutoBackend(model=copy.deepcopy(self.model), device=torch.device("cpu"), fuse=True,
+                                    verbose=False)
+        self.net = self._backend.model
+        self.names = {int(k): str(v) for k, v in self.model.names.items()}
+        self.blocks = conv_blocks(self.model)
+        self.paths = list(self.blocks)
+        self.x, self.meta = model_input(self.pixels, imgsz=imgsz, stride=model_stride(self.net), auto=True)
+        if self.source is not None:
+            self.meta["source"] = str(self.source)
+        self.record = self._record()
+        self._gradients: dict = {}
+        self._layercam: dict = {}
+
+    def _record(self) -> LayerRecorder:
+        """The one recorded forward pass, with the CPU thread count predict would use.
+
+        Ultralytics' ``select_device`` sets torch's threads (``min(8, cores - 1)``) before predict runs, and
+        the thread count changes how float32 sums are split, so detections match predict's only with the
+        same count. The process's own count is restored after, so the run changes nothing around it.
+        """
+        from ultralytics.utils.torch_utils import select_device
+
+        threads = torch.get_num_threads()
+        try:
+            select_device("cpu", verbose=False)
+            with LayerRecorder(self.net, mode="both", head=True, keep_inputs=True) as rec:
+                rec(self.x)
+        finally:
+            torch.set_num_threads(threads)
+        return rec
+
+    # -- the photo and its input ---------------------------------------------------------------
+    @cached_property
+    def scalings(self) -> dict:
+        """x/255, min-max and z-score scalings of the model input (``lesson.input_scaling.scalings``)."""
+        return scalings(self.x)
+
+    @cached_property
+    def outliers(self) -> dict:
+        """Pixels with |z| > 3 in the content area (``lesson.input_scaling.pixel_outliers``)."""
+        return pixel_outliers(self.x, meta=self.meta)
+
+    # -- parameters (the caller's model: BatchNorm unfused) --------------------------------------
+    @cached_property
+    def params(self) -> dict:
+        """``probe.fold.conv_params`` of the caller's model: raw, BN and folded tensors per Conv block."""
+        return conv_params(self.model)
+
+    @cached_property
+    def counts(self) -> dict:
+        """Parameter counts per top-level layer and in total (``probe.fold.param_counts``)."""
+        return param_counts(self.model)
+
+    @cached_property
+    def head_inputs(self) -> list[int]:
+        """Indices of the layers the Detect head reads (its ``f``)."""
+        _, detect = detect_head(self.model)
+        return [int(i) for i in getattr(detect, "f", [])]
+
+    @cached_property
+    def head_path(self) -> str | None:
+        """Module path of the Detect head, e.g. ``model.22``."""
+        return detect_head(self.model)[0]
+
+    # -- neurons ------------------------------------------------------------------------------
+    def activation(self, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Recorded ``(z, SiLU(z))`` of a Conv block, each ``1xCxHxW``."""
+        return self.record.activations[layer]
+
+    def neuron(self, layer: str, channel: int, y: int, x: int) -> dict:
+        """What ``cardamage trace`` computes for this neuron, read off the recorded pass (no forward pass).
+
+        The hand computation uses the caller's (unfused) block, so the unfolded BatchNorm route is shown;
+        the framework values are the fused pass's, which agree to float32 rounding.
+
+        Raises:
+            ValueError: not a Conv block, or a position outside its output.
+        """
+        if layer not in self.blocks:
+            raise ValueError(f"{layer!r} is not a Conv block; Conv blocks are e.g. {', '.join(self.paths[:4])}, ...")
+        return trace_recorded(self.blocks[layer], layer, self.record.inputs[layer], *self.record.activations[layer],
+                              channel, y, x)
+
+    @cached_property
+    def focus(self) -> tuple[str, int, int, int]:
+        """The lesson's neuron: the stem's most energetic channel (mean a^2), where it fires most."""
+        stem = self.paths[0]
+        a = self.activation(stem)[1][0]
+        ch = int((a.double() ** 2).mean(dim=(1, 2)).argmax())
+        y, x = divmod(int(a[ch].argmax()), a.shape[-1])
+        return stem, ch, y, x
+
+    @cached_property
+    def traced(self) -> dict:
+        """``neuron`` at ``focus``."""
+        return self.neuron(*self.focus)
+
+    def sgd_step(self, lr: float = 0.01) -> dict:
+        """One SGD step on the traced neuron, by hand and by autograd (``lesson.gradients.sgd_step``)."""
+        t = self.traced
+        return sgd_step(t["patch"], t["weights"], t["bias"], lr=lr)
+
+    # -- activations ---------------------------------------------------------------------------
+    @cached_property
+    def layer_stats(self) -> dict:
+        """Summary statistics of z and SiLU(z) per Conv block on this photo."""
+        return {p: self.record.stats[p].summary() for p in self.paths if p in self.record.stats}
+
+    @cached_property
+    def silu_minimum(self) -> tuple[float, float]:
+        """(z*, SiLU(z*)) where SiLU' = 0 (``lesson.activations.silu_minimum``)."""
+        return silu_minimum()
+
+    def gallery(self, layer: str) -> list[dict]:
+        """Every gallery activation described over ``layer``'s real pre-activations."""
+        return describe_all(self.activation(layer)[0])
+
+    # -- output ------------------------------------------------------------------------------
+    @cached_property
+    def _kept(self):
+        """Ultralytics' NMS on the recorded head output: kept rows, their anchors and boxes in photo pixels."""
+        from ultralytics.utils import ops
+
+        kept, idxs = head_nms(self.record.head, self.conf, self.iou, self.max_det,
+                              end2end=getattr(self.net, "end2end", False))
+        boxes = ops.scale_boxes(self.x.shape[2:], kept[:, :4].clone(), self.pixels.shape)
+        return kept, idxs, boxes
+
+    @cached_property
+    def detections(self) -> list[dict]:
+        """The boxes ``predict`` reports (class, sigmoid score, the logit behind it, box in photo pixels)."""
+        kept, idxs, boxes = self._kept
+        raw = torch.cat([t.flatten(2) for t in self.record.head["cls_logits"]], 2)[0]  # nc x anchors, as Detect
+        logits = raw[kept[:, 5].long(), idxs.long()] if len(kept) else kept[:, 4]
+        return detection_dicts(boxes, kept[:, 4], kept[:, 5], logits, self.names)
+
+    @cached_property
+    def head_trace(self) -> list[dict]:
+        """Each reported box traced to its anchor's logit (``probe.trace.head_detections``)."""
+        kept, idxs, boxes = self._kept
+        return head_detections(self.record.head, kept, idxs, boxes, self.names, kept[:, 4], boxes)
+
+    @cached_property
+    def cam_layer(self) -> str:
+        """The first Conv block feeding the head (the stride-8 features): where EigenCAM looks."""
+        acts = self.record.activations
+        return next((f"model.{i}.cv2" for i in self.head_inputs if f"model.{i}.cv2" in acts), self.paths[-1])
+
+    @cached_property
+    def eigencam(self) -> np.ndarray:
+        """EigenCAM of ``cam_layer`` (``report.cam.eigencam``), HxW in [0, 1]."""
+        return eigencam(self.activation(self.cam_layer)[1])
+
+    # -- what needs more passes: named, computed when asked, kept ----------------------------------
+    def layercam(self, out_dir) -> dict:
+        """Ultralytics' LayerCAM on the model input (``report.cam.layercam``): its own forward and backward passes."""
+        key = str(out_dir)
+        if key not in self._layercam:
+            self._layercam[key] = layercam(self._backend, self.x, out_dir, conf=self.conf)
+        return self._layercam[key]
+
+    def gradients(self, imgsz: int = 320, batch: int = 2, seed: int = 0) -> dict:
+        """Gradient flow of the detection loss: this model, then fresh SiLU/sigmoid/tanh/ReLU variants.
+
+        The batch is this photo (with its YOLO labels if a label file sits beside it) plus ``batch - 1``
+        synthetic scenes. One backward pass per model (``lesson.gradients``), each on its own copy.
+
+        Returns:
+            ``{"batch_sources": [...], "real": gradient_flow, "variants": activation_comparison}``.
+        """
+        key = (imgsz, batch, seed)
+        if key not in self._gradients:
+            data, sources = self._gradient_batch(batch, imgsz, seed)
+            self._gradients[key] = {"batch_sources": sources, "real": gradient_flow(self.model, data),
+                                    "variants": activation_comparison(self.model.yaml, len(self.names), data, seed=seed)}
+        return self._gradients[key]
+
+    def _gradient_batch(self, n: int, imgsz: int, seed: int):
+        name = self.source.name if self.source else "the photo"
+        labels = label_boxes(self.source, len(self.names)) if self.source else []
+        samples = [(self.pixels, labels)]
+        sources = [f"{name} ({len(labels)} labels from {label_path(self.source)})" if labels
+                   else f"{name} (no label file found: background only)"]
+        for i in range(max(0, n - 1)):
+            img, inst = render_scene(seed + 1000 + i, imgsz)
+            h, w = img.shape[:2]
+            boxes = []
+            for d in inst:
+                x0, y0, x1, y1 = (float(v) for v in d.box_xyxy())
+                boxes.append((d.cls, (x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h))
+            samples.append((img, boxes))
+            sources.append(f"synthetic scene seed {seed + 1000 + i} ({len(boxes)} labels)")
+        return make_batch(samples, imgsz), sources
+
+    def dataset_stats(self, files, limit: int | None = None):
+        """Per-layer statistics over other photos with the caller's model (as ``cardamage inspect``).
+
+        Returns:
+            ``(layer_stats, used, errors)``: ``{path: summary}``, the photos used, their ``InputError``s.
+        """
+        rec, used, errors, _ = record_statistics(self.model, files, self.imgsz, progress=False, limit=limit)
+        return {p: rec.stats[p].summary() for p in self.paths if p in rec.stats}, used, errors

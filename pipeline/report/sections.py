@@ -1,0 +1,292 @@
+"""The report's sections, each a small function of a ``PhotoRun``: its figures, its template values, its numbers.
+
+Every section reads what it needs from the run (computed once, or on request for the gradient passes) and
+draws its own figures into ``files``; none depends on another having run first. A section returns a
+``Section``: its id and title, the values its template ``templates/sections/<id>.html`` prints, and the
+``report.json`` entries it owns.
+
+Examples:
+    >>> from pipeline.report.run import PhotoRun
+    >>> from pipeline.report.sections import BUILDERS, Options
+    >>> run = PhotoRun(yolo, "photo.jpg", imgsz=640)
+    >>> s = BUILDERS["neurons"](run, Path("out/report_files"), Options())
+    >>> s.numbers["trace"]["z_by_hand"]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.core.io import InputError, atomic_write_bytes
+from pipeline.probe.channel_stats import DEAD_EPS
+from pipeline.probe.fold import conv_meta
+from pipeline.probe.trace import REL_TOL, format_trace
+from pipeline.report.plots import input as pin
+from pipeline.report.plots import layers as play
+from pipeline.report.plots import lesson as ples
+from pipeline.report.render import num
+from pipeline.report.run import PhotoRun
+
+#: Section ids and titles, in the lesson's order (the browser test checks every one).
+TITLES = (
+    ("input", "Input and preprocessing"),
+    ("neurons", "Neurons: one neuron's arithmetic"),
+    ("weights", "Weights"),
+    ("biases", "Biases: BatchNorm folding"),
+    ("activations", "Activations"),
+    ("hidden", "Hidden layers: feature maps and filters"),
+    ("output", "Output: logits, sigmoid scores, detections, CAM"),
+    ("training", "Training: gradients, one SGD step, scaling and outliers"),
+)
+STATS_HEADER = ["layer", "mean z", "std z", "min z", "max z", "z < 0", "|a| ~ 0 (dead)", "mean SiLU(z)"]
+
+
+@dataclass
+class Options:
+    """What the command line adds to the run: the gradient batch, LayerCAM, the ``--stats-over`` photos."""
+
+    grad_imgsz: int = 320
+    grad_batch: int = 2
+    seed: int = 0
+    layercam: bool = True
+    stats_files: list = field(default_factory=list)
+    stats_missing: list = field(default_factory=list)  # sources that named no photo: reported, not fatal
+    stats_limit: int = 200
+
+
+@dataclass
+class Section:
+    """One rendered-to-be section: template values, its ``report.json`` entries, photos it could not read."""
+
+    id: str
+    context: dict
+    numbers: dict = field(default_factory=dict)
+    errors: list[InputError] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return dict(TITLES)[self.id]
+
+
+def _weights_layers(run: PhotoRun) -> list[str]:
+    """The layers whose weights the page shows: stem, two backbone blocks and one head classifier conv."""
+    return [p for p in (run.paths[0], "model.4.cv2", "model.9.cv2", f"{run.head_path}.cv3.0.1") if p in run.params]
+
+
+def _activation_layer(run: PhotoRun) -> str:
+    """The real layer whose pre-activations the activation lesson draws over."""
+    return "model.2.cv1" if "model.2.cv1" in run.record.activations else run.paths[1]
+
+
+def _stride(input_shape, output_shape) -> int:
+    return int(round(input_shape[-1] / output_shape[-1]))
+
+
+# --- sections -----------------------------------------------------------------------------------
+
+
+def input_section(run: PhotoRun, files: Path, opts: Options) -> Section:
+    """The letterbox and the exact model input, with its per-channel numbers."""
+    name = run.source.name if run.source else "photo"
+    d = run.scalings["divide255"]
+    rows = [[c, num(d["min"][i]), num(d["max"][i]), num(d["mean"][i]), num(d["std"][i])]
+            for i, c in enumerate(run.scalings["channels"])]
+    fig = pin.plot_letterbox(run.pixels, run.x, run.meta, files / "01_letterbox.png", title=name)
+    m, o = run.meta, run.outliers
+    numbers = {"shape": list(run.x.shape), "ratio": m.get("ratio"), "pad": m.get("pad"), "orig_shape": m.get("orig_shape"),
+               "divide255": {k: d[k] for k in ("min", "max", "mean", "std")},
+               "outliers": {k: o[k] for k in ("count", "fraction", "threshold", "bright_count", "dark_count")}}
+    return Section("input", {"name": name, "meta": m, "pad": m.get("pad", {}), "ratio": num(m["ratio"]),
+                             "shape": tuple(run.x.shape), "rows": rows, "figure": fig}, {"input": numbers})
+
+
+def neurons_section(run: PhotoRun, files: Path, opts: Options) -> Section:
+    """One real neuron recomputed by hand: sum(w*x) + b -> SiLU, against the framework's value."""
+    tr = run.traced
+    patch, w = np.asarray(tr["patch"]), np.asarray(tr["weights"])
+    rows = [[f"{'RGB'[i] if patch.shape[0] == 3 else i}", u, v, num(patch[i, u, v]), num(w[i, u, v]),
+             num(patch[i, u, v] * w[i, u, v])]
+            for i in range(patch.shape[0]) for u in range(patch.shape[1]) for v in range(patch.shape[2])]
+    summary = [[num(tr[k], 6) for k in ("dot", "bias", "z_by_hand", "sigmoid_by_hand", "silu_by_hand", "framework_value")]]
+    numbers = {k: v for k, v in tr.items() if k not in ("patch", "weights")}
+    return Section("neurons", {"tr": tr, "trace_text": format_trace(tr), "ok": tr["rel_error"] <= REL_TOL,
+                               "rel_tol": REL_TOL, "rows": rows, "summary": summary}, {"trace": numbers})
+
+
+def weights_section(run: PhotoRun, files: Path, opts: Options) -> Section:
+    """Raw vs BatchNorm-folded conv weights and the parameter count per layer."""
+    layers, params = _weights_layers(run), run.params
+    stat_rows = []
+    for p in layers:
+        w, fw = params[p]["conv.weight"].float(), params[p]["folded.weight"].float()
+        m = conv_meta(run.blocks[p])
+        stat_rows.append([p, "x".join(map(str, w.shape)), f"{m['kernel'][0]}x{m['kernel'][1]} / {m['stride'][0]}",
+                          num(float(w.mean())), num(float(w.std())), num(float(fw.mean())), num(float(fw.std())),
+                          num(float(fw.abs().max()))])
+    fig = play.plot_param_histograms(
+        [{"name": p, "weight": params[p]["conv.weight"], "folded_weight": params[p]["folded.weight"],
+          "beta": params[p].get("bn.bias", params[p]["folded.bias"]), "folded_bias": params[p]["folded.bias"]}
+         for p in layers], files / "04_param_histograms.png")
+    counts = run.counts
+    rows = [[L["path"], L["type"], num(L["params"])] for L in counts["layers"]] + [["total", "", num(counts["total"])]]
+    return Section("weights", {"total": counts["total"], "n_blocks": len(run.blocks), "stat_rows": stat_rows,
+                               "figure": fig, "rows": rows})
+
+
+def biases_section(run: PhotoRun, files: Path, opts: Options) -> Section:
+    """Where a YOLOv8 neuron's bias lives: BatchNorm, folded into the conv."""
+    P = run.params[run.paths[0]]
+    rows = []
+    if "bn.weight" in P:
+        gamma, beta = P["bn.weight"].double(), P["bn.bias"].double()
+        mean, var = P["bn.running_mean"].double(), P["bn.running_var"].double()
+        fb = P["folded.bias"].double()
+        # the per-channel factor folding applied, read off the two weight tensors (W' = s * W)
+        raw, folded = P["conv.weight"].double().flatten(1), P["folded.weight"].double().flatten(1)
+        scale = (raw * folded).sum(1) / (raw * raw).sum(1).clamp(min=1e-30)
+        rows = [[c, num(float(gamma[c])), num(float(beta[c])), num(float(mean[c])), num(float(var[c])),
+                 num(float(scale[c])), num(float(fb[c]))] for c in range(min(8, len(gamma)))]
+    tr = run.traced
+    u = tr.get("unfolded")
+    unfolded = None
+    if u:
+        unfolded = (
+            f"{tr['layer']} channel {tr['channel']}, unfolded route:\n"
+            f"  conv = sum(W * x)                       = {u['conv_sum']:.9g}\n"
+            f"  z = (conv - mean) / sqrt(var + eps) * gamma + beta\n"
+            f"    = ({u['conv_sum']:.6g} - {u['running_mean']:.6g}) / sqrt({u['running_var']:.6g} + {u['eps']:g})"
+            f" * {u['gamma']:.6g} + {u['beta']:.6g} = {u['z']:.9g}\n"
+            f"folded route: z = sum(W' * x) + b'        = {tr['z_by_hand']:.9g}\n"
+            f"difference                                = {abs(u['z'] - tr['z_by_hand']):.3g}")
+    return Section("biases", {"rows": rows, "unfolded": unfolded})
+
+
+def _stats_rows(layer_stats: dict) -> list[list]:
+    return [[p, num(s["mean"], 3), num(s["std"], 3), num(s["min"], 3), num(s["max"], 3), f"{100 * s['frac_negative']:.1f}%",
+             f"{100 * s['frac_dead']:.1f}%", num(s["post_mean"], 3)] for p, s in layer_stats.items()]
+
+
+def _pooled(stats: dict) -> dict:
+    """Shares over every value of every Conv block (each layer weighted by its number of values)."""
+    n = sum(s["count"] for s in stats.values())
+    return {k: sum(s[k] * s["count"] for s in stats.values()) / n for k in ("frac_negative", "frac_dead", "post_mean")}
+
+
+def _dataset(run: PhotoRun, opts: Options) -> tuple[dict | None, list[InputError]]:
+    """``--stats-over``: the per-layer statistics over other photos, and the photos that could not be read."""
+    if not opts.stats_files:
+        return None, []
+    stats, used, errors = run.dataset_stats(opts.stats_files, opts.stats_limit)
+    failed = list(opts.stats_missing) + list(errors)
+    return {"images": len(used), "failed": [str(e) for e in failed], "layer_stats": stats}, failed
+
+
+def activations_section(run: PhotoRun, files: Path, opts: Options) -> Section:
+    """Seven activation functions over a real layer's pre-activations; per-layer statistics (and over a set)."""
+    layer = _activation_layer(run)
+    gallery = run.gallery(layer)
+    sx, sy = run.silu_minimum
+    fig = ples.plot_activation_gallery(run.activation(layer)[0], layer, files / "05_activation_gallery.png",
+                                       silu_min=(sx, sy), layer_means={g["name"]: g["mean_on_layer"] for g in gallery})
+
+    def bound(v):
+        return num(v, 3) if math.isinf(v) else f"{v:.3f}"
+
+    rows = [[g["name"], g["formula"], f"[{bound(g['min'])}, {bound(g['max'])}]", num(g["f0"], 3), num(g["max_slope"], 3),
+             "yes" if g["zero_centred"] else "no", num(g["mean_on_normal"], 3), num(g["mean_on_layer"], 3),
+             f"{100 * g['small_grad_fraction_on_layer']:.1f}%", g["note"]] for g in gallery]
+    dataset, errors = _dataset(run, opts)
+    numbers = {"layer": layer, "gallery": gallery, "silu_min": [sx, sy], "layer_stats": run.layer_stats}
+    ctx = {"layer": layer, "sx": sx, "sy": sy, "figure": fig, "rows": rows, "stats_header": STATS_HEADER,
+           "stats_rows": _stats_rows(run.layer_stats), "dataset": None}
+    if dataset:
+        numbers["dataset"] = dataset
+        many = _pooled(dataset["layer_stats"])
+        ctx["dataset"] = {"images": dataset["images"], "n_failed": len(dataset["failed"]), "one": _pooled(run.layer_stats),
+                          "many": many, "dead_eps": DEAD_EPS, "rows": _stats_rows(dataset["layer_stats"]),
+                          "centred": ("above zero: SiLU's outputs are not zero-centred" if many["post_mean"] > 0.01 else
+                                      "close to zero" if abs(many["post_mean"]) <= 0.01 else "below zero")}
+    return Section("activations", ctx, {"activations": numbers}, errors)
+
+
+def hidden_section(run: PhotoRun, files: Path, opts: Options) -> Section:
+    """Feature maps by stride, z before and after SiLU, the filters themselves."""
+    stem = run.paths[0]
+    layers = [p for p in (stem, "model.2.cv2", "model.4.cv2", "model.6.cv2", "model.9.cv2") if p in run.record.activations]
+    fmaps = []
+    for i, p in enumerate(layers):
+        a = run.activation(p)[1]
+        s = _stride(run.x.shape, a.shape)
+        fmaps.append((p, tuple(a.shape), s, play.plot_feature_maps(a, files / f"06_fmap_{i}_{p}.png", p, stride=s,
+                                                                   k=16 if i == 0 else 8)))
+    act_layer = _activation_layer(run)
+    prepost = play.plot_pre_post(*run.activation(act_layer), files / "07_pre_post.png", act_layer, k=3,
+                                 silu_min=run.silu_minimum[1])
+    deeper = run.paths[1]
+    stem_fig = play.plot_stem_filters(run.params[stem]["folded.weight"], files / "08_stem_filters.png", stem)
+    grid = play.plot_filter_grid(run.params[deeper]["folded.weight"], files / "09_filters_deeper.png", deeper)
+    return Section("hidden", {"fmaps": fmaps, "act_layer": act_layer, "prepost": prepost, "stem_fig": stem_fig,
+                              "grid": grid, "deeper": deeper})
+
+
+def output_section(run: PhotoRun, files: Path, opts: Options) -> Section:
+    """Class logits -> sigmoid scores, the detections with their logits, where the model looks (CAM)."""
+    head, dets = run.head_trace, run.detections
+    rows = [[d["index"], d["class_name"], f"{d['scale']} (stride {d['stride']:g})", f"({d['grid_y']}, {d['grid_x']})",
+             num(d["logit"], 5), num(d["sigmoid_by_hand"], 6), num(d["ultralytics_conf"], 6), f"{d['abs_error']:.1e}"]
+            for d in head[:20]]
+    drows = [[d["class_name"], num(d["score"], 4), num(d["logit"], 4), ", ".join(f"{v:.1f}" for v in d["box_xyxy"])]
+             for d in dets[:20]]
+    f_logits = ples.plot_head_logits(run.record.head["cls_logits"], run.record.head["strides"],
+                                     files / "12_head_logits.png", head)
+    f_dets = ples.plot_detections(run.pixels, dets, files / "13_detections.png")
+    f_eigen = ples.plot_cam(run.x, run.eigencam, files / "14_eigencam.png",
+                            f"EigenCAM: 1st principal component of {run.cam_layer} activations")
+    lc, f_layercam = None, None
+    if opts.layercam:
+        lc = run.layercam(files / "layercam")
+        if lc["usable"]:
+            f_layercam = atomic_write_bytes(files / "15_layercam.jpg", Path(lc["path"]).read_bytes())
+    numbers = {"detections": dets, "head_trace": head, "cam_layer": run.cam_layer,
+               "layercam": lc and {"usable": lc["usable"], "heat_spread": lc["heat_spread"]}}
+    return Section("output", {"conf": run.conf, "names": run.names, "rows": rows, "drows": drows, "f_logits": f_logits,
+                              "f_dets": f_dets, "f_eigen": f_eigen, "f_layercam": f_layercam, "lc": lc,
+                              "cam_layer": run.cam_layer}, {"output": numbers})
+
+
+def training_section(run: PhotoRun, files: Path, opts: Options) -> Section:
+    """Gradient flow per activation, one SGD step on the traced neuron, input scaling and outliers."""
+    g = run.gradients(opts.grad_imgsz, opts.grad_batch, opts.seed)
+    real, comp = g["real"], g["variants"]
+    f_flow = ples.plot_gradient_flow(comp, files / "10_gradient_flow.png", real=real, real_label="these weights (SiLU)")
+    step = run.sgd_step(lr=0.01)
+    stem, ch, yy, xx = run.focus
+    f_step = ples.plot_sgd_step(step, files / "11_sgd_step.png", f"{stem} ch {ch} at (y={yy}, x={xx})")
+    scal, outl = run.scalings, run.outliers
+    f_hist = pin.plot_scaling_histograms(scal, files / "02_scalings.png")
+    f_outl = pin.plot_outlier_mask(run.x, outl, files / "03_outliers.png")
+    silu0 = comp["silu"]["mean_abs_grad"][0] if "silu" in comp else None
+    rows = []
+    for name, fl in [("these weights (SiLU)", real)] + [(f"fresh init, {k}", v) for k, v in comp.items()]:
+        gr = fl["mean_abs_grad"]
+        rows.append([name, num(fl["loss"]), ", ".join(f"{n} {num(v)}" for n, v in zip(fl["loss_names"], fl["loss_items"])),
+                     num(gr[0]), num(float(np.mean(gr))), num(gr[-1]),
+                     num(gr[0] / silu0, 3) if silu0 and name.startswith("fresh") else ""])
+    z = scal["zscore"]
+    orows = [[c, num(z["mean_used"][i]), num(z["std_used"][i]), f"{100 * z['frac_abs_z_gt_3'][i]:.2f}%"]
+             for i, c in enumerate(scal["channels"])]
+    numbers = {"batch_sources": g["batch_sources"], "real": real, "variants": comp,
+               "sgd_step": {k: v for k, v in step.items() if not isinstance(v, list)}}
+    return Section("training", {"real": real, "sources": "; ".join(g["batch_sources"]), "f_flow": f_flow, "rows": rows,
+                                "s": step, "neuron": (stem, ch, yy, xx), "f_step": f_step, "outl": outl,
+                                "f_hist": f_hist, "f_outl": f_outl, "orows": orows}, {"training": numbers})
+
+
+#: Every section's function, in the lesson's order (ids as in ``TITLES``).
+BUILDERS = {"input": input_section, "neurons": neurons_section, "weights": weights_section, "biases": biases_section,
+            "activations": activations_section, "hidden": hidden_section, "output": output_section,
+            "training": training_section}

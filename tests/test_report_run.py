@@ -1,0 +1,155 @@
+"""The report's per-photo run: one decode, one forward pass for every section that needs no gradient, the
+caller's model left as it was, and ``run.neuron`` equal to what ``cardamage trace`` computes.
+
+Decodes and passes are counted by wrapping the functions that do them (OpenCV's decoders, the Detect
+head's forward), not by asking the run.
+"""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import pytest
+import torch
+from checkpoints import save_checkpoint
+
+from pipeline.core import io as core_io
+from pipeline.model.load import load_model
+from pipeline.probe.layers import conv_blocks, is_fused
+from pipeline.probe.trace import trace_neuron
+from pipeline.report.run import PhotoRun
+from pipeline.report.sections import BUILDERS, Options
+
+IMGSZ = 160
+NO_GRADIENT = ("input", "neurons", "weights", "biases", "activations", "hidden", "output")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A trained-looking checkpoint: its BatchNorm is not the identity, so a fused copy differs from it."""
+    return save_checkpoint(tmp_path_factory.mktemp("run") / "best.pt", seed=3, imgsz=IMGSZ)
+
+
+@pytest.fixture
+def counters(monkeypatch):
+    """Count photo decodes (OpenCV's decoders, which Ultralytics' reader and ours call) and Detect-head forwards."""
+    from ultralytics.nn.modules.head import Detect
+
+    counts = {"decode": 0, "forward": 0}
+
+    def counting(f):
+        def wrapped(*args, **kwargs):
+            counts["decode"] += 1
+            return f(*args, **kwargs)
+
+        return wrapped
+
+    for name in ("imread", "imdecode"):
+        monkeypatch.setattr(cv2, name, counting(getattr(cv2, name)))
+    real_forward = Detect.forward
+
+    def forward(self, *args, **kwargs):
+        counts["forward"] += 1
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Detect, "forward", forward)
+    return counts
+
+
+def test_one_decode_and_one_forward_pass_for_every_section_without_gradient(checkpoint, sample_images, tmp_path,
+                                                                            counters):
+    yolo = load_model(checkpoint)
+    assert counters == {"decode": 0, "forward": 0}
+    run = PhotoRun(yolo, sample_images[0], imgsz=IMGSZ)
+    opts = Options(layercam=False)
+    for sid in NO_GRADIENT:
+        BUILDERS[sid](run, tmp_path, opts)
+    run.neuron("model.2.cv1", 1, 3, 4)  # one more neuron afterwards: read off the record
+    run.neuron("model.8.cv2", 7, 1, 2)
+    assert counters["decode"] == 1 and counters["forward"] == 1, counters
+    assert (tmp_path / "13_detections.png").stat().st_size > 1000
+
+
+def test_gradient_and_layercam_are_named_extra_passes(checkpoint, sample_images, tmp_path, counters):
+    run = PhotoRun(load_model(checkpoint), sample_images[0], imgsz=IMGSZ)
+    assert counters["forward"] == 1
+    g = run.gradients(imgsz=64, batch=2)
+    assert counters["forward"] > 1 and set(g["variants"]) == {"silu", "sigmoid", "tanh", "relu"}
+    n = counters["forward"]
+    assert run.gradients(imgsz=64, batch=2) is g and counters["forward"] == n  # kept, not run again
+    run.layercam(tmp_path / "cam")
+    assert counters["forward"] > n
+    assert counters["decode"] == 1 + 1  # the photo once; LayerCAM's overlay JPEG read back once
+
+
+def test_callers_model_is_left_unfused_and_unchanged(checkpoint, sample_images, tmp_path):
+    yolo = load_model(checkpoint)
+    net = yolo.model
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    training, threads = net.training, torch.get_num_threads()
+    grads = [p.requires_grad for p in net.parameters()]
+    run = PhotoRun(yolo, sample_images[1], imgsz=IMGSZ)
+    for sid in BUILDERS:
+        BUILDERS[sid](run, tmp_path, Options(grad_imgsz=64, grad_batch=1))
+    assert all(is_fused(b) for b in conv_blocks(run.net).values())  # the run's own copy is fused ...
+    assert not any(is_fused(b) for b in conv_blocks(net).values())  # ... the caller's is not
+    after = net.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert net.training == training and torch.get_num_threads() == threads
+    assert getattr(yolo, "predictor", None) is None  # predict never ran on the caller's wrapper
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
+    assert [p.requires_grad for p in net.parameters()] == grads
+
+
+@pytest.mark.parametrize("layer, channel, y, x", [("model.0", 3, 10, 12), ("model.2.cv1", 5, 0, 39),
+                                                  ("model.15.cv2", 9, 19, 0), ("model.22.cv3.0.1", 2, 7, 9)])
+def test_neuron_is_what_cardamage_trace_computes(checkpoint, sample_images, layer, channel, y, x):
+    from pipeline.probe.layers import model_input
+
+    yolo = load_model(checkpoint)
+    run = PhotoRun(yolo, sample_images[2], imgsz=IMGSZ)
+    got = run.neuron(layer, channel, y, x)
+    xin, _ = model_input(yolo, core_io.read_image(sample_images[2]), IMGSZ)
+    want = trace_neuron(yolo, xin, layer, channel, y, x)  # what `cardamage trace` runs
+    assert torch.equal(xin, run.x)
+    assert {k for k in want} == {k for k in got}
+    for k in ("layer", "channel", "y", "x", "kernel", "stride", "groups", "input_channels", "patch_origin", "fused"):
+        assert got[k] == want[k], k
+    # a fused pass and an unfused one round float32 differently: equal to well within the trace's tolerance
+    for k in ("dot", "z_by_hand", "silu_by_hand", "framework_pre", "framework_value"):
+        assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-5), k
+    assert got["rel_error"] <= 1e-5
+    with pytest.raises(ValueError):
+        run.neuron("model.0", 10_000, 0, 0)
+    with pytest.raises(ValueError):
+        run.neuron("model.99", 0, 0, 0)
+
+
+def test_detections_are_predicts_in_a_fresh_process(tmp_path):
+    """In a process where nothing imported torchvision or set torch's threads yet (both change Ultralytics'
+    numbers: its NMS kernel and float32 sums), the run's detections equal predict's to the bit."""
+    import subprocess
+    import sys
+
+    from pipeline.core.io import atomic_write_image
+    from pipeline.data.synth import render_scene
+
+    checkpoint = save_checkpoint(tmp_path / "best.pt", seed=1, imgsz=320)  # test_report's: ~300 boxes, near ties
+    scene = atomic_write_image(tmp_path / "scene.png", render_scene(7, 320)[0])
+    code = (
+        "import json, sys\n"
+        "from pipeline.core.io import read_image\n"
+        "from pipeline.model.load import load_model\n"
+        "from pipeline.model.predict import predict_images\n"
+        "from pipeline.report.run import PhotoRun\n"
+        "run = PhotoRun(load_model(sys.argv[1]), sys.argv[2], imgsz=320, conf=0.25)\n"
+        "mine = run.detections\n"
+        "theirs = predict_images(load_model(sys.argv[1]), [read_image(sys.argv[2])], conf=0.25, imgsz=320)[0]\n"
+        "print(json.dumps([mine, theirs]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(checkpoint), str(scene)], capture_output=True, text=True,
+                          timeout=300, check=True)
+    mine, theirs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert theirs and mine == theirs
