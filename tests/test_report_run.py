@@ -15,7 +15,8 @@ import torch
 from checkpoints import save_checkpoint
 
 from pipeline.core import io as core_io
-from pipeline.model.load import load_model
+from pipeline.data.preprocess import model_input
+from pipeline.model.load import load_model, model_stride
 from pipeline.probe.layers import conv_blocks, is_fused
 from pipeline.probe.trace import trace_neuron
 from pipeline.report.run import PhotoRun
@@ -106,12 +107,10 @@ def test_callers_model_is_left_unfused_and_unchanged(checkpoint, sample_images, 
 @pytest.mark.parametrize("layer, channel, y, x", [("model.0", 3, 10, 12), ("model.2.cv1", 5, 0, 39),
                                                   ("model.15.cv2", 9, 19, 0), ("model.22.cv3.0.1", 2, 7, 9)])
 def test_neuron_is_what_cardamage_trace_computes(checkpoint, sample_images, layer, channel, y, x):
-    from pipeline.probe.layers import model_input
-
     yolo = load_model(checkpoint)
     run = PhotoRun(yolo, sample_images[2], imgsz=IMGSZ)
     got = run.neuron(layer, channel, y, x)
-    xin, _ = model_input(yolo, core_io.read_image(sample_images[2]), IMGSZ)
+    xin, _ = model_input(core_io.read_image(sample_images[2]), IMGSZ, stride=model_stride(yolo))
     want = trace_neuron(yolo, xin, layer, channel, y, x)  # what `cardamage trace` runs
     assert torch.equal(xin, run.x)
     assert {k for k in want} == {k for k in got}
