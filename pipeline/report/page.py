@@ -98,19 +98,38 @@ def write_report(weights, image, out_dir, imgsz: int = 640, conf: float = 0.25, 
     Raises:
         InputError: unreadable image or weights, or a ``stats_over`` that names no photo.
     """
+    threads = torch.get_num_threads()
+    try:
+        return _write_report(weights, image, out_dir, imgsz, conf,
+                             Options(grad_imgsz=grad_imgsz, grad_batch=grad_batch, seed=seed, layercam=layercam,
+                                     stats_limit=stats_limit), stats_over, trust, on_error)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _write_report(weights, image, out_dir, imgsz: int, conf: float, opts: Options, stats_over, trust: bool,
+                  on_error) -> Path:
+    """``write_report``'s work, on the CPU threads Ultralytics' predict would use (the caller's are restored after).
+
+    ``select_device`` leaves a core free (``min(8, cores - 1)`` threads). With a thread on every core, each
+    parallel torch op waits for its slowest thread, so any other process on the machine stalls them all:
+    measured on 2 shared cores, the gradient and LayerCAM sections took 13 s instead of 1.5 s. The old report
+    ran on these threads too, from its first ``predict`` on.
+    """
+    from ultralytics.utils.torch_utils import select_device
+
+    select_device("cpu", verbose=False)
     runtime.return_freed_memory()  # feature maps of every size come and go: keep the heap from drifting up
     t_start = time.perf_counter()
-    stats_files, stats_missing = _stats_sources(stats_over)
+    opts.stats_files, opts.stats_missing = _stats_sources(stats_over)
     out_dir, image, weights = Path(out_dir), Path(image), str(weights)
     if weights.endswith((".yaml", ".yml")):
-        torch.manual_seed(seed)
+        torch.manual_seed(opts.seed)
     yolo = load_model(weights, nc=DEFAULT_NC if weights.endswith((".yaml", ".yml")) else None, trust=trust)
     run = PhotoRun(yolo, image, imgsz=imgsz, conf=conf)  # InputError on a bad photo, before anything is written
     files = out_dir / FILES
     files.mkdir(parents=True, exist_ok=True)
     timings = {"run": round(time.perf_counter() - t_start, 2)}
-    opts = Options(grad_imgsz=grad_imgsz, grad_batch=grad_batch, seed=seed, layercam=layercam,
-                   stats_files=stats_files, stats_missing=stats_missing, stats_limit=stats_limit)
     sections = []
     for sid, _ in SECTIONS:
         t = time.perf_counter()
@@ -120,7 +139,7 @@ def write_report(weights, image, out_dir, imgsz: int = 640, conf: float = 0.25, 
         if on_error:
             on_error(e)
     timings["total"] = round(time.perf_counter() - t_start, 2)
-    info = _info(weights, image, run.names, imgsz, conf, seed)
+    info = _info(weights, image, run.names, imgsz, conf, opts.seed)
     numbers = {"info": info}
     for s in sections:
         numbers.update(s.numbers)
