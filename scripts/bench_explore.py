@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--neurons", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    photo = Path(args.photo) if args.photo else sorted(SAMPLE.glob("*.jpg"))[0]
+    photo = Path(args.photo) if args.photo else min(SAMPLE.glob("*.jpg"))
 
     yolo = load_model(args.weights, nc=len(CLASS_NAMES))
     explorer = Explorer(yolo, [photo], imgsz=args.imgsz)

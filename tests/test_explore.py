@@ -168,7 +168,7 @@ def test_neuron_matches_trace_neuron_and_its_receptive_field(setup):
         inp = x_in.clone().requires_grad_(True)
         block = dict(net.named_modules())[layer]
         cap = {}
-        h = block.register_forward_hook(lambda m, i, o: cap.update(a=o))
+        h = block.register_forward_hook(lambda m, i, o, cap=cap: cap.update(a=o))
         try:
             with torch.enable_grad():
                 net(inp)

@@ -66,7 +66,7 @@ def _guarded(fn):
         except BadRequest as e:
             log.info("400 %s: %s", request.url.path, e)
             return StrictJSON({"error": str(e)}, status_code=400)
-        except Exception as e:  # a bug, not the client's fault: one line, no traceback page
+        except Exception as e:  # noqa: BLE001  a bug, not the client's fault: one line, no traceback page
             log.error("500 %s: %s: %s", request.url.path, type(e).__name__, e)
             return StrictJSON({"error": f"internal error: {type(e).__name__}: {e}"}, status_code=500)
 
