@@ -34,6 +34,7 @@ COMMANDS = {
     "inspect": "pipeline.cli.inspect",
     "trace": "pipeline.cli.trace",
     "report": "pipeline.cli.report",
+    "explore": "pipeline.cli.explore",
 }
 
 # one-line summaries for the top-level --help (kept here so --help imports nothing heavy)
@@ -49,6 +50,7 @@ SUMMARIES = {
     "inspect": "record every conv layer's activations, weights and folded biases (one photo), or its statistics (a folder)",
     "trace": "recompute one neuron by hand: sum(w*x) + b -> SiLU, against the framework",
     "report": "write an offline HTML report walking input -> neurons -> activations -> output -> training",
+    "explore": "serve a local page to click any neuron, feature map and detection of a real detector",
 }
 
 

@@ -1,0 +1,126 @@
+"""The explorer's web server: a Starlette app over an ``Explorer``, and ``serve`` to run it on uvicorn.
+
+Routes (``photo`` is an index into the photos given, from 0)::
+
+    GET /                      the page (static/index.html; its JS and CSS under /static/)
+    GET /api/photos            [{index, name}]
+    GET /api/summary?photo=I   photo and input shapes, class names, detection count
+    GET /api/model[?photo=I]   every Conv block and the head: path, type, in/out shape, kernel, stride, params
+    GET /api/stages[?photo=I]  the forward pass, top-level layer by layer, with this photo's shapes
+    GET /api/detections?photo=I                      records + anchor, all class logits and sigmoids
+    GET /api/featuremap?photo=I&layer=P&channel=C&stage=pre|post   PNG of that map (X-Scale-Lo/Hi headers)
+    GET /api/neuron?photo=I&layer=P&channel=C&y=Y&x=X              ``cardamage trace``'s JSON + receptive field
+    GET /api/image?photo=I, /api/cam?photo=I         the photo, EigenCAM over it (JPEG)
+
+A bad parameter is answered 400 with ``{"error": "..."}`` and logged as one line; the handlers are plain
+functions, which Starlette runs in its thread pool, so a slow first run of one photo does not block others.
+
+Examples:
+    >>> from starlette.testclient import TestClient
+    >>> client = TestClient(create_app(Explorer(load_model("best.pt"), ["photo.jpg"])))
+    >>> client.get("/api/neuron", params={"photo": 0, "layer": "model.0", "channel": 3, "y": 5, "x": 7}).json()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from pipeline.explore.session import BadRequest, Explorer
+
+STATIC = Path(__file__).resolve().parent / "static"
+log = logging.getLogger("cardamage.explore")
+
+
+def _finite(obj):
+    """JSON has no NaN or infinity: replace them by ``None`` (the page shows them as "n/a")."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+class StrictJSON(JSONResponse):
+    """``JSONResponse`` that never fails on a non-finite float (it would turn the answer into a 500)."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(_finite(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _guarded(fn):
+    """Turn ``BadRequest`` into 400 ``{"error"}``; anything else into 500 ``{"error"}`` with one log line."""
+
+    def endpoint(request):
+        try:
+            return fn(request)
+        except BadRequest as e:
+            log.info("400 %s: %s", request.url.path, e)
+            return StrictJSON({"error": str(e)}, status_code=400)
+        except Exception as e:  # noqa: BLE001  a bug, not the client's fault: one line, no traceback page
+            log.error("500 %s: %s: %s", request.url.path, type(e).__name__, e)
+            return StrictJSON({"error": f"internal error: {type(e).__name__}: {e}"}, status_code=500)
+
+    return endpoint
+
+
+def create_app(explorer: Explorer) -> Starlette:
+    """The Starlette app serving ``explorer``'s answers and the page (everything from the package).
+
+    Examples:
+        >>> app = create_app(Explorer(load_model("best.pt"), ["photo.jpg"]))
+        >>> uvicorn.run(app, host="127.0.0.1", port=8765)
+    """
+
+    def q(request) -> dict:
+        return dict(request.query_params)
+
+    def json_of(method):
+        return _guarded(lambda request: StrictJSON(method(q(request))))
+
+    def featuremap(request):
+        png, scale = explorer.featuremap(q(request))
+        headers = {f"X-Scale-{k.title()}": repr(v) for k, v in scale.items()}
+        return Response(png, media_type="image/png", headers={**headers, "Cache-Control": "max-age=3600"})
+
+    def image(method):
+        return _guarded(lambda request: Response(method(q(request)), media_type="image/jpeg",
+                                                 headers={"Cache-Control": "max-age=3600"}))
+
+    def index(request):
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    routes = [
+        Route("/", index),
+        Route("/api/photos", _guarded(lambda request: StrictJSON(explorer.photos_list()))),
+        Route("/api/summary", json_of(explorer.summary)),
+        Route("/api/model", json_of(explorer.model)),
+        Route("/api/stages", json_of(explorer.stages)),
+        Route("/api/detections", json_of(explorer.detections)),
+        Route("/api/neuron", json_of(explorer.neuron)),
+        Route("/api/featuremap", _guarded(featuremap)),
+        Route("/api/image", image(explorer.photo_png)),
+        Route("/api/cam", image(explorer.cam)),
+        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+    ]
+
+    async def not_found(request, exc):
+        return StrictJSON({"error": f"no such page: {request.url.path}"}, status_code=getattr(exc, "status_code", 404))
+
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+
+
+def serve(explorer: Explorer, host: str = "127.0.0.1", port: int = 8765, log_level: str = "warning") -> None:
+    """Run the app on uvicorn until interrupted (bound to ``host``: loopback unless asked otherwise)."""
+    import uvicorn
+
+    uvicorn.run(create_app(explorer), host=host, port=port, log_level=log_level, access_log=False)

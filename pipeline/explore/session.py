@@ -1,0 +1,260 @@
+"""``Explorer``: the numbers behind ``cardamage explore``, one ``PhotoRun`` per photo, asked by the web page.
+
+Each photo's run (one decode, one recorded forward pass: ``pipeline.report.run.PhotoRun``) is built on the
+first request that needs it and kept; a lock per photo makes two browsers asking at once share one run.
+Every answer is read off that run: the model table (``model``), the detections with their anchors and
+all class logits (``detections``), a feature map as a PNG (``featuremap``), one neuron's whole arithmetic
+with its receptive field in photo pixels (``neuron``), and EigenCAM over the photo (``cam``).
+
+Every parameter is checked here; a bad one raises ``BadRequest`` with a one-line reason (the server
+answers 400 with it), so no request can reach a traceback.
+
+Examples:
+    >>> from pipeline.explore.session import Explorer
+    >>> from pipeline.model.load import load_model
+    >>> ex = Explorer(load_model("best.pt"), ["photo.jpg"], imgsz=640)
+    >>> ex.neuron({"photo": "0", "layer": "model.2.cv1", "channel": "5", "y": "40", "x": "40"})["z_by_hand"]
+    >>> png = ex.featuremap({"photo": "0", "layer": "model.0", "channel": "3", "stage": "post"})
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from pipeline.core.facts import sigmoid
+from pipeline.core.io import InputError
+from pipeline.probe.fold import conv_meta
+from pipeline.probe.receptive_field import receptive_field, to_photo
+from pipeline.report.run import PhotoRun
+
+#: the two stages of a Conv block's output a feature map can show
+STAGES = ("pre", "post")
+#: the largest photo side the page is sent (the page scales; numbers are always in the photo's own pixels)
+PHOTO_MAX_SIDE = 1280
+
+
+class BadRequest(ValueError):
+    """A request parameter that names nothing real; its message is the one-line reason shown to the client."""
+
+
+def _int(params, name: str, lo: int = 0, hi: int | None = None) -> int:
+    """Parameter ``name`` as an int in ``[lo, hi)``, or ``BadRequest``."""
+    raw = params.get(name)
+    if raw is None:
+        raise BadRequest(f"missing parameter {name!r}")
+    try:
+        value = int(str(raw).strip(), 10)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer, got {str(raw)[:40]!r}") from None
+    if value < lo or (hi is not None and value >= hi):
+        raise BadRequest(f"{name}={value} is outside [{lo}, {hi if hi is not None else 'inf'})")
+    return value
+
+
+def diverging_png(m: np.ndarray, symmetric: bool = True) -> tuple[bytes, float, float]:
+    """One feature map as a PNG of its own size: blue for negative, white at 0, red for positive.
+
+    Args:
+        m: HxW floats.
+        symmetric: scale by max|m| on both sides (so 0 is always white); else min..max onto white..red.
+
+    Returns:
+        ``(png_bytes, lo, hi)``: the values that map to the two ends of the colour scale.
+
+    Examples:
+        >>> png, lo, hi = diverging_png(np.array([[-1.0, 0.0], [0.5, 1.0]]))
+        >>> cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR).shape
+        (2, 2, 3)
+    """
+    m = np.asarray(m, dtype=np.float64)
+    top = float(np.abs(m).max()) if m.size else 0.0
+    lo, hi = (-top, top) if symmetric else (float(m.min()), float(m.max()))
+    scale = top if top > 0 else 1.0
+    t = np.clip(m / scale, -1.0, 1.0)  # -1 .. 1
+    pos, neg = np.clip(t, 0, 1), np.clip(-t, 0, 1)
+    # BGR: white at 0; positive fades green and blue (towards red), negative fades red and green (towards blue)
+    b = 255 * (1 - pos)
+    g = 255 * (1 - np.maximum(pos, neg))
+    r = 255 * (1 - neg)
+    img = np.stack([b, g, r], axis=-1).round().astype(np.uint8)
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:  # pragma: no cover - OpenCV encodes any uint8 HxWx3
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes(), lo, hi
+
+
+class Explorer:
+    """Photos and one model, answering the explorer page's questions from one recorded pass per photo.
+
+    Args:
+        yolo: the loaded model (``pipeline.model.load.load_model``); never changed.
+        photos: photo paths, indexed from 0 in the API.
+        imgsz, conf: as in ``cardamage predict``.
+
+    Examples:
+        >>> ex = Explorer(load_model("best.pt"), ["a.jpg", "b.jpg"])
+        >>> [d["anchor"] for d in ex.detections({"photo": "1"})]
+    """
+
+    def __init__(self, yolo, photos, imgsz: int = 640, conf: float = 0.25):
+        self.yolo, self.imgsz, self.conf = yolo, imgsz, conf
+        self.photos = [Path(p) for p in photos]
+        self._runs: dict[int, PhotoRun] = {}
+        self._locks = [threading.Lock() for _ in self.photos]
+        # receptive_field runs (stopped) forward passes of the shared model with a hook on it: one at a time
+        self._rf_lock = threading.Lock()
+        self._cache: dict[tuple, object] = {}
+
+    # -- runs ------------------------------------------------------------------------------------
+    def photo_index(self, params) -> int:
+        """The ``photo`` parameter, checked against the photo list (default 0 where optional)."""
+        return _int(params, "photo", 0, len(self.photos))
+
+    def run(self, i: int) -> PhotoRun:
+        """Photo ``i``'s ``PhotoRun``, built on first use (one build even when two requests race)."""
+        if i in self._runs:
+            return self._runs[i]
+        with self._locks[i]:
+            if i not in self._runs:
+                try:
+                    run = PhotoRun(self.yolo, self.photos[i], imgsz=self.imgsz, conf=self.conf)
+                    run.head_trace  # noqa: B018  (computed once, under the lock)
+                except InputError as e:
+                    raise BadRequest(str(e)) from None
+                self._runs[i] = run
+        return self._runs[i]
+
+    def _layer(self, run: PhotoRun, params) -> str:
+        layer = params.get("layer")
+        if layer is None:
+            raise BadRequest("missing parameter 'layer'")
+        if layer not in run.blocks:
+            raise BadRequest(f"{str(layer)[:60]!r} is not a Conv block; see /api/model for the paths")
+        return layer
+
+    # -- answers ------------------------------------------------------------------------------------
+    def photos_list(self) -> list[dict]:
+        """``[{index, name}]``: the photos given on the command line."""
+        return [{"index": i, "name": p.name} for i, p in enumerate(self.photos)]
+
+    def model(self, params) -> list[dict]:
+        """Every Conv block and the Detect head with this photo's real shapes (photo 0 by default).
+
+        Returns:
+            ``[{path, stage, type, in_shape, out_shape, kernel, stride, padding, groups, params}]``; for the
+            head ``in_shape`` lists its three inputs, ``out_shape`` its decoded output and ``stride`` its strides.
+        """
+        i = self.photo_index({"photo": params.get("photo", "0")})
+        run = self.run(i)
+        rows = []
+        for path, block in run.blocks.items():
+            meta, shape = conv_meta(block), run.record.shapes[path]
+            rows.append({"path": path, "stage": ".".join(path.split(".")[:2]), "type": meta["type"],
+                         "in_shape": shape["input"], "out_shape": shape["output"], "kernel": meta["kernel"],
+                         "stride": meta["stride"], "padding": meta["padding"], "groups": meta["groups"],
+                         "params": meta["params"]})
+        head = run.head_path
+        if head is not None:
+            stage = run.record.stages[head]
+            ins = [run.record.stages[f"model.{k}"]["out_shape"] for k in run.head_inputs]
+            rows.append({"path": head, "stage": head, "type": stage["type"], "in_shape": ins,
+                         "out_shape": stage["out_shape"][0], "kernel": None,
+                         "stride": [float(s) for s in run.record.head["strides"]], "padding": None, "groups": None,
+                         "params": run.counts["layers"][int(head.split(".")[1])]["params"]})
+        return rows
+
+    def stages(self, params) -> dict:
+        """The forward pass, top-level layer by layer: ``{input_shape, photo_shape, stages: [{path, type, out_shape}]}``."""
+        run = self.run(self.photo_index({"photo": params.get("photo", "0")}))
+        return {"input_shape": list(run.x.shape), "photo_shape": list(run.pixels.shape),
+                "stages": [{"path": p, **s} for p, s in run.record.stages.items()]}
+
+    def detections(self, params) -> list[dict]:
+        """detections.json's records plus ``anchor`` {scale, stride, y, x, index}, ``logits`` and ``sigmoids``."""
+        run = self.run(self.photo_index(params))
+        out = []
+        for rec, h in zip(run.detections, run.head_trace):
+            out.append({**rec, "anchor": {"scale": h["scale"], "stride": h["stride"], "y": h["grid_y"],
+                                          "x": h["grid_x"], "index": h["anchor_index"]},
+                        "logits": h["all_logits"], "sigmoids": [sigmoid(v) for v in h["all_logits"]],
+                        "names": [run.names[k] for k in range(len(h["all_logits"]))]})
+        return out
+
+    def featuremap(self, params) -> tuple[bytes, dict]:
+        """One channel of a Conv block as a PNG of the map's own HxW, pre or post SiLU, and its scale."""
+        i = self.photo_index(params)
+        run = self.run(i)
+        layer = self._layer(run, params)
+        z, a = run.activation(layer)
+        channel = _int(params, "channel", 0, z.shape[1])
+        stage = params.get("stage", "post")
+        if stage not in STAGES:
+            raise BadRequest(f"stage must be 'pre' or 'post', got {str(stage)[:20]!r}")
+        m = (z if stage == "pre" else a)[0, channel].double().numpy()
+        png, lo, hi = diverging_png(m)
+        return png, {"lo": lo, "hi": hi, "min": float(m.min()), "max": float(m.max())}
+
+    def neuron(self, params) -> dict:
+        """``cardamage trace``'s JSON for one neuron (read off the recorded pass) plus ``receptive_field_xyxy``.
+
+        ``receptive_field_xyxy`` is in photo pixels; ``receptive_field_input_xyxy`` in model-input pixels.
+        """
+        i = self.photo_index(params)
+        run = self.run(i)
+        layer = self._layer(run, params)
+        _, c, h, w = run.activation(layer)[0].shape
+        channel, y, x = _int(params, "channel", 0, c), _int(params, "y", 0, h), _int(params, "x", 0, w)
+        t = run.neuron(layer, channel, y, x)
+        hw = tuple(run.x.shape[2:])
+        with self._rf_lock:
+            box = receptive_field(run.model, layer, hw, y, x)
+        t["receptive_field_input_xyxy"] = list(box)
+        t["receptive_field_xyxy"] = to_photo(box, hw, run.pixels.shape)
+        return t
+
+    def photo_png(self, params) -> bytes:
+        """The photo as the page shows it (JPEG, at most ``PHOTO_MAX_SIDE``; the page maps it to photo pixels)."""
+        i = self.photo_index(params)
+        key = ("photo", i)
+        if key not in self._cache:
+            px = self.run(i).pixels
+            s = min(1.0, PHOTO_MAX_SIDE / max(px.shape[:2]))
+            img = cv2.resize(px, (round(px.shape[1] * s), round(px.shape[0] * s)), interpolation=cv2.INTER_AREA) \
+                if s < 1 else px
+            self._cache[key] = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+        return self._cache[key]
+
+    def cam(self, params) -> bytes:
+        """EigenCAM of the run's ``cam_layer`` over the photo (letterbox padding removed), as a JPEG overlay."""
+        i = self.photo_index(params)
+        key = ("cam", i)
+        if key not in self._cache:
+            run = self.run(i)
+            cam = np.asarray(run.eigencam, dtype=np.float32)
+            ih, iw = run.x.shape[2:]
+            big = cv2.resize(cam, (iw, ih), interpolation=cv2.INTER_LINEAR)
+            (px_h, px_w), gain = run.pixels.shape[:2], min(ih / run.pixels.shape[0], iw / run.pixels.shape[1])
+            top, left = round((ih - px_h * gain) / 2 - 0.1), round((iw - px_w * gain) / 2 - 0.1)
+            crop = big[top:top + round(px_h * gain), left:left + round(px_w * gain)]
+            crop = cv2.resize(crop, (px_w, px_h), interpolation=cv2.INTER_LINEAR)
+            heat = cv2.applyColorMap((np.clip(crop, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+            over = cv2.addWeighted(run.pixels, 0.5, heat, 0.5, 0)
+            s = min(1.0, PHOTO_MAX_SIDE / max(over.shape[:2]))
+            if s < 1:
+                over = cv2.resize(over, (round(px_w * s), round(px_h * s)), interpolation=cv2.INTER_AREA)
+            self._cache[key] = cv2.imencode(".jpg", over, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+        return self._cache[key]
+
+    def summary(self, params) -> dict:
+        """What the page opens on: photo shape, input shape, cam layer, class names, detection count."""
+        i = self.photo_index(params)
+        run = self.run(i)
+        return {"photo": self.photos_list()[i],
+                "photo_shape": list(run.pixels.shape), "input_shape": list(run.x.shape),
+                "cam_layer": run.cam_layer, "names": run.names, "n_detections": len(run.detections),
+                "imgsz": self.imgsz, "conf": self.conf, "threads": torch.get_num_threads()}

@@ -1,0 +1,251 @@
+// cardamage explore: the page asks the local server (same origin only) and lays out its numbers.
+// Numbers are shown as JavaScript's shortest round-trip form of the JSON value: what the API said, to the bit.
+"use strict";
+
+const state = { photo: 0, summary: null, model: [], dets: [], layer: null, channel: null, rf: null, selected: null };
+const $ = (id) => document.getElementById(id);
+
+function num(v) { return v === null || v === undefined ? "n/a" : String(v); }
+function short(v, d = 4) { return v === null || v === undefined ? "n/a" : Number(v).toPrecision(d); }
+function el(tag, attrs = {}, text) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+function setNum(id, v) { const e = $(id); e.textContent = num(v); e.dataset.value = num(v); }
+function q(params) { return new URLSearchParams(Object.assign({ photo: state.photo }, params)).toString(); }
+
+async function api(path, params = {}) {
+  const r = await fetch(`/api/${path}?${q(params)}`);
+  const body = await r.json();
+  if (!r.ok) throw new Error(body.error || r.statusText);
+  return body;
+}
+
+function status(text, st) { const s = $("status"); s.textContent = text; s.dataset.state = st; }
+
+// -- the photo, boxes and the receptive field, placed in percent of the photo so they follow its size ----------
+function place(div, xyxy) {
+  const [h, w] = state.summary.photo_shape;
+  div.style.left = `${100 * xyxy[0] / w}%`; div.style.top = `${100 * xyxy[1] / h}%`;
+  div.style.width = `${100 * (xyxy[2] - xyxy[0]) / w}%`; div.style.height = `${100 * (xyxy[3] - xyxy[1]) / h}%`;
+}
+
+const MAX_BOXES = 25;  // the best-scoring boxes are drawn (an untrained head reports hundreds); all are listed
+
+function drawBoxes() {
+  const layer = $("boxes");
+  layer.replaceChildren();
+  state.dets.forEach((d, i) => {
+    if (i >= MAX_BOXES && i !== state.selected) return;
+    const b = el("div", { class: "box", "data-index": i, title: `${d.class_name} ${short(d.score, 3)}` });
+    place(b, d.box_xyxy);
+    b.addEventListener("click", (ev) => { ev.stopPropagation(); showDetection(i); });
+    layer.appendChild(b);
+  });
+  if (state.rf) {
+    const r = el("div", { id: "rf-box", class: "rf" });
+    place(r, state.rf);
+    layer.appendChild(r);
+  }
+}
+
+function fillDetections() {
+  $("det-count").textContent = state.dets.length + (state.dets.length > MAX_BOXES ? `, the best ${MAX_BOXES} drawn` : "");
+  const body = $("detections").tBodies[0];
+  body.replaceChildren();
+  state.dets.forEach((d, i) => {
+    const tr = el("tr", { "data-index": i });
+    [i, d.class_name, short(d.score), short(d.logit), `${d.anchor.scale}, ${d.anchor.y}, ${d.anchor.x}`]
+      .forEach((v) => tr.appendChild(el("td", {}, String(v))));
+    tr.addEventListener("click", () => showDetection(i));
+    body.appendChild(tr);
+  });
+}
+
+function showDetection(i) {
+  const d = state.dets[i];
+  if (i >= MAX_BOXES && state.selected !== i) { state.selected = i; drawBoxes(); }
+  state.selected = i;
+  document.querySelectorAll(".box.selected, #detections tr.selected").forEach((e) => e.classList.remove("selected"));
+  document.querySelectorAll(`[data-index="${i}"]`).forEach((e) => e.classList.add("selected"));
+  $("detection").hidden = false;
+  $("det-title").textContent = `#${i}: ${d.class_name}, score ${num(d.score)}`;
+  const a = d.anchor;
+  $("det-anchor").textContent = `anchor ${a.index}: scale ${a.scale} (stride ${a.stride}), grid cell y=${a.y}, x=${a.x}, ` +
+    `centre (${(a.x + 0.5) * a.stride}, ${(a.y + 0.5) * a.stride}) in model-input pixels. NMS kept the class with the ` +
+    `largest score; the score is sigmoid(its logit).`;
+  const body = $("det-logits").tBodies[0];
+  body.replaceChildren();
+  d.logits.forEach((z, k) => {
+    const tr = el("tr", k === d.class_id ? { class: "chosen" } : {});
+    tr.appendChild(el("td", {}, d.names[k]));
+    tr.appendChild(el("td", { class: "num logit" }, num(z)));
+    tr.appendChild(el("td", { class: "num sigmoid" }, num(d.sigmoids[k])));
+    body.appendChild(tr);
+  });
+  $("cam-layer").textContent = state.summary.cam_layer;
+  const cam = $("cam-img");
+  const src = `/api/cam?${q({})}`;
+  if (cam.getAttribute("src") !== src) cam.src = src;
+  place($("cam-box"), d.box_xyxy);
+}
+
+// -- the forward pass ----------------------------------------------------------------------------------------
+function shape(s) { return Array.isArray(s) && typeof s[0] === "number" ? s.join("\u00d7") : JSON.stringify(s); }
+
+function fillStages(stages) {
+  const box = $("stages");
+  box.replaceChildren();
+  const byStage = {};
+  state.model.forEach((r) => { (byStage[r.stage] = byStage[r.stage] || []).push(r); });
+  box.appendChild(el("div", { class: "stage" }, `input ${shape(stages.input_shape)} (letterboxed photo, x/255)`));
+  stages.stages.forEach((s) => {
+    const row = el("div", { class: "stage" });
+    const out = s.type === "Detect" ? "head: 3 scales of logits and box distributions" : shape(s.out_shape);
+    row.appendChild(el("span", { class: "stage-name" }, `${s.path} ${s.type}`));
+    row.appendChild(el("span", { class: "shape" }, out));
+    const blocks = el("div", { class: "blocks" });
+    (byStage[s.path] || []).filter((r) => r.type !== "Detect").forEach((r) => {
+      const b = el("button", { "data-layer": r.path, title: `k ${r.kernel.join("x")}, stride ${r.stride.join("x")}, ` +
+        `${r.params} params, in ${shape(r.in_shape)}` }, `${r.path.slice(s.path.length) || "conv"} ${shape(r.out_shape.slice(1))}`);
+      b.addEventListener("click", () => showLayer(r.path));
+      blocks.appendChild(b);
+    });
+    row.appendChild(blocks);
+    box.appendChild(row);
+  });
+}
+
+function stageChoice() { return document.querySelector('input[name="stage"]:checked').value; }
+
+function showLayer(path) {
+  const r = state.model.find((m) => m.path === path);
+  state.layer = r;
+  document.querySelectorAll("#stages button.selected").forEach((b) => b.classList.remove("selected"));
+  document.querySelectorAll(`#stages button[data-layer="${path}"]`).forEach((b) => b.classList.add("selected"));
+  $("layer").hidden = false;
+  $("layer-name").textContent = path;
+  $("layer-shape").textContent = `in ${shape(r.in_shape)} \u2192 out ${shape(r.out_shape)}, kernel ${r.kernel.join("\u00d7")}, ` +
+    `stride ${r.stride.join("\u00d7")}, ${r.params} parameters`;
+  fillChannels();
+}
+
+function fillChannels() {
+  const r = state.layer, grid = $("channels"), st = stageChoice();
+  grid.replaceChildren();
+  for (let c = 0; c < r.out_shape[1]; c++) {
+    const fig = el("figure", { class: "thumb", "data-channel": c });
+    const img = el("img", { loading: "lazy", alt: `channel ${c}`, src: `/api/featuremap?${q({ layer: r.path, channel: c, stage: st })}` });
+    fig.appendChild(img);
+    fig.appendChild(el("figcaption", {}, String(c)));
+    fig.addEventListener("click", () => showChannel(c));
+    grid.appendChild(fig);
+  }
+}
+
+async function drawMap(canvasId, scaleId, channel, st) {
+  const r = await fetch(`/api/featuremap?${q({ layer: state.layer.path, channel, stage: st })}`);
+  if (!r.ok) throw new Error((await r.json()).error);
+  $(scaleId).textContent = `min ${short(r.headers.get("X-Scale-Min"))}, max ${short(r.headers.get("X-Scale-Max"))}`;
+  const bmp = await createImageBitmap(await r.blob());
+  const cv = $(canvasId);
+  cv.width = bmp.width; cv.height = bmp.height;
+  cv.getContext("2d").drawImage(bmp, 0, 0);
+  cv.dataset.ready = "1";
+}
+
+async function showChannel(c) {
+  state.channel = c;
+  $("channel").hidden = false;
+  $("channel-name").textContent = `${state.layer.path} #${c} (${state.layer.out_shape[2]}\u00d7${state.layer.out_shape[3]})`;
+  ["map-pre", "map-post"].forEach((id) => { $(id).dataset.ready = ""; });
+  try {
+    await Promise.all([drawMap("map-pre", "scale-pre", c, "pre"), drawMap("map-post", "scale-post", c, "post")]);
+  } catch (e) { status(e.message, "error"); }
+}
+
+function mapClick(ev) {
+  const cv = ev.currentTarget, rect = cv.getBoundingClientRect();
+  const x = Math.min(cv.width - 1, Math.floor((ev.clientX - rect.left) / rect.width * cv.width));
+  const y = Math.min(cv.height - 1, Math.floor((ev.clientY - rect.top) / rect.height * cv.height));
+  showNeuron(state.layer.path, state.channel, y, x);
+}
+
+function grid(title, rows) {
+  const t = el("table", { class: "grid" });
+  t.appendChild(el("caption", {}, title));
+  rows.forEach((row) => {
+    const tr = el("tr");
+    row.forEach((v) => tr.appendChild(el("td", { title: num(v) }, short(v, 3))));
+    t.appendChild(tr);
+  });
+  return t;
+}
+
+async function showNeuron(layer, channel, y, x) {
+  $("neuron").dataset.ready = "";
+  let t;
+  try { t = await api("neuron", { layer, channel, y, x }); } catch (e) { status(e.message, "error"); return; }
+  $("neuron").hidden = false;
+  $("neuron-name").textContent = `${t.layer} channel ${t.channel} at (y=${t.y}, x=${t.x})`;
+  $("neuron-n").textContent = t.n_products;
+  setNum("neuron-dot", t.dot); setNum("neuron-bias", t.bias); setNum("neuron-z", t.z_by_hand);
+  setNum("neuron-sigmoid", t.sigmoid_by_hand); setNum("neuron-silu", t.silu_by_hand);
+  setNum("neuron-fw-pre", t.framework_pre); setNum("neuron-fw", t.framework_value);
+  $("neuron-err").textContent = `z: ${short(t.abs_error_pre, 3)}, SiLU(z): ${short(t.abs_error, 3)} (relative ${short(t.rel_error, 3)})`;
+  $("neuron-rf").textContent = t.receptive_field_xyxy.map((v) => num(v)).join(" ");
+  const u = t.unfolded;
+  $("neuron-unfolded").textContent = u ? `Unfolded: conv sum ${num(u.conv_sum)}, then (sum \u2212 mean ${num(u.running_mean)}) / ` +
+    `sqrt(var ${num(u.running_var)} + eps ${num(u.eps)}) \u00b7 gamma ${num(u.gamma)} + beta ${num(u.beta)} = ${num(u.z)}: ` +
+    `the same z.` : "This block is fused: BatchNorm already sits in its weights and bias.";
+  const body = $("neuron-top").tBodies[0];
+  body.replaceChildren();
+  t.top_products.forEach((p) => {
+    const tr = el("tr");
+    [p.in_channel, p.ky, p.kx, num(p.w), num(p.x), num(p.w_times_x)].forEach((v) => tr.appendChild(el("td", {}, String(v))));
+    body.appendChild(tr);
+  });
+  const patch = $("neuron-patch");
+  patch.replaceChildren();
+  const shown = Math.min(t.patch.length, 4);
+  for (let i = 0; i < shown; i++) {
+    const pair = el("div", { class: "pair" });
+    pair.appendChild(grid(`x, in channel ${t.input_channels[0] + i}`, t.patch[i]));
+    pair.appendChild(grid(`w, in channel ${t.input_channels[0] + i}`, t.weights[i]));
+    patch.appendChild(pair);
+  }
+  if (t.patch.length > shown) patch.appendChild(el("p", { class: "hint" }, `\u2026 and ${t.patch.length - shown} more input channels (all in /api/neuron).`));
+  state.rf = t.receptive_field_xyxy;
+  drawBoxes();
+  Object.assign($("neuron").dataset, { layer: t.layer, channel: t.channel, y: t.y, x: t.x, ready: "1" });
+}
+
+// -- start ----------------------------------------------------------------------------------------------------
+async function loadPhoto(i) {
+  state.photo = i; state.rf = null; state.layer = null; state.selected = null;
+  ["detection", "layer", "channel", "neuron"].forEach((id) => { $(id).hidden = true; });
+  status("running the photo through the model (first view of a photo only)\u2026", "loading");
+  try {
+    state.summary = await api("summary");
+    const [model, stages, dets] = await Promise.all([api("model"), api("stages"), api("detections")]);
+    state.model = model; state.dets = dets;
+    $("photo-img").src = `/api/image?${q({})}`;
+    fillStages(stages); fillDetections(); drawBoxes();
+    status(`${state.summary.photo.name}: photo ${state.summary.photo_shape.slice(0, 2).join("\u00d7")}, ` +
+      `model input ${shape(state.summary.input_shape)}, ${dets.length} detections at conf ${state.summary.conf}`, "ready");
+  } catch (e) { status(e.message, "error"); }
+}
+
+async function start() {
+  const photos = await (await fetch("/api/photos")).json();
+  const sel = $("photo");
+  photos.forEach((p) => sel.appendChild(el("option", { value: p.index }, `${p.index}: ${p.name}`)));
+  sel.addEventListener("change", () => loadPhoto(Number(sel.value)));
+  document.querySelectorAll('input[name="stage"]').forEach((r) => r.addEventListener("change", () => state.layer && fillChannels()));
+  ["map-pre", "map-post"].forEach((id) => $(id).addEventListener("click", mapClick));
+  await loadPhoto(0);
+}
+
+start();
