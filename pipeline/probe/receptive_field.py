@@ -30,6 +30,9 @@ from pipeline.model.load import detection_model
 #: measured on the real input shape instead (one stopped forward pass and one input gradient, then cached).
 CANVAS = 256
 
+#: The short side of the strips a wide window is measured on (a multiple of the largest stride, 32).
+NARROW = 64
+
 _OFFSETS: dict[tuple[int, str], tuple[int, int, int, int, int, int | None]] = {}
 _MEASURED: dict[tuple, tuple[int, int, int, int]] = {}
 
@@ -109,8 +112,13 @@ def receptive_field(model, layer: str, input_hw: tuple[int, int], y: int, x: int
     if 2 * max(h, w) <= touched:  # reaches half the canvas from any neuron: sees all of a smaller input
         return 0, 0, w, h
     key = (id(net), layer, h, w, y, x)
-    if key not in _MEASURED:  # a wide window: measure this neuron on the real input shape
-        _MEASURED[key] = _window_at(net, _block(net, layer), (h, w), y, x)[:4]
+    if key not in _MEASURED:  # a wide window: measure this neuron's rows and columns on the real input size
+        block = _block(net, layer)
+        # every op (conv, pooling, upsampling) acts on rows and columns alike and independently, so the rows a
+        # neuron sees do not depend on the width: two narrow strips cost a fraction of the full input
+        _, y0, _, y1, _, _ = _window_at(net, block, (h, NARROW), y, None)
+        x0, _, x1, _, _, _ = _window_at(net, block, (NARROW, w), None, x)
+        _MEASURED[key] = (x0, y0, x1, y1)
     return _MEASURED[key]
 
 
