@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import torch
 
+from pipeline.core import runtime
 from pipeline.core.facts import sigmoid
 from pipeline.core.io import InputError
 from pipeline.probe.fold import conv_meta
@@ -102,6 +103,7 @@ class Explorer:
     """
 
     def __init__(self, yolo, photos, imgsz: int = 640, conf: float = 0.25):
+        runtime.return_freed_memory()  # runs and feature-map PNGs come and go: freed blocks go back to the OS
         self.yolo, self.imgsz, self.conf = yolo, imgsz, conf
         self.photos = [Path(p) for p in photos]
         self._runs: dict[int, PhotoRun] = {}
