@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.io import InputError, atomic_write_bytes
+from pipeline.core.io import InputError
 from pipeline.probe.channel_stats import DEAD_EPS
 from pipeline.probe.fold import conv_meta
 from pipeline.probe.trace import REL_TOL, format_trace
@@ -33,6 +33,7 @@ from pipeline.report.run import PhotoRun
 
 #: Section ids and titles, in the lesson's order (the browser test checks every one).
 TITLES = (
+    ("map", "Map: one detection, pixel to score"),
     ("input", "Input and preprocessing"),
     ("neurons", "Neurons: one neuron's arithmetic"),
     ("weights", "Weights"),
@@ -86,7 +87,57 @@ def _stride(input_shape, output_shape) -> int:
     return int(round(input_shape[-1] / output_shape[-1]))
 
 
+def _stage_rows(run: PhotoRun) -> list[dict]:
+    """The forward map as the page lists it: each stage with its part (backbone, neck, head) and its section."""
+    detect = int(run.head_path.split(".")[1]) if run.head_path else len(run.forward_map)
+    sppf = next((int(r["path"].split(".")[1]) for r in run.forward_map if r["type"] == "SPPF"), detect - 1)
+    rows = []
+    for r in run.forward_map:
+        i = int(r["path"].split(".")[1]) if r["path"] != "input" else -1
+        part, link = (("input", "input") if i < 0 else ("backbone", "hidden") if i <= sppf else
+                      ("neck", "hidden") if i < detect else ("head", "output"))
+        shape = r["out_shape"]
+        if part == "head":  # Detect: the decoded output; its branches are listed as the next stages
+            shape = shape[0] if isinstance(shape, list) and shape and isinstance(shape[0], list) else shape
+        feeds = f" (scale {run.head_inputs.index(i)})" if i in run.head_inputs else ""
+        rows.append({"path": r["path"], "type": r["type"], "part": part, "link": link,
+                     "shape": "x".join(map(str, shape)) if shape and isinstance(shape[0], int) else str(shape),
+                     "feeds": feeds})
+    return rows
+
+
+def _neuron_numbers(run: PhotoRun) -> dict:
+    """report.json's ``neuron``: the worked neuron, its z, receptive field in photo pixels, its detection."""
+    f = run.focus_info
+    return {k: f[k] for k in ("layer", "channel", "y", "x", "z", "silu_slope", "inside_box", "detection_index",
+                              "receptive_field_input", "receptive_field_xyxy")}
+
+
 # --- sections -----------------------------------------------------------------------------------
+
+
+def map_section(run: PhotoRun, files: Path, opts: Options) -> Section:
+    """The whole forward pass at a glance, with this run's shapes, down to the top box's anchor and score."""
+    head = run.record.head
+    grids = [list(t.shape[2:]) for t in head["cls_logits"]]
+    anchors = sum(h * w for h, w in grids)
+    ta = run.top_anchor
+    dfl_rows, cls_rows = [], []
+    if ta:
+        sides = ("left", "top", "right", "bottom")
+        dfl_rows = [[sides[k]] + [f"{p:.3f}" for p in ta["dfl_softmax"][k]] +
+                    [num(ta["distances"][k], 3), num(ta["distances"][k] * ta["stride"], 2)] for k in range(4)]
+        cls_rows = [[run.names.get(c, str(c)) + (" (reported)" if c == ta["class_id"] else ""),
+                     num(ta["class_logits"][c], 4), num(ta["class_sigmoid"][c], 4), num(ta["class_softmax"][c], 4)]
+                    for c in range(len(ta["class_logits"]))]
+    numbers = {"forward_map": run.forward_map, "neuron": _neuron_numbers(run), "top_anchor": ta}
+    ctx = {"stages": _stage_rows(run), "grids": grids, "strides": head["strides"], "anchors": anchors,
+           "nc": len(run.names), "reg_max": head.get("reg_max", 16), "ta": ta, "dfl_rows": dfl_rows,
+           "cls_rows": cls_rows, "n_dets": len(run.detections), "neuron": run.focus_info,
+           "top": run.detections[0] if run.detections else None, "conf": run.conf}
+    return Section("map", ctx, numbers)
+
+
 
 
 def input_section(run: PhotoRun, files: Path, opts: Options) -> Section:
@@ -105,8 +156,13 @@ def input_section(run: PhotoRun, files: Path, opts: Options) -> Section:
 
 
 def neurons_section(run: PhotoRun, files: Path, opts: Options) -> Section:
-    """One real neuron recomputed by hand: sum(w*x) + b -> SiLU, against the framework's value."""
-    tr = run.traced
+    """One real neuron on the top box's path, recomputed by hand: sum(w*x) + b -> SiLU, against the framework."""
+    tr, f = run.traced, run.focus_info
+    top = run.detections[0] if run.detections else None
+    fig = ples.plot_neuron_on_photo(
+        run.pixels, top and top["box_xyxy"], f["receptive_field_xyxy"],
+        f"{f['layer']} ch {f['channel']} at (y={f['y']}, x={f['x']}): z = {f['z']:.3f}, SiLU'(z) = {f['silu_slope']:.3f}",
+        files / "00_neuron.png")
     patch, w = np.asarray(tr["patch"]), np.asarray(tr["weights"])
     rows = [[f"{'RGB'[i] if patch.shape[0] == 3 else i}", u, v, num(patch[i, u, v]), num(w[i, u, v]),
              num(patch[i, u, v] * w[i, u, v])]
@@ -114,7 +170,8 @@ def neurons_section(run: PhotoRun, files: Path, opts: Options) -> Section:
     summary = [[num(tr[k], 6) for k in ("dot", "bias", "z_by_hand", "sigmoid_by_hand", "silu_by_hand", "framework_value")]]
     numbers = {k: v for k, v in tr.items() if k not in ("patch", "weights")}
     return Section("neurons", {"tr": tr, "trace_text": format_trace(tr), "ok": tr["rel_error"] <= REL_TOL,
-                               "rel_tol": REL_TOL, "rows": rows, "summary": summary}, {"trace": numbers})
+                               "rel_tol": REL_TOL, "rows": rows, "summary": summary, "f": f, "top": top,
+                               "figure": fig}, {"trace": numbers})
 
 
 def weights_section(run: PhotoRun, files: Path, opts: Options) -> Section:
@@ -250,8 +307,8 @@ def output_section(run: PhotoRun, files: Path, opts: Options) -> Section:
     if opts.layercam:
         lc = run.layercam(files / "layercam")
         if lc["usable"]:
-            f_layercam = atomic_write_bytes(files / "15_layercam.jpg", Path(lc["path"]).read_bytes())
-    numbers = {"detections": dets, "head_trace": head, "cam_layer": run.cam_layer,
+            f_layercam = ples.plot_layercam(lc["path"], files / "15_layercam.png")
+    numbers = {"detections": [dict(d, logits=lg) for d, lg in zip(dets, run.detection_logits)], "head_trace": head, "cam_layer": run.cam_layer,
                "layercam": lc and {"usable": lc["usable"], "heat_spread": lc["heat_spread"]}}
     return Section("output", {"conf": run.conf, "names": run.names, "rows": rows, "drows": drows, "f_logits": f_logits,
                               "f_dets": f_dets, "f_eigen": f_eigen, "f_layercam": f_layercam, "lc": lc,
@@ -287,6 +344,6 @@ def training_section(run: PhotoRun, files: Path, opts: Options) -> Section:
 
 
 #: Every section's function, in the lesson's order (ids as in ``TITLES``).
-BUILDERS = {"input": input_section, "neurons": neurons_section, "weights": weights_section, "biases": biases_section,
+BUILDERS = {"map": map_section, "input": input_section, "neurons": neurons_section, "weights": weights_section, "biases": biases_section,
             "activations": activations_section, "hidden": hidden_section, "output": output_section,
             "training": training_section}

@@ -200,8 +200,44 @@ def plot_detections(image_bgr: np.ndarray, detections: list[dict], path, max_box
         ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2, color=color))
         ax.text(x0, y0, f"{d['class_name']} {d['score']:.2f} (logit {d['logit']:+.2f})", fontsize=7,
                 color="white", va="bottom", bbox=dict(facecolor=color, alpha=0.8, pad=1, lw=0))
-    ax.set_title(f"{len(detections)} detections; score = sigmoid(logit)" if detections else
+    n = len(detections)
+    ax.set_title(f"{n} detection{'' if n == 1 else 's'}; score = sigmoid(logit)" if detections else
                  "no detection above the confidence threshold", fontsize=9)
+    ax.axis("off")
+    return _save(fig, path)
+
+
+def plot_neuron_on_photo(image_bgr: np.ndarray, box, field, label: str, path) -> Path:
+    """The photo with the top box (if any) and the worked neuron's receptive field and centre, photo pixels."""
+    h, w = image_bgr.shape[:2]
+    fig, ax = plt.subplots(figsize=(6, 6 * h / max(w, 1)))
+    imshow_photo(ax, image_bgr)
+    if box is not None:
+        x0, y0, x1, y1 = box
+        ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2, color="tab:red", label="top box"))
+    x0, y0, x1, y1 = field
+    ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=True, alpha=0.25, lw=2, ec="yellow", fc="yellow",
+                               label="what the neuron sees"))
+    ax.plot([(x0 + x1) / 2], [(y0 + y1) / 2], "+", color="black", ms=12, mew=2)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(label, fontsize=9)
+    ax.axis("off")
+    return _save(fig, path)
+
+
+def plot_layercam(overlay_path, path) -> Path:
+    """Ultralytics' LayerCAM JPEG (jet heat blended half and half with the input) with the jet colour bar."""
+    import cv2
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    img = cv2.imread(str(overlay_path))
+    h, w = img.shape[:2]
+    fig, ax = plt.subplots(figsize=(6, 6 * h / max(w, 1)))
+    ax.imshow(img[..., ::-1])
+    fig.colorbar(ScalarMappable(Normalize(0, 1), "jet"), ax=ax, shrink=0.8,
+                 label="LayerCAM heat, normalised to [0, 1] (shown at 50% over the input)")
+    ax.set_title("Ultralytics' LayerCAM (predict visualize=True)", fontsize=9)
     ax.axis("off")
     return _save(fig, path)
 
@@ -250,7 +286,8 @@ def plot_head_logits(cls_logits: list, strides: list, path, detections: list[dic
     for d in detections or []:
         a2.plot([d["logit"]], [d["sigmoid_by_hand"]], "o", color="tab:red", ms=4)
     if detections:
-        a2.plot([], [], "o", color="tab:red", label=f"{len(detections)} reported boxes")
+        n = len(detections)
+        a2.plot([], [], "o", color="tab:red", label=f"{n} reported box{'' if n == 1 else 'es'}")
     a2.set_xlabel("logit")
     a2.set_ylabel("score")
     a2.set_title("logit -> sigmoid -> score (no softmax: one independent sigmoid per class)", fontsize=9)
