@@ -152,7 +152,7 @@ def test_thread_of_the_top_detection(reports):
     r = reports["trained"]
     n = r["numbers"]
     net = load_model(r["weights"]).model.eval()
-    x, meta = model_input(read_image(r["image"]), imgsz=IMGSZ)
+    x, _ = model_input(read_image(r["image"]), imgsz=IMGSZ)
     shapes, logits, bins = {}, {}, {}
 
     def shape_of(o):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.io import InputError
+from pipeline.core.io import InputError, atomic_write_bytes
 from pipeline.probe.channel_stats import DEAD_EPS
 from pipeline.probe.fold import conv_meta
 from pipeline.probe.trace import REL_TOL, format_trace
@@ -183,10 +183,8 @@ def neurons_section(run: PhotoRun, files: Path, opts: Options) -> Section:
     """One real neuron on the top box's path, recomputed by hand: sum(w*x) + b -> SiLU, against the framework."""
     tr, f = run.traced, run.focus_info
     top = run.detections[0] if run.detections else None
-    fig = ples.plot_neuron_on_photo(
-        run.pixels, top and top["box_xyxy"], f["receptive_field_xyxy"],
-        f"{f['layer']} ch {f['channel']} at (y={f['y']}, x={f['x']}): z = {f['z']:.3f}, SiLU'(z) = {f['silu_slope']:.3f}",
-        files / "00_neuron.png")
+    fig = ples.plot_neuron_on_photo(run.pixels, top and top["box_xyxy"], f["receptive_field_xyxy"],
+                                    files / "00_neuron.jpg")
     patch, w = np.asarray(tr["patch"]), np.asarray(tr["weights"])
     rows = [[f"{'RGB'[i] if patch.shape[0] == 3 else i}", u, v, num(patch[i, u, v]), num(w[i, u, v]),
              num(patch[i, u, v] * w[i, u, v])]
@@ -331,7 +329,7 @@ def output_section(run: PhotoRun, files: Path, opts: Options) -> Section:
     if opts.layercam:
         lc = run.layercam(files / "layercam")
         if lc["usable"]:
-            f_layercam = ples.plot_layercam(lc["path"], files / "15_layercam.png")
+            f_layercam = atomic_write_bytes(files / "15_layercam.jpg", Path(lc["path"]).read_bytes())
     numbers = {"detections": [dict(d, logits=lg) for d, lg in zip(dets, run.detection_logits)], "head_trace": head, "cam_layer": run.cam_layer,
                "layercam": lc and {"usable": lc["usable"], "heat_spread": lc["heat_spread"]}}
     return Section("output", {"conf": run.conf, "names": run.names, "rows": rows, "drows": drows, "f_logits": f_logits,
