@@ -6,6 +6,7 @@ browser test opens the page from file:// in Debian's Chromium through Playwright
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
@@ -62,8 +63,13 @@ def test_page_structure_is_offline_and_complete(reports, kind):
     assert ids == [sid for sid, _ in SECTIONS]  # every section, in the lesson's order
     srcs = re.findall(r'<img src="([^"]+)"', html)
     assert len(srcs) >= 15
-    for src in srcs:
-        assert src.startswith(f"{FILES}/") and (r["out"] / src).stat().st_size > 1000, src
+    for src in srcs:  # one file: every picture embedded (the page never points into report_files/)
+        head, _, data = src.partition(",")
+        assert head in ("data:image/png;base64", "data:image/jpeg;base64"), src[:40]
+        assert len(base64.b64decode(data)) > 1000
+    assert f'"{FILES}/' not in html
+    assert r["html_path"].stat().st_size <= 6_000_000
+    assert (r["out"] / FILES / "report.json").is_file()
     assert not re.search(r'(?:src|href)="(?:https?:)?//', html)  # no CDN, nothing remote
     assert "<script" not in html
     assert not list(r["out"].glob(".report.html*"))  # atomic write left no temp file
@@ -88,26 +94,111 @@ def test_page_names_image_and_weights_with_hashes(reports, kind):
         assert "untrained" in r["html"]
 
 
+def hooked_z(net, x, layer: str) -> torch.Tensor:
+    """z (the BatchNorm output, before SiLU) of one Conv block, from a forward hook of our own."""
+    got = {}
+    bn = dict(net.named_modules())[layer].bn
+    handle = bn.register_forward_hook(lambda m, i, o: got.update(z=o.detach().clone()))  # before SiLU (in place)
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        handle.remove()
+    return got["z"][0].double()
+
+
+def silu_slope_by_autograd(z: float) -> float:
+    t = torch.tensor(z, dtype=torch.float64, requires_grad=True)
+    torch.nn.functional.silu(t).backward()
+    return float(t.grad)
+
+
 def test_traced_neuron_is_the_model_value(reports):
-    """The page's neuron (untrained yaml, rebuilt with the same seed) recomputed here with torch."""
+    """The page's neuron (untrained yaml, rebuilt with the same seed) recomputed here with torch: without a
+    detection it is the strongest neuron of model.4.cv1 where SiLU bends (|z| <= 3, SiLU' <= 0.8)."""
     from pipeline.data.preprocess import model_input
 
     r = reports["untrained"]
-    t = r["numbers"]["trace"]
+    t, nr = r["numbers"]["trace"], r["numbers"]["neuron"]
     torch.manual_seed(0)
     net = load_model("yolov8n.yaml", nc=6).model.eval()
     x, _ = model_input(r["image"], imgsz=IMGSZ)
-    with torch.no_grad():
-        z = net.model[0].bn(net.model[0].conv(x))[0, t["channel"], t["y"], t["x"]]
-    assert t["layer"] == "model.0"
+    zmap = hooked_z(net, x, "model.4.cv1")
+    z = zmap[t["channel"], t["y"], t["x"]]
+    assert t["layer"] == nr["layer"] == "model.4.cv1" and nr["detection_index"] is None
     assert t["z_by_hand"] == pytest.approx(float(z), rel=1e-5, abs=1e-6)
     assert t["silu_by_hand"] == pytest.approx(float(torch.nn.functional.silu(z)), rel=1e-5, abs=1e-6)
-    # the strongest channel of the first layer, at its largest output
-    with torch.no_grad():
-        a = torch.nn.functional.silu(net.model[0].bn(net.model[0].conv(x)))[0]
-    assert t["channel"] == int((a**2).mean(dim=(1, 2)).argmax())
-    assert float(a[t["channel"], t["y"], t["x"]]) == pytest.approx(float(a[t["channel"]].max()))
+    slope = silu_slope_by_autograd(float(z))
+    assert abs(float(z)) <= 3 and slope <= 0.8 + 1e-9 and nr["silu_slope"] == pytest.approx(slope, abs=1e-5)
+    zr = zmap.clone().requires_grad_(True)
+    torch.nn.functional.silu(zr).sum().backward()  # every SiLU'(z) of the layer, by autograd
+    bends = (zmap.abs() <= 3) & (zr.grad <= 0.8)
+    a = torch.nn.functional.silu(zmap)
+    assert float(a[t["channel"], t["y"], t["x"]]) == pytest.approx(float(a[bends].max()), abs=1e-6)
+    assert "no detection on this photo" in r["html"]
     assert f"{t['z_by_hand']:.6f}" in r["html"]
+
+
+def test_thread_of_the_top_detection(reports):
+    """Every claim of the map and the worked neuron on the trained checkpoint, against our own hooks, torch and
+    Ultralytics' predict: forward-map shapes, the neuron in the box and bending, sigmoids, softmax, DFL box, score."""
+    from ultralytics.nn.modules.head import Detect
+    from ultralytics.utils.ops import scale_boxes
+
+    from pipeline.core.io import read_image
+    from pipeline.data.preprocess import model_input
+    from pipeline.model.predict import predict_images
+
+    r = reports["trained"]
+    n = r["numbers"]
+    net = load_model(r["weights"]).model.eval()
+    x, _ = model_input(read_image(r["image"]), imgsz=IMGSZ)
+    shapes, logits, bins = {}, {}, {}
+
+    def shape_of(o):
+        return list(o.shape) if isinstance(o, torch.Tensor) else [shape_of(v) for v in o] if isinstance(o, (list, tuple)) \
+            else {k: shape_of(v) for k, v in o.items()} if isinstance(o, dict) else None
+
+    handles = [m.register_forward_hook(lambda mod, i, o, k=f"model.{j}": shapes.update({k: shape_of(o)}))
+               for j, m in enumerate(net.model)]
+    detect = next(m for m in net.modules() if isinstance(m, Detect))
+    for s in range(detect.nl):
+        handles.append(detect.cv3[s][-1].register_forward_hook(lambda m, i, o, s=s: logits.update({s: o.detach()})))
+        handles.append(detect.cv2[s][-1].register_forward_hook(lambda m, i, o, s=s: bins.update({s: o.detach()})))
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    fmap = n["forward_map"]
+    assert fmap[0] == {"path": "input", "type": "Tensor", "out_shape": list(x.shape)}
+    assert [(f["path"], f["out_shape"]) for f in fmap[1:]] == list(shapes.items())
+    assert "2,100 anchors" in r["html"]  # 40x40 + 20x20 + 10x10 at 320 px
+
+    top = n["output"]["detections"][0]
+    ta = n["top_anchor"]
+    mine = logits[ta["scale"]][0, :, ta["grid_y"], ta["grid_x"]].double()
+    assert ta["class_logits"] == pytest.approx(mine.tolist(), abs=1e-4) and top["logits"] == pytest.approx(mine.tolist(), abs=1e-4)
+    assert ta["class_sigmoid"] == pytest.approx(torch.sigmoid(mine).tolist(), abs=1e-5)
+    assert ta["class_softmax"] == pytest.approx(torch.softmax(mine, 0).tolist(), abs=1e-5)
+    theirs = predict_images(load_model(r["weights"]), [read_image(r["image"])], conf=0.25, imgsz=IMGSZ)[0][0]
+    assert ta["score"] == pytest.approx(theirs["score"], abs=1e-5) and ta["class_id"] == theirs["class_id"]
+    dfl = bins[ta["scale"]][0, :, ta["grid_y"], ta["grid_x"]].double().view(4, -1)
+    for got, want in zip(ta["dfl_softmax"], torch.softmax(dfl, 1).tolist()):
+        assert got == pytest.approx(want, abs=1e-5)
+    box = scale_boxes(x.shape[2:], torch.tensor([ta["box_xyxy_input"]]), read_image(r["image"]).shape)[0]
+    assert box.tolist() == pytest.approx(theirs["box_xyxy"], abs=0.05)  # DFL by hand = predict's box
+
+    nr = n["neuron"]
+    assert nr["detection_index"] == 0 and nr["inside_box"]
+    x0, y0, x1, y1 = nr["receptive_field_xyxy"]
+    bx0, by0, bx1, by1 = top["box_xyxy"]
+    assert bx0 <= (x0 + x1) / 2 <= bx1 and by0 <= (y0 + y1) / 2 <= by1  # it looks inside the box
+    z = float(hooked_z(net, x, nr["layer"])[nr["channel"], nr["y"], nr["x"]])
+    assert nr["z"] == pytest.approx(z, abs=1e-4) and abs(z) <= 3
+    assert abs(silu_slope_by_autograd(z) - 1) >= 0.15  # SiLU visibly bends here
+    assert n["training"]["sgd_step"]["z"] == pytest.approx(n["trace"]["z_by_hand"], abs=1e-12)
 
 
 def test_detections_and_head_numbers_match_ultralytics(reports):
@@ -194,6 +285,9 @@ def test_report_in_chromium(reports, tmp_path):
     for kind in ("trained", "untrained"):
         r = reports[kind]
         errors, remote = [], []
+        alone = tmp_path / kind
+        alone.mkdir()
+        html_path = Path(shutil.copy(r["html_path"], alone / "report.html"))  # the page alone, no report_files/
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
@@ -201,18 +295,21 @@ def test_report_in_chromium(reports, tmp_path):
                 page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
                 page.on("pageerror", lambda e: errors.append(str(e)))
                 page.on("request", lambda q: remote.append(q.url) if not q.url.startswith(("file://", "data:")) else None)
-                page.goto(r["html_path"].resolve().as_uri())
+                page.goto(html_path.resolve().as_uri())
                 page.wait_for_load_state("load")
                 images = page.evaluate(
                     "Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
                 present = page.evaluate(f"{[s for s, _ in SECTIONS]}.filter(id => document.getElementById(id))")
                 shot = tmp_path / f"report_{kind}.png"
                 page.screenshot(path=str(shot))
+                page.set_viewport_size({"width": 390, "height": 844})  # a phone: no sideways scrolling
+                narrow = page.evaluate("document.scrollingElement.scrollWidth")
             finally:
                 browser.close()
         assert len(images) >= 15
         assert all(done and width > 0 for _, done, width in images), [i for i in images if not i[2]]
         assert present == [s for s, _ in SECTIONS]
+        assert narrow <= 390, narrow
         assert errors == [] and remote == []
         assert shot.stat().st_size > 10_000
         shutil.copy(shot, tmp_path / f"last_{kind}.png")

@@ -23,7 +23,7 @@ from pipeline.report.run import PhotoRun
 from pipeline.report.sections import BUILDERS, Options
 
 IMGSZ = 160
-NO_GRADIENT = ("input", "neurons", "weights", "biases", "activations", "hidden", "output")
+NO_GRADIENT = ("map", "input", "neurons", "weights", "biases", "activations", "hidden", "output")
 
 
 @pytest.fixture(scope="module")

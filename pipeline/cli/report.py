@@ -1,22 +1,23 @@
-"""Write an offline HTML report that walks one photo through YOLOv8: input -> neurons -> ... -> training.
+"""Write an offline HTML report that walks one photo through YOLOv8: map -> input -> ... -> training.
 
-One page, ``OUT/report.html``, with its pictures in ``OUT/report_files/`` (no CDN, no script, opens
-from ``file://``), in the order of the lesson::
+One file, ``OUT/report.html``, its pictures embedded (no CDN, no script, opens from ``file://`` alone,
+fits a phone screen), in the order of the lesson::
 
-    input       the exact model input (letterbox, x/255), its per-channel numbers
-    neurons     one real neuron recomputed by hand: sum(w*x) + b -> SiLU, against the framework
+    map         the forward pass with this run's shapes, down to the top box's DFL bins and class sigmoids
+    input       the exact model input (letterbox, x/255), scalings, |z| > 3 outliers (padding apart)
+    neurons     a neuron on the top box's path where SiLU bends, by hand, with its receptive field
     weights     raw vs BatchNorm-folded conv weights, parameter counts per layer
     biases      BatchNorm folding: where a YOLOv8 neuron's bias lives
     activations seven activation functions over the real pre-activations of a YOLOv8 layer
     hidden      feature maps (top channels by energy), pre vs post SiLU, filters
     output      class logits -> sigmoid scores, detections with score and logit, CAM
-    training    gradient flow per activation, one SGD step on the traced neuron, scaling and outliers
+    training    gradient flow per activation (relative to the output layer), one SGD step on that neuron
 
 The photo is decoded once and run once through a fused copy of the model (``pipeline.report.run``);
 the neuron, the detections and their logits are read off that one pass, and only the gradient lesson and
 LayerCAM run the network again. Every number is computed by the modules that own it (``preprocess``,
 ``recorder``, ``trace``, ``activations``, ``gradients``); the report only lays them out. It also writes
-``OUT/report_files/report.json`` with those numbers. The page names the image and the weights (path and
+``OUT/report_files/report.json`` with those numbers (and a copy of each figure). The page names the image and the weights (path and
 sha256 prefix).
 
 Examples:

@@ -1,5 +1,7 @@
 """Render the report page from Jinja2 templates (shipped in ``pipeline/report/templates``), autoescaped.
 
+Figures are embedded as ``data:`` URIs (the ``src`` filter): the page is one file.
+
 Sections hand plain values (strings, numbers, table rows, figure paths) to their template; every value
 printed with ``{{ }}`` is escaped with ``html.escape(quote=True)`` (``&quot;``, ``&#x27;``), the same
 escaping the page has always had, so no photo name or class name can become markup.
@@ -13,6 +15,7 @@ Examples:
 
 from __future__ import annotations
 
+import base64
 import html
 import math
 from pathlib import Path
@@ -21,7 +24,7 @@ import jinja2
 import numpy as np
 from markupsafe import Markup
 
-#: Folder beside report.html that holds the figures and report.json.
+#: Folder beside report.html that holds report.json and a copy of each figure (the page embeds its own).
 FILES = "report_files"
 
 
@@ -50,9 +53,14 @@ def is_number(cell) -> bool:
         return False
 
 
+_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
+
+
 def figure_src(path) -> str:
-    """A figure's address relative to report.html."""
-    return f"{FILES}/{Path(path).name}"
+    """A figure as a ``data:`` URI, so report.html alone carries every picture (copy it anywhere, it opens)."""
+    path = Path(path)
+    return f"data:{_MIME.get(path.suffix.lower(), 'application/octet-stream')};base64," + base64.b64encode(
+        path.read_bytes()).decode("ascii")
 
 
 def _escape(value):

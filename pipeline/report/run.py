@@ -41,10 +41,12 @@ from pipeline.model.detections import detection_dicts
 from pipeline.model.load import detection_model, model_stride
 from pipeline.probe.fold import conv_params, param_counts
 from pipeline.probe.layers import conv_blocks, detect_head
+from pipeline.probe.receptive_field import receptive_field, to_photo
 from pipeline.probe.recorder import LayerRecorder
 from pipeline.probe.statistics import record_statistics
 from pipeline.probe.trace import head_detections, head_nms, trace_recorded
 from pipeline.report.cam import eigencam, layercam
+from pipeline.report.thread import NEURON_LAYERS, anchor_detail, choose_neuron, forward_map, silu_slope
 
 
 class PhotoRun:
@@ -154,13 +156,35 @@ class PhotoRun:
                               channel, y, x)
 
     @cached_property
+    def neuron_layer(self) -> str:
+        """The layer of the lesson's neuron: mid-backbone (``thread.NEURON_LAYERS``, first present)."""
+        return next((p for p in NEURON_LAYERS if p in self.record.activations), self.paths[1])
+
+    @cached_property
     def focus(self) -> tuple[str, int, int, int]:
-        """The lesson's neuron: the stem's most energetic channel (mean a^2), where it fires most."""
-        stem = self.paths[0]
-        a = self.activation(stem)[1][0]
-        ch = int((a.double() ** 2).mean(dim=(1, 2)).argmax())
-        y, x = divmod(int(a[ch].argmax()), a.shape[-1])
-        return stem, ch, y, x
+        """The lesson's neuron, on the top detection's path: ``thread.choose_neuron`` on ``neuron_layer``.
+
+        Inside the top box (cells whose centre lies in it), where SiLU bends (|z| <= 3, SiLU'(z) <= 0.8), in
+        the channel firing most in the box; without a detection, the strongest bending neuron of the map.
+        """
+        return self.focus_info["layer"], self.focus_info["channel"], self.focus_info["y"], self.focus_info["x"]
+
+    @cached_property
+    def focus_info(self) -> dict:
+        """The lesson's neuron and where it looks: ``{layer, channel, y, x, z, silu_slope, inside_box,
+        detection_index, receptive_field_input, receptive_field_xyxy}`` (the last in photo pixels)."""
+        layer = self.neuron_layer
+        z, a = self.activation(layer)
+        stride = self.x.shape[-1] / z.shape[-1]
+        kept = self._kept[0]
+        ch, y, x, inside = choose_neuron(z[0], a[0], stride, kept[0, :4].tolist() if len(kept) else None)
+        hw = tuple(self.x.shape[2:])
+        rf = receptive_field(self.net, layer, hw, y, x)  # autograd to this layer only; the head never runs
+        zz = float(z[0, ch, y, x])
+        return {"layer": layer, "channel": ch, "y": y, "x": x, "z": zz, "stride": stride,
+                "silu_slope": float(silu_slope(torch.tensor(zz, dtype=torch.float64))), "inside_box": inside,
+                "detection_index": 0 if inside else None, "receptive_field_input": list(rf),
+                "receptive_field_xyxy": to_photo(rf, hw, self.pixels.shape)}
 
     @cached_property
     def traced(self) -> dict:
@@ -205,6 +229,21 @@ class PhotoRun:
         raw = torch.cat([t.flatten(2) for t in self.record.head["cls_logits"]], 2)[0]  # nc x anchors, as Detect
         logits = raw[kept[:, 5].long(), idxs.long()] if len(kept) else kept[:, 4]
         return detection_dicts(boxes, kept[:, 4], kept[:, 5], logits, self.names)
+
+    @cached_property
+    def forward_map(self) -> list[dict]:
+        """The input, then every top-level layer with the shape it produced (``thread.forward_map``)."""
+        return forward_map(self.x.shape, self.record.stages)
+
+    @cached_property
+    def detection_logits(self) -> list[list[float]]:
+        """Every class logit at each reported box's anchor (the head's raw outputs before the sigmoid)."""
+        return [d["all_logits"] for d in self.head_trace]
+
+    @cached_property
+    def top_anchor(self) -> dict | None:
+        """The top box's anchor opened up (``thread.anchor_detail``), or ``None`` without detections."""
+        return anchor_detail(self.record.head, self.head_trace[0]) if self.head_trace else None
 
     @cached_property
     def head_trace(self) -> list[dict]:

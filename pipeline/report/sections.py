@@ -33,16 +33,18 @@ from pipeline.report.run import PhotoRun
 
 #: Section ids and titles, in the lesson's order (the browser test checks every one).
 TITLES = (
-    ("input", "Input and preprocessing"),
+    ("map", "Map: one detection, pixel to score"),
+    ("input", "Input: preprocessing, scaling and outliers"),
     ("neurons", "Neurons: one neuron's arithmetic"),
     ("weights", "Weights"),
     ("biases", "Biases: BatchNorm folding"),
     ("activations", "Activations"),
     ("hidden", "Hidden layers: feature maps and filters"),
     ("output", "Output: logits, sigmoid scores, detections, CAM"),
-    ("training", "Training: gradients, one SGD step, scaling and outliers"),
+    ("training", "Training: gradient flow and one SGD step"),
 )
-STATS_HEADER = ["layer", "mean z", "std z", "min z", "max z", "z < 0", "|a| ~ 0 (dead)", "mean SiLU(z)"]
+STATS_HEADER = ["layer", "mean z", "std z", "min z", "max z", "z < 0 (ReLU would pass 0)", "|SiLU(z)| ~ 0",
+                "mean SiLU(z)"]
 
 
 @dataclass
@@ -86,27 +88,103 @@ def _stride(input_shape, output_shape) -> int:
     return int(round(input_shape[-1] / output_shape[-1]))
 
 
+def _stage_rows(run: PhotoRun) -> list[dict]:
+    """The forward map as the page lists it: each stage with its part (backbone, neck, head) and its section."""
+    detect = int(run.head_path.split(".")[1]) if run.head_path else len(run.forward_map)
+    sppf = next((int(r["path"].split(".")[1]) for r in run.forward_map if r["type"] == "SPPF"), detect - 1)
+    rows = []
+    for r in run.forward_map:
+        i = int(r["path"].split(".")[1]) if r["path"] != "input" else -1
+        part, link = (("input", "input") if i < 0 else ("backbone", "hidden") if i <= sppf else
+                      ("neck", "hidden") if i < detect else ("head", "output"))
+        shape = r["out_shape"]
+        if part == "head":  # Detect: the decoded output; its branches are listed as the next stages
+            shape = shape[0] if isinstance(shape, list) and shape and isinstance(shape[0], list) else shape
+        feeds = f" (scale {run.head_inputs.index(i)})" if i in run.head_inputs else ""
+        rows.append({"path": r["path"], "type": r["type"], "part": part, "link": link,
+                     "shape": "x".join(map(str, shape)) if shape and isinstance(shape[0], int) else str(shape),
+                     "feeds": feeds})
+    return rows
+
+
+def _neuron_numbers(run: PhotoRun) -> dict:
+    """report.json's ``neuron``: the worked neuron, its z, receptive field in photo pixels, its detection."""
+    f = run.focus_info
+    return {k: f[k] for k in ("layer", "channel", "y", "x", "z", "silu_slope", "inside_box", "detection_index",
+                              "receptive_field_input", "receptive_field_xyxy")}
+
+
 # --- sections -----------------------------------------------------------------------------------
 
 
+def map_section(run: PhotoRun, files: Path, opts: Options) -> Section:
+    """The whole forward pass at a glance, with this run's shapes, down to the top box's anchor and score."""
+    head = run.record.head
+    grids = [list(t.shape[2:]) for t in head["cls_logits"]]
+    anchors = sum(h * w for h, w in grids)
+    ta = run.top_anchor
+    dfl_rows, cls_rows = [], []
+    if ta:
+        sides = ("left", "top", "right", "bottom")
+        dfl_rows = [[sides[k]] + [f"{p:.3f}" for p in ta["dfl_softmax"][k]] +
+                    [num(ta["distances"][k], 3), num(ta["distances"][k] * ta["stride"], 2)] for k in range(4)]
+        cls_rows = [[run.names.get(c, str(c)) + (" (reported)" if c == ta["class_id"] else ""),
+                     num(ta["class_logits"][c], 4), num(ta["class_sigmoid"][c], 4), num(ta["class_softmax"][c], 4)]
+                    for c in range(len(ta["class_logits"]))]
+    numbers = {"forward_map": run.forward_map, "neuron": _neuron_numbers(run), "top_anchor": ta}
+    ctx = {"stages": _stage_rows(run), "grids": grids, "strides": head["strides"], "anchors": anchors,
+           "nc": len(run.names), "reg_max": head.get("reg_max", 16), "ta": ta, "dfl_rows": dfl_rows,
+           "cls_rows": cls_rows, "n_dets": len(run.detections), "neuron": run.focus_info,
+           "top": run.detections[0] if run.detections else None, "conf": run.conf}
+    return Section("map", ctx, numbers)
+
+
+
+
+def _scaling_rows(run: PhotoRun) -> tuple[list[list], list[float]]:
+    """Per channel: x/255's range, how far min-max moves it, z-score's mean/std and the largest |z| reachable."""
+    x = run.x[0].double().flatten(1)
+    lo, hi = x.min(1).values, x.max(1).values
+    moved = ((x - lo[:, None]) / (hi - lo).clamp(min=1e-12)[:, None] - x).abs().max(1).values
+    z = run.scalings["zscore"]
+    rows, bounds = [], []
+    for i, c in enumerate(run.scalings["channels"]):
+        m, sd = z["mean_used"][i], z["std_used"][i]
+        bound = max(m, 1 - m) / sd if sd > 0 else float("inf")
+        bounds.append(bound)
+        rows.append([c, num(float(lo[i])), num(float(hi[i])), num(float(moved[i])), num(m), num(sd), num(bound, 3),
+                     f"{100 * z['frac_abs_z_gt_3'][i]:.2f}%"])
+    return rows, bounds
+
+
 def input_section(run: PhotoRun, files: Path, opts: Options) -> Section:
-    """The letterbox and the exact model input, with its per-channel numbers."""
+    """The letterbox and the exact model input, its per-channel numbers, the three scalings and the outliers."""
     name = run.source.name if run.source else "photo"
     d = run.scalings["divide255"]
     rows = [[c, num(d["min"][i]), num(d["max"][i]), num(d["mean"][i]), num(d["std"][i])]
             for i, c in enumerate(run.scalings["channels"])]
     fig = pin.plot_letterbox(run.pixels, run.x, run.meta, files / "01_letterbox.png", title=name)
     m, o = run.meta, run.outliers
+    srows, bounds = _scaling_rows(run)
+    f_hist = pin.plot_scaling_histograms(run.scalings, files / "02_scalings.png")
+    content = o["count"] - o.get("in_padding", 0)
+    f_outl = pin.plot_outlier_mask(run.x, o, files / "03_outliers.png") if content else None
     numbers = {"shape": list(run.x.shape), "ratio": m.get("ratio"), "pad": m.get("pad"), "orig_shape": m.get("orig_shape"),
-               "divide255": {k: d[k] for k in ("min", "max", "mean", "std")},
-               "outliers": {k: o[k] for k in ("count", "fraction", "threshold", "bright_count", "dark_count")}}
+               "divide255": {k: d[k] for k in ("min", "max", "mean", "std")}, "max_abs_z_possible": bounds,
+               "outliers": {k: o[k] for k in ("count", "fraction", "threshold", "bright_count", "dark_count")} |
+               {"in_padding": o.get("in_padding", 0), "in_photo": content}}
     return Section("input", {"name": name, "meta": m, "pad": m.get("pad", {}), "ratio": num(m["ratio"]),
-                             "shape": tuple(run.x.shape), "rows": rows, "figure": fig}, {"input": numbers})
+                             "shape": tuple(run.x.shape), "rows": rows, "figure": fig, "srows": srows,
+                             "bound": max(bounds), "f_hist": f_hist, "f_outl": f_outl, "outl": o, "content": content},
+                   {"input": numbers})
 
 
 def neurons_section(run: PhotoRun, files: Path, opts: Options) -> Section:
-    """One real neuron recomputed by hand: sum(w*x) + b -> SiLU, against the framework's value."""
-    tr = run.traced
+    """One real neuron on the top box's path, recomputed by hand: sum(w*x) + b -> SiLU, against the framework."""
+    tr, f = run.traced, run.focus_info
+    top = run.detections[0] if run.detections else None
+    fig = ples.plot_neuron_on_photo(run.pixels, top and top["box_xyxy"], f["receptive_field_xyxy"],
+                                    files / "00_neuron.jpg")
     patch, w = np.asarray(tr["patch"]), np.asarray(tr["weights"])
     rows = [[f"{'RGB'[i] if patch.shape[0] == 3 else i}", u, v, num(patch[i, u, v]), num(w[i, u, v]),
              num(patch[i, u, v] * w[i, u, v])]
@@ -114,7 +192,8 @@ def neurons_section(run: PhotoRun, files: Path, opts: Options) -> Section:
     summary = [[num(tr[k], 6) for k in ("dot", "bias", "z_by_hand", "sigmoid_by_hand", "silu_by_hand", "framework_value")]]
     numbers = {k: v for k, v in tr.items() if k not in ("patch", "weights")}
     return Section("neurons", {"tr": tr, "trace_text": format_trace(tr), "ok": tr["rel_error"] <= REL_TOL,
-                               "rel_tol": REL_TOL, "rows": rows, "summary": summary}, {"trace": numbers})
+                               "rel_tol": REL_TOL, "rows": rows, "summary": summary, "f": f, "top": top,
+                               "figure": fig}, {"trace": numbers})
 
 
 def weights_section(run: PhotoRun, files: Path, opts: Options) -> Section:
@@ -251,42 +330,43 @@ def output_section(run: PhotoRun, files: Path, opts: Options) -> Section:
         lc = run.layercam(files / "layercam")
         if lc["usable"]:
             f_layercam = atomic_write_bytes(files / "15_layercam.jpg", Path(lc["path"]).read_bytes())
-    numbers = {"detections": dets, "head_trace": head, "cam_layer": run.cam_layer,
+    numbers = {"detections": [dict(d, logits=lg) for d, lg in zip(dets, run.detection_logits)], "head_trace": head, "cam_layer": run.cam_layer,
                "layercam": lc and {"usable": lc["usable"], "heat_spread": lc["heat_spread"]}}
     return Section("output", {"conf": run.conf, "names": run.names, "rows": rows, "drows": drows, "f_logits": f_logits,
                               "f_dets": f_dets, "f_eigen": f_eigen, "f_layercam": f_layercam, "lc": lc,
                               "cam_layer": run.cam_layer}, {"output": numbers})
 
 
+def _flow_rows(real: dict, comp: dict) -> tuple[list[list], dict]:
+    """The gradient table and each model's stem gradient relative to its output layer's."""
+    silu0 = comp["silu"]["mean_abs_grad"][0] if "silu" in comp else None
+    rows, ratio = [], {}
+    for key, name, fl in [("these weights", "these weights (SiLU)", real)] + [(k, f"fresh init, {k}", v) for k, v in comp.items()]:
+        gr = fl["mean_abs_grad"]
+        ratio[key] = float(ples.relative_to_output(gr)[0])
+        rows.append([name, num(fl["loss"]), ", ".join(f"{n} {num(v)}" for n, v in zip(fl["loss_names"], fl["loss_items"])),
+                     num(gr[0]), num(gr[-1]), num(ratio[key], 3),
+                     num(gr[0] / silu0, 3) if silu0 and name.startswith("fresh") else ""])
+    return rows, ratio
+
+
 def training_section(run: PhotoRun, files: Path, opts: Options) -> Section:
-    """Gradient flow per activation, one SGD step on the traced neuron, input scaling and outliers."""
+    """Gradient flow per activation (relative to the output layer's) and one SGD step on the worked neuron."""
     g = run.gradients(opts.grad_imgsz, opts.grad_batch, opts.seed)
     real, comp = g["real"], g["variants"]
     f_flow = ples.plot_gradient_flow(comp, files / "10_gradient_flow.png", real=real, real_label="these weights (SiLU)")
     step = run.sgd_step(lr=0.01)
-    stem, ch, yy, xx = run.focus
-    f_step = ples.plot_sgd_step(step, files / "11_sgd_step.png", f"{stem} ch {ch} at (y={yy}, x={xx})")
-    scal, outl = run.scalings, run.outliers
-    f_hist = pin.plot_scaling_histograms(scal, files / "02_scalings.png")
-    f_outl = pin.plot_outlier_mask(run.x, outl, files / "03_outliers.png")
-    silu0 = comp["silu"]["mean_abs_grad"][0] if "silu" in comp else None
-    rows = []
-    for name, fl in [("these weights (SiLU)", real)] + [(f"fresh init, {k}", v) for k, v in comp.items()]:
-        gr = fl["mean_abs_grad"]
-        rows.append([name, num(fl["loss"]), ", ".join(f"{n} {num(v)}" for n, v in zip(fl["loss_names"], fl["loss_items"])),
-                     num(gr[0]), num(float(np.mean(gr))), num(gr[-1]),
-                     num(gr[0] / silu0, 3) if silu0 and name.startswith("fresh") else ""])
-    z = scal["zscore"]
-    orows = [[c, num(z["mean_used"][i]), num(z["std_used"][i]), f"{100 * z['frac_abs_z_gt_3'][i]:.2f}%"]
-             for i, c in enumerate(scal["channels"])]
-    numbers = {"batch_sources": g["batch_sources"], "real": real, "variants": comp,
+    layer, ch, yy, xx = run.focus
+    f_step = ples.plot_sgd_step(step, files / "11_sgd_step.png", f"{layer} ch {ch} at (y={yy}, x={xx})")
+    rows, ratio = _flow_rows(real, comp)
+    numbers = {"batch_sources": g["batch_sources"], "real": real, "variants": comp, "stem_over_output": ratio,
                "sgd_step": {k: v for k, v in step.items() if not isinstance(v, list)}}
     return Section("training", {"real": real, "sources": "; ".join(g["batch_sources"]), "f_flow": f_flow, "rows": rows,
-                                "s": step, "neuron": (stem, ch, yy, xx), "f_step": f_step, "outl": outl,
-                                "f_hist": f_hist, "f_outl": f_outl, "orows": orows}, {"training": numbers})
+                                "ratio": ratio, "s": step, "neuron": (layer, ch, yy, xx), "f_step": f_step},
+                   {"training": numbers})
 
 
 #: Every section's function, in the lesson's order (ids as in ``TITLES``).
-BUILDERS = {"input": input_section, "neurons": neurons_section, "weights": weights_section, "biases": biases_section,
+BUILDERS = {"map": map_section, "input": input_section, "neurons": neurons_section, "weights": weights_section, "biases": biases_section,
             "activations": activations_section, "hidden": hidden_section, "output": output_section,
             "training": training_section}

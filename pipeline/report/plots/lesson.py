@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch
 
+from pipeline.core.io import atomic_write_image, shrink
 from pipeline.lesson.activations import GALLERY  # noqa: E402
 from pipeline.lesson.activations import silu as silu_f
 from pipeline.report.plots import imshow_photo, save_png  # noqa: E402
@@ -41,16 +42,16 @@ _save = save_png
 # --- activation functions ------------------------------------------------------------------------
 
 
-def plot_activation_gallery(z_sample, layer: str, path, silu_min: tuple[float, float], layer_means: dict,
-                            max_points: int = 200_000) -> Path:
+def plot_activation_gallery(z_sample, layer: str, path, silu_min: tuple[float, float], layer_means: dict) -> Path:
     """Seven activations with derivatives, each over the real pre-activation histogram of ``layer``.
+
+    Every value of the layer is drawn (no subsampling): the histograms and the numbers in the titles are the
+    ones the page's table reports.
 
     ``silu_min`` is ``(z*, SiLU(z*))`` (``lesson.activations.silu_minimum``), marked on the SiLU panel;
     ``layer_means`` the mean output of each activation on the layer (``describe_all``'s ``mean_on_layer``).
     """
     z = torch.as_tensor(z_sample).detach().double().flatten()
-    if z.numel() > max_points:  # a fixed stride keeps it deterministic
-        z = z[:: z.numel() // max_points + 1]
     lo, hi = np.percentile(z.numpy(), [0.5, 99.5])
     lo, hi = min(lo, -5.0), max(hi, 5.0)
     x = torch.linspace(lo, hi, 801, dtype=torch.float64)
@@ -101,8 +102,15 @@ def _positive(values) -> np.ndarray:
     return np.where(v > 0, v, np.nan)
 
 
+def relative_to_output(mean_abs_grad) -> np.ndarray:
+    """Each layer's mean |dL/dW| divided by the output side's: the last layer with a nonzero gradient."""
+    g = np.asarray(mean_abs_grad, dtype=float)
+    ref = next((v for v in g[::-1] if v > 0), 1.0)
+    return g / ref
+
+
 def plot_gradient_flow(comparison: dict, path, real: dict | None = None, real_label: str = "loaded weights (SiLU)") -> Path:
-    """Mean |grad| of every conv layer's weights, stem (left) to head (right), log scale, per activation.
+    """Each conv layer's mean |dL/dW| relative to the output layer's, stem (left) to head (right), log scale.
 
     A layer with exactly zero gradient (a box branch at a scale where no target was assigned) is a gap.
     """
@@ -110,12 +118,13 @@ def plot_gradient_flow(comparison: dict, path, real: dict | None = None, real_la
     layers = None
     for name, flow in comparison.items():
         layers = flow["layers"]
-        ax.semilogy(range(len(layers)), _positive(flow["mean_abs_grad"]), "-o", ms=2.5, lw=1.4,
+        ax.semilogy(range(len(layers)), _positive(relative_to_output(flow["mean_abs_grad"])), "-o", ms=2.5, lw=1.4,
                     color=VARIANT_COLORS.get(name), label=f"{name} (fresh init, loss {flow['loss']:.2f})")
     if real is not None:
         layers = layers or real["layers"]
-        ax.semilogy(range(len(real["layers"])), _positive(real["mean_abs_grad"]), "k:", lw=1.6,
+        ax.semilogy(range(len(real["layers"])), _positive(relative_to_output(real["mean_abs_grad"])), "k:", lw=1.6,
                     label=f"{real_label}, loss {real['loss']:.2f}")
+    ax.axhline(1, color="k", lw=0.6)
     head = [i for i, n in enumerate(layers) if n.startswith(f"model.{max(int(n.split('.')[1]) for n in layers)}.")]
     if head:
         ax.axvspan(head[0] - 0.5, len(layers) - 0.5, color="0.93", zorder=0)
@@ -123,7 +132,7 @@ def plot_gradient_flow(comparison: dict, path, real: dict | None = None, real_la
     step = max(1, len(layers) // 24)
     ax.set_xticks(range(0, len(layers), step))
     ax.set_xticklabels([layers[i] for i in range(0, len(layers), step)], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("mean |dL/dW|  (log scale)")
+    ax.set_ylabel("mean |dL/dW| / the output layer's (log)")
     ax.set_xlabel("conv layer, stem (input side) -> head (loss side); backprop runs right to left")
     any_flow = next(iter(comparison.values()), real)
     ax.set_title(f"Gradient flow: one fp32 backward pass of YOLOv8's detection loss "
@@ -200,10 +209,36 @@ def plot_detections(image_bgr: np.ndarray, detections: list[dict], path, max_box
         ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2, color=color))
         ax.text(x0, y0, f"{d['class_name']} {d['score']:.2f} (logit {d['logit']:+.2f})", fontsize=7,
                 color="white", va="bottom", bbox=dict(facecolor=color, alpha=0.8, pad=1, lw=0))
-    ax.set_title(f"{len(detections)} detections; score = sigmoid(logit)" if detections else
+    n = len(detections)
+    ax.set_title(f"{n} detection{'' if n == 1 else 's'}; score = sigmoid(logit)" if detections else
                  "no detection above the confidence threshold", fontsize=9)
     ax.axis("off")
     return _save(fig, path)
+
+
+def plot_neuron_on_photo(image_bgr: np.ndarray, box, field, path, side: int = 640) -> Path:
+    """The photo (at most ``side`` px) with the top box (red, if any) and the worked neuron's receptive field
+    (yellow, filled at 30%) and centre (+), all given in photo pixels; drawn with OpenCV (no matplotlib:
+    a few milliseconds), written as JPEG."""
+    import cv2
+
+    h, w = image_bgr.shape[:2]
+    img = shrink(image_bgr, side).copy()
+    r = img.shape[1] / w
+
+    def px(xyxy):
+        return [int(round(float(v) * r)) for v in xyxy]
+
+    x0, y0, x1, y1 = px(field)
+    over = img.copy()
+    cv2.rectangle(over, (x0, y0), (x1, y1), (0, 230, 255), -1)
+    img = cv2.addWeighted(over, 0.3, img, 0.7, 0)
+    cv2.rectangle(img, (x0, y0), (x1, y1), (0, 230, 255), 2)
+    cv2.drawMarker(img, ((x0 + x1) // 2, (y0 + y1) // 2), (0, 0, 0), cv2.MARKER_CROSS, 14, 2)
+    if box is not None:
+        bx0, by0, bx1, by1 = px(box)
+        cv2.rectangle(img, (bx0, by0), (bx1, by1), (40, 40, 220), 2)
+    return atomic_write_image(path, img)
 
 
 def plot_cam(input_tensor, cam: np.ndarray, path, title: str) -> Path:
@@ -250,10 +285,11 @@ def plot_head_logits(cls_logits: list, strides: list, path, detections: list[dic
     for d in detections or []:
         a2.plot([d["logit"]], [d["sigmoid_by_hand"]], "o", color="tab:red", ms=4)
     if detections:
-        a2.plot([], [], "o", color="tab:red", label=f"{len(detections)} reported boxes")
+        n = len(detections)
+        a2.plot([], [], "o", color="tab:red", label=f"{n} reported box{'' if n == 1 else 'es'}")
     a2.set_xlabel("logit")
     a2.set_ylabel("score")
-    a2.set_title("logit -> sigmoid -> score (no softmax: one independent sigmoid per class)", fontsize=9)
+    a2.set_title("logit -> sigmoid -> score (no softmax over classes: one sigmoid per class)", fontsize=9)
     a2.legend(fontsize=7)
     a2.grid(alpha=0.3)
     fig.tight_layout()
