@@ -253,3 +253,24 @@ def test_cli_rejects_a_missing_photo_and_defaults_to_loopback(setup, capsys):
     assert "nope.jpg" in capsys.readouterr().err
     args = build_parser(only="explore").parse_args(["explore", "--weights", "w.pt", "a.jpg"])
     assert args.host == "127.0.0.1" and args.port == 8765 and not args.no_browser
+
+
+def test_cli_on_a_busy_port_is_one_line_and_announces_nothing(setup, capsys):
+    """The port is bound before the 'serving on' line: a taken port is one error line and exit code 1."""
+    import socket
+
+    from pipeline.cli import main
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        rc = main(["explore", "--weights", str(setup["ckpt"]), str(setup["photos"][0]), "--no-browser",
+                   "--port", str(port)])
+    finally:
+        taken.close()
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert [line for line in err.splitlines() if line.startswith(("error", "cardamage explore"))] == [
+        f"error: 127.0.0.1:{port}: Address already in use"]

@@ -23,7 +23,7 @@ import webbrowser
 from pipeline.cli.options import add_trust_weights, image_size, int_range, probability
 from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import InputError, validate_image
-from pipeline.explore.app import serve
+from pipeline.explore.app import listen, serve
 from pipeline.explore.session import Explorer
 from pipeline.model.load import load_model
 
@@ -44,12 +44,13 @@ def run(args) -> int:
         validate_image(photo)
     yolo = load_model(args.weights, nc=len(CLASS_NAMES), trust=args.trust_weights)
     explorer = Explorer(yolo, args.photos, imgsz=args.imgsz, conf=args.conf)
+    try:
+        sock = listen(args.host, args.port)
+    except OSError as e:  # port taken, address not available: one line, before anything claims to serve
+        raise InputError(f"{args.host}:{args.port}", e.strerror or str(e)) from None
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}/"
     print(f"cardamage explore: {len(args.photos)} photo(s) on {url} (Ctrl+C stops)", file=sys.stderr)
     if not args.no_browser:
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
-    try:
-        serve(explorer, host=args.host, port=args.port)
-    except OSError as e:  # port taken, address not available
-        raise InputError(f"{args.host}:{args.port}", e.strerror or str(e)) from None
+    serve(explorer, sock)
     return 0

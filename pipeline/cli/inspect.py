@@ -52,14 +52,16 @@ from pipeline.scale.stats import ray_inspect
 
 
 def _single_photo(sources: list[str]) -> bool:
-    """One file named on its own gets the full dump; folders, globs and several photos get statistics."""
+    """One photo named on its own gets the full dump; folders, globs, .txt lists and several photos get statistics."""
     s = sources[0] if len(sources) == 1 else None
-    return s is not None and (Path(s).is_file() or (not Path(s).is_dir() and not any(c in s for c in "*?[")))
+    if s is None or Path(s).suffix.lower() == ".txt":
+        return False
+    return Path(s).is_file() or (not Path(s).is_dir() and not any(c in s for c in "*?["))
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("image", nargs="+",
-                        help="one photo (full dump: five files), or several photos / folders / globs (statistics over all)")
+                        help="one photo (full dump: five files), or several photos / folders / globs / .txt lists (statistics over all)")
     parser.add_argument("--stats-only", action="store_true",
                         help="write only stats.csv and index.json (the default for several photos or a folder)")
     parser.add_argument("--weights", default="yolov8n.yaml", help="weights .pt or a model YAML (default yolov8n.yaml)")

@@ -31,7 +31,7 @@ from pipeline.scale.predict import ray_predict
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders or globs (with --ray also .txt lists, one path a line)")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders, globs, or .txt lists of photos (one path a line)")
     p.add_argument("--weights", required=True, help="trained weights (.pt) or a model YAML (untrained)")
     p.add_argument("--out", required=True, help="output folder: overlays + detections.json")
     p.add_argument("--conf", type=probability, default=0.25, help="score threshold in (0, 1] (default 0.25)")

@@ -39,6 +39,7 @@ from pipeline.cli.options import add_trust_weights, image_size, positive_int, pr
 from pipeline.core.io import InputError, input_paths, output_folder
 from pipeline.report.page import write_report
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", metavar="IMAGE", help="the photo to walk through the network")
     p.add_argument("--weights", required=True, help="best.pt (trained) or yolov8n.yaml (untrained, built from scratch)")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -119,8 +120,23 @@ def create_app(explorer: Explorer) -> Starlette:
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
 
 
-def serve(explorer: Explorer, host: str = "127.0.0.1", port: int = 8765, log_level: str = "warning") -> None:
-    """Run the app on uvicorn until interrupted (bound to ``host``: loopback unless asked otherwise)."""
+def listen(host: str = "127.0.0.1", port: int = 8765) -> socket.socket:
+    """A listening socket on ``host:port``, bound before anything is announced (OSError if the port is taken)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait out TIME_WAIT
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(explorer: Explorer, sock: socket.socket, log_level: str = "warning") -> None:
+    """Run the app on uvicorn over ``sock`` (from ``listen``) until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(explorer), host=host, port=port, log_level=log_level, access_log=False)
+    config = uvicorn.Config(create_app(explorer), log_level=log_level, access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
