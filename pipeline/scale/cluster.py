@@ -1,6 +1,7 @@
 """Start or join a Ray cluster without touching the network, and split the photo list into chunks.
 
-``ray_session`` starts a local instance (bound to 127.0.0.1, no dashboard, usage reporting off) or joins the
+``ray_session`` starts a local instance (named 127.0.0.1, no dashboard, usage reporting off; Ray 2.60's servers still
+listen on every interface, behind its token authentication: docs/scale.md) or joins the
 cluster at an address, and reuses one already started in this process (the tests start one per module).
 Ray is imported only here and only when a session starts, so ``cardamage`` runs without it installed.
 
@@ -47,7 +48,7 @@ def ray_session(address: str = LOCAL, num_cpus: int | None = None, num_gpus: int
     """Yield the ``ray`` module connected to a cluster; shut it down afterwards if this call started it.
 
     Args:
-        address: ``"local"`` starts an instance on this machine (loopback only); anything else
+        address: ``"local"`` starts an instance on this machine (named 127.0.0.1); anything else
             (``"auto"``, ``"10.0.0.5:6379"``, ``"ray://head:10001"``) joins that cluster.
         num_cpus, num_gpus: resources of a local instance (default: what Ray detects).
 
@@ -62,7 +63,7 @@ def ray_session(address: str = LOCAL, num_cpus: int | None = None, num_gpus: int
     kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
     try:
         if address == LOCAL:
-            # "local": a new instance even if RAY_ADDRESS names another; its processes listen on loopback only
+            # "local": a new instance even if RAY_ADDRESS names another; it names itself 127.0.0.1
             ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1", **kwargs)
         else:
             ray.init(address=address, **kwargs)
