@@ -21,17 +21,14 @@ import argparse
 import json
 import random
 import resource
-import socket
 import statistics
-import threading
 import time
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 from pipeline.core.facts import CLASS_NAMES
-from pipeline.explore.app import create_app
+from pipeline.explore.app import running
 from pipeline.explore.session import Explorer
 from pipeline.model.load import load_model
 
@@ -57,38 +54,31 @@ def main() -> None:
 
     yolo = load_model(args.weights, nc=len(CLASS_NAMES))
     explorer = Explorer(yolo, [photo], imgsz=args.imgsz)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(explorer), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.02)
-    base = f"http://127.0.0.1:{port}/api"
-    rss_model = rss_mb()
+    with running(explorer) as url:
+        base = f"{url}/api"
+        rss_model = rss_mb()
 
-    with httpx.Client(timeout=120) as client:
-        t0 = time.perf_counter()
-        client.get(f"{base}/summary", params={"photo": 0}).raise_for_status()
-        for what in ("model", "stages", "detections", "image"):
-            client.get(f"{base}/{what}", params={"photo": 0}).raise_for_status()
-        first_view = time.perf_counter() - t0
-        rss_view = rss_mb()
+        with httpx.Client(timeout=120) as client:
+            t0 = time.perf_counter()
+            client.get(f"{base}/summary", params={"photo": 0}).raise_for_status()
+            for what in ("model", "stages", "detections", "image"):
+                client.get(f"{base}/{what}", params={"photo": 0}).raise_for_status()
+            first_view = time.perf_counter() - t0
+            rss_view = rss_mb()
 
-        model = client.get(f"{base}/model").json()
-        convs = [r for r in model if r["type"] == "Conv"]
-        rng = random.Random(args.seed)
-        times, first_per_layer = [], {}
-        for k in range(args.neurons):
-            r = convs[k % len(convs)]
-            _, c, h, w = r["out_shape"]
-            p = {"photo": 0, "layer": r["path"], "channel": rng.randrange(c), "y": rng.randrange(h), "x": rng.randrange(w)}
-            t = time.perf_counter()
-            client.get(f"{base}/neuron", params=p).raise_for_status()
-            dt = time.perf_counter() - t
-            times.append(dt)
-            first_per_layer.setdefault(r["path"], dt)
-    server.should_exit = True
+            model = client.get(f"{base}/model").json()
+            convs = [r for r in model if r["type"] == "Conv"]
+            rng = random.Random(args.seed)
+            times, first_per_layer = [], {}
+            for k in range(args.neurons):
+                r = convs[k % len(convs)]
+                _, c, h, w = r["out_shape"]
+                p = {"photo": 0, "layer": r["path"], "channel": rng.randrange(c), "y": rng.randrange(h), "x": rng.randrange(w)}
+                t = time.perf_counter()
+                client.get(f"{base}/neuron", params=p).raise_for_status()
+                dt = time.perf_counter() - t
+                times.append(dt)
+                first_per_layer.setdefault(r["path"], dt)
     times_ms = sorted(1000 * t for t in times)
     out = {
         "photo": photo.name, "weights": args.weights, "imgsz": args.imgsz,

@@ -10,19 +10,15 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import socket
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-import uvicorn
 from playwright.sync_api import sync_playwright
 
 from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import atomic_write_image
 from pipeline.data.synth import render_scene
-from pipeline.explore.app import create_app
+from pipeline.explore.app import running
 from pipeline.explore.session import Explorer
 from pipeline.model.load import load_model
 
@@ -39,17 +35,10 @@ def main() -> None:
     scene, _ = render_scene(args.seed, 640)
     photo = atomic_write_image(tmp / "synthetic_scene.png", scene)
     explorer = Explorer(load_model(args.weights, nc=len(CLASS_NAMES)), [photo], imgsz=args.imgsz, conf=args.conf)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(explorer), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.02)
-    with sync_playwright() as p:
+    with running(explorer) as base, sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"http://127.0.0.1:{port}/")
+        page.goto(f"{base}/")
         page.wait_for_selector('#status[data-state="ready"]', timeout=60_000)
         if page.locator('#detections tr[data-index="0"]').count():
             page.click('#detections tr[data-index="0"]')
@@ -62,7 +51,6 @@ def main() -> None:
         page.wait_for_selector('#neuron[data-ready="1"]')
         page.screenshot(path=args.out, full_page=True, type="jpeg", quality=75)
         browser.close()
-    server.should_exit = True
     print(args.out)
 
 

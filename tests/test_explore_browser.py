@@ -6,9 +6,6 @@ Clicks a detection and a feature-map pixel and reads on the page the numbers /ap
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -17,7 +14,7 @@ from checkpoints import save_checkpoint
 
 from pipeline.core.io import atomic_write_image
 from pipeline.data.synth import render_scene
-from pipeline.explore.app import create_app
+from pipeline.explore.app import running
 from pipeline.explore.session import Explorer
 from pipeline.model.load import load_model
 
@@ -27,33 +24,14 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 IMGSZ = 320
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, sample_images):
-    import uvicorn
-
     root = tmp_path_factory.mktemp("explore_browser")
     ckpt = save_checkpoint(root / "best.pt", seed=2, imgsz=IMGSZ)
     scene, _ = render_scene(11, 384)
     photos = [atomic_write_image(root / "scene.png", scene), sample_images[1]]
-    port = free_port()
-    config = uvicorn.Config(create_app(Explorer(load_model(str(ckpt)), photos, imgsz=IMGSZ)), host="127.0.0.1",
-                            port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with running(Explorer(load_model(str(ckpt)), photos, imgsz=IMGSZ)) as base:
+        yield base
 
 
 def watch(page, base: str, errors: list, remote: list) -> None:

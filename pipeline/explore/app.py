@@ -23,10 +23,14 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -140,3 +144,33 @@ def serve(explorer: Explorer, sock: socket.socket, log_level: str = "warning") -
 
     config = uvicorn.Config(create_app(explorer), log_level=log_level, access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+@contextlib.contextmanager
+def running(explorer: Explorer, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0) -> Iterator[str]:
+    """The app served on a background thread while the block runs; yields its base URL (port 0: a free one).
+
+    For scripts and tests that ask the real server over HTTP from the same process.
+
+    Examples:
+        >>> with running(Explorer(yolo, ["photo.jpg"])) as base:
+        ...     httpx.get(f"{base}/api/summary").json()
+    """
+    import uvicorn
+
+    sock = listen(host, port)
+    server = uvicorn.Server(uvicorn.Config(create_app(explorer), log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            sock.close()
+            raise RuntimeError("the explorer's server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
