@@ -98,3 +98,29 @@ def test_page_shows_the_apis_numbers(server, tmp_path):
             browser.close()
     assert errors == [] and remote == []
     assert (tmp_path / "explore.png").stat().st_size > 20_000
+
+
+@pytest.mark.browser
+def test_page_fits_a_phone(server):
+    """At 390 px the page is one column: nothing scrolls sideways (wide tables scroll inside their panel)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} missing: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 800})
+            page.goto(server + "/")
+            page.wait_for_selector('#status[data-state="ready"]', timeout=60_000)
+            page.click('#detections tr[data-index="0"]')
+            page.click('#stages button[data-layer="model.4.m.0.cv2"]')
+            page.click('#channels figure[data-channel="5"]')
+            page.wait_for_selector('#map-post[data-ready="1"]')
+            page.locator("#map-post").scroll_into_view_if_needed()
+            box = page.locator("#map-post").bounding_box()
+            page.mouse.click(box["x"] + 0.5 * box["width"], box["y"] + 0.5 * box["height"])
+            page.wait_for_selector('#neuron[data-ready="1"]', state="attached", timeout=30_000)
+            assert page.evaluate("document.scrollingElement.scrollWidth") <= 390
+        finally:
+            browser.close()

@@ -49,7 +49,8 @@ def run(args) -> int:
     except OSError as e:  # port taken, address not available: one line, before anything claims to serve
         raise InputError(f"{args.host}:{args.port}", e.strerror or str(e)) from None
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}/"
-    print(f"cardamage explore: {len(args.photos)} photo(s) on {url} (Ctrl+C stops)", file=sys.stderr)
+    n = len(args.photos)
+    print(f"cardamage explore: {n} photo{'' if n == 1 else 's'} on {url} (Ctrl+C stops)", file=sys.stderr)
     if not args.no_browser:
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
     serve(explorer, sock)

@@ -74,5 +74,10 @@ def run(args) -> int:
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     n = sum(len(r["detections"]) for r in records)
-    print(f"{len(records)} images, {n} detections, {len(errors)} errors -> {Path(args.out).resolve() / 'detections.json'}")
+    print(f"{_count(len(records), 'image')}, {_count(n, 'detection')}, {_count(len(errors), 'error')} -> "
+          f"{Path(args.out).resolve() / 'detections.json'}")
     return 1 if errors else 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -334,7 +334,13 @@ def output_section(run: PhotoRun, files: Path, opts: Options) -> Section:
                "layercam": lc and {"usable": lc["usable"], "heat_spread": lc["heat_spread"]}}
     return Section("output", {"conf": run.conf, "names": run.names, "rows": rows, "drows": drows, "f_logits": f_logits,
                               "f_dets": f_dets, "f_eigen": f_eigen, "f_layercam": f_layercam, "lc": lc,
-                              "cam_layer": run.cam_layer}, {"output": numbers})
+                              "cam_layer": run.cam_layer, "best_score": _best_score(run)}, {"output": numbers})
+
+
+def _best_score(run: PhotoRun) -> float:
+    """The highest class score of any anchor in the recorded head output (what a lower --conf would reach)."""
+    decoded = run.record.head.get("decoded")
+    return float(decoded[0, 4:].max()) if decoded is not None else float("nan")
 
 
 def _flow_rows(real: dict, comp: dict) -> tuple[list[list], dict]:
