@@ -27,6 +27,7 @@ def test_top_level_help_lists_every_command():
     assert all(name in out for name in COMMANDS)
 
 
+@pytest.mark.slow
 def test_resume_continues_an_interrupted_run(synth_data, tmp_path):
     """Stop after the first of two epochs (as a crash would), then `train --resume` finishes the run."""
     class Interrupt(Exception):
@@ -79,6 +80,7 @@ def test_resume_a_finished_run_is_one_line(trained_weights, capsys):
     assert len(err) == 1 and err[0].startswith("error: ") and "last.pt" in err[0]
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_with_a_tiny_recipe(tmp_path, sample_dir):
     """`make demo`'s command on a tiny recipe: synth -> train -> predict (synthetic + real) -> report."""
     recipe = tmp_path / "tiny.yaml"

@@ -347,6 +347,7 @@ def hooked_statistics(weights, photos, imgsz: int, dead_eps: float) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_report_statistics_over_a_folder(tmp_path, sample_images):
     """--stats-over: the per-layer table over many photos equals statistics recomputed from our own hooks."""
     from pipeline.cli import main

@@ -126,6 +126,7 @@ def test_neuron_is_what_cardamage_trace_computes(checkpoint, sample_images, laye
         run.neuron("model.99", 0, 0, 0)
 
 
+@pytest.mark.slow
 def test_detections_are_predicts_in_a_fresh_process(tmp_path):
     """In a process where nothing imported torchvision or set torch's threads yet (both change Ultralytics'
     numbers: its NMS kernel and float32 sums), the run's detections equal predict's to the bit."""

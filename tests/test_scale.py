@@ -77,6 +77,7 @@ def _errors(text: str) -> list[str]:
     return sorted(line for line in text.splitlines() if line.startswith("error: "))
 
 
+@pytest.mark.slow
 def test_ray_predict_equals_one_process(ray_local, plain, photos, weights, tmp_path, capsys):
     plain_out, plain_rc, plain_errors = plain
     out = tmp_path / "ray"
@@ -96,6 +97,7 @@ def test_ray_predict_equals_one_process(ray_local, plain, photos, weights, tmp_p
     assert sorted(r["image"] for r in shard_records) == sorted(r["image"] for r in expected)
 
 
+@pytest.mark.slow
 def test_a_stopped_run_resumes_without_redoing_done_photos(ray_local, plain, photos, weights, tmp_path, capsys):
     """Three photos already in a shard (as a killed run leaves them): only the other three run again."""
     expected = json.loads((plain[0] / "detections.json").read_text())
@@ -128,6 +130,7 @@ def _rows(path: Path) -> list[list[str]]:
     return [line.split(",") for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_merged_statistics_equal_one_process(ray_local, photos, weights, tmp_path):
     # at 320 px the convolutions take torch's multi-threaded paths, whose rounding depends on the thread count
     single = inspect_dataset(str(weights), [photos], tmp_path / "one", imgsz=320, progress=False)
@@ -149,6 +152,7 @@ def test_merged_statistics_equal_one_process(ray_local, photos, weights, tmp_pat
     assert [(x["path"], x["output_shapes"]) for x in ia["layers"]] == [(x["path"], x["output_shapes"]) for x in ib["layers"]]
 
 
+@pytest.mark.slow
 def test_inspect_ray_command(ray_local, photos, weights, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(["inspect", str(photos), "--weights", str(weights), "--out", str(out), "--stats-only", "--imgsz", "160",

@@ -293,6 +293,7 @@ def test_train_never_rewrites_a_dataset_image(tmp_path, capsys):
 # ---------------------------------------------------------------------------- 3. OS errors, one line
 
 
+@pytest.mark.slow
 def test_an_unreadable_photo_is_one_line_and_the_batch_goes_on(photos, weights, tmp_path):
     locked = photos / "car1.jpg"
     locked.chmod(0)
@@ -345,6 +346,7 @@ def test_an_unreadable_folder_is_one_line(photos, weights, tmp_path):
     assert len(json.loads((tmp_path / "o" / "detections.json").read_text())) == 3
 
 
+@pytest.mark.slow
 def test_a_read_only_out_is_one_line_before_any_work(photos, weights, tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -489,6 +491,7 @@ def test_written_files_respect_the_umask(umask, mode, photos, weights, tmp_path)
     assert {p.stat().st_mode & 0o777 for p in written} == {mode}
 
 
+@pytest.mark.slow
 def test_a_busy_out_is_refused_and_a_killed_run_leaves_no_stale_lock(photos, weights, tmp_path):
     out = tmp_path / "o"
     with output_folder(out):  # another run is writing here
