@@ -1,6 +1,6 @@
 """Start or join a Ray cluster without touching the network, and split the photo list into chunks.
 
-``ray_session`` starts a local instance (named 127.0.0.1, no dashboard, usage reporting off; Ray 2.60's servers still
+``ray_session`` starts a local instance (no dashboard, usage reporting off; Ray 2.60's servers
 listen on every interface, behind its token authentication: docs/scale.md) or joins the
 cluster at an address, and reuses one already started in this process (the tests start one per module).
 Ray is imported only here and only when a session starts, so ``cardamage`` runs without it installed.
@@ -48,7 +48,7 @@ def ray_session(address: str = LOCAL, num_cpus: int | None = None, num_gpus: int
     """Yield the ``ray`` module connected to a cluster; shut it down afterwards if this call started it.
 
     Args:
-        address: ``"local"`` starts an instance on this machine (named 127.0.0.1); anything else
+        address: ``"local"`` starts an instance on this machine; anything else
             (``"auto"``, ``"10.0.0.5:6379"``, ``"ray://head:10001"``) joins that cluster.
         num_cpus, num_gpus: resources of a local instance (default: what Ray detects).
 
@@ -63,8 +63,9 @@ def ray_session(address: str = LOCAL, num_cpus: int | None = None, num_gpus: int
     kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
     try:
         if address == LOCAL:
-            # "local": a new instance even if RAY_ADDRESS names another; it names itself 127.0.0.1
-            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1", **kwargs)
+            # "local": a new instance even if RAY_ADDRESS names another. No node address is given: Ray 2.60
+            # turns 127.0.0.1 into the machine's reachable address anyway (services.resolve_ip_for_localhost)
+            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
         else:
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
