@@ -182,7 +182,7 @@ def format_trace(t: dict) -> str:
         f"  3) sigmoid(z) = 1 / (1 + exp(-z)) = {t['sigmoid_by_hand']:.9g}",
         f"  4) SiLU(z) = z * sigmoid(z) = {t['silu_by_hand']:.9g}",
         f"  framework (float32 hooks): z = {t['framework_pre']:.9g}, SiLU = {t['framework_value']:.9g}",
-        f"  |hand - framework| = {t['abs_error']:.3g} (relative {t['rel_error']:.3g}; "
+        f"  |hand - framework| = {t['abs_error']:.3g} (over max(1, |framework|): {t['rel_error']:.3g}; "
         f"{'OK' if t['rel_error'] <= REL_TOL else 'ABOVE'} the {REL_TOL:g} tolerance)",
     ]
     return "\n".join(lines)

@@ -194,7 +194,7 @@ async function showNeuron(layer, channel, y, x) {
   setNum("neuron-dot", t.dot); setNum("neuron-bias", t.bias); setNum("neuron-z", t.z_by_hand);
   setNum("neuron-sigmoid", t.sigmoid_by_hand); setNum("neuron-silu", t.silu_by_hand);
   setNum("neuron-fw-pre", t.framework_pre); setNum("neuron-fw", t.framework_value);
-  $("neuron-err").textContent = `z: ${short(t.abs_error_pre, 3)}, SiLU(z): ${short(t.abs_error, 3)} (relative ${short(t.rel_error, 3)})`;
+  $("neuron-err").textContent = `z: ${short(t.abs_error_pre, 3)}, SiLU(z): ${short(t.abs_error, 3)} (over max(1, |framework|): ${short(t.rel_error, 3)})`;
   $("neuron-rf").textContent = t.receptive_field_xyxy.map((v) => num(v)).join(" ");
   const u = t.unfolded;
   $("neuron-unfolded").textContent = u ? `Unfolded: conv sum ${num(u.conv_sum)}, then (sum \u2212 mean ${num(u.running_mean)}) / ` +
