@@ -34,7 +34,7 @@ from pipeline.core.io import read_image
 from pipeline.data.labels import label_boxes, label_path
 from pipeline.data.preprocess import model_input
 from pipeline.data.synth import render_scene
-from pipeline.lesson.activations import describe_all, silu_minimum
+from pipeline.lesson.activations import d_silu, describe_all, silu_minimum
 from pipeline.lesson.gradients import activation_comparison, gradient_flow, make_batch, sgd_step
 from pipeline.lesson.input_scaling import pixel_outliers, scalings
 from pipeline.model.detections import detection_dicts
@@ -46,7 +46,7 @@ from pipeline.probe.recorder import LayerRecorder
 from pipeline.probe.statistics import record_statistics
 from pipeline.probe.trace import head_detections, head_nms, trace_recorded
 from pipeline.report.cam import eigencam, layercam
-from pipeline.report.thread import NEURON_LAYERS, anchor_detail, choose_neuron, forward_map, silu_slope
+from pipeline.report.thread import NEURON_LAYERS, anchor_detail, choose_neuron, forward_map
 
 
 class PhotoRun:
@@ -182,7 +182,7 @@ class PhotoRun:
         rf = receptive_field(self.net, layer, hw, y, x)  # autograd to this layer only; the head never runs
         zz = float(z[0, ch, y, x])
         return {"layer": layer, "channel": ch, "y": y, "x": x, "z": zz, "stride": stride,
-                "silu_slope": float(silu_slope(torch.tensor(zz, dtype=torch.float64))), "inside_box": inside,
+                "silu_slope": float(d_silu(zz)), "inside_box": inside,
                 "detection_index": 0 if inside else None, "receptive_field_input": list(rf),
                 "receptive_field_xyxy": to_photo(rf, hw, self.pixels.shape)}
 

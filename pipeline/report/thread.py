@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.lesson.activations import d_silu
+
 #: A neuron "bends" where SiLU's slope is at most this (SiLU'(z) = 1 would pass z through unchanged):
 #: -3 <= z <= ~0.6; SiLU'(0) = 0.5, SiLU'(0.6) = 0.78.
 BEND_SLOPE = 0.8
@@ -26,12 +28,6 @@ BEND_SLOPE = 0.8
 BEND_Z = 3.0
 #: Where the worked neuron is looked for, first present wins: mid-backbone, stride 8, after the stem's edges.
 NEURON_LAYERS = ("model.4.cv1", "model.4.cv2", "model.2.cv2", "model.6.cv1")
-
-
-def silu_slope(z: torch.Tensor) -> torch.Tensor:
-    """SiLU'(z) = s(z) (1 + z (1 - s(z))), s the sigmoid."""
-    s = torch.sigmoid(z)
-    return s * (1 + z * (1 - s))
 
 
 def forward_map(input_shape, stages: dict) -> list[dict]:
@@ -65,9 +61,9 @@ def choose_neuron(z: torch.Tensor, a: torch.Tensor, stride: float, box_xyxy=None
         in_box = ((cy >= y0) & (cy <= y1))[:, None] & ((cx >= x0) & (cx <= x1))[None, :]
         if in_box.any():
             cells, inside = in_box, True
-    bend = (z.abs() <= BEND_Z) & (silu_slope(z) <= BEND_SLOPE) & cells
+    bend = (z.abs() <= BEND_Z) & (d_silu(z) <= BEND_SLOPE) & cells
     if not bend.any():  # nothing bends among the candidates: anywhere on the map
-        bend = (z.abs() <= BEND_Z) & (silu_slope(z) <= BEND_SLOPE)
+        bend = (z.abs() <= BEND_Z) & (d_silu(z) <= BEND_SLOPE)
         inside = False
     if not bend.any():
         bend = torch.ones_like(z, dtype=torch.bool)
