@@ -20,6 +20,7 @@ import importlib
 import sys
 
 from pipeline import __version__
+from pipeline.core.errors import InputError
 
 # command name -> module that implements it (order is the order of --help)
 COMMANDS = {
@@ -106,9 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    # here, not at the top: core.io loads Ultralytics and OpenCV, and `cardamage --help` should not wait for them
-    from pipeline.core.io import InputError
-
     try:
         return int(args._module.run(args) or 0)
     except InputError as e:

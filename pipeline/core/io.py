@@ -29,19 +29,13 @@ from ultralytics.data.utils import IMG_FORMATS
 from ultralytics.utils import patches as ultralytics_patches
 from ultralytics.utils.patches import imread
 
+from pipeline.core.errors import InputError  # defined apart so the command line can catch it without loading this
+
 # Pillow's own open: Ultralytics patches Image.open to pip-check pi-heif on every unknown format
 _pil_open = getattr(ultralytics_patches, "_image_open", PIL.Image.open)
 
 #: What a folder contributes: Ultralytics' own image formats, so predict sees what training sees (no GIF).
 IMAGE_SUFFIXES = {f".{suffix}" for suffix in IMG_FORMATS}
-
-
-class InputError(Exception):
-    """Bad user input: the message is one line and names the file."""
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path, self.reason = str(path), reason
-        super().__init__(f"{path}: {reason}")
 
 
 def _read_umask() -> int:

@@ -20,6 +20,8 @@ Examples:
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from ultralytics.utils.ops import scale_boxes
 
@@ -27,14 +29,15 @@ from pipeline.model.load import detection_model
 
 #: The probing canvas. A window still touching its border there reaches at least half the canvas from its
 #: neuron (a deep layer): it covers any input up to half this side; on larger inputs each such neuron is
-#: measured on the real input shape instead (one stopped forward pass and one input gradient, then cached).
+#: measured on two narrow strips of the real input size instead (see ``receptive_field``), then cached.
 CANVAS = 256
 
 #: The short side of the strips a wide window is measured on (a multiple of the largest stride, 32).
 NARROW = 64
 
-_OFFSETS: dict[tuple[int, str], tuple[int, int, int, int, int, int | None]] = {}
-_MEASURED: dict[tuple, tuple[int, int, int, int]] = {}
+# per model, dropped with it (an id() key could be reused by a later model of another architecture)
+_OFFSETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> {layer: offsets}
+_MEASURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> {(layer, h, w, y, x): window}
 
 
 class _Stop(Exception):
@@ -83,12 +86,12 @@ def _window_at(net, block, canvas: tuple[int, int], y: int | None = None, x: int
 def _offsets(net, layer: str) -> tuple[int, int, int, int, int, int | None]:
     """The window of neuron (y, x) as ``(x*stride + dx0, y*stride + dy0, ...)``, measured once per model and
     layer, and the canvas side it still touched (``None`` when it fits, so the offsets hold everywhere)."""
-    key = (id(net), layer)
-    if key not in _OFFSETS:
+    cache = _OFFSETS.setdefault(net, {})
+    if layer not in cache:
         x0, y0, x1, y1, s, (y, x) = _window_at(net, _block(net, layer), (CANVAS, CANVAS))
         touches = x0 == 0 or y0 == 0 or x1 == CANVAS or y1 == CANVAS
-        _OFFSETS[key] = (x0 - x * s, y0 - y * s, x1 - x * s, y1 - y * s, s, CANVAS if touches else None)
-    return _OFFSETS[key]
+        cache[layer] = (x0 - x * s, y0 - y * s, x1 - x * s, y1 - y * s, s, CANVAS if touches else None)
+    return cache[layer]
 
 
 def receptive_field(model, layer: str, input_hw: tuple[int, int], y: int, x: int) -> tuple[int, int, int, int]:
@@ -111,15 +114,15 @@ def receptive_field(model, layer: str, input_hw: tuple[int, int], y: int, x: int
         return max(0, x * s + dx0), max(0, y * s + dy0), min(w, x * s + dx1), min(h, y * s + dy1)
     if 2 * max(h, w) <= touched:  # reaches half the canvas from any neuron: sees all of a smaller input
         return 0, 0, w, h
-    key = (id(net), layer, h, w, y, x)
-    if key not in _MEASURED:  # a wide window: measure this neuron's rows and columns on the real input size
+    cache, key = _MEASURED.setdefault(net, {}), (layer, h, w, y, x)
+    if key not in cache:  # a wide window: measure this neuron's rows and columns on the real input size
         block = _block(net, layer)
         # every op (conv, pooling, upsampling) acts on rows and columns alike and independently, so the rows a
         # neuron sees do not depend on the width: two narrow strips cost a fraction of the full input
         _, y0, _, y1, _, _ = _window_at(net, block, (h, NARROW), y, None)
         x0, _, x1, _, _, _ = _window_at(net, block, (NARROW, w), None, x)
-        _MEASURED[key] = (x0, y0, x1, y1)
-    return _MEASURED[key]
+        cache[key] = (x0, y0, x1, y1)
+    return cache[key]
 
 
 def to_photo(box_xyxy, input_hw: tuple[int, int], photo_shape: tuple[int, int]) -> list[float]:
