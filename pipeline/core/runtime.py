@@ -93,7 +93,7 @@ def ultralytics_settings() -> None:
 
 # --------------------------------------------------------------------------------------- memory
 M_MMAP_THRESHOLD = -3  # mallopt parameter number (glibc's malloc.h)
-MMAP_THRESHOLD = 8 << 20  # 1 MB cost the engine ~3 ms per 640 photo (its few-MB buffers mmapped each time)
+MMAP_THRESHOLD = 8 << 20  # 1 MB cost the engine ~2 ms per 640 photo (its few-MB buffers mmapped each time)
 
 
 def return_freed_memory() -> bool:
@@ -103,8 +103,8 @@ def return_freed_memory() -> bool:
     tensors of a few MB come from its heaps and stay there when freed: a report, which allocates feature
     maps of every size in turn, then peaks ~100 MB higher (measured: 1548 -> 1491 MiB on an 8000 px photo).
     A fixed threshold stops that drift. 8 MB, not 1: at 1 MB the engine's per-photo buffers (a 640 photo is
-    1.2 MB decoded, 4.9 MB as float) were mmapped and zeroed for every photo, ~3 ms each (29.3 vs 26.9 ms per
-    photo in one process); tests/test_memory.py's limits hold at 8 MB. Linux with glibc only.
+    1.2 MB decoded, 4.9 MB as float) were mmapped and zeroed for every photo (29.0 vs 27.1 ms per photo
+    in one process: scripts/bench_engine.py); tests/test_memory.py's limits hold at 8 MB. Linux with glibc only.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
