@@ -59,6 +59,7 @@ ROW_KEYS = (
     "recipe", "config", "model", "imgsz", "batch", "gpu_minutes", "budget_minutes", "epochs",
     "mAP50", "mAP50-95", "precision", "recall", "per_class", "per_class_map50_95",
     "device", "amp", "n_train", "n_val", "val_seconds", "ultralytics", "torch", "weights", "command", "tiny", "overrides",
+    "steps", "train_minutes", "cpus", "validated_by",
 )
 
 # The offline AMP check lives with the rest of the network guards, in pipeline/runtime.py.
@@ -85,6 +86,46 @@ def validate(weights: Path, data: Path, imgsz: int, device, out: Path, batch: in
         yolo.names[int(c)]: round(float(ap), 5) for c, ap in zip(res.ap_class_index, res.box.ap)
     }
     return metrics, seconds
+
+
+def trainer_metrics(trainer, names: dict) -> dict:
+    """The trainer's own final evaluation of best.pt (Ultralytics' validator on the ``val`` split at the
+    training imgsz), in :func:`validate`'s keys: a CPU row need not validate the same weights twice."""
+    from pipeline.model.train import metrics_dict
+
+    res = trainer.validator.metrics
+    metrics = metrics_dict(res, names)
+    metrics["per_class_map50_95"] = {names[int(c)]: round(float(ap), 5) for c, ap in zip(res.ap_class_index, res.box.ap)}
+    return metrics
+
+
+class StepCounter:
+    """Counts the optimizer steps of a run (``trainer.optimizer_step`` calls): with gradient accumulation
+    (``nbs`` > ``batch``) a step is not a batch, and from scratch the steps are what a budget buys.
+
+    Examples:
+        >>> counter = StepCounter()
+        >>> train(data, out, callbacks=counter.callbacks)  # doctest: +SKIP
+        >>> counter.steps  # doctest: +SKIP
+        1748
+    """
+
+    def __init__(self):
+        self.steps = 0
+        self.trainer = None
+        self.callbacks = {"on_train_start": self._wrap, "on_train_end": self._keep}
+
+    def _wrap(self, trainer) -> None:
+        step = trainer.optimizer_step  # the bound method the training loop calls as self.optimizer_step()
+
+        def counted():
+            self.steps += 1
+            return step()
+
+        trainer.optimizer_step = counted
+
+    def _keep(self, trainer) -> None:
+        self.trainer = trainer
 
 
 def table_row(row: dict) -> str:
@@ -134,6 +175,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other train() argument, YAML-typed (e.g. --set copy_paste=0); repeatable")
     p.add_argument("--val-batch", type=int, default=32, help="batch size of the final validation")
+    p.add_argument("--trainer-val", action="store_true",
+                   help="take the scores from the trainer's own final validation of best.pt instead of validating "
+                        "it again (same validator, split and imgsz; saves minutes on a CPU)")
     p.add_argument("--out", required=True, help="run folder: data/ (staged), train/ (weights/, results.csv, metrics.json), val/, row.json")
     p.add_argument("--json", default=None, help="also write the row here (default OUT/row.json only)")
     p.add_argument("--tiny", action="store_true", help="CPU smoke run on 16+8 sample photos, 1 epoch, 160 px")
@@ -175,12 +219,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     install_offline_amp_check()
     AMP_DECISIONS.clear()
+    counter = StepCounter()
     t0 = time.time()
-    trained = train(data, out / "train", model=model, config=config, **overrides)  # out holds the staged data
-    gpu_minutes = (time.time() - t0) / 60
+    trained = train(data, out / "train", model=model, config=config, callbacks=counter.callbacks, **overrides)
+    gpu_minutes = (time.time() - t0) / 60  # out holds the staged data; this is the wall of the training call
     weights = Path(trained["weights"])
-    metrics, val_seconds = validate(weights, data, imgsz, device, out, batch=args.val_batch,
-                                    workers=int(settings.get("workers", 2)))
+    if args.trainer_val:
+        metrics, val_seconds = trainer_metrics(counter.trainer, counter.trainer.validator.names or {}), 0.0
+    else:
+        metrics, val_seconds = validate(weights, data, imgsz, device, out, batch=args.val_batch,
+                                        workers=int(settings.get("workers", 2)))
 
     hours = settings.get("time")
     row = {
@@ -205,6 +253,10 @@ def main(argv: list[str] | None = None) -> dict:
         "command": " ".join(shlex.quote(a) for a in ["python3", "scripts/train_cardd.py", *argv]),
         "tiny": bool(args.tiny),
         "overrides": overrides,  # what the flags changed on top of the recipe file
+        "steps": counter.steps,
+        "train_minutes": round(gpu_minutes, 2),  # the same wall as gpu_minutes, named for CPU rows
+        "cpus": os.cpu_count(),  # training runs torch on all of them (pipeline.model.train)
+        "validated_by": "trainer final eval of best.pt" if args.trainer_val else "validate(best.pt)",
     }
     atomic_write_json(out / "row.json", row)
     if args.json:

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -104,3 +105,55 @@ def test_demo_end_to_end_with_a_tiny_recipe(tmp_path, sample_dir):
     assert 'id="input"' in html and 'id="training"' in html and "val_00000.jpg" in html
     assert "per-layer statistics over 8 photos" in html  # the whole synthetic val split
     assert set(summary["timings"]) >= {"synth_s", "train_s", "predict_s", "report_s", "total_s"}
+
+
+def test_demo_on_a_real_dataset_with_data_and_minutes(tmp_path, sample_dir):
+    """`cardamage demo --data`: the demo's steps on a real dataset (CarDD photos), the test split never read."""
+    import yaml
+    from ultralytics.data.utils import check_det_dataset
+
+    photos = sorted((sample_dir / "images").glob("*.jpg"))
+    root = tmp_path / "cardd"
+    for split, chosen in (("train", photos[:12]), ("valid", photos[12:18]), ("test", photos[18:21])):
+        for sub in ("images", "labels"):
+            (root / split / sub).mkdir(parents=True)
+        for im in chosen:
+            (root / split / "images" / im.name).symlink_to(im)
+            (root / split / "labels" / f"{im.stem}.txt").symlink_to(sample_dir / "labels" / f"{im.stem}.txt")
+    names = ["crack", "dent", "glass shatter", "lamp broken", "scratch", "tire flat"]
+    (root / "data.yaml").write_text(yaml.safe_dump(
+        {"path": str(root), "train": "train/images", "val": "valid/images", "test": "test/images", "nc": 6, "names": names}))
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("model: yolov8n.yaml\nepochs: 1\nimgsz: 128\nbatch: 6\nnbs: 6\nworkers: 0\nval: false\nplots: false\n")
+    out = tmp_path / "demo"
+    argv = ["demo", "--data", str(root / "data.yaml"), "--config", str(recipe), "--minutes", "0.5", "--n-real", "3", "--out", str(out)]
+    assert main(argv) == 0
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"] == str(root / "data.yaml") and summary["metrics"]["epochs"] == 1
+    args = yaml.safe_load((out / "train" / "args.yaml").read_text())  # what Ultralytics was really given
+    assert args["time"] == pytest.approx(0.5 / 60) and args["imgsz"] == 128
+    val_photos = sorted(Path(check_det_dataset(str(root / "data.yaml"))["val"]).glob("*.jpg"))  # Ultralytics' reading
+    records = json.loads((out / "predict-val" / "detections.json").read_text())
+    assert [Path(r["image"]).name for r in records] == [p.name for p in val_photos[:3]]
+    html = (out / "report" / "report.html").read_text()
+    assert 'id="input"' in html and f"per-layer statistics over {len(val_photos)} photos" in html
+    shown = next((Path(r["image"]).name for r in records if r["detections"]), val_photos[0].name)
+    assert shown in html
+    best = load_model(out / "train" / "weights" / "best.pt")  # Ultralytics' validator is the oracle for the mAP
+    val = best.val(data=str(out / "train" / "dataset" / "data.yaml"), imgsz=128, batch=6, device="cpu", plots=False,
+                   verbose=False, project=str(tmp_path), name="val")
+    assert summary["metrics"]["mAP50"] == pytest.approx(float(val.box.map50), abs=1e-4)
+    # the test split was never trained on, predicted or shown
+    test_names = {p.name for p in (root / "test" / "images").iterdir()}
+    written = [p for p in out.rglob("*") if p.is_file() or p.is_symlink()]
+    assert not [p for p in written if p.name in test_names]
+    for f in (out / "summary.json", out / "predict-val" / "detections.json", out / "report" / "report.html"):
+        assert not any(n in f.read_text() for n in test_names), f
+
+
+def test_demo_data_errors_are_one_line(tmp_path, capsys):
+    assert main(["demo", "--data", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.yaml" in err[0]
+    assert not (tmp_path / "o").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import re
 import shlex
 import sys
 import tarfile
@@ -26,6 +27,7 @@ import pipeline  # noqa: F401  (offline environment before ultralytics)
 from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import InputError
 from pipeline.data.labels import dataset_splits
+from pipeline.model.load import load_model
 from ultralytics.data.utils import img2label_paths
 
 REPO = Path(__file__).resolve().parent.parent
@@ -237,3 +239,76 @@ def test_offline_amp_check_decides_without_weights_or_network():
         model.model[0].conv.weight.mul_(1e5)  # activations past fp16's 65504: the forward overflows
     ok, _ = train_cardd.amp_forward_agrees(model, "cpu", torch.float16)
     assert not ok
+
+
+# ------------------------------------------------------------------------------- the CPU recipe (issue 16)
+
+bench_cardd_cpu = importlib.import_module("bench_cardd_cpu")
+
+
+def test_cpu_anchor_is_the_issue_call_and_the_recipe_changes_only_named_levers():
+    from ultralytics.cfg import get_cfg
+
+    stock = yaml.safe_load((REPO / "configs" / "cardd_cpu_stock.yaml").read_text())
+    recipe = yaml.safe_load((REPO / "configs" / "cardd_cpu.yaml").read_text())
+    # issue 16's anchor: Ultralytics' defaults at imgsz 320, batch 16, time 0.5 h, val false, on the CPU
+    assert {k: stock[k] for k in ("model", "imgsz", "batch", "time", "val", "device")} == dict(
+        model="yolov8n.yaml", imgsz=320, batch=16, time=0.5, val=False, device="cpu")
+    defaults = get_cfg()
+    for key in ("nbs", "optimizer", "lr0", "warmup_epochs", "close_mosaic", "cache", "mosaic"):
+        assert key not in stock, key  # stock leaves them at Ultralytics' defaults
+    assert (defaults.nbs, defaults.warmup_epochs, defaults.close_mosaic) == (64, 3.0, 10)  # what the issue found
+    # the recipe: same model, size and budget; one optimizer step per batch
+    assert {k: recipe[k] for k in ("model", "imgsz", "time", "val", "device")} == {
+        k: stock[k] for k in ("model", "imgsz", "time", "val", "device")}
+    assert recipe["nbs"] == recipe["batch"]
+    comments = "\n".join(line for line in (REPO / "configs" / "cardd_cpu.yaml").read_text().splitlines()
+                         if line.startswith("#"))
+    for key in recipe:  # every choice is explained in the file's comments
+        assert re.search(rf"\b{key}\b", comments), key
+    for cfg in (stock, recipe):
+        cfg = dict(cfg)
+        assert cfg.pop("model") == "yolov8n.yaml"
+        get_cfg(overrides=cfg)  # raises on an unknown key or a bad value
+
+
+def test_step_counter_agrees_with_the_optimizers_own_count(sample_dir, tmp_path):
+    """Optimizer steps as AdamW itself counts them (torch's per-parameter ``step`` state), with nbs > batch."""
+    from pipeline.model.train import train
+
+    data = stage_cardd.stage_dataset(sample_dir, tmp_path / "data", 24, 8)
+    counter = train_cardd.StepCounter()
+    train(data, tmp_path / "run", callbacks=counter.callbacks, epochs=1, imgsz=96, batch=4, nbs=8,
+          optimizer="AdamW", warmup_epochs=0, workers=0, val=False, device="cpu")
+    adam_steps = {int(s["step"]) for s in counter.trainer.optimizer.state.values()}
+    assert adam_steps == {counter.steps}
+    assert counter.steps == 3  # 6 batches of 4, two accumulated per step (nbs 8)
+
+
+def test_bench_cardd_cpu_tiny_runs_both_rows_in_order_and_resumes(sample_dir, tmp_path, capsys):
+    out = tmp_path / "bench"
+    rows = bench_cardd_cpu.main(["--tiny", "--out", str(out)])
+    assert [r["recipe"] for r in rows] == ["stock", "recipe"]
+    for r in rows:
+        assert r["tiny"] and r["validated_by"].startswith("trainer") and r["steps"] >= 1
+        assert (out / f"{r['recipe']}-tiny" / "row.json").is_file() and (out / f"{r['recipe']}-tiny.log").is_file()
+        assert r["bench_command"] == f"python3 scripts/bench_cardd_cpu.py --tiny --rows {r['recipe']}"
+        args = yaml.safe_load((out / f"{r['recipe']}-tiny" / "train" / "args.yaml").read_text())
+        assert args["close_mosaic"] == (2 if r["recipe"] == "recipe" else 10)  # each row's config reached the trainer
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("]")[0] for line in printed[:2]] == ["[stock, tiny", "[recipe, tiny"]  # one at a time, in order
+    table = printed[2:]
+    assert len(table) == 4 and table[2].startswith("| stock | - |") and table[3].startswith("| recipe | - |")
+    # the scores are the trainer's final validation of best.pt: Ultralytics' validator again is the oracle
+    r = rows[1]
+    val = load_model(r["weights"]).val(data=str(out / "recipe-tiny" / "data" / "data.yaml"), imgsz=160, batch=16,
+                                       device="cpu", plots=False, verbose=False, project=str(tmp_path), name="v")
+    assert r["mAP50"] == pytest.approx(float(val.box.map50), abs=1e-4)
+    # a second call trains nothing: the rows are read back
+    mtimes = [(out / f"{n}-tiny" / "row.json").stat().st_mtime_ns for n in ("stock", "recipe")]
+    assert [x["mAP50"] for x in bench_cardd_cpu.main(["--table", "--tiny", "--out", str(out)])] == [x["mAP50"] for x in rows]
+    assert mtimes == [(out / f"{n}-tiny" / "row.json").stat().st_mtime_ns for n in ("stock", "recipe")]
+    with pytest.raises(SystemExit, match="unknown row"):
+        bench_cardd_cpu.main(["--tiny", "--out", str(out), "--rows", "nope"])
+    with pytest.raises(SystemExit, match="synth-weights"):
+        bench_cardd_cpu.main(["--tiny", "--out", str(out), "--rows", "r-synth"])

@@ -447,7 +447,7 @@ def test_decoding_decides_everywhere(command, odd_photos, weights, tmp_path, cap
     ["train", "--epochs", "0"], ["train", "--batch", "-1"], ["train", "--device", "0"], ["preprocess", "--threshold", "0"],
     ["predict", "--imgsz", "100000"], ["train", "--time", "0"], ["outliers", "--threshold", "nan"],
     ["outliers", "--near", "65"], ["check", "--near", "-1"], ["synth", "--seed", "-1"], ["synth", "--imgsz", "31"],
-    ["synth", "--train", "-1"], ["demo", "--n-real", "-1"],
+    ["synth", "--train", "-1"], ["demo", "--n-real", "-1"], ["demo", "--minutes", "0"], ["demo", "--minutes", "nan"],
 ])
 def test_bad_options_get_one_line_before_any_work(args, tmp_path, capsys):
     command, *opts = args
@@ -579,3 +579,24 @@ def test_staging_keeps_what_ultralytics_trains_on_and_leaves_out_what_it_drops(t
     staged = sorted(p.name for p in (tmp_path / "view" / "train" / "images").iterdir())
     assert staged == ["train_00000.jpg", "train_00002.jpg"]
     assert [str(e) for e in view.errors] == [f"{labels / 'train_00001.txt'}:1: coordinate 1.05 outside [0, 1]"]
+
+
+def test_the_training_view_never_opens_a_test_split(tmp_path):
+    """A data.yaml with a test split: training's view holds train and val only, and a test photo is not even
+    decoded (a damaged one raises no error), so the split stays held out."""
+    import yaml
+
+    from pipeline.data.dataset_view import stage_dataset
+    from pipeline.data.synth import write_dataset
+
+    data = write_dataset(tmp_path / "ds", n_train=2, n_val=1, imgsz=96, seed=5, progress=False)
+    test_dir = data.parent / "test" / "images"
+    test_dir.mkdir(parents=True)
+    (test_dir / "held_out.jpg").write_bytes(b"not a jpeg at all")
+    spec = yaml.safe_load(data.read_text())
+    spec["test"] = "test/images"
+    data.write_text(yaml.safe_dump(spec))
+    view = stage_dataset(data, tmp_path / "view")
+    assert view.errors == [] and set(view.images) == {"train", "val"}
+    assert not (tmp_path / "view" / "test").exists()
+    assert "test" not in yaml.safe_load(view.data_yaml.read_text())

@@ -11,7 +11,8 @@ change the user's dataset. Training therefore reads a view under its own run fol
 Ultralytics replaces an image it restores with ``os.replace``, which swaps the link, never its target,
 and its caches land in the view. Every image is decoded first (``pipeline.core.io.validate_image``, the rule
 all commands share), and its label file parsed as ``cardamage check`` parses it: an image Ultralytics would
-drop (damaged photo, bad label line) is reported on its own line and left out of the view.
+drop (damaged photo, bad label line) is reported on its own line and left out of the view. Only the
+``train`` and ``val`` splits are viewed: a ``test`` split is never opened, so it stays held out.
 
 Examples:
     >>> view = stage_dataset("datasets/cardd/data.yaml", "runs/cardd/dataset")
@@ -65,13 +66,19 @@ def _check_label(label: Path, nc: int) -> None:
         raise InputError(label, "mixes box rows and polygon rows")
 
 
-def stage_dataset(data_yaml: str | Path, dest: str | Path, on_error=None) -> DatasetView:
+#: The splits a training run reads. A ``test`` split is left out of the view, never opened or decoded:
+#: it stays held out for an independent check after training.
+TRAINING_SPLITS = ("train", "val")
+
+
+def stage_dataset(data_yaml: str | Path, dest: str | Path, on_error=None, keep=TRAINING_SPLITS) -> DatasetView:
     """Build the view of ``data_yaml`` in ``dest`` (replacing an earlier view there) and return it.
 
     Args:
         data_yaml: the user's dataset YAML (resolved as Ultralytics resolves it; nothing is downloaded).
         dest: the view's folder, inside the run folder.
         on_error: called with each ``InputError`` (a damaged image) as it is found.
+        keep: the splits the view holds (default train and val; the others are not read at all).
 
     Raises:
         InputError: the yaml is malformed, a split is missing, or a split has no usable image left.
@@ -84,6 +91,8 @@ def stage_dataset(data_yaml: str | Path, dest: str | Path, on_error=None) -> Dat
     view = DatasetView(data_yaml=dest / "data.yaml")
     entries = {}
     for split, files in splits.items():
+        if split not in keep:
+            continue
         root = _common_root(files)
         kept = 0
         for image in files:
@@ -109,6 +118,6 @@ def stage_dataset(data_yaml: str | Path, dest: str | Path, on_error=None) -> Dat
         view.images[split] = kept
         entries[split] = f"{split}/images"
     spec = {"path": str(dest.resolve()), **entries, "nc": len(names), "names": dict(enumerate(names))}
-    atomic_write_text(view.data_yaml, f"# Training view of {Path(data_yaml).resolve()} (links; see pipeline/dataset_view.py)\n"
+    atomic_write_text(view.data_yaml, f"# Training view of {Path(data_yaml).resolve()} (links; see pipeline/data/dataset_view.py)\n"
                       + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
     return view

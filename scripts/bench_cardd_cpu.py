@@ -1,0 +1,151 @@
+"""Stock against the CPU recipe on CarDD, same wall-clock budget, same machine: one table row each.
+
+Each row is one ``scripts/train_cardd.py`` run in its own process, one after the other (never two at
+once: on 2 cores a second job halves the first's steps): YOLOv8n from ``yolov8n.yaml`` trained for the
+budget, then scored on CarDD ``valid/`` (799 images) by Ultralytics' validator (the trainer's own final
+evaluation of best.pt, at the training imgsz). ``test/`` is never read. A row whose ``row.json`` already
+exists in ``OUT`` is not trained again, so an interrupted benchmark resumes; ``--table`` only prints.
+
+Rows (``--rows``, default ``stock recipe``):
+    stock      configs/cardd_cpu_stock.yaml: Ultralytics' defaults at imgsz 320, batch 16 (issue 16's anchor)
+    recipe     configs/cardd_cpu.yaml: the CPU recipe
+    ablations, one change each against the recipe (``--rows ablations`` names them all):
+    r-256, r-416          image size
+    r-b16                 batch 16 (nbs 16): half the steps, twice the images per step
+    r-nbs64               stock's nbs 64 back (4 batches accumulated): credits the step lever
+    r-lr001               lr0 0.001 (optimizer=auto's value)
+    r-warmup3             stock's 3 warmup epochs back
+    r-close10             stock's close_mosaic 10 back (mosaic off after epoch 1 under time=)
+    r-clspw               cls_pw 0.5: inverse-frequency class weights (tire flat 235 vs scratch 2,534)
+    r-synth               start from a synthetic-damage model (``--synth-weights``, e.g. the demo's best.pt)
+
+Run (each row takes its budget plus ~3 minutes of setup and validation):
+    .venv/bin/python scripts/bench_cardd_cpu.py --data datasets/cardd-staged/data.yaml --minutes 30
+    .venv/bin/python scripts/bench_cardd_cpu.py --data datasets/cardd-staged/data.yaml --minutes 60 120 --rows recipe
+    .venv/bin/python scripts/bench_cardd_cpu.py --data ... --minutes 30 --rows r-256 r-416 r-synth \\
+        --synth-weights runs/demo/train/weights/best.pt
+    .venv/bin/python scripts/bench_cardd_cpu.py --tiny --out /tmp/cardd-cpu-tiny   # CI: 16+8 sample photos, 1 epoch
+    .venv/bin/python scripts/bench_cardd_cpu.py --table --out runs/cardd-cpu       # print the rows made so far
+
+Examples:
+    >>> rows = main(["--tiny", "--out", "/tmp/cardd-cpu-tiny"])
+    >>> [r["recipe"] for r in rows]
+    ['stock', 'recipe']
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+STOCK = CONFIGS / "cardd_cpu_stock.yaml"
+RECIPE = CONFIGS / "cardd_cpu.yaml"
+
+#: name -> (config, extra train_cardd.py flags); ablations change one thing against the recipe.
+ROWS = {
+    "stock": (STOCK, []),
+    "recipe": (RECIPE, []),
+    "r-256": (RECIPE, ["--imgsz", "256"]),
+    "r-416": (RECIPE, ["--imgsz", "416"]),
+    "r-b16": (RECIPE, ["--batch", "16", "--set", "nbs=16"]),
+    "r-nbs64": (RECIPE, ["--set", "nbs=64"]),
+    "r-lr001": (RECIPE, ["--set", "lr0=0.001"]),
+    "r-warmup3": (RECIPE, ["--set", "warmup_epochs=3"]),
+    "r-close10": (RECIPE, ["--set", "close_mosaic=10"]),
+    "r-clspw": (RECIPE, ["--set", "cls_pw=0.5"]),
+    "r-synth": (RECIPE, []),  # + --model SYNTH_WEIGHTS
+}
+ABLATIONS = [name for name in ROWS if name.startswith("r-")]
+
+
+def row_command(name: str, minutes: float | None, out: Path, data: str | None, synth_weights: str | None,
+                tiny: bool) -> list[str]:
+    """The ``train_cardd.py`` argument list for one row (without the interpreter)."""
+    config, extra = ROWS[name]
+    cmd = ["scripts/train_cardd.py", "--config", str(config.relative_to(ROOT)), "--recipe", name,
+           "--trainer-val", "--out", str(out), *extra]
+    if name == "r-synth":
+        if not synth_weights:
+            raise SystemExit("error: --rows r-synth needs --synth-weights (a synthetic-damage model's best.pt)")
+        cmd += ["--model", synth_weights]
+    if tiny:
+        return cmd + ["--tiny"]  # the smoke run: 1 epoch, no budget
+    return cmd + ["--data", data, "--minutes", f"{minutes:g}"]
+
+
+def table(rows: list[dict]) -> str:
+    """The markdown table of docs/benchmarks.md: one line per row, its command beside it."""
+    head = ("| row | budget min | train wall min | epochs | optimizer steps | mAP50 | mAP50-95 | per-class mAP50 | command |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    lines = [head]
+    for r in rows:
+        per = ", ".join(f"{k} {v:.2f}" for k, v in r["per_class"].items())
+        budget = "-" if r["budget_minutes"] is None else f"{r['budget_minutes']:g}"
+        lines.append(f"| {r['recipe']} | {budget} | {r['train_minutes']:.1f} | {r['epochs']} | {r['steps']} "
+                     f"| {r['mAP50']:.3f} | {r['mAP50-95']:.3f} | {per} | `{r['bench_command']}` |")
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="staged CarDD data.yaml (scripts/stage_cardd.py): train + valid only")
+    p.add_argument("--out", default="runs/cardd-cpu", help="one folder per row: OUT/NAME-MINUTES (default runs/cardd-cpu)")
+    p.add_argument("--minutes", type=float, nargs="+", default=[30.0], help="budgets in minutes (default 30)")
+    p.add_argument("--rows", nargs="+", default=["stock", "recipe"],
+                   help=f"rows in order; 'ablations' = {' '.join(ABLATIONS)} (default: stock recipe)")
+    p.add_argument("--synth-weights", help="synthetic-damage model for the r-synth row (e.g. runs/demo/train/weights/best.pt)")
+    p.add_argument("--tiny", action="store_true", help="CI smoke: each row on 16+8 sample photos, 1 epoch, 160 px")
+    p.add_argument("--table", action="store_true", help="print the table of the rows already in OUT; train nothing")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    names = [n for item in args.rows for n in (ABLATIONS if item == "ablations" else [item])]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        raise SystemExit(f"error: unknown row {unknown[0]!r} (known: {', '.join(ROWS)}, ablations)")
+    if not (args.tiny or args.table or args.data):
+        raise SystemExit("error: --data is required (a staged CarDD data.yaml), or --tiny")
+    out = Path(args.out).resolve()
+    budgets = [None] if args.tiny else args.minutes
+    rows, failed = [], []
+    for minutes in budgets:
+        for name in names:
+            run_dir = out / (f"{name}-tiny" if minutes is None else f"{name}-{minutes:g}")
+            row_file = run_dir / "row.json"
+            cmd = row_command(name, minutes, run_dir, args.data, args.synth_weights, args.tiny)
+            own = ["--tiny"] if minutes is None else ["--data", str(args.data), "--minutes", f"{minutes:g}"]
+            own += ["--rows", name] + (["--synth-weights", args.synth_weights] if name == "r-synth" else [])
+            bench = " ".join(shlex.quote(a) for a in ["python3", "scripts/bench_cardd_cpu.py", *own])
+            if not row_file.is_file() and not args.table:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                print(f"[{name}, {'tiny' if minutes is None else f'{minutes:g} min'}] {' '.join(cmd)}", flush=True)
+                with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
+                    rc = subprocess.run([sys.executable, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+                if rc != 0:
+                    print(f"error: row {name} failed (exit {rc}); see {run_dir.parent / (run_dir.name + '.log')}",
+                          file=sys.stderr)
+                    failed.append(name)
+                    continue
+            if row_file.is_file():
+                row = json.loads(row_file.read_text())
+                row["bench_command"] = bench
+                rows.append(row)
+    print(table(rows))
+    if failed:
+        raise SystemExit(1)  # the rows that did finish are printed above
+    return rows
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
