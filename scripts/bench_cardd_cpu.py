@@ -11,12 +11,13 @@ Rows (``--rows``, default ``stock recipe``):
     recipe     configs/cardd_cpu.yaml: the CPU recipe
     ablations, one change each against the recipe (``--rows ablations`` names them all):
     r-256, r-416          image size
-    r-b16                 batch 16 (nbs 16): half the steps, twice the images per step
+    r-b8                  batch 8 (nbs 8): twice the steps, half the images per step
     r-nbs64               stock's nbs 64 back (4 batches accumulated): credits the step lever
     r-lr001               lr0 0.001 (optimizer=auto's value)
     r-warmup3             stock's 3 warmup epochs back
     r-close10             stock's close_mosaic 10 back (mosaic off after epoch 1 under time=)
     r-clspw               cls_pw 0.5: inverse-frequency class weights (tire flat 235 vs scratch 2,534)
+    r-nocache             cache false: every JPEG decoded again each epoch, as stock does
     r-synth               start from a synthetic-damage model (``--synth-weights``, e.g. the demo's best.pt)
 
 Run (each row takes its budget plus ~3 minutes of setup and validation):
@@ -26,6 +27,7 @@ Run (each row takes its budget plus ~3 minutes of setup and validation):
         --synth-weights runs/demo/train/weights/best.pt
     .venv/bin/python scripts/bench_cardd_cpu.py --tiny --out /tmp/cardd-cpu-tiny   # CI: 16+8 sample photos, 1 epoch
     .venv/bin/python scripts/bench_cardd_cpu.py --table --out runs/cardd-cpu       # print the rows made so far
+    .venv/bin/python scripts/bench_cardd_cpu.py --throughput   # images/s of YOLOv8n forward+backward per batch and size
 
 Examples:
     >>> rows = main(["--tiny", "--out", "/tmp/cardd-cpu-tiny"])
@@ -54,12 +56,13 @@ ROWS = {
     "recipe": (RECIPE, []),
     "r-256": (RECIPE, ["--imgsz", "256"]),
     "r-416": (RECIPE, ["--imgsz", "416"]),
-    "r-b16": (RECIPE, ["--batch", "16", "--set", "nbs=16"]),
+    "r-b8": (RECIPE, ["--batch", "8", "--set", "nbs=8"]),
     "r-nbs64": (RECIPE, ["--set", "nbs=64"]),
     "r-lr001": (RECIPE, ["--set", "lr0=0.001"]),
     "r-warmup3": (RECIPE, ["--set", "warmup_epochs=3"]),
     "r-close10": (RECIPE, ["--set", "close_mosaic=10"]),
     "r-clspw": (RECIPE, ["--set", "cls_pw=0.5"]),
+    "r-nocache": (RECIPE, ["--set", "cache=false"]),
     "r-synth": (RECIPE, []),  # + --model SYNTH_WEIGHTS
 }
 ABLATIONS = [name for name in ROWS if name.startswith("r-")]
@@ -93,6 +96,37 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def throughput(shapes=((16, 320), (8, 320), (16, 256), (8, 256)), repeats: int = 3) -> list[dict]:
+    """Images a second of one YOLOv8n training step's forward and backward (no data loading, no optimizer)
+    on every core, per (batch, imgsz): what a batch size or an image size costs before any data is read."""
+    import time
+
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    import pipeline  # noqa: F401  (offline Ultralytics environment first)
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.set_num_threads(os.cpu_count() or 1)  # as training does (pipeline.model.train)
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=6, verbose=False).train()
+    out = []
+    for batch, imgsz in shapes:
+        x = torch.randn(batch, 3, imgsz, imgsz)
+        times = []
+        for i in range(repeats + 1):  # the first pass warms the allocator and oneDNN's kernels up
+            t = time.perf_counter()
+            y = model(x)
+            heads = y.values() if isinstance(y, dict) else y
+            sum(h.float().square().mean() for h in heads if torch.is_tensor(h)).backward()
+            if i:
+                times.append(time.perf_counter() - t)
+        seconds = sorted(times)[len(times) // 2]
+        out.append({"batch": batch, "imgsz": imgsz, "ms_per_batch": round(seconds * 1000), "images_per_s": round(batch / seconds, 1)})
+        print(f"batch {batch:3d}  imgsz {imgsz}: {seconds * 1000:6.0f} ms/batch  {batch / seconds:5.1f} images/s", flush=True)
+    return out
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="staged CarDD data.yaml (scripts/stage_cardd.py): train + valid only")
@@ -103,12 +137,15 @@ def parse_args(argv):
     p.add_argument("--synth-weights", help="synthetic-damage model for the r-synth row (e.g. runs/demo/train/weights/best.pt)")
     p.add_argument("--tiny", action="store_true", help="CI smoke: each row on 16+8 sample photos, 1 epoch, 160 px")
     p.add_argument("--table", action="store_true", help="print the table of the rows already in OUT; train nothing")
+    p.add_argument("--throughput", action="store_true", help="only time YOLOv8n forward+backward per batch and imgsz")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.throughput:
+        return throughput()
     names = [n for item in args.rows for n in (ABLATIONS if item == "ablations" else [item])]
     unknown = [n for n in names if n not in ROWS]
     if unknown:

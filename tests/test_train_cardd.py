@@ -258,9 +258,9 @@ def test_cpu_anchor_is_the_issue_call_and_the_recipe_changes_only_named_levers()
     for key in ("nbs", "optimizer", "lr0", "warmup_epochs", "close_mosaic", "cache", "mosaic"):
         assert key not in stock, key  # stock leaves them at Ultralytics' defaults
     assert (defaults.nbs, defaults.warmup_epochs, defaults.close_mosaic) == (64, 3.0, 10)  # what the issue found
-    # the recipe: same model, size and budget; one optimizer step per batch
-    assert {k: recipe[k] for k in ("model", "imgsz", "time", "val", "device")} == {
-        k: stock[k] for k in ("model", "imgsz", "time", "val", "device")}
+    # the recipe: same model, size, batch and budget; one optimizer step per batch
+    assert {k: recipe[k] for k in ("model", "imgsz", "batch", "time", "val", "device")} == {
+        k: stock[k] for k in ("model", "imgsz", "batch", "time", "val", "device")}
     assert recipe["nbs"] == recipe["batch"]
     comments = "\n".join(line for line in (REPO / "configs" / "cardd_cpu.yaml").read_text().splitlines()
                          if line.startswith("#"))
