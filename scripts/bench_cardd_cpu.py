@@ -15,7 +15,7 @@ Rows (``--rows``, default ``stock recipe``):
     r-nbs64               stock's nbs 64 back (4 batches accumulated): credits the step lever
     r-lr001               lr0 0.001 (optimizer=auto's value)
     r-warmup3             stock's 3 warmup epochs back
-    r-close10             stock's close_mosaic 10 back (mosaic off after epoch 1 under time=)
+    r-close10             stock's close_mosaic 10 back (mosaic off for the last 10 of the fitted epochs)
     r-clspw               cls_pw 0.5: inverse-frequency class weights (tire flat 235 vs scratch 2,534)
     r-nocache             cache false: every JPEG decoded again each epoch, as stock does
     r-synth               start from a synthetic-damage model (``--synth-weights``, e.g. the demo's best.pt)
@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             run_dir = out / (f"{name}-tiny" if minutes is None else f"{name}-{minutes:g}")
             row_file = run_dir / "row.json"
             cmd = row_command(name, minutes, run_dir, args.data, args.synth_weights, args.tiny)
-            own = ["--tiny"] if minutes is None else ["--data", str(args.data), "--minutes", f"{minutes:g}"]
+            data = str(args.data or "datasets/cardd-staged/data.yaml")  # --table alone: the staged set the docs use
+            own = ["--tiny"] if minutes is None else ["--data", data, "--minutes", f"{minutes:g}"]
             own += ["--rows", name] + (["--synth-weights", args.synth_weights] if name == "r-synth" else [])
             bench = " ".join(shlex.quote(a) for a in ["python3", "scripts/bench_cardd_cpu.py", *own])
             if not row_file.is_file() and not args.table:

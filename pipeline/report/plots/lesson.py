@@ -282,11 +282,10 @@ def plot_head_logits(cls_logits: list, strides: list, path, detections: list[dic
     lo, hi = min(float(v.min()), -8.0), max(float(v.max()), 8.0)
     zs = torch.linspace(lo, hi, 400, dtype=torch.float64)
     a2.plot(zs, torch.sigmoid(zs), color="tab:blue", label="score = sigmoid(logit)")
-    for d in detections or []:
-        a2.plot([d["logit"]], [d["sigmoid_by_hand"]], "o", color="tab:red", ms=4)
-    if detections:
+    if detections:  # one artist for every box: up to max_det markers, drawn as one line of points
         n = len(detections)
-        a2.plot([], [], "o", color="tab:red", label=f"{n} reported box{'' if n == 1 else 'es'}")
+        a2.plot([d["logit"] for d in detections], [d["sigmoid_by_hand"] for d in detections], "o", ls="none",
+                color="tab:red", ms=4, label=f"{n} reported box{'' if n == 1 else 'es'}")
     a2.set_xlabel("logit")
     a2.set_ylabel("score")
     a2.set_title("logit -> sigmoid -> score (no softmax over classes: one sigmoid per class)", fontsize=9)
