@@ -104,8 +104,9 @@ def throughput(shapes=((16, 320), (8, 320), (16, 256), (8, 256)), repeats: int =
     import torch
 
     sys.path.insert(0, str(ROOT))
-    import pipeline  # noqa: F401  (offline Ultralytics environment first)
     from ultralytics.nn.tasks import DetectionModel
+
+    import pipeline  # noqa: F401  (offline Ultralytics environment first)
 
     torch.set_num_threads(os.cpu_count() or 1)  # as training does (pipeline.model.train)
     torch.manual_seed(0)
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 print(f"[{name}, {'tiny' if minutes is None else f'{minutes:g} min'}] {' '.join(cmd)}", flush=True)
                 with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
-                    rc = subprocess.run([sys.executable, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+                    rc = subprocess.run([sys.executable, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
                 if rc != 0:
                     print(f"error: row {name} failed (exit {rc}); see {run_dir.parent / (run_dir.name + '.log')}",
                           file=sys.stderr)

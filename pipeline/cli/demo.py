@@ -83,6 +83,15 @@ def _recipe(args, out: Path) -> tuple[dict, dict, Path]:
     return recipe, demo, cfg
 
 
+def _train(data, out: Path, cfg: Path, timings: dict) -> dict:
+    """Step 2 of both demos: train into ``out/train`` with the recipe copy, timed and reported."""
+    t = time.perf_counter()
+    metrics = train(data, out / "train", config=cfg)
+    timings["train_s"] = round(time.perf_counter() - t, 1)
+    print(f"[2/4] trained {metrics.get('epochs')} epochs in {timings['train_s']}s: val mAP50 {metrics['mAP50']:.3f}")
+    return metrics
+
+
 def _run_real(args, out: Path, val_images: list[Path]) -> int:
     """The demo on a real dataset: train with the CPU recipe -> predict on val photos -> report."""
     t_start = time.perf_counter()
@@ -91,10 +100,7 @@ def _run_real(args, out: Path, val_images: list[Path]) -> int:
     budget = f"{recipe['time'] * 60:g} min budget" if recipe.get("time") else f"{recipe.get('epochs')} epochs"
     print(f"[1/4] dataset: {args.data} ({len(val_images)} val photos); recipe {args.config} ({budget})")
 
-    t = time.perf_counter()
-    metrics = train(args.data, out / "train", config=cfg)
-    timings["train_s"] = round(time.perf_counter() - t, 1)
-    print(f"[2/4] trained {metrics.get('epochs')} epochs in {timings['train_s']}s: val mAP50 {metrics['mAP50']:.3f}")
+    metrics = _train(args.data, out, cfg, timings)
 
     t = time.perf_counter()
     yolo = load_model(metrics["weights"])
@@ -145,10 +151,7 @@ def _run(args, out: Path, real_dir: Path) -> int:
     timings["synth_s"] = round(time.perf_counter() - t, 1)
     print(f"[1/4] synthetic data: {data_yaml} ({timings['synth_s']}s)")
 
-    t = time.perf_counter()
-    metrics = train(data_yaml, out / "train", config=cfg)
-    timings["train_s"] = round(time.perf_counter() - t, 1)
-    print(f"[2/4] trained {metrics.get('epochs')} epochs in {timings['train_s']}s: val mAP50 {metrics['mAP50']:.3f}")
+    metrics = _train(data_yaml, out, cfg, timings)
 
     t = time.perf_counter()
     yolo = load_model(metrics["weights"])
