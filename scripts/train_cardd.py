@@ -72,7 +72,6 @@ from pipeline.core.runtime import AMP_DECISIONS, amp_forward_agrees, install_off
 def validate(weights: Path, data: Path, imgsz: int, device, out: Path, batch: int = 32, workers: int = 8) -> tuple[dict, float]:
     """Ultralytics' validator on the data's ``val`` split; (metrics dict as in metrics.json, seconds)."""
     from pipeline.model.load import load_model
-    from pipeline.model.train import metrics_dict
 
     yolo = load_model(weights)
     t0 = time.time()
@@ -81,19 +80,13 @@ def validate(weights: Path, data: Path, imgsz: int, device, out: Path, batch: in
         plots=False, verbose=False, project=str(out), name="val", exist_ok=True,
     )
     seconds = time.time() - t0
-    metrics = metrics_dict(res, yolo.names)
-    metrics["per_class_map50_95"] = {
-        yolo.names[int(c)]: round(float(ap), 5) for c, ap in zip(res.ap_class_index, res.box.ap)
-    }
-    return metrics, seconds
+    return scores(res, yolo.names), seconds
 
 
-def trainer_metrics(trainer, names: dict) -> dict:
-    """The trainer's own final evaluation of best.pt (Ultralytics' validator on the ``val`` split at the
-    training imgsz), in :func:`validate`'s keys: a CPU row need not validate the same weights twice."""
+def scores(res, names: dict) -> dict:
+    """Ultralytics' ``DetMetrics`` as a row's scores: ``metrics.json``'s keys plus mAP50-95 per class."""
     from pipeline.model.train import metrics_dict
 
-    res = trainer.validator.metrics
     metrics = metrics_dict(res, names)
     metrics["per_class_map50_95"] = {names[int(c)]: round(float(ap), 5) for c, ap in zip(res.ap_class_index, res.box.ap)}
     return metrics
@@ -225,7 +218,9 @@ def main(argv: list[str] | None = None) -> dict:
     gpu_minutes = (time.time() - t0) / 60  # out holds the staged data; this is the wall of the training call
     weights = Path(trained["weights"])
     if args.trainer_val:
-        metrics, val_seconds = trainer_metrics(counter.trainer, counter.trainer.validator.names or {}), 0.0
+        # the trainer's own final evaluation of best.pt (same validator, val split and imgsz): a CPU row
+        # need not validate the same weights a third time
+        metrics, val_seconds = scores(counter.trainer.validator.metrics, counter.trainer.validator.names), 0.0
     else:
         metrics, val_seconds = validate(weights, data, imgsz, device, out, batch=args.val_batch,
                                         workers=int(settings.get("workers", 2)))
