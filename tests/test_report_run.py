@@ -8,6 +8,7 @@ head's forward), not by asking the run.
 from __future__ import annotations
 
 import json
+import os
 
 import cv2
 import pytest
@@ -153,3 +154,89 @@ def test_detections_are_predicts_in_a_fresh_process(tmp_path):
                           timeout=300, check=True)
     mine, theirs = json.loads(done.stdout.strip().splitlines()[-1])
     assert theirs and mine == theirs
+
+
+
+def _pid_marking(monkeypatch, sid: str, fail_outside: int | None = None):
+    """Wrap section ``sid`` so its numbers say which process built it (and, optionally, fail outside one pid)."""
+    from pipeline.report import page
+
+    real = page.BUILDERS[sid]
+
+    def marked(run, files, opts):
+        if fail_outside is not None and os.getpid() != fail_outside:
+            raise RuntimeError("a failure in the side process")
+        section = real(run, files, opts)
+        section.numbers["built_by_pid"] = os.getpid()
+        return section
+
+    monkeypatch.setitem(page.BUILDERS, sid, marked)
+
+
+def _figures(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _build(run, folder, opts, side=None, monkeypatch=None):
+    from pipeline.report import page
+
+    if side is not None:
+        monkeypatch.setattr(page, "SIDE_SECTIONS", side)
+    folder.mkdir()
+    timings = {}
+    sections = page.build_sections(run, folder, opts, timings)
+    assert [s.id for s in sections] == [sid for sid, _ in page.SECTIONS]
+    assert set(timings) >= set(page.BUILDERS)
+    return {s.id: s for s in sections}
+
+
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="the side process needs fork")
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread, as the report on 2 cores (and its side process): float64 sums then agree to the bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@needs_fork
+def test_side_process_builds_the_same_sections_as_one_process(checkpoint, sample_images, tmp_path, monkeypatch,
+                                                               one_thread):
+    """Sections drawn by the forked side process equal, numbers and figure bytes, those built in one process."""
+    from pipeline.report import page
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    _pid_marking(monkeypatch, "weights")
+    _pid_marking(monkeypatch, "training")
+    opts = Options(grad_imgsz=64, grad_batch=1, layercam=False)
+    run = PhotoRun(load_model(checkpoint), sample_images[0], imgsz=IMGSZ)
+    two = _build(run, tmp_path / "two", opts)
+    one = _build(run, tmp_path / "one", opts, side=(), monkeypatch=monkeypatch)
+    assert two["weights"].numbers.pop("built_by_pid") != os.getpid()  # drawn by the side process ...
+    assert two["training"].numbers.pop("built_by_pid") == os.getpid()  # ... while this one ran the gradients
+    assert one["weights"].numbers.pop("built_by_pid") == one["training"].numbers.pop("built_by_pid") == os.getpid()
+    for sid in page.BUILDERS:
+        assert json.dumps(page._jsonable(two[sid].numbers)) == json.dumps(page._jsonable(one[sid].numbers)), sid
+    assert len(_figures(tmp_path / "two")) >= 10
+    assert _figures(tmp_path / "two") == _figures(tmp_path / "one")
+
+
+@needs_fork
+def test_a_failing_side_process_leaves_the_sections_to_this_one(checkpoint, sample_images, tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    _pid_marking(monkeypatch, "hidden", fail_outside=os.getpid())
+    run = PhotoRun(load_model(checkpoint), sample_images[0], imgsz=IMGSZ)
+    built = _build(run, tmp_path / "out", Options(grad_imgsz=64, grad_batch=1, layercam=False))
+    assert built["hidden"].numbers["built_by_pid"] == os.getpid()
+    assert (tmp_path / "out" / "07_pre_post.png").stat().st_size > 1000
+
+
+def test_one_core_builds_every_section_here(checkpoint, sample_images, tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    _pid_marking(monkeypatch, "input")
+    run = PhotoRun(load_model(checkpoint), sample_images[0], imgsz=IMGSZ)
+    built = _build(run, tmp_path / "out", Options(grad_imgsz=64, grad_batch=1, layercam=False))
+    assert built["input"].numbers["built_by_pid"] == os.getpid()

@@ -15,9 +15,12 @@ Examples:
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import platform
 import re
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +36,7 @@ from pipeline.report.sections import BUILDERS, TITLES, Options
 #: Section ids and titles, in the lesson's order (the browser test checks every one).
 SECTIONS = TITLES
 DEFAULT_NC = 6
-__all__ = ["FILES", "SECTIONS", "write_report", "weights_file"]
+__all__ = ["FILES", "SECTIONS", "weights_file", "write_report"]
 
 
 def weights_file(weights: str) -> Path | None:
@@ -129,16 +132,8 @@ def _write_report(weights, image, out_dir, imgsz: int, conf: float, opts: Option
     run = PhotoRun(yolo, image, imgsz=imgsz, conf=conf)  # InputError on a bad photo, before anything is written
     files = out_dir / FILES
     files.mkdir(parents=True, exist_ok=True)
-    if opts.layercam:
-        # the heaviest extra pass (autograd through the whole network) runs while the process is lean; the
-        # output section reads the kept result (8000 px photo: peak 1612 MiB when it ran last, 1358 first)
-        run.layercam(files / "layercam")
     timings = {"run": round(time.perf_counter() - t_start, 2)}
-    sections = []
-    for sid, _ in SECTIONS:
-        t = time.perf_counter()
-        sections.append(BUILDERS[sid](run, files, opts))
-        timings[sid] = round(time.perf_counter() - t, 2)
+    sections = build_sections(run, files, opts, timings)
     for e in (e for s in sections for e in s.errors):
         if on_error:
             on_error(e)
@@ -151,6 +146,91 @@ def _write_report(weights, image, out_dir, imgsz: int, conf: float, opts: Option
     page = render_page(info, sections, timings, list(SECTIONS))
     atomic_write_json(files / "report.json", _jsonable(numbers))
     return atomic_write_text(out_dir / "report.html", page)
+
+
+#: Sections a second process can build: they draw figures from what the run recorded, and neither run the
+#: network nor need the detections (``activations`` runs it with ``--stats-over``, and then stays here).
+SIDE_SECTIONS = ("input", "weights", "hidden", "activations")
+
+
+def build_sections(run: PhotoRun, files: Path, opts: Options, timings: dict) -> list:
+    """Every section of the page, in the lesson's order; each one's seconds go into ``timings``.
+
+    The main process runs torch on ``select_device``'s threads, which leave one core free, and matplotlib
+    draws on one core. So, where ``fork`` exists and there are two cores, a forked child draws
+    ``SIDE_SECTIONS`` (figures from the recorded pass, about half the figure time) while this process runs
+    the passes that need the network or the detections (the first detection imports torchvision, for
+    Ultralytics' NMS kernel as predict does: ~1.5 s, most of it torch._dynamo, so the child forks first).
+    Importing it in a thread beside the gradient passes was tried: slower (3.2 s for gradients instead of
+    1.9: they hold the GIL for much of their Python, and three busy threads share two cores).
+
+    The sections are the same functions either way: a child that fails or dies only means this process
+    builds its sections too (a failure then raises here, with its own traceback).
+    """
+    side = [sid for sid in SIDE_SECTIONS if not (sid == "activations" and opts.stats_files)]
+    if ((os.cpu_count() or 1) < 2 or "fork" not in multiprocessing.get_all_start_methods()
+            or multiprocessing.current_process().daemon):  # a daemonic process may not start one
+        side = []
+    child = _start_side(run, files, opts, side) if side else None
+    if opts.layercam:
+        # the heaviest extra pass (autograd through the whole network) runs while this process is lean; the
+        # output section reads the kept result (8000 px photo: peak 1612 MiB when it ran last, 1358 first)
+        t = time.perf_counter()
+        run.layercam(files / "layercam")
+        timings["layercam"] = round(time.perf_counter() - t, 2)
+    built = {}
+    for sid, _ in SECTIONS:
+        if not (child and sid in side):
+            built[sid] = _timed(sid, run, files, opts, timings)
+    if child:
+        built.update(_join_side(*child, timings))
+    for sid in side:
+        if sid not in built:
+            built[sid] = _timed(sid, run, files, opts, timings)
+    return [built[sid] for sid, _ in SECTIONS]
+
+
+def _timed(sid: str, run: PhotoRun, files: Path, opts: Options, timings: dict):
+    t = time.perf_counter()
+    section = BUILDERS[sid](run, files, opts)
+    timings[sid] = round(time.perf_counter() - t, 2)
+    return section
+
+
+def _side_main(conn, run: PhotoRun, files: Path, opts: Options, ids: list[str]) -> None:
+    """The forked child: one torch thread (a forked OpenMP pool must not be entered), build, send back."""
+    torch.set_num_threads(1)
+    try:
+        timings = {}
+        conn.send(("ok", {sid: _timed(sid, run, files, opts, timings) for sid in ids}, timings))
+    except BaseException:  # noqa: BLE001  (reported to the parent, which rebuilds and raises it itself)
+        conn.send(("error", traceback.format_exc(), {}))
+    finally:
+        conn.close()
+
+
+def _start_side(run: PhotoRun, files: Path, opts: Options, ids: list[str]):
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_side_main, args=(send, run, files, opts, ids), daemon=True)
+    proc.start()
+    send.close()
+    return proc, recv
+
+
+def _join_side(proc, recv, timings: dict) -> dict:
+    """The child's sections, or ``{}`` if it failed or died (the caller then builds them)."""
+    try:
+        status, built, side_timings = recv.recv()
+    except (EOFError, OSError):
+        status, built, side_timings = "died", {}, {}
+    finally:
+        recv.close()
+        proc.join()
+    if status != "ok":
+        return {}
+    timings.update(side_timings)
+    return built
 
 
 def _jsonable(obj):
