@@ -104,6 +104,16 @@ def test_variants_share_init_and_only_differ_in_activation(yolo):
     assert not any(isinstance(mod, nn.SiLU) for mod in models["relu"].modules())
 
 
+def test_comparison_is_each_variant_built_on_its_own(yolo, batch):
+    """activation_comparison builds the fresh model once: each flow equals the one of a variant built alone."""
+    comp = activation_comparison(yolo.model.yaml, 6, batch, seed=2, variants=("relu", "tanh"))
+    for name in ("relu", "tanh"):
+        alone = gradient_flow(build_variant(yolo.model.yaml, 6, name, seed=2), batch)
+        assert comp[name]["layers"] == alone["layers"]
+        assert comp[name]["loss"] == alone["loss"]
+        np.testing.assert_array_equal(comp[name]["mean_abs_grad"], alone["mean_abs_grad"])
+
+
 def test_sigmoid_gradient_vanishes_toward_the_stem(yolo, batch):
     comp = activation_comparison(yolo.model.yaml, 6, batch, seed=0, variants=("silu", "sigmoid"))
     silu, sig = (np.asarray(comp[k]["mean_abs_grad"]) for k in ("silu", "sigmoid"))
