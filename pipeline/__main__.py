@@ -1,5 +1,5 @@
 """``python -m pipeline ...`` is the same as the ``cardamage`` console script."""
 
-from pipeline.cli import main
+from pipeline.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

@@ -157,3 +157,23 @@ def test_demo_data_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.yaml" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_a_command_process_freezes_its_imports_and_main_inside_a_program_does_not(tmp_path):
+    """``python -m pipeline`` (``entry``) moves what the imports made into gc's permanent generation; ``main``
+    called from another program leaves that program's collector as it was."""
+    code = ("import gc, sys\n"
+            "from pipeline.cli import main\n"
+            "code = main(['synth', '--out', sys.argv[1], '--train', '1', '--val', '1', '--imgsz', '64'],"
+            " freeze_imports=sys.argv[2] == 'freeze')\n"
+            "print(code, gc.get_freeze_count())\n")
+    counts = {}
+    for mode in ("freeze", "plain"):
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / mode), mode], capture_output=True, text=True,
+                              timeout=300, check=True)
+        code_, counts[mode] = map(int, done.stdout.split()[-2:])
+        assert code_ == 0 and (tmp_path / mode / "data.yaml").is_file()
+    assert counts["plain"] == 0
+    assert counts["freeze"] > 50_000  # torch and numpy's objects at least
+    entry = subprocess.run([sys.executable, "-c", "import pipeline.__main__"], capture_output=True, text=True, timeout=60)
+    assert entry.returncode == 2 and "cardamage" in entry.stdout  # the module entry point runs entry(): help, exit 2
