@@ -12,12 +12,15 @@ Rows (``--rows``, default ``stock recipe``):
     ablations, one change each against the recipe (``--rows ablations`` names them all):
     r-256, r-416          image size
     r-b8                  batch 8 (nbs 8): twice the steps, half the images per step
+    r-b32                 batch 32 (nbs 32): half the steps, twice the images per step
     r-nbs64               stock's nbs 64 back (4 batches accumulated): credits the step lever
     r-lr001               lr0 0.001 (optimizer=auto's value)
+    r-lr004               lr0 0.004: twice the recipe's step size
     r-warmup3             stock's 3 warmup epochs back
     r-close10             stock's close_mosaic 10 back (mosaic off for the last 10 of the fitted epochs)
     r-clspw               cls_pw 0.5: inverse-frequency class weights (tire flat 235 vs scratch 2,534)
     r-nocache             cache false: every JPEG decoded again each epoch, as stock does
+    r-nchw                cpu_channels_last false: the model trains in NCHW memory, as Ultralytics does on a CPU
     r-synth               start from a synthetic-damage model (``--synth-weights``, e.g. the demo's best.pt)
 
 Run (each row takes its budget plus ~3 minutes of setup and validation):
@@ -27,7 +30,7 @@ Run (each row takes its budget plus ~3 minutes of setup and validation):
         --synth-weights runs/demo/train/weights/best.pt
     .venv/bin/python scripts/bench_cardd_cpu.py --tiny --out /tmp/cardd-cpu-tiny   # CI: 16+8 sample photos, 1 epoch
     .venv/bin/python scripts/bench_cardd_cpu.py --table --out runs/cardd-cpu       # print the rows made so far
-    .venv/bin/python scripts/bench_cardd_cpu.py --throughput   # images/s of YOLOv8n forward+backward per batch and size
+    .venv/bin/python scripts/bench_cardd_cpu.py --throughput   # images/s of YOLOv8n forward+backward per batch, size and layout
 
 Examples:
     >>> rows = main(["--tiny", "--out", "/tmp/cardd-cpu-tiny"])
@@ -57,12 +60,15 @@ ROWS = {
     "r-256": (RECIPE, ["--imgsz", "256"]),
     "r-416": (RECIPE, ["--imgsz", "416"]),
     "r-b8": (RECIPE, ["--batch", "8", "--set", "nbs=8"]),
+    "r-b32": (RECIPE, ["--batch", "32", "--set", "nbs=32"]),
     "r-nbs64": (RECIPE, ["--set", "nbs=64"]),
     "r-lr001": (RECIPE, ["--set", "lr0=0.001"]),
+    "r-lr004": (RECIPE, ["--set", "lr0=0.004"]),
     "r-warmup3": (RECIPE, ["--set", "warmup_epochs=3"]),
     "r-close10": (RECIPE, ["--set", "close_mosaic=10"]),
     "r-clspw": (RECIPE, ["--set", "cls_pw=0.5"]),
     "r-nocache": (RECIPE, ["--set", "cache=false"]),
+    "r-nchw": (RECIPE, ["--set", "cpu_channels_last=false"]),
     "r-synth": (RECIPE, []),  # + --model SYNTH_WEIGHTS
 }
 ABLATIONS = [name for name in ROWS if name.startswith("r-")]
@@ -85,20 +91,22 @@ def row_command(name: str, minutes: float | None, out: Path, data: str | None, s
 
 def table(rows: list[dict]) -> str:
     """The markdown table of docs/benchmarks.md: one line per row, its command beside it."""
-    head = ("| row | budget min | train wall min | epochs | optimizer steps | mAP50 | mAP50-95 | per-class mAP50 | command |\n"
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    head = ("| row | memory | budget min | train wall min | epochs | optimizer steps | mAP50 | mAP50-95 | per-class mAP50 "
+            "| command |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     lines = [head]
     for r in rows:
         per = ", ".join(f"{k} {v:.2f}" for k, v in r["per_class"].items())
         budget = "-" if r["budget_minutes"] is None else f"{r['budget_minutes']:g}"
-        lines.append(f"| {r['recipe']} | {budget} | {r['train_minutes']:.1f} | {r['epochs']} | {r['steps']} "
+        memory = {"channels_last": "NHWC", "contiguous": "NCHW"}.get(r.get("memory_format"), "?")
+        lines.append(f"| {r['recipe']} | {memory} | {budget} | {r['train_minutes']:.1f} | {r['epochs']} | {r['steps']} "
                      f"| {r['mAP50']:.3f} | {r['mAP50-95']:.3f} | {per} | `{r['bench_command']}` |")
     return "\n".join(lines)
 
 
 def throughput(shapes=((16, 320), (8, 320), (16, 256), (8, 256)), repeats: int = 3) -> list[dict]:
     """Images a second of one YOLOv8n training step's forward and backward (no data loading, no optimizer)
-    on every core, per (batch, imgsz): what a batch size or an image size costs before any data is read."""
+    on every core, per (batch, imgsz) and memory layout (NCHW as Ultralytics trains on a CPU, NHWC as the
+    recipe's ``cpu_channels_last``): what a batch size, an image size or a layout costs before any data is read."""
     import time
 
     import torch
@@ -114,17 +122,22 @@ def throughput(shapes=((16, 320), (8, 320), (16, 256), (8, 256)), repeats: int =
     out = []
     for batch, imgsz in shapes:
         x = torch.randn(batch, 3, imgsz, imgsz)
-        times = []
-        for i in range(repeats + 1):  # the first pass warms the allocator and oneDNN's kernels up
-            t = time.perf_counter()
-            y = model(x)
-            heads = y.values() if isinstance(y, dict) else y
-            sum(h.float().square().mean() for h in heads if torch.is_tensor(h)).backward()
-            if i:
-                times.append(time.perf_counter() - t)
-        seconds = sorted(times)[len(times) // 2]
-        out.append({"batch": batch, "imgsz": imgsz, "ms_per_batch": round(seconds * 1000), "images_per_s": round(batch / seconds, 1)})
-        print(f"batch {batch:3d}  imgsz {imgsz}: {seconds * 1000:6.0f} ms/batch  {batch / seconds:5.1f} images/s", flush=True)
+        for layout, fmt in (("NCHW", torch.contiguous_format), ("NHWC", torch.channels_last)):
+            model.to(memory_format=fmt)  # the batch stays NCHW, as Ultralytics hands it over
+            times = []
+            for i in range(repeats + 1):  # the first pass warms the allocator and oneDNN's kernels up
+                t = time.perf_counter()
+                y = model(x)
+                heads = y.values() if isinstance(y, dict) else y
+                sum(h.float().square().mean() for h in heads if torch.is_tensor(h)).backward()
+                model.zero_grad(set_to_none=True)
+                if i:
+                    times.append(time.perf_counter() - t)
+            seconds = sorted(times)[len(times) // 2]
+            out.append({"batch": batch, "imgsz": imgsz, "layout": layout, "ms_per_batch": round(seconds * 1000),
+                        "images_per_s": round(batch / seconds, 1)})
+            print(f"batch {batch:3d}  imgsz {imgsz}  {layout}: {seconds * 1000:6.0f} ms/batch  {batch / seconds:5.1f} "
+                  "images/s", flush=True)
     return out
 
 

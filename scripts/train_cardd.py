@@ -252,6 +252,9 @@ def main(argv: list[str] | None = None) -> dict:
         "train_minutes": round(gpu_minutes, 2),  # the same wall as gpu_minutes, named for CPU rows
         "cpus": os.cpu_count(),  # training runs torch on all of them (pipeline.model.train)
         "validated_by": "trainer final eval of best.pt" if args.trainer_val else "validate(best.pt)",
+        # the layout the network trained in (the recipe's cpu_channels_last; Ultralytics' own choice on CUDA)
+        "memory_format": "channels_last" if settings.get("cpu_channels_last") and str(device) == "cpu" else
+        "contiguous" if str(device) == "cpu" else "ultralytics",
     }
     atomic_write_json(out / "row.json", row)
     if args.json:

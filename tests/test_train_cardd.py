@@ -28,6 +28,7 @@ from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import InputError
 from pipeline.data.labels import dataset_splits
 from pipeline.model.load import load_model
+from pipeline.model.train import OWN_KEYS
 from ultralytics.data.utils import img2label_paths
 
 REPO = Path(__file__).resolve().parent.parent
@@ -266,10 +267,31 @@ def test_cpu_anchor_is_the_issue_call_and_the_recipe_changes_only_named_levers()
                          if line.startswith("#"))
     for key in recipe:  # every choice is explained in the file's comments
         assert re.search(rf"\b{key}\b", comments), key
+    assert "cpu_channels_last" not in stock and recipe["cpu_channels_last"] is True
     for cfg in (stock, recipe):
-        cfg = dict(cfg)
-        assert cfg.pop("model") == "yolov8n.yaml"
+        cfg = {k: v for k, v in cfg.items() if k not in OWN_KEYS}  # the project's keys, read by pipeline.model.train
         get_cfg(overrides=cfg)  # raises on an unknown key or a bad value
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_cpu_channels_last_trains_the_model_and_its_ema_in_nhwc(sample_dir, tmp_path, channels_last):
+    """The recipe's ``cpu_channels_last`` reaches the trainer: the model and its EMA are NHWC at every step
+    (Ultralytics alone keeps NCHW on a CPU), and the checkpoint is still saved NCHW."""
+    from pipeline.model.train import train
+
+    data = stage_cardd.stage_dataset(sample_dir, tmp_path / "data", 16, 8)
+    seen = []
+
+    def layout(trainer):
+        for net in (trainer.model, trainer.ema.ema):
+            w = net.model[1].conv.weight  # a 3x3 conv (16 -> 32 channels): NCHW and NHWC strides differ
+            seen.append(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous())
+
+    train(data, tmp_path / "run", config=REPO / "configs" / "cardd_cpu.yaml", callbacks={"on_train_batch_end": layout},
+          cpu_channels_last=channels_last, epochs=1, imgsz=64, batch=8, nbs=8, time=0, cache=False, workers=0)
+    assert len(seen) == 4 and set(seen) == {channels_last}  # 2 batches x (model, EMA)
+    saved = torch.load(tmp_path / "run" / "weights" / "last.pt", weights_only=False)["model"]  # the EMA, stripped
+    assert saved.model[1].conv.weight.is_contiguous()
 
 
 def test_step_counter_agrees_with_the_optimizers_own_count(sample_dir, tmp_path):
@@ -298,7 +320,7 @@ def test_bench_cardd_cpu_tiny_runs_both_rows_in_order_and_resumes(sample_dir, tm
     printed = capsys.readouterr().out.strip().splitlines()
     assert [line.split("]")[0] for line in printed[:2]] == ["[stock, tiny", "[recipe, tiny"]  # one at a time, in order
     table = printed[2:]
-    assert len(table) == 4 and table[2].startswith("| stock | - |") and table[3].startswith("| recipe | - |")
+    assert len(table) == 4 and table[2].startswith("| stock | NCHW | - |") and table[3].startswith("| recipe | NHWC | - |")
     # the scores are the trainer's final validation of best.pt: Ultralytics' validator again is the oracle
     r = rows[1]
     val = load_model(r["weights"]).val(data=str(out / "recipe-tiny" / "data" / "data.yaml"), imgsz=160, batch=16,
