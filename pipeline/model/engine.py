@@ -22,7 +22,9 @@ then ``YOLO(onnx).predict``) as whole processes on the 100 CarDD sample photos a
 8200 boxes in every variant equal to stock's, 2 shared cores (``scripts/bench_onnx_route.py``; four runs
 in docs/benchmarks.md): ``cardamage predict FOLDER`` with its graph cache filled ran 1.36-2.10x as fast
 as the ONNX route's predict (1.85-2.72x steady), and 1.05-1.68x as fast as stock PyTorch predict
-(1.23-2.02x steady): the issue's 1.5x over stock held in the most loaded run only. The route's graph is
+(1.23-2.02x steady): the issue's 1.5x over stock held in the most loaded run only. Since the
+``cardamage`` process freezes its collector (``pipeline.cli.entry``), whole processes ran 1.90-1.97x as fast
+as stock PyTorch predict (``scripts/bench_engine.py``, 2026-12-02, docs/benchmarks.md). The route's graph is
 as fast in a tight loop (46 ms vs 44 for one of our single-threaded sessions) but took 85-99 ms inside
 its predict loop, likely its one session spread over both cores between torch steps on a shared machine.
 So the engine keeps what wins:
