@@ -174,6 +174,6 @@ def test_a_command_process_freezes_its_imports_and_main_inside_a_program_does_no
         code_, counts[mode] = map(int, done.stdout.split()[-2:])
         assert code_ == 0 and (tmp_path / mode / "data.yaml").is_file()
     assert counts["plain"] == 0
-    assert counts["freeze"] > 50_000  # torch and numpy's objects at least
+    assert counts["freeze"] > 50_000  # what the imports made (torch among them: ~190,000 objects)
     entry = subprocess.run([sys.executable, "-c", "import pipeline.__main__"], capture_output=True, text=True, timeout=60)
     assert entry.returncode == 2 and "cardamage" in entry.stdout  # the module entry point runs entry(): help, exit 2

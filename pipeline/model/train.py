@@ -161,10 +161,9 @@ def train(
         left_out = []
     else:
         recipe = load_recipe(config)
-        args = {k: v for k, v in recipe.items() if k not in OWN_KEYS}
-        args.update({k: v for k, v in overrides.items() if v is not None and k not in OWN_KEYS})
-        channels_last = overrides.get("cpu_channels_last")
-        channels_last = recipe.get("cpu_channels_last", False) if channels_last is None else channels_last
+        settings = {**recipe, **{k: v for k, v in overrides.items() if v is not None}}
+        args = {k: v for k, v in settings.items() if k not in OWN_KEYS}  # ours, not Ultralytics'
+        channels_last = bool(settings.get("cpu_channels_last", False))
         model = model or recipe.get("model") or DEFAULT_MODEL
         info = check_data_yaml(data)
         folders = dataset_folders(data)
