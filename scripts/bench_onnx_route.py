@@ -6,7 +6,7 @@ the same folder with the same weights, imgsz and conf, on the CPU:
 - ``stock``: ``YOLO(pt).predict(folder, stream=True)``, what a user of Ultralytics runs.
 - ``export``: ``YOLO(pt).export(format="onnx", imgsz=...)``, timed on its own (it is paid once per weights).
 - ``onnx route``: ``YOLO(onnx).predict(folder, stream=True)`` on that export.
-- ``ours cold``: ``cardamage predict FOLDER --no-overlays`` (``pipeline.cli.main``, backend auto = ONNX
+- ``ours cold``: ``cardamage predict FOLDER --no-overlays`` (``pipeline.cli.main`` as ``entry`` runs it, backend auto = ONNX
   Runtime) with an empty graph cache: the first run on new weights, its own export included.
 - ``ours warm``: the same with the graph cache filled (every later run on the same weights).
 - ``ours torch``: the same with ``--backend torch``.
@@ -36,6 +36,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -97,12 +98,13 @@ def _child(args) -> int:
         backend = "torch" if args.child == "ours torch" else "auto"
         argv = ["predict", args.source, "--weights", args.child_weights, "--out", args.child_out, "--no-overlays",
                 "--conf", str(args.conf), "--imgsz", str(args.imgsz), "--backend", backend]
-        rc = main(argv)
+        rc = main(argv, freeze_imports=True)  # as the console script's ``entry`` runs it (gc frozen after imports)
         if rc:
             return rc
         records = json.loads((Path(args.child_out) / "detections.json").read_text())
         for r in records:
             r["image"] = str(Path(r["image"]).resolve())
+        gc.freeze()  # and exits as ``entry`` does, without a last walk over the imported objects (stock's does)
     Path(args.child_result).write_text(json.dumps({"records": records, "stamps": stamps, "torchvision": "torchvision" in sys.modules}))
     return 0
 
