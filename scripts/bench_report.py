@@ -18,6 +18,7 @@ Run:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -107,6 +108,9 @@ def main() -> int:
               f"OMP_NUM_THREADS={START_ENV.get('OMP_NUM_THREADS', 'unset')}, "
               f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
         print(f"old ({args.old}) median {o:.2f} s   new median {n:.2f} s   ratio new/old {n / o:.2f}")
+        last = json.loads((tmp / f"new_{args.repeats - 1}" / "report_files" / "report.json").read_text())
+        # where the new process spends its time (the side process's sections overlap the main one's)
+        print("new, last run, seconds inside the process:", ", ".join(f"{k} {v}" for k, v in last["timings_s"].items()))
     return 0
 
 

@@ -109,7 +109,12 @@ def gradient_flow(model: nn.Module, batch: dict) -> dict:
         ``loss`` (total as the trainer backpropagates it), ``loss_items`` (box, cls, dfl),
         ``loss_names``.
     """
-    model = copy.deepcopy(model).float().train()
+    return _flow(copy.deepcopy(model), batch)
+
+
+def _flow(model: nn.Module, batch: dict) -> dict:
+    """``gradient_flow`` on ``model`` itself (a private copy the caller made), which it changes."""
+    model = model.float().train()
     for p in model.parameters():
         p.requires_grad_(True)
     model.args = _hyperparameters(model)
@@ -196,7 +201,7 @@ def activation_comparison(cfg, nc: int, batch: dict, seed: int = 0, variants=tup
         ``{activation: gradient_flow(...) result}``.
     """
     base = fresh_model(cfg, nc, seed)
-    return {name: gradient_flow(with_activation(base, name), batch) for name in variants}
+    return {name: _flow(with_activation(base, name), batch) for name in variants}  # each copy is private already
 
 
 # --- one SGD step on one neuron ------------------------------------------------------------------

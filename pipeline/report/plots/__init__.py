@@ -52,7 +52,8 @@ def save_png(fig, path, tight: bool = True, dpi: int = 100, pad_inches: float = 
         y0, y1 = max(0, h - int(np.ceil(box.y1 * dpi))), min(h, h - int(box.y0 * dpi))
         rgba = rgba[y0:y1, x0:x1]
     buf = io.BytesIO()
-    PIL.Image.fromarray(np.ascontiguousarray(rgba)).save(buf, format="png")
+    # zlib level 1, not PIL's 6: the report's 17 figures encode in 0.24 s instead of 0.64 s, 5% more bytes
+    PIL.Image.fromarray(np.ascontiguousarray(rgba)).save(buf, format="png", compress_level=1)
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
