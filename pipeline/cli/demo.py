@@ -112,14 +112,9 @@ def _run_real(args, out: Path, val_images: list[Path]) -> int:
     n_det = sum(len(r["detections"]) for r in records)
     print(f"[3/4] predicted {len(records)} val photos ({n_det} boxes at conf {REAL_CONF:g})")
 
-    report = None
-    if not args.no_report:
-        t = time.perf_counter()
-        # the report explains a detection when there is one: the first val photo the model finds damage on
-        shown = next((Path(r["image"]) for r in records if r["detections"]), photos[0])
-        report = write_report(metrics["weights"], shown, out / "report", imgsz=imgsz, stats_over=list(val_images))
-        timings["report_s"] = round(time.perf_counter() - t, 1)
-        print(f"[4/4] report on {shown.name}: {report} ({timings['report_s']}s)")
+    # the report explains a detection when there is one: the first val photo the model finds damage on
+    shown = next((Path(r["image"]) for r in records if r["detections"]), photos[0])
+    report = _report(args, metrics["weights"], shown, out, imgsz, list(val_images), timings, f" on {shown.name}")
 
     timings["total_s"] = round(time.perf_counter() - t_start, 1)
     summary = {
@@ -132,6 +127,17 @@ def _run_real(args, out: Path, val_images: list[Path]) -> int:
         "report": str(report) if report else None,
     }
     return _finish(out, summary, metrics, "val", timings)
+
+
+def _report(args, weights, photo: Path, out: Path, imgsz: int, stats_over: list, timings: dict, where: str = ""):
+    """Step 4: the lesson report on ``photo`` (``None`` with ``--no-report``); its seconds go into ``timings``."""
+    if args.no_report:
+        return None
+    t = time.perf_counter()
+    report = write_report(weights, photo, out / "report", imgsz=imgsz, stats_over=stats_over)
+    timings["report_s"] = round(time.perf_counter() - t, 1)
+    print(f"[4/4] report{where}: {report} ({timings['report_s']}s)")
+    return report
 
 
 def _finish(out: Path, summary: dict, metrics: dict, split: str, timings: dict) -> int:
@@ -167,14 +173,9 @@ def _run(args, out: Path, real_dir: Path) -> int:
     n_det = sum(len(r["detections"]) for r in synth_records)
     print(f"[3/4] predicted {len(synth_records)} synthetic ({n_det} boxes) and {len(real_records)} real photos")
 
-    report = None
-    if not args.no_report:
-        t = time.perf_counter()
-        # every layer's statistics over the whole synthetic val split beside the one photo's
-        report = write_report(metrics["weights"], val_images[0], out / "report", imgsz=imgsz,
-                              stats_over=[str(out / "data" / "val" / "images")])
-        timings["report_s"] = round(time.perf_counter() - t, 1)
-        print(f"[4/4] report: {report} ({timings['report_s']}s)")
+    # every layer's statistics over the whole synthetic val split beside the one photo's
+    report = _report(args, metrics["weights"], val_images[0], out, imgsz, [str(out / "data" / "val" / "images")],
+                     timings)
 
     timings["total_s"] = round(time.perf_counter() - t_start, 1)
     summary = {
