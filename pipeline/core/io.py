@@ -31,8 +31,9 @@ from ultralytics.utils.patches import imread
 
 from pipeline.core.errors import InputError  # defined apart so the command line can catch it without loading this
 
-# Pillow's own open: Ultralytics patches Image.open to pip-check pi-heif on every unknown format
-_pil_open = getattr(ultralytics_patches, "_image_open", PIL.Image.open)
+#: Pillow's own ``Image.open``: Ultralytics patches ``PIL.Image.open`` to pip-check pi-heif on every format
+#: Pillow does not know (a coloured requirements warning on a text file named .jpg); ours never does.
+pil_open = getattr(ultralytics_patches, "_image_open", PIL.Image.open)
 
 #: What a folder contributes: Ultralytics' own image formats, so predict sees what training sees (no GIF).
 IMAGE_SUFFIXES = {f".{suffix}" for suffix in IMG_FORMATS}
@@ -229,7 +230,7 @@ def validate_image(path: str | os.PathLike) -> None:
     coded byte is still read, which is where damage shows, at ~0.5 ms for a 640 px photo.
     """
     try:
-        with _pil_open(path) as im:
+        with pil_open(path) as im:
             if im.format == "JPEG":
                 im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()

@@ -75,7 +75,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from pipeline.core.io import InputError, read_image, validate_image
+from pipeline.core.io import InputError, pil_open, read_image, validate_image
 from pipeline.data.preprocess import input_size
 from pipeline.model.backends import cpu_threads, make_backend, onnx_available
 from pipeline.model.detections import detection_dicts
@@ -102,12 +102,10 @@ def _decode_cost(path: Path, alone: int) -> int:
     """Bytes OpenCV's decode of ``path`` peaks at: twice its 8-bit BGR pixels (the decoded image, and the
     copy cv2's Python binding makes of it), from the header (PIL reads no pixels for ``size``). A header
     PIL cannot read costs ``alone``, the whole budget: that file is decoded with nothing beside it."""
-    from PIL import Image
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning: only the size is read
-            with Image.open(path) as im:
+            with pil_open(path) as im:
                 w, h = im.size
     except Exception:  # not an image PIL knows, or too big for it: read_image decides what it is
         return alone
