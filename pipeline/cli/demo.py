@@ -47,6 +47,7 @@ from pipeline.report.page import write_report
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
 REAL_CONFIG = PROJECT_ROOT / "configs" / "cardd_cpu.yaml"  # the CPU recipe for a real dataset (--data)
 REAL_CONF = 0.25  # predict's own default: a model trained on real damage is shown as predict would show it
+SYNTH_MODEL_REAL_CONF = 0.05  # the synthetic demo model on real photos: low, to show what it scores at all
 DEFAULT_REAL = PROJECT_ROOT.parent / "shared" / "data" / "cardd-sample" / "images"
 
 
@@ -168,10 +169,13 @@ def _run(args, out: Path, real_dir: Path) -> int:
     real_records = []
     if real_dir.is_dir():
         real_images = expand_sources([str(real_dir)])[0][: args.n_real]
-        real_records, _ = predict_paths(yolo, real_images, out / "predict-real", conf=0.05, imgsz=640, progress=False)
+        real_records, _ = predict_paths(yolo, real_images, out / "predict-real", conf=SYNTH_MODEL_REAL_CONF,
+                                        imgsz=640, progress=False)
     timings["predict_s"] = round(time.perf_counter() - t, 1)
     n_det = sum(len(r["detections"]) for r in synth_records)
-    print(f"[3/4] predicted {len(synth_records)} synthetic ({n_det} boxes) and {len(real_records)} real photos")
+    n_real = sum(len(r["detections"]) for r in real_records)
+    print(f"[3/4] predicted {len(synth_records)} synthetic photos ({n_det} boxes) and {len(real_records)} real photos "
+          f"({n_real} boxes at conf {SYNTH_MODEL_REAL_CONF:g}: a synthetic-damage model, many of them false)")
 
     # every layer's statistics over the whole synthetic val split beside the one photo's
     report = _report(args, metrics["weights"], val_images[0], out, imgsz, [str(out / "data" / "val" / "images")],

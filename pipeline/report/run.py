@@ -290,7 +290,7 @@ class PhotoRun:
         name = self.source.name if self.source else "the photo"
         labels = label_boxes(self.source, len(self.names)) if self.source else []
         samples = [(self.pixels, labels)]
-        sources = [f"{name} ({len(labels)} labels from {label_path(self.source)})" if labels
+        sources = [f"{name} ({len(labels)} label{'s' * (len(labels) != 1)} from {label_path(self.source)})" if labels
                    else f"{name} (no label file found: background only)"]
         for i in range(max(0, n - 1)):
             img, inst = render_scene(seed + 1000 + i, imgsz)
