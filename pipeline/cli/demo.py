@@ -115,7 +115,7 @@ def _run_real(args, out: Path, val_images: list[Path]) -> int:
 
     # the report explains a detection when there is one: the first val photo the model finds damage on
     shown = next((Path(r["image"]) for r in records if r["detections"]), photos[0])
-    report = _report(args, metrics["weights"], shown, out, imgsz, list(val_images), timings, f" on {shown.name}")
+    report = _report(args, metrics["weights"], shown, out, imgsz, list(val_images), timings)
 
     timings["total_s"] = round(time.perf_counter() - t_start, 1)
     summary = {
@@ -130,14 +130,14 @@ def _run_real(args, out: Path, val_images: list[Path]) -> int:
     return _finish(out, summary, metrics, "val", timings)
 
 
-def _report(args, weights, photo: Path, out: Path, imgsz: int, stats_over: list, timings: dict, where: str = ""):
+def _report(args, weights, photo: Path, out: Path, imgsz: int, stats_over: list, timings: dict):
     """Step 4: the lesson report on ``photo`` (``None`` with ``--no-report``); its seconds go into ``timings``."""
     if args.no_report:
         return None
     t = time.perf_counter()
     report = write_report(weights, photo, out / "report", imgsz=imgsz, stats_over=stats_over)
     timings["report_s"] = round(time.perf_counter() - t, 1)
-    print(f"[4/4] report{where}: {report} ({timings['report_s']}s)")
+    print(f"[4/4] report on {photo.name}: {report} ({timings['report_s']}s)")
     return report
 
 
