@@ -8,12 +8,14 @@ head's forward), not by asking the run.
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import cv2
 import pytest
 import torch
 from checkpoints import save_checkpoint
+from ultralytics.utils import LOGGER
 
 from pipeline.core import io as core_io
 from pipeline.data.preprocess import model_input
@@ -80,7 +82,17 @@ def test_gradient_and_layercam_are_named_extra_passes(checkpoint, sample_images,
     assert counters["forward"] > 1 and set(g["variants"]) == {"silu", "sigmoid", "tanh", "relu"}
     n = counters["forward"]
     assert run.gradients(imgsz=64, batch=2) is g and counters["forward"] == n  # kept, not run again
-    run.layercam(tmp_path / "cam")
+    said, before = [], LOGGER.level
+    assert before <= logging.INFO  # Ultralytics' own default: its info lines would reach the terminal
+    listener = logging.Handler(logging.DEBUG)
+    listener.emit = said.append
+    LOGGER.addHandler(listener)
+    try:
+        run.layercam(tmp_path / "cam")
+    finally:
+        LOGGER.removeHandler(listener)
+    assert LOGGER.level == before  # restored after
+    assert not [r for r in said if "LayerCAM" in r.getMessage()]  # Ultralytics' "Saving ... (LayerCAM)" line: not ours
     assert counters["forward"] > n
     assert counters["decode"] == 1 + 1  # the photo once; LayerCAM's overlay JPEG read back once
 

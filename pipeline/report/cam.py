@@ -15,12 +15,13 @@ Examples:
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-
+from ultralytics.utils import LOGGER
 
 #: A LayerCAM overlay whose heat varies less than this (std, 0-255) explains nothing (an untrained head).
 MIN_HEAT_SPREAD = 8.0
@@ -67,10 +68,14 @@ def layercam(backend, input_tensor, out_dir, conf: float = 0.25, min_spread: flo
     from ultralytics.utils.plotting import class_activation_map
 
     out_dir = Path(out_dir).resolve()
+    level = LOGGER.level
+    LOGGER.setLevel(max(level, logging.WARNING))  # its "Saving <file>... (LayerCAM)" line is not the report's output
     try:
         class_activation_map(backend, input_tensor, ["image0"], out_dir, conf=conf)
     except Exception:  # a failure here only loses the optional LayerCAM picture; EigenCAM stays
         return {"path": None, "heat_spread": float("nan"), "usable": False}
+    finally:
+        LOGGER.setLevel(level)
     files = sorted(out_dir.glob("*_cam*.jpg"), key=lambda f: f.stat().st_mtime)
     img = cv2.imread(str(files[-1])) if files else None  # Ultralytics' overlay, not the photo
     if img is None:
