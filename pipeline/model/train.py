@@ -24,6 +24,7 @@ import os
 import time
 from pathlib import Path
 
+import torch
 import yaml
 from ultralytics.nn import tasks
 
@@ -83,8 +84,6 @@ def metrics_dict(metrics, names: dict) -> dict:
 def _use_every_core(yolo) -> None:
     """Train on all CPU cores: Ultralytics pins torch to cores-1 but also forces 0 dataloader workers on
     the CPU, so the spare core sits idle (measured 1.47x faster per epoch on 2 cores)."""
-    import torch
-
     threads = os.cpu_count() or 1
 
     def callback(trainer):
@@ -103,7 +102,6 @@ def _cpu_channels_last(yolo) -> None:
     weights' layout, so the NCHW batches need no change; Ultralytics saves checkpoints NCHW anyway.
     A resumed run does not re-read the recipe, so it continues in NCHW.
     """
-    import torch
 
     def callback(trainer):
         if trainer.device.type == "cpu":

@@ -160,7 +160,7 @@ def build_sections(run: PhotoRun, files: Path, opts: Options, timings: dict) -> 
     draws on one core. So, where ``fork`` exists and there are two cores, a forked child draws
     ``SIDE_SECTIONS`` (figures from the recorded pass, about half the figure time) while this process runs
     the passes that need the network or the detections (the first detection imports torchvision, for
-    Ultralytics' NMS kernel as predict does: ~1.5 s, most of it torch._dynamo, so the child forks first).
+    Ultralytics' NMS kernel as predict does: 1-1.5 s, most of it torch._dynamo, so the child forks first).
     Importing it in a thread beside the gradient passes was tried: slower (3.2 s for gradients instead of
     1.9: they hold the GIL for much of their Python, and three busy threads share two cores).
 
