@@ -18,10 +18,13 @@ from checkpoints import save_checkpoint
 from ultralytics.utils import LOGGER
 
 from pipeline.core import io as core_io
+from pipeline.core.io import atomic_write_image
 from pipeline.data.preprocess import model_input
+from pipeline.data.synth import render_scene
 from pipeline.model.load import load_model, model_stride
 from pipeline.probe.layers import conv_blocks, is_fused
 from pipeline.probe.trace import trace_neuron
+from pipeline.report import page
 from pipeline.report.run import PhotoRun
 from pipeline.report.sections import BUILDERS, Options
 
@@ -146,8 +149,6 @@ def test_detections_are_predicts_in_a_fresh_process(tmp_path):
     import subprocess
     import sys
 
-    from pipeline.core.io import atomic_write_image
-    from pipeline.data.synth import render_scene
 
     checkpoint = save_checkpoint(tmp_path / "best.pt", seed=1, imgsz=320)  # test_report's: ~300 boxes, near ties
     scene = atomic_write_image(tmp_path / "scene.png", render_scene(7, 320)[0])
@@ -168,10 +169,8 @@ def test_detections_are_predicts_in_a_fresh_process(tmp_path):
     assert theirs and mine == theirs
 
 
-
 def _pid_marking(monkeypatch, sid: str, fail_outside: int | None = None):
     """Wrap section ``sid`` so its numbers say which process built it (and, optionally, fail outside one pid)."""
-    from pipeline.report import page
 
     real = page.BUILDERS[sid]
 
@@ -190,7 +189,6 @@ def _figures(folder):
 
 
 def _build(run, folder, opts, side=None, monkeypatch=None):
-    from pipeline.report import page
 
     if side is not None:
         monkeypatch.setattr(page, "SIDE_SECTIONS", side)
@@ -218,7 +216,6 @@ def one_thread():
 def test_side_process_builds_the_same_sections_as_one_process(checkpoint, sample_images, tmp_path, monkeypatch,
                                                                one_thread):
     """Sections drawn by the forked side process equal, numbers and figure bytes, those built in one process."""
-    from pipeline.report import page
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     _pid_marking(monkeypatch, "weights")

@@ -28,7 +28,7 @@ from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import InputError
 from pipeline.data.labels import dataset_splits
 from pipeline.model.load import load_model
-from pipeline.model.train import OWN_KEYS
+from pipeline.model.train import OWN_KEYS, train
 from ultralytics.data.utils import img2label_paths
 
 REPO = Path(__file__).resolve().parent.parent
@@ -221,7 +221,6 @@ def test_copy_paste_pastes_mirrored_polygons_in_a_detect_dataset(sample_dir, tmp
 
 def test_offline_amp_check_decides_without_weights_or_network():
     import ultralytics.engine.trainer as trainer
-    from pipeline.model.load import load_model
 
     train_cardd.install_offline_amp_check()
     assert trainer.check_amp is train_cardd.offline_check_amp
@@ -277,7 +276,6 @@ def test_cpu_anchor_is_the_issue_call_and_the_recipe_changes_only_named_levers()
 def test_cpu_channels_last_trains_the_model_and_its_ema_in_nhwc(sample_dir, tmp_path, channels_last):
     """The recipe's ``cpu_channels_last`` reaches the trainer: the model and its EMA are NHWC at every step
     (Ultralytics alone keeps NCHW on a CPU), and the checkpoint is still saved NCHW."""
-    from pipeline.model.train import train
 
     data = stage_cardd.stage_dataset(sample_dir, tmp_path / "data", 16, 8)
     seen = []
@@ -296,7 +294,6 @@ def test_cpu_channels_last_trains_the_model_and_its_ema_in_nhwc(sample_dir, tmp_
 
 def test_step_counter_agrees_with_the_optimizers_own_count(sample_dir, tmp_path):
     """Optimizer steps as AdamW itself counts them (torch's per-parameter ``step`` state), with nbs > batch."""
-    from pipeline.model.train import train
 
     data = stage_cardd.stage_dataset(sample_dir, tmp_path / "data", 24, 8)
     counter = train_cardd.StepCounter()
