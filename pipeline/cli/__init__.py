@@ -57,9 +57,20 @@ SUMMARIES = {
 
 
 def _command_help(module) -> tuple[str, str]:
-    doc = (module.__doc__ or "").strip()
+    """Summary line and body of a command's docstring, as plain text for a terminal.
+
+    The docstrings serve the API docs too: their reST literal marks (double backticks) are dropped, and
+    the Python session that closes an Examples block is left out, since ``--help`` readers type shell
+    commands.
+    """
+    doc = (module.__doc__ or "").strip().replace("``", "")
     first, _, rest = doc.partition("\n")
-    return first, rest.strip()
+    shell = rest.splitlines()
+    for i, line in enumerate(shell):
+        if line.lstrip().startswith(">>>"):
+            shell = shell[:i]
+            break
+    return first, "\n".join(shell).strip()
 
 
 class OneLineParser(argparse.ArgumentParser):
