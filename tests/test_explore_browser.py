@@ -92,8 +92,13 @@ def test_page_shows_the_apis_numbers(server, tmp_path):
             # another photo from the selector
             b.select_option("#photo", "1")
             b.wait_for_selector('#status[data-state="ready"]', timeout=60_000)
-            assert b.locator("#detections tbody tr").count() == len(
-                httpx.get(f"{server}/api/detections", params={"photo": 1}).json())
+            dets1 = httpx.get(f"{server}/api/detections", params={"photo": 1}).json()
+            assert b.locator("#detections tbody tr").count() == len(dets1)
+            # a CarDD photo with its label file: a column says what each box is against the labels
+            assert dets1, "the checkpoint reports boxes on the CarDD photo"
+            assert b.is_visible("#det-labels") and not a.is_visible("#det-labels")
+            shown = b.eval_on_selector_all("#detections tbody tr td:last-child", "tds => tds.map(t => t.textContent)")
+            assert shown == [d["label_match"] for d in dets1] and all(shown)
         finally:
             browser.close()
     assert errors == [] and remote == []

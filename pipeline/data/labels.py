@@ -11,7 +11,8 @@ Ultralytics trains on:
 - the labels: ``label_path`` (Ultralytics' rule: the last ``/images/`` becomes ``/labels/``, the suffix
   ``.txt``), ``parse_label_text`` (the one parser of YOLO rows, ``cls x y w h`` or a polygon
   ``cls x1 y1 x2 y2 ...`` taken as its bounding box, with one ``(line, kind, reason)`` per rejected row)
-  and ``label_boxes`` (the valid rows of one image's label file).
+  and ``label_boxes`` (the valid rows of one image's label file); ``photo_labels`` (a photo's label file only
+  when it is one, for the report and the explorer).
 
 A yaml that is missing, malformed or points at nothing is one ``InputError`` line naming the file.
 
@@ -258,3 +259,18 @@ def _is_float(token: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def photo_labels(image: str | Path, nc: int) -> list[tuple[int, float, float, float, float]] | None:
+    """``label_boxes`` of a single photo, or ``None`` unless the file beside it is a YOLO label file.
+
+    A photo outside a dataset may have any ``.txt`` of its name beside it (``img2label_paths`` looks next
+    to the photo when there is no ``/images/`` folder), so a file counts only if it reads as UTF-8 and every
+    non-empty line is a valid row for ``nc`` classes; an empty file is a photo with no damage (``[]``).
+    """
+    label = label_path(image)
+    try:
+        boxes, errors, _ = parse_label_text(label.read_text(encoding="utf-8-sig"), nc)
+    except (OSError, UnicodeDecodeError):  # missing, a folder, unreadable, or not text
+        return None
+    return None if errors else [(int(b[0]), *(float(v) for v in b[1:])) for b in boxes]

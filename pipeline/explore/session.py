@@ -29,6 +29,7 @@ import torch
 from pipeline.core import runtime
 from pipeline.core.facts import sigmoid
 from pipeline.core.io import InputError
+from pipeline.model.detections import describe_match
 from pipeline.probe.fold import conv_meta
 from pipeline.probe.receptive_field import receptive_field, to_photo
 from pipeline.report.run import PhotoRun
@@ -177,14 +178,17 @@ class Explorer:
                 "stages": [{"path": p, **s} for p, s in run.record.stages.items()]}
 
     def detections(self, params) -> list[dict]:
-        """detections.json's records plus ``anchor`` {scale, stride, y, x, index}, ``logits`` and ``sigmoids``."""
+        """detections.json's records plus ``anchor`` {scale, stride, y, x, index}, ``logits``, ``sigmoids`` and
+        ``label_match``: the box against the photo's label file in words (``None`` without a label file)."""
         run = self.run(self.photo_index(params))
+        check = run.label_check
         out = []
-        for rec, h in zip(run.detections, run.head_trace):
+        for i, (rec, h) in enumerate(zip(run.detections, run.head_trace)):
             out.append({**rec, "anchor": {"scale": h["scale"], "stride": h["stride"], "y": h["grid_y"],
                                           "x": h["grid_x"], "index": h["anchor_index"]},
                         "logits": h["all_logits"], "sigmoids": [sigmoid(v) for v in h["all_logits"]],
-                        "names": [run.names[k] for k in range(len(h["all_logits"]))]})
+                        "names": [run.names[k] for k in range(len(h["all_logits"]))],
+                        "label_match": describe_match(check, i) if check else None})
         return out
 
     def featuremap(self, params) -> tuple[bytes, dict]:

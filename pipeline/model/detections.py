@@ -1,7 +1,9 @@
 """Detection records: the one schema of detections.json, and how two runs' detections are compared.
 
 ``detection_dicts`` builds the records for both prediction routes; ``match_detections`` and ``agreement``
-pair our engine's boxes with stock Ultralytics' (IoU and score tolerance), which tests and benchmarks use.
+pair our engine's boxes with stock Ultralytics' (IoU and score tolerance), which tests and benchmarks use;
+``match_labels`` pairs a photo's boxes with its labelled damage (hit, duplicate, wrong class, no label, missed)
+and ``describe_match`` says it in words.
 
 Examples:
     >>> from pipeline.model.detections import agreement
@@ -57,6 +59,66 @@ def match_detections(a: list[dict], b: list[dict], iou_min: float = 0.99, score_
             taken.add(j)
             pairs.append((i, j, float(iou[i, j])))
     return pairs
+
+
+def match_labels(detections: list[dict], labels: list[dict], iou_min: float = 0.5) -> dict:
+    """Each detection of one photo against the photo's labelled damage, matched as COCO matches for mAP50.
+
+    Highest score first, a detection takes the free label of its own class with the largest IoU >= ``iou_min``
+    (``hit``); any other detection is a false positive: ``duplicate`` when its largest overlap (IoU >=
+    ``iou_min``) is a label of its class already taken by a higher score, ``wrong class`` when that label is of
+    another class, ``no label`` when no label overlaps it that much. A label no detection took is missed.
+    ``labels``: ``{"class_id", "class_name", "box_xyxy"}`` in the detections' pixels.
+
+    Returns:
+        ``{"iou_min", "detections": [{"verdict", "label", "iou"}, ...] (in the order given),
+        "labels": [label + {"found_by", "best_iou"}, ...], "hits", "false_positives", "missed"}``; ``label``
+        is the index of the label the verdict names (the taken one, else the largest overlap), ``iou`` its IoU.
+
+    Examples:
+        >>> match_labels(run.detections, run.labels)["detections"][0]
+        {'verdict': 'hit', 'label': 0, 'iou': 0.81}
+    """
+    from torchvision.ops import box_iou
+
+    iou = torch.zeros((len(detections), len(labels)), dtype=torch.float64)
+    if detections and labels:
+        iou = box_iou(torch.tensor([d["box_xyxy"] for d in detections], dtype=torch.float64),
+                      torch.tensor([g["box_xyxy"] for g in labels], dtype=torch.float64))
+    same = torch.tensor([[d["class_id"] == g["class_id"] for g in labels] for d in detections], dtype=torch.bool)
+    verdicts: list[dict] = [{}] * len(detections)
+    found_by: list[int | None] = [None] * len(labels)
+    for i in sorted(range(len(detections)), key=lambda k: -detections[k]["score"]):
+        free = [j for j in range(len(labels)) if same[i, j] and found_by[j] is None and iou[i, j] >= iou_min]
+        if free:
+            j = max(free, key=lambda j: float(iou[i, j]))
+            found_by[j] = i
+            verdict = "hit"
+        else:
+            j = int(iou[i].argmax()) if labels else None
+            verdict = "no label"
+            if j is not None and iou[i, j] >= iou_min:  # overlaps a label, yet not a hit
+                verdict = "duplicate" if same[i, j] else "wrong class"
+        verdicts[i] = {"verdict": verdict, "label": j, "iou": round(float(iou[i, j]), 4) if j is not None else 0.0}
+    out_labels = [dict(g, found_by=found_by[j], best_iou=round(float(iou[:, j].max()), 4) if detections else 0.0)
+                  for j, g in enumerate(labels)]
+    hits = sum(v["verdict"] == "hit" for v in verdicts)
+    return {"iou_min": iou_min, "detections": verdicts, "labels": out_labels, "hits": hits,
+            "false_positives": len(detections) - hits, "missed": len(labels) - hits}
+
+
+def describe_match(check: dict, i: int) -> str:
+    """Detection ``i`` of ``match_labels``'s answer in words, as the report and the explorer show it."""
+    v = check["detections"][i]
+    if v["label"] is None:
+        return "false positive: the photo has no labelled damage"
+    if v["iou"] == 0:
+        return "false positive: it overlaps no labelled damage"
+    g = check["labels"][v["label"]]
+    said = {"hit": "found labelled", "duplicate": "false positive: a second box on labelled",
+            "wrong class": "false positive: wrong class, it overlaps labelled",
+            "no label": "false positive: no labelled damage here; the closest is"}[v["verdict"]]
+    return f"{said} {g['class_name']} (IoU {v['iou']:.2f})"
 
 
 def agreement(ours: list[dict], stock: list[dict], iou_min: float = 0.99, score_tol: float = 1e-3) -> dict:

@@ -29,15 +29,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from ultralytics.nn.autobackend import AutoBackend
+from ultralytics.utils import ops
 
 from pipeline.core.io import read_image
-from pipeline.data.labels import label_boxes, label_path
+from pipeline.data.labels import label_path, photo_labels
 from pipeline.data.preprocess import model_input
 from pipeline.data.synth import render_scene
 from pipeline.lesson.activations import d_silu, describe_all, silu_minimum
 from pipeline.lesson.gradients import activation_comparison, gradient_flow, make_batch, sgd_step
 from pipeline.lesson.input_scaling import pixel_outliers, scalings
-from pipeline.model.detections import detection_dicts
+from pipeline.model.detections import detection_dicts, match_labels
 from pipeline.model.load import detection_model, model_stride
 from pipeline.probe.fold import conv_params, param_counts
 from pipeline.probe.layers import conv_blocks, detect_head
@@ -215,8 +216,6 @@ class PhotoRun:
     @cached_property
     def _kept(self):
         """Ultralytics' NMS on the recorded head output: kept rows, their anchors and boxes in photo pixels."""
-        from ultralytics.utils import ops
-
         kept, idxs = head_nms(self.record.head, self.conf, self.iou, self.max_det,
                               end2end=getattr(self.net, "end2end", False))
         boxes = ops.scale_boxes(self.x.shape[2:], kept[:, :4].clone(), self.pixels.shape)
@@ -229,6 +228,30 @@ class PhotoRun:
         raw = torch.cat([t.flatten(2) for t in self.record.head["cls_logits"]], 2)[0]  # nc x anchors, as Detect
         logits = raw[kept[:, 5].long(), idxs.long()] if len(kept) else kept[:, 4]
         return detection_dicts(boxes, kept[:, 4], kept[:, 5], logits, self.names)
+
+    @cached_property
+    def labels(self) -> list[dict] | None:
+        """The labelled damage of the YOLO label file beside the photo (``images/X.jpg`` -> ``labels/X.txt``),
+        in photo pixels as ``{class_id, class_name, box_xyxy}`` (polygons as their bounding box, as Ultralytics
+        trains on them); ``None`` without a usable label file (``data.labels.photo_labels``)."""
+        rows = self._label_rows
+        if rows is None:
+            return None
+        h, w = self.pixels.shape[:2]
+        xyxy = ops.xywhn2xyxy(np.array([r[1:] for r in rows], dtype=np.float64).reshape(-1, 4), w=w, h=h)
+        return [{"class_id": r[0], "class_name": self.names.get(r[0], str(r[0])),
+                 "box_xyxy": [round(float(v), 2) for v in b]} for r, b in zip(rows, xyxy)]
+
+    @cached_property
+    def _label_rows(self) -> list[tuple] | None:
+        """``(class, xc, yc, w, h)`` rows of the photo's label file (``data.labels.photo_labels``), or ``None``."""
+        return None if self.source is None else photo_labels(self.source, len(self.names))
+
+    @cached_property
+    def label_check(self) -> dict | None:
+        """The detections against ``labels`` at IoU 0.5 (``model.detections.match_labels``): which boxes found
+        labelled damage, which are false positives, which labels were missed; ``None`` without a label file."""
+        return None if self.labels is None else match_labels(self.detections, self.labels)
 
     @cached_property
     def forward_map(self) -> list[dict]:
@@ -288,10 +311,10 @@ class PhotoRun:
 
     def _gradient_batch(self, n: int, imgsz: int, seed: int):
         name = self.source.name if self.source else "the photo"
-        labels = label_boxes(self.source, len(self.names)) if self.source else []
+        labels = self._label_rows or []
         samples = [(self.pixels, labels)]
         sources = [f"{name} ({len(labels)} label{'s' * (len(labels) != 1)} from {label_path(self.source)})" if labels
-                   else f"{name} (no label file found: background only)"]
+                   else f"{name} (no labelled damage: background only)"]
         for i in range(max(0, n - 1)):
             img, inst = render_scene(seed + 1000 + i, imgsz)
             h, w = img.shape[:2]

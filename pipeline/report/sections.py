@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.io import InputError, atomic_write_bytes
+from pipeline.data.labels import label_path
+from pipeline.model.detections import describe_match
 from pipeline.probe.channel_stats import DEAD_EPS
 from pipeline.probe.fold import conv_meta
 from pipeline.probe.trace import REL_TOL, format_trace
@@ -135,7 +137,8 @@ def map_section(run: PhotoRun, files: Path, opts: Options) -> Section:
     ctx = {"stages": _stage_rows(run), "grids": grids, "strides": head["strides"], "anchors": anchors,
            "nc": len(run.names), "reg_max": head.get("reg_max", 16), "ta": ta, "dfl_rows": dfl_rows,
            "cls_rows": cls_rows, "n_dets": len(run.detections), "neuron": run.focus_info,
-           "top": run.detections[0] if run.detections else None, "conf": run.conf}
+           "top": run.detections[0] if run.detections else None, "conf": run.conf,
+           "top_check": describe_match(run.label_check, 0) if run.label_check and run.detections else None}
     return Section("map", ctx, numbers)
 
 
@@ -318,11 +321,14 @@ def output_section(run: PhotoRun, files: Path, opts: Options) -> Section:
     rows = [[d["index"], d["class_name"], f"{d['scale']} (stride {d['stride']:g})", f"({d['grid_y']}, {d['grid_x']})",
              num(d["logit"], 5), num(d["sigmoid_by_hand"], 6), num(d["ultralytics_conf"], 6), f"{d['abs_error']:.1e}"]
             for d in head[:20]]
+    check = run.label_check
     drows = [[d["class_name"], num(d["score"], 4), num(d["logit"], 4), ", ".join(f"{v:.1f}" for v in d["box_xyxy"])]
-             for d in dets[:20]]
+             + ([describe_match(check, i)] if check else []) for i, d in enumerate(dets[:20])]
+    missed = [[g["class_name"], ", ".join(f"{v:.1f}" for v in g["box_xyxy"]), num(g["best_iou"], 3)]
+              for g in check["labels"] if g["found_by"] is None] if check else []
     f_logits = ples.plot_head_logits(run.record.head["cls_logits"], run.record.head["strides"],
                                      files / "12_head_logits.png", head)
-    f_dets = ples.plot_detections(run.pixels, dets, files / "13_detections.png")
+    f_dets = ples.plot_detections(run.pixels, dets, files / "13_detections.png", labels=run.labels)
     f_eigen = ples.plot_cam(run.x, run.eigencam, files / "14_eigencam.png",
                             f"EigenCAM: 1st principal component of {run.cam_layer} activations")
     lc, f_layercam = None, None
@@ -331,10 +337,12 @@ def output_section(run: PhotoRun, files: Path, opts: Options) -> Section:
         if lc["usable"]:
             f_layercam = atomic_write_bytes(files / "15_layercam.jpg", Path(lc["path"]).read_bytes())
     numbers = {"detections": [dict(d, logits=lg) for d, lg in zip(dets, run.detection_logits)], "head_trace": head, "cam_layer": run.cam_layer,
-               "layercam": lc and {"usable": lc["usable"], "heat_spread": lc["heat_spread"]}}
-    return Section("output", {"conf": run.conf, "names": run.names, "rows": rows, "drows": drows, "f_logits": f_logits,
+               "layercam": lc and {"usable": lc["usable"], "heat_spread": lc["heat_spread"]}, "labels": check}
+    return Section("output", {"conf": run.conf, "names": run.names, "rows": rows, "drows": drows, "n_dets": len(dets), "f_logits": f_logits,
                               "f_dets": f_dets, "f_eigen": f_eigen, "f_layercam": f_layercam, "lc": lc,
-                              "cam_layer": run.cam_layer, "best_score": _best_score(run)}, {"output": numbers})
+                              "cam_layer": run.cam_layer, "best_score": _best_score(run), "check": check,
+                              "label_file": run.source and label_path(run.source), "missed": missed},
+                   {"output": numbers})
 
 
 def _best_score(run: PhotoRun) -> float:

@@ -55,9 +55,13 @@ function fillDetections() {
   $("det-count").textContent = state.dets.length + (state.dets.length > MAX_BOXES ? `, the best ${MAX_BOXES} drawn` : "");
   const body = $("detections").tBodies[0];
   body.replaceChildren();
+  // a label file beside the photo adds a column: each box against the labelled damage
+  const labelled = state.dets.some((d) => d.label_match);
+  $("det-labels").hidden = !labelled;
   state.dets.forEach((d, i) => {
     const tr = el("tr", { "data-index": i });
     [i, d.class_name, short(d.score), short(d.logit), `${d.anchor.scale}, ${d.anchor.y}, ${d.anchor.x}`]
+      .concat(labelled ? [d.label_match] : [])
       .forEach((v) => tr.appendChild(el("td", {}, String(v))));
     tr.addEventListener("click", () => showDetection(i));
     body.appendChild(tr);
@@ -71,7 +75,7 @@ function showDetection(i) {
   document.querySelectorAll(".box.selected, #detections tr.selected").forEach((e) => e.classList.remove("selected"));
   document.querySelectorAll(`[data-index="${i}"]`).forEach((e) => e.classList.add("selected"));
   $("detection").hidden = false;
-  $("det-title").textContent = `#${i}: ${d.class_name}, score ${num(d.score)}`;
+  $("det-title").textContent = `#${i}: ${d.class_name}, score ${num(d.score)}` + (d.label_match ? `: ${d.label_match}` : "");
   const a = d.anchor;
   $("det-anchor").textContent = `anchor ${a.index}: scale ${a.scale} (stride ${a.stride}), grid cell y=${a.y}, x=${a.x}, ` +
     `centre (${(a.x + 0.5) * a.stride}, ${(a.y + 0.5) * a.stride}) in model-input pixels. NMS kept the class with the ` +

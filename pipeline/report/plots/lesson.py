@@ -7,7 +7,7 @@
   variant (from ``pipeline.lesson.gradients``).
 - ``plot_sgd_step``: one neuron's patch, kernel, gradient and updated kernel, the SiLU curve with the
   neuron's z before and after the step, and the loss before and after.
-- ``plot_detections``: boxes with class name, sigmoid score and the logit it came from.
+- ``plot_detections``: boxes with class name, sigmoid score and the logit it came from; labelled damage dashed.
 - ``plot_cam``: a class activation map (``pipeline.report.cam``) upsampled over the model input.
 
 Nothing here runs the model: every function draws numbers computed elsewhere (the run, ``lesson``, ``cam``).
@@ -197,11 +197,18 @@ def plot_sgd_step(step: dict, path, layer: str = "") -> Path:
 # --- detections and CAM -------------------------------------------------------------------------
 
 
-def plot_detections(image_bgr: np.ndarray, detections: list[dict], path, max_boxes: int = 30) -> Path:
-    """The photo with each box labelled ``class score (logit)``: score = sigmoid(logit)."""
+def plot_detections(image_bgr: np.ndarray, detections: list[dict], path, max_boxes: int = 30,
+                    labels: list[dict] | None = None) -> Path:
+    """The photo with each box labelled ``class score (logit)``: score = sigmoid(logit); ``labels`` (the photo's
+    labelled damage, if any) are drawn under them as dashed white boxes named ``label: class``."""
     h, w = image_bgr.shape[:2]
     fig, ax = plt.subplots(figsize=(7, 7 * h / max(w, 1)))
     imshow_photo(ax, image_bgr)
+    for g in labels or []:
+        x0, y0, x1, y1 = g["box_xyxy"]
+        ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5, ls="--", color="white"))
+        ax.text(x0, y1, f"label: {g['class_name']}", fontsize=7, color="black", va="top",
+                bbox=dict(facecolor="white", alpha=0.8, pad=1, lw=0))
     cmap = plt.get_cmap("tab10")
     for d in sorted(detections, key=lambda d: -d["score"])[:max_boxes]:
         x0, y0, x1, y1 = d["box_xyxy"]
@@ -210,8 +217,11 @@ def plot_detections(image_bgr: np.ndarray, detections: list[dict], path, max_box
         ax.text(x0, y0, f"{d['class_name']} {d['score']:.2f} (logit {d['logit']:+.2f})", fontsize=7,
                 color="white", va="bottom", bbox=dict(facecolor=color, alpha=0.8, pad=1, lw=0))
     n = len(detections)
-    ax.set_title(f"{n} detection{'' if n == 1 else 's'}; score = sigmoid(logit)" if detections else
-                 "no detection above the confidence threshold", fontsize=9)
+    title = (f"{n} detection{'' if n == 1 else 's'}; score = sigmoid(logit)" if detections else
+             "no detection above the confidence threshold")
+    if labels is not None:
+        title += f"; {len(labels)} label{'' if len(labels) == 1 else 's'} (dashed)"
+    ax.set_title(title, fontsize=9)
     ax.axis("off")
     return _save(fig, path)
 
