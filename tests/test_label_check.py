@@ -16,7 +16,7 @@ from checkpoints import save_checkpoint
 from pipeline.core.io import atomic_write_image
 from pipeline.data.labels import photo_labels
 from pipeline.data.synth import render_scene
-from pipeline.model.detections import match_labels
+from pipeline.model.detections import describe_match, match_labels
 from pipeline.model.load import load_model
 from pipeline.report.page import FILES, write_report
 from pipeline.report.run import PhotoRun
@@ -60,6 +60,13 @@ def test_match_labels_counts_each_label_once_and_names_every_false_positive():
     assert [g["found_by"] for g in m["labels"]] == [1, None, None]
     assert m["labels"][1]["best_iou"] == pytest.approx(iou_by_hand([50, 50, 70, 68], [50, 50, 70, 70]), abs=1e-4)
     assert (m["hits"], m["false_positives"], m["missed"]) == (1, 4, 2)
+    assert [describe_match(m, i) for i in range(5)] == [
+        "false positive: a second box on labelled c0 (IoU 0.90)",
+        "found labelled c0 (IoU 0.91)",
+        "false positive: wrong class, it overlaps labelled c1 (IoU 0.90)",
+        "false positive: overlaps labelled c1 only at IoU 0.14 (a hit needs 0.5)",
+        "false positive: it overlaps no labelled damage",
+    ]
 
 
 def test_match_labels_without_labels_or_without_boxes():
@@ -112,7 +119,11 @@ def test_only_a_real_label_file_counts(tmp_path):
     label.write_bytes(b"\xff\xfe\x00bin")
     assert photo_labels(photo, 6) is None
     label.write_text("")
-    assert photo_labels(photo, 6) == []  # a photo labelled as having no damage
+    assert photo_labels(photo, 6) is None  # an empty file beside a loose photo says nothing
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "car.txt").write_text("")
+    assert photo_labels(tmp_path / "images" / "car.jpg", 6) == []  # in a dataset: a photo with no damage
     label.write_text("1 0.5 0.5 0.2 0.2\n2 0.1 0.1 0.3 0.1 0.2 0.3\n")
     rows = photo_labels(photo, 6)
     assert [r[0] for r in rows] == [1, 2]  # the polygon as its bounding box
@@ -154,7 +165,7 @@ def test_report_says_which_boxes_found_labelled_damage(tmp_path):
     said = re.search(r"<b>(\d+) of (\d+) box(?:es)? found labelled damage, (\d+) (?:is a false positive|are false "
                      r"positives), (\d+) labels? missed</b>", html)
     assert said and [int(g) for g in said.groups()] == [check["hits"], len(dets), check["false_positives"], 1]
-    assert "Against the photo's label file: <a href=\"#labels\">found labelled" in html
+    assert "Against the photo's label file, this box: <a href=\"#labels\">found labelled" in html
     assert "is itself a false positive" not in html
 
 
@@ -178,12 +189,13 @@ def test_explorer_says_what_each_box_is_against_the_cardd_labels(tmp_path, sampl
         if max(ious) == 0:
             assert said == "false positive: it overlaps no labelled damage"
             continue
-        m = re.fullmatch(rf"(.+) ({'|'.join(map(re.escape, names.values()))}) \(IoU (\d\.\d\d)\)", said)
+        m = re.fullmatch(rf"(.+) labelled ({'|'.join(map(re.escape, names.values()))})(?: only at)? \(?IoU "
+                         rf"(\d\.\d\d)(?:\)| \(a hit needs 0.5\))", said)
         assert m, said
         hit = [j for j, (c, _) in enumerate(labels) if names[c] == m.group(2)
                and abs(ious[j] - float(m.group(3))) <= 0.006]
         assert hit, (said, ious)
-        if m.group(1) == "found labelled":
+        if m.group(1) == "found":
             found += 1
             assert m.group(2) == d["class_name"] and float(m.group(3)) >= 0.5
         else:

@@ -59,11 +59,11 @@ SUMMARIES = {
 def _command_help(module) -> tuple[str, str]:
     """Summary line and body of a command's docstring, as plain text for a terminal.
 
-    The docstrings serve the API docs too: their reST literal marks (double backticks) are dropped, and
-    the Python session that closes an Examples block is left out, since ``--help`` readers type shell
-    commands.
+    The docstrings serve the API docs too: their reST literal marks (double backticks, a literal block's
+    double colon) are dropped, and the Python session that closes an Examples block is left out, since
+    ``--help`` readers type shell commands.
     """
-    doc = (module.__doc__ or "").strip().replace("``", "")
+    doc = (module.__doc__ or "").strip().replace("``", "").replace("::\n", ":\n")
     first, _, rest = doc.partition("\n")
     shell = rest.splitlines()
     for i, line in enumerate(shell):

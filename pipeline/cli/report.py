@@ -10,7 +10,8 @@ fits a phone screen), in the order of the lesson::
     biases      BatchNorm folding: where a YOLOv8 neuron's bias lives
     activations seven activation functions over the real pre-activations of a YOLOv8 layer
     hidden      feature maps (top channels by energy), pre vs post SiLU, filters
-    output      class logits -> sigmoid scores, detections with score and logit, CAM
+    output      class logits -> sigmoid scores, detections with score and logit, CAM; with a YOLO label
+                file (labels/NAME.txt beside images/), each box found or a false positive, and missed labels
     training    gradient flow per activation (relative to the output layer), one SGD step on that neuron
 
 The photo is decoded once and run once through a fused copy of the model (``pipeline.report.run``);

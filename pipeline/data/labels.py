@@ -266,11 +266,14 @@ def photo_labels(image: str | Path, nc: int) -> list[tuple[int, float, float, fl
 
     A photo outside a dataset may have any ``.txt`` of its name beside it (``img2label_paths`` looks next
     to the photo when there is no ``/images/`` folder), so a file counts only if it reads as UTF-8 and every
-    non-empty line is a valid row for ``nc`` classes; an empty file is a photo with no damage (``[]``).
+    non-empty line is a valid row for ``nc`` classes. An empty file in a ``labels/`` folder is a photo with
+    no damage (``[]``); an empty file beside a loose photo says nothing (``None``).
     """
     label = label_path(image)
     try:
         boxes, errors, _ = parse_label_text(label.read_text(encoding="utf-8-sig"), nc)
     except (OSError, UnicodeDecodeError):  # missing, a folder, unreadable, or not text
         return None
-    return None if errors else [(int(b[0]), *(float(v) for v in b[1:])) for b in boxes]
+    if errors or (not len(boxes) and label.parent == Path(image).parent):
+        return None
+    return [(int(b[0]), *(float(v) for v in b[1:])) for b in boxes]

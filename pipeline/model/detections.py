@@ -115,9 +115,11 @@ def describe_match(check: dict, i: int) -> str:
     if v["iou"] == 0:
         return "false positive: it overlaps no labelled damage"
     g = check["labels"][v["label"]]
+    if v["verdict"] == "no label":  # overlaps some label, too little to count
+        return (f"false positive: overlaps labelled {g['class_name']} only at IoU {v['iou']:.2f} "
+                f"(a hit needs {check['iou_min']:g})")
     said = {"hit": "found labelled", "duplicate": "false positive: a second box on labelled",
-            "wrong class": "false positive: wrong class, it overlaps labelled",
-            "no label": "false positive: no labelled damage here; the closest is"}[v["verdict"]]
+            "wrong class": "false positive: wrong class, it overlaps labelled"}[v["verdict"]]
     return f"{said} {g['class_name']} (IoU {v['iou']:.2f})"
 
 

@@ -324,11 +324,12 @@ def output_section(run: PhotoRun, files: Path, opts: Options) -> Section:
     check = run.label_check
     drows = [[d["class_name"], num(d["score"], 4), num(d["logit"], 4), ", ".join(f"{v:.1f}" for v in d["box_xyxy"])]
              + ([describe_match(check, i)] if check else []) for i, d in enumerate(dets[:20])]
-    missed = [[g["class_name"], ", ".join(f"{v:.1f}" for v in g["box_xyxy"]), num(g["best_iou"], 3)]
+    missed = [[g["class_name"], ", ".join(f"{v:.1f}" for v in g["box_xyxy"]), f"{g['best_iou']:.3f}"]
               for g in check["labels"] if g["found_by"] is None] if check else []
     f_logits = ples.plot_head_logits(run.record.head["cls_logits"], run.record.head["strides"],
                                      files / "12_head_logits.png", head)
-    f_dets = ples.plot_detections(run.pixels, dets, files / "13_detections.png", labels=run.labels)
+    f_dets = ples.plot_detections(run.pixels, dets, files / "13_detections.png", labels=run.labels,
+                                  verdicts=[v["verdict"] for v in check["detections"]] if check else None)
     f_eigen = ples.plot_cam(run.x, run.eigencam, files / "14_eigencam.png",
                             f"EigenCAM: 1st principal component of {run.cam_layer} activations")
     lc, f_layercam = None, None

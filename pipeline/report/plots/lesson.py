@@ -198,29 +198,34 @@ def plot_sgd_step(step: dict, path, layer: str = "") -> Path:
 
 
 def plot_detections(image_bgr: np.ndarray, detections: list[dict], path, max_boxes: int = 30,
-                    labels: list[dict] | None = None) -> Path:
+                    labels: list[dict] | None = None, verdicts: list[str] | None = None) -> Path:
     """The photo with each box labelled ``class score (logit)``: score = sigmoid(logit); ``labels`` (the photo's
-    labelled damage, if any) are drawn under them as dashed white boxes named ``label: class``."""
+    labelled damage, if any) are drawn under them as dashed white-on-black boxes named ``label: class``, and
+    ``verdicts`` (``match_labels``'s, one per detection) end each box's tag with ``found`` or ``FP``."""
     h, w = image_bgr.shape[:2]
     fig, ax = plt.subplots(figsize=(7, 7 * h / max(w, 1)))
     imshow_photo(ax, image_bgr)
     for g in labels or []:
         x0, y0, x1, y1 = g["box_xyxy"]
-        ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5, ls="--", color="white"))
+        for lw, ls, color in ((2.5, "-", "black"), (1.5, "--", "white")):  # dark under light: seen on any paint
+            ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=lw, ls=ls, color=color))
         ax.text(x0, y1, f"label: {g['class_name']}", fontsize=7, color="black", va="top",
                 bbox=dict(facecolor="white", alpha=0.8, pad=1, lw=0))
     cmap = plt.get_cmap("tab10")
-    for d in sorted(detections, key=lambda d: -d["score"])[:max_boxes]:
+    order = sorted(range(len(detections)), key=lambda i: -detections[i]["score"])[:max_boxes]
+    for i in order:
+        d = detections[i]
         x0, y0, x1, y1 = d["box_xyxy"]
         color = cmap(int(d["class_id"]) % 10)
+        said = "" if verdicts is None else (" found" if verdicts[i] == "hit" else " FP")
         ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2, color=color))
-        ax.text(x0, y0, f"{d['class_name']} {d['score']:.2f} (logit {d['logit']:+.2f})", fontsize=7,
+        ax.text(x0, y0, f"{d['class_name']} {d['score']:.2f} (logit {d['logit']:+.2f}){said}", fontsize=7,
                 color="white", va="bottom", bbox=dict(facecolor=color, alpha=0.8, pad=1, lw=0))
     n = len(detections)
     title = (f"{n} detection{'' if n == 1 else 's'}; score = sigmoid(logit)" if detections else
              "no detection above the confidence threshold")
     if labels is not None:
-        title += f"; {len(labels)} label{'' if len(labels) == 1 else 's'} (dashed)"
+        title += f"; {len(labels)} label{'' if len(labels) == 1 else 's'} (dashed); FP = false positive"
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     return _save(fig, path)
