@@ -111,23 +111,28 @@ def test_only_a_real_label_file_counts(tmp_path):
     """Beside a loose photo any ``.txt`` of its name is looked at; only valid YOLO rows make it labels."""
     photo = tmp_path / "car.jpg"
     label = tmp_path / "car.txt"  # no images/ folder: the label file is looked for beside the photo
-    assert photo_labels(photo, 6) is None  # none there
-    label.write_text("bought 2019, scratched in March\n")
-    assert photo_labels(photo, 6) is None  # a note, not labels
-    label.write_text("1 0.5 0.5 0.2 0.2\n9 0.5 0.5 0.1 0.1\n")
-    assert photo_labels(photo, 6) is None  # class 9 of 6: not this model's labels
+    assert photo_labels(photo, 6) == (None, None)  # none there
+    for note in ("bought 2019, scratched in March\n", "1 0.5 0.5 0.2 0.2\n9 0.5 0.5 0.1 0.1\n", ""):
+        label.write_text(note)
+        assert photo_labels(photo, 6) == (None, None)  # a note, another model's classes, empty: said nothing
     label.write_bytes(b"\xff\xfe\x00bin")
-    assert photo_labels(photo, 6) is None
-    label.write_text("")
-    assert photo_labels(photo, 6) is None  # an empty file beside a loose photo says nothing
+    assert photo_labels(photo, 6) == (None, None)
+    label.write_text("1 0.5 0.5 0.2 0.2\n2 0.1 0.1 0.3 0.1 0.2 0.3\n")
+    rows, problem = photo_labels(photo, 6)
+    assert problem is None and [r[0] for r in rows] == [1, 2]  # the polygon as its bounding box
+    assert [r[1:] for r in rows] == [pytest.approx((0.5, 0.5, 0.2, 0.2)), pytest.approx((0.2, 0.2, 0.2, 0.2))]
+
+
+def test_a_dataset_label_file_with_a_bad_line_is_named_not_hidden(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()
-    (tmp_path / "labels" / "car.txt").write_text("")
-    assert photo_labels(tmp_path / "images" / "car.jpg", 6) == []  # in a dataset: a photo with no damage
-    label.write_text("1 0.5 0.5 0.2 0.2\n2 0.1 0.1 0.3 0.1 0.2 0.3\n")
-    rows = photo_labels(photo, 6)
-    assert [r[0] for r in rows] == [1, 2]  # the polygon as its bounding box
-    assert [r[1:] for r in rows] == [pytest.approx((0.5, 0.5, 0.2, 0.2)), pytest.approx((0.2, 0.2, 0.2, 0.2))]
+    photo, label = tmp_path / "images" / "car.jpg", tmp_path / "labels" / "car.txt"
+    label.write_text("")
+    assert photo_labels(photo, 6) == ([], None)  # in a dataset: a photo with no damage
+    label.write_text("1 0.5 0.5 0.2 0.2\n\n7 0.5 0.5 0.1 0.1\n2 0.5 0.5 x 0.1\n")
+    rows, problem = photo_labels(photo, 6)
+    assert rows is None and problem.startswith(f"{label}:3: ") and "7" in problem
+    assert problem.endswith("the label file is not used (and 1 more bad line)")
 
 
 def test_no_label_file_means_no_check(tmp_path):
@@ -202,3 +207,15 @@ def test_explorer_says_what_each_box_is_against_the_cardd_labels(tmp_path, sampl
             assert m.group(1).startswith("false positive")
     assert found <= len(labels)
     assert all(d["label_match"] is None for d in ex.detections({"photo": "1"}))
+
+
+def test_report_names_an_unusable_label_file(tmp_path):
+    scene, _ = render_scene(7, IMGSZ)
+    photo = atomic_write_image(tmp_path / "images" / "scene.png", scene)
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "scene.txt").write_text("1 0.5 0.5 0.2\n")
+    html = write_report("yolov8n.yaml", photo, tmp_path / "report", imgsz=IMGSZ, grad_imgsz=IMGSZ, grad_batch=1,
+                        layercam=False).read_text(encoding="utf-8")
+    out = json.loads((tmp_path / "report" / FILES / "report.json").read_text())["output"]
+    assert out["labels"] is None and out["label_problem"].startswith(f"{tmp_path / 'labels' / 'scene.txt'}:1: ")
+    assert "No check against the labels: <code>" in html and "found labelled damage" not in html

@@ -261,19 +261,29 @@ def _is_float(token: str) -> bool:
         return False
 
 
-def photo_labels(image: str | Path, nc: int) -> list[tuple[int, float, float, float, float]] | None:
-    """``label_boxes`` of a single photo, or ``None`` unless the file beside it is a YOLO label file.
+def photo_labels(image: str | Path, nc: int) -> tuple[list[tuple[int, float, float, float, float]] | None, str | None]:
+    """``label_boxes`` of a single photo when the file Ultralytics would read for it is a YOLO label file.
 
-    A photo outside a dataset may have any ``.txt`` of its name beside it (``img2label_paths`` looks next
-    to the photo when there is no ``/images/`` folder), so a file counts only if it reads as UTF-8 and every
-    non-empty line is a valid row for ``nc`` classes. An empty file in a ``labels/`` folder is a photo with
-    no damage (``[]``); an empty file beside a loose photo says nothing (``None``).
+    Returns ``(rows, None)``, or ``(None, reason)`` when a file in a ``labels/`` folder cannot be used (the
+    first bad line, or why it cannot be read: a typo must not hide the check silently), or ``(None, None)``
+    when there is nothing to use. A photo outside a dataset may have any ``.txt`` of its name beside it
+    (``img2label_paths`` looks next to the photo when there is no ``/images/`` folder), so such a file counts
+    only if it reads as UTF-8, is not empty and every line is a valid row for ``nc`` classes; otherwise it is
+    taken for a note and passed over in silence. An empty file in a ``labels/`` folder is a photo with no
+    damage (``[]``).
     """
     label = label_path(image)
+    beside = label.parent == Path(image).parent
+    if not label.is_file():
+        return None, None
     try:
         boxes, errors, _ = parse_label_text(label.read_text(encoding="utf-8-sig"), nc)
-    except (OSError, UnicodeDecodeError):  # missing, a folder, unreadable, or not text
-        return None
-    if errors or (not len(boxes) and label.parent == Path(image).parent):
-        return None
-    return [(int(b[0]), *(float(v) for v in b[1:])) for b in boxes]
+    except (OSError, UnicodeDecodeError) as e:  # unreadable, or not text
+        return None, None if beside else f"{label}: not used: {type(e).__name__}: {e}"
+    if beside and (errors or not len(boxes)):
+        return None, None
+    if errors:
+        line, _, reason = errors[0]
+        more = f" (and {len(errors) - 1} more bad line{'s' * (len(errors) > 2)})" if len(errors) > 1 else ""
+        return None, f"{label}:{line}: {reason}: the label file is not used{more}"
+    return [(int(b[0]), *(float(v) for v in b[1:])) for b in boxes], None

@@ -243,9 +243,19 @@ class PhotoRun:
                  "box_xyxy": [round(float(v), 2) for v in b]} for r, b in zip(rows, xyxy)]
 
     @cached_property
+    def _label_file(self) -> tuple[list[tuple] | None, str | None]:
+        """``(rows, problem)`` of the photo's label file (``data.labels.photo_labels``)."""
+        return (None, None) if self.source is None else photo_labels(self.source, len(self.names))
+
+    @property
     def _label_rows(self) -> list[tuple] | None:
-        """``(class, xc, yc, w, h)`` rows of the photo's label file (``data.labels.photo_labels``), or ``None``."""
-        return None if self.source is None else photo_labels(self.source, len(self.names))
+        """``(class, xc, yc, w, h)`` rows of the photo's label file, or ``None``."""
+        return self._label_file[0]
+
+    @property
+    def label_problem(self) -> str | None:
+        """Why a label file in a ``labels/`` folder was not used (one line naming file and line), or ``None``."""
+        return self._label_file[1]
 
     @cached_property
     def label_check(self) -> dict | None:
