@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.data.labels import label_boxes, label_path
+from pipeline.data.labels import label_path, photo_labels
 from pipeline.data.preprocess import model_input
 from pipeline.lesson.gradients import activation_comparison, build_variant, gradient_flow, make_batch, sgd_step
 from pipeline.model.load import load_model
@@ -24,7 +24,7 @@ IMGSZ = 256
 def batch(sample_images):
     samples = []
     for p in sample_images[:2]:
-        labels = label_boxes(p, nc=6)
+        labels, _ = photo_labels(p, nc=6)
         assert labels, f"no labels found for {p}"
         samples.append((cv2.imread(str(p)), labels))
     return make_batch(samples, IMGSZ)
@@ -39,7 +39,7 @@ def yolo():
 def test_labels_from_polygons_and_batch_layout(sample_images, batch):
     p = sample_images[0]
     rows = [line.split() for line in label_path(p).read_text().splitlines() if line.strip()]
-    labels = label_boxes(p, nc=6)
+    labels, _ = photo_labels(p, nc=6)
     assert len(labels) == len(rows)
     pts = np.asarray(rows[0][1:], dtype=float).reshape(-1, 2)
     c, x, y, w, h = labels[0]

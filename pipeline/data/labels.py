@@ -11,8 +11,7 @@ Ultralytics trains on:
 - the labels: ``label_path`` (Ultralytics' rule: the last ``/images/`` becomes ``/labels/``, the suffix
   ``.txt``), ``parse_label_text`` (the one parser of YOLO rows, ``cls x y w h`` or a polygon
   ``cls x1 y1 x2 y2 ...`` taken as its bounding box, with one ``(line, kind, reason)`` per rejected row)
-  and ``label_boxes`` (the valid rows of one image's label file); ``photo_labels`` (a photo's label file only
-  when it is one, for the report and the explorer).
+  and ``photo_labels`` (the valid rows of one photo's label file, when it is one: the report and explorer).
 
 A yaml that is missing, malformed or points at nothing is one ``InputError`` line naming the file.
 
@@ -243,16 +242,6 @@ def parse_label_text(text: str, nc: int, coord_tol: float = COORD_TOL) -> tuple[
     return np.array(rows, dtype=np.float64).reshape(-1, 5), errors, info
 
 
-def label_boxes(image: str | Path, nc: int) -> list[tuple[int, float, float, float, float]]:
-    """The valid rows of an image's label file as ``(class, xc, yc, w, h)`` boxes (polygons as their bounding
-    box, as Ultralytics trains on them); ``[]`` when the image has no label file."""
-    label = label_path(image)
-    if not label.is_file():
-        return []
-    boxes, _, _ = parse_label_text(label.read_text(encoding="utf-8-sig"), nc)
-    return [(int(b[0]), *(float(v) for v in b[1:])) for b in boxes]
-
-
 def _is_float(token: str) -> bool:
     try:
         float(token)
@@ -262,7 +251,8 @@ def _is_float(token: str) -> bool:
 
 
 def photo_labels(image: str | Path, nc: int) -> tuple[list[tuple[int, float, float, float, float]] | None, str | None]:
-    """``label_boxes`` of a single photo when the file Ultralytics would read for it is a YOLO label file.
+    """The rows of a photo's YOLO label file as ``(class, xc, yc, w, h)`` boxes (normalised; polygons as their
+    bounding box, as Ultralytics trains on them), when the file Ultralytics would read for it is one.
 
     Returns ``(rows, None)``, or ``(None, reason)`` when a file in a ``labels/`` folder cannot be used (the
     first bad line, or why it cannot be read: a typo must not hide the check silently), or ``(None, None)``

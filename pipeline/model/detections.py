@@ -79,7 +79,7 @@ def match_labels(detections: list[dict], labels: list[dict], iou_min: float = 0.
         >>> match_labels(run.detections, run.labels)["detections"][0]
         {'verdict': 'hit', 'label': 0, 'iou': 0.81}
     """
-    from torchvision.ops import box_iou
+    from torchvision.ops import box_iou  # imported on first use: ~1 s (torch._dynamo) most importers never need
 
     iou = torch.zeros((len(detections), len(labels)), dtype=torch.float64)
     if detections and labels:

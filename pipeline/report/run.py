@@ -234,7 +234,7 @@ class PhotoRun:
         """The labelled damage of the YOLO label file beside the photo (``images/X.jpg`` -> ``labels/X.txt``),
         in photo pixels as ``{class_id, class_name, box_xyxy}`` (polygons as their bounding box, as Ultralytics
         trains on them); ``None`` without a usable label file (``data.labels.photo_labels``)."""
-        rows = self._label_rows
+        rows = self._label_file[0]
         if rows is None:
             return None
         h, w = self.pixels.shape[:2]
@@ -244,13 +244,9 @@ class PhotoRun:
 
     @cached_property
     def _label_file(self) -> tuple[list[tuple] | None, str | None]:
-        """``(rows, problem)`` of the photo's label file (``data.labels.photo_labels``)."""
+        """``(rows, problem)`` of the photo's label file (``data.labels.photo_labels``): normalised
+        ``(class, xc, yc, w, h)`` rows or ``None``, and why a file in ``labels/`` was not used."""
         return (None, None) if self.source is None else photo_labels(self.source, len(self.names))
-
-    @property
-    def _label_rows(self) -> list[tuple] | None:
-        """``(class, xc, yc, w, h)`` rows of the photo's label file, or ``None``."""
-        return self._label_file[0]
 
     @property
     def label_problem(self) -> str | None:
@@ -321,7 +317,7 @@ class PhotoRun:
 
     def _gradient_batch(self, n: int, imgsz: int, seed: int):
         name = self.source.name if self.source else "the photo"
-        labels = self._label_rows or []
+        labels = self._label_file[0] or []
         samples = [(self.pixels, labels)]
         sources = [f"{name} ({len(labels)} label{'s' * (len(labels) != 1)} from {label_path(self.source)})" if labels
                    else f"{name} (no labelled damage: background only)"]
