@@ -120,3 +120,32 @@ def test_folder_without_onnxruntime_runs_stock(trained_weights, sample_images, t
     records, errors = predict_paths(load_model(trained_weights), [folder], tmp_path / "out", imgsz=160, overlays=False, progress=False)
     assert not errors and len(records) == 2
     assert all(set(d) == {"class_id", "class_name", "score", "logit", "box_xyxy"} for r in records for d in r["detections"])
+
+
+class _Stop(Exception):
+    """Raised from a callback: the test has what it needs before the first optimizer step."""
+
+
+@pytest.mark.parametrize("start", ["weights", "yaml"])
+def test_training_from_a_weights_file_starts_from_its_weights(trained_weights, synth_data, tmp_path, start):
+    # Oracle: the checkpoint file read with torch.load, independent of the loader under test.
+    ckpt = torch.load(trained_weights, map_location="cpu", weights_only=False)["model"].float().state_dict()
+    seen = {}
+
+    def grab(trainer):
+        seen.update({k: v.detach().float().clone() for k, v in trainer.model.state_dict().items()})
+        raise _Stop
+
+    from pipeline.model.train import train
+
+    with pytest.raises(_Stop):
+        train(synth_data, tmp_path / "run", model=str(trained_weights) if start == "weights" else "yolov8n.yaml",
+              epochs=1, imgsz=96, batch=8, nbs=8, workers=0, device="cpu", val=False,
+              callbacks={"on_pretrain_routine_end": grab})
+    # every learned conv kernel (the DFL's is a fixed 0..15 ramp in every model)
+    params = [k for k in ckpt if k.endswith(".weight") and ckpt[k].ndim == 4 and ".dfl." not in k]
+    same = [k for k in params if torch.equal(seen[k], ckpt[k])]
+    if start == "weights":  # fine-tuning: every conv kernel is the file's, bit for bit
+        assert same == params
+    else:  # from the YAML: random init, nothing of the file's
+        assert same == []

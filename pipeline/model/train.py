@@ -178,7 +178,9 @@ def train(
                 project=str(out.parent),  # absolute: otherwise runs land inside site-packages under pytest
                 name=out.name,
                 exist_ok=True,
-                pretrained=False,
+                # Ultralytics 8.4 drops a loaded checkpoint's weights when pretrained is False: a weights
+                # file would silently train from scratch. A YAML build has no checkpoint to keep.
+                pretrained=bool(yolo.ckpt),
                 verbose=args.get("verbose", False),
             )
             _use_every_core(yolo)
