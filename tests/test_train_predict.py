@@ -149,3 +149,27 @@ def test_training_from_a_weights_file_starts_from_its_weights(trained_weights, s
         assert same == params
     else:  # from the YAML: random init, nothing of the file's
         assert same == []
+
+
+def test_commands_run_at_the_trained_size_unless_told(trained_weights, sample_images, tmp_path, capsys):
+    # Oracle: the size in the checkpoint (torch.load), and stock Ultralytics' predict, which reads it too.
+    trained = torch.load(trained_weights, map_location="cpu", weights_only=False)["train_args"]["imgsz"]
+    assert trained == 160  # the fixture's size, far from Ultralytics' 640 default
+    files = [str(f) for f in sample_images[:2]]
+    assert main(["predict", "--weights", str(trained_weights), *files, "--out", str(tmp_path / "p"), "--conf", "0.001"]) == 0
+    ours = json.loads((tmp_path / "p" / "detections.json").read_text())
+    stock = load_model(trained_weights).predict(files, conf=0.001, device="cpu", verbose=False)
+    at_640 = load_model(trained_weights).predict(files, conf=0.001, imgsz=640, device="cpu", verbose=False)
+    for rec, res, big in zip(ours, stock, at_640):
+        np.testing.assert_allclose([d["score"] for d in rec["detections"]], res.boxes.conf.numpy(), rtol=1e-6)
+        assert len(big.boxes) != len(res.boxes) or not np.allclose(big.boxes.conf.numpy(), res.boxes.conf.numpy())
+    # --imgsz still wins
+    assert main(["predict", "--weights", str(trained_weights), files[0], "--out", str(tmp_path / "q"),
+                 "--conf", "0.001", "--imgsz", "640"]) == 0
+    told = json.loads((tmp_path / "q" / "detections.json").read_text())[0]
+    np.testing.assert_allclose([d["score"] for d in told["detections"]], at_640[0].boxes.conf.numpy(), rtol=1e-6)
+    # the report states the size it ran at, and its input tensor has it
+    assert main(["report", "--weights", str(trained_weights), files[0], "--out", str(tmp_path / "r"),
+                 "--no-layercam"]) == 0
+    info = json.loads((tmp_path / "r" / "report_files" / "report.json").read_text())
+    assert info["info"]["imgsz"] == trained

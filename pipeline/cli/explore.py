@@ -25,13 +25,13 @@ from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import InputError, validate_image
 from pipeline.explore.app import listen, serve
 from pipeline.explore.session import Explorer
-from pipeline.model.load import load_model
+from pipeline.model.load import load_model, trained_imgsz
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="photos to explore (each runs once, on first view)")
     p.add_argument("--weights", required=True, help="best.pt (trained) or yolov8n.yaml (untrained)")
-    p.add_argument("--imgsz", type=image_size, default=640, help="inference size (default 640)")
+    p.add_argument("--imgsz", type=image_size, default=None, help="inference size (default: the size the weights were trained at, else 640)")
     p.add_argument("--conf", type=probability, default=0.25, help="score threshold for detections (default 0.25)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int_range(1, 65535), default=8765, help="port (default 8765)")
@@ -43,7 +43,7 @@ def run(args) -> int:
     for photo in args.photos:  # fail now, not on the first click: a missing or undecodable file is named
         validate_image(photo)
     yolo = load_model(args.weights, nc=len(CLASS_NAMES), trust=args.trust_weights)
-    explorer = Explorer(yolo, args.photos, imgsz=args.imgsz, conf=args.conf)
+    explorer = Explorer(yolo, args.photos, imgsz=trained_imgsz(yolo, args.imgsz), conf=args.conf)
     try:
         sock = listen(args.host, args.port)
     except OSError as e:  # port taken, address not available: one line, before anything claims to serve

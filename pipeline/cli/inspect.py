@@ -45,7 +45,7 @@ from pathlib import Path
 from pipeline.cli.options import add_ray_arguments, add_trust_weights, image_size, positive_float
 from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import InputError, input_paths, output_folder
-from pipeline.model.load import load_model
+from pipeline.model.load import load_model, trained_imgsz
 from pipeline.probe.channel_stats import DEAD_EPS
 from pipeline.probe.statistics import DTYPES, FILES, inspect_dataset, inspect_image
 from pipeline.scale.stats import ray_inspect
@@ -69,7 +69,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--layers", nargs="+", default=None,
                         help="which Conv blocks: indices (2), paths (model.2.cv1, model.4), types (C2f, SPPF); default all")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="activation dump dtype")
-    parser.add_argument("--imgsz", type=image_size, default=640, help="inference size (default 640)")
+    parser.add_argument("--imgsz", type=image_size, default=None, help="inference size (default: the size the weights were trained at, else 640)")
     parser.add_argument("--fuse", action="store_true", help="fold BatchNorm into the convs first (model.fuse())")
     parser.add_argument("--dead-eps", type=positive_float, default=DEAD_EPS, help=f"|SiLU| below this is 'dead' (default {DEAD_EPS:g})")
     add_ray_arguments(parser)
@@ -83,6 +83,7 @@ def run(args) -> int:
     if args.ray is not None and _single_photo(args.image) and not args.stats_only:
         raise InputError("--ray", "computes statistics over many photos: add --stats-only (one photo's dump runs here)")
     yolo = load_model(args.weights, nc=len(CLASS_NAMES), trust=args.trust_weights)  # nc only matters for a YAML
+    args.imgsz = trained_imgsz(yolo, args.imgsz)
     if args.ray is not None:
         result = ray_inspect(yolo, args.image, args.out, layers=args.layers, imgsz=args.imgsz, fuse=args.fuse,
                              dead_eps=args.dead_eps, address=args.ray, workers=args.workers,

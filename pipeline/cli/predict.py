@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pipeline.cli.options import add_ray_arguments, add_trust_weights, device, image_size, positive_int, probability
 from pipeline.core.io import InputError
-from pipeline.model.load import load_model
+from pipeline.model.load import load_model, trained_imgsz
 from pipeline.model.predict import predict_paths
 from pipeline.scale.predict import ray_predict
 
@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", required=True, help="trained weights (.pt) or a model YAML (untrained)")
     p.add_argument("--out", required=True, help="output folder: overlays + detections.json")
     p.add_argument("--conf", type=probability, default=0.25, help="score threshold in (0, 1] (default 0.25)")
-    p.add_argument("--imgsz", type=image_size, default=640, help="inference size (default 640)")
+    p.add_argument("--imgsz", type=image_size, default=None, help="inference size (default: the size the weights were trained at, else 640)")
     p.add_argument("--device", type=device, default="cpu", help="cpu or a CUDA index (default cpu)")
     p.add_argument("--no-overlays", action="store_true", help="write detections.json only")
     p.add_argument("--batch", type=positive_int, default=None, help="photos per forward pass; > 1 (or a folder) runs the batched engine (default there: 1 on CPU, 32 on CUDA)")
@@ -53,6 +53,7 @@ def run(args) -> int:
     if args.ray is not None and args.device != "cpu":
         raise InputError("--device", "with --ray, workers take GPUs by --gpus-per-worker G, not --device")
     yolo = load_model(args.weights, trust=args.trust_weights)
+    args.imgsz = trained_imgsz(yolo, args.imgsz)
     if args.ray is not None:
         records, errors = ray_predict(yolo, args.sources, args.out, conf=args.conf, imgsz=args.imgsz,
                                       overlays=not args.no_overlays, batch=args.batch, backend=args.backend,

@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", metavar="IMAGE", help="the photo to walk through the network")
     p.add_argument("--weights", required=True, help="best.pt (trained) or yolov8n.yaml (untrained, built from scratch)")
     p.add_argument("--out", required=True, help="folder for report.html and report_files/")
-    p.add_argument("--imgsz", type=image_size, default=640, help="inference size (default 640)")
+    p.add_argument("--imgsz", type=image_size, default=None, help="inference size (default: the size the weights were trained at, else 640)")
     p.add_argument("--conf", type=probability, default=0.25, help="score threshold for detections (default 0.25)")
     p.add_argument("--grad-imgsz", type=image_size, default=320, help="image size of the gradient-flow batch (default 320)")
     p.add_argument("--grad-batch", type=positive_int, default=2, help="images in the gradient-flow batch (default 2)")

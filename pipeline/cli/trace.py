@@ -38,7 +38,7 @@ from pipeline.cli.options import add_trust_weights, image_size, probability
 from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import InputError, atomic_write_json, check_output_file, read_image
 from pipeline.data.preprocess import model_input
-from pipeline.model.load import load_model, model_stride
+from pipeline.model.load import load_model, model_stride, trained_imgsz
 from pipeline.probe.trace import format_head, format_trace, trace_head, trace_neuron
 
 # ------------------------------------------------------------------------------------------------
@@ -53,7 +53,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--channel", type=int, required=True, help="output channel of that layer")
     parser.add_argument("--y", type=int, required=True, help="row in the layer's output map")
     parser.add_argument("--x", type=int, required=True, help="column in the layer's output map")
-    parser.add_argument("--imgsz", type=image_size, default=640, help="inference size (default 640)")
+    parser.add_argument("--imgsz", type=image_size, default=None, help="inference size (default: the size the weights were trained at, else 640)")
     parser.add_argument("--fuse", action="store_true", help="fold BatchNorm into the convs first (model.fuse())")
     parser.add_argument("--head", action="store_true", help="also trace every reported box: logit -> sigmoid -> conf")
     parser.add_argument("--conf", type=probability, default=0.25, help="confidence threshold for --head (default 0.25)")
@@ -66,6 +66,7 @@ def run(args) -> int:
     if args.out:  # a file, not a folder: it may only not be one of the inputs
         check_output_file(args.out, [args.image, args.weights])
     yolo = load_model(args.weights, nc=len(CLASS_NAMES), trust=args.trust_weights)  # nc only matters for a YAML build
+    args.imgsz = trained_imgsz(yolo, args.imgsz)
     if args.fuse:
         yolo.model.fuse(verbose=False)
     image = read_image(args.image)  # once: the neuron trace and the head trace share it

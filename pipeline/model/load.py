@@ -24,6 +24,7 @@ from pipeline.core.facts import CLASS_NAMES, TRUST_ENV
 from pipeline.core.io import InputError
 
 DEFAULT_MODEL = "yolov8n.yaml"
+DEFAULT_IMGSZ = 640  # Ultralytics' default inference size, for a model that carries no training size
 
 
 def load_model(spec: str | Path = DEFAULT_MODEL, nc: int | None = None, names=None, trust: bool = False):
@@ -131,6 +132,25 @@ def weights_error(path: str | Path, error: Exception, trust: bool) -> str:
 def detection_model(model) -> torch.nn.Module:
     """The ``DetectionModel`` of a ``YOLO`` wrapper, or the model itself if it already is one."""
     return model if isinstance(model, tasks.BaseModel) else model.model
+
+
+def trained_imgsz(yolo, imgsz: int | None = None) -> int:
+    """The inference size to use: ``imgsz`` when given, else the size the weights were trained at.
+
+    Ultralytics' own ``YOLO(best.pt).predict()`` does the same (the checkpoint's ``train_args.imgsz``): a
+    model trained at 320 px and run at 640 sees every object twice as large as it learned them, and finds
+    other boxes. A YAML build has no training size: 640.
+
+    Examples:
+        >>> trained_imgsz(load_model("runs/cardd-cpu/train/weights/best.pt"))  # trained at 320
+        320
+        >>> trained_imgsz(load_model("yolov8n.yaml", nc=6)), trained_imgsz(load_model("yolov8n.yaml"), 416)
+        (640, 416)
+    """
+    if imgsz:
+        return int(imgsz)
+    size = getattr(yolo, "overrides", {}).get("imgsz")
+    return int(size) if isinstance(size, int) and size > 0 else DEFAULT_IMGSZ
 
 
 def model_stride(model) -> int:

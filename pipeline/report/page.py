@@ -28,7 +28,7 @@ import torch
 
 from pipeline.core import runtime
 from pipeline.core.io import InputError, atomic_write_json, atomic_write_text, expand_sources, file_digest
-from pipeline.model.load import load_model
+from pipeline.model.load import load_model, trained_imgsz
 from pipeline.report.render import FILES, render_page
 from pipeline.report.run import PhotoRun
 from pipeline.report.sections import BUILDERS, TITLES, Options
@@ -80,7 +80,7 @@ def _stats_sources(stats_over) -> tuple[list, list]:
     return files, missing
 
 
-def write_report(weights, image, out_dir, imgsz: int = 640, conf: float = 0.25, grad_imgsz: int = 320,
+def write_report(weights, image, out_dir, imgsz: int | None = None, conf: float = 0.25, grad_imgsz: int = 320,
                  grad_batch: int = 2, seed: int = 0, layercam: bool = True, stats_over=None, stats_limit: int = 200,
                  trust: bool = False, on_error=None) -> Path:
     """Run the lesson on one photo with one model and write ``out_dir/report.html``; return its path.
@@ -89,7 +89,8 @@ def write_report(weights, image, out_dir, imgsz: int = 640, conf: float = 0.25, 
         weights: a checkpoint path (``best.pt``) or a model YAML (``yolov8n.yaml``: built from scratch
             with ``seed``, 6 CarDD classes).
         image: the photo. out_dir: folder for ``report.html`` and ``report_files/``.
-        imgsz, conf: inference size and score threshold (as ``YOLO.predict``).
+        imgsz, conf: inference size (default: the size the weights were trained at, else 640) and score
+            threshold (as ``YOLO.predict``).
         grad_imgsz, grad_batch: size and number of images of the gradient-flow batch (the photo plus
             synthetic scenes); five backward passes run on it, so it is kept small.
         seed: torch seed for a YAML build and for the activation-variant models.
@@ -110,7 +111,7 @@ def write_report(weights, image, out_dir, imgsz: int = 640, conf: float = 0.25, 
         torch.set_num_threads(threads)
 
 
-def _write_report(weights, image, out_dir, imgsz: int, conf: float, opts: Options, stats_over, trust: bool,
+def _write_report(weights, image, out_dir, imgsz: int | None, conf: float, opts: Options, stats_over, trust: bool,
                   on_error) -> Path:
     """``write_report``'s work, on the CPU threads Ultralytics' predict would use (the caller's are restored after).
 
@@ -129,6 +130,7 @@ def _write_report(weights, image, out_dir, imgsz: int, conf: float, opts: Option
     if weights.endswith((".yaml", ".yml")):
         torch.manual_seed(opts.seed)
     yolo = load_model(weights, nc=DEFAULT_NC if weights.endswith((".yaml", ".yml")) else None, trust=trust)
+    imgsz = trained_imgsz(yolo, imgsz)
     run = PhotoRun(yolo, image, imgsz=imgsz, conf=conf)  # InputError on a bad photo, before anything is written
     files = out_dir / FILES
     files.mkdir(parents=True, exist_ok=True)
