@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/cardamage demo --out $(OUT)
+	$(VENV)/bin/cardamage demo --out $(OUT) --overwrite
 
 test: install
 	$(VENV)/bin/lint-imports

@@ -129,7 +129,8 @@ def make_weights(work: Path, photo: Path, imgsz: int, epochs: int, seed: int) ->
         return path
     data = write_dataset(work / "synth", n_train=64, n_val=16, imgsz=320, seed=1, progress=False)
     t0 = time.perf_counter()
-    m = train(data, work / "run", epochs=epochs, imgsz=320, batch=16, workers=0, device="cpu", val=False, seed=0)
+    m = train(data, work / "run", epochs=epochs, imgsz=320, batch=16, workers=0, device="cpu", val=False, seed=0,
+              overwrite=True)  # no bench.pt yet: whatever run is there did not finish
     print(f"trained yolov8n nc=6 for {epochs} epochs on 64 synthetic photos in {time.perf_counter() - t0:.0f} s "
           f"(synthetic val mAP50 {m.get('mAP50', float('nan')):.3f})")
     yolo = redraw_head(load_model(m["weights"]), photo, imgsz, seed=seed)

@@ -57,7 +57,7 @@ def main() -> int:
     }
     summary = {"mean": mean, "std": std, "minutes_each": args.minutes, "runs": {}}
     for name, (run, extra) in runs.items():
-        m = train(data, run, **common, **extra)
+        m = train(data, run, **common, **extra, overwrite=True)  # the experiment redraws its whole folder
         summary["runs"][name] = {"metrics": m, "losses": losses(run)}
         print(f"{name}: {m['epochs']} epochs, mAP50 {m['mAP50']:.3f}, mAP50-95 {m['mAP50-95']:.3f}")
     atomic_write_json(out / "scaling.json", summary)

@@ -214,7 +214,9 @@ def main(argv: list[str] | None = None) -> dict:
     AMP_DECISIONS.clear()
     counter = StepCounter()
     t0 = time.time()
-    trained = train(data, out / "train", model=model, config=config, callbacks=counter.callbacks, **overrides)
+    # the benchmark owns its row folders: a row without row.json is an unfinished run, trained again
+    trained = train(data, out / "train", model=model, config=config, callbacks=counter.callbacks, overwrite=True,
+                    **overrides)
     gpu_minutes = (time.time() - t0) / 60  # out holds the staged data; this is the wall of the training call
     weights = Path(trained["weights"])
     if args.trainer_val:

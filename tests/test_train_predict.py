@@ -173,3 +173,25 @@ def test_commands_run_at_the_trained_size_unless_told(trained_weights, sample_im
                  "--no-layercam"]) == 0
     info = json.loads((tmp_path / "r" / "report_files" / "report.json").read_text())
     assert info["info"]["imgsz"] == trained
+
+
+def test_training_never_silently_replaces_an_earlier_run(trained_weights, synth_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "weights").mkdir(parents=True)
+    old = trained_weights.read_bytes()
+    (run / "weights" / "best.pt").write_bytes(old)
+    cmd = ["train", "--data", str(synth_data), "--out", str(run), "--epochs", "1", "--imgsz", "96", "--batch", "8"]
+    assert main(cmd) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(run) in err[0] and "earlier training run (weights/best.pt)" in err[0]
+    assert (run / "weights" / "best.pt").read_bytes() == old and sorted(p.name for p in run.rglob("*")) == ["best.pt", "weights"]
+    # the demo checks its train/ folder before it writes anything (recipe.yaml, the synthetic data)
+    demo = tmp_path / "demo"
+    (demo / "train" / "weights").mkdir(parents=True)
+    (demo / "train" / "metrics.json").write_text("{}")
+    assert main(["demo", "--out", str(demo), "--no-report"]) == 1
+    assert "earlier training run (metrics.json)" in capsys.readouterr().err
+    assert sorted(p.name for p in demo.rglob("*")) == ["metrics.json", "train", "weights"]
+    # --overwrite trains over it: a new best.pt, not the old bytes
+    assert main([*cmd, "--overwrite"]) == 0
+    assert (run / "weights" / "best.pt").read_bytes() != old and (run / "metrics.json").is_file()

@@ -41,7 +41,7 @@ from pipeline.data import synth
 from pipeline.data.labels import dataset_splits
 from pipeline.model.load import load_model
 from pipeline.model.predict import predict_paths
-from pipeline.model.train import load_recipe, train
+from pipeline.model.train import check_fresh, load_recipe, train
 from pipeline.report.page import write_report
 
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
@@ -62,11 +62,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--real", default=str(DEFAULT_REAL), help="folder of real photos to predict on (skipped if absent)")
     p.add_argument("--n-real", type=non_negative_int, default=8, help="how many real photos to predict on (default 8)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.add_argument("--overwrite", action="store_true",
+                   help="run even if --out holds an earlier demo (its model is replaced; `make demo` passes this)")
 
 
 def run(args) -> int:
     real_dir = Path(args.real)
     args.config = args.config or str(REAL_CONFIG if args.data else DEFAULT_CONFIG)
+    check_fresh(Path(args.out) / "train", args.overwrite)  # before anything is written into the folder
     if args.data:
         splits = dataset_splits(args.data)  # one error line for a missing or empty split, before any work
         with output_folder(args.out, inputs=[args.config, args.data, *splits["train"][:1], *splits["val"][:1]]):
@@ -88,7 +91,7 @@ def _recipe(args, out: Path) -> tuple[dict, dict, Path]:
 def _train(data, out: Path, cfg: Path, timings: dict) -> dict:
     """Step 2 of both demos: train into ``out/train`` with the recipe copy, timed and reported."""
     t = time.perf_counter()
-    metrics = train(data, out / "train", config=cfg)
+    metrics = train(data, out / "train", config=cfg, overwrite=True)  # run() has checked --overwrite
     timings["train_s"] = round(time.perf_counter() - t, 1)
     print(f"[2/4] trained {metrics.get('epochs')} epochs in {timings['train_s']}s: val mAP50 {metrics['mAP50']:.3f}")
     return metrics

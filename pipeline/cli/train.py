@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="recipe YAML from configs/ (flags win over it)")
     p.add_argument("--time", type=positive_float, help="time budget in hours (Ultralytics' time=)")
     p.add_argument("--resume", action="store_true", help="resume the interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train even if --out holds an earlier run (its weights and metrics are replaced)")
     add_trust_weights(p)
 
 
@@ -47,6 +49,7 @@ def run(args) -> int:
         model=args.model,
         config=args.config,
         resume=args.resume,
+        overwrite=args.overwrite,
         trust=args.trust_weights,
         on_error=lambda e: print(f"error: {e} (left out of training)", file=sys.stderr, flush=True),
         epochs=args.epochs,

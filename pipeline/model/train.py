@@ -116,6 +116,33 @@ def _cpu_channels_last(yolo) -> None:
 OWN_KEYS = ("model", "demo", "cpu_channels_last")
 
 
+RUN_FILES = ("weights/best.pt", "weights/last.pt", "metrics.json")  # what a training run leaves in its folder
+
+
+def earlier_run(out: str | Path) -> Path | None:
+    """The first file showing that ``out`` already holds a training run, else None."""
+    return next((Path(out) / f for f in RUN_FILES if (Path(out) / f).is_file()), None)
+
+
+def check_fresh(out: str | Path, overwrite: bool = False) -> None:
+    """Refuse to train into a folder holding an earlier run, unless ``overwrite``; then clear its run files.
+
+    Ultralytics trains into an existing folder without a word, replacing ``results.csv`` at once and
+    ``best.pt`` after the first epoch: a repeated command would silently lose a finished 30-minute run.
+
+    Raises:
+        InputError: ``out`` holds an earlier run and ``overwrite`` is False.
+    """
+    found = earlier_run(out)
+    if found is None:
+        return
+    if not overwrite:
+        raise InputError(out, f"holds an earlier training run ({found.relative_to(out)}); choose another "
+                              "--out, or pass --overwrite to train over it")
+    for f in RUN_FILES:
+        (Path(out) / f).unlink(missing_ok=True)
+
+
 def train(
     data: str | Path,
     out: str | Path,
@@ -125,6 +152,7 @@ def train(
     callbacks: dict | None = None,
     trust: bool = False,
     on_error=None,
+    overwrite: bool = False,
     **overrides,
 ) -> dict:
     """Train and return the metrics dict (also written to ``out/metrics.json``).
@@ -137,6 +165,8 @@ def train(
         resume: continue the interrupted run in ``out`` from ``out/weights/last.pt``.
         callbacks: optional ``{event: function(trainer)}`` added to Ultralytics' callbacks (e.g. ``on_train_start``).
         trust: load ``model`` / ``last.pt`` even if safe loading refuses it (``--trust-weights``).
+        overwrite: train even if ``out`` holds an earlier run (``--overwrite``); its weights and metrics are
+            removed first, so a failed run never leaves the old ``best.pt`` looking like the new one.
         on_error: called with each damaged dataset image, which is left out of training.
 
     Training reads a view of the dataset made of links under ``out/dataset`` (``pipeline.data.dataset_view``),
@@ -158,6 +188,7 @@ def train(
             yolo, results = _resume(last, trust)
         left_out = []
     else:
+        check_fresh(out, overwrite)
         recipe = load_recipe(config)
         settings = {**recipe, **{k: v for k, v in overrides.items() if v is not None}}
         args = {k: v for k, v in settings.items() if k not in OWN_KEYS}  # ours, not Ultralytics'
