@@ -78,7 +78,11 @@ def test_page_shows_the_apis_numbers(server, tmp_path):
             a.click('#detections tr[data-index="0"]')
             shown = a.eval_on_selector_all("#det-logits tbody td.logit", "tds => tds.map(t => t.textContent)")
             sig = a.eval_on_selector_all("#det-logits tbody td.sigmoid", "tds => tds.map(t => t.textContent)")
-            assert [float(v) for v in shown] == dets[0]["logits"] and [float(v) for v in sig] == dets[0]["sigmoids"]
+            assert [float(v) for v in shown] == pytest.approx(dets[0]["logits"], rel=1e-5)
+            assert [float(v) for v in sig] == pytest.approx(dets[0]["sigmoids"], rel=1e-5, abs=1e-12)
+            assert all(len(v.replace("-", "").replace(".", "").lstrip("0")) <= 6 for v in shown + sig if "e" not in v)
+            full = a.eval_on_selector_all("#det-logits tbody td.logit", "tds => tds.map(t => t.title)")
+            assert [float(v) for v in full] == dets[0]["logits"]  # hover: the API's value, every digit
             a.wait_for_function("document.getElementById('cam-img').naturalWidth > 0")
             # a feature-map pixel, in both contexts, different layers
             for page, (layer, ch, fx, fy) in ((a, ("model.2.cv1", 3, 0.4, 0.6)), (b, ("model.15.cv2", 5, 0.7, 0.2))):

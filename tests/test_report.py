@@ -382,3 +382,27 @@ def test_report_statistics_over_a_folder(tmp_path, sample_images):
     pooled = sum(s["frac_negative"] * s["count"] for s in ds["layer_stats"].values()) / sum(
         s["count"] for s in ds["layer_stats"].values())
     assert f"{100 * pooled:.1f}% of z are negative" in html
+
+
+def test_detection_tags_on_nearly_equal_boxes_do_not_cover_each_other():
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from pipeline.report.plots.lesson import separate_tags
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(np.zeros((320, 320, 3), np.uint8))
+    same = [ax.text(100, 150, f"dent 0.{k}5 (logit -1.20) FP", fontsize=7, va="bottom",
+                    bbox=dict(facecolor="red", pad=1, lw=0)) for k in range(3)]
+    edge = ax.text(10, 318, "label: scratch", fontsize=7, va="top", bbox=dict(facecolor="white", pad=1, lw=0))
+    alone = ax.text(10, 20, "tire flat 0.91", fontsize=7, va="bottom")
+    before = alone.get_position()
+    separate_tags(ax, [*same, edge, alone])
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in [*same, edge, alone]]  # matplotlib's own extents
+    for i in range(len(boxes)):
+        for j in range(i):
+            assert not boxes[i].overlaps(boxes[j]), (i, j)
+    assert same[0].get_position() == (100, 150) and alone.get_position() == before  # room to spare: not moved
+    assert all(0 <= t.get_position()[1] <= 320 for t in [*same, edge])  # still on the photo
+    plt.close(fig)

@@ -95,8 +95,12 @@ def test_corrupt_and_missing_weights(tmp_path, sample_images, capsys):
     junk.write_bytes(b"\x00" * 100)
     assert main(["predict", "--weights", str(junk), str(sample_images[0]), "--out", str(tmp_path / "o")]) == 1
     assert main(["predict", "--weights", "yolov8n.pt", str(sample_images[0]), "--out", str(tmp_path / "o")]) == 1
+    # a mistyped path to one's own run (the demo's weights are in train/weights/): where runs keep them
+    mistyped = tmp_path / "demo" / "weights" / "best.pt"
+    assert main(["predict", "--weights", str(mistyped), str(sample_images[0]), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "junk.pt" in err[0] and "yolov8n.pt" in err[1] and "download" in err[1]
+    assert len(err) == 3 and "junk.pt" in err[0] and "yolov8n.pt" in err[1] and "download" in err[1]
+    assert str(mistyped) in err[2] and "download" not in err[2] and "OUT/train/weights/" in err[2]
 
 
 def test_train_bad_data_yaml(tmp_path, capsys):

@@ -60,6 +60,10 @@ def load_model(spec: str | Path = DEFAULT_MODEL, nc: int | None = None, names=No
             yolo.model.names = {i: str(name) for i, name in enumerate(names)}
         return yolo
     if not path.is_file():
+        if path.parent != Path("."):  # a path, likely to a run of one's own: no download advice
+            raise InputError(spec, "weights file not found" + (" (a training run keeps them in "
+                                                             "OUT/weights/, a demo in OUT/train/weights/)"
+                                                             if path.name in ("best.pt", "last.pt") else ""))
         raise InputError(
             spec,
             "weights file not found; this project never downloads weights. Get them while online "

@@ -75,7 +75,7 @@ function showDetection(i) {
   document.querySelectorAll(".box.selected, #detections tr.selected").forEach((e) => e.classList.remove("selected"));
   document.querySelectorAll(`[data-index="${i}"]`).forEach((e) => e.classList.add("selected"));
   $("detection").hidden = false;
-  $("det-title").textContent = `#${i}: ${d.class_name}, score ${num(d.score)}` + (d.label_match ? `: ${d.label_match}` : "");
+  $("det-title").textContent = `#${i}: ${d.class_name}, score ${short(d.score)}` + (d.label_match ? `: ${d.label_match}` : "");
   const a = d.anchor;
   $("det-anchor").textContent = `anchor ${a.index}: scale ${a.scale} (stride ${a.stride}), grid cell y=${a.y}, x=${a.x}, ` +
     `centre (${(a.x + 0.5) * a.stride}, ${(a.y + 0.5) * a.stride}) in model-input pixels. NMS kept the class with the ` +
@@ -85,8 +85,9 @@ function showDetection(i) {
   d.logits.forEach((z, k) => {
     const tr = el("tr", k === d.class_id ? { class: "chosen" } : {});
     tr.appendChild(el("td", {}, d.names[k]));
-    tr.appendChild(el("td", { class: "num logit" }, num(z)));
-    tr.appendChild(el("td", { class: "num sigmoid" }, num(d.sigmoids[k])));
+    // 6 significant digits to read; the full value (the API's) on hover
+    tr.appendChild(el("td", { class: "num logit", title: num(z) }, short(z, 6)));
+    tr.appendChild(el("td", { class: "num sigmoid", title: num(d.sigmoids[k]) }, short(d.sigmoids[k], 6)));
     body.appendChild(tr);
   });
   $("cam-layer").textContent = state.summary.cam_layer;

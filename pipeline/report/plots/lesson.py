@@ -197,6 +197,36 @@ def plot_sgd_step(step: dict, path, layer: str = "") -> Path:
 # --- detections and CAM -------------------------------------------------------------------------
 
 
+def separate_tags(ax, tags: list, pad_px: float = 2.0, tries: int = 12) -> None:
+    """Move each text tag by whole tag heights (down, up, twice down, ...) until it overlaps no tag before it.
+
+    Boxes on a crowded photo nearly coincide, and their tags would print over each other. A tag that
+    finds no free place within ``tries`` moves keeps its own place.
+    """
+    if not tags:
+        return
+    renderer = ax.figure.canvas.get_renderer()
+    to_data = ax.transData.inverted()
+    top, bottom = sorted(ax.get_ylim())
+    placed = []
+    for tag in tags:
+        x, y = tag.get_position()
+        box = tag.get_window_extent(renderer).padded(pad_px)
+        (_, ya), (_, yb) = to_data.transform([[box.x0, box.y0], [box.x0, box.y1]])
+        step = abs(yb - ya)  # one tag height in data units (the image's y grows downward)
+        for k in [0] + [s * m for m in range(1, tries // 2 + 1) for s in (1, -1)]:
+            if not top <= y + k * step <= bottom:
+                continue
+            tag.set_position((x, y + k * step))
+            box = tag.get_window_extent(renderer).padded(pad_px)
+            if not any(box.overlaps(p) for p in placed):
+                break
+        else:
+            tag.set_position((x, y))
+            box = tag.get_window_extent(renderer).padded(pad_px)
+        placed.append(box)
+
+
 def plot_detections(image_bgr: np.ndarray, detections: list[dict], path, max_boxes: int = 30,
                     labels: list[dict] | None = None, verdicts: list[str] | None = None) -> Path:
     """The photo with each box labelled ``class score (logit)``: score = sigmoid(logit); ``labels`` (the photo's
@@ -205,12 +235,13 @@ def plot_detections(image_bgr: np.ndarray, detections: list[dict], path, max_box
     h, w = image_bgr.shape[:2]
     fig, ax = plt.subplots(figsize=(7, 7 * h / max(w, 1)))
     imshow_photo(ax, image_bgr)
+    label_tags, box_tags = [], []
     for g in labels or []:
         x0, y0, x1, y1 = g["box_xyxy"]
         for lw, ls, color in ((2.5, "-", "black"), (1.5, "--", "white")):  # dark under light: seen on any paint
             ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=lw, ls=ls, color=color))
-        ax.text(x0, y1, f"label: {g['class_name']}", fontsize=7, color="black", va="top",
-                bbox=dict(facecolor="white", alpha=0.8, pad=1, lw=0))
+        label_tags.append(ax.text(x0, y1, f"label: {g['class_name']}", fontsize=7, color="black", va="top",
+                                  bbox=dict(facecolor="white", alpha=0.8, pad=1, lw=0)))
     cmap = plt.get_cmap("tab10")
     order = sorted(range(len(detections)), key=lambda i: -detections[i]["score"])[:max_boxes]
     for i in order:
@@ -219,8 +250,10 @@ def plot_detections(image_bgr: np.ndarray, detections: list[dict], path, max_box
         color = cmap(int(d["class_id"]) % 10)
         said = "" if verdicts is None else (" found" if verdicts[i] == "hit" else " FP")
         ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2, color=color))
-        ax.text(x0, y0, f"{d['class_name']} {d['score']:.2f} (logit {d['logit']:+.2f}){said}", fontsize=7,
-                color="white", va="bottom", bbox=dict(facecolor=color, alpha=0.8, pad=1, lw=0))
+        box_tags.append(ax.text(x0, y0, f"{d['class_name']} {d['score']:.2f} (logit {d['logit']:+.2f}){said}",
+                                fontsize=7, color="white", va="bottom",
+                                bbox=dict(facecolor=color, alpha=0.8, pad=1, lw=0)))
+    separate_tags(ax, box_tags + label_tags)  # highest score first: it keeps its place
     n = len(detections)
     title = (f"{n} detection{'' if n == 1 else 's'}; score = sigmoid(logit)" if detections else
              "no detection above the confidence threshold")
