@@ -196,6 +196,12 @@ def test_training_never_silently_replaces_an_earlier_run(trained_weights, synth_
     assert main(["demo", "--out", str(demo), "--no-report"]) == 1
     assert "earlier training run (metrics.json)" in capsys.readouterr().err
     assert sorted(p.name for p in demo.rglob("*")) == ["metrics.json", "train", "weights"]
+    # --overwrite never deletes the files of a run still writing there: the folder's lock is taken first
+    from pipeline.core.io import output_folder
+
+    with output_folder(run):
+        assert main([*cmd, "--overwrite"]) == 1
+    assert "busy" in capsys.readouterr().err and (run / "weights" / "best.pt").read_bytes() == old
     # --overwrite trains over it: a new best.pt, not the old bytes
     assert main([*cmd, "--overwrite"]) == 0
     assert (run / "weights" / "best.pt").read_bytes() != old and (run / "metrics.json").is_file()

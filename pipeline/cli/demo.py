@@ -69,12 +69,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     real_dir = Path(args.real)
     args.config = args.config or str(REAL_CONFIG if args.data else DEFAULT_CONFIG)
-    check_fresh(Path(args.out) / "train", args.overwrite)  # before anything is written into the folder
     if args.data:
         splits = dataset_splits(args.data)  # one error line for a missing or empty split, before any work
         with output_folder(args.out, inputs=[args.config, args.data, *splits["train"][:1], *splits["val"][:1]]):
+            check_fresh(Path(args.out) / "train", args.overwrite)  # under the lock, before anything is written
             return _run_real(args, Path(args.out).resolve(), splits["val"])
     with output_folder(args.out, inputs=[args.config, *([real_dir] if real_dir.is_dir() else [])]):
+        check_fresh(Path(args.out) / "train", args.overwrite)  # under the lock, before anything is written
         return _run(args, Path(args.out).resolve(), real_dir)
 
 

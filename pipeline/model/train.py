@@ -119,21 +119,18 @@ OWN_KEYS = ("model", "demo", "cpu_channels_last")
 RUN_FILES = ("weights/best.pt", "weights/last.pt", "metrics.json")  # what a training run leaves in its folder
 
 
-def earlier_run(out: str | Path) -> Path | None:
-    """The first file showing that ``out`` already holds a training run, else None."""
-    return next((Path(out) / f for f in RUN_FILES if (Path(out) / f).is_file()), None)
-
-
 def check_fresh(out: str | Path, overwrite: bool = False) -> None:
     """Refuse to train into a folder holding an earlier run, unless ``overwrite``; then clear its run files.
 
     Ultralytics trains into an existing folder without a word, replacing ``results.csv`` at once and
     ``best.pt`` after the first epoch: a repeated command would silently lose a finished 30-minute run.
 
+    Call it holding ``output_folder``'s lock, so ``overwrite`` never deletes the files of a run still writing.
+
     Raises:
         InputError: ``out`` holds an earlier run and ``overwrite`` is False.
     """
-    found = earlier_run(out)
+    found = next((Path(out) / f for f in RUN_FILES if (Path(out) / f).is_file()), None)
     if found is None:
         return
     if not overwrite:
@@ -188,7 +185,6 @@ def train(
             yolo, results = _resume(last, trust)
         left_out = []
     else:
-        check_fresh(out, overwrite)
         recipe = load_recipe(config)
         settings = {**recipe, **{k: v for k, v in overrides.items() if v is not None}}
         args = {k: v for k, v in settings.items() if k not in OWN_KEYS}  # ours, not Ultralytics'
@@ -198,6 +194,7 @@ def train(
         folders = dataset_folders(data)
         inputs = [*folders, *([model] if Path(model).is_file() else []), *([config] if config else [])]
         with output_folder(out, inputs=inputs, not_inside=folders[1:]):
+            check_fresh(out, overwrite)
             yolo = load_model(model, nc=int(info["nc"]), names=list(info["names"].values()), trust=trust)
             view = stage_dataset(data, out / "dataset", on_error=on_error)
             left_out = view.errors
