@@ -179,6 +179,35 @@ def test_commands_run_at_the_trained_size_unless_told(trained_weights, sample_im
     assert info["info"]["imgsz"] == trained
 
 
+def test_library_calls_run_at_the_trained_size_unless_told(trained_weights, sample_images, tmp_path):
+    """The Python API resolves the size as the CLI does: PhotoRun, Explorer, trace_head, the engine, predict_paths."""
+    from pipeline.explore.session import Explorer
+    from pipeline.model.engine import Engine
+    from pipeline.model.predict import predict_paths
+    from pipeline.probe.trace import trace_head
+    from pipeline.report.run import PhotoRun
+
+    files = [str(f) for f in sample_images[:2]]
+    stock = [r.boxes.conf.numpy() for r in load_model(trained_weights).predict(files, conf=0.001, verbose=False)]
+    at_640 = load_model(trained_weights).predict(files[0], conf=0.001, imgsz=640, verbose=False)[0].boxes.conf.numpy()
+    assert len(at_640) != len(stock[0]) or not np.allclose(at_640, stock[0])  # the size changes the answer
+    yolo = load_model(trained_weights)
+    run = PhotoRun(yolo, files[0], conf=0.001)
+    assert run.imgsz == 160 and max(run.x.shape[2:]) == 160
+    np.testing.assert_allclose([d["score"] for d in run.detections], stock[0], rtol=1e-5)
+    ex = Explorer(yolo, files, conf=0.001)
+    np.testing.assert_allclose([d["score"] for d in ex.detections({"photo": "1"})], stock[1], rtol=1e-5)
+    np.testing.assert_allclose([d["ultralytics_conf"] for d in trace_head(load_model(trained_weights), files[0],
+                                                                          conf=0.001)["detections"]], stock[0], rtol=1e-6)
+    assert Engine(yolo, backend="torch").letterbox.size == [160, 160]  # LetterBox's new_shape, auto-padded per photo
+    records, errors = predict_paths(yolo, files, None, conf=0.001, progress=False)
+    assert not errors
+    for rec, conf in zip(records, stock):
+        np.testing.assert_allclose([d["score"] for d in rec["detections"]], conf, rtol=1e-5)
+    # an explicit size still wins
+    assert PhotoRun(yolo, files[0], imgsz=640).imgsz == 640 and Explorer(yolo, files, imgsz=320).imgsz == 320
+
+
 def test_training_never_silently_replaces_an_earlier_run(trained_weights, synth_data, tmp_path, capsys):
     run = tmp_path / "run"
     (run / "weights").mkdir(parents=True)

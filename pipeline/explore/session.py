@@ -30,6 +30,7 @@ from pipeline.core import runtime
 from pipeline.core.facts import sigmoid
 from pipeline.core.io import InputError
 from pipeline.model.detections import describe_match
+from pipeline.model.load import trained_imgsz
 from pipeline.probe.fold import conv_meta
 from pipeline.probe.receptive_field import receptive_field, to_photo
 from pipeline.report.run import PhotoRun
@@ -96,16 +97,16 @@ class Explorer:
     Args:
         yolo: the loaded model (``pipeline.model.load.load_model``); never changed.
         photos: photo paths, indexed from 0 in the API.
-        imgsz, conf: as in ``cardamage predict``.
+        imgsz, conf: as in ``cardamage predict`` (``imgsz`` defaults to the weights' training size).
 
     Examples:
         >>> ex = Explorer(load_model("best.pt"), ["a.jpg", "b.jpg"])
         >>> [d["anchor"] for d in ex.detections({"photo": "1"})]
     """
 
-    def __init__(self, yolo, photos, imgsz: int = 640, conf: float = 0.25):
+    def __init__(self, yolo, photos, imgsz: int | None = None, conf: float = 0.25):
         runtime.return_freed_memory()  # runs and feature-map PNGs come and go: freed blocks go back to the OS
-        self.yolo, self.imgsz, self.conf = yolo, imgsz, conf
+        self.yolo, self.imgsz, self.conf = yolo, trained_imgsz(yolo, imgsz), conf
         self.photos = [Path(p) for p in photos]
         self._runs: dict[int, PhotoRun] = {}
         self._locks = [threading.Lock() for _ in self.photos]

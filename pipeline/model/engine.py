@@ -79,7 +79,7 @@ from pipeline.core.io import InputError, pil_open, read_image, validate_image
 from pipeline.data.preprocess import input_size
 from pipeline.model.backends import cpu_threads, make_backend, onnx_available
 from pipeline.model.detections import detection_dicts
-from pipeline.model.load import model_stride
+from pipeline.model.load import model_stride, trained_imgsz
 
 #: Photos per forward pass when none is asked for. On CPU one photo per pass is fastest (measured with
 #: ONNX Runtime at 640 on 2 cores: 66 ms/photo at batch 1, 69 at 4, 78 at 8: bigger batches fall out of
@@ -223,7 +223,7 @@ class Engine:
 
     Args:
         yolo: an ``ultralytics.YOLO`` (or its ``DetectionModel``).
-        imgsz: inference size, as ``YOLO.predict(imgsz=...)``.
+        imgsz: inference size, as ``YOLO.predict(imgsz=...)`` (default: the weights' training size, 640 for a YAML).
         conf, iou, max_det: NMS settings (stock defaults 0.25, 0.7, 300).
         device: ``cpu``, a CUDA index (``0``) or ``cuda:0``; resolved by Ultralytics' ``select_device``.
         batch: photos per forward pass (default ``DEFAULT_BATCH`` for the device); only photos with the same
@@ -252,7 +252,7 @@ class Engine:
     def __init__(
         self,
         yolo,
-        imgsz=640,
+        imgsz: int | None = None,
         conf: float = 0.25,
         iou: float = 0.7,
         max_det: int = 300,
@@ -285,7 +285,7 @@ class Engine:
         self.decoding = _Budget(decode_budget or DECODE_BUDGET_PER_WORKER * self.workers)
         self.kept = _Budget(KEEP_BUDGET)
         self.gpu_decode = bool(gpu_decode)
-        self.letterbox = _Letterboxer(imgsz, self.stride)
+        self.letterbox = _Letterboxer(trained_imgsz(yolo, imgsz), self.stride)
         use_onnx = backend == "onnx" or (backend == "auto" and self.device.type == "cpu" and onnx_available())
         # ONNX Runtime: one single-threaded forward per core beats one forward on all cores (measured 62 vs
         # 70 ms per 640 photo on 2 cores), and NMS of one batch overlaps the next forward. torch: one stream.

@@ -39,6 +39,7 @@ from pipeline.core.io import (
 from pipeline.model.backends import onnx_available
 from pipeline.model.detections import detection_dicts
 from pipeline.model.engine import Engine
+from pipeline.model.load import trained_imgsz
 
 
 @functools.lru_cache(maxsize=None)  # one class object, so Ultralytics keeps its predictor between calls
@@ -137,7 +138,7 @@ def predict_paths(
     sources: list[str | Path],
     out: str | Path | None,
     conf: float = 0.25,
-    imgsz: int = 640,
+    imgsz: int | None = None,
     device: str = "cpu",
     overlays: bool = True,
     progress: bool = True,
@@ -162,6 +163,7 @@ def predict_paths(
         dict_keys(['class_id', 'class_name', 'score', 'logit', 'box_xyxy'])
     """
     runtime.return_freed_memory()  # a folder of big photos: freed decodes go back to the OS at once
+    imgsz = trained_imgsz(yolo, imgsz)
     files, errors = expand_sources([str(s) for s in sources])
     if out is None:
         return _predict(yolo, sources, files, errors, None, conf, imgsz, device, overlays, progress, batch, workers, backend)

@@ -33,7 +33,7 @@ import torch
 from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import InputError, atomic_save_safetensors, atomic_write_json, atomic_write_text, expand_sources
 from pipeline.data.preprocess import model_input
-from pipeline.model.load import detection_model, load_model, model_stride
+from pipeline.model.load import detection_model, load_model, model_stride, trained_imgsz
 from pipeline.probe.channel_stats import DEAD_EPS, STATS_COLUMNS
 from pipeline.probe.fold import block_params, conv_meta, head_params, param_counts
 from pipeline.probe.layers import conv_blocks
@@ -62,7 +62,7 @@ def stats_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def inspect_image(weights_or_yolo, image_path, out_dir, layers=None, dtype: str = "float32", imgsz=640,
+def inspect_image(weights_or_yolo, image_path, out_dir, layers=None, dtype: str = "float32", imgsz: int | None = None,
                   fuse: bool = False, dead_eps: float = DEAD_EPS) -> dict:
     """Run one photo through the model with every chosen Conv block hooked and write the five files.
 
@@ -72,7 +72,7 @@ def inspect_image(weights_or_yolo, image_path, out_dir, layers=None, dtype: str 
         out_dir: folder for the files (created).
         layers: selection for ``select_layers`` (``None`` = all Conv blocks).
         dtype: ``"float32"`` or ``"float16"`` for ``activations.safetensors``.
-        imgsz: inference size, as for ``YOLO.predict``.
+        imgsz: inference size, as for ``YOLO.predict`` (default: the weights' training size, 640 for a YAML).
         fuse: fold BatchNorm into the convs first (on the given model, in place).
         dead_eps: |SiLU(z)| below this counts as dead in the statistics.
 
@@ -90,6 +90,7 @@ def inspect_image(weights_or_yolo, image_path, out_dir, layers=None, dtype: str 
     if isinstance(weights_or_yolo, (str, Path)):
         yolo = load_model(weights_or_yolo, nc=len(CLASS_NAMES))  # nc only matters for a YAML build
     net = detection_model(yolo)
+    imgsz = trained_imgsz(yolo, imgsz)
     if fuse:
         net.fuse(verbose=False)
     x, meta = model_input(image_path, imgsz, stride=model_stride(net))
@@ -235,7 +236,7 @@ def record_statistics(model, sources, imgsz=640, layers=None, dead_eps: float = 
     return rec, used, errors, shapes
 
 
-def inspect_dataset(weights_or_yolo, sources, out_dir, layers=None, imgsz=640, fuse: bool = False,
+def inspect_dataset(weights_or_yolo, sources, out_dir, layers=None, imgsz: int | None = None, fuse: bool = False,
                     dead_eps: float = DEAD_EPS, progress: bool = True, on_error=None) -> dict:
     """Per-channel statistics of every chosen Conv block over many photos, without keeping any feature map.
 
@@ -256,7 +257,7 @@ def inspect_dataset(weights_or_yolo, sources, out_dir, layers=None, imgsz=640, f
         sources: photos, folders and globs (``pipeline.core.io.expand_sources``).
         out_dir: folder for the two files (created).
         layers: selection for ``select_layers`` (``None`` = all Conv blocks).
-        imgsz: inference size. fuse: fold BatchNorm into the convs first. dead_eps: the dead threshold.
+        imgsz: inference size (default: the weights' training size, 640 for a YAML). fuse: fold BatchNorm into the convs first. dead_eps: the dead threshold.
         progress: show a progress bar with images per second.
         on_error: called with each ``InputError`` as it happens (the CLI prints it), besides being returned.
 
@@ -275,6 +276,7 @@ def inspect_dataset(weights_or_yolo, sources, out_dir, layers=None, imgsz=640, f
     if isinstance(weights_or_yolo, (str, Path)):
         yolo = load_model(weights_or_yolo, nc=len(CLASS_NAMES))
     net = detection_model(yolo)
+    imgsz = trained_imgsz(yolo, imgsz)
     if fuse:
         net.fuse(verbose=False)
     t0 = time.perf_counter()  # images per second: reading, letterboxing, forward and statistics, not the load

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from pipeline.core.facts import sigmoid
 from pipeline.core.io import read_image
-from pipeline.model.load import detection_model
+from pipeline.model.load import detection_model, trained_imgsz
 from pipeline.model.predict import release_photos
 from pipeline.probe.fold import conv_meta, fold_bn
 from pipeline.probe.layers import conv_blocks, is_fused
@@ -188,7 +188,7 @@ def format_trace(t: dict) -> str:
     return "\n".join(lines)
 
 
-def trace_head(yolo, image, imgsz=640, conf: float = 0.25, iou: float = 0.7, max_det: int = 300, pixels=None) -> dict:
+def trace_head(yolo, image, imgsz: int | None = None, conf: float = 0.25, iou: float = 0.7, max_det: int = 300, pixels=None) -> dict:
     """Trace every box Ultralytics reports back to its class logit: logit -> sigmoid -> reported ``conf``.
 
     Runs ``yolo.predict`` on ``image`` while the predictor's own (fused) network is hooked, so the logits
@@ -198,7 +198,7 @@ def trace_head(yolo, image, imgsz=640, conf: float = 0.25, iou: float = 0.7, max
     Args:
         yolo: an ``ultralytics.YOLO`` (``pipeline.model.load_model``).
         image: photo path.
-        imgsz, conf, iou, max_det: as in ``YOLO.predict``.
+        imgsz, conf, iou, max_det: as in ``YOLO.predict`` (``imgsz`` defaults to the weights' training size).
         pixels: the photo as ``pipeline.core.io.read_image(image)`` returns it, when the caller has read it
             already; read here otherwise. Either way it is decoded once, not once per ``predict`` call
             (an 8000x8000 photo decodes into 183 MB, at a peak of twice that).
@@ -215,7 +215,7 @@ def trace_head(yolo, image, imgsz=640, conf: float = 0.25, iou: float = 0.7, max
     image = str(image)
     if pixels is None:
         pixels = read_image(image)  # the very pixels Ultralytics' own reader would give predict for the path
-    kwargs = dict(imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, verbose=False, save=False)
+    kwargs = dict(imgsz=trained_imgsz(yolo, imgsz), conf=conf, iou=iou, max_det=max_det, verbose=False, save=False)
     yolo.predict(pixels, **kwargs)  # builds (or updates) the predictor and its fused copy of the network
     net = detection_model(yolo.predictor.model.model)
     seen = {}

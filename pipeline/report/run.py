@@ -39,7 +39,7 @@ from pipeline.lesson.activations import d_silu, describe_all, silu_minimum
 from pipeline.lesson.gradients import activation_comparison, gradient_flow, make_batch, sgd_step
 from pipeline.lesson.input_scaling import pixel_outliers, scalings
 from pipeline.model.detections import detection_dicts, match_labels
-from pipeline.model.load import detection_model, model_stride
+from pipeline.model.load import detection_model, model_stride, trained_imgsz
 from pipeline.probe.fold import conv_params, param_counts
 from pipeline.probe.layers import conv_blocks, detect_head
 from pipeline.probe.receptive_field import receptive_field, to_photo
@@ -56,7 +56,8 @@ class PhotoRun:
     Args:
         yolo: an ``ultralytics.YOLO`` (``pipeline.model.load.load_model``) or its DetectionModel; copied, never changed.
         image: a photo path, or the photo as BGR uint8 (``read_image``).
-        imgsz, conf, iou, max_det: as in ``YOLO.predict``.
+        imgsz, conf, iou, max_det: as in ``YOLO.predict`` (``imgsz`` defaults to the weights' training size,
+            ``pipeline.model.load.trained_imgsz``).
 
     Attributes:
         source: the photo's path (``None`` for pixels). pixels: the photo, decoded once.
@@ -65,10 +66,10 @@ class PhotoRun:
         blocks, paths: the caller's Conv blocks and their paths, stem first. names: class names.
     """
 
-    def __init__(self, yolo, image, imgsz: int = 640, conf: float = 0.25, iou: float = 0.7, max_det: int = 300):
+    def __init__(self, yolo, image, imgsz: int | None = None, conf: float = 0.25, iou: float = 0.7, max_det: int = 300):
         self.source = None if isinstance(image, np.ndarray) else Path(image)
         self.pixels = image if self.source is None else read_image(self.source)
-        self.imgsz, self.conf, self.iou, self.max_det = imgsz, conf, iou, max_det
+        self.imgsz, self.conf, self.iou, self.max_det = trained_imgsz(yolo, imgsz), conf, iou, max_det
         self.model = detection_model(yolo)
         # A private copy prepared by Ultralytics' own AutoBackend, as predict prepares it (Conv+BN fused, and
         # channels-last on x86 CPUs, which changes float32 rounding): its detections are predict's to the bit,
@@ -79,7 +80,7 @@ class PhotoRun:
         self.names = {int(k): str(v) for k, v in self.model.names.items()}
         self.blocks = conv_blocks(self.model)
         self.paths = list(self.blocks)
-        self.x, self.meta = model_input(self.pixels, imgsz=imgsz, stride=model_stride(self.net), auto=True)
+        self.x, self.meta = model_input(self.pixels, imgsz=self.imgsz, stride=model_stride(self.net), auto=True)
         if self.source is not None:
             self.meta["source"] = str(self.source)
         self.record = self._record()

@@ -36,7 +36,7 @@ from pipeline.core.io import (
     output_folder,
 )
 from pipeline.model.engine import Engine
-from pipeline.model.load import detection_model
+from pipeline.model.load import detection_model, trained_imgsz
 from pipeline.model.predict import label_overlay, overlay_name, weights_file
 from pipeline.scale.cluster import LOCAL, chunks, default_workers, ray_session, run_pool
 
@@ -130,7 +130,7 @@ def read_shards(folder: Path, settings: dict) -> tuple[dict[str, dict], int]:
     return done, max(numbers, default=-1) + 1
 
 
-def ray_predict(yolo, sources, out, conf: float = 0.25, imgsz: int = 640, overlays: bool = True,
+def ray_predict(yolo, sources, out, conf: float = 0.25, imgsz: int | None = None, overlays: bool = True,
                 batch: int | None = None, backend: str = "auto", address: str = LOCAL, workers: int | None = None,
                 gpus_per_worker: float = 0, progress: bool = True, log=None) -> tuple[list[dict], list[InputError]]:
     """Predict on ``sources`` with Ray workers; write overlays, shards and ``out/detections.json``.
@@ -139,7 +139,8 @@ def ray_predict(yolo, sources, out, conf: float = 0.25, imgsz: int = 640, overla
         yolo: the loaded model (``pipeline.model.load.load_model``); workers get a copy through Ray.
         sources: folders, globs, files and ``.txt`` lists of photos (``expand_sources``).
         out: output folder; an earlier run's folder resumes it (its shards are read first).
-        conf, imgsz, batch, backend: as for ``pipeline.model.engine.Engine``.
+        conf, imgsz, batch, backend: as for ``pipeline.model.engine.Engine`` (``imgsz`` defaults to the weights'
+            training size, 640 for a YAML).
         overlays: workers draw each photo's boxes into ``out`` (as the single-process run names them).
         address: ``"local"`` (start Ray here) or a cluster address to join.
         workers: Ray workers (default: as many as the cluster's CPUs, or GPUs / ``gpus_per_worker``).
@@ -155,6 +156,7 @@ def ray_predict(yolo, sources, out, conf: float = 0.25, imgsz: int = 640, overla
     from ultralytics.utils import TQDM
 
     log = log or (lambda line: None)
+    imgsz = trained_imgsz(yolo, imgsz)
     files, errors = expand_sources(sources)
     inputs = [*(s for s in map(str, sources) if Path(s).is_dir() or Path(s).is_file()), *files, *weights_file(yolo)]
     with output_folder(out, inputs=inputs) as out:

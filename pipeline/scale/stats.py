@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from pipeline.core.io import InputError, expand_sources, output_folder
-from pipeline.model.load import detection_model
+from pipeline.model.load import detection_model, trained_imgsz
 from pipeline.probe.channel_stats import DEAD_EPS, ChannelStats
 from pipeline.probe.recorder import LayerRecorder
 from pipeline.probe.statistics import record_statistics, write_dataset_statistics
@@ -64,7 +64,7 @@ class StatsWorker:
         }
 
 
-def ray_inspect(yolo, sources, out, layers=None, imgsz: int = 640, fuse: bool = False, dead_eps: float = DEAD_EPS,
+def ray_inspect(yolo, sources, out, layers=None, imgsz: int | None = None, fuse: bool = False, dead_eps: float = DEAD_EPS,
                 address: str = LOCAL, workers: int | None = None, gpus_per_worker: float = 0, on_error=None) -> dict:
     """``inspect_dataset`` on Ray workers: the same stats.csv and index.json, from merged per-worker totals.
 
@@ -84,6 +84,7 @@ def ray_inspect(yolo, sources, out, layers=None, imgsz: int = 640, fuse: bool = 
         >>> ray_inspect(load_model("best.pt"), ["photos/"], "runs/i", workers=2)["images"]
         100
     """
+    imgsz = trained_imgsz(yolo, imgsz)
     files, errors = expand_sources(sources)
     inputs = [*(s for s in map(str, sources) if Path(s).exists()), *files]
     with output_folder(out, inputs=inputs) as out:
