@@ -111,6 +111,41 @@ def test_detections_are_predicts_with_all_logits(setup):
             assert set(a) >= {"scale", "y", "x"} and a["stride"] == [8.0, 16.0, 32.0][a["scale"]]
 
 
+def _iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_labels_are_the_label_files_boxes_matched_at_iou_half(setup):
+    """Oracle: the label file read here with numpy (polygons -> their bounding box in photo pixels), IoU by hand."""
+    photo = Path(setup["photos"][0])
+    rows = [np.array(line.split(), dtype=np.float64)
+            for line in (photo.parent.parent / "labels" / f"{photo.stem}.txt").read_text().splitlines() if line.strip()]
+    h, w = cv2.imread(str(photo)).shape[:2]
+    got = setup["client"].get("/api/labels", params={"photo": 0}).json()
+    dets = setup["client"].get("/api/detections", params={"photo": 0}).json()
+    assert got["iou_min"] == 0.5 and got["problem"] is None and len(got["labels"]) == len(rows) > 0
+    for g, r in zip(got["labels"], rows):
+        xy = r[1:].reshape(-1, 2) * [w, h]
+        assert g["class_id"] == int(r[0])
+        assert g["box_xyxy"] == pytest.approx([*xy.min(0), *xy.max(0)], abs=0.01)
+        ious = [_iou(d["box_xyxy"], g["box_xyxy"]) for d in dets]
+        assert g["best_iou"] == pytest.approx(max(ious, default=0.0), abs=1e-4)
+        if g["found_by"] is not None:  # a box of its class at IoU >= 0.5, which says so in its own row
+            d = dets[g["found_by"]]
+            assert d["class_id"] == g["class_id"] and ious[g["found_by"]] >= 0.5
+            assert d["label_match"].startswith(f"found labelled {g['class_name']}")
+        else:  # no box of its class overlaps it enough, unless that box found another label
+            takers = {x["found_by"] for x in got["labels"]}
+            assert all(d["class_id"] != g["class_id"] or iou < 0.5 or k in takers for k, (d, iou) in enumerate(zip(dets, ious)))
+    assert got["missed"] == sum(g["found_by"] is None for g in got["labels"])
+    # the synthetic scene has no label file
+    assert setup["client"].get("/api/labels", params={"photo": 1}).json() == {
+        "labels": None, "missed": None, "iou_min": None, "problem": None}
+
+
 def test_featuremap_png_is_the_map(setup):
     oracle = own_hooks(setup["ckpt"], setup["photos"][0])
     for layer, channel in [("model.0", 3), ("model.6.m.0.cv2", 17), ("model.22.cv3.1.0", 5)]:
@@ -202,6 +237,7 @@ BAD = {
                     {"photo": 3, "layer": "model.0", "channel": 0, "y": 0, "x": 0}],
     "/api/model": [{"photo": 5}, {"photo": "zero"}],
     "/api/image": [{"photo": 2}, {}], "/api/cam": [{"photo": -3}], "/api/summary": [{"photo": "0x1"}],
+    "/api/labels": [{"photo": 9}, {"photo": "a"}],
 }
 
 

@@ -103,6 +103,15 @@ def test_page_shows_the_apis_numbers(server, tmp_path):
             assert b.is_visible("#det-labels") and not a.is_visible("#det-labels")
             shown = b.eval_on_selector_all("#detections tbody tr td:last-child", "tds => tds.map(t => t.textContent)")
             assert shown == [d["label_match"] for d in dets1] and all(shown)
+            # ... and the labelled boxes are drawn dashed on the photo and listed, the missed ones in red
+            labels = httpx.get(f"{server}/api/labels", params={"photo": 1}).json()["labels"]
+            assert labels and b.is_visible("#labels-panel") and not a.is_visible("#labels-panel")
+            assert b.locator("#boxes .label").count() == b.locator("#labels tbody tr").count() == len(labels)
+            missed = [j for j, g in enumerate(labels) if g["found_by"] is None]
+            assert b.eval_on_selector_all("#boxes .label.missed", "ds => ds.map(d => +d.dataset.label)") == missed
+            assert b.text_content("#label-missed") == str(len(missed))
+            found = b.eval_on_selector_all("#labels tbody tr td:nth-child(4)", "tds => tds.map(t => t.textContent)")
+            assert found == ["missed" if g["found_by"] is None else f"#{g['found_by']}" for g in labels]
         finally:
             browser.close()
     assert errors == [] and remote == []

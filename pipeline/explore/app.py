@@ -111,6 +111,7 @@ def create_app(explorer: Explorer) -> Starlette:
         Route("/api/model", json_of(explorer.model)),
         Route("/api/stages", json_of(explorer.stages)),
         Route("/api/detections", json_of(explorer.detections)),
+        Route("/api/labels", json_of(explorer.labels)),
         Route("/api/neuron", json_of(explorer.neuron)),
         Route("/api/featuremap", _guarded(featuremap)),
         Route("/api/image", image(explorer.photo_png)),

@@ -192,6 +192,21 @@ class Explorer:
                         "label_match": describe_match(check, i) if check else None})
         return out
 
+    def labels(self, params) -> dict:
+        """The photo's labelled damage (the YOLO label file beside it) against its detections at IoU 0.5.
+
+        ``{"labels": [{class_id, class_name, box_xyxy, found_by, best_iou}] or None, "missed", "iou_min",
+        "problem"}``: ``found_by`` is the index of the detection that found the label (``None``: missed), boxes
+        in photo pixels; ``labels`` is ``None`` without a usable label file, and ``problem`` says why a file in
+        ``labels/`` was not used.
+        """
+        run = self.run(self.photo_index(params))
+        check = run.label_check
+        if check is None:
+            return {"labels": None, "missed": None, "iou_min": None, "problem": run.label_problem}
+        return {"labels": check["labels"], "missed": check["missed"], "iou_min": check["iou_min"],
+                "problem": run.label_problem}
+
     def featuremap(self, params) -> tuple[bytes, dict]:
         """One channel of a Conv block as a PNG of the map's own HxW, pre or post SiLU, and its scale."""
         i = self.photo_index(params)

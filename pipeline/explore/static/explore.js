@@ -2,7 +2,7 @@
 // Numbers are shown as JavaScript's shortest round-trip form of the JSON value: what the API said, to the bit.
 "use strict";
 
-const state = { photo: 0, summary: null, model: [], dets: [], layer: null, channel: null, rf: null, selected: null };
+const state = { photo: 0, summary: null, model: [], dets: [], labels: null, layer: null, channel: null, rf: null, selected: null };
 const $ = (id) => document.getElementById(id);
 
 function num(v) { return v === null || v === undefined ? "n/a" : String(v); }
@@ -44,6 +44,13 @@ function drawBoxes() {
     b.addEventListener("click", (ev) => { ev.stopPropagation(); showDetection(i); });
     layer.appendChild(b);
   });
+  (state.labels || []).forEach((g, j) => {
+    const missed = g.found_by === null;
+    const b = el("div", { class: missed ? "label missed" : "label", "data-label": j,
+      title: `label ${j}: ${g.class_name}, ` + (missed ? "missed" : `found by #${g.found_by}`) });
+    place(b, g.box_xyxy);
+    layer.appendChild(b);
+  });
   if (state.rf) {
     const r = el("div", { id: "rf-box", class: "rf" });
     place(r, state.rf);
@@ -64,6 +71,28 @@ function fillDetections() {
       .concat(labelled ? [d.label_match] : [])
       .forEach((v) => tr.appendChild(el("td", {}, String(v))));
     tr.addEventListener("click", () => showDetection(i));
+    body.appendChild(tr);
+  });
+}
+
+// the label file beside the photo: every labelled box, the detection that found it or "missed"
+function fillLabels(info) {
+  state.labels = info.labels;
+  $("labels-panel").hidden = info.labels === null;
+  $("label-problem").hidden = !info.problem;
+  $("label-problem").textContent = info.problem ? `Label file not used: ${info.problem}` : "";
+  if (info.labels === null) return;
+  $("label-count").textContent = info.labels.length;
+  $("label-missed").textContent = info.missed;
+  $("label-iou").textContent = info.iou_min;
+  const body = $("labels").tBodies[0];
+  body.replaceChildren();
+  info.labels.forEach((g, j) => {
+    const missed = g.found_by === null;
+    const tr = el("tr", { "data-label": j, class: missed ? "missed" : "found" });
+    [j, g.class_name, g.box_xyxy.map((v) => v.toFixed(1)).join(", "), missed ? "missed" : `#${g.found_by}`,
+      short(g.best_iou, 3)].forEach((v) => tr.appendChild(el("td", {}, String(v))));
+    if (!missed) tr.addEventListener("click", () => showDetection(g.found_by));
     body.appendChild(tr);
   });
 }
@@ -229,15 +258,15 @@ async function showNeuron(layer, channel, y, x) {
 
 // -- start ----------------------------------------------------------------------------------------------------
 async function loadPhoto(i) {
-  state.photo = i; state.rf = null; state.layer = null; state.selected = null;
+  state.photo = i; state.rf = null; state.layer = null; state.selected = null; state.labels = null;
   ["detection", "layer", "channel", "neuron"].forEach((id) => { $(id).hidden = true; });
   status("running the photo through the model (first view of a photo only)\u2026", "loading");
   try {
     state.summary = await api("summary");
-    const [model, stages, dets] = await Promise.all([api("model"), api("stages"), api("detections")]);
+    const [model, stages, dets, labels] = await Promise.all([api("model"), api("stages"), api("detections"), api("labels")]);
     state.model = model; state.dets = dets;
     $("photo-img").src = `/api/image?${q({})}`;
-    fillStages(stages); fillDetections(); drawBoxes();
+    fillStages(stages); fillDetections(); fillLabels(labels); drawBoxes();
     status(`${state.summary.photo.name}: photo ${state.summary.photo_shape.slice(0, 2).join("\u00d7")}, ` +
       `model input ${shape(state.summary.input_shape)}, ${dets.length} detections at conf ${state.summary.conf}`, "ready");
   } catch (e) { status(e.message, "error"); }
