@@ -103,7 +103,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def throughput(shapes=((16, 320), (8, 320), (16, 256), (8, 256)), repeats: int = 3) -> list[dict]:
+def throughput(shapes=((32, 320), (16, 320), (8, 320), (16, 256), (8, 256)), repeats: int = 3) -> list[dict]:
     """Images a second of one YOLOv8n training step's forward and backward (no data loading, no optimizer)
     on every core, per (batch, imgsz) and memory layout (NCHW as Ultralytics trains on a CPU, NHWC as the
     recipe's ``cpu_channels_last``): what a batch size, an image size or a layout costs before any data is read."""
