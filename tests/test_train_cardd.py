@@ -241,6 +241,49 @@ def test_offline_amp_check_decides_without_weights_or_network():
     assert not ok
 
 
+class _Terminal:
+    """A stand-in stdout that says it is a terminal."""
+
+    def __init__(self):
+        self.text = ""
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def _bar_output(monkeypatch, stdout) -> str:
+    from ultralytics.utils import TQDM
+
+    monkeypatch.setattr(sys, "stdout", stdout)
+    bar = TQDM(total=50, desc="epoch", mininterval=0)
+    for _ in range(50):
+        bar.update()
+        bar.last_print_t -= 1  # as if time passed between updates: every update may redraw
+    bar.close()
+    return stdout.text if isinstance(stdout, _Terminal) else stdout.getvalue()
+
+
+def test_progress_bars_write_plain_lines_off_a_terminal(monkeypatch):
+    import io
+
+    from pipeline.core import runtime
+
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    runtime.ultralytics_settings()
+    runtime.ultralytics_settings()  # idempotent: wrapping twice would still be one decision
+    in_log = _bar_output(monkeypatch, io.StringIO())
+    assert "\r" not in in_log and "\033[K" not in in_log
+    assert in_log.count("\n") == 1 and in_log.startswith("epoch:") and "50/50" in in_log  # the final line, once
+    on_terminal = _bar_output(monkeypatch, _Terminal())
+    assert on_terminal.count("\r") > 10 and "50/50" in on_terminal  # a terminal still redraws in place
+
+
 # ------------------------------------------------------------------------------- the CPU recipe (issue 16)
 
 bench_cardd_cpu = importlib.import_module("bench_cardd_cpu")
@@ -311,6 +354,7 @@ def test_bench_cardd_cpu_tiny_runs_both_rows_in_order_and_resumes(sample_dir, tm
     for r in rows:
         assert r["tiny"] and r["validated_by"].startswith("trainer") and r["steps"] >= 1
         assert (out / f"{r['recipe']}-tiny" / "row.json").is_file() and (out / f"{r['recipe']}-tiny.log").is_file()
+        assert b"\r" not in (out / f"{r['recipe']}-tiny.log").read_bytes()  # a log holds lines, not redraw frames
         assert r["bench_command"] == f"python3 scripts/bench_cardd_cpu.py --tiny --rows {r['recipe']}"
         args = yaml.safe_load((out / f"{r['recipe']}-tiny" / "train" / "args.yaml").read_text())
         assert args["close_mosaic"] == (2 if r["recipe"] == "recipe" else 10)  # each row's config reached the trainer
