@@ -19,7 +19,8 @@ from checkpoints import save_checkpoint
 import torch
 
 from pipeline.core.io import atomic_write_image
-from pipeline.model.load import load_model
+from pipeline.data.preprocess import model_input
+from pipeline.model.load import load_model, model_stride
 from pipeline.report.page import FILES, SECTIONS, write_report
 
 IMGSZ = 320
@@ -216,6 +217,16 @@ def test_detections_and_head_numbers_match_ultralytics(reports):
         assert d["score"] == pytest.approx(1 / (1 + math.exp(-d["logit"])), abs=1e-5)
     for d in out["head_trace"]:
         assert d["sigmoid_by_hand"] == pytest.approx(d["ultralytics_conf"], abs=1e-5)
+    # LayerCAM's anchor count, from a plain forward of the unfused model (the caption states it)
+    x, _ = model_input(read_image(r["image"]), imgsz=IMGSZ, stride=model_stride(yolo.model), auto=True)
+    with torch.no_grad():
+        passing = int((yolo.model.eval()(x)[0][0, 4:].amax(0) >= 0.25).sum())
+    lc = out["layercam"]
+    assert passing >= len(dets) and (lc["candidates"], lc["explained"]) == (passing, min(passing, 16))
+    if lc["usable"]:
+        said = (f"{passing} anchors have a class score of at least conf = 0.25 before NMS; Ultralytics explains the 16 "
+                f"strongest" if passing > 16 else f"The map covers all {passing} anchor")
+        assert said in r["html"]
     # the untrained head reports nothing at conf 0.25 and the page says so
     assert reports["untrained"]["numbers"]["output"]["detections"] == []
     assert "No box passes conf" in reports["untrained"]["html"]

@@ -100,6 +100,37 @@ def test_gradient_and_layercam_are_named_extra_passes(checkpoint, sample_images,
     assert counters["decode"] == 1 + 1  # the photo once; LayerCAM's overlay JPEG read back once
 
 
+def test_layercam_states_how_many_anchors_it_explained(checkpoint, sample_images, tmp_path):
+    """The count of anchors passing conf is Ultralytics' own (its warning when it explains only the top 16)."""
+    import re
+
+    from ultralytics.nn.autobackend import AutoBackend
+    from ultralytics.utils.plotting import class_activation_map
+
+    yolo = load_model(checkpoint)
+    x, _ = model_input(cv2.imread(str(sample_images[0])), imgsz=IMGSZ, stride=model_stride(yolo.model), auto=True)
+    with torch.no_grad():
+        scores = yolo.model.eval()(x)[0][0, 4:].amax(0).sort(descending=True).values  # sigmoid scores, per anchor
+    assert len(scores) > 40
+    conf = float(scores[29] + scores[30]) / 2  # 30 anchors above it, none on it
+    said = []
+    listener = logging.Handler(logging.DEBUG)
+    listener.emit = said.append
+    LOGGER.addHandler(listener)
+    try:
+        backend = AutoBackend(model=load_model(checkpoint).model, device=torch.device("cpu"), fuse=True, verbose=False)
+        class_activation_map(backend, x, ["oracle"], tmp_path / "oracle", conf=conf)
+        ultralytics_count = int(re.search(r"out of (\d+)", [r.getMessage() for r in said if "Explaining" in r.getMessage()][0])[1])
+        said.clear()
+        lc = PhotoRun(yolo, sample_images[0], imgsz=IMGSZ, conf=conf).layercam(tmp_path / "cam")
+    finally:
+        LOGGER.removeHandler(listener)
+    assert ultralytics_count == 30
+    assert (lc["candidates"], lc["explained"], lc["topk"]) == (30, 16, 16)
+    assert not [r for r in said if "Explaining" in r.getMessage()]  # the report says it; the terminal stays quiet
+    assert not any(isinstance(f, logging.Filter) and type(f).__name__ == "_DropTopkWarning" for f in LOGGER.filters)
+
+
 def test_callers_model_is_left_unfused_and_unchanged(checkpoint, sample_images, tmp_path):
     yolo = load_model(checkpoint)
     net = yolo.model

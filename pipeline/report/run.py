@@ -223,10 +223,15 @@ class PhotoRun:
         return kept, idxs, boxes
 
     @cached_property
+    def anchor_logits(self) -> torch.Tensor:
+        """Every anchor's class logits, ``nc x anchors`` in Detect's order (stride 8, 16, 32), before the sigmoid."""
+        return torch.cat([t.flatten(2) for t in self.record.head["cls_logits"]], 2)[0]
+
+    @cached_property
     def detections(self) -> list[dict]:
         """The boxes ``predict`` reports (class, sigmoid score, the logit behind it, box in photo pixels)."""
         kept, idxs, boxes = self._kept
-        raw = torch.cat([t.flatten(2) for t in self.record.head["cls_logits"]], 2)[0]  # nc x anchors, as Detect
+        raw = self.anchor_logits
         logits = raw[kept[:, 5].long(), idxs.long()] if len(kept) else kept[:, 4]
         return detection_dicts(boxes, kept[:, 4], kept[:, 5], logits, self.names)
 
@@ -294,10 +299,17 @@ class PhotoRun:
 
     # -- what needs more passes: named, computed when asked, kept ----------------------------------
     def layercam(self, out_dir) -> dict:
-        """Ultralytics' LayerCAM on the model input (``report.cam.layercam``): its own forward and backward passes."""
+        """Ultralytics' LayerCAM on the model input (``report.cam.layercam``): its own forward and backward passes.
+
+        Adds what it explained: ``candidates``, the anchors whose best class score passes ``conf`` before NMS
+        (read off the recorded head), and ``explained``, the strongest ``topk`` of them (the single best anchor
+        when none passes, as Ultralytics does).
+        """
         key = str(out_dir)
         if key not in self._layercam:
-            self._layercam[key] = layercam(self._backend, self.x, out_dir, conf=self.conf)
+            lc = layercam(self._backend, self.x, out_dir, conf=self.conf)
+            candidates = int((self.anchor_logits.amax(0).sigmoid() >= self.conf).sum())  # as Ultralytics keeps them
+            self._layercam[key] = dict(lc, candidates=candidates, explained=min(max(candidates, 1), lc["topk"]))
         return self._layercam[key]
 
     def gradients(self, imgsz: int = 320, batch: int = 2, seed: int = 0) -> dict:

@@ -338,7 +338,7 @@ def output_section(run: PhotoRun, files: Path, opts: Options) -> Section:
         if lc["usable"]:
             f_layercam = atomic_write_bytes(files / "15_layercam.jpg", Path(lc["path"]).read_bytes())
     numbers = {"detections": [dict(d, logits=lg) for d, lg in zip(dets, run.detection_logits)], "head_trace": head, "cam_layer": run.cam_layer,
-               "layercam": lc and {"usable": lc["usable"], "heat_spread": lc["heat_spread"]}, "labels": check,
+               "layercam": lc and {k: lc[k] for k in ("usable", "heat_spread", "candidates", "explained", "topk")}, "labels": check,
                "label_problem": run.label_problem}
     return Section("output", {"conf": run.conf, "names": run.names, "rows": rows, "drows": drows, "n_dets": len(dets), "f_logits": f_logits,
                               "f_dets": f_dets, "f_eigen": f_eigen, "f_layercam": f_layercam, "lc": lc,
