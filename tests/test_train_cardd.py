@@ -284,6 +284,16 @@ def test_progress_bars_write_plain_lines_off_a_terminal(monkeypatch):
     assert on_terminal.count("\r") > 10 and "50/50" in on_terminal  # a terminal still redraws in place
 
 
+def test_own_progress_bars_write_plain_lines_off_a_terminal(tmp_path, capsys):
+    """The project's own loops (here the synthetic generator) use the same bar: a log gets each bar's last line."""
+    from pipeline.data.synth import write_dataset
+
+    write_dataset(tmp_path / "synth", 3, 2, imgsz=64, seed=0, progress=True)
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "\r" not in text and "synth train" in text and "3/3" in text and "2/2" in text
+
+
 # ------------------------------------------------------------------------------- the CPU recipe (issue 16)
 
 bench_cardd_cpu = importlib.import_module("bench_cardd_cpu")

@@ -123,6 +123,15 @@ def plain_progress_off_terminal() -> None:
     ultralytics_tqdm.is_noninteractive_console = noninteractive
 
 
+def progress_bar(*args, **kwargs):
+    """Ultralytics' progress bar (``TQDM``, same arguments) for this project's own loops: redrawn in place on a
+    terminal, one final line in a log (``plain_progress_off_terminal``)."""
+    plain_progress_off_terminal()
+    from ultralytics.utils import TQDM
+
+    return TQDM(*args, **kwargs)
+
+
 # --------------------------------------------------------------------------------------- memory
 M_MMAP_THRESHOLD = -3  # mallopt parameter number (glibc's malloc.h)
 MMAP_THRESHOLD = 8 << 20  # 1 MB cost the engine ~2 ms per 640 photo (its few-MB buffers mmapped each time)

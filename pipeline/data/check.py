@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.io import InputError, read_image
+from pipeline.core.runtime import progress_bar
 from pipeline.data.duplicates import find_duplicates, phash_of, sha1_of_file, split_overlaps
 from pipeline.data.labels import dataset_splits, label_path, load_names, parse_label_text
 
@@ -165,14 +166,13 @@ def check_dataset(data_yaml: str | Path, near_threshold: int = 4, progress: bool
         >>> [w["kind"] for w in report["warnings"]]  # train and val are one folder there, on purpose
         ['split_overlap']
     """
-    from ultralytics.utils import TQDM
 
     data_yaml = Path(data_yaml)
     splits = dataset_splits(data_yaml)
     names = load_names(data_yaml)
     unique = sorted({p.resolve(): p for ps in splits.values() for p in ps}.items())
     scanned = {}
-    for real, p in TQDM(unique, desc="checking images", disable=not progress):
+    for real, p in progress_bar(unique, desc="checking images", disable=not progress):
         scanned[real] = scan_pair(p, label_path(p), len(names))
     split_of = {}
     for s, ps in splits.items():

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.io import IMAGE_SUFFIXES, InputError
+from pipeline.core.runtime import progress_bar
 from pipeline.data.coco_schema import (
     CLASS_NAMES,
     SchemaError,
@@ -352,7 +353,6 @@ def _convert(annotations_json: Path, images_dir: Path, out_dir: Path, split: str
 def _convert_images(annotations_json: Path, images_dir: Path, new_root: Path, split: str, copy: bool, progress: bool,
                     cat_to_cls: dict[int, int], images: dict[int, dict], by_image: dict[int, list], errors: list[str]) -> dict:  # fmt: skip
     """Write the split's images and labels under ``new_root`` (a fresh folder); returns the summary."""
-    from ultralytics.utils import TQDM
 
     img_out, lbl_out = new_root / "images" / split, new_root / "labels" / split
     img_out.mkdir(parents=True)
@@ -362,7 +362,7 @@ def _convert_images(annotations_json: Path, images_dir: Path, new_root: Path, sp
     kinds: Counter = Counter()
     summary = {"split": split, "images": len(images), "written": 0, "empty_images": 0, "crowd_skipped": 0,
                "clipped_points": 0, "size_mismatch": []}  # fmt: skip
-    for image_id, im in TQDM(sorted(images.items()), desc=f"converting {split}", disable=not progress):
+    for image_id, im in progress_bar(sorted(images.items()), desc=f"converting {split}", disable=not progress):
         name = im["name"]
         src, why = _find_image(images_dir, root, name)
         if src is None:

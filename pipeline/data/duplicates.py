@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.io import InputError, file_digest, read_image
+from pipeline.core.runtime import progress_bar
 
 _BLOCK = 1024  # rows of the distance matrix computed at once (1024 x 4000 x 8 bytes = 33 MB)
 
@@ -203,13 +204,12 @@ def find_duplicates(
         >>> [d for d in dups if d["kind"] == "exact"][:1]
         [{'kind': 'exact', 'split_a': 'train', 'path_a': '...', 'split_b': 'val', 'path_b': '...', 'distance': 0}]
     """
-    from ultralytics.utils import TQDM
 
     names = list(images_by_split)
     paths = {s: [Path(p) for p in images_by_split[s]] for s in names}
     hashes = dict(hashes or {})
     todo = sorted({p for ps in paths.values() for p in ps} - hashes.keys())
-    for p in TQDM(todo, desc="hashing images", disable=not progress):
+    for p in progress_bar(todo, desc="hashing images", disable=not progress):
         hashes[p] = fingerprint(p)
 
     real: dict[Path, Path] = {}  # resolved only for candidate pairs: resolve() is a syscall per path

@@ -29,6 +29,7 @@ import numpy as np
 
 from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import atomic_write_bytes, atomic_write_text
+from pipeline.core.runtime import progress_bar
 
 CRACK, DENT, GLASS, LAMP, SCRATCH, TIRE = range(6)
 
@@ -333,13 +334,12 @@ def write_dataset(out: str | Path, n_train: int = 400, n_val: int = 100, imgsz: 
     the images of a smaller one and every file is reproducible on its own. Writing a smaller dataset over
     a larger one removes the larger one's extra images and labels.
     """
-    from ultralytics.utils import TQDM
 
     out = Path(out)
     for k, (split, n) in enumerate((("train", n_train), ("val", n_val))):
         (out / split / "images").mkdir(parents=True, exist_ok=True)
         (out / split / "labels").mkdir(parents=True, exist_ok=True)
-        for i in TQDM(range(n), desc=f"synth {split}", disable=not progress or n == 0):
+        for i in progress_bar(range(n), desc=f"synth {split}", disable=not progress or n == 0):
             img, inst = render_scene(np.random.default_rng([seed, k, i]), imgsz)
             ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])
             atomic_write_bytes(out / split / "images" / f"{split}_{i:05d}.jpg", buf.tobytes())

@@ -36,6 +36,7 @@ from pipeline.core.io import (
     output_folder,
     read_image,
 )
+from pipeline.core.runtime import progress_bar
 from pipeline.model.backends import onnx_available
 from pipeline.model.detections import detection_dicts
 from pipeline.model.engine import Engine
@@ -180,13 +181,12 @@ def weights_file(yolo) -> list[str]:
 
 def _predict(yolo, sources, files, errors, out, conf, imgsz, device, overlays, progress, batch, workers, backend):
     """``predict_paths`` after its checks: the engine for folders and batches, else photo by photo."""
-    from ultralytics.utils import TQDM
 
     if (batch is not None and batch > 1) or (any(Path(s).is_dir() for s in sources) and _engine_wins(device, backend)):
         records, file_errors = _predict_batched(yolo, files, out, conf, imgsz, device, overlays, progress, batch, workers, backend)
         return records, errors + file_errors
     records, used = [], set()
-    bar = TQDM(files, desc="predict", unit="img", disable=not progress or len(files) < 2)  # shows img/s
+    bar = progress_bar(files, desc="predict", unit="img", disable=not progress or len(files) < 2)  # shows img/s
     for path in bar:
         try:
             image = read_image(path)
@@ -234,15 +234,13 @@ def _predict_batched(yolo, files, out, conf, imgsz, device, overlays, progress, 
     """The engine path of ``predict_paths``: records in input order, overlays drawn on a writer thread."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ultralytics.utils import TQDM
-
     draw = out is not None and overlays
     engine = Engine(yolo, imgsz=imgsz, conf=conf, device=device, batch=batch, workers=workers, backend=backend, keep_images=draw)
     used: set[str] = set()
     names = [overlay_name(f, used) for f in files]  # fixed by input order, whatever order batches finish in
     done: dict[int, dict] = {}
     failed: dict[int, InputError] = {}
-    bar = TQDM(total=len(files), desc=f"predict ({engine.backend.name}, batch {engine.batch})", unit="img", disable=not progress or len(files) < 2)
+    bar = progress_bar(total=len(files), desc=f"predict ({engine.backend.name}, batch {engine.batch})", unit="img", disable=not progress or len(files) < 2)
     with ThreadPoolExecutor(1, thread_name_prefix="overlay") as writer:
         pending = []
         for o in engine.run(files):

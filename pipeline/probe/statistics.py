@@ -32,6 +32,7 @@ import torch
 
 from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import InputError, atomic_save_safetensors, atomic_write_json, atomic_write_text, expand_sources
+from pipeline.core.runtime import progress_bar
 from pipeline.data.preprocess import model_input
 from pipeline.model.load import detection_model, load_model, model_stride, trained_imgsz
 from pipeline.probe.channel_stats import DEAD_EPS, STATS_COLUMNS
@@ -205,7 +206,6 @@ def record_statistics(model, sources, imgsz=640, layers=None, dead_eps: float = 
     Raises:
         InputError: unknown layer selector, or no photo could be read.
     """
-    from ultralytics.utils import TQDM
 
     net = detection_model(model)
     files, errors = expand_sources([str(s) for s in sources])
@@ -219,7 +219,7 @@ def record_statistics(model, sources, imgsz=640, layers=None, dead_eps: float = 
         raise InputError("--layers", str(e)) from None
     used, shapes = [], {}
     with recorder as rec:
-        for f in TQDM(files, desc="inspect", unit="img", disable=not progress or len(files) < 2):
+        for f in progress_bar(files, desc="inspect", unit="img", disable=not progress or len(files) < 2):
             try:
                 x, _ = model_input(f, imgsz, stride=model_stride(net))
             except InputError as e:

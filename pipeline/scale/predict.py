@@ -35,6 +35,7 @@ from pipeline.core.io import (
     expand_sources,
     output_folder,
 )
+from pipeline.core.runtime import progress_bar
 from pipeline.model.engine import Engine
 from pipeline.model.load import detection_model, trained_imgsz
 from pipeline.model.predict import label_overlay, overlay_name, weights_file
@@ -153,7 +154,6 @@ def ray_predict(yolo, sources, out, conf: float = 0.25, imgsz: int | None = None
     Examples:
         >>> records, errors = ray_predict(yolo, ["photos/", "more.txt"], "runs/p", workers=2, overlays=False)
     """
-    from ultralytics.utils import TQDM
 
     log = log or (lambda line: None)
     imgsz = trained_imgsz(yolo, imgsz)
@@ -183,7 +183,7 @@ def ray_predict(yolo, sources, out, conf: float = 0.25, imgsz: int | None = None
                 t0 = time.perf_counter()
                 backends = ray.get([a.ready.remote() for a in actors])
                 log(f"ray: {n} workers ({backends[0]}) ready in {time.perf_counter() - t0:.2f} s, {len(tasks)} chunks")
-                bar = TQDM(total=len(todo), desc=f"predict (ray, {n} workers)", unit="img", disable=not progress)
+                bar = progress_bar(total=len(todo), desc=f"predict (ray, {n} workers)", unit="img", disable=not progress)
                 t0 = time.perf_counter()  # the photos alone: Ray's start and the workers' model loads are above
 
                 def finished(_, result) -> None:
