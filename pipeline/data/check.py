@@ -166,7 +166,6 @@ def check_dataset(data_yaml: str | Path, near_threshold: int = 4, progress: bool
         >>> [w["kind"] for w in report["warnings"]]  # train and val are one folder there, on purpose
         ['split_overlap']
     """
-
     data_yaml = Path(data_yaml)
     splits = dataset_splits(data_yaml)
     names = load_names(data_yaml)

@@ -353,7 +353,6 @@ def _convert(annotations_json: Path, images_dir: Path, out_dir: Path, split: str
 def _convert_images(annotations_json: Path, images_dir: Path, new_root: Path, split: str, copy: bool, progress: bool,
                     cat_to_cls: dict[int, int], images: dict[int, dict], by_image: dict[int, list], errors: list[str]) -> dict:  # fmt: skip
     """Write the split's images and labels under ``new_root`` (a fresh folder); returns the summary."""
-
     img_out, lbl_out = new_root / "images" / split, new_root / "labels" / split
     img_out.mkdir(parents=True)
     lbl_out.mkdir(parents=True)

@@ -204,7 +204,6 @@ def find_duplicates(
         >>> [d for d in dups if d["kind"] == "exact"][:1]
         [{'kind': 'exact', 'split_a': 'train', 'path_a': '...', 'split_b': 'val', 'path_b': '...', 'distance': 0}]
     """
-
     names = list(images_by_split)
     paths = {s: [Path(p) for p in images_by_split[s]] for s in names}
     hashes = dict(hashes or {})

@@ -334,7 +334,6 @@ def write_dataset(out: str | Path, n_train: int = 400, n_val: int = 100, imgsz: 
     the images of a smaller one and every file is reproducible on its own. Writing a smaller dataset over
     a larger one removes the larger one's extra images and labels.
     """
-
     out = Path(out)
     for k, (split, n) in enumerate((("train", n_train), ("val", n_val))):
         (out / split / "images").mkdir(parents=True, exist_ok=True)

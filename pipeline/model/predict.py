@@ -181,7 +181,6 @@ def weights_file(yolo) -> list[str]:
 
 def _predict(yolo, sources, files, errors, out, conf, imgsz, device, overlays, progress, batch, workers, backend):
     """``predict_paths`` after its checks: the engine for folders and batches, else photo by photo."""
-
     if (batch is not None and batch > 1) or (any(Path(s).is_dir() for s in sources) and _engine_wins(device, backend)):
         records, file_errors = _predict_batched(yolo, files, out, conf, imgsz, device, overlays, progress, batch, workers, backend)
         return records, errors + file_errors

@@ -206,7 +206,6 @@ def record_statistics(model, sources, imgsz=640, layers=None, dead_eps: float = 
     Raises:
         InputError: unknown layer selector, or no photo could be read.
     """
-
     net = detection_model(model)
     files, errors = expand_sources([str(s) for s in sources])
     files = files[:limit] if limit is not None else files

@@ -154,7 +154,6 @@ def ray_predict(yolo, sources, out, conf: float = 0.25, imgsz: int | None = None
     Examples:
         >>> records, errors = ray_predict(yolo, ["photos/", "more.txt"], "runs/p", workers=2, overlays=False)
     """
-
     log = log or (lambda line: None)
     imgsz = trained_imgsz(yolo, imgsz)
     files, errors = expand_sources(sources)
