@@ -17,6 +17,7 @@ Rows (``--rows``, default ``stock recipe``):
     r-lr001               lr0 0.001 (optimizer=auto's value)
     r-lr004               lr0 0.004: twice the recipe's step size
     r-warmup3             stock's 3 warmup epochs back
+    r-wblr0               warmup_bias_lr 0: what optimizer=auto sets for AdamW (naming AdamW keeps 0.1)
     r-close10             stock's close_mosaic 10 back (mosaic off for the last 10 of the fitted epochs)
     r-clspw               cls_pw 0.5: inverse-frequency class weights (tire flat 235 vs scratch 2,534)
     r-nocache             cache false: every JPEG decoded again each epoch, as stock does
@@ -65,6 +66,7 @@ ROWS = {
     "r-lr001": (RECIPE, ["--set", "lr0=0.001"]),
     "r-lr004": (RECIPE, ["--set", "lr0=0.004"]),
     "r-warmup3": (RECIPE, ["--set", "warmup_epochs=3"]),
+    "r-wblr0": (RECIPE, ["--set", "warmup_bias_lr=0"]),
     "r-close10": (RECIPE, ["--set", "close_mosaic=10"]),
     "r-clspw": (RECIPE, ["--set", "cls_pw=0.5"]),
     "r-nocache": (RECIPE, ["--set", "cache=false"]),
