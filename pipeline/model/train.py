@@ -83,7 +83,8 @@ def metrics_dict(metrics, names: dict) -> dict:
 
 def _use_every_core(yolo) -> None:
     """Train on all CPU cores: Ultralytics pins torch to cores-1 but also forces 0 dataloader workers on
-    the CPU, so the spare core sits idle (measured 1.47x faster per epoch on 2 cores)."""
+    the CPU, so the spare core sits idle (1.68x faster per epoch on 2 cores: 39.7 s against 23.7 s,
+    ``scripts/bench_foundation.py --train-threads``, docs/benchmarks.md)."""
     threads = os.cpu_count() or 1
 
     def callback(trainer):
