@@ -16,7 +16,7 @@ Rows (``--rows``, default ``stock recipe``):
     r-nbs64               stock's nbs 64 back (4 batches accumulated): credits the step lever
     r-lr001               lr0 0.001 (optimizer=auto's value)
     r-lr004               lr0 0.004: twice the recipe's step size
-    r-warmup3             stock's 3 warmup epochs back
+    r-warmup05            half an epoch of warmup (the recipe's value until 2026-12-02; it takes stock's 3 now)
     r-wblr0               warmup_bias_lr 0: what optimizer=auto sets for AdamW (naming AdamW keeps 0.1)
     r-close10             stock's close_mosaic 10 back (mosaic off for the last 10 of the fitted epochs)
     r-clspw               cls_pw 0.5: inverse-frequency class weights (tire flat 235 vs scratch 2,534)
@@ -65,7 +65,7 @@ ROWS = {
     "r-nbs64": (RECIPE, ["--set", "nbs=64"]),
     "r-lr001": (RECIPE, ["--set", "lr0=0.001"]),
     "r-lr004": (RECIPE, ["--set", "lr0=0.004"]),
-    "r-warmup3": (RECIPE, ["--set", "warmup_epochs=3"]),
+    "r-warmup05": (RECIPE, ["--set", "warmup_epochs=0.5"]),
     "r-wblr0": (RECIPE, ["--set", "warmup_bias_lr=0"]),
     "r-close10": (RECIPE, ["--set", "close_mosaic=10"]),
     "r-clspw": (RECIPE, ["--set", "cls_pw=0.5"]),
@@ -77,11 +77,14 @@ ABLATIONS = [name for name in ROWS if name.startswith("r-")]
 
 
 def row_command(name: str, minutes: float | None, out: Path, data: str | None, synth_weights: str | None,
-                tiny: bool) -> list[str]:
-    """The ``train_cardd.py`` argument list for one row (without the interpreter)."""
+                tiny: bool, sets: list[str] = ()) -> list[str]:
+    """The ``train_cardd.py`` argument list for one row (without the interpreter); ``sets`` (``KEY=VALUE``)
+    come after the row's own changes, so they apply to every row (e.g. an older recipe value back)."""
     config, extra = ROWS[name]
     cmd = ["scripts/train_cardd.py", "--config", str(config.relative_to(ROOT)), "--recipe", name,
            "--trainer-val", "--out", str(out), *extra]
+    for item in sets:
+        cmd += ["--set", item]
     if name == "r-synth":
         if not synth_weights:
             raise SystemExit("error: --rows r-synth needs --synth-weights (a synthetic-damage model's best.pt)")
@@ -150,6 +153,9 @@ def parse_args(argv):
     p.add_argument("--minutes", type=float, nargs="+", default=[30.0], help="budgets in minutes (default 30)")
     p.add_argument("--rows", nargs="+", default=["stock", "recipe"],
                    help=f"rows in order; 'ablations' = {' '.join(ABLATIONS)} (default: stock recipe)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a train() argument for every row, after the row's own (e.g. warmup_epochs=0.5: the recipe "
+                        "before 2026-12-02); repeatable")
     p.add_argument("--synth-weights", help="synthetic-damage model for the r-synth row (e.g. runs/demo/train/weights/best.pt)")
     p.add_argument("--tiny", action="store_true", help="CI smoke: each row on 16+8 sample photos, 1 epoch, 160 px")
     p.add_argument("--table", action="store_true", help="print the table of the rows already in OUT; train nothing")
@@ -175,10 +181,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for name in names:
             run_dir = out / (f"{name}-tiny" if minutes is None else f"{name}-{minutes:g}")
             row_file = run_dir / "row.json"
-            cmd = row_command(name, minutes, run_dir, args.data, args.synth_weights, args.tiny)
+            cmd = row_command(name, minutes, run_dir, args.data, args.synth_weights, args.tiny, args.set)
             data = str(args.data or "datasets/cardd-staged/data.yaml")  # --table alone: the staged set the docs use
             own = ["--tiny"] if minutes is None else ["--data", data, "--minutes", f"{minutes:g}"]
             own += ["--rows", name] + (["--synth-weights", args.synth_weights] if name == "r-synth" else [])
+            own += [a for item in args.set for a in ("--set", item)]
             bench = " ".join(shlex.quote(a) for a in ["python3", "scripts/bench_cardd_cpu.py", *own])
             if not row_file.is_file() and not args.table:
                 run_dir.mkdir(parents=True, exist_ok=True)

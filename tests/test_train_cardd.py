@@ -357,6 +357,19 @@ def test_step_counter_agrees_with_the_optimizers_own_count(sample_dir, tmp_path)
     assert counter.steps == 3  # 6 batches of 4, two accumulated per step (nbs 8)
 
 
+def test_bench_set_reaches_every_row_after_the_rows_own_change():
+    """``--set`` repeats an older recipe exactly (warmup 0.5 before 2026-12-02): it follows each row's own
+    change, so train_cardd's own parser (the consumer, the oracle here) ends with both, the bench's last."""
+    for name, own in (("r-b32", {"nbs": 32}), ("r-warmup05", {}), ("recipe", {})):
+        cmd = bench_cardd_cpu.row_command(name, 30, Path("/tmp/x"), "d.yaml", None, False,
+                                          ["warmup_epochs=0.5", "cls_pw=0.5"])
+        args = train_cardd.parse_args(cmd[1:])
+        assert args.batch == (32 if name == "r-b32" else None)
+        assert train_cardd.parse_sets(args.set) == {**own, "warmup_epochs": 0.5, "cls_pw": 0.5}
+    cmd = bench_cardd_cpu.row_command("r-warmup05", 30, Path("/tmp/x"), "d.yaml", None, False, ["warmup_epochs=2"])
+    assert train_cardd.parse_sets(train_cardd.parse_args(cmd[1:]).set) == {"warmup_epochs": 2}  # the bench's wins
+
+
 def test_bench_cardd_cpu_tiny_runs_both_rows_in_order_and_resumes(sample_dir, tmp_path, capsys):
     out = tmp_path / "bench"
     rows = bench_cardd_cpu.main(["--tiny", "--out", str(out)])
