@@ -24,7 +24,7 @@ Rows (``--rows``, default ``stock recipe``):
     r-nchw                cpu_channels_last false: the model trains in NCHW memory, as Ultralytics does on a CPU
     r-synth               start from a synthetic-damage model (``--synth-weights``, e.g. the demo's best.pt)
 
-Run (each row takes its budget plus ~3 minutes of setup and validation):
+Run (each row takes its budget plus ~2 minutes of setup and validation):
     .venv/bin/python scripts/bench_cardd_cpu.py --data datasets/cardd-staged/data.yaml --minutes 30
     .venv/bin/python scripts/bench_cardd_cpu.py --data datasets/cardd-staged/data.yaml --minutes 60 120 --rows recipe
     .venv/bin/python scripts/bench_cardd_cpu.py --data ... --minutes 30 --rows r-256 r-416 r-synth \\
