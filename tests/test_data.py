@@ -179,7 +179,7 @@ def test_path_key_is_honoured(tmp_path, roboflow_dataset):
 def test_planted_faults_each_reported_and_exit_1(tmp_path, sample_dir, sample_images, capsys):
     root = tmp_path / "ds"
     train = copy_split(sample_dir, sample_images[:8], root / "train")
-    val = copy_split(sample_dir, sample_images[8:12], root / "val")
+    copy_split(sample_dir, sample_images[8:12], root / "val")
     lbl = lambda im: label_path(im)  # noqa: E731
 
     # label faults in train
