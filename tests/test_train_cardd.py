@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import re
 import shlex
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -292,6 +294,22 @@ def test_own_progress_bars_write_plain_lines_off_a_terminal(tmp_path, capsys):
     out = capsys.readouterr()
     text = out.out + out.err
     assert "\r" not in text and "synth train" in text and "3/3" in text and "2/2" in text
+
+
+def test_a_fresh_checkout_gets_no_settings_banner_and_keeps_other_logs(tmp_path):
+    """Ultralytics' first-run banner points at `yolo settings` and ~/.config, which do not apply here: dropped.
+    The settings file is still created (in our config dir), and every other Ultralytics log line still prints."""
+    code = ("import pipeline, ultralytics; from pipeline.core import runtime; runtime.ultralytics_settings(); "
+            "from ultralytics.utils import LOGGER; LOGGER.info('other lines still print')")
+    env = {k: v for k, v in os.environ.items() if k != "YOLO_CONFIG_DIR"}
+    env["CARDAMAGE_CACHE"] = str(tmp_path / "cache")  # a new checkout: no settings file yet
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout + done.stderr
+    settings = tmp_path / "cache" / "ultralytics" / "Ultralytics" / "settings.json"
+    assert settings.is_file() and json.loads(settings.read_text())["sync"] is False  # created, then set
+    assert "Creating new Ultralytics Settings" not in text and "yolo settings" not in text
+    assert "other lines still print" in text
 
 
 # ------------------------------------------------------------------------------- the CPU recipe (issue 16)

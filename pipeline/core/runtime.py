@@ -10,6 +10,8 @@ missing packages. This module is imported by ``pipeline/__init__.py`` before any
 - ``YOLO_CONFIG_DIR`` points inside the project's cache folder, so nothing lands in ``~/.config``;
 - a local font copied to ``$YOLO_CONFIG_DIR/Ultralytics/Arial.ttf`` makes ``check_font`` return early;
 - settings get ``sync=False`` (no telemetry) once Ultralytics is imported (see ``ultralytics_settings``);
+- its first-run banner ("Creating new Ultralytics Settings ... 'yolo settings'") is dropped: the file lives in
+  our cache and this module sets it, so the banner's advice does not apply (``QuietSettingsBanner``);
 - the trainer's AMP check (which downloads ``yolo26n.pt`` on a GPU) is replaced by ``offline_check_amp``;
 - ``ULTRALYTICS_SAFE_LOAD=1``: checkpoints load without running code (``pipeline.model.weights_policy``);
 - progress bars redraw in place on a terminal only: in a log file each bar writes its final line, not a
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import logging
 import os
 import re
 import shutil
@@ -66,6 +69,15 @@ def _install_local_font(config_dir: Path) -> None:
             os.replace(tmp, dst)
 
 
+class QuietSettingsBanner(logging.Filter):
+    """Drop the one record Ultralytics logs when it creates its settings file; every other record passes."""
+
+    BANNER = "Creating new Ultralytics Settings"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.BANNER)
+
+
 def configure() -> Path:
     """Set the Ultralytics environment before it is imported; return the config dir. Idempotent."""
     os.environ["YOLO_OFFLINE"] = "1"
@@ -76,6 +88,10 @@ def configure() -> Path:
     config_dir = Path(os.environ.get("YOLO_CONFIG_DIR") or cache_dir() / "ultralytics")
     os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
     _install_local_font(config_dir)
+    # A filter on the logger itself survives Ultralytics' set_logging, which only swaps handlers.
+    logger = logging.getLogger("ultralytics")
+    if not any(isinstance(f, QuietSettingsBanner) for f in logger.filters):
+        logger.addFilter(QuietSettingsBanner())
     return config_dir
 
 
