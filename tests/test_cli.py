@@ -109,7 +109,7 @@ def test_demo_end_to_end_with_a_tiny_recipe(tmp_path, sample_dir):
     assert set(summary["timings"]) >= {"synth_s", "train_s", "predict_s", "report_s", "total_s"}
 
 
-def test_demo_on_a_real_dataset_with_data_and_minutes(tmp_path, sample_dir):
+def test_demo_on_a_real_dataset_with_data_and_minutes(tmp_path, sample_dir, capsys):
     """`cardamage demo --data`: the demo's steps on a real dataset (CarDD photos), the test split never read."""
     import yaml
     from ultralytics.data.utils import check_det_dataset
@@ -142,6 +142,12 @@ def test_demo_on_a_real_dataset_with_data_and_minutes(tmp_path, sample_dir):
     assert 'id="input"' in html and f"per-layer statistics over {len(val_photos)} photos" in html
     shown = next((Path(r["image"]).name for r in records if r["detections"]), val_photos[0].name)
     assert shown in html
+    # what the demo says: 12 photos at batch 6 is one whole epoch of 2 batches, inside Ultralytics' default
+    # 3-epoch warmup (the tiny recipe sets none); a hint when no val photo got a box, none otherwise
+    said = capsys.readouterr().out
+    assert summary["metrics"]["batches"] == 2 and "[2/4] trained 1 epoch in" in said
+    assert "training ended inside the 3-epoch warmup" in said
+    assert ("no box passed conf 0.25" in said) == (not any(r["detections"] for r in records))
     best = load_model(out / "train" / "weights" / "best.pt")  # Ultralytics' validator is the oracle for the mAP
     val = best.val(data=str(out / "train" / "dataset" / "data.yaml"), imgsz=128, batch=6, device="cpu", plots=False,
                    verbose=False, project=str(tmp_path), name="val")

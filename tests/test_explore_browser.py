@@ -92,6 +92,10 @@ def test_page_shows_the_apis_numbers(server, tmp_path):
                 assert float(page.text_content("#neuron-silu")) == api["silu_by_hand"]
                 assert float(page.text_content("#neuron-fw")) == api["framework_value"]
                 assert page.locator("#rf-box").count() == 1
+                top, bottom, view = page.evaluate("(() => { const r = document.getElementById('neuron')"
+                                                  ".getBoundingClientRect(); return [r.top, r.bottom, innerHeight]; })()")
+                assert top < view and bottom > 0  # the clicked neuron's arithmetic was brought into view
+            assert not a.is_visible("#det-none")  # boxes to list: no "no box" hint
             a.screenshot(path=str(tmp_path / "explore.png"), full_page=True)
             # another photo from the selector
             b.select_option("#photo", "1")

@@ -188,6 +188,21 @@ def test_txt_lists_and_chunks(tmp_path, sample_images):
     assert sum(chunks(list(range(100)), workers=2), []) == list(range(100))
 
 
+def test_a_text_file_that_is_not_a_list_is_one_line(tmp_path, sample_images, weights, capsys):
+    """Notes saved as .txt are not a photo list: one error naming the file, not one per line; the rest runs."""
+    notes = tmp_path / "notes.txt"
+    prose = ["# Notes", "See https://github.com/example/repo for the data.", "", "Three runs, ray://host:1 too."]
+    notes.write_text("\n".join(prose * 40) + "\n")
+    out = tmp_path / "o"
+    assert main(["predict", str(notes), str(sample_images[0]), "--weights", str(weights), "--out", str(out),
+                 "--imgsz", "160", "--no-overlays"]) == 1  # a bad input is a non-zero exit
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    # 2 lines of text in each of the 40 copies ('#' lines and blank ones are not entries of a list)
+    assert err == [f"error: {notes}: not a photo list: none of its 80 lines names a photo"]
+    records = json.loads((out / "detections.json").read_text())
+    assert [r["image"] for r in records] == [str(sample_images[0])]  # the good photo still ran
+
+
 def test_plain_predict_reads_a_txt_list_too(tmp_path, sample_images, weights):
     """A .txt list is a SOURCE for every predict, not only with --ray: its photos, in its order."""
     listed = tmp_path / "list.txt"

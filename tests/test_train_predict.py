@@ -30,6 +30,27 @@ def test_train_writes_weights_and_metrics(trained_weights, synth_data):
     yolo = load_model(trained_weights)
     val = yolo.val(data=yolo.ckpt["train_args"]["data"], imgsz=160, batch=8, device="cpu", plots=False, verbose=False, project=str(run.parent), name="val")
     assert val.box.map50 == pytest.approx(m["mAP50"], abs=1e-4)
+    # one whole epoch at batch 8 over the 24 train images: 3 batches, counted as they ran
+    n_train = len(list((synth_data.parent / "train" / "images").glob("*.jpg")))
+    assert (m["batches"], m["batches_per_epoch"], m["last_epoch_batches"]) == (math.ceil(n_train / 8),) * 3
+    assert m["epochs"] == 1 and m["epochs_done"] == 1.0
+
+
+def test_a_time_budget_that_cuts_an_epoch_is_told_as_its_fraction(synth_data, tmp_path, capsys):
+    """Ultralytics' time= stops after the first optimizer step past the budget and still counts that epoch as
+    one; metrics.json and the demo's line say how much of it ran."""
+    from pipeline.cli.demo import _epochs_told
+    from pipeline.model.train import train
+
+    # 3.6 ms: over after the first step; nbs = batch, so that step is the first batch
+    m = train(synth_data, tmp_path / "run", epochs=3, imgsz=64, batch=4, nbs=4, workers=0, device="cpu",
+              val=False, plots=False, time=1e-6)
+    per = math.ceil(len(list((synth_data.parent / "train" / "images").glob("*.jpg"))) / 4)
+    assert m["epochs"] == 1  # Ultralytics' own count: the cut epoch is one
+    assert (m["batches"], m["batches_per_epoch"], m["last_epoch_batches"]) == (1, per, 1)
+    assert m["epochs_done"] == round(1 / per, 3)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs_done"] == m["epochs_done"]
+    assert _epochs_told(m) == f"{1 / per:.2f} epochs (1 of {per} batches of epoch 1)"
 
 
 def test_predict_matches_stock_and_logits(trained_weights, sample_images, tmp_path):

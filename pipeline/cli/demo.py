@@ -94,8 +94,23 @@ def _train(data, out: Path, cfg: Path, timings: dict) -> dict:
     t = time.perf_counter()
     metrics = train(data, out / "train", config=cfg, overwrite=True)  # run() has checked --overwrite
     timings["train_s"] = round(time.perf_counter() - t, 1)
-    print(f"[2/4] trained {metrics.get('epochs')} epochs in {timings['train_s']}s: val mAP50 {metrics['mAP50']:.3f}")
+    print(f"[2/4] trained {_epochs_told(metrics)} in {timings['train_s']}s (validation included): "
+          f"val mAP50 {metrics['mAP50']:.3f}")
+    recipe = load_recipe(cfg)
+    warmup = float(recipe.get("warmup_epochs", 3.0))  # Ultralytics' default when a recipe is silent
+    done = metrics.get("epochs_done")
+    if recipe.get("time") and done is not None and done < warmup:  # a budget, not an epoch count, ended it
+        print(f"      training ended inside the {warmup:g}-epoch warmup, before the learning rate reached its "
+              f"full value: expect a model that finds little; give it more --minutes")
     return metrics
+
+
+def _epochs_told(metrics: dict) -> str:
+    """'10 epochs', or for a time budget that cut the last one: '0.44 epochs (77 of 175 batches of epoch 1)'."""
+    per, last = metrics.get("batches_per_epoch"), metrics.get("last_epoch_batches")
+    if not per or last >= per:
+        return f"{metrics.get('epochs')} epoch{'' if metrics.get('epochs') == 1 else 's'}"
+    return f"{metrics['epochs_done']:.2f} epochs ({last} of {per} batches of epoch {metrics['epochs']})"
 
 
 def _run_real(args, out: Path, val_images: list[Path]) -> int:
@@ -116,6 +131,9 @@ def _run_real(args, out: Path, val_images: list[Path]) -> int:
     timings["predict_s"] = round(time.perf_counter() - t, 1)
     n_det = sum(len(r["detections"]) for r in records)
     print(f"[3/4] predicted {len(records)} val photos ({n_det} boxes at conf {REAL_CONF:g})")
+    if not n_det:  # the report then explains the first photo's strongest score, not a box
+        print(f"      no box passed conf {REAL_CONF:g}: the report explains {photos[0].name}'s strongest score "
+              f"instead; train longer (--minutes) or look lower (`cardamage report --conf 0.05 ...`)")
 
     # the report explains a detection when there is one: the first val photo the model finds damage on
     shown = next((Path(r["image"]) for r in records if r["detections"]), photos[0])

@@ -313,8 +313,10 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[InputError]]:
     """Turn files, folders, globs and ``.txt`` lists into a list of image files, plus errors for what matched nothing.
 
     A folder contributes the images directly inside it (by suffix, sorted); a ``.txt`` file contributes
-    the photos it lists (``read_list``); any other explicitly named file is kept whatever its suffix, so a
-    non-image named by the user is reported rather than silently skipped. A photo named twice counts once.
+    the photos it lists (``read_list``), one error per missing line, or one for the whole file when no line
+    names anything (a text file that is not a list); any other explicitly named file is kept whatever its
+    suffix, so a non-image named by the user is reported rather than silently skipped. A photo named twice
+    counts once.
 
     Examples:
         >>> files, errors = expand_sources(["photos/", "more.txt", "shots/*.jpg"])
@@ -334,6 +336,9 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[InputError]]:
             if not listed:
                 errors.append(InputError(p, "the list names no photos"))
             more, bad = expand_sources([f for f in listed if not f.lower().endswith(".txt")])  # lists do not nest
+            if listed and not more:  # notes, not a list: one line for the file, not one per line of prose
+                errors.append(InputError(p, f"not a photo list: none of its {len(listed)} lines names a photo"))
+                continue
             files += more
             errors += bad
         elif p.is_dir():

@@ -38,6 +38,39 @@ from pipeline.model.load import DEFAULT_MODEL, load_model, weights_error, weight
 RECIPE_KEYS = {"model", "data", "epochs", "imgsz", "batch", "device"}
 
 
+class BatchCounter:
+    """Counts the batches a run trained, so a time budget that stops inside an epoch is told as it is.
+
+    Ultralytics' ``time=`` breaks out of the batch loop and still counts the cut epoch as one
+    (``trainer.epoch + 1``); ``epochs_done`` is the real amount: whole epochs plus the cut one's fraction.
+
+    Examples:
+        >>> counter = BatchCounter()
+        >>> yolo.add_callback("on_train_batch_start", counter.on_batch)  # doctest: +SKIP
+        >>> counter.epochs_done  # 77 batches into the first epoch of 175  # doctest: +SKIP
+        0.44
+    """
+
+    def __init__(self):
+        self.batches = 0  # batches started, each one trained (the time check comes after its step)
+        self.epoch = -1  # the epoch the last batch belonged to
+        self.in_epoch = 0  # batches of that epoch
+        self.per_epoch = 0  # len(train_loader)
+
+    def on_batch(self, trainer) -> None:
+        if trainer.epoch != self.epoch:
+            self.epoch, self.in_epoch = trainer.epoch, 0
+        self.in_epoch += 1
+        self.batches += 1
+        self.per_epoch = len(trainer.train_loader)
+
+    @property
+    def epochs_done(self) -> float | None:
+        if not self.per_epoch:
+            return None
+        return round(self.epoch + min(self.in_epoch / self.per_epoch, 1.0), 3)
+
+
 def load_recipe(path: str | Path | None) -> dict:
     """Read a ``configs/*.yaml`` recipe: a flat mapping of Ultralytics train() arguments plus ``model``."""
     if not path:
@@ -178,12 +211,13 @@ def train(
     runtime.ultralytics_settings()
     out = Path(out).resolve()
     t0 = time.time()
+    counter = BatchCounter()
     if resume:
         last = out / "weights" / "last.pt"
         if not last.is_file():
             raise InputError(last, "nothing to resume: no interrupted run in this folder")
         with output_folder(out):
-            yolo, results = _resume(last, trust)
+            yolo, results = _resume(last, trust, counter)
         left_out = []
     else:
         recipe = load_recipe(config)
@@ -215,6 +249,7 @@ def train(
             _use_every_core(yolo)
             if channels_last:
                 _cpu_channels_last(yolo)
+            yolo.add_callback("on_train_batch_start", counter.on_batch)
             for event, fn in (callbacks or {}).items():
                 yolo.add_callback(event, fn)
             with weights_policy(trust):
@@ -225,6 +260,11 @@ def train(
     names = yolo.model.names if hasattr(yolo.model, "names") else yolo.names
     metrics = metrics_dict(results, names) if results is not None else {}
     metrics["epochs"] = int(yolo.trainer.epoch + 1) if getattr(yolo, "trainer", None) else None
+    # how far the run got, a cut last epoch as its fraction (a resumed run: from its start); batches: this call's
+    metrics["epochs_done"] = counter.epochs_done
+    metrics["batches"] = counter.batches
+    metrics["batches_per_epoch"] = counter.per_epoch
+    metrics["last_epoch_batches"] = counter.in_epoch
     metrics["train_seconds"] = round(time.time() - t0, 1)
     metrics["weights"] = str(out / "weights" / "best.pt")
     metrics["left_out"] = [str(e) for e in left_out]  # damaged images not trained on (one error line each)
@@ -232,7 +272,7 @@ def train(
     return metrics
 
 
-def _resume(last: Path, trust: bool):
+def _resume(last: Path, trust: bool, counter: BatchCounter):
     """Continue the run whose ``last.pt`` is given; return (yolo, results)."""
     # A finished run's last.pt is stripped of its optimizer; Ultralytics would then silently start a
     # *new* run on its default dataset (coco8, a download). Refuse that here. Safe loading as everywhere.
@@ -244,6 +284,7 @@ def _resume(last: Path, trust: bool):
     if not isinstance(ckpt, dict) or ckpt.get("optimizer") is None or ckpt.get("epoch", -1) < 0:
         raise InputError(last, "nothing to resume: this run finished (or last.pt holds no optimizer state)")
     yolo = load_model(last, trust=trust)
+    yolo.add_callback("on_train_batch_start", counter.on_batch)
     _use_every_core(yolo)
     try:
         with weights_policy(trust):

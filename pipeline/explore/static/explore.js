@@ -60,6 +60,8 @@ function drawBoxes() {
 
 function fillDetections() {
   $("det-count").textContent = state.dets.length + (state.dets.length > MAX_BOXES ? `, the best ${MAX_BOXES} drawn` : "");
+  $("det-none").hidden = state.dets.length > 0;  // an empty table alone reads like a broken page
+  $("det-conf").textContent = `conf ${state.summary.conf}`;
   const body = $("detections").tBodies[0];
   body.replaceChildren();
   // a label file beside the photo adds a column: each box against the labelled damage
@@ -254,6 +256,7 @@ async function showNeuron(layer, channel, y, x) {
   state.rf = t.receptive_field_xyxy;
   drawBoxes();
   Object.assign($("neuron").dataset, { layer: t.layer, channel: t.channel, y: t.y, x: t.x, ready: "1" });
+  $("neuron").scrollIntoView({ block: "nearest" });  // the panel sits below the maps: bring the arithmetic into view
 }
 
 // -- start ----------------------------------------------------------------------------------------------------
