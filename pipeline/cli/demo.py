@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import yaml
+from ultralytics.cfg import DEFAULT_CFG_DICT
 
 from pipeline.cli.options import non_negative_int, positive_float
 from pipeline.core.io import atomic_write_json, atomic_write_text, expand_sources, output_folder
@@ -89,15 +90,14 @@ def _recipe(args, out: Path) -> tuple[dict, dict, Path]:
     return recipe, demo, cfg
 
 
-def _train(data, out: Path, cfg: Path, timings: dict) -> dict:
+def _train(data, out: Path, cfg: Path, recipe: dict, timings: dict) -> dict:
     """Step 2 of both demos: train into ``out/train`` with the recipe copy, timed and reported."""
     t = time.perf_counter()
     metrics = train(data, out / "train", config=cfg, overwrite=True)  # run() has checked --overwrite
     timings["train_s"] = round(time.perf_counter() - t, 1)
     print(f"[2/4] trained {_epochs_told(metrics)} in {timings['train_s']}s (validation included): "
           f"val mAP50 {metrics['mAP50']:.3f}")
-    recipe = load_recipe(cfg)
-    warmup = float(recipe.get("warmup_epochs", 3.0))  # Ultralytics' default when a recipe is silent
+    warmup = float(recipe.get("warmup_epochs", DEFAULT_CFG_DICT["warmup_epochs"]))  # a silent recipe: Ultralytics'
     done = metrics.get("epochs_done")
     if recipe.get("time") and done is not None and done < warmup:  # a budget, not an epoch count, ended it
         print(f"      training ended inside the {warmup:g}-epoch warmup, before the learning rate reached its "
@@ -121,7 +121,7 @@ def _run_real(args, out: Path, val_images: list[Path]) -> int:
     budget = f"{recipe['time'] * 60:g} min budget" if recipe.get("time") else f"{recipe.get('epochs')} epochs"
     print(f"[1/4] dataset: {args.data} ({len(val_images)} val photos); recipe {args.config} ({budget})")
 
-    metrics = _train(args.data, out, cfg, timings)
+    metrics = _train(args.data, out, cfg, recipe, timings)
 
     t = time.perf_counter()
     yolo = load_model(metrics["weights"])
@@ -181,7 +181,7 @@ def _run(args, out: Path, real_dir: Path) -> int:
     timings["synth_s"] = round(time.perf_counter() - t, 1)
     print(f"[1/4] synthetic data: {data_yaml} ({timings['synth_s']}s)")
 
-    metrics = _train(data_yaml, out, cfg, timings)
+    metrics = _train(data_yaml, out, cfg, recipe, timings)
 
     t = time.perf_counter()
     yolo = load_model(metrics["weights"])
