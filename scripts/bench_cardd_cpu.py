@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 STOCK = CONFIGS / "cardd_cpu_stock.yaml"
 RECIPE = CONFIGS / "cardd_cpu.yaml"
+RECORD = ROOT / "benchmarks" / "rows" / "cardd-cpu.jsonl"
 
 #: name -> (config, extra train_cardd.py flags); ablations change one thing against the recipe.
 ROWS = {
@@ -108,6 +109,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def bench_row(r: dict, id: str, note: str = "") -> dict:
+    """One ``train_cardd.py`` row (``row.json`` plus ``bench_command``) as a benchmark row of
+    ``benchmarks/rows/cardd-cpu.jsonl`` (``scripts/benchrows.py``): the table's numbers, the bench command,
+    this machine, today."""
+    import benchrows
+
+    memory = {"channels_last": "NHWC", "contiguous": "NCHW"}.get(r.get("memory_format"), "?")
+    numbers = {"memory": memory, "budget_min": r["budget_minutes"], "train_min": round(r["train_minutes"], 1),
+               "epochs": r["epochs"], "steps": r["steps"], "mAP50": round(r["mAP50"], 3),
+               "mAP50-95": round(r["mAP50-95"], 3), "per_class_mAP50": {k: round(v, 2) for k, v in r["per_class"].items()}}
+    return benchrows.make_row(id, r["bench_command"], numbers, note=note)
+
+
 def throughput(shapes=((32, 320), (16, 320), (8, 320), (16, 256), (8, 256)), repeats: int = 3) -> list[dict]:
     """Images a second of one YOLOv8n training step's forward and backward (no data loading, no optimizer)
     on every core, per (batch, imgsz) and memory layout (NCHW as Ultralytics trains on a CPU, NHWC as the
@@ -160,7 +174,21 @@ def parse_args(argv):
     p.add_argument("--tiny", action="store_true", help="CI smoke: each row on 16+8 sample photos, 1 epoch, 160 px")
     p.add_argument("--table", action="store_true", help="print the table of the rows already in OUT; train nothing")
     p.add_argument("--throughput", action="store_true", help="only time YOLOv8n forward+backward per batch and imgsz")
+    p.add_argument("--record", nargs="?", const=str(RECORD), default=None, metavar="ROWS_FILE",
+                   help=f"append each row trained now to a benchmark rows file (default {RECORD.relative_to(ROOT)}), "
+                        "id NAME-MINUTES (NAME-MINUTES-DATE if taken); then render the docs with scripts/benchrows.py")
     return p.parse_args(argv)
+
+
+def record(path: str, row: dict, id: str) -> None:
+    """Append ``row`` to the rows file ``path`` as ``id``, or as ``id-DATE`` when ``id`` is taken."""
+    import benchrows
+
+    new = bench_row(row, id)
+    if any(r["id"] == id for r in benchrows.read_rows(path)):
+        new["id"] = f"{id}-{new['date']}"
+    benchrows.append_row(path, new)
+    print(f"row {new['id']} -> {path}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -187,6 +215,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             own += ["--rows", name] + (["--synth-weights", args.synth_weights] if name == "r-synth" else [])
             own += [a for item in args.set for a in ("--set", item)]
             bench = " ".join(shlex.quote(a) for a in ["python3", "scripts/bench_cardd_cpu.py", *own])
+            trained_now = False
             if not row_file.is_file() and not args.table:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 print(f"[{name}, {'tiny' if minutes is None else f'{minutes:g} min'}] {' '.join(cmd)}", flush=True)
@@ -197,10 +226,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                           file=sys.stderr)
                     failed.append(name)
                     continue
+                trained_now = True
             if row_file.is_file():
                 row = json.loads(row_file.read_text())
                 row["bench_command"] = bench
                 rows.append(row)
+                if args.record and trained_now:
+                    record(args.record, row, run_dir.name)
     print(table(rows))
     if failed:
         raise SystemExit(1)  # the rows that did finish are printed above
