@@ -1,6 +1,6 @@
 """Reproduce one CarDD benchmark row: train from scratch under a time budget, validate best.pt on valid/.
 
-One command = one row of ``docs/benchmarks.md`` ("CarDD training from scratch"): it runs
+One command = one CarDD training row (``benchmarks/rows/``, docs/benchmarks.md): it runs
 ``pipeline.model.train.train`` with a recipe from ``configs/`` (flags win over the file), then Ultralytics'
 own validator on the dataset's ``val`` split (CarDD ``valid/``, 799 images; never ``test/``) with
 ``best.pt``, and prints and writes a JSON row: recipe, model, imgsz, wall minutes of the training call,
@@ -11,17 +11,17 @@ Offline and AMP: ``import pipeline`` sets ``YOLO_OFFLINE`` and friends before Ul
 GPU, Ultralytics' AMP check would load ``yolo26n.pt`` and, without the file, try to download it; this
 script swaps in ``offline_check_amp``, which makes the same decision with no weights and no network
 (off on CPU/MPS and on the GPUs Ultralytics lists as fp16-unsafe, else on when an fp16 forward of the
-model being trained is finite and agrees with fp32), so AMP stays on on an H100.
+model being trained is finite and agrees with fp32), so AMP stays on on a GPU that supports it.
 
-``--tiny`` is the CI smoke run: the recipe itself on 16 + 8 photos of ``../shared/data/cardd-sample``,
+``--tiny`` is the CI smoke run: the recipe itself on 16 + 8 photos of the CarDD sample the tests read,
 1 epoch at 160 px on the CPU, no time budget. It checks that the pipeline runs end to end, not a score.
 
 Run:
     OMP_NUM_THREADS=1 .venv/bin/python scripts/train_cardd.py --tiny --out /tmp/cardd-tiny
-    python3 scripts/train_cardd.py --data /tmp/cardd-staged/data.yaml --config configs/cardd_stock.yaml \\
-        --device 0 --out /tmp/runs/stock --json $OUT/stock.json
-    python3 scripts/train_cardd.py --data /tmp/cardd-staged/data.yaml --config configs/cardd.yaml \\
-        --device 0 --out /tmp/runs/cardd --json $OUT/cardd.json
+    python3 scripts/train_cardd.py --data datasets/cardd-staged/data.yaml --config configs/cardd_stock.yaml \\
+        --device 0 --out runs/cardd-gpu/stock --json stock.json
+    python3 scripts/train_cardd.py --data datasets/cardd-staged/data.yaml --config configs/cardd.yaml \\
+        --device 0 --out runs/cardd-gpu/cardd --json cardd.json
     python3 scripts/train_cardd.py --data ... --config configs/cardd.yaml --model yolov8s.yaml --recipe cardd-s ...
     python3 scripts/train_cardd.py --data ... --config configs/cardd.yaml --set copy_paste=0 --recipe cardd-no-cp ...
 
@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for p in (ROOT, ROOT / "scripts"):  # a plain checkout works too (the device machine has no install)
+for p in (ROOT, ROOT / "scripts"):  # a plain checkout works too, without installing the project
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
