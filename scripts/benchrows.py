@@ -12,7 +12,8 @@ docstrings cite a row by its id; they never copy its numbers.
 
 Pages hold hand-written prose and generated tables. A table sits between two markers that name the rows
 file and the columns (keys of ``numbers``; ``numbers`` for all of them in one cell; ``id``, ``date``, ``time``,
-``command``, ``machine``, ``note``), and optionally the rows (``@ID``; default: every row of the file)::
+``command``, ``machine``, ``note``), optionally the rows (``@ID``; default: every row of the file), and
+``-notes`` to leave the rows' notes out::
 
     <!-- rows cardd-cpu: id memory budget_min epochs mAP50 command @recipe-30 @recipe-60 -->
     ... generated ...
@@ -147,8 +148,8 @@ def cell(row: dict, col: str) -> str:
     return f"`{text}`" if col == "command" and text else text
 
 
-def render_table(rows: list[dict], cols: list[str]) -> str:
-    """A Markdown table of ``rows``, then one line per machine they ran on."""
+def render_table(rows: list[dict], cols: list[str], notes: bool = True) -> str:
+    """A Markdown table of ``rows``, then one line per machine they ran on and (``notes``) each row's note."""
     lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     lines += ["| " + " | ".join(cell(r, c) for c in cols) + " |" for r in rows]
     if "machine" not in cols:
@@ -158,7 +159,7 @@ def render_table(rows: list[dict], cols: list[str]) -> str:
         lines.append("")
         for m, ids in machines.items():
             lines.append(f"Machine: {m}." if len(machines) == 1 else f"Machine of {', '.join(ids)}: {m}.")
-    if "note" not in cols and any(r.get("note") for r in rows):
+    if notes and "note" not in cols and any(r.get("note") for r in rows):
         lines.append("")
         lines += [f"- **{r['id']}**: {r['note']}" for r in rows if r.get("note")]
     return "\n".join(lines) + "\n\n"
@@ -177,11 +178,11 @@ def render_page(text: str, tables: dict[str, list[dict]]) -> str:
             raise KeyError(f"no rows file {name}.jsonl for a marker")
         spec = m["cols"].split()
         ids = [s[1:] for s in spec if s.startswith("@")]  # @ID picks rows; none picks all
-        cols = [s for s in spec if not s.startswith("@")]
+        cols = [s for s in spec if not s.startswith("@") and s != "-notes"]
         rows = [r for r in tables[name] if not ids or r["id"] in ids]
         if ids and len(rows) != len(ids):
             raise KeyError(f"{name}: no row {sorted(set(ids) - {r['id'] for r in rows})}")
-        return m.group(1) + render_table(rows, cols) + m.group(5)
+        return m.group(1) + render_table(rows, cols, notes="-notes" not in spec) + m.group(5)
     return MARKER.sub(one, text)
 
 
