@@ -115,9 +115,9 @@ def entry() -> int:
     (``len(gc.get_objects())`` after importing the three) that Python's cyclic collector walks again in
     every full collection and once more at exit, although none of them is ever garbage. The process
     freezes them (``gc.freeze``) once the command's modules are imported, and everything once the command
-    is done. At exit alone: ``python -c "import torch, torchvision"`` took 4.3 s as a process, 2.9 s with
-    ``gc.freeze()`` at its end (docs/report.md). Only a process that ends with the command does this;
-    ``main`` called inside another program leaves its collector alone.
+    is done. At exit alone that is a large part of a short process's time (``python -c "import torch,
+    torchvision"`` with and without ``gc.freeze()`` at its end: docs/report.md). Only a process that ends
+    with the command does this; ``main`` called inside another program leaves its collector alone.
     """
     code = main(freeze_imports=True)
     gc.freeze()  # exit without a last walk over every object ever made

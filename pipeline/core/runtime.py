@@ -158,10 +158,10 @@ def return_freed_memory() -> bool:
 
     glibc serves big blocks from mmap, but each big free raises its threshold (up to 32 MB), after which
     tensors of a few MB come from its heaps and stay there when freed: a report, which allocates feature
-    maps of every size in turn, then peaks ~100 MB higher (measured: 1548 -> 1491 MiB on an 8000 px photo).
-    A fixed threshold stops that drift. 8 MB, not 1: at 1 MB the engine's per-photo buffers (a 640 photo is
-    1.2 MB decoded, 4.9 MB as float) were mmapped and zeroed for every photo (29.0 vs 27.1 ms per photo
-    in one process: scripts/bench_engine.py); tests/test_memory.py's limits hold at 8 MB. Linux with glibc only.
+    maps of every size in turn, then peaks higher on a large photo. A fixed threshold stops that drift.
+    8 MB, not 1: at 1 MB the engine's per-photo buffers (a 640 photo decoded, and as float) were mmapped and
+    zeroed for every photo (rows mmap-1mb and mmap-8mb in docs/benchmarks.md); tests/test_memory.py's
+    limits hold at 8 MB. Linux with glibc only.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

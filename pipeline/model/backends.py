@@ -29,8 +29,8 @@ from pipeline.core.io import atomic_write_bytes
 def onnx_available() -> bool:
     """True when the runtime (``onnxruntime``) imports and the exporter (``onnx``) is installed.
 
-    ``onnx`` is found, not imported: importing it takes ~0.4 s, which a run whose graphs are all in
-    the cache never needs (``torch.onnx.export`` imports it when a graph is exported).
+    ``onnx`` is found, not imported: importing it takes a noticeable part of a second, which a run whose
+    graphs are all in the cache never needs (``torch.onnx.export`` imports it when a graph is exported).
     """
     try:
         import onnxruntime  # noqa: F401

@@ -17,27 +17,20 @@ header (``DECODE_BUDGET_PER_WORKER``), and photos are kept for overlays only wit
 (``Engine.photo`` reads the others again when their overlay is drawn), so a folder of 8000x8000 photos
 is decoded one photo at a time instead of one per thread.
 
-What it is kept for, measured against Ultralytics' own ONNX route (``YOLO(pt).export(format="onnx")``,
-then ``YOLO(onnx).predict``) as whole processes on the 100 CarDD sample photos at 640, same weights and
-8200 boxes in every variant equal to stock's, 2 shared cores (``scripts/bench_onnx_route.py``; four runs
-in docs/benchmarks.md): ``cardamage predict FOLDER`` with its graph cache filled ran 1.36-2.10x as fast
-as the ONNX route's predict (1.85-2.72x steady), and 1.05-1.68x as fast as stock PyTorch predict
-(1.23-2.02x steady): the issue's 1.5x over stock held in the most loaded run only. Since the
-``cardamage`` process freezes its collector (``pipeline.cli.entry``), whole processes ran 1.90-1.97x as fast
-as stock PyTorch predict (``scripts/bench_engine.py``, 2026-12-02, docs/benchmarks.md). The route's graph is
-as fast in a tight loop (46 ms vs 44 for one of our single-threaded sessions) but took 85-99 ms inside
-its predict loop, likely its one session spread over both cores between torch steps on a shared machine.
-So the engine keeps what wins:
+What it is kept for, measured against stock predict and Ultralytics' own ONNX route
+(``YOLO(pt).export(format="onnx")``, then ``YOLO(onnx).predict``) as whole processes on the same photos
+with the same boxes: rows engine-vs-stock and route-stock, route-onnx, route-ours-warm in
+docs/benchmarks.md. On an idle machine the route's predict is about as fast as the engine, so what the
+engine adds is what the route does not give:
 
 - ONNX Runtime as two single-threaded streams, preprocessing in numpy (torch's OpenMP workers keep
   spinning after each op and would steal both cores from ONNX Runtime's threads), decoding ahead in
   threads under byte budgets;
 - one graph per letterboxed shape with the raw class logits as a second output (the route exports one
-  fixed square and only scores), cached on disk by the weights' values (saves ~3 s a run);
+  fixed square and only scores), cached on disk by the weights' values (rows route-ours-cold, route-ours-warm);
 - the torch backend for CUDA and for ``backend="torch"``. On a CPU without ``onnxruntime`` a folder
   goes through stock predict instead (``pipeline.model.predict``): the torch engine was no faster there
-  (0.70x and 0.90x stock on 100 photos, 1.09x on 30). Batching does not help a CPU (ONNX Runtime:
-  66 ms/photo at batch 1, 78 at 8), so the CPU batch is 1.
+  (row predict-torch). Batching did not help on a CPU, so the CPU batch is 1.
 
 On CUDA the engine uses torch: fused model, fp16, channels_last, batches of 32 on the device, optionally
 JPEG decoding on the GPU (``gpu_decode=True``). The CUDA path was written without a GPU to test it on: it
@@ -89,7 +82,7 @@ DEFAULT_BATCH = {"cpu": 1, "cuda": 32}
 PREFETCH_PER_WORKER = 4
 #: Bytes of photos being decoded at once, per decode worker (``_decode_cost``: twice the decoded pixels).
 #: With the CPU's 2 workers: 384 MiB, two 32-megapixel photos at a time, one 64-megapixel photo alone
-#: (an 8000x8000 photo decodes at 366 MiB), where two at once came to 1.9 GB for the whole process.
+#: (an 8000x8000 photo decodes at 366 MiB), where two at once nearly doubled the whole process's peak.
 DECODE_BUDGET_PER_WORKER = 192 * 2**20
 #: Bytes of decoded photos kept for overlays at once (``keep_images``). A photo that does not fit is let
 #: go after letterboxing and read again when its overlay is drawn (a decode peaks at twice what keeping

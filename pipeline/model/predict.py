@@ -217,8 +217,8 @@ def _engine_wins(device, backend: str) -> bool:
     """Whether a folder goes to the engine: ONNX Runtime on the CPU, a GPU, or a backend asked for by name.
 
     On a CPU without ``onnxruntime`` the engine could only run its torch backend, which is no faster
-    than stock predict (whole processes: 0.70x and 0.90x on the 100 sample photos, 1.09x on 30;
-    docs/benchmarks.md), so stock runs the folder photo by photo; the records are the same either way.
+    than stock predict (row predict-torch, docs/benchmarks.md), so stock runs the folder photo by photo;
+    the records are the same either way.
     """
     return backend != "auto" or str(device).lower() != "cpu" or onnx_available()
 

@@ -116,8 +116,7 @@ def metrics_dict(metrics, names: dict) -> dict:
 
 def _use_every_core(yolo) -> None:
     """Train on all CPU cores: Ultralytics pins torch to cores-1 but also forces 0 dataloader workers on
-    the CPU, so the spare core sits idle (1.68x faster per epoch on 2 cores: 39.7 s against 23.7 s,
-    ``scripts/bench_foundation.py --train-threads``, docs/benchmarks.md)."""
+    the CPU, so the spare core sits idle (row train-threads in docs/benchmarks.md)."""
     threads = os.cpu_count() or 1
 
     def callback(trainer):
@@ -130,9 +129,9 @@ def _use_every_core(yolo) -> None:
 def _cpu_channels_last(yolo) -> None:
     """Train in channels-last memory (NHWC) on the CPU: the model and its EMA, once both exist.
 
-    Ultralytics turns ``channels_last`` on for CUDA only and ignores it on a CPU, yet on this project's
-    2-core x86 machine YOLOv8n's forward and backward at batch 16, 320 px ran 1.30x as many images a second
-    in NHWC (oneDNN's convolutions; ``scripts/bench_cardd_cpu.py --throughput``). Convolutions follow the
+    Ultralytics turns ``channels_last`` on for CUDA only and ignores it on a CPU, yet on a 2-core x86
+    machine YOLOv8n's forward and backward ran faster in NHWC (oneDNN's convolutions; rows throughput-nhwc
+    and r-nchw in docs/benchmarks.md). Convolutions follow the
     weights' layout, so the NCHW batches need no change; Ultralytics saves checkpoints NCHW anyway.
     A resumed run does not re-read the recipe, so it continues in NCHW.
     """

@@ -16,7 +16,7 @@ Nothing is computed twice: the hooks only keep what the forward pass already mad
 checkpoint loaded by Ultralytics runs SiLU *in place* (``inplace=True``), so ``a`` overwrites ``z`` in
 memory; the recorder then copies ``z`` (tensors mode) or takes its statistics before the SiLU runs.
 Stats mode reads each map once in a small C kernel (``_channel_stats.c``), so recording all 57 blocks
-costs ~1.1x a plain forward (``scripts/bench_inspect.py``; docs/benchmarks.md).
+costs little more than a plain forward (rows inspect-* in docs/benchmarks.md).
 
 BatchNorm in eval mode is an affine map per channel, so it folds into the convolution::
 

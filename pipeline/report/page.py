@@ -117,7 +117,7 @@ def _write_report(weights, image, out_dir, imgsz: int | None, conf: float, opts:
 
     ``select_device`` leaves a core free (``min(8, cores - 1)`` threads). With a thread on every core, each
     parallel torch op waits for its slowest thread, so any other process on the machine stalls them all:
-    measured on 2 shared cores, the gradient and LayerCAM sections took 13 s instead of 1.5 s. The old report
+    on 2 shared cores the gradient and LayerCAM sections took many times as long. The old report
     ran on these threads too, from its first ``predict`` on.
     """
     from ultralytics.utils.torch_utils import select_device
@@ -162,9 +162,9 @@ def build_sections(run: PhotoRun, files: Path, opts: Options, timings: dict) -> 
     draws on one core. So, where ``fork`` exists and there are two cores, a forked child draws
     ``SIDE_SECTIONS`` (figures from the recorded pass, about half the figure time) while this process runs
     the passes that need the network or the detections (the first detection imports torchvision, for
-    Ultralytics' NMS kernel as predict does: 1-1.5 s, most of it torch._dynamo, so the child forks first).
-    Importing it in a thread beside the gradient passes was tried: slower (3.2 s for gradients instead of
-    1.9: they hold the GIL for much of their Python, and three busy threads share two cores).
+    Ultralytics' NMS kernel as predict does: a second or more, most of it torch._dynamo, so the child forks
+    first). Importing it in a thread beside the gradient passes was tried: the gradients got slower (they
+    hold the GIL for much of their Python, and three busy threads share two cores).
 
     The sections are the same functions either way: a child that fails or dies only means this process
     builds its sections too (a failure then raises here, with its own traceback).
