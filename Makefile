@@ -3,8 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# torch/torchvision first and pinned: on the project machines these two lie on local disk,
-# and Ultralytics needs a real torchvision beside a matching torch.
+# torch/torchvision first and pinned: Ultralytics needs a real torchvision beside a matching torch.
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 OUT    ?= runs/demo
 

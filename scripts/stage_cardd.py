@@ -1,6 +1,6 @@
 """Stage a CarDD folder for training: a ``data.yaml`` over ``train/`` and ``valid/`` only, never ``test/``.
 
-The full set (the Roboflow re-upload, fetched and extracted as the sample's README says) has
+The full set (the Roboflow re-upload, cloned and extracted as datasets/README.md says) has
 ``SRC/{train,valid,test}/{images,labels}``; the 100-photo sample has a flat ``SRC/{images,labels}``.
 Staging links, it never copies: every image and label gets its own symbolic link under ``DST/train`` and
 ``DST/val``, so the photos stay where they are and Ultralytics writes its ``labels.cache`` inside DST, not
@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run from a plain checkout (the device machine) without installing the package
+if str(ROOT) not in sys.path:  # run from a plain checkout without installing the package
     sys.path.insert(0, str(ROOT))
 
 import pipeline  # noqa: E402,F401  (offline Ultralytics environment first)

@@ -308,7 +308,7 @@ class Engine:
     def _decode_on_gpu(self, items: list[_Loaded]) -> Iterator[_Loaded | Output]:
         """GPU path, stage 2: nvJPEG-decode a list of JPEGs in one call and letterbox each on the device.
 
-        Tested on the CPU (libjpeg-turbo) only: no GPU was lent to the sessions that wrote it. Falls back to
+        Tested on the CPU (libjpeg-turbo) only: it has not run on a GPU yet. Falls back to
         the CPU reader, photo by photo, if the batched decode fails (e.g. one corrupt file in the list).
         """
         from torchvision.io import ImageReadMode, decode_jpeg
