@@ -12,10 +12,10 @@ docstrings cite a row by its id; they never copy its numbers.
 
 Pages hold hand-written prose and generated tables. A table sits between two markers that name the rows
 file and the columns (keys of ``numbers``; ``numbers`` for all of them in one cell; ``id``, ``date``, ``time``,
-``command``, ``machine``, ``note``), optionally the rows (``@ID``; default: every row of the file), and
+``command``, ``machine``, ``note``; ``KEY:N`` shows N decimals), optionally the rows (``@ID``; default: every row of the file), and
 ``-notes`` to leave the rows' notes out::
 
-    <!-- rows cardd-cpu: id memory budget_min epochs mAP50 command @recipe-30 @recipe-60 -->
+    <!-- rows cardd-cpu: id memory budget_min epochs mAP50:3 command @recipe-30 @recipe-60 -->
     ... generated ...
     <!-- /rows -->
 
@@ -125,32 +125,37 @@ def append_row(path: str | os.PathLike, row: dict, *, replace: bool = False) -> 
     return p
 
 
-def fmt(value) -> str:
-    """One table cell: a [low, high] pair as a range, an object as 'key value, ...'."""
+def fmt(value, digits: int | None = None) -> str:
+    """One table cell: a [low, high] pair as a range, an object as 'key value, ...'; ``digits`` fixes the
+    decimals of every float in it (JSON keeps 0.70 as 0.7)."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
+        if digits is not None:
+            return f"{value:.{digits}f}"
         return repr(value) if abs(value) >= 1e-3 or value == 0 else f"{value:.1e}"
     if isinstance(value, list):
         if len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
-            return f"{fmt(value[0])}-{fmt(value[1])}"
-        return ", ".join(fmt(v) for v in value)
+            return f"{fmt(value[0], digits)}-{fmt(value[1], digits)}"
+        return ", ".join(fmt(v, digits) for v in value)
     if isinstance(value, dict):
-        return ", ".join(f"{k} {fmt(v)}" for k, v in value.items())
+        return ", ".join(f"{k} {fmt(v, digits)}" for k, v in value.items())
     return str(value)
 
 
 def cell(row: dict, col: str) -> str:
+    """``col`` of ``row``; ``KEY:N`` shows its floats with N decimals."""
+    col, _, digits = col.partition(":")
     value = row["numbers"] if col == "numbers" else row.get(col) if col in META else row["numbers"].get(col)
-    text = fmt(value).replace("|", "\\|").replace("\n", " ")
+    text = fmt(value, int(digits) if digits else None).replace("|", "\\|").replace("\n", " ")
     return f"`{text}`" if col == "command" and text else text
 
 
 def render_table(rows: list[dict], cols: list[str], notes: bool = True) -> str:
     """A Markdown table of ``rows``, then one line per machine they ran on and (``notes``) each row's note."""
-    lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    lines = ["| " + " | ".join(c.partition(":")[0] for c in cols) + " |", "|" + " --- |" * len(cols)]
     lines += ["| " + " | ".join(cell(r, c) for c in cols) + " |" for r in rows]
     if "machine" not in cols:
         machines: dict[str, list[str]] = {}
