@@ -27,6 +27,7 @@ Rows (``--rows``, default ``stock recipe``):
 Run (each row takes its budget plus ~2 minutes of setup and validation):
     .venv/bin/python scripts/bench_cardd_cpu.py --data datasets/cardd-staged/data.yaml --minutes 30
     .venv/bin/python scripts/bench_cardd_cpu.py --data datasets/cardd-staged/data.yaml --minutes 60 120 --rows recipe
+    .venv/bin/python scripts/bench_cardd_cpu.py --data ... --minutes 30 --rows recipe --record   # + benchmarks/rows/cardd-cpu.jsonl
     .venv/bin/python scripts/bench_cardd_cpu.py --data ... --minutes 30 --rows r-256 r-416 r-synth \\
         --synth-weights runs/demo/train/weights/best.pt
     .venv/bin/python scripts/bench_cardd_cpu.py --tiny --out /tmp/cardd-cpu-tiny   # CI: 16+8 sample photos, 1 epoch
@@ -96,7 +97,8 @@ def row_command(name: str, minutes: float | None, out: Path, data: str | None, s
 
 
 def table(rows: list[dict]) -> str:
-    """The markdown table of docs/benchmarks.md: one line per row, its command beside it."""
+    """The rows as a markdown table, printed at the end of a run: one line per row, its command beside it
+    (``--record`` keeps them as benchmark rows, which docs/benchmarks.md renders)."""
     head = ("| row | memory | budget min | train wall min | epochs | optimizer steps | mAP50 | mAP50-95 | per-class mAP50 "
             "| command |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     lines = [head]

@@ -122,7 +122,7 @@ class StepCounter:
 
 
 def table_row(row: dict) -> str:
-    """One markdown row for docs/benchmarks.md: recipe | model | imgsz | GPU min | epochs | mAP50 | mAP50-95 |
+    """One markdown table line for a training row: recipe | model | imgsz | GPU min | epochs | mAP50 | mAP50-95 |
     per-class mAP50 | the command that made it."""
     per = ", ".join(f"{k} {v:.2f}" for k, v in row["per_class"].items())
     return (

@@ -83,7 +83,7 @@ def test_tiny_row_has_every_key_and_sane_values(sample_dir, tmp_path):
     assert row["device"] == "cpu" and row["amp"]["amp"] is False  # the trainer asked our check, not Ultralytics'
     assert Path(row["weights"]).is_file()
     assert shlex.split(row["command"])[2:] == argv  # the row says how to reproduce itself
-    assert train_cardd.table_row(row).count("|") == 10  # the 9 columns of docs/benchmarks.md
+    assert train_cardd.table_row(row).count("|") == 10  # 9 columns
 
     # the recipe reached Ultralytics, with the tiny overrides on top
     args = yaml.safe_load((out / "train" / "args.yaml").read_text())
