@@ -1,6 +1,6 @@
 """The house rules that keep pipeline/ readable, checked on the source itself (ast, not the code under test).
 
-The layers contract (core -> data -> model -> probe -> lesson -> report -> cli) is import-linter's, run by
+The layers contract (core -> data -> model -> probe -> lesson -> analysis -> report | scale | explore -> cli) is import-linter's, run by
 ``make test``; these tests add what it cannot see: imports hidden inside functions, and module size.
 """
 

@@ -19,7 +19,7 @@ from pipeline.data.synth import render_scene
 from pipeline.model.detections import describe_match, match_labels
 from pipeline.model.load import load_model
 from pipeline.report.page import FILES, write_report
-from pipeline.report.run import PhotoRun
+from pipeline.analysis.run import PhotoRun
 
 IMGSZ = 160
 

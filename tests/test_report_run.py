@@ -25,7 +25,7 @@ from pipeline.model.load import load_model, model_stride
 from pipeline.probe.layers import conv_blocks, is_fused
 from pipeline.probe.trace import trace_neuron
 from pipeline.report import page
-from pipeline.report.run import PhotoRun
+from pipeline.analysis.run import PhotoRun
 from pipeline.report.sections import BUILDERS, Options
 
 IMGSZ = 160
@@ -188,7 +188,7 @@ def test_detections_are_predicts_in_a_fresh_process(tmp_path):
         "from pipeline.core.io import read_image\n"
         "from pipeline.model.load import load_model\n"
         "from pipeline.model.predict import predict_images\n"
-        "from pipeline.report.run import PhotoRun\n"
+        "from pipeline.analysis.run import PhotoRun\n"
         "run = PhotoRun(load_model(sys.argv[1]), sys.argv[2], imgsz=320, conf=0.25)\n"
         "mine = run.detections\n"
         "theirs = predict_images(load_model(sys.argv[1]), [read_image(sys.argv[2])], conf=0.25, imgsz=320)[0]\n"

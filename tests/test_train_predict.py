@@ -206,7 +206,7 @@ def test_library_calls_run_at_the_trained_size_unless_told(trained_weights, samp
     from pipeline.model.engine import Engine
     from pipeline.model.predict import predict_paths
     from pipeline.probe.trace import trace_head
-    from pipeline.report.run import PhotoRun
+    from pipeline.analysis.run import PhotoRun
 
     files = [str(f) for f in sample_images[:2]]
     stock = [r.boxes.conf.numpy() for r in load_model(trained_weights).predict(files, conf=0.001, verbose=False)]

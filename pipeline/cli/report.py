@@ -14,7 +14,7 @@ fits a phone screen), in the order of the lesson::
                 file (labels/NAME.txt beside images/), each box found or a false positive, and missed labels
     training    gradient flow per activation (relative to the output layer), one SGD step on that neuron
 
-The photo is decoded once and run once through a fused copy of the model (``pipeline.report.run``);
+The photo is decoded once and run once through a fused copy of the model (``pipeline.analysis.run``);
 the neuron, the detections and their logits are read off that one pass, and only the gradient lesson and
 LayerCAM run the network again. Every number is computed by the modules that own it (``preprocess``,
 ``recorder``, ``trace``, ``activations``, ``gradients``); the report only lays them out. It also writes

@@ -6,6 +6,7 @@
   where that damage occurs: cracks, dents and scratches on paint, shattered glass on a window, a
   broken lamp on a lamp, a flat tire on a wheel.
 - ``yolo_rows``: the instances as YOLO segmentation rows, normalised by the picture size.
+- ``labelled_scene``: one scene with its boxes as YOLO rows, as a training batch takes them.
 - ``write_dataset``: ``{train,val}/{images,labels}`` and a relative ``data.yaml``; the same seed
   gives the same bytes.
 
@@ -314,6 +315,26 @@ def yolo_rows(instances: list[Instance], w: int, h: int) -> str:
         xy = np.clip(inst.polygon / [w, h], 0, 1)
         lines.append(f"{inst.cls} " + " ".join(f"{v:.6f}" for v in xy.reshape(-1)))
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def labelled_scene(seed: int, imgsz: int = 640) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]]]:
+    """One synthetic scene and its boxes as YOLO rows ``(class, xc, yc, w, h)`` normalised to [0, 1].
+
+    What a training batch needs from a scene (``pipeline.lesson.gradients.make_batch`` takes these pairs):
+    the gradient lesson pads a one-photo batch with such scenes.
+
+    Examples:
+        >>> img, boxes = labelled_scene(1000, 320)
+        >>> img.shape, all(0 <= v <= 1 for b in boxes for v in b[1:])
+        ((320, 320, 3), True)
+    """
+    img, instances = render_scene(seed, imgsz)
+    h, w = img.shape[:2]
+    boxes = []
+    for inst in instances:
+        x0, y0, x1, y1 = (float(v) for v in inst.box_xyxy())
+        boxes.append((inst.cls, (x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h))
+    return img, boxes
 
 
 def _drop_stale(split_dir: Path, split: str, n: int) -> None:

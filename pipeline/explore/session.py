@@ -1,6 +1,6 @@
 """``Explorer``: the numbers behind ``cardamage explore``, one ``PhotoRun`` per photo, asked by the web page.
 
-Each photo's run (one decode, one recorded forward pass: ``pipeline.report.run.PhotoRun``) is built on the
+Each photo's run (one decode, one recorded forward pass: ``pipeline.analysis.run.PhotoRun``) is built on the
 first request that needs it and kept; a lock per photo makes two browsers asking at once share one run.
 Every answer is read off that run: the model table (``model``), the detections with their anchors and
 all class logits (``detections``), a feature map as a PNG (``featuremap``), one neuron's whole arithmetic
@@ -33,7 +33,7 @@ from pipeline.model.detections import describe_match
 from pipeline.model.load import trained_imgsz
 from pipeline.probe.fold import conv_meta
 from pipeline.probe.receptive_field import receptive_field, to_photo
-from pipeline.report.run import PhotoRun
+from pipeline.analysis.run import PhotoRun
 
 #: the two stages of a Conv block's output a feature map can show
 STAGES = ("pre", "post")

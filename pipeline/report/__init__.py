@@ -1,7 +1,7 @@
 """The offline HTML report: one photo walked from pixels to score with the model's own numbers.
 
-``run`` computes (one ``PhotoRun`` per photo: one decode, one recorded forward pass, named extra passes),
-``cam`` computes the class activation maps, ``sections`` turns a run into each section's values and figures,
+It only renders: the numbers come from ``pipeline.analysis`` (one ``PhotoRun`` per photo: one decode, one
+recorded forward pass, named extra passes). ``sections`` turns a run into each section's values and figures,
 ``plots`` draws them, ``render`` fills the Jinja2 templates in ``templates/``, and ``page`` writes it all.
 
 Examples:

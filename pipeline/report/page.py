@@ -1,6 +1,6 @@
 """Write the report: a ``PhotoRun`` for the photo, each section a function of it, the page from templates.
 
-``write_report`` loads the model, makes one ``pipeline.report.run.PhotoRun`` (the photo decoded once, one
+``write_report`` loads the model, makes one ``pipeline.analysis.run.PhotoRun`` (the photo decoded once, one
 recorded forward pass of a private fused copy), calls every section of ``pipeline.report.sections`` on it
 (in any order: none needs another first), renders ``report.html`` with ``pipeline.report.render`` and writes
 ``report_files/report.json`` with the numbers the sections own. The command is ``cardamage report``
@@ -30,7 +30,7 @@ from pipeline.core import runtime
 from pipeline.core.io import InputError, atomic_write_json, atomic_write_text, expand_sources, file_digest
 from pipeline.model.load import load_model, trained_imgsz
 from pipeline.report.render import FILES, render_page
-from pipeline.report.run import PhotoRun
+from pipeline.analysis.run import PhotoRun
 from pipeline.report.sections import BUILDERS, TITLES, Options
 
 #: Section ids and titles, in the lesson's order (the browser test checks every one).

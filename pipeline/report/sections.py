@@ -6,7 +6,7 @@ draws its own figures into ``files``; none depends on another having run first. 
 ``report.json`` entries it owns.
 
 Examples:
-    >>> from pipeline.report.run import PhotoRun
+    >>> from pipeline.analysis.run import PhotoRun
     >>> from pipeline.report.sections import BUILDERS, Options
     >>> run = PhotoRun(yolo, "photo.jpg", imgsz=640)
     >>> s = BUILDERS["neurons"](run, Path("out/report_files"), Options())
@@ -31,7 +31,7 @@ from pipeline.report.plots import input as pin
 from pipeline.report.plots import layers as play
 from pipeline.report.plots import lesson as ples
 from pipeline.report.render import num
-from pipeline.report.run import PhotoRun
+from pipeline.analysis.run import PhotoRun
 
 #: Section ids and titles, in the lesson's order (the browser test checks every one).
 TITLES = (

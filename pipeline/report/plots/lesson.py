@@ -8,7 +8,7 @@
 - ``plot_sgd_step``: one neuron's patch, kernel, gradient and updated kernel, the SiLU curve with the
   neuron's z before and after the step, and the loss before and after.
 - ``plot_detections``: boxes with class name, sigmoid score and the logit it came from; labelled damage dashed.
-- ``plot_cam``: a class activation map (``pipeline.report.cam``) upsampled over the model input.
+- ``plot_cam``: a class activation map (``pipeline.analysis.cam``) upsampled over the model input.
 
 Nothing here runs the model: every function draws numbers computed elsewhere (the run, ``lesson``, ``cam``).
 

@@ -7,7 +7,7 @@ Both are numbers computed here and only drawn by ``pipeline.report.plots``:
   measures how much heat it holds, so a flat map from an untrained head is not shown as an explanation.
 
 Examples:
-    >>> from pipeline.report.cam import eigencam, layercam
+    >>> from pipeline.analysis.cam import eigencam, layercam
     >>> cam = eigencam(rec.activations["model.15.cv2"][1])     # HxW in [0, 1]
     >>> lc = layercam(AutoBackend(model=private_copy, fuse=True), x, "runs/report/report_files/layercam")
     >>> lc["usable"], lc["heat_spread"]

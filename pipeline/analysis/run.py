@@ -13,7 +13,7 @@ backward pass per explained box) and ``dataset_stats`` (other photos).
 
 Examples:
     >>> from pipeline.model.load import load_model
-    >>> from pipeline.report.run import PhotoRun
+    >>> from pipeline.analysis.run import PhotoRun
     >>> run = PhotoRun(load_model("best.pt"), "photo.jpg", imgsz=640, conf=0.25)
     >>> run.detections[0]["score"], run.head_trace[0]["logit"]
     >>> run.neuron("model.2.cv1", 5, 40, 40)["z_by_hand"]        # no forward pass: read off the record
@@ -31,10 +31,12 @@ import torch
 from ultralytics.nn.autobackend import AutoBackend
 from ultralytics.utils import ops
 
+from pipeline.analysis.cam import eigencam, layercam
+from pipeline.analysis.thread import NEURON_LAYERS, anchor_detail, choose_neuron, forward_map
 from pipeline.core.io import read_image
 from pipeline.data.labels import label_path, photo_labels
 from pipeline.data.preprocess import model_input
-from pipeline.data.synth import render_scene
+from pipeline.data.synth import labelled_scene
 from pipeline.lesson.activations import d_silu, describe_all, silu_minimum
 from pipeline.lesson.gradients import activation_comparison, gradient_flow, make_batch, sgd_step
 from pipeline.lesson.input_scaling import pixel_outliers, scalings
@@ -46,8 +48,6 @@ from pipeline.probe.receptive_field import receptive_field, to_photo
 from pipeline.probe.recorder import LayerRecorder
 from pipeline.probe.statistics import record_statistics
 from pipeline.probe.trace import head_detections, head_nms, trace_recorded
-from pipeline.report.cam import eigencam, layercam
-from pipeline.report.thread import NEURON_LAYERS, anchor_detail, choose_neuron, forward_map
 
 
 class PhotoRun:
@@ -335,12 +335,7 @@ class PhotoRun:
         sources = [f"{name} ({len(labels)} label{'s' * (len(labels) != 1)} from {label_path(self.source)})" if labels
                    else f"{name} (no labelled damage: background only)"]
         for i in range(max(0, n - 1)):
-            img, inst = render_scene(seed + 1000 + i, imgsz)
-            h, w = img.shape[:2]
-            boxes = []
-            for d in inst:
-                x0, y0, x1, y1 = (float(v) for v in d.box_xyxy())
-                boxes.append((d.cls, (x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h))
+            img, boxes = labelled_scene(seed + 1000 + i, imgsz)
             samples.append((img, boxes))
             sources.append(f"synthetic scene seed {seed + 1000 + i} ({len(boxes)} labels)")
         return make_batch(samples, imgsz), sources
