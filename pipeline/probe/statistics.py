@@ -111,7 +111,23 @@ def inspect_image(weights_or_yolo, image_path, out_dir, layers=None, dtype: str 
         "index": out / "index.json",
         "stats": out / "stats.csv",
     }
-    cast = DTYPES[dtype]
+    acts = _activation_tensors(rec, DTYPES[dtype])
+    params = _param_tensors(net, rec.layers)
+    index = _index(yolo, net, rec, acts, x, meta, image_path, dtype, dead_eps, paths)
+
+    atomic_save_safetensors(paths["input"], {"input": x})
+    atomic_save_safetensors(paths["activations"], acts, metadata={"dtype": dtype, "image": str(image_path)})
+    atomic_save_safetensors(paths["params"], params)
+    atomic_write_text(paths["stats"], stats_csv(rec.stats_table()))
+    atomic_write_json(paths["index"], index)
+    result = dict(paths)
+    result["seconds"] = time.perf_counter() - t0
+    result["bytes"] = {k: p.stat().st_size for k, p in paths.items()}
+    return result
+
+
+def _activation_tensors(rec: LayerRecorder, cast: torch.dtype) -> dict[str, torch.Tensor]:
+    """Every recorded block's z (``.pre``) and SiLU(z) (``.post``), and the head's outputs, in ``cast``."""
     acts: dict[str, torch.Tensor] = {}
     for path in rec.layers:
         z, a = rec.activations[path]
@@ -122,27 +138,33 @@ def inspect_image(weights_or_yolo, image_path, out_dir, layers=None, dtype: str 
             acts[f"{head['path']}.cls_logits.{i}"] = cls.to(cast)
             acts[f"{head['path']}.box.{i}"] = box.to(cast)
         acts[f"{head['path']}.decoded"] = head["decoded"].to(cast)
+    return acts
 
+
+def _param_tensors(net, layers) -> dict[str, torch.Tensor]:
+    """The recorded blocks' parameters and the head's, as float32, keyed ``<block path>.<name>``."""
     blocks = conv_blocks(net)
-    params: dict[str, torch.Tensor] = {}
-    for path in rec.layers:
-        for key, value in block_params(blocks[path]).items():
-            params[f"{path}.{key}"] = value.float()
+    params = {f"{path}.{key}": value.float() for path in layers for key, value in block_params(blocks[path]).items()}
     params.update({k: v.float() for k, v in head_params(net).items()})
+    return params
 
+
+def _index(yolo, net, rec: LayerRecorder, acts, x, meta, image_path, dtype, dead_eps, paths) -> dict:
+    """``index.json``: what each file holds, every recorded block's shapes and statistics, the head's keys."""
+    blocks = conv_blocks(net)
+    head = rec.head
     counts = param_counts(net)
     layer_entries = []
     for path in rec.layers:
-        m = conv_meta(blocks[path])
         layer_entries.append({
             "path": path,
-            **m,
+            **conv_meta(blocks[path]),
             "input_shape": rec.shapes[path]["input"],
             "output_shape": rec.shapes[path]["output"],
             "keys": {"pre": f"{path}.pre", "post": f"{path}.post"},
             "stats": rec.stats[path].summary(),
         })
-    index = {
+    return {
         "model": _model_name(yolo),
         "image": str(image_path),
         "imgsz": meta["imgsz"],
@@ -177,16 +199,6 @@ def inspect_image(weights_or_yolo, image_path, out_dir, layers=None, dtype: str 
         "files": {k: p.name for k, p in paths.items()},
         "versions": {"torch": torch.__version__, "ultralytics": __import__("ultralytics").__version__},
     }
-
-    atomic_save_safetensors(paths["input"], {"input": x})
-    atomic_save_safetensors(paths["activations"], acts, metadata={"dtype": dtype, "image": str(image_path)})
-    atomic_save_safetensors(paths["params"], params)
-    atomic_write_text(paths["stats"], stats_csv(rec.stats_table()))
-    atomic_write_json(paths["index"], index)
-    result = dict(paths)
-    result["seconds"] = time.perf_counter() - t0
-    result["bytes"] = {k: p.stat().st_size for k, p in paths.items()}
-    return result
 
 
 def record_statistics(model, sources, imgsz=640, layers=None, dead_eps: float = DEAD_EPS, progress: bool = True,
