@@ -210,69 +210,69 @@ def find_duplicates(
     todo = sorted({p for ps in paths.values() for p in ps} - hashes.keys())
     for p in progress_bar(todo, desc="hashing images", disable=not progress):
         hashes[p] = fingerprint(p)
-
-    real: dict[Path, Path] = {}  # resolved only for candidate pairs: resolve() is a syscall per path
-
-    def resolved(p: Path) -> Path:
-        if p not in real:
-            real[p] = p.resolve()
-        return real[p]
-
-    def same_file(a: str, i: int, b: str, j: int) -> bool:
-        return resolved(paths[a][i]) == resolved(paths[b][j])
-
-    sha = {s: [hashes[p][0] for p in paths[s]] for s in names}
-    out: list[dict] = []
-
-    def pair(kind, a, i, b, j, d):
-        return {
-            "kind": kind,
-            "split_a": a,
-            "path_a": str(paths[a][i]),
-            "split_b": b,
-            "path_b": str(paths[b][j]),
-            "distance": int(d),
-        }
-
     split_pairs = [(a, b) for k, a in enumerate(names) for b in names[k + (0 if within_split else 1) :]]
+    pairing = _Pairing(paths, hashes)
+    return pairing.exact(split_pairs) + pairing.near(split_pairs, near_threshold, confirm)
 
-    # exact: group by digest, then pair members of different splits (or the same, when asked)
-    by_digest: dict[str, dict[str, list[int]]] = {}
-    for s in names:
-        for i, d in enumerate(sha[s]):
-            if d is not None:  # unreadable files are no duplicates of each other
-                by_digest.setdefault(d, {}).setdefault(s, []).append(i)
-    for a, b in split_pairs:
-        for members in by_digest.values():
-            if a not in members or b not in members:
-                continue
-            for i in members[a]:
-                for j in members[b]:
-                    if (a == b and j <= i) or same_file(a, i, b, j):
-                        continue
-                    out.append(pair("exact", a, i, b, j, 0))
 
-    thumbs: dict[Path, np.ndarray] = {}  # 16x16 thumbnails, not photos: a photo may take part in many pairs
+class _Pairing:
+    """The images of every split with their fingerprints, paired exactly (digest) or nearly (perceptual hash)."""
 
-    def same_colours(pa: Path, pb: Path) -> bool:
+    def __init__(self, paths: dict[str, list[Path]], hashes: dict[Path, tuple[str, int | None]]):
+        self.paths, self.hashes = paths, hashes
+        self.sha = {s: [hashes[p][0] for p in ps] for s, ps in paths.items()}
+        self.real: dict[Path, Path] = {}  # resolved only for candidate pairs: resolve() is a syscall per path
+        self.thumbs: dict[Path, np.ndarray] = {}  # 16x16 thumbnails, not photos: a photo may be in many pairs
+
+    def same_file(self, a: str, i: int, b: str, j: int) -> bool:
+        for p in (self.paths[a][i], self.paths[b][j]):
+            if p not in self.real:
+                self.real[p] = p.resolve()
+        return self.real[self.paths[a][i]] == self.real[self.paths[b][j]]
+
+    def same_colours(self, pa: Path, pb: Path) -> bool:
         for p in (pa, pb):
-            if p not in thumbs:
-                thumbs[p] = thumb16(read_image(p))
-        return thumb_distance(thumbs[pa], thumbs[pb]) <= THUMB_MAX
+            if p not in self.thumbs:
+                self.thumbs[p] = thumb16(read_image(p))
+        return thumb_distance(self.thumbs[pa], self.thumbs[pb]) <= THUMB_MAX
 
-    # near: popcount of XORed perceptual hashes, skipping undecodable images and exact pairs
-    for a, b in split_pairs:
-        ia = [i for i, p in enumerate(paths[a]) if hashes[p][1] is not None]
-        ib = [j for j, p in enumerate(paths[b]) if hashes[p][1] is not None]
-        if not ia or not ib:
-            continue
-        ha = np.array([hashes[paths[a][i]][1] for i in ia], dtype=np.uint64)
-        hb = np.array([hashes[paths[b][j]][1] for j in ib], dtype=np.uint64)
-        for ki, kj, d in _pairs_within_distance(ha, hb, near_threshold, upper_only=a == b):
-            i, j = ia[ki], ib[kj]
-            if sha[a][i] == sha[b][j] or same_file(a, i, b, j):
+    def pair(self, kind: str, a: str, i: int, b: str, j: int, d) -> dict:
+        return {"kind": kind, "split_a": a, "path_a": str(self.paths[a][i]),
+                "split_b": b, "path_b": str(self.paths[b][j]), "distance": int(d)}
+
+    def exact(self, split_pairs) -> list[dict]:
+        """Group by digest, then pair members of different splits (or of the same, when asked)."""
+        by_digest: dict[str, dict[str, list[int]]] = {}
+        for s, digests in self.sha.items():
+            for i, d in enumerate(digests):
+                if d is not None:  # unreadable files are no duplicates of each other
+                    by_digest.setdefault(d, {}).setdefault(s, []).append(i)
+        out = []
+        for a, b in split_pairs:
+            for members in by_digest.values():
+                if a not in members or b not in members:
+                    continue
+                for i in members[a]:
+                    for j in members[b]:
+                        if not ((a == b and j <= i) or self.same_file(a, i, b, j)):
+                            out.append(self.pair("exact", a, i, b, j, 0))
+        return out
+
+    def near(self, split_pairs, near_threshold: int, confirm: bool) -> list[dict]:
+        """Popcount of XORed perceptual hashes, skipping undecodable images and exact pairs."""
+        paths, hashes, out = self.paths, self.hashes, []
+        for a, b in split_pairs:
+            ia = [i for i, p in enumerate(paths[a]) if hashes[p][1] is not None]
+            ib = [j for j, p in enumerate(paths[b]) if hashes[p][1] is not None]
+            if not ia or not ib:
                 continue
-            if confirm and d > NEAR_SURE and not same_colours(paths[a][i], paths[b][j]):
-                continue
-            out.append(pair("near", a, i, b, j, d))
-    return out
+            ha = np.array([hashes[paths[a][i]][1] for i in ia], dtype=np.uint64)
+            hb = np.array([hashes[paths[b][j]][1] for j in ib], dtype=np.uint64)
+            for ki, kj, d in _pairs_within_distance(ha, hb, near_threshold, upper_only=a == b):
+                i, j = ia[ki], ib[kj]
+                if self.sha[a][i] == self.sha[b][j] or self.same_file(a, i, b, j):
+                    continue
+                if confirm and d > NEAR_SURE and not self.same_colours(paths[a][i], paths[b][j]):
+                    continue
+                out.append(self.pair("near", a, i, b, j, d))
+        return out
