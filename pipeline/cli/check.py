@@ -45,7 +45,7 @@ import argparse
 import sys
 
 from pipeline.cli.options import int_range, positive_int
-from pipeline.core.io import atomic_write_json, check_output_file
+from pipeline.core.io import atomic_write_json, check_output_file, one_line
 from pipeline.data.check import check_dataset, format_report, issue_line
 
 
@@ -70,5 +70,5 @@ def run(args: argparse.Namespace) -> int:
     print(format_report(report, strict=args.strict))
     if json_path is not None:
         atomic_write_json(json_path, report)
-        print(f"report written to {json_path}")
+        print(f"report written to {one_line(json_path)}")
     return 0 if report["strict_ok" if args.strict else "ok"] else 1

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from pipeline.cli.options import add_trust_weights, image_size, probability
 from pipeline.core.facts import CLASS_NAMES
-from pipeline.core.io import InputError, atomic_write_json, check_output_file, read_image
+from pipeline.core.io import InputError, atomic_write_json, check_output_file, one_line, read_image
 from pipeline.data.preprocess import model_input
 from pipeline.model.load import load_model, model_stride, trained_imgsz
 from pipeline.probe.trace import format_head, format_trace, trace_head, trace_neuron
@@ -81,5 +81,5 @@ def run(args) -> int:
         print(format_head(t["head"]))
     if args.out:
         atomic_write_json(Path(args.out), t)
-        print(f"wrote {args.out}", file=sys.stderr)
+        print(f"wrote {one_line(args.out)}", file=sys.stderr)
     return 0

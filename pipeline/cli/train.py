@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from pipeline.cli.options import add_trust_weights, device, image_size, positive_float, positive_int
-from pipeline.core.io import InputError
+from pipeline.core.io import InputError, one_line
 from pipeline.model.load import DEFAULT_MODEL
 from pipeline.model.train import train
 
@@ -60,5 +60,5 @@ def run(args) -> int:
     )
     per = ", ".join(f"{k} {v:.3f}" for k, v in m.get("per_class", {}).items())
     print(f"mAP50 {m.get('mAP50', float('nan')):.3f}  mAP50-95 {m.get('mAP50-95', float('nan')):.3f}  ({per})")
-    print(f"weights: {m['weights']}\nmetrics: {Path(args.out).resolve() / 'metrics.json'}")
+    print(f"weights: {one_line(m['weights'])}\nmetrics: {one_line(Path(args.out).resolve() / 'metrics.json')}")
     return 1 if m["left_out"] else 0

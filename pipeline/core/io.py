@@ -29,7 +29,7 @@ from ultralytics.data.utils import IMG_FORMATS
 from ultralytics.utils import patches as ultralytics_patches
 from ultralytics.utils.patches import imread
 
-from pipeline.core.errors import InputError  # defined apart so the command line can catch it without loading this
+from pipeline.core.errors import InputError, one_line  # noqa: F401  (defined apart: the command line loads them without this)
 
 #: Pillow's own ``Image.open``: Ultralytics patches ``PIL.Image.open`` to pip-check pi-heif on every format
 #: Pillow does not know (a coloured requirements warning on a text file named .jpg); ours never does.

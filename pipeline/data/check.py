@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.errors import one_line
 from pipeline.core.io import InputError, read_image
 from pipeline.core.runtime import progress_bar
 from pipeline.data.duplicates import find_duplicates, phash_of, sha1_of_file, split_overlaps
@@ -380,6 +381,9 @@ def format_report(report: dict, strict: bool = False) -> str:
 
 
 def issue_line(item: dict) -> str:
-    """One error or warning of the report as ``file[:line]: reason``, the form every command prints."""
+    """One error or warning of the report as ``file[:line]: reason``, the form every command prints.
+
+    One line whatever the file is called: control characters are escaped (``one_line``).
+    """
     where = f"{item['file']}:{item['line']}" if item["line"] else item["file"]
-    return f"{where}: {item['reason']}"
+    return f"{one_line(where)}: {one_line(item['reason'])}"

@@ -1,0 +1,75 @@
+"""A run writes only inside its own --out (docs/robustness.md, issue #30 section 2).
+
+- a file name cannot forge an ``error:`` line: control characters are printed escaped, one bad input is one line;
+- an output named as a file (``check --json``, ``trace --out``) replaces only this command's own earlier output;
+- ``train --resume`` writes only into ``--out``, whatever the checkpoint says its folder was.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.cli import main
+from pipeline.core.errors import InputError, one_line
+from test_trust import cli, digests, jpeg_bytes, one_error_line, weights  # noqa: F401  (weights: a fixture)
+
+# what a terminal would act on: every C0/C1 control but the newline that ends a line, and DEL
+RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+TRACE = ["--layer", "model.0", "--channel", "0", "--y", "0", "--x", "0", "--imgsz", "64"]
+
+# ------------------------------------------------------------------------------- 1. one line per input
+
+
+def test_one_line_escapes_only_what_could_break_a_line():
+    assert one_line("runs/car 1 (copy)/é.jpg") == "runs/car 1 (copy)/é.jpg"  # ordinary names print as they are
+    name = "a\nerror: fake.jpg: ok.jpg\r\x1b[2J\x85\u2028\u202e"
+    assert one_line(name) == "a\\nerror: fake.jpg: ok.jpg\\r\\x1b[2J\\x85\\u2028\\u202e"
+    # the reason may repeat the name (an OSError's text): both halves are escaped
+    e = InputError(name, f"cannot open {name}")
+    assert "\n" not in str(e) and "\x1b" not in str(e) and str(e).count(one_line(name)) == 2
+    assert e.path == name  # the raw name stays available to JSON reports
+
+
+def test_a_photo_name_cannot_forge_an_error_line(weights, tmp_path):  # noqa: F811
+    """Two bad photos whose names hold a newline + a fake error line, and an ANSI clear-screen: two lines."""
+    d = tmp_path / "photos"
+    d.mkdir()
+    (d / "good.jpg").write_bytes(jpeg_bytes(0))
+    forged = d / "a\nerror: fake.jpg: ok.jpg"
+    forged.write_bytes(b"not a photo at all")
+    ansi = d / "b\x1b[2J.jpg"
+    ansi.write_bytes(jpeg_bytes(1)[:400])  # truncated
+    r = cli("predict", "--weights", weights, d / "good.jpg", forged, ansi, "--out", tmp_path / "o", "--imgsz", "64",
+            "--no-overlays")
+    assert r.returncode == 1, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2, errors
+    assert errors[0].startswith(f"error: {d}/a\\nerror: fake.jpg: ok.jpg: ")
+    assert errors[1].startswith(f"error: {d}/b\\x1b[2J.jpg: ")
+    assert not RAW_CONTROL.search(r.stderr + r.stdout)
+    done = json.loads((tmp_path / "o" / "detections.json").read_text())
+    assert [Path(rec["image"]).name for rec in done] == ["good.jpg"]  # the batch went on past both
+
+
+def test_a_reason_that_repeats_a_name_stays_one_line(synth_data, tmp_path, capsys):
+    """``check --json notes\\n.txt/r.json``: the reason names the file in the way, newline and all."""
+    note = tmp_path / "notes\nerror: x: y.txt"
+    note.write_text("mine\n")
+    assert main(["check", str(synth_data), "--json", str(note / "r.json")]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line == f"error: {one_line(note)}/r.json: cannot write ({one_line(note)} is a file, not a folder)"
+    assert note.read_text() == "mine\n"
+
+
+def test_an_unknown_option_cannot_smuggle_an_escape(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["check", "data.yaml", "--bogus\x1b[2J"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert one_error_line(err) and "\\x1b[2J" in err and not RAW_CONTROL.search(err)
