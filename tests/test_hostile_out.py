@@ -73,3 +73,85 @@ def test_an_unknown_option_cannot_smuggle_an_escape(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert one_error_line(err) and "\\x1b[2J" in err and not RAW_CONTROL.search(err)
+
+
+# ------------------------------------------------------------------------- 2. outputs named as files
+
+
+def _writers(synth_data, photo, weights):  # noqa: F811
+    """Each command that writes a file the user names: argv up to (not including) that file."""
+    return {
+        "check": ["check", synth_data, "--json"],
+        "trace": ["trace", photo, "--weights", weights, *TRACE, "--out"],
+    }
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    p = tmp_path / "car.jpg"
+    p.write_bytes(jpeg_bytes(3))
+    return p
+
+
+@pytest.mark.parametrize("command", ["check", "trace"])
+def test_a_file_the_command_did_not_write_is_refused_and_kept(command, synth_data, photo, weights, tmp_path,  # noqa: F811
+                                                              capsys):
+    argv = _writers(synth_data, photo, weights)[command]
+    other = "trace" if command == "check" else "check"
+    foreign = {
+        "plain": b'{"a": 1}\n',
+        "not json": b"my notes, not JSON\n",
+        "a lookalike": b'{"a": 1, "generator": "cardamage %s"}\n' % command.encode(),  # the mark is not first
+        "the other command's": b'{\n  "generator": "cardamage %s",\n  "ok": true\n}\n' % other.encode(),
+    }
+    for name, data in foreign.items():
+        target = tmp_path / f"{name}.json"
+        target.write_bytes(data)
+        assert main([str(a) for a in [*argv, target]]) == 1, name
+        line = one_error_line(capsys.readouterr().err)
+        assert line == (f"error: {target}: exists and is not an earlier output of cardamage {command}; "
+                        "choose another file name, or pass --overwrite to replace it")
+        assert target.read_bytes() == data, name
+    # a link is the user's too, whatever it points at: neither it nor its target changes
+    (tmp_path / "mine.json").write_bytes(b'{"a": 1}\n')
+    link = tmp_path / "link.json"
+    link.symlink_to(tmp_path / "mine.json")
+    assert main([str(a) for a in [*argv, link]]) == 1
+    assert "--overwrite" in one_error_line(capsys.readouterr().err)
+    assert link.is_symlink() and (tmp_path / "mine.json").read_bytes() == b'{"a": 1}\n'
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left behind
+
+
+@pytest.mark.parametrize("command", ["check", "trace"])
+def test_its_own_earlier_output_is_replaced_and_overwrite_replaces_any(command, synth_data, photo, weights,  # noqa: F811
+                                                                        tmp_path, capsys):
+    argv = [str(a) for a in _writers(synth_data, photo, weights)[command]]
+    target = tmp_path / "out.json"
+    assert main([*argv, str(target)]) == 0
+    first = json.loads(target.read_text())
+    assert next(iter(first)) == "generator" and first["generator"] == f"cardamage {command}"
+    target.write_text(json.dumps({**first, "stale": True}, indent=2))  # an earlier run's, edited: still ours
+    assert main([*argv, str(target)]) == 0
+    assert json.loads(target.read_text()) == first  # replaced by this run's report, not merged
+    target.write_bytes(b'{"a": 1}\n')
+    assert main([*argv, str(target), "--overwrite"]) == 0
+    assert json.loads(target.read_text()) == first
+    capsys.readouterr()
+
+
+def test_a_foreign_file_that_appears_during_the_run_is_kept(synth_data, tmp_path, monkeypatch, capsys):
+    """The check before the work is repeated just before writing: a scan takes minutes on CarDD."""
+    import pipeline.cli.check
+
+    target = tmp_path / "r.json"
+    real = pipeline.cli.check.check_dataset
+
+    def scan_then_user_saves(*a, **k):
+        report = real(*a, **k)
+        target.write_bytes(b'{"a": 1}\n')
+        return report
+
+    monkeypatch.setattr(pipeline.cli.check, "check_dataset", scan_then_user_saves)
+    assert main(["check", str(synth_data), "--json", str(target)]) == 1
+    assert "--overwrite" in one_error_line(capsys.readouterr().err)
+    assert target.read_bytes() == b'{"a": 1}\n'
