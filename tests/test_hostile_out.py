@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from pipeline.cli import main
 from pipeline.core.errors import InputError, one_line
@@ -155,3 +156,81 @@ def test_a_foreign_file_that_appears_during_the_run_is_kept(synth_data, tmp_path
     assert main(["check", str(synth_data), "--json", str(target)]) == 1
     assert "--overwrite" in one_error_line(capsys.readouterr().err)
     assert target.read_bytes() == b'{"a": 1}\n'
+
+
+# ------------------------------------------------------------------------------------- 3. train --resume
+
+
+class Interrupt(Exception):
+    """Stands for a crash after the first epoch's checkpoint was saved."""
+
+
+@pytest.fixture(scope="module")
+def interrupted(synth_data, tmp_path_factory) -> Path:
+    """A real run folder of ``cardamage train``: 2 epochs of 64 px planned, cut after the first one's last.pt."""
+    from pipeline.model.train import train
+
+    def stop(trainer):
+        raise Interrupt
+
+    out = tmp_path_factory.mktemp("interrupted") / "run"
+    with pytest.raises(Interrupt):
+        train(synth_data, out, epochs=2, imgsz=64, batch=8, nbs=8, workers=0, device="cpu", val=False, seed=0,
+              callbacks={"on_fit_epoch_end": stop})
+    ckpt = torch.load(out / "weights" / "last.pt", weights_only=False)
+    assert (ckpt["epoch"], ckpt["train_args"]["epochs"], ckpt["train_args"]["save_dir"]) == (0, 2, str(out))
+    return out
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def _copy(run: Path, dest: Path) -> Path:
+    shutil.copytree(run, dest, symlinks=True)  # as `cp -a`: the view's links stay links to the user's files
+    return dest
+
+
+def test_resuming_a_copied_run_writes_only_into_the_copy(interrupted, tmp_path):
+    copy = _copy(interrupted, tmp_path / "copy")
+    before, tree = digests(interrupted), _tree(interrupted)
+    assert main(["train", "--out", str(copy), "--resume"]) == 0
+    assert digests(interrupted) == before and _tree(interrupted) == tree  # the original: not a byte, not a file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]
+    m = json.loads((copy / "metrics.json").read_text())
+    assert m["epochs"] == 2 and m["weights"] == str(copy.resolve() / "weights" / "best.pt")
+    assert len((copy / "results.csv").read_text().strip().splitlines()) == 1 + 2  # header + both epochs, here
+    args = yaml.safe_load((copy / "args.yaml").read_text())  # the trainer's own record (a finished last.pt drops save_dir)
+    assert args["save_dir"] == str(copy.resolve()) and args["data"] == str(copy.resolve() / "dataset" / "data.yaml")
+    view = yaml.safe_load((copy / "dataset" / "data.yaml").read_text())
+    assert view["path"] == str(copy.resolve() / "dataset")
+    assert (copy / "dataset" / "train" / "labels.cache").is_file()  # its cache too is the copy's own
+
+
+def test_a_checkpoint_naming_another_folder_writes_nothing_there(interrupted, tmp_path):
+    """An edited last.pt (save_dir, project, name elsewhere) still resumes into --out; --batch may change."""
+    run = _copy(interrupted, tmp_path / "run")
+    elsewhere = tmp_path / "elsewhere"
+    ckpt = torch.load(run / "weights" / "last.pt", weights_only=False)
+    ckpt["train_args"].update(save_dir=str(elsewhere), project=str(tmp_path), name="elsewhere")
+    torch.save(ckpt, run / "weights" / "last.pt")
+    before = digests(interrupted)
+    assert main(["train", "--out", str(run), "--resume", "--batch", "4"]) == 0
+    assert not elsewhere.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert digests(interrupted) == before
+    args = torch.load(run / "weights" / "last.pt", weights_only=False)["train_args"]
+    assert (args["batch"], args["epochs"]) == (4, 2)
+    assert yaml.safe_load((run / "args.yaml").read_text())["save_dir"] == str(run.resolve())
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+
+
+@pytest.mark.parametrize("extra", [["--epochs", "5"], ["--data", "other.yaml"], ["--model", "yolov8s.yaml"],
+                                   ["--config", "configs/cardd.yaml"], ["--overwrite"]])
+def test_a_resume_refuses_what_it_would_ignore(extra, interrupted, tmp_path, capsys):
+    run = _copy(interrupted, tmp_path / "run")
+    before, tree = digests(run), _tree(run)
+    assert main(["train", "--out", str(run), "--resume", *extra]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {extra[0]}: a resume keeps the run's recipe (epochs, data, model, config")
+    assert "only --device, --batch, --imgsz, --time may change" in line
+    assert digests(run) == before and _tree(run) == tree
