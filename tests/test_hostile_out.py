@@ -16,13 +16,20 @@ import pytest
 import torch
 import yaml
 
+from checkpoints import save_checkpoint
 from pipeline.cli import main
 from pipeline.core.errors import InputError, one_line
-from test_trust import cli, digests, jpeg_bytes, one_error_line, weights  # noqa: F401  (weights: a fixture)
+from test_trust import cli, digests, jpeg_bytes, one_error_line
 
 # what a terminal would act on: every C0/C1 control but the newline that ends a line, and DEL
 RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 TRACE = ["--layer", "model.0", "--channel", "0", "--y", "0", "--x", "0", "--imgsz", "64"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """A genuine checkpoint in the trainer's layout (as tests/test_trust.py's), loads in a second."""
+    return save_checkpoint(tmp_path_factory.mktemp("w") / "good.pt")
 
 # ------------------------------------------------------------------------------- 1. one line per input
 
@@ -37,7 +44,7 @@ def test_one_line_escapes_only_what_could_break_a_line():
     assert e.path == name  # the raw name stays available to JSON reports
 
 
-def test_a_photo_name_cannot_forge_an_error_line(weights, tmp_path):  # noqa: F811
+def test_a_photo_name_cannot_forge_an_error_line(weights, tmp_path):
     """Two bad photos whose names hold a newline + a fake error line, and an ANSI clear-screen: two lines."""
     d = tmp_path / "photos"
     d.mkdir()
@@ -79,7 +86,7 @@ def test_an_unknown_option_cannot_smuggle_an_escape(capsys):
 # ------------------------------------------------------------------------- 2. outputs named as files
 
 
-def _writers(synth_data, photo, weights):  # noqa: F811
+def _writers(synth_data, photo, weights):
     """Each command that writes a file the user names: argv up to (not including) that file."""
     return {
         "check": ["check", synth_data, "--json"],
@@ -95,8 +102,8 @@ def photo(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("command", ["check", "trace"])
-def test_a_file_the_command_did_not_write_is_refused_and_kept(command, synth_data, photo, weights, tmp_path,  # noqa: F811
-                                                              capsys):
+def test_a_file_the_command_did_not_write_is_refused_and_kept(command, synth_data, photo, weights,
+                                                              tmp_path, capsys):
     argv = _writers(synth_data, photo, weights)[command]
     other = "trace" if command == "check" else "check"
     foreign = {
@@ -124,8 +131,8 @@ def test_a_file_the_command_did_not_write_is_refused_and_kept(command, synth_dat
 
 
 @pytest.mark.parametrize("command", ["check", "trace"])
-def test_its_own_earlier_output_is_replaced_and_overwrite_replaces_any(command, synth_data, photo, weights,  # noqa: F811
-                                                                        tmp_path, capsys):
+def test_its_own_earlier_output_is_replaced_and_overwrite_replaces_any(command, synth_data, photo,
+                                                                        weights, tmp_path, capsys):
     argv = [str(a) for a in _writers(synth_data, photo, weights)[command]]
     target = tmp_path / "out.json"
     assert main([*argv, str(target)]) == 0
@@ -191,6 +198,7 @@ def _copy(run: Path, dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_resuming_a_copied_run_writes_only_into_the_copy(interrupted, tmp_path):
     copy = _copy(interrupted, tmp_path / "copy")
     before, tree = digests(interrupted), _tree(interrupted)
@@ -200,13 +208,14 @@ def test_resuming_a_copied_run_writes_only_into_the_copy(interrupted, tmp_path):
     m = json.loads((copy / "metrics.json").read_text())
     assert m["epochs"] == 2 and m["weights"] == str(copy.resolve() / "weights" / "best.pt")
     assert len((copy / "results.csv").read_text().strip().splitlines()) == 1 + 2  # header + both epochs, here
-    args = yaml.safe_load((copy / "args.yaml").read_text())  # the trainer's own record (a finished last.pt drops save_dir)
+    args = yaml.safe_load((copy / "args.yaml").read_text())  # the trainer's record: a finished last.pt drops save_dir
     assert args["save_dir"] == str(copy.resolve()) and args["data"] == str(copy.resolve() / "dataset" / "data.yaml")
     view = yaml.safe_load((copy / "dataset" / "data.yaml").read_text())
     assert view["path"] == str(copy.resolve() / "dataset")
     assert (copy / "dataset" / "train" / "labels.cache").is_file()  # its cache too is the copy's own
 
 
+@pytest.mark.slow
 def test_a_checkpoint_naming_another_folder_writes_nothing_there(interrupted, tmp_path):
     """An edited last.pt (save_dir, project, name elsewhere) still resumes into --out; --batch may change."""
     run = _copy(interrupted, tmp_path / "run")
@@ -226,8 +235,14 @@ def test_a_checkpoint_naming_another_folder_writes_nothing_there(interrupted, tm
 
 @pytest.mark.parametrize("extra", [["--epochs", "5"], ["--data", "other.yaml"], ["--model", "yolov8s.yaml"],
                                    ["--config", "configs/cardd.yaml"], ["--overwrite"]])
-def test_a_resume_refuses_what_it_would_ignore(extra, interrupted, tmp_path, capsys):
-    run = _copy(interrupted, tmp_path / "run")
+def test_a_resume_refuses_what_it_would_ignore(extra, weights, tmp_path, capsys):
+    """Refused before anything is read, so a checkpoint that looks cut after epoch 1 of 2 is enough."""
+    run = tmp_path / "run"
+    ckpt = torch.load(weights, weights_only=False)
+    ckpt.update(epoch=0, optimizer={"state": {}, "param_groups": []})
+    ckpt["train_args"].update(epochs=2, save_dir=str(run))
+    (run / "weights").mkdir(parents=True)
+    torch.save(ckpt, run / "weights" / "last.pt")
     before, tree = digests(run), _tree(run)
     assert main(["train", "--out", str(run), "--resume", *extra]) == 1
     line = one_error_line(capsys.readouterr().err)

@@ -119,7 +119,8 @@ def _run_real(args, out: Path, val_images: list[Path]) -> int:
     recipe, _, cfg = _recipe(args, out)
     timings = {}
     budget = f"{recipe['time'] * 60:g} min budget" if recipe.get("time") else f"{recipe.get('epochs')} epochs"
-    print(f"[1/4] dataset: {one_line(args.data)} ({len(val_images)} val photos); recipe {one_line(args.config)} ({budget})")
+    print(f"[1/4] dataset: {one_line(args.data)} ({len(val_images)} val photos); "
+          f"recipe {one_line(args.config)} ({budget})")
 
     metrics = _train(args.data, out, cfg, recipe, timings)
 
@@ -132,8 +133,8 @@ def _run_real(args, out: Path, val_images: list[Path]) -> int:
     n_det = sum(len(r["detections"]) for r in records)
     print(f"[3/4] predicted {len(records)} val photos ({n_det} boxes at conf {REAL_CONF:g})")
     if not n_det:  # the report then explains the first photo's strongest score, not a box
-        print(f"      no box passed conf {REAL_CONF:g}: the report explains {one_line(photos[0].name)}'s strongest score "
-              f"instead; train longer (--minutes) or look lower (`cardamage report --conf 0.05 ...`)")
+        print(f"      no box passed conf {REAL_CONF:g}: the report explains {one_line(photos[0].name)}'s "
+              f"strongest score instead; train longer (--minutes) or look lower (`cardamage report --conf 0.05 ...`)")
 
     # the report explains a detection when there is one: the first val photo the model finds damage on
     shown = next((Path(r["image"]) for r in records if r["detections"]), photos[0])

@@ -65,7 +65,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--iou", type=probability, default=0.7, help="NMS IoU threshold for --head (default 0.7)")
     parser.add_argument("--out", help="write the trace as JSON to this file; an existing file is replaced only if an "
                         "earlier trace wrote it")
-    parser.add_argument("--overwrite", action="store_true", help="let --out replace an existing file trace did not write")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --out replace an existing file trace did not write")
     add_trust_weights(parser)
 
 

@@ -2,7 +2,9 @@
 
 Every command reads photos and writes results through here, so the rules hold everywhere:
 bad input raises ``InputError`` (the CLI prints it as one line and exits non-zero), and every file
-is written to a temporary sibling first and then renamed, so a crash never leaves half a file.
+is written to a temporary sibling first and then renamed, so a crash never leaves half a file. A file the
+user names as an output (``check --json``) replaces only the same command's earlier output (``stamp``,
+``written_by``, ``check_output_file``).
 
 Examples:
     >>> from pipeline.core.io import atomic_write_json, read_image
@@ -30,7 +32,8 @@ from ultralytics.data.utils import IMG_FORMATS
 from ultralytics.utils import patches as ultralytics_patches
 from ultralytics.utils.patches import imread
 
-from pipeline.core.errors import InputError, one_line  # noqa: F401  (defined apart: the command line loads them without this)
+# defined apart, so the command line can use them without loading this; re-exported for the other layers
+from pipeline.core.errors import InputError, one_line  # noqa: F401
 
 #: Pillow's own ``Image.open``: Ultralytics patches ``PIL.Image.open`` to pip-check pi-heif on every format
 #: Pillow does not know (a coloured requirements warning on a text file named .jpg); ours never does.
