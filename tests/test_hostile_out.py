@@ -31,6 +31,7 @@ def weights(tmp_path_factory) -> Path:
     """A genuine checkpoint in the trainer's layout (as tests/test_trust.py's), loads in a second."""
     return save_checkpoint(tmp_path_factory.mktemp("w") / "good.pt")
 
+
 # ------------------------------------------------------------------------------- 1. one line per input
 
 
