@@ -5,7 +5,8 @@ plus a module docstring whose first line is the command's summary and whose ``Ex
 shown by ``--help``. Modules are imported only when their command runs, so ``--help`` stays fast.
 
 Bad input never shows a traceback: an ``InputError`` is printed as ``error: <file>: <reason>`` and
-the exit code is 1.
+the exit code is 1. Every such line is one line: control characters in a file name (a newline, an ANSI
+escape) are printed escaped (``pipeline.core.errors.one_line``), so a name cannot forge a second line.
 
 Examples:
     cardamage synth --out datasets/synth --train 400 --val 100
@@ -21,7 +22,7 @@ import importlib
 import sys
 
 from pipeline import __version__
-from pipeline.core.errors import InputError
+from pipeline.core.errors import InputError, one_line
 
 # command name -> module that implements it (order is the order of --help)
 COMMANDS = {
@@ -77,7 +78,7 @@ class OneLineParser(argparse.ArgumentParser):
     """Bad options get one line (``error: argument --conf: must be in (0, 1], got 2``) and exit 2, not usage."""
 
     def error(self, message: str):
-        self.exit(2, f"error: {' '.join(message.split())} (see: {self.prog} --help)\n")
+        self.exit(2, f"error: {one_line(' '.join(message.split()))} (see: {self.prog} --help)\n")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None, freeze_imports: bool = False) -> int:
         return 1
     except OSError as e:  # permission, not a folder, read-only, disk full: one line naming the path
         where = e.filename if e.filename is not None else "?"
-        print(f"error: {where}: {e.strerror or type(e).__name__}", file=sys.stderr)
+        print(f"error: {one_line(where)}: {one_line(e.strerror or type(e).__name__)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

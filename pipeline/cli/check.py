@@ -30,7 +30,9 @@ The report (``--json``) holds:
   under its strongest link (listed by both splits > same bytes > near duplicate);
 - ``split_overlaps`` and ``duplicates``: the raw findings of ``pipeline.data.duplicates``;
 - ``ok``: no errors (exit 0 without ``--strict``); ``strict_ok``: no errors and no warnings (exit 0
-  with ``--strict``).
+  with ``--strict``);
+- ``generator``: ``"cardamage check"``, first: a later ``--json`` to the same name replaces a file marked so,
+  and refuses any other existing file unless ``--overwrite`` is given.
 
 Examples:
     cardamage check datasets/cardd/data.yaml
@@ -45,13 +47,17 @@ import argparse
 import sys
 
 from pipeline.cli.options import int_range, positive_int
-from pipeline.core.io import atomic_write_json, check_output_file
+from pipeline.core.io import atomic_write_json, check_output_file, one_line, stamp
 from pipeline.data.check import check_dataset, format_report, issue_line
+
+GENERATOR = "cardamage check"  # the stamp on --json (pipeline.core.io.stamp)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data_yaml", metavar="DATA_YAML", help="the dataset's data.yaml (YOLO boxes or polygons)")
-    p.add_argument("--json", metavar="FILE", help="also write the full report as JSON (atomically)")
+    p.add_argument("--json", metavar="FILE", help="also write the full report as JSON (atomically); an existing "
+                   "FILE is replaced only if an earlier check wrote it")
+    p.add_argument("--overwrite", action="store_true", help="let --json replace an existing file check did not write")
     p.add_argument("--near", type=int_range(0, 64), default=4, metavar="BITS", help="perceptual-hash distance for near duplicates")
     p.add_argument("--max-lines", type=positive_int, default=50, help="print at most this many error/warning lines (JSON has all)")
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too (leakage, missing label files)")
@@ -60,7 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``cardamage check``: 1 when there are errors (with ``--strict``, errors or warnings), else 0."""
     # before the scan, which takes minutes on CarDD: not a folder, not the dataset's own yaml
-    json_path = check_output_file(args.json, [args.data_yaml]) if args.json else None
+    # and not a file of the user's: only an earlier check's report may be replaced without --overwrite
+    json_path = check_output_file(args.json, [args.data_yaml], generator=GENERATOR, overwrite=args.overwrite) \
+        if args.json else None
     report = check_dataset(args.data_yaml, near_threshold=args.near, progress=True)
     for kind, items in (("error", report["errors"]), ("warning", report["warnings"])):
         for item in items[: args.max_lines]:
@@ -69,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{kind}: ... {len(items) - args.max_lines} more {kind}s (all in --json)", file=sys.stderr)
     print(format_report(report, strict=args.strict))
     if json_path is not None:
-        atomic_write_json(json_path, report)
-        print(f"report written to {json_path}")
+        check_output_file(json_path, generator=GENERATOR, overwrite=args.overwrite)  # again: the scan took minutes
+        atomic_write_json(json_path, stamp(report, GENERATOR))
+        print(f"report written to {one_line(json_path)}")
     return 0 if report["strict_ok" if args.strict else "ok"] else 1

@@ -50,7 +50,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.core.io import output_folder
+from pipeline.core.io import one_line, output_folder
 from pipeline.data.coco import convert_coco
 
 
@@ -67,14 +67,14 @@ def run(args: argparse.Namespace) -> int:
         s = convert_coco(args.annotations_json, args.images_dir, args.out, split=args.split, copy=args.copy,
                          progress=True)
     for line in s["errors"]:
-        print(f"error: {line}", file=sys.stderr)
+        print(f"error: {one_line(line)}", file=sys.stderr)  # names come from the JSON: any text
     for line in s["size_mismatch"]:
-        print(f"warning: {line}", file=sys.stderr)
+        print(f"warning: {one_line(line)}", file=sys.stderr)
     print(f"{s['split']}: {s['written']}/{s['images']} images, {s['instances']} instances, {s['empty_images']} without any")
     for name, n in s["class_counts"].items():
         print(f"  {name:<14}{n:>6}")
     notes = [f"{s['from_bbox']} from bbox (RLE or < 3 points)", f"{s['multi_part']} multi-part joined",
              f"{s['crowd_skipped']} crowd skipped", f"{s['clipped_points']} points clipped to the image"]  # fmt: skip
     print("  " + ", ".join(notes))
-    print(f"data.yaml: {s['data_yaml']}")
+    print(f"data.yaml: {one_line(s['data_yaml'])}")
     return 1 if s["errors"] else 0

@@ -36,7 +36,7 @@ import yaml
 from ultralytics.cfg import DEFAULT_CFG_DICT
 
 from pipeline.cli.options import non_negative_int, positive_float
-from pipeline.core.io import atomic_write_json, atomic_write_text, expand_sources, output_folder
+from pipeline.core.io import atomic_write_json, atomic_write_text, expand_sources, one_line, output_folder
 from pipeline.core.runtime import PROJECT_ROOT
 from pipeline.data import synth
 from pipeline.data.labels import dataset_splits
@@ -119,7 +119,8 @@ def _run_real(args, out: Path, val_images: list[Path]) -> int:
     recipe, _, cfg = _recipe(args, out)
     timings = {}
     budget = f"{recipe['time'] * 60:g} min budget" if recipe.get("time") else f"{recipe.get('epochs')} epochs"
-    print(f"[1/4] dataset: {args.data} ({len(val_images)} val photos); recipe {args.config} ({budget})")
+    print(f"[1/4] dataset: {one_line(args.data)} ({len(val_images)} val photos); "
+          f"recipe {one_line(args.config)} ({budget})")
 
     metrics = _train(args.data, out, cfg, recipe, timings)
 
@@ -132,8 +133,8 @@ def _run_real(args, out: Path, val_images: list[Path]) -> int:
     n_det = sum(len(r["detections"]) for r in records)
     print(f"[3/4] predicted {len(records)} val photos ({n_det} boxes at conf {REAL_CONF:g})")
     if not n_det:  # the report then explains the first photo's strongest score, not a box
-        print(f"      no box passed conf {REAL_CONF:g}: the report explains {photos[0].name}'s strongest score "
-              f"instead; train longer (--minutes) or look lower (`cardamage report --conf 0.05 ...`)")
+        print(f"      no box passed conf {REAL_CONF:g}: the report explains {one_line(photos[0].name)}'s "
+              f"strongest score instead; train longer (--minutes) or look lower (`cardamage report --conf 0.05 ...`)")
 
     # the report explains a detection when there is one: the first val photo the model finds damage on
     shown = next((Path(r["image"]) for r in records if r["detections"]), photos[0])
@@ -159,7 +160,7 @@ def _report(args, weights, photo: Path, out: Path, imgsz: int, stats_over: list,
     t = time.perf_counter()
     report = write_report(weights, photo, out / "report", imgsz=imgsz, stats_over=stats_over)
     timings["report_s"] = round(time.perf_counter() - t, 1)
-    print(f"[4/4] report on {photo.name}: {report} ({timings['report_s']}s)")
+    print(f"[4/4] report on {one_line(photo.name)}: {one_line(report)} ({timings['report_s']}s)")
     return report
 
 
@@ -167,7 +168,7 @@ def _finish(out: Path, summary: dict, metrics: dict, split: str, timings: dict) 
     atomic_write_json(out / "summary.json", summary)
     per = ", ".join(f"{k} {v:.2f}" for k, v in metrics["per_class"].items())
     print(f"\n{split} mAP50 {metrics['mAP50']:.3f}  mAP50-95 {metrics['mAP50-95']:.3f}  ({per})")
-    print(f"demo finished in {timings['total_s']:.0f}s -> {out}")
+    print(f"demo finished in {timings['total_s']:.0f}s -> {one_line(out)}")
     return 0
 
 
@@ -179,7 +180,7 @@ def _run(args, out: Path, real_dir: Path) -> int:
     t = time.perf_counter()
     data_yaml = synth.write_dataset(out / "data", demo.get("train_images", 800), demo.get("val_images", 100), demo.get("synth_imgsz", 256), demo.get("seed", 0))
     timings["synth_s"] = round(time.perf_counter() - t, 1)
-    print(f"[1/4] synthetic data: {data_yaml} ({timings['synth_s']}s)")
+    print(f"[1/4] synthetic data: {one_line(data_yaml)} ({timings['synth_s']}s)")
 
     metrics = _train(data_yaml, out, cfg, recipe, timings)
 

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from pipeline.cli.options import add_ray_arguments, add_trust_weights, image_size, positive_float
 from pipeline.core.facts import CLASS_NAMES
-from pipeline.core.io import InputError, input_paths, output_folder
+from pipeline.core.io import InputError, input_paths, one_line, output_folder
 from pipeline.model.load import load_model, trained_imgsz
 from pipeline.probe.channel_stats import DEAD_EPS
 from pipeline.probe.statistics import DTYPES, FILES, inspect_dataset, inspect_image
@@ -91,19 +91,19 @@ def run(args) -> int:
                              on_error=lambda e: print(f"error: {e}", file=sys.stderr, flush=True))
         n, secs = result["images"], result["seconds"]
         print(f"statistics over {n} images on Ray ({n / secs:.1f} img/s), {len(result['errors'])} errors -> "
-              f"{result['stats']}, {result['index'].name}", file=sys.stderr)
+              f"{one_line(result['stats'])}, {one_line(result['index'].name)}", file=sys.stderr)
         return 1 if result["errors"] else 0
     with output_folder(args.out, inputs=[*input_paths(args.image), *weights]):
         if _single_photo(args.image) and not args.stats_only:
             result = inspect_image(yolo, args.image[0], args.out, layers=args.layers, dtype=args.dtype,
                                    imgsz=args.imgsz, fuse=args.fuse, dead_eps=args.dead_eps)
             sizes = ", ".join(f"{result[k].name} {result['bytes'][k] / 1e6:.1f} MB" for k in FILES)
-            print(f"wrote {args.out}: {sizes} in {result['seconds']:.2f} s", file=sys.stderr)
+            print(f"wrote {one_line(args.out)}: {one_line(sizes)} in {result['seconds']:.2f} s", file=sys.stderr)
             return 0
         result = inspect_dataset(yolo, args.image, args.out, layers=args.layers, imgsz=args.imgsz,
                                  fuse=args.fuse, dead_eps=args.dead_eps,
                                  on_error=lambda e: print(f"error: {e}", file=sys.stderr, flush=True))
     n, secs = result["images"], result["seconds"]
     print(f"statistics over {n} images ({n / secs:.1f} img/s), {len(result['errors'])} errors -> "
-          f"{result['stats']}, {result['index'].name}", file=sys.stderr)
+          f"{one_line(result['stats'])}, {one_line(result['index'].name)}", file=sys.stderr)
     return 1 if result["errors"] else 0

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from pipeline.cli.options import int_range, positive_float
 from pipeline.core.facts import Z_THRESHOLD
-from pipeline.core.io import atomic_write_json, atomic_write_text, output_folder
+from pipeline.core.io import atomic_write_json, atomic_write_text, one_line, output_folder
 from pipeline.data.labels import dataset_folders
 from pipeline.data.outliers import STATISTICS, _csv, analyse
 from pipeline.report.plots.input import plot_dataset_stats, plot_duplicates, plot_flagged
@@ -97,11 +97,11 @@ def _run(args, out: Path) -> int:
           f"{sum(d['kind'] == 'exact' for d in dups)} exact and {sum(d['kind'] == 'near' for d in dups)} near "
           f"duplicate pairs across splits")
     for f in flags[:10]:
-        print(f"  {f['path']}: {f['reason']}")
+        print(f"  {one_line(f['path'])}: {one_line(f['reason'])}")
     if len(flags) > 10:
         print(f"  ... {len(flags) - 10} more in outliers.csv")
     for o in result["overlaps"]:
         what = "list the same files" if o["same_list"] else f"share {o['shared']} files"
         print(f"  note: splits {o['split_a']} and {o['split_b']} {what} (not counted as duplicates)")
-    print(f"wrote {', '.join(written)} to {out}")
+    print(f"wrote {', '.join(written)} to {one_line(out)}")
     return 1 if result["errors"] else 0

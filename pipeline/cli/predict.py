@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from pipeline.cli.options import add_ray_arguments, add_trust_weights, device, image_size, positive_int, probability
-from pipeline.core.io import InputError
+from pipeline.core.io import InputError, one_line
 from pipeline.model.load import load_model, trained_imgsz
 from pipeline.model.predict import predict_paths
 from pipeline.scale.predict import ray_predict
@@ -76,7 +76,7 @@ def run(args) -> int:
         print(f"error: {e}", file=sys.stderr)
     n = sum(len(r["detections"]) for r in records)
     print(f"{_count(len(records), 'image')}, {_count(n, 'detection')}, {_count(len(errors), 'error')} -> "
-          f"{Path(args.out).resolve() / 'detections.json'}")
+          f"{one_line(Path(args.out).resolve() / 'detections.json')}")
     return 1 if errors else 0
 
 

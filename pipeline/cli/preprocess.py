@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pipeline.cli.options import image_size, positive_float, positive_int
 from pipeline.core.facts import Z_THRESHOLD
-from pipeline.core.io import InputError, atomic_save_safetensors, atomic_write_json, output_folder
+from pipeline.core.io import InputError, atomic_save_safetensors, atomic_write_json, one_line, output_folder
 from pipeline.data.labels import dataset_splits
 from pipeline.data.preprocess import load_bgr, model_input
 from pipeline.lesson.input_scaling import dataset_channel_stats, outlier_summary, pixel_outliers, scalings
@@ -92,8 +92,8 @@ def _run(args, out: Path) -> int:
 
     h, w = meta["input_shape"]
     o = stats["outliers"]
-    print(f"{args.image}: {meta['orig_shape'][0]}x{meta['orig_shape'][1]} -> input 1x3x{h}x{w} "
+    print(f"{one_line(args.image)}: {meta['orig_shape'][0]}x{meta['orig_shape'][1]} -> input 1x3x{h}x{w} "
           f"(ratio {meta['ratio']:.4g}, pad {meta['pad']}); |z|>{o['threshold']:g}: {o['count']} px "
           f"({100 * o['fraction']:.2f}%)")
-    print(f"wrote {', '.join(written)} to {out}")
+    print(f"wrote {', '.join(written)} to {one_line(out)}")
     return 0

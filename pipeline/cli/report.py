@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 
 from pipeline.cli.options import add_trust_weights, image_size, positive_int, probability
-from pipeline.core.io import InputError, input_paths, output_folder
+from pipeline.core.io import InputError, input_paths, one_line, output_folder
 from pipeline.report.page import write_report
 
 
@@ -69,5 +69,5 @@ def run(args) -> int:
                             trust=args.trust_weights, on_error=failed.append)
     for e in failed:  # the statistics were taken over the rest
         print(f"error: {e}", file=sys.stderr)
-    print(path)
+    print(one_line(path))
     return 1 if failed else 0

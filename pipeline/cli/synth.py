@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pipeline.cli.options import int_range, non_negative_int
 from pipeline.core.facts import MAX_IMGSZ
-from pipeline.core.io import output_folder
+from pipeline.core.io import one_line, output_folder
 from pipeline.data.synth import write_dataset
 
 
@@ -38,5 +38,6 @@ def run(args) -> int:
         yaml = write_dataset(args.out, args.train, args.val, args.imgsz, args.seed)
     dt = time.perf_counter() - t
     n = args.train + args.val
-    print(f"wrote {n} images to {Path(args.out).resolve()} in {dt:.1f}s ({n / max(dt, 1e-9):.0f} img/s); data: {yaml}")
+    print(f"wrote {n} images to {one_line(Path(args.out).resolve())} in {dt:.1f}s ({n / max(dt, 1e-9):.0f} img/s); "
+          f"data: {one_line(yaml)}")
     return 0

@@ -17,6 +17,9 @@ with the highest score; we run Ultralytics' own NMS on the recorded head output 
 arguments and ``return_idxs`` to learn which anchor (scale, grid cell) each reported box came from,
 then show logit -> sigmoid(logit) -> the ``conf`` Ultralytics printed.
 
+``--out FILE`` writes the trace as JSON whose first key is ``"generator": "cardamage trace"``; an existing
+FILE is replaced only if it carries that mark (an earlier trace), any other file only with ``--overwrite``.
+
 Examples:
     cardamage trace --weights yolov8n.yaml photo.jpg --layer model.2.cv1 --channel 5 --y 40 --x 40
     cardamage trace --weights best.pt photo.jpg --layer model.0 --channel 0 --y 100 --x 100 --out trace.json
@@ -36,10 +39,12 @@ from pathlib import Path
 
 from pipeline.cli.options import add_trust_weights, image_size, probability
 from pipeline.core.facts import CLASS_NAMES
-from pipeline.core.io import InputError, atomic_write_json, check_output_file, read_image
+from pipeline.core.io import InputError, atomic_write_json, check_output_file, one_line, read_image, stamp
 from pipeline.data.preprocess import model_input
 from pipeline.model.load import load_model, model_stride, trained_imgsz
 from pipeline.probe.trace import format_head, format_trace, trace_head, trace_neuron
+
+GENERATOR = "cardamage trace"  # the stamp on --out (pipeline.core.io.stamp)
 
 # ------------------------------------------------------------------------------------------------
 # CLI: cardamage trace
@@ -58,13 +63,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--head", action="store_true", help="also trace every reported box: logit -> sigmoid -> conf")
     parser.add_argument("--conf", type=probability, default=0.25, help="confidence threshold for --head (default 0.25)")
     parser.add_argument("--iou", type=probability, default=0.7, help="NMS IoU threshold for --head (default 0.7)")
-    parser.add_argument("--out", help="write the trace as JSON to this file")
+    parser.add_argument("--out", help="write the trace as JSON to this file; an existing file is replaced only if an "
+                        "earlier trace wrote it")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --out replace an existing file trace did not write")
     add_trust_weights(parser)
 
 
 def run(args) -> int:
-    if args.out:  # a file, not a folder: it may only not be one of the inputs
-        check_output_file(args.out, [args.image, args.weights])
+    if args.out:  # a file, not a folder: not one of the inputs, and no file of the user's
+        check_output_file(args.out, [args.image, args.weights], generator=GENERATOR, overwrite=args.overwrite)
     yolo = load_model(args.weights, nc=len(CLASS_NAMES), trust=args.trust_weights)  # nc only matters for a YAML build
     args.imgsz = trained_imgsz(yolo, args.imgsz)
     if args.fuse:
@@ -80,6 +88,7 @@ def run(args) -> int:
         t["head"] = trace_head(yolo, args.image, imgsz=args.imgsz, conf=args.conf, iou=args.iou, pixels=image)
         print(format_head(t["head"]))
     if args.out:
-        atomic_write_json(Path(args.out), t)
-        print(f"wrote {args.out}", file=sys.stderr)
+        check_output_file(args.out, generator=GENERATOR, overwrite=args.overwrite)  # again, just before writing
+        atomic_write_json(Path(args.out), stamp(t, GENERATOR))
+        print(f"wrote {one_line(args.out)}", file=sys.stderr)
     return 0

@@ -5,6 +5,12 @@ a recipe from ``configs/*.yaml`` (command-line flags win over the file), offline
 from-scratch training from ``yolov8n.yaml`` unless a weights path is given, a run folder that is
 exactly ``--out``, resume, and a ``metrics.json`` with the numbers the report and the docs quote.
 
+``--resume`` continues the interrupted run in ``--out`` from its ``weights/last.pt`` and writes only there,
+also when the folder is a copy or was moved (the checkpoint's own folder is never written). A resume keeps
+the run's recipe: epochs, data, model, config and every other setting come from ``last.pt``; only
+``--device``, ``--batch``, ``--imgsz`` and ``--time`` may be given with it (what Ultralytics lets a resume
+change). Any other option is refused with one line: to change the recipe, start a new run.
+
 Examples:
     cardamage train --data datasets/synth/data.yaml --epochs 30 --imgsz 320 --out runs/synth
     cardamage train --data cardd/data.yaml --config configs/cardd.yaml --device 0 --out runs/cardd
@@ -19,9 +25,9 @@ import sys
 from pathlib import Path
 
 from pipeline.cli.options import add_trust_weights, device, image_size, positive_float, positive_int
-from pipeline.core.io import InputError
+from pipeline.core.io import InputError, one_line
 from pipeline.model.load import DEFAULT_MODEL
-from pipeline.model.train import train
+from pipeline.model.train import RESUME_MAY_CHANGE, train
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,7 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder; gets weights/best.pt and metrics.json")
     p.add_argument("--config", help="recipe YAML from configs/ (flags win over it)")
     p.add_argument("--time", type=positive_float, help="time budget in hours (Ultralytics' time=)")
-    p.add_argument("--resume", action="store_true", help="resume the interrupted run in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out, writing only there; it keeps the run's recipe "
+                        f"(epochs, data, model, config): only --{', --'.join(RESUME_MAY_CHANGE)} may change")
     p.add_argument("--overwrite", action="store_true",
                    help="train even if --out holds an earlier run (its weights and metrics are replaced)")
     add_trust_weights(p)
@@ -60,5 +68,5 @@ def run(args) -> int:
     )
     per = ", ".join(f"{k} {v:.3f}" for k, v in m.get("per_class", {}).items())
     print(f"mAP50 {m.get('mAP50', float('nan')):.3f}  mAP50-95 {m.get('mAP50-95', float('nan')):.3f}  ({per})")
-    print(f"weights: {m['weights']}\nmetrics: {Path(args.out).resolve() / 'metrics.json'}")
+    print(f"weights: {one_line(m['weights'])}\nmetrics: {one_line(Path(args.out).resolve() / 'metrics.json')}")
     return 1 if m["left_out"] else 0

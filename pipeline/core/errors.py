@@ -1,22 +1,50 @@
-"""The one error type for bad user input, in a module that imports nothing heavy.
+"""The one error type for bad user input, and the escaping that keeps every message one line.
 
 The command line catches it at its top level (``cardamage --help`` must not wait for Ultralytics or
 OpenCV to load), and every layer raises it; ``pipeline.core.io`` re-exports it where most callers import it.
 
+A file name may hold any byte but ``/`` and NUL: a newline would let one bad photo print a second, forged
+``error:`` line (or hide a real one), and an ANSI escape could clear the terminal. ``one_line`` escapes
+those characters the way Python's ``repr`` does, and nothing else, so an ordinary name prints as it is.
+
 Examples:
-    >>> from pipeline.core.errors import InputError
+    >>> from pipeline.core.errors import InputError, one_line
     >>> str(InputError("photo.jpg", "file not found"))
     'photo.jpg: file not found'
+    >>> str(InputError("a\\nerror: fake.jpg: ok.jpg", "corrupt image"))
+    'a\\\\nerror: fake.jpg: ok.jpg: corrupt image'
+    >>> one_line("\\x1b[2Jcar.jpg")
+    '\\\\x1b[2Jcar.jpg'
 """
 
 from __future__ import annotations
 
 import os
+import re
+
+# C0 and C1 controls and DEL (newline, carriage return, ANSI escape), Unicode's own line and paragraph
+# separators, the bidirectional overrides that reorder what a terminal shows, and lone surrogates (an
+# undecodable byte in a file name, which a strict UTF-8 stdout could not even encode).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def one_line(text) -> str:
+    """``str(text)`` with every control, line-breaking or direction-changing character escaped as ``repr`` would.
+
+    Examples:
+        >>> one_line("ok.jpg"), one_line("a\\nb.jpg")
+        ('ok.jpg', 'a\\\\nb.jpg')
+    """
+    return _UNSAFE.sub(lambda m: repr(m.group())[1:-1], str(text))
 
 
 class InputError(Exception):
-    """Bad user input: the message is one line and names the file."""
+    """Bad user input: the message is one line and names the file.
+
+    ``path`` and ``reason`` keep the raw text (reports in JSON hold the real name); the message, which is
+    what the command line prints, escapes both with ``one_line``: an OS error's text may repeat the name.
+    """
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path, self.reason = str(path), reason
-        super().__init__(f"{path}: {reason}")
+        super().__init__(f"{one_line(path)}: {one_line(reason)}")

@@ -2,7 +2,9 @@
 
 Every command reads photos and writes results through here, so the rules hold everywhere:
 bad input raises ``InputError`` (the CLI prints it as one line and exits non-zero), and every file
-is written to a temporary sibling first and then renamed, so a crash never leaves half a file.
+is written to a temporary sibling first and then renamed, so a crash never leaves half a file. A file the
+user names as an output (``check --json``) replaces only the same command's earlier output (``stamp``,
+``written_by``, ``check_output_file``).
 
 Examples:
     >>> from pipeline.core.io import atomic_write_json, read_image
@@ -16,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -29,7 +32,8 @@ from ultralytics.data.utils import IMG_FORMATS
 from ultralytics.utils import patches as ultralytics_patches
 from ultralytics.utils.patches import imread
 
-from pipeline.core.errors import InputError  # defined apart so the command line can catch it without loading this
+# defined apart, so the command line can use them without loading this; re-exported for the other layers
+from pipeline.core.errors import InputError, one_line  # noqa: F401
 
 #: Pillow's own ``Image.open``: Ultralytics patches ``PIL.Image.open`` to pip-check pi-heif on every format
 #: Pillow does not know (a coloured requirements warning on a text file named .jpg); ours never does.
@@ -124,9 +128,52 @@ def check_output(out: str | os.PathLike, inputs=(), not_inside=()) -> Path:
     return out
 
 
-def check_output_file(out: str | os.PathLike, inputs=(), suffix: str = ".json") -> Path:
-    """Refuse an output *file* (``--json``, ``trace --out``) that is a folder, one of the ``inputs``, or
-    lacks ``suffix``: a report may replace an old report, never a photo, label, checkpoint or yaml."""
+#: The first key of every JSON file a command writes to a name the user chose (``check --json``, ``trace --out``):
+#: ``{"generator": "cardamage check", ...}``. It is how a later run knows the file is its own earlier output.
+GENERATOR_KEY = "generator"
+
+
+def stamp(obj: dict, generator: str) -> dict:
+    """``obj`` with ``{"generator": generator}`` as its first key, the mark ``written_by`` looks for.
+
+    Examples:
+        >>> stamp({"ok": True}, "cardamage check")
+        {'generator': 'cardamage check', 'ok': True}
+    """
+    return {GENERATOR_KEY: generator, **{k: v for k, v in obj.items() if k != GENERATOR_KEY}}
+
+
+def written_by(path: str | os.PathLike, generator: str) -> bool:
+    """Whether ``path`` is a regular file that ``generator`` wrote: JSON whose first key is its ``stamp``.
+
+    Only the first 4 KB are read (the stamp comes first), so a large file that is not ours costs nothing.
+    A symbolic link is never ours: our writer makes plain files, and replacing a link would drop what it is.
+    """
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    mark = rf'\s*\{{\s*"{GENERATOR_KEY}"\s*:\s*{re.escape(json.dumps(generator))}\s*[,}}]'
+    return re.match(mark, head) is not None
+
+
+def check_output_file(out: str | os.PathLike, inputs=(), suffix: str = ".json", generator: str | None = None,
+                      overwrite: bool = False) -> Path:
+    """Refuse an output *file* (``--json``, ``trace --out``) that could replace something not ours; return it.
+
+    Refused: a folder, one of the ``inputs``, a name without ``suffix`` (a report never replaces a photo,
+    label, checkpoint or yaml), and, when ``generator`` is given, any existing file (or link) that is not
+    that command's own earlier output (``written_by``) unless ``overwrite``: a ``{"a": 1}`` of the user's,
+    a dataset's ``annotations.json`` or another command's report stays as it is. Call it before the work,
+    so the refusal costs nothing, and again just before writing, so a file that appeared meanwhile is safe too.
+
+    Raises:
+        InputError: one line naming ``out`` and what is in the way.
+    """
     out = Path(out)
     if out.is_dir():
         raise InputError(out, "is a folder; expected a file name to write")
@@ -135,6 +182,9 @@ def check_output_file(out: str | os.PathLike, inputs=(), suffix: str = ".json") 
             raise InputError(out, f"is an input of this command ({item}); choose another file name")
     if out.suffix.lower() != suffix:
         raise InputError(out, f"expected a file name ending in {suffix} (this command writes {suffix[1:].upper()})")
+    if generator and not overwrite and (out.exists() or out.is_symlink()) and not written_by(out, generator):
+        raise InputError(out, f"exists and is not an earlier output of {generator}; choose another file name, "
+                              "or pass --overwrite to replace it")
     return out
 
 

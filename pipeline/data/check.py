@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.errors import one_line
 from pipeline.core.io import InputError, read_image
 from pipeline.core.runtime import progress_bar
 from pipeline.data.duplicates import find_duplicates, phash_of, sha1_of_file, split_overlaps
@@ -339,7 +340,7 @@ def format_report(report: dict, strict: bool = False) -> str:
     """
     cols = list(report["splits"]) + ["total"]
     st = {**report["splits"], "total": report["total"]}
-    out = [f"dataset {report['data_yaml']}", ""]
+    out = [f"dataset {one_line(report['data_yaml'])}", ""]  # names are the user's: one line each, whatever they hold
     keys = [
         ("images", "images"),
         ("labelled", "labelled"),
@@ -353,7 +354,8 @@ def format_report(report: dict, strict: bool = False) -> str:
     rows.append(["instances/image mean"] + [st[c]["instances_per_image"]["mean"] for c in cols])
     rows.append(["instances/image max"] + [st[c]["instances_per_image"]["max"] for c in cols])
     out += [_table([""] + cols, rows), ""]
-    out += [_table(["class"] + cols, [[n] + [st[c]["class_counts"][n] for c in cols] for n in report["names"]]), ""]
+    class_rows = [[one_line(n)] + [st[c]["class_counts"][n] for c in cols] for n in report["names"]]
+    out += [_table(["class"] + cols, class_rows), ""]
     bucket_rows = [
         ["small  (< 128^2 px)"] + [st[c]["box_sizes"]["small"] for c in cols],
         ["medium (128^2-256^2)"] + [st[c]["box_sizes"]["medium"] for c in cols],
@@ -380,6 +382,9 @@ def format_report(report: dict, strict: bool = False) -> str:
 
 
 def issue_line(item: dict) -> str:
-    """One error or warning of the report as ``file[:line]: reason``, the form every command prints."""
+    """One error or warning of the report as ``file[:line]: reason``, the form every command prints.
+
+    One line whatever the file is called: control characters are escaped (``one_line``).
+    """
     where = f"{item['file']}:{item['line']}" if item["line"] else item["file"]
-    return f"{where}: {item['reason']}"
+    return f"{one_line(where)}: {one_line(item['reason'])}"

@@ -121,3 +121,31 @@ def stage_dataset(data_yaml: str | Path, dest: str | Path, on_error=None, keep=T
     atomic_write_text(view.data_yaml, f"# Training view of {Path(data_yaml).resolve()} (links; see pipeline/data/dataset_view.py)\n"
                       + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
     return view
+
+
+def own_view(dest: str | Path) -> Path:
+    """The view in ``dest`` made to point at itself again; return its yaml.
+
+    A view's yaml names its own folder as ``path:`` (absolute, as Ultralytics wants it). In a run folder that
+    was copied or moved, that is still the *original* folder: training would read the original's links and
+    save its ``labels.cache`` files there. The yaml is rewritten (atomically, it is the run's own file) to
+    name ``dest``; the links themselves point at the user's files by absolute path and move unchanged.
+
+    Raises:
+        InputError: ``dest`` holds no view yaml, or one that is not a view's mapping.
+    """
+    dest = Path(dest).resolve()
+    view_yaml = dest / "data.yaml"
+    try:
+        text = view_yaml.read_text(encoding="utf-8")
+        spec = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        why = getattr(e, "strerror", None) or type(e).__name__
+        raise InputError(view_yaml, f"cannot read the run's dataset view ({why})") from None
+    if not isinstance(spec, dict) or "path" not in spec:
+        raise InputError(view_yaml, "not a dataset view (no 'path:' mapping)")
+    if Path(str(spec["path"])) != dest:
+        header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+        atomic_write_text(view_yaml, header + yaml.safe_dump({**spec, "path": str(dest)}, sort_keys=False,
+                                                             allow_unicode=True))
+    return view_yaml

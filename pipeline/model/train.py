@@ -4,7 +4,7 @@
   ``metrics.json``), from ``yolov8n.yaml`` unless weights are given; keyword overrides win over the
   recipe, the dataset is read through links under ``out/dataset`` (``data.dataset_view``) so the user's
   files are never rewritten, damaged images are left out and reported, and ``resume=True`` continues
-  from ``out/weights/last.pt``.
+  from ``out/weights/last.pt``, writing only into ``out`` (``RESUME_MAY_CHANGE`` says what it may change).
 - ``load_recipe``: a ``configs/*.yaml`` recipe, a flat mapping of Ultralytics train arguments plus ``model``.
 - ``check_data_yaml``: the dataset yaml as Ultralytics resolves it (nothing downloaded), or one error line.
 - ``metrics_dict``: Ultralytics' ``DetMetrics`` flattened to the keys ``metrics.json`` promises.
@@ -30,7 +30,7 @@ from ultralytics.nn import tasks
 
 from pipeline.core import runtime
 from pipeline.core.io import InputError, atomic_write_json, output_folder
-from pipeline.data.dataset_view import stage_dataset
+from pipeline.data.dataset_view import own_view, stage_dataset
 from pipeline.data.labels import dataset_folders
 from pipeline.model.load import DEFAULT_MODEL, load_model, weights_error, weights_policy
 
@@ -149,6 +149,11 @@ def _cpu_channels_last(yolo) -> None:
 OWN_KEYS = ("model", "demo", "cpu_channels_last")
 
 
+#: What a resume may change, as Ultralytics' own resume allows: where and how fast it runs. Everything else
+#: (epochs, data, model, recipe, learning-rate schedule) is the run's, kept in its ``last.pt``: a resume
+#: continues the very run that was cut; a different recipe is a new run.
+RESUME_MAY_CHANGE = ("device", "batch", "imgsz", "time")
+
 RUN_FILES = ("weights/best.pt", "weights/last.pt", "metrics.json")  # what a training run leaves in its folder
 
 
@@ -192,7 +197,10 @@ def train(
         out: run folder; gets ``weights/best.pt``, ``weights/last.pt``, ``results.csv``, ``metrics.json``.
         model: ``yolov8n.yaml`` (from scratch) or a path to weights; default: the recipe's ``model``, else yolov8n.yaml.
         config: optional recipe YAML; ``overrides`` (e.g. epochs=5) win over it.
-        resume: continue the interrupted run in ``out`` from ``out/weights/last.pt``.
+        resume: continue the interrupted run in ``out`` from ``out/weights/last.pt``, writing only into ``out``
+            (a copied or moved run folder included: the checkpoint's own folder is not used). Only the
+            ``RESUME_MAY_CHANGE`` overrides apply; ``data``, ``model``, ``config``, ``overwrite`` or any other
+            override is refused with one line, since a resume keeps the run's recipe.
         callbacks: optional ``{event: function(trainer)}`` added to Ultralytics' callbacks (e.g. ``on_train_start``).
         trust: load ``model`` / ``last.pt`` even if safe loading refuses it (``--trust-weights``).
         overwrite: train even if ``out`` holds an earlier run (``--overwrite``); its weights and metrics are
@@ -212,12 +220,19 @@ def train(
     t0 = time.time()
     counter = BatchCounter()
     if resume:
+        given = {"data": data, "model": model, "config": config, "overwrite": overwrite or None,
+                 **{k: v for k, v in overrides.items() if k not in RESUME_MAY_CHANGE}}
+        kept = next((k for k, v in given.items() if v is not None), None)
+        if kept:  # Ultralytics would ignore it with a log line: say so before anything runs
+            raise InputError(f"--{kept}", "a resume keeps the run's recipe (epochs, data, model, config and every "
+                                          f"other setting); only --{', --'.join(RESUME_MAY_CHANGE)} may change: "
+                                          "start a new run to change the rest")
         last = out / "weights" / "last.pt"
         if not last.is_file():
             raise InputError(last, "nothing to resume: no interrupted run in this folder")
         with output_folder(out):
-            yolo, results = _resume(last, trust, counter)
-        left_out = []
+            changes = {k: v for k, v in overrides.items() if v is not None}
+            yolo, results, left_out = _resume(out, trust, counter, changes, callbacks, on_error)
     else:
         recipe = load_recipe(config)
         settings = {**recipe, **{k: v for k, v in overrides.items() if v is not None}}
@@ -271,8 +286,15 @@ def train(
     return metrics
 
 
-def _resume(last: Path, trust: bool, counter: BatchCounter):
-    """Continue the run whose ``last.pt`` is given; return (yolo, results)."""
+def _resume(out: Path, trust: bool, counter: BatchCounter, changes: dict, callbacks: dict | None, on_error):
+    """Continue the run whose folder is ``out`` from its ``weights/last.pt``; return (yolo, results, left_out).
+
+    Every write lands in ``out``: Ultralytics' resume would train into the folder its checkpoint names
+    (``train_args.save_dir``), the original folder of a copied run or wherever an edited file says, and read
+    the original's dataset view. It is given ``out`` as ``save_dir`` and ``out``'s own view as ``data``; a
+    run without a view (trained by Ultralytics directly) gets one, so the user's dataset is never written.
+    """
+    last = out / "weights" / "last.pt"
     # A finished run's last.pt is stripped of its optimizer; Ultralytics would then silently start a
     # *new* run on its default dataset (coco8, a download). Refuse that here. Safe loading as everywhere.
     with weights_policy(trust):
@@ -282,11 +304,24 @@ def _resume(last: Path, trust: bool, counter: BatchCounter):
             raise InputError(last, weights_error(last, e, trust)) from None
     if not isinstance(ckpt, dict) or ckpt.get("optimizer") is None or ckpt.get("epoch", -1) < 0:
         raise InputError(last, "nothing to resume: this run finished (or last.pt holds no optimizer state)")
+    left_out = []
+    if (out / "dataset" / "data.yaml").is_file():
+        data = own_view(out / "dataset")
+    else:
+        source = (ckpt.get("train_args") or {}).get("data")
+        if not source:
+            raise InputError(last, "cannot resume: the checkpoint names no dataset")
+        view = stage_dataset(source, out / "dataset", on_error=on_error)
+        data, left_out = view.data_yaml, view.errors
     yolo = load_model(last, trust=trust)
     yolo.add_callback("on_train_batch_start", counter.on_batch)
     _use_every_core(yolo)
+    for event, fn in (callbacks or {}).items():
+        yolo.add_callback(event, fn)
     try:
         with weights_policy(trust):
-            return yolo, yolo.train(resume=True)
+            return yolo, yolo.train(resume=True, save_dir=str(out), data=str(data), **changes), left_out
     except (AssertionError, FileNotFoundError) as e:  # e.g. "training to N epochs is finished"
         raise InputError(last, f"cannot resume ({' '.join(str(e).split())[:200]})") from None
+    except OSError as e:  # a full disk while saving a checkpoint: name the run, as a fresh run does
+        raise InputError(e.filename or out, e.strerror or type(e).__name__) from None

@@ -1,0 +1,252 @@
+"""A run writes only inside its own --out (docs/robustness.md, issue #30 section 2).
+
+- a file name cannot forge an ``error:`` line: control characters are printed escaped, one bad input is one line;
+- an output named as a file (``check --json``, ``trace --out``) replaces only this command's own earlier output;
+- ``train --resume`` writes only into ``--out``, whatever the checkpoint says its folder was.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from checkpoints import save_checkpoint
+from pipeline.cli import main
+from pipeline.core.errors import InputError, one_line
+from test_trust import cli, digests, jpeg_bytes, one_error_line
+
+# what a terminal would act on: every C0/C1 control but the newline that ends a line, and DEL
+RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+TRACE = ["--layer", "model.0", "--channel", "0", "--y", "0", "--x", "0", "--imgsz", "64"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """A genuine checkpoint in the trainer's layout (as tests/test_trust.py's), loads in a second."""
+    return save_checkpoint(tmp_path_factory.mktemp("w") / "good.pt")
+
+
+# ------------------------------------------------------------------------------- 1. one line per input
+
+
+def test_one_line_escapes_only_what_could_break_a_line():
+    assert one_line("runs/car 1 (copy)/é.jpg") == "runs/car 1 (copy)/é.jpg"  # ordinary names print as they are
+    name = "a\nerror: fake.jpg: ok.jpg\r\x1b[2J\x85\u2028\u202e"
+    assert one_line(name) == "a\\nerror: fake.jpg: ok.jpg\\r\\x1b[2J\\x85\\u2028\\u202e"
+    # the reason may repeat the name (an OSError's text): both halves are escaped
+    e = InputError(name, f"cannot open {name}")
+    assert "\n" not in str(e) and "\x1b" not in str(e) and str(e).count(one_line(name)) == 2
+    assert e.path == name  # the raw name stays available to JSON reports
+
+
+def test_a_photo_name_cannot_forge_an_error_line(weights, tmp_path):
+    """Two bad photos whose names hold a newline + a fake error line, and an ANSI clear-screen: two lines."""
+    d = tmp_path / "photos"
+    d.mkdir()
+    (d / "good.jpg").write_bytes(jpeg_bytes(0))
+    forged = d / "a\nerror: fake.jpg: ok.jpg"
+    forged.write_bytes(b"not a photo at all")
+    ansi = d / "b\x1b[2J.jpg"
+    ansi.write_bytes(jpeg_bytes(1)[:400])  # truncated
+    r = cli("predict", "--weights", weights, d / "good.jpg", forged, ansi, "--out", tmp_path / "o", "--imgsz", "64",
+            "--no-overlays")
+    assert r.returncode == 1, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2, errors
+    assert errors[0].startswith(f"error: {d}/a\\nerror: fake.jpg: ok.jpg: ")
+    assert errors[1].startswith(f"error: {d}/b\\x1b[2J.jpg: ")
+    assert not RAW_CONTROL.search(r.stderr + r.stdout)
+    done = json.loads((tmp_path / "o" / "detections.json").read_text())
+    assert [Path(rec["image"]).name for rec in done] == ["good.jpg"]  # the batch went on past both
+
+
+def test_a_reason_that_repeats_a_name_stays_one_line(synth_data, tmp_path, capsys):
+    """``check --json notes\\n.txt/r.json``: the reason names the file in the way, newline and all."""
+    note = tmp_path / "notes\nerror: x: y.txt"
+    note.write_text("mine\n")
+    assert main(["check", str(synth_data), "--json", str(note / "r.json")]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line == f"error: {one_line(note)}/r.json: cannot write ({one_line(note)} is a file, not a folder)"
+    assert note.read_text() == "mine\n"
+
+
+def test_an_unknown_option_cannot_smuggle_an_escape(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["check", "data.yaml", "--bogus\x1b[2J"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert one_error_line(err) and "\\x1b[2J" in err and not RAW_CONTROL.search(err)
+
+
+# ------------------------------------------------------------------------- 2. outputs named as files
+
+
+def _writers(synth_data, photo, weights):
+    """Each command that writes a file the user names: argv up to (not including) that file."""
+    return {
+        "check": ["check", synth_data, "--json"],
+        "trace": ["trace", photo, "--weights", weights, *TRACE, "--out"],
+    }
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    p = tmp_path / "car.jpg"
+    p.write_bytes(jpeg_bytes(3))
+    return p
+
+
+@pytest.mark.parametrize("command", ["check", "trace"])
+def test_a_file_the_command_did_not_write_is_refused_and_kept(command, synth_data, photo, weights,
+                                                              tmp_path, capsys):
+    argv = _writers(synth_data, photo, weights)[command]
+    other = "trace" if command == "check" else "check"
+    foreign = {
+        "plain": b'{"a": 1}\n',
+        "not json": b"my notes, not JSON\n",
+        "a lookalike": b'{"a": 1, "generator": "cardamage %s"}\n' % command.encode(),  # the mark is not first
+        "the other command's": b'{\n  "generator": "cardamage %s",\n  "ok": true\n}\n' % other.encode(),
+    }
+    for name, data in foreign.items():
+        target = tmp_path / f"{name}.json"
+        target.write_bytes(data)
+        assert main([str(a) for a in [*argv, target]]) == 1, name
+        line = one_error_line(capsys.readouterr().err)
+        assert line == (f"error: {target}: exists and is not an earlier output of cardamage {command}; "
+                        "choose another file name, or pass --overwrite to replace it")
+        assert target.read_bytes() == data, name
+    # a link is the user's too, whatever it points at: neither it nor its target changes
+    (tmp_path / "mine.json").write_bytes(b'{"a": 1}\n')
+    link = tmp_path / "link.json"
+    link.symlink_to(tmp_path / "mine.json")
+    assert main([str(a) for a in [*argv, link]]) == 1
+    assert "--overwrite" in one_error_line(capsys.readouterr().err)
+    assert link.is_symlink() and (tmp_path / "mine.json").read_bytes() == b'{"a": 1}\n'
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left behind
+
+
+@pytest.mark.parametrize("command", ["check", "trace"])
+def test_its_own_earlier_output_is_replaced_and_overwrite_replaces_any(command, synth_data, photo,
+                                                                        weights, tmp_path, capsys):
+    argv = [str(a) for a in _writers(synth_data, photo, weights)[command]]
+    target = tmp_path / "out.json"
+    assert main([*argv, str(target)]) == 0
+    first = json.loads(target.read_text())
+    assert next(iter(first)) == "generator" and first["generator"] == f"cardamage {command}"
+    target.write_text(json.dumps({**first, "stale": True}, indent=2))  # an earlier run's, edited: still ours
+    assert main([*argv, str(target)]) == 0
+    assert json.loads(target.read_text()) == first  # replaced by this run's report, not merged
+    target.write_bytes(b'{"a": 1}\n')
+    assert main([*argv, str(target), "--overwrite"]) == 0
+    assert json.loads(target.read_text()) == first
+    capsys.readouterr()
+
+
+def test_a_foreign_file_that_appears_during_the_run_is_kept(synth_data, tmp_path, monkeypatch, capsys):
+    """The check before the work is repeated just before writing: a scan takes minutes on CarDD."""
+    import pipeline.cli.check
+
+    target = tmp_path / "r.json"
+    real = pipeline.cli.check.check_dataset
+
+    def scan_then_user_saves(*a, **k):
+        report = real(*a, **k)
+        target.write_bytes(b'{"a": 1}\n')
+        return report
+
+    monkeypatch.setattr(pipeline.cli.check, "check_dataset", scan_then_user_saves)
+    assert main(["check", str(synth_data), "--json", str(target)]) == 1
+    assert "--overwrite" in one_error_line(capsys.readouterr().err)
+    assert target.read_bytes() == b'{"a": 1}\n'
+
+
+# ------------------------------------------------------------------------------------- 3. train --resume
+
+
+class Interrupt(Exception):
+    """Stands for a crash after the first epoch's checkpoint was saved."""
+
+
+@pytest.fixture(scope="module")
+def interrupted(synth_data, tmp_path_factory) -> Path:
+    """A real run folder of ``cardamage train``: 2 epochs of 64 px planned, cut after the first one's last.pt."""
+    from pipeline.model.train import train
+
+    def stop(trainer):
+        raise Interrupt
+
+    out = tmp_path_factory.mktemp("interrupted") / "run"
+    with pytest.raises(Interrupt):
+        train(synth_data, out, epochs=2, imgsz=64, batch=8, nbs=8, workers=0, device="cpu", val=False, seed=0,
+              callbacks={"on_fit_epoch_end": stop})
+    ckpt = torch.load(out / "weights" / "last.pt", weights_only=False)
+    assert (ckpt["epoch"], ckpt["train_args"]["epochs"], ckpt["train_args"]["save_dir"]) == (0, 2, str(out))
+    return out
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def _copy(run: Path, dest: Path) -> Path:
+    shutil.copytree(run, dest, symlinks=True)  # as `cp -a`: the view's links stay links to the user's files
+    return dest
+
+
+@pytest.mark.slow
+def test_resuming_a_copied_run_writes_only_into_the_copy(interrupted, tmp_path):
+    copy = _copy(interrupted, tmp_path / "copy")
+    before, tree = digests(interrupted), _tree(interrupted)
+    assert main(["train", "--out", str(copy), "--resume"]) == 0
+    assert digests(interrupted) == before and _tree(interrupted) == tree  # the original: not a byte, not a file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]
+    m = json.loads((copy / "metrics.json").read_text())
+    assert m["epochs"] == 2 and m["weights"] == str(copy.resolve() / "weights" / "best.pt")
+    assert len((copy / "results.csv").read_text().strip().splitlines()) == 1 + 2  # header + both epochs, here
+    args = yaml.safe_load((copy / "args.yaml").read_text())  # the trainer's record: a finished last.pt drops save_dir
+    assert args["save_dir"] == str(copy.resolve()) and args["data"] == str(copy.resolve() / "dataset" / "data.yaml")
+    view = yaml.safe_load((copy / "dataset" / "data.yaml").read_text())
+    assert view["path"] == str(copy.resolve() / "dataset")
+    assert (copy / "dataset" / "train" / "labels.cache").is_file()  # its cache too is the copy's own
+
+
+@pytest.mark.slow
+def test_a_checkpoint_naming_another_folder_writes_nothing_there(interrupted, tmp_path):
+    """An edited last.pt (save_dir, project, name elsewhere) still resumes into --out; --batch may change."""
+    run = _copy(interrupted, tmp_path / "run")
+    elsewhere = tmp_path / "elsewhere"
+    ckpt = torch.load(run / "weights" / "last.pt", weights_only=False)
+    ckpt["train_args"].update(save_dir=str(elsewhere), project=str(tmp_path), name="elsewhere")
+    torch.save(ckpt, run / "weights" / "last.pt")
+    before = digests(interrupted)
+    assert main(["train", "--out", str(run), "--resume", "--batch", "4"]) == 0
+    assert not elsewhere.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert digests(interrupted) == before
+    args = torch.load(run / "weights" / "last.pt", weights_only=False)["train_args"]
+    assert (args["batch"], args["epochs"]) == (4, 2)
+    assert yaml.safe_load((run / "args.yaml").read_text())["save_dir"] == str(run.resolve())
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+
+
+@pytest.mark.parametrize("extra", [["--epochs", "5"], ["--data", "other.yaml"], ["--model", "yolov8s.yaml"],
+                                   ["--config", "configs/cardd.yaml"], ["--overwrite"]])
+def test_a_resume_refuses_what_it_would_ignore(extra, weights, tmp_path, capsys):
+    """Refused before anything is read, so a checkpoint that looks cut after epoch 1 of 2 is enough."""
+    run = tmp_path / "run"
+    ckpt = torch.load(weights, weights_only=False)
+    ckpt.update(epoch=0, optimizer={"state": {}, "param_groups": []})
+    ckpt["train_args"].update(epochs=2, save_dir=str(run))
+    (run / "weights").mkdir(parents=True)
+    torch.save(ckpt, run / "weights" / "last.pt")
+    before, tree = digests(run), _tree(run)
+    assert main(["train", "--out", str(run), "--resume", *extra]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {extra[0]}: a resume keeps the run's recipe (epochs, data, model, config")
+    assert "only --device, --batch, --imgsz, --time may change" in line
+    assert digests(run) == before and _tree(run) == tree
