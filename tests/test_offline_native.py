@@ -119,7 +119,8 @@ def _traced(strace: str, log: Path, args: list[str]) -> list[str]:
     return [strace, "-f", "-qq", "-e", "trace=network,openat", "-e", "signal=none", "-o", str(log), *args]
 
 
-def run_traced(strace: str, log: Path, args: list[str], timeout: float = 300) -> tuple[subprocess.CompletedProcess, str]:
+def run_traced(strace: str, log: Path, args: list[str],
+               timeout: float = 300) -> tuple[subprocess.CompletedProcess, str]:
     """Run ``args`` (and every process it starts) under strace; its result and the whole log."""
     done = subprocess.run(_traced(strace, log, args), capture_output=True, text=True, env=_env(), timeout=timeout)
     return done, log.read_text(errors="replace")

@@ -36,7 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", required=True, help="best.pt (trained) or yolov8n.yaml (untrained)")
     p.add_argument("--imgsz", type=image_size, default=None, help="inference size (default: the size the weights were trained at, else 640)")
     p.add_argument("--conf", type=probability, default=0.25, help="score threshold for detections (default 0.25)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface, with a warning)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface, "
+                        "with a warning)")
     p.add_argument("--port", type=int_range(1, 65535), default=8765, help="port (default 8765)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     add_trust_weights(p)
