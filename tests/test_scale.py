@@ -172,6 +172,36 @@ def test_inspect_ray_command(ray_local, photos, weights, tmp_path, capsys):
     assert {row[0] for row in _rows(out / "stats.csv")[1:]} == {"model.0", "model.1"}
 
 
+def test_local_only_sets_and_puts_back_even_when_the_start_fails(monkeypatch):
+    """On a stand-in for Ray's private modules: changed inside, restored after, also after an exception."""
+    from types import SimpleNamespace
+
+    from pipeline.core.errors import InputError
+    from pipeline.scale.cluster import local_only
+
+    class Node:
+        def start_api_server(self, **_):
+            return "started"
+
+    fake = SimpleNamespace(__version__="2.60.0", _private=SimpleNamespace(
+        ray_constants=SimpleNamespace(ENABLE_RAY_CLUSTER=True), node=SimpleNamespace(Node=Node)))
+    original = Node.start_api_server
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
+    with pytest.raises(RuntimeError, match="init failed"):
+        with local_only(fake):
+            assert fake._private.ray_constants.ENABLE_RAY_CLUSTER is False
+            assert Node().start_api_server(include_dashboard=False, raise_on_failure=False) is None
+            assert {k: os.environ[k] for k in LOCAL_ONLY_ENV} == LOCAL_ONLY_ENV
+            raise RuntimeError("init failed")
+    assert fake._private.ray_constants.ENABLE_RAY_CLUSTER is True and Node.start_api_server is original
+    assert os.environ["RAY_USAGE_STATS_ENABLED"] == "1" and "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
+    # a Ray whose private layout moved: refused in one line, not started on every interface
+    with pytest.raises(InputError, match="cannot be held to loopback"):
+        with local_only(SimpleNamespace(__version__="9.0.0", _private=SimpleNamespace())):
+            pytest.fail("entered")
+
+
 def test_absorb_equals_one_pass():
     """Chan's merge of per-worker totals against one ChannelStats over every batch (no Ray needed)."""
     g = torch.Generator().manual_seed(0)
