@@ -1,8 +1,9 @@
 """Issue 15: ``predict --ray`` and ``inspect --stats-only --ray`` give what one process gives.
 
-One real local Ray instance (2 CPUs, no dashboard, usage reporting off, loopback only) serves the module; the
-commands find it already running and join it. The model is a seeded checkpoint (``tests/checkpoints.py``)
-whose class biases let boxes through; photos are a few real CarDD samples copied to a temporary folder.
+One real local Ray instance (2 CPUs, started by ``ray_session``: no dashboard, usage reporting off, loopback
+only) serves the module; the commands find it already running and join it. The model is a seeded checkpoint
+(``tests/checkpoints.py``) whose class biases let boxes through; photos are a few real CarDD samples copied to a
+temporary folder.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pipeline.cli import main
 from pipeline.core.io import expand_sources
 from pipeline.probe.channel_stats import ChannelStats
 from pipeline.probe.statistics import inspect_dataset
-from pipeline.scale.cluster import chunks
+from pipeline.scale.cluster import LOCAL, LOCAL_ONLY_ENV, _skip_api_server, chunks, import_ray, ray_session
 from pipeline.scale.stats import ray_inspect
 
 ray = pytest.importorskip("ray")
@@ -35,12 +36,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray instance for the whole module (what ``--ray`` without an address joins when one runs)."""
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             logging_level="WARNING")
-    yield ray
-    ray.shutdown()
+    """One local Ray instance for the whole module (what ``--ray`` without an address joins when one runs),
+    started as ``--ray`` starts one; Ray is already imported here, as in a notebook."""
+    import_ray()  # which sets RAY_USAGE_STATS_ENABLED=0 for every session, when unset
+    before = {k: os.environ.get(k) for k in LOCAL_ONLY_ENV}, ray._private.ray_constants.ENABLE_RAY_CLUSTER
+    with ray_session(LOCAL, num_cpus=2) as started:
+        yield started, before
+
+
+def test_a_local_instance_is_loopback_only_and_leaves_the_process_as_it_was(ray_local):
+    """The node address is 127.0.0.1; what ``local_only`` changed for the start is put back once it has started."""
+    started, (env, cluster) = ray_local
+    assert started.util.get_node_ip_address() == "127.0.0.1"
+    assert started._private.ray_constants.ENABLE_RAY_CLUSTER is cluster  # True on Linux, read at import
+    assert started._private.node.Node.start_api_server is not _skip_api_server
+    assert {k: os.environ.get(k) for k in LOCAL_ONLY_ENV} == env
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +170,36 @@ def test_inspect_ray_command(ray_local, photos, weights, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and len(_errors(err)) == 2 and (out / "stats.csv").is_file()
     assert {row[0] for row in _rows(out / "stats.csv")[1:]} == {"model.0", "model.1"}
+
+
+def test_local_only_sets_and_puts_back_even_when_the_start_fails(monkeypatch):
+    """On a stand-in for Ray's private modules: changed inside, restored after, also after an exception."""
+    from types import SimpleNamespace
+
+    from pipeline.core.errors import InputError
+    from pipeline.scale.cluster import local_only
+
+    class Node:
+        def start_api_server(self, **_):
+            return "started"
+
+    fake = SimpleNamespace(__version__="2.60.0", _private=SimpleNamespace(
+        ray_constants=SimpleNamespace(ENABLE_RAY_CLUSTER=True), node=SimpleNamespace(Node=Node)))
+    original = Node.start_api_server
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
+    with pytest.raises(RuntimeError, match="init failed"):
+        with local_only(fake):
+            assert fake._private.ray_constants.ENABLE_RAY_CLUSTER is False
+            assert Node().start_api_server(include_dashboard=False, raise_on_failure=False) is None
+            assert {k: os.environ[k] for k in LOCAL_ONLY_ENV} == LOCAL_ONLY_ENV
+            raise RuntimeError("init failed")
+    assert fake._private.ray_constants.ENABLE_RAY_CLUSTER is True and Node.start_api_server is original
+    assert os.environ["RAY_USAGE_STATS_ENABLED"] == "1" and "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
+    # a Ray whose private layout moved: refused in one line, not started on every interface
+    with pytest.raises(InputError, match="cannot be held to loopback"):
+        with local_only(SimpleNamespace(__version__="9.0.0", _private=SimpleNamespace())):
+            pytest.fail("entered")
 
 
 def test_absorb_equals_one_pass():

@@ -6,11 +6,14 @@ whole arithmetic (patch, folded weights, bias, z, sigmoid(z), SiLU(z), the frame
 field drawn on the photo. Click a detection: its anchor, all class logits and sigmoids, the CAM. Each photo
 runs once, on first view; everything after is read off that recorded pass. Nothing leaves the machine:
 page, script and styles are served from the package, and the server listens on 127.0.0.1 unless --host says
-otherwise. The JSON API is described in docs/explore.md.
+otherwise. With --host beyond loopback (0.0.0.0: every interface) it says so in a warning line and prints the
+addresses it answers at; at any address it answers only requests that name it in their Host header (a page
+elsewhere cannot reach it by pointing its own domain at this machine). The JSON API is described in docs/explore.md.
 
 Examples:
     cardamage explore --weights runs/demo/train/weights/best.pt photo.jpg other.jpg
     cardamage explore --weights best.pt photos/*.jpg --port 9000 --no-browser
+    cardamage explore --weights best.pt photo.jpg --host 0.0.0.0    # other machines too: read the warning
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import webbrowser
 from pipeline.cli.options import add_trust_weights, image_size, int_range, probability
 from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import InputError, validate_image
-from pipeline.explore.app import listen, serve
+from pipeline.explore.app import bound_beyond_loopback, bound_to_every_interface, listen, serve, served_urls
 from pipeline.explore.session import Explorer
 from pipeline.model.load import load_model, trained_imgsz
 
@@ -33,7 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", required=True, help="best.pt (trained) or yolov8n.yaml (untrained)")
     p.add_argument("--imgsz", type=image_size, default=None, help="inference size (default: the size the weights were trained at, else 640)")
     p.add_argument("--conf", type=probability, default=0.25, help="score threshold for detections (default 0.25)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface, "
+                        "with a warning)")
     p.add_argument("--port", type=int_range(1, 65535), default=8765, help="port (default 8765)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     add_trust_weights(p)
@@ -48,10 +53,15 @@ def run(args) -> int:
         sock = listen(args.host, args.port)
     except OSError as e:  # port taken, address not available: one line, before anything claims to serve
         raise InputError(f"{args.host}:{args.port}", e.strerror or str(e)) from None
-    url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}/"
+    urls = served_urls(sock, args.host)
+    if bound_beyond_loopback(sock):
+        where = "every interface" if bound_to_every_interface(sock) else args.host
+        print(f"warning: explore listens on {where} ({args.host}:{args.port}), not only on this machine: anyone who "
+              "can reach it can read these photos and the model; the default --host 127.0.0.1 keeps it here",
+              file=sys.stderr)
     n = len(args.photos)
-    print(f"cardamage explore: {n} photo{'' if n == 1 else 's'} on {url} (Ctrl+C stops)", file=sys.stderr)
+    print(f"cardamage explore: {n} photo{'' if n == 1 else 's'} on {', '.join(urls)} (Ctrl+C stops)", file=sys.stderr)
     if not args.no_browser:
-        threading.Timer(1.0, webbrowser.open, args=(url,)).start()
-    serve(explorer, sock)
+        threading.Timer(1.0, webbrowser.open, args=(urls[0],)).start()
+    serve(explorer, sock, args.host)
     return 0

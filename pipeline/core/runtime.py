@@ -17,6 +17,11 @@ missing packages. This module is imported by ``pipeline/__init__.py`` before any
 - progress bars redraw in place on a terminal only: in a log file each bar writes its final line, not a
   carriage-return frame per update (``plain_progress_off_terminal``).
 
+ONNX Runtime (the engine's CPU backend) is native code that Python's socket guards never see: release 1.32
+stores telemetry events under ``~/.cache/Microsoft/DeveloperTools/.onnxruntime`` as it loads and uploads them
+to ``mobile.events.data.microsoft.com`` about 9 s later (strace). ``ORT_DISABLE_TELEMETRY=1``, set here before
+anything loads it, turns that off; ``import_onnxruntime`` is the one way this package imports it.
+
 Weights are loaded by ``load_model`` in ``pipeline/model.py``, which refuses bare hub names.
 
 Examples:
@@ -78,8 +83,42 @@ class QuietSettingsBanner(logging.Filter):
         return not str(record.msg).startswith(self.BANNER)
 
 
+# --------------------------------------------------------------------------------------- ONNX Runtime, offline
+#: Read by ONNX Runtime once, as its library loads: "1" keeps its telemetry from starting ("0" or unset: on).
+ORT_TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
+log = logging.getLogger(__name__)
+
+
+def onnxruntime_telemetry_off() -> None:
+    """Set ``ORT_DISABLE_TELEMETRY=1`` for this process and the ones it starts (Ray workers), before any load."""
+    os.environ[ORT_TELEMETRY_ENV] = "1"
+
+
+def import_onnxruntime():
+    """ONNX Runtime with its telemetry off (``ImportError`` when it is not installed).
+
+    Examples:
+        >>> ort = import_onnxruntime()
+        >>> session = ort.InferenceSession(graph_bytes, providers=["CPUExecutionProvider"])
+    """
+    onnxruntime_telemetry_off()
+    import onnxruntime  # optional dependency, and ~0.1 s: loaded only by the ONNX backend
+
+    # The in-process switch too (releases that honour only it); alone it comes too late, the store is
+    # opened as the library loads.
+    disable = getattr(onnxruntime, "disable_telemetry_events", None)
+    if disable is not None:
+        disable()
+    return onnxruntime
+
+
 def configure() -> Path:
     """Set the Ultralytics environment before it is imported; return the config dir. Idempotent."""
+    if "onnxruntime" in sys.modules and os.environ.get(ORT_TELEMETRY_ENV) != "1":
+        # Loaded before ``import pipeline``: its store is open and its uploader armed; nothing here can stop it.
+        log.warning("onnxruntime was imported before pipeline, so its telemetry is on in this process; "
+                    "import pipeline first (or set ORT_DISABLE_TELEMETRY=1)")
+    onnxruntime_telemetry_off()
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "0"
     # Every checkpoint load is weights_only + Ultralytics' allow-list unless a caller opts in for one

@@ -15,6 +15,11 @@ Routes (``photo`` is an index into the photos given, from 0)::
 A bad parameter is answered 400 with ``{"error": "..."}`` and logged as one line; the handlers are plain
 functions, which Starlette runs in its thread pool, so a slow first run of one photo does not block others.
 
+A served app answers only requests whose ``Host`` header names the address it serves (``served_hosts``,
+through Starlette's ``TrustedHostMiddleware``; others get 400 "Invalid host header"): a web page elsewhere
+whose own name an attacker points at 127.0.0.1 (DNS rebinding) cannot read the photos through the reader's
+browser.
+
 Examples:
     >>> from starlette.testclient import TestClient
     >>> client = TestClient(create_app(Explorer(load_model("best.pt"), ["photo.jpg"])))
@@ -24,16 +29,20 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import math
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import psutil
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -78,12 +87,18 @@ def _guarded(fn):
     return endpoint
 
 
-def create_app(explorer: Explorer) -> Starlette:
+def create_app(explorer: Explorer, allowed_hosts: Sequence[str] | None = None) -> Starlette:
     """The Starlette app serving ``explorer``'s answers and the page (everything from the package).
 
+    Args:
+        explorer: what the API answers from.
+        allowed_hosts: the ``Host`` header values answered (``served_hosts``); any other gets 400. ``None``: no
+            check, for in-process clients such as Starlette's ``TestClient``. ``serve`` and ``running`` always
+            pass them.
+
     Examples:
-        >>> app = create_app(Explorer(load_model("best.pt"), ["photo.jpg"]))
-        >>> uvicorn.run(app, host="127.0.0.1", port=8765)
+        >>> sock = listen("127.0.0.1", 8765)
+        >>> app = create_app(Explorer(load_model("best.pt"), ["photo.jpg"]), served_hosts(sock))
     """
 
     def q(request) -> dict:
@@ -122,7 +137,80 @@ def create_app(explorer: Explorer) -> Starlette:
     async def not_found(request, exc):
         return StrictJSON({"error": f"no such page: {request.url.path}"}, status_code=getattr(exc, "status_code", 404))
 
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+    middleware = [] if allowed_hosts is None else [
+        Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)]
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found}, middleware=middleware)
+
+
+#: Host header values that name the loopback interface.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address as an IP, an IPv4-mapped IPv6 one (``::ffff:127.0.0.1``) as its IPv4 address."""
+    ip = ipaddress.ip_address(address.split("%")[0])  # "%eth0": an IPv6 zone
+    return getattr(ip, "ipv4_mapped", None) or ip
+
+
+def _in_url(address: str) -> str:
+    """An address as a URL or a Host header writes it: IPv6 in brackets."""
+    return f"[{address}]" if ":" in address else address
+
+
+def machine_addresses(family: int | None = None) -> list[str]:
+    """This machine's own addresses (loopback excluded), read from its interfaces, no DNS; ``family``:
+    ``socket.AF_INET`` or ``AF_INET6`` only. IPv6 link-local addresses are left out: a URL would need a zone."""
+    found = []
+    for addresses in psutil.net_if_addrs().values():
+        for a in addresses:
+            if a.family in (socket.AF_INET, socket.AF_INET6) and family in (None, a.family):
+                ip = _ip(a.address)
+                if not ip.is_loopback and not ip.is_link_local and str(ip) not in found:
+                    found.append(str(ip))
+    return found
+
+
+def bound_beyond_loopback(sock: socket.socket) -> bool:
+    """Whether ``sock`` (from ``listen``) can be reached from other machines."""
+    return not _ip(sock.getsockname()[0]).is_loopback
+
+
+def bound_to_every_interface(sock: socket.socket) -> bool:
+    """Whether ``sock`` listens on every interface (0.0.0.0 or ::)."""
+    return _ip(sock.getsockname()[0]).is_unspecified
+
+
+def _wildcard_addresses(sock: socket.socket) -> list[str] | None:
+    """The machine's addresses a wildcard ``sock`` is reachable at (an IPv6 one takes IPv4 too), else None."""
+    if not bound_to_every_interface(sock):
+        return None
+    dual = sock.family == socket.AF_INET6 and not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+    return machine_addresses(None if dual else sock.family)
+
+
+def served_hosts(sock: socket.socket, host: str | None = None) -> list[str]:
+    """The ``Host`` header values to answer on ``sock``: the address it is bound to and ``host`` (the name it was
+    asked to listen on); the loopback names when bound to loopback or to every interface; and, for every
+    interface, the machine's own addresses and hostname. Ports are not compared: the request reached this socket.
+    """
+    bound = sock.getsockname()[0]
+    hosts = [_in_url(bound)] + ([_in_url(host)] if host else [])
+    wildcard = _wildcard_addresses(sock)
+    if wildcard is not None or _ip(bound).is_loopback:
+        hosts += LOOPBACK_HOSTS
+    if wildcard is not None:
+        hosts += [*map(_in_url, wildcard), socket.gethostname()]
+    return list(dict.fromkeys(h.lower() for h in hosts))
+
+
+def served_urls(sock: socket.socket, host: str) -> list[str]:
+    """Where ``sock`` (``listen(host, port)``) answers, as URLs: the loopback one first for a wildcard bind."""
+    port = sock.getsockname()[1]
+    wildcard = _wildcard_addresses(sock)
+    if wildcard is None:
+        return [f"http://{_in_url(host)}:{port}/"]
+    ipv4 = sock.family == socket.AF_INET or not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+    return [f"http://{a}:{port}/" for a in ["127.0.0.1" if ipv4 else "[::1]", *map(_in_url, wildcard)]]
 
 
 def listen(host: str = "127.0.0.1", port: int = 8765) -> socket.socket:
@@ -139,11 +227,12 @@ def listen(host: str = "127.0.0.1", port: int = 8765) -> socket.socket:
     return sock
 
 
-def serve(explorer: Explorer, sock: socket.socket, log_level: str = "warning") -> None:
-    """Run the app on uvicorn over ``sock`` (from ``listen``) until interrupted."""
+def serve(explorer: Explorer, sock: socket.socket, host: str | None = None, log_level: str = "warning") -> None:
+    """Run the app on uvicorn over ``sock`` (from ``listen(host, port)``) until interrupted; it answers only the
+    ``Host`` headers of ``served_hosts(sock, host)``."""
     import uvicorn
 
-    config = uvicorn.Config(create_app(explorer), log_level=log_level, access_log=False)
+    config = uvicorn.Config(create_app(explorer, served_hosts(sock, host)), log_level=log_level, access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
 
 
@@ -160,7 +249,8 @@ def running(explorer: Explorer, host: str = "127.0.0.1", port: int = 0, timeout:
     import uvicorn
 
     sock = listen(host, port)
-    server = uvicorn.Server(uvicorn.Config(create_app(explorer), log_level="warning", access_log=False))
+    app = create_app(explorer, served_hosts(sock, host))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
@@ -170,7 +260,7 @@ def running(explorer: Explorer, host: str = "127.0.0.1", port: int = 0, timeout:
             raise RuntimeError("the explorer's server did not start")
         time.sleep(0.02)
     try:
-        yield f"http://{host}:{sock.getsockname()[1]}"
+        yield served_urls(sock, host)[0].rstrip("/")
     finally:
         server.should_exit = True
         thread.join(timeout=10)

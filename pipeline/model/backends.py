@@ -33,7 +33,7 @@ def onnx_available() -> bool:
     graphs are all in the cache never needs (``torch.onnx.export`` imports it when a graph is exported).
     """
     try:
-        import onnxruntime  # noqa: F401
+        runtime.import_onnxruntime()
     except ImportError:
         return False
     return importlib.util.find_spec("onnx") is not None
@@ -179,9 +179,7 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(self, model, threads: int | None = None, cache: bool = True):
-        import onnxruntime as ort
-
-        self.ort = ort
+        self.ort = runtime.import_onnxruntime()
         self.model = _HeadOutputs(fused_copy(model)).eval()
         self.threads = threads or cpu_threads()
         self.device = torch.device("cpu")

@@ -1,9 +1,10 @@
 """Start or join a Ray cluster without touching the network, and split the photo list into chunks.
 
-``ray_session`` starts a local instance (no dashboard, usage reporting off; Ray 2.60's servers
-listen on every interface, behind its token authentication: docs/scale.md) or joins the
-cluster at an address, and reuses one already started in this process (the tests start one per module).
-Ray is imported only here and only when a session starts, so ``cardamage`` runs without it installed.
+``ray_session`` starts a local instance or joins the cluster at an address, and reuses one already started
+in this process (the tests start one per module). A local instance is held to this machine
+(``local_only``): every Ray server listens on 127.0.0.1, usage reporting is off, and no dashboard process
+starts, so nothing is sent out (``tests/test_offline_native.py`` checks both under strace and in the socket
+table). Ray is imported only here and only when a session starts, so ``cardamage`` runs without it installed.
 
 Every worker reads the photos by their absolute paths and writes overlays into the output folder, so on a
 cluster both must lie on a filesystem every machine mounts at the same path (NFS, a cloud file share).
@@ -43,6 +44,53 @@ def import_ray():
     return ray
 
 
+#: The environment a local instance starts its processes with (they copy it; workers inherit the raylet's).
+#: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is the local-only mode Ray runs in on macOS and Windows: the node
+#: address stays 127.0.0.1 (Linux otherwise replaces it by the machine's address, found by a UDP "connect" to
+#: 8.8.8.8) and the servers bind it instead of "::". Usage reporting is off, whatever the caller's environment says.
+LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _skip_api_server(node, **_) -> None:
+    """Stands in for ``ray._private.node.Node.start_api_server`` while a local instance starts: no process.
+
+    With ``include_dashboard=False`` Ray 2.60 still starts ``dashboard.py``, loading only its usage-stats module,
+    whose first act, before it reads ``RAY_USAGE_STATS_ENABLED``, is to ask 169.254.169.254 and
+    metadata.google.internal which cloud it runs on. A local run uses nothing else of that process.
+    """
+
+
+@contextlib.contextmanager
+def local_only(ray) -> Iterator[None]:
+    """While ``ray.init`` starts a local instance: loopback node address, usage reporting off, no dashboard.
+
+    Everything is put back afterwards, so a later ``--ray ADDRESS`` in the same process joins a cluster as usual.
+    Ray's private module layout is checked first: if a Ray release moved what this relies on, the run is refused
+    (one line) rather than started on every interface.
+    """
+    private = getattr(ray, "_private", None)
+    constants = getattr(private, "ray_constants", None)
+    node = getattr(getattr(private, "node", None), "Node", None)
+    if not hasattr(constants, "ENABLE_RAY_CLUSTER") or not hasattr(node, "start_api_server"):
+        raise InputError("--ray", f"Ray {ray.__version__} cannot be held to loopback by this cardamage (ray._private "
+                                  "changed); start Ray yourself and pass its address, or run without --ray")
+    saved_env = {k: os.environ.get(k) for k in LOCAL_ONLY_ENV}
+    saved_cluster, saved_api = constants.ENABLE_RAY_CLUSTER, node.start_api_server
+    os.environ.update(LOCAL_ONLY_ENV)
+    constants.ENABLE_RAY_CLUSTER = False  # this process read the variable when it imported Ray
+    node.start_api_server = _skip_api_server
+    try:
+        yield
+    finally:
+        node.start_api_server = saved_api
+        constants.ENABLE_RAY_CLUSTER = saved_cluster
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @contextlib.contextmanager
 def ray_session(address: str = LOCAL, num_cpus: int | None = None, num_gpus: int | None = None) -> Iterator:
     """Yield the ``ray`` module connected to a cluster; shut it down afterwards if this call started it.
@@ -63,9 +111,10 @@ def ray_session(address: str = LOCAL, num_cpus: int | None = None, num_gpus: int
     kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
     try:
         if address == LOCAL:
-            # "local": a new instance even if RAY_ADDRESS names another. No node address is given: Ray 2.60
-            # turns 127.0.0.1 into the machine's reachable address anyway (services.resolve_ip_for_localhost)
-            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+            # "local": a new instance even if RAY_ADDRESS names another
+            with local_only(ray):
+                ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=num_cpus, num_gpus=num_gpus,
+                         **kwargs)
         else:
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
