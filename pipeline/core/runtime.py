@@ -102,7 +102,7 @@ def import_onnxruntime():
         >>> session = ort.InferenceSession(graph_bytes, providers=["CPUExecutionProvider"])
     """
     onnxruntime_telemetry_off()
-    import onnxruntime  # optional dependency, and ~0.1 s: loaded only by the ONNX backend
+    import onnxruntime  # optional dependency, and slow to import: loaded only by the ONNX backend
 
     # The in-process switch too (releases that honour only it); alone it comes too late, the store is
     # opened as the library loads.
