@@ -119,16 +119,20 @@ def child(kind: str, cfg: dict) -> int:
         import gc
 
         from pipeline.cli import main
-        from pipeline.model.engine import Engine
 
-        run = Engine.run
+        try:
+            from pipeline.model.engine import Engine
+        except ImportError:  # no engine: predict's own route, timed as a whole process only
+            Engine = None
+        if Engine is not None:
+            run = Engine.run
 
-        def stamped(self, files):
-            for item in run(self, files):
-                stamps.append(time.time())
-                yield item
+            def stamped(self, files):
+                for item in run(self, files):
+                    stamps.append(time.time())
+                    yield item
 
-        Engine.run = stamped
+            Engine.run = stamped
         rc = main(["predict", cfg["source"], "--weights", cfg["weights"], "--out", cfg["out"], "--no-overlays", "--conf",
                    str(cfg["conf"]), "--imgsz", str(cfg["imgsz"]), "--backend", cfg["backend"]], freeze_imports=True)
         if rc:
@@ -248,8 +252,9 @@ def predict(args, argv) -> list[tuple]:
     ref = "stock" if "stock" in recs else next(iter(recs), None)
     for n, rs in runs.items():
         stamps = [r.output["stamps"] for r in rs]
-        if n != "export" and all(stamps):
+        if n != "export":
             numbers[f"{n}_img_s"] = round(len(files) / numbers[f"{n}_s"], 2)
+        if n != "export" and all(stamps):  # the child's own clock: its first photo, then photo to photo
             numbers[f"{n}_first_photo_s"] = round(statistics.median(s[0] - r.started for s, r in zip(stamps, rs)), 2)
             if len(stamps[0]) > 1:
                 numbers[f"{n}_steady_ms"] = round(statistics.median(1000 * (s[-1] - s[0]) / (len(s) - 1) for s in stamps), 1)
