@@ -114,7 +114,8 @@ def child(kind: str, cfg: dict) -> int:
     elif kind == "export":
         from ultralytics import YOLO
 
-        out["path"] = str(YOLO(cfg["weights"], task="detect").export(format=cfg["format"], imgsz=cfg["imgsz"], simplify=False, device="cpu"))
+        extra = {"simplify": False} if cfg["format"] == "onnx" else {}  # the graph as exported: onnxslim is not installed
+        out["path"] = str(YOLO(cfg["weights"], task="detect").export(format=cfg["format"], imgsz=cfg["imgsz"], device="cpu", **extra))
     elif kind == "ours":  # cardamage predict, as the console script runs it; each photo the engine hands back is stamped
         import gc
 
@@ -269,7 +270,11 @@ def predict(args, argv) -> list[tuple]:
         routes = [n for n in ("stock", "onnx", "openvino") if n in runs]
         if routes:
             numbers["fastest_ultralytics_route"] = min(routes, key=lambda n: numbers[f"{n}_s"])
-        H.check_same(recs, same_detections, reference=ref)
+        try:
+            H.check_same(recs, same_detections, reference=ref)
+        except H.OutputsDiffer:
+            print(H.table(numbers))  # how far apart (X_agreement: matched of the reference's boxes), then the refusal
+            raise
     note = f"whole processes; agreement: same class, IoU >= 0.99, score within 1e-3 of {ref}'s boxes"
     return [("engine", "predict-routes", numbers, note)]
 
@@ -494,8 +499,8 @@ def explore(args, argv) -> list[tuple]:
                 rng = random.Random(args.seed)
                 for i in range(args.neurons):
                     r = convs[i % len(convs)]
-                    _, c, h, w = r["out_shape"]
-                    q = {"photo": 0, "layer": r["path"], "channel": rng.randrange(c), "y": rng.randrange(h), "x": rng.randrange(w)}
+                    _, channels, h, w = r["out_shape"]
+                    q = {"photo": 0, "layer": r["path"], "channel": rng.randrange(channels), "y": rng.randrange(h), "x": rng.randrange(w)}
                     t = time.perf_counter()
                     client.get(f"{base}/api/neuron", params=q).raise_for_status()
                     got["neuron_ms"].append(1000 * (time.perf_counter() - t))
