@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import re
-import shlex
 import shutil
 import socket
 import statistics

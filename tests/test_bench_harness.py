@@ -10,7 +10,6 @@ every target's arguments, and every committed row's command still running under 
 from __future__ import annotations
 
 import importlib
-import json
 import re
 import shlex
 import sys
