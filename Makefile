@@ -30,7 +30,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow and not browser"
 
 bench: install
-	$(PY) scripts/bench_foundation.py
+	$(PY) scripts/bench.py demo --part synth
 
 clean:
 	rm -rf runs .cache .pytest_cache

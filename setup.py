@@ -2,7 +2,7 @@
 
 Everything else about the package lives in pyproject.toml. The extension is optional: without a C
 compiler the install still succeeds and stats mode falls back to torch reductions (same numbers, about
-three times the recording overhead; ``scripts/bench_inspect.py`` prints both). Without OpenMP it builds
+three times the recording overhead; ``scripts/bench.py inspect`` prints both). Without OpenMP it builds
 single-threaded.
 """
 

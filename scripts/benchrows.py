@@ -2,11 +2,13 @@
 
 A row is one measurement, one JSON object a line in ``benchmarks/rows/TABLE.jsonl``::
 
-    {"id": "recipe-30", "command": "python3 scripts/bench_cardd_cpu.py ...", "machine": "2-core AMD EPYC ...",
+    {"id": "recipe-30", "command": "python3 scripts/bench.py cardd-cpu ...", "machine": "2-core AMD EPYC ...",
      "date": "2026-12-03", "numbers": {"epochs": 18, "mAP50": 0.461, ...}, "note": "..."}
 
 ``id``, ``command``, ``machine``, ``date`` (YYYY-MM-DD) and ``numbers`` are required; ``time`` (the hours it
-ran) and ``note`` are optional. A benchmark script makes one with :func:`make_row` and adds it with
+ran), ``note`` and ``rerun`` are optional. ``rerun`` is today's command for the same numbers when the one the
+row was measured with names a script since folded into ``scripts/bench.py``: tables show it as the command,
+and the note names the script the row was measured with. A benchmark script makes one with :func:`make_row` and adds it with
 :func:`append_row` (atomic: the file is written to a temporary sibling and renamed). README, configs and
 docstrings cite a row by its id; they never copy its numbers.
 
@@ -45,7 +47,7 @@ ROWS_DIR = ROOT / "benchmarks" / "rows"
 #: the pages whose tables are generated from the rows
 PAGES = (ROOT / "docs" / "benchmarks.md", ROOT / "README.md")
 REQUIRED = ("id", "command", "machine", "date", "numbers")
-META = ("id", "date", "time", "command", "machine", "note")
+META = ("id", "date", "time", "command", "machine", "note", "rerun")
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 MARKER = re.compile(r"(<!-- rows (?P<table>[\w.-]+): (?P<cols>[^>]*?) -->\n)(?P<body>.*?)(<!-- /rows -->)", re.S)
 
@@ -149,8 +151,19 @@ def cell(row: dict, col: str) -> str:
     """``col`` of ``row``; ``KEY:N`` shows its floats with N decimals."""
     col, _, digits = col.partition(":")
     value = row["numbers"] if col == "numbers" else row.get(col) if col in META else row["numbers"].get(col)
+    if col == "command" and row.get("rerun"):
+        value = row["rerun"]  # the command that measures it today; the note names the one it was measured with
     text = fmt(value, int(digits) if digits else None).replace("|", "\\|").replace("\n", " ")
     return f"`{text}`" if col == "command" and text else text
+
+
+def note(row: dict) -> str:
+    """A row's note; a row with a ``rerun`` also names the script it was measured with (the row keeps the command)."""
+    scripts = re.findall(r"scripts/[\w.-]+\.py", row["command"]) if row.get("rerun") else []
+    measured = f"measured with `{'`, `'.join(scripts)}`" if scripts else f"measured as `{row['command']}`" if row.get("rerun") else ""
+    if row.get("note") and measured:
+        return f"{row['note']} ({measured})"
+    return row.get("note") or measured
 
 
 def render_table(rows: list[dict], cols: list[str], notes: bool = True) -> str:
@@ -164,9 +177,9 @@ def render_table(rows: list[dict], cols: list[str], notes: bool = True) -> str:
         lines.append("")
         for m, ids in machines.items():
             lines.append(f"Machine: {m}." if len(machines) == 1 else f"Machine of {', '.join(ids)}: {m}.")
-    if notes and "note" not in cols and any(r.get("note") for r in rows):
+    if notes and "note" not in cols and any(note(r) for r in rows):
         lines.append("")
-        lines += [f"- **{r['id']}**: {r['note']}" for r in rows if r.get("note")]
+        lines += [f"- **{r['id']}**: {note(r)}" for r in rows if note(r)]
     return "\n".join(lines) + "\n\n"
 
 

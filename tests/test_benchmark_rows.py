@@ -90,19 +90,3 @@ def test_append_row_is_atomic_refuses_a_duplicate_and_renders(tmp_path):
     out = benchrows.render_page(page, {"bench": benchrows.read_rows(rows)})
     assert "| b-2 | 10.0 | `python3 scripts/x.py --n 2` |" in out and "stale" not in out and "b-1" not in out
     assert out.startswith("x\n") and out.endswith("<!-- /rows -->\ny\n")
-
-
-def test_bench_cardd_cpu_records_its_rows_through_append_row(tmp_path):
-    bench = importlib.import_module("bench_cardd_cpu")
-    row_json = {"memory_format": "channels_last", "budget_minutes": 30.0, "train_minutes": 31.04, "epochs": 18,
-                "steps": 3049, "mAP50": 0.46104, "mAP50-95": 0.33012,
-                "per_class": {"crack": 0.0213, "dent": 0.2311},
-                "bench_command": "python3 scripts/bench_cardd_cpu.py --data d.yaml --minutes 30 --rows recipe"}
-    rows = tmp_path / "cardd-cpu.jsonl"
-    bench.record(str(rows), row_json, "recipe-30")
-    bench.record(str(rows), row_json, "recipe-30")  # the id is taken: the second gets the date
-    first, second = benchrows.read_rows(rows)
-    assert first["id"] == "recipe-30" and second["id"] == f"recipe-30-{second['date']}"
-    assert first["command"] == row_json["bench_command"] and benchrows.check_row(first) == []
-    assert first["numbers"] == {"memory": "NHWC", "budget_min": 30.0, "train_min": 31.0, "epochs": 18, "steps": 3049,
-                                "mAP50": 0.461, "mAP50-95": 0.33, "per_class_mAP50": {"crack": 0.02, "dent": 0.23}}

@@ -278,7 +278,8 @@ def test_a_fresh_checkout_gets_no_settings_banner_and_keeps_other_logs(tmp_path)
 
 # ------------------------------------------------------------------------------- the CPU recipe (issue 16)
 
-bench_cardd_cpu = importlib.import_module("bench_cardd_cpu")
+bench = importlib.import_module("bench")
+benchrows = importlib.import_module("benchrows")
 
 
 def test_cpu_anchor_is_the_issue_call_and_the_recipe_changes_only_named_levers():
@@ -341,34 +342,24 @@ def test_step_counter_agrees_with_the_optimizers_own_count(sample_dir, tmp_path)
     assert counter.steps == 3  # 6 batches of 4, two accumulated per step (nbs 8)
 
 
-def test_bench_set_reaches_every_row_after_the_rows_own_change():
-    """``--set`` repeats an older recipe exactly (warmup 0.5 before 2026-12-02): it follows each row's own
-    change, so train_cardd's own parser (the consumer, the oracle here) ends with both, the bench's last."""
-    for name, own in (("r-b32", {"nbs": 32}), ("r-warmup05", {}), ("recipe", {})):
-        cmd = bench_cardd_cpu.row_command(name, 30, Path("/tmp/x"), "d.yaml", None, False,
-                                          ["warmup_epochs=0.5", "cls_pw=0.5"])
-        args = train_cardd.parse_args(cmd[1:])
-        assert args.batch == (32 if name == "r-b32" else None)
-        assert train_cardd.parse_sets(args.set) == {**own, "warmup_epochs": 0.5, "cls_pw": 0.5}
-    cmd = bench_cardd_cpu.row_command("r-warmup05", 30, Path("/tmp/x"), "d.yaml", None, False, ["warmup_epochs=2"])
-    assert train_cardd.parse_sets(train_cardd.parse_args(cmd[1:]).set) == {"warmup_epochs": 2}  # the bench's wins
-
-
 def test_bench_cardd_cpu_tiny_runs_both_rows_in_order_and_resumes(sample_dir, tmp_path, capsys):
     out = tmp_path / "bench"
-    rows = bench_cardd_cpu.main(["--tiny", "--out", str(out)])
-    assert [r["recipe"] for r in rows] == ["stock", "recipe"]
-    for r in rows:
+    assert bench.main(["cardd-cpu", "--tiny", "--out", str(out), "--record", str(tmp_path / "rows.jsonl")]) == 0
+    rows = [json.loads((out / f"{n}-tiny" / "row.json").read_text()) for n in ("stock", "recipe")]
+    recorded = benchrows.read_rows(tmp_path / "rows.jsonl")
+    assert [r["id"] for r in recorded] == ["stock-tiny", "recipe-tiny"]
+    assert [r["numbers"]["mAP50"] for r in recorded] == [round(r["mAP50"], 3) for r in rows]
+    for r, rec in zip(rows, recorded):
         assert r["tiny"] and r["validated_by"].startswith("trainer") and r["steps"] >= 1
         assert (out / f"{r['recipe']}-tiny" / "row.json").is_file() and (out / f"{r['recipe']}-tiny.log").is_file()
         assert b"\r" not in (out / f"{r['recipe']}-tiny.log").read_bytes()  # a log holds lines, not redraw frames
-        assert r["bench_command"] == f"python3 scripts/bench_cardd_cpu.py --tiny --rows {r['recipe']}"
+        assert rec["command"].endswith(f"scripts/bench.py cardd-cpu --tiny --rows {r['recipe']}")
         args = yaml.safe_load((out / f"{r['recipe']}-tiny" / "train" / "args.yaml").read_text())
         assert args["close_mosaic"] == (2 if r["recipe"] == "recipe" else 10)  # each row's config reached the trainer
-    printed = capsys.readouterr().out.strip().splitlines()
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("[", "| "))]
     assert [line.split("]")[0] for line in printed[:2]] == ["[stock, tiny", "[recipe, tiny"]  # one at a time, in order
     table = printed[2:]
-    assert len(table) == 4 and table[2].startswith("| stock | NCHW | - |") and table[3].startswith("| recipe | NHWC | - |")
+    assert len(table) == 3 and table[1].startswith("| stock | NCHW |  |") and table[2].startswith("| recipe | NHWC |  |")
     # the scores are the trainer's final validation of best.pt: Ultralytics' validator again is the oracle
     r = rows[1]
     val = load_model(r["weights"]).val(data=str(out / "recipe-tiny" / "data" / "data.yaml"), imgsz=160, batch=16,
@@ -376,9 +367,10 @@ def test_bench_cardd_cpu_tiny_runs_both_rows_in_order_and_resumes(sample_dir, tm
     assert r["mAP50"] == pytest.approx(float(val.box.map50), abs=1e-4)
     # a second call trains nothing: the rows are read back
     mtimes = [(out / f"{n}-tiny" / "row.json").stat().st_mtime_ns for n in ("stock", "recipe")]
-    assert [x["mAP50"] for x in bench_cardd_cpu.main(["--table", "--tiny", "--out", str(out)])] == [x["mAP50"] for x in rows]
+    assert bench.main(["cardd-cpu", "--table", "--tiny", "--out", str(out), "--record", str(tmp_path / "rows.jsonl")]) == 0
     assert mtimes == [(out / f"{n}-tiny" / "row.json").stat().st_mtime_ns for n in ("stock", "recipe")]
+    assert len(benchrows.read_rows(tmp_path / "rows.jsonl")) == 2  # rows read back are not recorded again
     with pytest.raises(SystemExit, match="unknown row"):
-        bench_cardd_cpu.main(["--tiny", "--out", str(out), "--rows", "nope"])
+        bench.main(["cardd-cpu", "--tiny", "--out", str(out), "--rows", "nope"])
     with pytest.raises(SystemExit, match="synth-weights"):
-        bench_cardd_cpu.main(["--tiny", "--out", str(out), "--rows", "r-synth"])
+        bench.main(["cardd-cpu", "--tiny", "--out", str(out), "--rows", "r-synth"])

@@ -8,7 +8,7 @@ so ``score == sigmoid(logit)`` holds for every detection and a student can see w
 A folder, or ``--batch`` > 1, runs the engine (``pipeline.model.engine``: decoding ahead in threads,
 ONNX Runtime on CPU, batches of equally shaped photos on a GPU); on a CPU without ONNX Runtime a folder
 goes photo by photo, where the engine would be no faster. Its detections agree with the one-photo-at-a-
-time path (``scripts/bench_predict.py``, ``scripts/bench_onnx_route.py`` print the check and the rates).
+time path (``scripts/bench.py predict`` prints the check and the rates).
 
 Examples:
     cardamage predict --weights runs/demo/train/weights/best.pt photos/ --out runs/predict

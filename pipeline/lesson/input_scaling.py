@@ -3,7 +3,7 @@
 YOLOv8 feeds the network ``x / 255`` and nothing else (no mean, no std). Many CNNs standardize instead:
 ``(x / 255 - mean_c) / std_c`` with the dataset's per-channel statistics. This module makes Ultralytics'
 own trainer and validator do that, so the two can be trained side by side on the same data, seed and
-budget (``scripts/scaling_experiment.py``) and their loss curves compared with real numbers.
+budget (``scripts/figures.py scaling``) and their loss curves compared with real numbers.
 
 Only the scaling changes: augmentation, model, loss and metrics are Ultralytics' own.
 

@@ -52,7 +52,7 @@ def save_png(fig, path, tight: bool = True, dpi: int = 100, pad_inches: float = 
         y0, y1 = max(0, h - int(np.ceil(box.y1 * dpi))), min(h, h - int(box.y0 * dpi))
         rgba = rgba[y0:y1, x0:x1]
     buf = io.BytesIO()
-    # zlib level 1, not PIL's 6: the report's figures encode in ~40% of the time for ~5% more bytes (bench_report.py)
+    # zlib level 1, not PIL's 6: the report's figures encode in ~40% of the time for ~5% more bytes (scripts/bench.py report)
     PIL.Image.fromarray(np.ascontiguousarray(rgba)).save(buf, format="png", compress_level=1)
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
