@@ -185,8 +185,9 @@ def make_weights(work: Path, photo: Path, imgsz: int, epochs: int, seed: int) ->
     if path.is_file():
         return path
     _pipeline()
+    sys.path.insert(0, str(ROOT / "tests"))
+    from checkpoints import redraw_head
     from pipeline.data.synth import write_dataset
-    from pipeline.model.detections import redraw_head
     from pipeline.model.load import load_model
     from pipeline.model.train import train
 
@@ -314,7 +315,9 @@ def predict_in_process(args) -> list[tuple]:
     import torch
     import torchvision  # noqa: F401  (stock's NMS then uses torchvision's kernel, as the engine's does)
 
-    from pipeline.model.detections import agreement, redraw_head
+    sys.path.insert(0, str(ROOT / "tests"))
+    from checkpoints import redraw_head
+    from pipeline.model.detections import agreement
     from pipeline.model.engine import Engine
     from pipeline.model.load import load_model
 

@@ -21,7 +21,8 @@ import torch
 from pipeline.cli import main
 from pipeline.model.engine import Engine
 from pipeline.model.backends import _HeadOutputs, fused_copy, onnx_available
-from pipeline.model.detections import agreement, match_detections, redraw_head
+from checkpoints import redraw_head
+from pipeline.model.detections import agreement, match_detections
 from pipeline.model.load import load_model
 from pipeline.model.predict import predict_paths
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.data.preprocess import model_input
 
 # ----------------------------------------------------------------------------------------------------
 # Agreement with stock predict
@@ -160,53 +159,3 @@ def agreement(ours: list[dict], stock: list[dict], iou_min: float = 0.99, score_
         "score_tol": score_tol,
         "ok": n_m == n_s == n_o,
     }
-
-
-# ------------------------------------------------------------------------------ agreement tooling
-def redraw_head(yolo, photo, imgsz: int, seed: int = 0):
-    """Give a weak checkpoint a head whose NMS has one stable answer (for agreement checks: bench and tests).
-
-    A checkpoint trained for minutes on synthetic data scores every CarDD anchor about alike (~0.002),
-    so which of two near-tied boxes NMS keeps is decided by float noise of ~1e-7, and no two backends
-    can agree box for box. Keeping the trained backbone, this redraws the last class convs as random
-    readouts of the features (logit ~ -3 + N(0, 1), standardised on ``photo``) and puts each box side's
-    DFL mass on bins 1-2 (boxes 2-4 strides wide). Speed is unchanged: same layers, same shapes.
-    Modifies ``yolo`` in place and returns it.
-    """
-    model = yolo.model.eval()
-    detect = model.model[-1]
-    heads = [seq[-1] for seq in detect.cv3] + [seq[-1] for seq in detect.cv2]
-    stats = {}
-
-    def measure(k):
-        def hook(module, inputs, output):
-            f = inputs[0][0].flatten(1)
-            stats[k] = (f.mean(1), f.std(1).clamp_min(1e-6))
-
-        return hook
-
-    hooks = [h.register_forward_hook(measure(k)) for k, h in enumerate(heads)]
-    with torch.no_grad():
-        model(model_input(photo, imgsz)[0])
-    for h in hooks:
-        h.remove()
-    g = torch.Generator().manual_seed(seed)
-
-    def readout(k, rows):
-        mu, sigma = stats[k]
-        w = torch.randn(rows, len(mu), generator=g) / (sigma * len(mu) ** 0.5)
-        return w, -(w @ mu)
-
-    for k, conv in enumerate(heads):
-        if k < len(detect.cv3):
-            w, b = readout(k, conv.weight.shape[0])
-            conv.weight.data, conv.bias.data = w[:, :, None, None].clone(), b - 3.0
-        else:
-            w, b = torch.zeros(conv.weight.shape[:2]), torch.full((conv.weight.shape[0],), -20.0)
-            wk, bk = readout(k, 4)
-            for side in range(4):
-                r = side * detect.reg_max
-                b[r + 1] = 0.0
-                w[r + 2], b[r + 2] = wk[side], bk[side]
-            conv.weight.data, conv.bias.data = w[:, :, None, None].clone(), b
-    return yolo
