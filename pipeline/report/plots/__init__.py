@@ -3,7 +3,8 @@
 ``input.py`` (preprocessing and outliers), ``layers.py`` (feature maps, filters, weight histograms) and
 ``lesson.py`` (activation gallery, gradient flow, SGD step, detections, CAM) all write through
 ``save_png``, so every figure is written atomically. Photos are drawn with ``imshow_photo``, which hands
-matplotlib a copy no bigger than the figure can show. Nothing here runs the model.
+matplotlib a copy no bigger than the figure can show, in a figure sized by ``photo_figsize``, whose shape
+follows the photo's only up to ``MAX_FIGURE_ASPECT``. Nothing here runs the model.
 
 Examples:
     >>> fig, ax = plt.subplots()
@@ -32,6 +33,10 @@ from pipeline.core.io import atomic_write_bytes, shrink  # noqa: E402
 #: so this is about twice what any panel can show; a bigger photo is shrunk first, because matplotlib
 #: resamples the whole array in float64 RGBA (about 70 bytes per pixel at its peak: 4.4 GB for 8000x8000).
 DISPLAY_MAX_SIDE = 1024
+#: Most a photo's figure is taller than wide (or wider than tall). The figure's pixels are what matplotlib
+#: allocates: a 16x20000 strip gave a 7 x 8750 inch figure (22.7 GB) and a 20000x16 panorama one 0.006 inch
+#: high (no pixel row: a traceback). Beyond this the photo is drawn letterboxed in the clamped figure.
+MAX_FIGURE_ASPECT = 2.5
 
 
 def save_png(fig, path, tight: bool = True, dpi: int = 100, pad_inches: float = 0.1) -> Path:
@@ -56,6 +61,26 @@ def save_png(fig, path, tight: bool = True, dpi: int = 100, pad_inches: float = 
     PIL.Image.fromarray(np.ascontiguousarray(rgba)).save(buf, format="png", compress_level=1)
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def photo_figsize(shape, width: float) -> tuple[float, float]:
+    """``(width, height)`` in inches for a figure of one photo or map of ``shape`` (HxW...): the photo's own
+    aspect, clamped to ``MAX_FIGURE_ASPECT`` either way, so no input can size a figure beyond
+    ``width`` x ``MAX_FIGURE_ASPECT * width`` or below ``width`` x ``width / MAX_FIGURE_ASPECT``.
+
+    Examples:
+        >>> photo_figsize((16, 20000), 8)
+        (8, 3.2)
+    """
+    h, w = shape[:2]
+    ratio = min(max(h / max(w, 1), 1 / MAX_FIGURE_ASPECT), MAX_FIGURE_ASPECT)
+    return width, width * ratio
+
+
+def clamped_aspect(w: float, h: float) -> float:
+    """``w / h`` clamped to ``MAX_FIGURE_ASPECT`` either way: a panel's width ratio that no photo can make
+    vanish or take the whole figure."""
+    return min(max(w / max(h, 1), 1 / MAX_FIGURE_ASPECT), MAX_FIGURE_ASPECT)
 
 
 def display_copy(image: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:

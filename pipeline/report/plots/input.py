@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipeline.core.io import InputError, read_image, shrink  # noqa: E402
-from pipeline.report.plots import imshow_photo, save_png  # noqa: E402
+from pipeline.report.plots import clamped_aspect, imshow_photo, save_png  # noqa: E402
 
 CHANNEL_COLORS = ("tab:red", "tab:green", "tab:blue")
 SCALING_TITLES = {
@@ -52,7 +52,7 @@ def plot_letterbox(original_bgr: np.ndarray, tensor, meta: dict, path, title: st
     h0, w0 = meta["orig_shape"]
     h, w = meta["input_shape"]
     p = meta["pad"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), gridspec_kw={"width_ratios": [max(w0 / h0, 0.2), max(w / h, 0.2)]})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), gridspec_kw={"width_ratios": [clamped_aspect(w0, h0), clamped_aspect(w, h)]})
     imshow_photo(axes[0], original_bgr, interpolation="nearest")
     axes[0].set_title(f"photo: {h0}x{w0} (HxW), BGR uint8 0..255", fontsize=9)
     axes[1].imshow(_rgb(tensor), interpolation="nearest")

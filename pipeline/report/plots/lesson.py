@@ -31,7 +31,7 @@ import torch
 from pipeline.core.io import atomic_write_image, shrink
 from pipeline.lesson.activations import GALLERY  # noqa: E402
 from pipeline.lesson.activations import silu as silu_f
-from pipeline.report.plots import imshow_photo, save_png  # noqa: E402
+from pipeline.report.plots import imshow_photo, photo_figsize, save_png  # noqa: E402
 
 VARIANT_COLORS = {"silu": "tab:green", "sigmoid": "tab:red", "tanh": "tab:orange", "relu": "tab:blue"}
 
@@ -233,7 +233,7 @@ def plot_detections(image_bgr: np.ndarray, detections: list[dict], path, max_box
     labelled damage, if any) are drawn under them as dashed white-on-black boxes named ``label: class``, and
     ``verdicts`` (``match_labels``'s, one per detection) end each box's tag with ``found`` or ``FP``."""
     h, w = image_bgr.shape[:2]
-    fig, ax = plt.subplots(figsize=(7, 7 * h / max(w, 1)))
+    fig, ax = plt.subplots(figsize=photo_figsize((h, w), 7))
     imshow_photo(ax, image_bgr)
     label_tags, box_tags = [], []
     for g in labels or []:
@@ -298,7 +298,7 @@ def plot_cam(input_tensor, cam: np.ndarray, path, title: str) -> Path:
     rgb = x.permute(1, 2, 0).float().numpy().clip(0, 1)
     H, W = rgb.shape[:2]
     up = cv2.resize(cam.astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
-    fig, ax = plt.subplots(figsize=(6, 6 * H / W))
+    fig, ax = plt.subplots(figsize=photo_figsize((H, W), 6))
     ax.imshow(rgb)
     im = ax.imshow(up, cmap="jet", alpha=0.45, vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, shrink=0.8)
