@@ -218,6 +218,19 @@ def return_freed_memory() -> bool:
         return False
 
 
+def trim_heap() -> bool:
+    """Hand the free pages inside glibc's heaps back to the OS (``malloc_trim(0)``); True where it applied.
+
+    Blocks under ``MMAP_THRESHOLD`` come from the heaps, and freeing them keeps the pages: after the report's
+    LayerCAM (16 backward passes of few-MB feature maps) 270 MiB stayed resident, and every section after
+    it stacked on top (measured: 1337 -> 1063 MiB resident after this call, on an 8000 px photo).
+    """
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 # --------------------------------------------------------------------------------------- AMP, offline
 # On a GPU the trainer's check_amp loads yolo26n.pt and, when it is missing, downloads it. This check makes
 # the same decision without weights or network; ultralytics_settings() installs it into the trainer.

@@ -88,14 +88,15 @@ def display_copy(image: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndar
     return shrink(image, max_side)
 
 
-def imshow_photo(ax, image_bgr: np.ndarray, **kwargs):
+def imshow_photo(ax, image_bgr: np.ndarray, shape=None, **kwargs):
     """Draw a BGR photo on ``ax`` in the photo's own pixel coordinates, from ``display_copy`` of it.
 
     A shrunk copy is stretched over the full photo's extent, so ticks, boxes and patches drawn in
-    full-resolution pixels land where they would on the full photo.
+    full-resolution pixels land where they would on the full photo. ``shape``: the full photo's HxW when
+    ``image_bgr`` is already a smaller copy of it (``PhotoRun(keep_side=...)``); default its own shape.
     """
-    h, w = image_bgr.shape[:2]
+    h, w = (image_bgr.shape if shape is None else shape)[:2]
     shown = display_copy(image_bgr)
-    if shown is not image_bgr:
+    if shown.shape[:2] != (h, w):
         kwargs.setdefault("extent", (-0.5, w - 0.5, h - 0.5, -0.5))  # imshow's own extent for an h x w array
     return ax.imshow(shown[..., ::-1], **kwargs)

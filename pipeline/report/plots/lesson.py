@@ -228,13 +228,14 @@ def separate_tags(ax, tags: list, pad_px: float = 2.0, tries: int = 12) -> None:
 
 
 def plot_detections(image_bgr: np.ndarray, detections: list[dict], path, max_boxes: int = 30,
-                    labels: list[dict] | None = None, verdicts: list[str] | None = None) -> Path:
+                    labels: list[dict] | None = None, verdicts: list[str] | None = None, shape=None) -> Path:
     """The photo with each box labelled ``class score (logit)``: score = sigmoid(logit); ``labels`` (the photo's
     labelled damage, if any) are drawn under them as dashed white-on-black boxes named ``label: class``, and
-    ``verdicts`` (``match_labels``'s, one per detection) end each box's tag with ``found`` or ``FP``."""
-    h, w = image_bgr.shape[:2]
+    ``verdicts`` (``match_labels``'s, one per detection) end each box's tag with ``found`` or ``FP``. ``shape``:
+    the full photo's HxW when ``image_bgr`` is a smaller copy of it (boxes are in full-photo pixels)."""
+    h, w = (image_bgr.shape if shape is None else shape)[:2]
     fig, ax = plt.subplots(figsize=photo_figsize((h, w), 7))
-    imshow_photo(ax, image_bgr)
+    imshow_photo(ax, image_bgr, shape=(h, w))
     label_tags, box_tags = [], []
     for g in labels or []:
         x0, y0, x1, y1 = g["box_xyxy"]
@@ -264,13 +265,13 @@ def plot_detections(image_bgr: np.ndarray, detections: list[dict], path, max_box
     return _save(fig, path)
 
 
-def plot_neuron_on_photo(image_bgr: np.ndarray, box, field, path, side: int = 640) -> Path:
+def plot_neuron_on_photo(image_bgr: np.ndarray, box, field, path, side: int = 640, shape=None) -> Path:
     """The photo (at most ``side`` px) with the top box (red, if any) and the worked neuron's receptive field
     (yellow, filled at 30%) and centre (+), all given in photo pixels; drawn with OpenCV (no matplotlib:
-    a few milliseconds), written as JPEG."""
+    a few milliseconds), written as JPEG. ``shape``: the full photo's HxW when ``image_bgr`` is a smaller copy."""
     import cv2
 
-    h, w = image_bgr.shape[:2]
+    h, w = (image_bgr.shape if shape is None else shape)[:2]
     img = shrink(image_bgr, side).copy()
     r = img.shape[1] / w
 
