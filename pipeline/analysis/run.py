@@ -33,7 +33,7 @@ from ultralytics.utils import ops
 
 from pipeline.analysis.cam import eigencam, layercam
 from pipeline.analysis.thread import NEURON_LAYERS, anchor_detail, choose_neuron, forward_map
-from pipeline.core.io import read_image
+from pipeline.core.io import read_image, shrink
 from pipeline.data.labels import label_path, photo_labels
 from pipeline.data.preprocess import model_input
 from pipeline.data.synth import labelled_scene
@@ -58,17 +58,23 @@ class PhotoRun:
         image: a photo path, or the photo as BGR uint8 (``read_image``).
         imgsz, conf, iou, max_det: as in ``YOLO.predict`` (``imgsz`` defaults to the weights' training size,
             ``pipeline.model.load.trained_imgsz``).
+        keep_side: keep only a copy of the photo this long (``None``: the photo itself). An 8000x8000 photo
+            is 183 MB; what is drawn from it needs ~1000 px, and every number in photo pixels uses ``shape``.
 
     Attributes:
-        source: the photo's path (``None`` for pixels). pixels: the photo, decoded once.
+        source: the photo's path (``None`` for pixels). shape: the photo's own HxWx3.
+        pixels: the photo, decoded once; with ``keep_side``, a copy at most that long (area average), made
+            once the model input is made from the full photo.
         model: the caller's DetectionModel (read only). net: the private fused copy that ran.
         x, meta: the model input ``1x3xHxW`` and its letterbox numbers. record: the closed recorder.
         blocks, paths: the caller's Conv blocks and their paths, stem first. names: class names.
     """
 
-    def __init__(self, yolo, image, imgsz: int | None = None, conf: float = 0.25, iou: float = 0.7, max_det: int = 300):
+    def __init__(self, yolo, image, imgsz: int | None = None, conf: float = 0.25, iou: float = 0.7, max_det: int = 300,
+                 keep_side: int | None = None):
         self.source = None if isinstance(image, np.ndarray) else Path(image)
-        self.pixels = image if self.source is None else read_image(self.source)
+        pixels = image if self.source is None else read_image(self.source)
+        self.shape = tuple(pixels.shape)
         self.imgsz, self.conf, self.iou, self.max_det = trained_imgsz(yolo, imgsz), conf, iou, max_det
         self.model = detection_model(yolo)
         # A private copy prepared by Ultralytics' own AutoBackend, as predict prepares it (Conv+BN fused, and
@@ -80,7 +86,9 @@ class PhotoRun:
         self.names = {int(k): str(v) for k, v in self.model.names.items()}
         self.blocks = conv_blocks(self.model)
         self.paths = list(self.blocks)
-        self.x, self.meta = model_input(self.pixels, imgsz=self.imgsz, stride=model_stride(self.net), auto=True)
+        self.x, self.meta = model_input(pixels, imgsz=self.imgsz, stride=model_stride(self.net), auto=True)
+        self.pixels = pixels if keep_side is None else shrink(pixels, keep_side)
+        del pixels  # the full photo goes now, before the recorded pass (when it is not the one kept)
         if self.source is not None:
             self.meta["source"] = str(self.source)
         self.record = self._record()
@@ -186,7 +194,7 @@ class PhotoRun:
         return {"layer": layer, "channel": ch, "y": y, "x": x, "z": zz, "stride": stride,
                 "silu_slope": float(d_silu(zz)), "inside_box": inside,
                 "detection_index": 0 if inside else None, "receptive_field_input": list(rf),
-                "receptive_field_xyxy": to_photo(rf, hw, self.pixels.shape)}
+                "receptive_field_xyxy": to_photo(rf, hw, self.shape)}
 
     @cached_property
     def traced(self) -> dict:
@@ -219,7 +227,7 @@ class PhotoRun:
         """Ultralytics' NMS on the recorded head output: kept rows, their anchors and boxes in photo pixels."""
         kept, idxs = head_nms(self.record.head, self.conf, self.iou, self.max_det,
                               end2end=getattr(self.net, "end2end", False))
-        boxes = ops.scale_boxes(self.x.shape[2:], kept[:, :4].clone(), self.pixels.shape)
+        boxes = ops.scale_boxes(self.x.shape[2:], kept[:, :4].clone(), self.shape)
         return kept, idxs, boxes
 
     @cached_property
@@ -243,7 +251,7 @@ class PhotoRun:
         rows = self._label_file[0]
         if rows is None:
             return None
-        h, w = self.pixels.shape[:2]
+        h, w = self.shape[:2]
         xyxy = ops.xywhn2xyxy(np.array([r[1:] for r in rows], dtype=np.float64).reshape(-1, 4), w=w, h=h)
         return [{"class_id": r[0], "class_name": self.names.get(r[0], str(r[0])),
                  "box_xyxy": [round(float(v), 2) for v in b]} for r, b in zip(rows, xyxy)]
@@ -315,8 +323,8 @@ class PhotoRun:
     def gradients(self, imgsz: int = 320, batch: int = 2, seed: int = 0) -> dict:
         """Gradient flow of the detection loss: this model, then fresh SiLU/sigmoid/tanh/ReLU variants.
 
-        The batch is this photo (with its YOLO labels if a label file sits beside it) plus ``batch - 1``
-        synthetic scenes. One backward pass per model (``lesson.gradients``), each on its own copy.
+        The batch is this photo (with its YOLO labels if a label file sits beside it; letterboxed from
+        ``pixels``, the kept copy where ``keep_side`` was given) plus ``batch - 1`` synthetic scenes. One backward pass per model (``lesson.gradients``), each on its own copy.
 
         Returns:
             ``{"batch_sources": [...], "real": gradient_flow, "variants": activation_comparison}``.

@@ -32,6 +32,7 @@ from ultralytics.data.utils import IMG_FORMATS
 from ultralytics.utils import patches as ultralytics_patches
 from ultralytics.utils.patches import imread
 
+from pipeline.core import runtime
 # defined apart, so the command line can use them without loading this; re-exported for the other layers
 from pipeline.core.errors import InputError, one_line  # noqa: F401
 
@@ -270,26 +271,51 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
         return hashlib.file_digest(f, algorithm).hexdigest()
 
 
+def _pixel_refusal(pixels: int, limit: int) -> str:
+    size = 3 * pixels  # BGR, one byte per channel: what one decode holds
+    held = f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
+    return (f"{pixels / 1e6:.1f} megapixels, over the limit of {limit / 1e6:g} (decoding would take {held}); "
+            f"if the photo is genuine, set {runtime.MAX_PIXELS_ENV} to a higher number of pixels")
+
+
+def check_pixels(path: str | os.PathLike, width: int, height: int) -> None:
+    """Raise ``InputError`` if a ``width`` x ``height`` photo is over the pixel limit (``runtime.max_pixels``)."""
+    try:
+        limit = runtime.max_pixels()
+    except ValueError as e:
+        raise InputError(runtime.MAX_PIXELS_ENV, str(e)) from None
+    if int(width) * int(height) > limit:
+        raise InputError(path, _pixel_refusal(int(width) * int(height), limit))
+
+
 def validate_image(path: str | os.PathLike) -> None:
-    """Decode ``path`` once with Pillow and raise ``InputError`` if the decoder reports damage.
+    """Check ``path``'s size from its header, then decode it once with Pillow; raise ``InputError`` if the
+    photo is over the pixel limit or the decoder reports damage.
 
     The one rule every command applies to a photo: an image is good when its whole data stream
     decodes. Bytes after a JPEG's end marker are fine (cameras and editors append them); a truncated
     file or a broken stream (libjpeg's "Corrupt JPEG data", which OpenCV only prints to stderr and
     then hands back grey blocks) is an error. JPEGs decode at 1/8 scale (``draft``): every entropy-
     coded byte is still read, which is where damage shows, at ~0.5 ms for a 640 px photo.
+
+    Size first: Pillow's ``open`` reads only the header, so a photo over ``runtime.max_pixels()`` (a 1 MB PNG
+    can hold 900 megapixels) is refused before any pixel is decoded, here or by OpenCV after.
     """
     try:
         with pil_open(path) as im:
+            check_pixels(path, im.width, im.height)
             if im.format == "JPEG":
                 im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()
     except (PIL.UnidentifiedImageError, ModuleNotFoundError):
-        # formats Pillow lacks (some TIFF/DNG flavours, non-images): OpenCV's decode decides. Ultralytics'
-        # patched Image.open answers an unknown format by importing pi_heif, absent unless installed.
+        # formats Pillow lacks (some TIFF/DNG flavours, non-images): OpenCV's decode decides, under
+        # OPENCV_IO_MAX_IMAGE_PIXELS (runtime.py). Ultralytics' patched Image.open answers an unknown
+        # format by importing pi_heif, absent unless installed.
         return
-    except PIL.Image.DecompressionBombError:
-        return  # size is the caller's concern; it is not damage
+    except PIL.Image.DecompressionBombError as e:  # over twice the limit: Pillow refuses at open, giving the count
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        pixels = int(found.group(1)) if found else 2 * PIL.Image.MAX_IMAGE_PIXELS + 1
+        raise InputError(path, _pixel_refusal(pixels, runtime.max_pixels())) from None
     except (OSError, SyntaxError, ValueError) as e:  # SyntaxError: Pillow's word for a malformed header
         if isinstance(e, (PermissionError, FileNotFoundError, IsADirectoryError)):
             raise InputError(path, _os_reason(e)) from None
@@ -322,7 +348,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     validate_image(path)
     try:
         image = imread(str(path))
-    except Exception as e:  # cv2 raises on some malformed headers
+    except Exception as e:  # cv2 raises on some malformed headers, and over OPENCV_IO_MAX_IMAGE_PIXELS
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(e):  # a format Pillow does not read: OpenCV's guard (runtime.py) spoke
+            raise InputError(path, f"over the limit of {runtime.max_pixels() / 1e6:g} megapixels (OpenCV refused to "
+                                   f"decode it); if the photo is genuine, set {runtime.MAX_PIXELS_ENV} higher") from None
         raise InputError(path, f"cannot decode image ({type(e).__name__})") from None
     if image is None or image.size == 0:
         raise InputError(path, "not an image or corrupt (OpenCV could not decode it)")

@@ -15,7 +15,10 @@ missing packages. This module is imported by ``pipeline/__init__.py`` before any
 - the trainer's AMP check (which downloads ``yolo26n.pt`` on a GPU) is replaced by ``offline_check_amp``;
 - ``ULTRALYTICS_SAFE_LOAD=1``: checkpoints load without running code (``pipeline.model.weights_policy``);
 - progress bars redraw in place on a terminal only: in a log file each bar writes its final line, not a
-  carriage-return frame per update (``plain_progress_off_terminal``).
+  carriage-return frame per update (``plain_progress_off_terminal``);
+- a photo may hold at most ``max_pixels()`` pixels (``CARDAMAGE_MAX_PIXELS``, default ``DEFAULT_MAX_PIXELS``):
+  Pillow's bomb guard and OpenCV's ``OPENCV_IO_MAX_IMAGE_PIXELS`` are set to it before either is imported,
+  and ``pipeline.core.io.validate_image`` refuses a larger photo from its header, before decoding.
 
 ONNX Runtime (the engine's CPU backend) is native code that Python's socket guards never see: release 1.32
 stores telemetry events under ``~/.cache/Microsoft/DeveloperTools/.onnxruntime`` as it loads and uploads them
@@ -40,7 +43,10 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
+
+import PIL.Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # pipeline/core/runtime.py -> the checkout
 
@@ -112,6 +118,47 @@ def import_onnxruntime():
     return onnxruntime
 
 
+#: Most pixels a photo may have unless ``CARDAMAGE_MAX_PIXELS`` says otherwise: 150 megapixels. Every camera
+#: photo up to medium format fits (a 100 MP GFX100 frame is 102 MP; the 8000x8000 photo of docs/robustness.md
+#: is 64 MP); a 200 MP phone's full-resolution mode needs the variable. What it stops: a small file that
+#: decodes to gigabytes (a 0.9 MB PNG of 30000x30000 grey is 900 MP, 2.7 GB as BGR, 5.4 GB at OpenCV's peak).
+DEFAULT_MAX_PIXELS = 150_000_000
+MAX_PIXELS_ENV = "CARDAMAGE_MAX_PIXELS"
+
+
+def max_pixels() -> int:
+    """The pixel limit for one photo: ``$CARDAMAGE_MAX_PIXELS`` (a positive integer; ``200e6`` is read as
+    200000000) or ``DEFAULT_MAX_PIXELS``.
+
+    Raises:
+        ValueError: the variable is set but is not a positive whole number (``pipeline.core.io`` turns this
+            into one line naming the variable).
+    """
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 1 and value == int(value)):  # NaN fails both
+        raise ValueError(f"must be a positive whole number of pixels, got {raw[:40]!r}")
+    return int(value)
+
+
+def _set_pixel_limits() -> None:
+    """Give Pillow and OpenCV the pixel limit. OpenCV reads its variable once, when cv2 is loaded, so this
+    runs before anything imports cv2; Pillow's is read at every open (it refuses above twice the value)."""
+    try:
+        limit = max_pixels()
+    except ValueError:
+        limit = DEFAULT_MAX_PIXELS  # every photo is refused with the reason (validate_image); the decoders keep a bound
+    os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(limit)
+    PIL.Image.MAX_IMAGE_PIXELS = limit
+    # Pillow warns between the limit and twice it: validate_image refuses those photos itself, in one line
+    warnings.filterwarnings("ignore", category=PIL.Image.DecompressionBombWarning)
+
+
 def configure() -> Path:
     """Set the Ultralytics environment before it is imported; return the config dir. Idempotent."""
     if "onnxruntime" in sys.modules and os.environ.get(ORT_TELEMETRY_ENV) != "1":
@@ -119,6 +166,7 @@ def configure() -> Path:
         log.warning("onnxruntime was imported before pipeline, so its telemetry is on in this process; "
                     "import pipeline first (or set ORT_DISABLE_TELEMETRY=1)")
     onnxruntime_telemetry_off()
+    _set_pixel_limits()
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "0"
     # Every checkpoint load is weights_only + Ultralytics' allow-list unless a caller opts in for one
@@ -205,6 +253,19 @@ def return_freed_memory() -> bool:
     try:
         libc = ctypes.CDLL("libc.so.6")
         return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+
+
+def trim_heap() -> bool:
+    """Hand the free pages inside glibc's heaps back to the OS (``malloc_trim(0)``); True where it applied.
+
+    Blocks under ``MMAP_THRESHOLD`` come from the heaps, and freeing them keeps the pages: after the report's
+    LayerCAM (16 backward passes of few-MB feature maps) 270 MiB stayed resident, and every section after
+    it stacked on top (measured: 1337 -> 1063 MiB resident after this call, on an 8000 px photo).
+    """
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
     except (OSError, AttributeError):
         return False
 

@@ -1,7 +1,10 @@
 """``Explorer``: the numbers behind ``cardamage explore``, one ``PhotoRun`` per photo, asked by the web page.
 
 Each photo's run (one decode, one recorded forward pass: ``pipeline.analysis.run.PhotoRun``) is built on the
-first request that needs it and kept; a lock per photo makes two browsers asking at once share one run.
+first request that needs it and kept while it fits a budget: at most ``MAX_RUNS`` runs and ``RUNS_BUDGET``
+bytes between them, the least recently used dropped first and built again, to the same numbers, when asked
+for again. So the server's memory is bounded by the budget, not by how many photos it is given (60 photos
+kept for ever held 3.7 GB). A lock per photo makes two browsers asking at once share one run.
 Every answer is read off that run: the model table (``model``), the detections with their anchors and
 all class logits (``detections``), a feature map as a PNG (``featuremap``), one neuron's whole arithmetic
 with its receptive field in photo pixels (``neuron``), and EigenCAM over the photo (``cam``).
@@ -19,7 +22,9 @@ Examples:
 
 from __future__ import annotations
 
+import gc
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import cv2
@@ -28,7 +33,7 @@ import torch
 
 from pipeline.core import runtime
 from pipeline.core.facts import sigmoid
-from pipeline.core.io import InputError
+from pipeline.core.io import InputError, shrink
 from pipeline.model.detections import describe_match
 from pipeline.model.load import trained_imgsz
 from pipeline.probe.fold import conv_meta
@@ -39,6 +44,13 @@ from pipeline.analysis.run import PhotoRun
 STAGES = ("pre", "post")
 #: the largest photo side the page is sent (the page scales; numbers are always in the photo's own pixels)
 PHOTO_MAX_SIDE = 1280
+#: Most photos' runs kept at once. A run at imgsz 640 holds ~60 MB (every Conv block's input, z and SiLU(z),
+#: the model's private fused copy, the decoded photo), so 8 runs are ~0.5 GB; clicking back and forth
+#: between a handful of photos never waits for a rebuild.
+MAX_RUNS = 8
+#: Most bytes the kept runs hold together (``held_bytes``): big photos or a big imgsz make a run heavier,
+#: and then fewer are kept. The run just built is always kept, whatever its size.
+RUNS_BUDGET = 1 << 30
 
 
 class BadRequest(ValueError):
@@ -91,6 +103,40 @@ def diverging_png(m: np.ndarray, symmetric: bool = True) -> tuple[bytes, float, 
     return buf.tobytes(), lo, hi
 
 
+def held_bytes(obj, _seen: set | None = None) -> int:
+    """Bytes of the tensors and arrays reachable from ``obj`` (through attributes, dicts, lists and tuples),
+    each storage counted once: what keeping ``obj`` keeps alive, for the run budget. Whatever is in ``_seen``
+    (ids, filled by an earlier call) is not counted again.
+
+    Examples:
+        >>> held_bytes({"a": np.zeros(10), "b": [torch.zeros(4)]})
+        96
+    """
+    seen = set() if _seen is None else _seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        storage = obj.untyped_storage()
+        if ("storage", storage.data_ptr()) in seen:
+            return 0
+        seen.add(("storage", storage.data_ptr()))
+        return storage.nbytes()
+    if isinstance(obj, np.ndarray):
+        base = obj if obj.base is None else obj.base
+        if base is not obj:
+            return held_bytes(base, seen)
+        return obj.nbytes
+    if isinstance(obj, (str, bytes, int, float, bool, type(None))):
+        return len(obj) if isinstance(obj, bytes) else 0
+    if isinstance(obj, dict):
+        return sum(held_bytes(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return sum(held_bytes(v, seen) for v in obj)
+    fields = getattr(obj, "__dict__", None)
+    return held_bytes(fields, seen) if isinstance(fields, dict) else 0
+
+
 class Explorer:
     """Photos and one model, answering the explorer page's questions from one recorded pass per photo.
 
@@ -98,40 +144,89 @@ class Explorer:
         yolo: the loaded model (``pipeline.model.load.load_model``); never changed.
         photos: photo paths, indexed from 0 in the API.
         imgsz, conf: as in ``cardamage predict`` (``imgsz`` defaults to the weights' training size).
+        max_runs, runs_budget: at most this many runs, holding at most this many bytes together, are kept
+            (``MAX_RUNS``, ``RUNS_BUDGET``); the least recently used go first.
 
     Examples:
         >>> ex = Explorer(load_model("best.pt"), ["a.jpg", "b.jpg"])
         >>> [d["anchor"] for d in ex.detections({"photo": "1"})]
     """
 
-    def __init__(self, yolo, photos, imgsz: int | None = None, conf: float = 0.25):
+    def __init__(self, yolo, photos, imgsz: int | None = None, conf: float = 0.25, max_runs: int = MAX_RUNS,
+                 runs_budget: int = RUNS_BUDGET):
         runtime.return_freed_memory()  # runs and feature-map PNGs come and go: freed blocks go back to the OS
         self.yolo, self.imgsz, self.conf = yolo, trained_imgsz(yolo, imgsz), conf
         self.photos = [Path(p) for p in photos]
-        self._runs: dict[int, PhotoRun] = {}
+        self.max_runs, self.runs_budget = max(1, int(max_runs)), int(runs_budget)
+        # photo index -> (run, its bytes, its page JPEGs), least recently used first; guarded by _kept_lock
+        self._kept: OrderedDict[int, tuple[PhotoRun, int, dict]] = OrderedDict()
+        self._kept_lock = threading.Lock()
         self._locks = [threading.Lock() for _ in self.photos]
         # receptive_field runs (stopped) forward passes of the shared model with a hook on it: one at a time
         self._rf_lock = threading.Lock()
-        self._cache: dict[tuple, object] = {}
+        self.builds = 0  # runs built so far, rebuilds of dropped ones included
+        self._shared: set = set()  # the caller's model, which every run reads: not counted in any run's bytes
+        held_bytes(yolo, self._shared)
 
     # -- runs ------------------------------------------------------------------------------------
     def photo_index(self, params) -> int:
         """The ``photo`` parameter, checked against the photo list (default 0 where optional)."""
         return _int(params, "photo", 0, len(self.photos))
 
-    def run(self, i: int) -> PhotoRun:
-        """Photo ``i``'s ``PhotoRun``, built on first use (one build even when two requests race)."""
-        if i in self._runs:
-            return self._runs[i]
+    def kept(self) -> list[int]:
+        """The photos whose runs are kept now, least recently used first."""
+        with self._kept_lock:
+            return list(self._kept)
+
+    def kept_bytes(self) -> int:
+        """Bytes the kept runs hold together (``held_bytes`` of each, measured when it was built)."""
+        with self._kept_lock:
+            return sum(size for _, size, _ in self._kept.values())
+
+    def _lookup(self, i: int) -> tuple[PhotoRun, int, dict] | None:
+        with self._kept_lock:
+            entry = self._kept.get(i)
+            if entry is not None:
+                self._kept.move_to_end(i)
+            return entry
+
+    def _entry(self, i: int) -> tuple[PhotoRun, int, dict]:
+        """Photo ``i``'s kept ``(run, bytes, page JPEGs)``, its run built first if it is not kept (one build even
+        when requests race). The JPEGs (photo, CAM) are kept and dropped with the run."""
+        entry = self._lookup(i)
+        if entry is not None:
+            return entry
         with self._locks[i]:
-            if i not in self._runs:
-                try:
-                    run = PhotoRun(self.yolo, self.photos[i], imgsz=self.imgsz, conf=self.conf)
-                    run.head_trace  # noqa: B018  (computed once, under the lock)
-                except InputError as e:
-                    raise BadRequest(str(e)) from None
-                self._runs[i] = run
-        return self._runs[i]
+            entry = self._lookup(i)
+            if entry is not None:
+                return entry
+            try:
+                # the page is sent at most PHOTO_MAX_SIDE: a bigger photo is kept only that long
+                run = PhotoRun(self.yolo, self.photos[i], imgsz=self.imgsz, conf=self.conf, keep_side=PHOTO_MAX_SIDE)
+                run.head_trace  # noqa: B018  (computed once, under the lock)
+            except InputError as e:
+                raise BadRequest(str(e)) from None
+            entry = (run, held_bytes(run, set(self._shared)), {})
+            dropped = []
+            with self._kept_lock:
+                self.builds += 1
+                self._kept[i] = entry
+                # drop the least recently used until both limits hold; the run just built always stays
+                while len(self._kept) > 1 and (len(self._kept) > self.max_runs or
+                                               sum(size for _, size, _ in self._kept.values()) > self.runs_budget):
+                    dropped.append(self._kept.popitem(last=False))
+        if dropped:
+            del dropped  # a request still reading a dropped run keeps it alive until it answers
+            # A run sits in reference cycles (its modules, hooks and cached properties), so only the cyclic
+            # collector frees it, whenever it next runs: the server crept up ~12 MB a build without this.
+            # Then its few-MB maps, freed into glibc's heaps, go back to the OS.
+            gc.collect()
+            runtime.trim_heap()
+        return entry
+
+    def run(self, i: int) -> PhotoRun:
+        """Photo ``i``'s ``PhotoRun``: the kept one, or built now (and kept within the budget)."""
+        return self._entry(i)[0]
 
     def _layer(self, run: PhotoRun, params) -> str:
         layer = params.get("layer")
@@ -175,7 +270,7 @@ class Explorer:
     def stages(self, params) -> dict:
         """The forward pass, top-level layer by layer: ``{input_shape, photo_shape, stages: [{path, type, out_shape}]}``."""
         run = self.run(self.photo_index({"photo": params.get("photo", "0")}))
-        return {"input_shape": list(run.x.shape), "photo_shape": list(run.pixels.shape),
+        return {"input_shape": list(run.x.shape), "photo_shape": list(run.shape),
                 "stages": [{"path": p, **s} for p, s in run.record.stages.items()]}
 
     def detections(self, params) -> list[dict]:
@@ -236,47 +331,47 @@ class Explorer:
         with self._rf_lock:
             box = receptive_field(run.model, layer, hw, y, x)
         t["receptive_field_input_xyxy"] = list(box)
-        t["receptive_field_xyxy"] = to_photo(box, hw, run.pixels.shape)
+        t["receptive_field_xyxy"] = to_photo(box, hw, run.shape)
         return t
 
     def photo_png(self, params) -> bytes:
         """The photo as the page shows it (JPEG, at most ``PHOTO_MAX_SIDE``; the page maps it to photo pixels)."""
         i = self.photo_index(params)
         key = ("photo", i)
-        if key not in self._cache:
-            px = self.run(i).pixels
-            s = min(1.0, PHOTO_MAX_SIDE / max(px.shape[:2]))
-            img = cv2.resize(px, (round(px.shape[1] * s), round(px.shape[0] * s)), interpolation=cv2.INTER_AREA) \
-                if s < 1 else px
-            self._cache[key] = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
-        return self._cache[key]
+        run, _, jpegs = self._entry(i)
+        if key not in jpegs:
+            img = shrink(run.pixels, PHOTO_MAX_SIDE)
+            jpegs[key] = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+        return jpegs[key]
 
     def cam(self, params) -> bytes:
-        """EigenCAM of the run's ``cam_layer`` over the photo (letterbox padding removed), as a JPEG overlay."""
+        """EigenCAM of the run's ``cam_layer`` over the photo (letterbox padding removed), as a JPEG overlay.
+
+        The map is cut to the photo's part of the model input by the letterbox's own padding (``run.meta``), so
+        even a photo that letterboxes to a 1-pixel row has a map; it is blended over the photo as shown (at
+        most ``PHOTO_MAX_SIDE``), never at full resolution.
+        """
         i = self.photo_index(params)
         key = ("cam", i)
-        if key not in self._cache:
-            run = self.run(i)
+        run, _, jpegs = self._entry(i)
+        if key not in jpegs:
             cam = np.asarray(run.eigencam, dtype=np.float32)
             ih, iw = run.x.shape[2:]
             big = cv2.resize(cam, (iw, ih), interpolation=cv2.INTER_LINEAR)
-            (px_h, px_w), gain = run.pixels.shape[:2], min(ih / run.pixels.shape[0], iw / run.pixels.shape[1])
-            top, left = round((ih - px_h * gain) / 2 - 0.1), round((iw - px_w * gain) / 2 - 0.1)
-            crop = big[top:top + round(px_h * gain), left:left + round(px_w * gain)]
-            crop = cv2.resize(crop, (px_w, px_h), interpolation=cv2.INTER_LINEAR)
+            pad = run.meta["pad"]
+            crop = big[pad["top"]:ih - pad["bottom"], pad["left"]:iw - pad["right"]]
+            shown = shrink(run.pixels, PHOTO_MAX_SIDE)
+            crop = cv2.resize(crop, (shown.shape[1], shown.shape[0]), interpolation=cv2.INTER_LINEAR)
             heat = cv2.applyColorMap((np.clip(crop, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
-            over = cv2.addWeighted(run.pixels, 0.5, heat, 0.5, 0)
-            s = min(1.0, PHOTO_MAX_SIDE / max(over.shape[:2]))
-            if s < 1:
-                over = cv2.resize(over, (round(px_w * s), round(px_h * s)), interpolation=cv2.INTER_AREA)
-            self._cache[key] = cv2.imencode(".jpg", over, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
-        return self._cache[key]
+            over = cv2.addWeighted(shown, 0.5, heat, 0.5, 0)
+            jpegs[key] = cv2.imencode(".jpg", over, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+        return jpegs[key]
 
     def summary(self, params) -> dict:
         """What the page opens on: photo shape, input shape, cam layer, class names, detection count."""
         i = self.photo_index(params)
         run = self.run(i)
         return {"photo": self.photos_list()[i],
-                "photo_shape": list(run.pixels.shape), "input_shape": list(run.x.shape),
+                "photo_shape": list(run.shape), "input_shape": list(run.x.shape),
                 "cam_layer": run.cam_layer, "names": run.names, "n_detections": len(run.detections),
                 "imgsz": self.imgsz, "conf": self.conf, "threads": torch.get_num_threads()}

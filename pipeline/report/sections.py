@@ -187,7 +187,7 @@ def neurons_section(run: PhotoRun, files: Path, opts: Options) -> Section:
     tr, f = run.traced, run.focus_info
     top = run.detections[0] if run.detections else None
     fig = ples.plot_neuron_on_photo(run.pixels, top and top["box_xyxy"], f["receptive_field_xyxy"],
-                                    files / "00_neuron.jpg")
+                                    files / "00_neuron.jpg", shape=run.shape)
     patch, w = np.asarray(tr["patch"]), np.asarray(tr["weights"])
     rows = [[f"{'RGB'[i] if patch.shape[0] == 3 else i}", u, v, num(patch[i, u, v]), num(w[i, u, v]),
              num(patch[i, u, v] * w[i, u, v])]
@@ -329,7 +329,8 @@ def output_section(run: PhotoRun, files: Path, opts: Options) -> Section:
     f_logits = ples.plot_head_logits(run.record.head["cls_logits"], run.record.head["strides"],
                                      files / "12_head_logits.png", head)
     f_dets = ples.plot_detections(run.pixels, dets, files / "13_detections.png", labels=run.labels,
-                                  verdicts=[v["verdict"] for v in check["detections"]] if check else None)
+                                  verdicts=[v["verdict"] for v in check["detections"]] if check else None,
+                                  shape=run.shape)
     f_eigen = ples.plot_cam(run.x, run.eigencam, files / "14_eigencam.png",
                             f"EigenCAM: 1st principal component of {run.cam_layer} activations")
     lc, f_layercam = None, None

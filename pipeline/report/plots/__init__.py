@@ -3,7 +3,8 @@
 ``input.py`` (preprocessing and outliers), ``layers.py`` (feature maps, filters, weight histograms) and
 ``lesson.py`` (activation gallery, gradient flow, SGD step, detections, CAM) all write through
 ``save_png``, so every figure is written atomically. Photos are drawn with ``imshow_photo``, which hands
-matplotlib a copy no bigger than the figure can show. Nothing here runs the model.
+matplotlib a copy no bigger than the figure can show, in a figure sized by ``photo_figsize``, whose shape
+follows the photo's only up to ``MAX_FIGURE_ASPECT``. Nothing here runs the model.
 
 Examples:
     >>> fig, ax = plt.subplots()
@@ -32,6 +33,10 @@ from pipeline.core.io import atomic_write_bytes, shrink  # noqa: E402
 #: so this is about twice what any panel can show; a bigger photo is shrunk first, because matplotlib
 #: resamples the whole array in float64 RGBA (about 70 bytes per pixel at its peak: 4.4 GB for 8000x8000).
 DISPLAY_MAX_SIDE = 1024
+#: Most a photo's figure is taller than wide (or wider than tall). The figure's pixels are what matplotlib
+#: allocates: a 16x20000 strip gave a 7 x 8750 inch figure (22.7 GB) and a 20000x16 panorama one 0.006 inch
+#: high (no pixel row: a traceback). Beyond this the photo is drawn letterboxed in the clamped figure.
+MAX_FIGURE_ASPECT = 2.5
 
 
 def save_png(fig, path, tight: bool = True, dpi: int = 100, pad_inches: float = 0.1) -> Path:
@@ -58,19 +63,40 @@ def save_png(fig, path, tight: bool = True, dpi: int = 100, pad_inches: float = 
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def photo_figsize(shape, width: float) -> tuple[float, float]:
+    """``(width, height)`` in inches for a figure of one photo or map of ``shape`` (HxW...): the photo's own
+    aspect, clamped to ``MAX_FIGURE_ASPECT`` either way, so no input can size a figure beyond
+    ``width`` x ``MAX_FIGURE_ASPECT * width`` or below ``width`` x ``width / MAX_FIGURE_ASPECT``.
+
+    Examples:
+        >>> photo_figsize((16, 20000), 8)
+        (8, 3.2)
+    """
+    h, w = shape[:2]
+    ratio = min(max(h / max(w, 1), 1 / MAX_FIGURE_ASPECT), MAX_FIGURE_ASPECT)
+    return width, width * ratio
+
+
+def clamped_aspect(w: float, h: float) -> float:
+    """``w / h`` clamped to ``MAX_FIGURE_ASPECT`` either way: a panel's width ratio that no photo can make
+    vanish or take the whole figure."""
+    return min(max(w / max(h, 1), 1 / MAX_FIGURE_ASPECT), MAX_FIGURE_ASPECT)
+
+
 def display_copy(image: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
     """``image`` itself if its longest side is at most ``max_side``, else a copy shrunk to it (area average)."""
     return shrink(image, max_side)
 
 
-def imshow_photo(ax, image_bgr: np.ndarray, **kwargs):
+def imshow_photo(ax, image_bgr: np.ndarray, shape=None, **kwargs):
     """Draw a BGR photo on ``ax`` in the photo's own pixel coordinates, from ``display_copy`` of it.
 
     A shrunk copy is stretched over the full photo's extent, so ticks, boxes and patches drawn in
-    full-resolution pixels land where they would on the full photo.
+    full-resolution pixels land where they would on the full photo. ``shape``: the full photo's HxW when
+    ``image_bgr`` is already a smaller copy of it (``PhotoRun(keep_side=...)``); default its own shape.
     """
-    h, w = image_bgr.shape[:2]
+    h, w = (image_bgr.shape if shape is None else shape)[:2]
     shown = display_copy(image_bgr)
-    if shown is not image_bgr:
+    if shown.shape[:2] != (h, w):
         kwargs.setdefault("extent", (-0.5, w - 0.5, h - 0.5, -0.5))  # imshow's own extent for an h x w array
     return ax.imshow(shown[..., ::-1], **kwargs)

@@ -31,7 +31,7 @@ import torch
 from pipeline.core.io import atomic_write_image, shrink
 from pipeline.lesson.activations import GALLERY  # noqa: E402
 from pipeline.lesson.activations import silu as silu_f
-from pipeline.report.plots import imshow_photo, save_png  # noqa: E402
+from pipeline.report.plots import imshow_photo, photo_figsize, save_png  # noqa: E402
 
 VARIANT_COLORS = {"silu": "tab:green", "sigmoid": "tab:red", "tanh": "tab:orange", "relu": "tab:blue"}
 
@@ -228,13 +228,14 @@ def separate_tags(ax, tags: list, pad_px: float = 2.0, tries: int = 12) -> None:
 
 
 def plot_detections(image_bgr: np.ndarray, detections: list[dict], path, max_boxes: int = 30,
-                    labels: list[dict] | None = None, verdicts: list[str] | None = None) -> Path:
+                    labels: list[dict] | None = None, verdicts: list[str] | None = None, shape=None) -> Path:
     """The photo with each box labelled ``class score (logit)``: score = sigmoid(logit); ``labels`` (the photo's
     labelled damage, if any) are drawn under them as dashed white-on-black boxes named ``label: class``, and
-    ``verdicts`` (``match_labels``'s, one per detection) end each box's tag with ``found`` or ``FP``."""
-    h, w = image_bgr.shape[:2]
-    fig, ax = plt.subplots(figsize=(7, 7 * h / max(w, 1)))
-    imshow_photo(ax, image_bgr)
+    ``verdicts`` (``match_labels``'s, one per detection) end each box's tag with ``found`` or ``FP``. ``shape``:
+    the full photo's HxW when ``image_bgr`` is a smaller copy of it (boxes are in full-photo pixels)."""
+    h, w = (image_bgr.shape if shape is None else shape)[:2]
+    fig, ax = plt.subplots(figsize=photo_figsize((h, w), 7))
+    imshow_photo(ax, image_bgr, shape=(h, w))
     label_tags, box_tags = [], []
     for g in labels or []:
         x0, y0, x1, y1 = g["box_xyxy"]
@@ -264,13 +265,13 @@ def plot_detections(image_bgr: np.ndarray, detections: list[dict], path, max_box
     return _save(fig, path)
 
 
-def plot_neuron_on_photo(image_bgr: np.ndarray, box, field, path, side: int = 640) -> Path:
+def plot_neuron_on_photo(image_bgr: np.ndarray, box, field, path, side: int = 640, shape=None) -> Path:
     """The photo (at most ``side`` px) with the top box (red, if any) and the worked neuron's receptive field
     (yellow, filled at 30%) and centre (+), all given in photo pixels; drawn with OpenCV (no matplotlib:
-    a few milliseconds), written as JPEG."""
+    a few milliseconds), written as JPEG. ``shape``: the full photo's HxW when ``image_bgr`` is a smaller copy."""
     import cv2
 
-    h, w = image_bgr.shape[:2]
+    h, w = (image_bgr.shape if shape is None else shape)[:2]
     img = shrink(image_bgr, side).copy()
     r = img.shape[1] / w
 
@@ -298,7 +299,7 @@ def plot_cam(input_tensor, cam: np.ndarray, path, title: str) -> Path:
     rgb = x.permute(1, 2, 0).float().numpy().clip(0, 1)
     H, W = rgb.shape[:2]
     up = cv2.resize(cam.astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
-    fig, ax = plt.subplots(figsize=(6, 6 * H / W))
+    fig, ax = plt.subplots(figsize=photo_figsize((H, W), 6))
     ax.imshow(rgb)
     im = ax.imshow(up, cmap="jet", alpha=0.45, vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, shrink=0.8)

@@ -1,0 +1,291 @@
+"""Memory bounded by the work, not by the input: extreme aspect ratios, decompression bombs, many photos.
+
+Oracles are independent of the code under test: image sizes read back from the written files, pixel counts
+computed here from the shapes we made, Pillow decoding nothing (the refusal comes from the header), and the
+peak resident memory of a child process (``ru_maxrss`` of the whole process, as ``/usr/bin/time -v`` reports).
+Hostile files are built at test time; nothing hostile is committed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from starlette.testclient import TestClient
+from test_memory import LIMIT_KIB, peak_kib
+from test_trust import cli, one_error_line
+
+from pipeline.core import runtime
+from pipeline.core.io import InputError, atomic_write_image, validate_image
+from pipeline.explore.app import create_app
+from pipeline.explore.session import PHOTO_MAX_SIDE, Explorer, held_bytes
+from pipeline.model.load import load_model
+from pipeline.report.plots import MAX_FIGURE_ASPECT, photo_figsize
+from pipeline.report.plots.lesson import plot_detections
+
+REPO = Path(__file__).resolve().parent.parent
+linux_only = pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+
+
+def noise(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def thin(tmp_path_factory) -> dict[str, Path]:
+    """A 16x20000 panorama, a 20000x16 strip, and 1-pixel-thin versions (20000:1) of both."""
+    root = tmp_path_factory.mktemp("thin")
+    return {"panorama": atomic_write_image(root / "panorama.jpg", noise(16, 20000)),
+            "strip": atomic_write_image(root / "strip.jpg", noise(20000, 16, 1)),
+            "row": atomic_write_image(root / "row.png", noise(1, 20000, 2)),
+            "column": atomic_write_image(root / "column.png", noise(20000, 1, 3))}
+
+
+def png_bomb(path: Path, side: int) -> Path:
+    """A valid grey PNG of ``side`` x ``side`` zeros, compressed as it is written (never held in memory)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    row = bytes(side + 1)  # filter byte 0, then the row's zeros
+    body = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+def peak_kib_expect_fail(args: list, cache: Path) -> int:
+    """``test_memory.peak_kib`` for a command that must exit 1 (a bad photo in the batch)."""
+    wrapper = ("import resource, subprocess, sys\n"
+               "rc = subprocess.call(sys.argv[1:])\n"
+               "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    proc = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "pipeline", *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "CARDAMAGE_CACHE": str(cache)})
+    rc, kib = proc.stdout.split()[-2:]
+    assert rc == "1", proc.stderr[-2000:]
+    return int(kib)
+
+
+# ------------------------------------------------------------------------------------- aspect ratios
+def test_a_photo_figure_is_clamped_to_the_aspect_limit(tmp_path):
+    """plot_detections on the strip and the panorama: the PNG is a few hundred pixels each way, not 875,000
+    (7 x 8750 inches at 100 dpi: 22.7 GB in the old report) and not zero rows (the old traceback)."""
+    for h, w in ((20000, 16), (16, 20000), (20000, 1), (1, 20000)):
+        fw, fh = photo_figsize((h, w), 7)
+        assert fw == 7 and 7 / MAX_FIGURE_ASPECT - 1e-9 <= fh <= 7 * MAX_FIGURE_ASPECT + 1e-9
+        det = {"box_xyxy": [0.0, 0.0, w / 2, h / 2], "class_name": "dent", "class_id": 0, "score": 0.9, "logit": 2.2}
+        out = plot_detections(noise(h, w), [det], tmp_path / f"{h}x{w}.png")
+        ph, pw = cv2.imread(str(out)).shape[:2]
+        assert 20 <= ph <= 100 * 7 * MAX_FIGURE_ASPECT + 50 and 20 <= pw <= 100 * 7 + 50, (h, w, ph, pw)
+
+
+@linux_only
+@pytest.mark.slow
+def test_report_on_a_strip_and_a_panorama_is_a_page_under_the_limit(thin, tmp_path):
+    """Both extremes get a whole page, every figure bounded, and the whole process stays under 1.5 GiB
+    (the strip alone drove the old report to 22.7 GB)."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name in ("strip", "panorama"):
+        out = tmp_path / name
+        kib = peak_kib(["report", "--weights", "yolov8n.yaml", thin[name], "--out", out], cache)
+        assert kib < LIMIT_KIB, f"{name}: {kib / 1024:.0f} MiB"
+        assert (out / "report.html").stat().st_size > 0
+        sizes = [cv2.imread(str(f)).shape[:2] for f in (out / "report_files").glob("*.png")]
+        assert len(sizes) >= 10 and max(max(s) for s in sizes) <= 2000, sizes
+        shape = json.loads((out / "report_files" / "report.json").read_text())["input"]["orig_shape"]
+        assert shape == list(cv2.imread(str(thin[name])).shape[:2])
+
+
+@pytest.mark.slow
+def test_thin_photos_run_through_predict_and_inspect(thin, tmp_path):
+    """Nothing is refused for its aspect: Ultralytics' letterbox keeps at least one pixel row of the photo."""
+    names = ("strip", "panorama", "row", "column")
+    photos = [thin[n] for n in names]
+    proc = cli("predict", "--weights", "yolov8n.yaml", *photos, "--out", tmp_path / "pred", "--imgsz", "320")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    recs = json.loads((tmp_path / "pred" / "detections.json").read_text())
+    assert [(r["height"], r["width"]) for r in recs] == [cv2.imread(str(p)).shape[:2] for p in photos]
+    proc = cli("inspect", "--weights", "yolov8n.yaml", *photos, "--out", tmp_path / "insp", "--imgsz", "320")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_explorer_answers_thin_photos_with_images_never_500(thin):
+    """The old CAM cut the map to zero columns on the strip and answered 500. Every answer is 200, the
+    images are the photo's shape scaled to at most PHOTO_MAX_SIDE, and numbers stay in the photo's pixels."""
+    names = ("strip", "panorama", "row", "column")
+    ex = Explorer(load_model("yolov8n.yaml", nc=6), [thin[n] for n in names], imgsz=160)
+    client = TestClient(create_app(ex))
+    for i, name in enumerate(names):
+        h, w = cv2.imread(str(thin[name])).shape[:2]
+        r = min(1.0, PHOTO_MAX_SIDE / max(h, w))
+        want = (max(1, round(h * r)), max(1, round(w * r)))
+        for url in ("/api/cam", "/api/image"):
+            answer = client.get(url, params={"photo": i})
+            assert answer.status_code == 200, (name, url, answer.text)
+            img = cv2.imdecode(np.frombuffer(answer.content, np.uint8), cv2.IMREAD_COLOR)
+            assert img.shape[:2] == want, (name, url)
+        summary = client.get("/api/summary", params={"photo": i})
+        assert summary.status_code == 200 and summary.json()["photo_shape"] == [h, w, 3]
+        neuron = client.get("/api/neuron", params={"photo": i, "layer": "model.0", "channel": 0, "y": 0, "x": 0})
+        assert neuron.status_code == 200
+        x0, y0, x1, y1 = neuron.json()["receptive_field_xyxy"]
+        assert 0 <= x0 <= x1 <= w and 0 <= y0 <= y1 <= h
+
+
+# ------------------------------------------------------------------------------------- pixel limit
+def test_the_pixel_limit_is_read_from_the_header(tmp_path, monkeypatch):
+    """Under and over the limit on both sides of Pillow's own 2x bomb error, and a bad variable: one line each."""
+    under = atomic_write_image(tmp_path / "under.png", noise(1000, 1000))       # 1.0 MP
+    warned = atomic_write_image(tmp_path / "warned.png", noise(1000, 1500))     # 1.5 MP: Pillow only warns
+    refused = atomic_write_image(tmp_path / "refused.png", noise(1000, 3000))   # 3.0 MP: Pillow refuses
+    monkeypatch.setenv(runtime.MAX_PIXELS_ENV, "1000000")
+    validate_image(under)
+    for path, mp in ((warned, "1.5"), (refused, "3.0")):
+        with pytest.raises(InputError) as e:
+            validate_image(path)
+        assert str(e.value).startswith(f"{path}: {mp} megapixels, over the limit of 1 ") and "CARDAMAGE_MAX_PIXELS" in str(e.value)
+    monkeypatch.setenv(runtime.MAX_PIXELS_ENV, "3e6")
+    validate_image(refused)  # raised to 3 MP: it passes (Pillow's own guard is only set at start-up)
+    for bad in ("lots", "-5", "0", "1.5", "nan"):
+        monkeypatch.setenv(runtime.MAX_PIXELS_ENV, bad)
+        with pytest.raises(InputError) as e:
+            validate_image(under)
+        assert str(e.value).startswith("CARDAMAGE_MAX_PIXELS: must be a positive whole number")
+    monkeypatch.delenv(runtime.MAX_PIXELS_ENV)
+    assert runtime.max_pixels() == runtime.DEFAULT_MAX_PIXELS == 150_000_000
+
+
+@linux_only
+@pytest.mark.slow
+def test_a_decompression_bomb_is_one_line_before_any_decode(tmp_path):
+    """A 0.4 MB PNG of 20000x20000 (400 MP, 1.2 GB as BGR) beside a good photo: one line for the bomb, the
+    other photo predicted, and the process never holds the bomb's pixels: it stays under 1.5 GiB, its imports
+    alone ~1 GiB, where one decode of the bomb is 1.2 GB (2.4 GB at OpenCV's peak)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    bomb = png_bomb(folder / "bomb.png", 20000)
+    assert bomb.stat().st_size < 1_000_000
+    atomic_write_image(folder / "car.jpg", noise(480, 640))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    proc = cli("predict", "--weights", "yolov8n.yaml", bomb, folder / "car.jpg", "--out", tmp_path / "pred",
+               env={"CARDAMAGE_CACHE": str(cache)})
+    assert proc.returncode == 1
+    line = one_error_line(proc.stderr)
+    assert line.startswith(f"error: {bomb}: 400.0 megapixels, over the limit of 150 (decoding would take 1.2 GB)")
+    assert [r["image"] for r in json.loads((tmp_path / "pred" / "detections.json").read_text())] == [str(folder / "car.jpg")]
+    # the whole predict process, the bomb's folder included, peaks below one 1.2 GB decode of it
+    kib = peak_kib_expect_fail(["predict", "--weights", "yolov8n.yaml", folder, "--out", tmp_path / "pred2"], cache)
+    assert kib < LIMIT_KIB, f"{kib / 1024:.0f} MiB"
+
+
+PROBE = """import sys
+import pipeline
+import cv2
+from pipeline.core.io import InputError, validate_image
+try:
+    validate_image(sys.argv[1])
+    print("pillow: ok")
+except InputError as e:
+    print("pillow:", e)
+try:
+    print("opencv:", cv2.imread(sys.argv[1]).shape)
+except cv2.error:
+    print("opencv: refused")
+"""
+
+
+def test_the_variable_moves_both_guards(tmp_path):
+    """CARDAMAGE_MAX_PIXELS is read at start-up by OpenCV too (formats Pillow cannot read meet that guard):
+    a 9 MP photo is refused by both under 8e6, decoded by both under 9e6."""
+    photo = png_bomb(tmp_path / "nine.png", 3000)
+    said = {}
+    for limit in ("8e6", "9e6"):
+        out = subprocess.run([sys.executable, "-c", PROBE, str(photo)], cwd=REPO, capture_output=True, text=True,
+                             env={**os.environ, runtime.MAX_PIXELS_ENV: limit}, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        said[limit] = out.stdout.splitlines()
+    assert said["8e6"][0].startswith(f"pillow: {photo}: 9.0 megapixels, over the limit of 8 ") and said["8e6"][1] == "opencv: refused"
+    assert said["9e6"] == ["pillow: ok", "opencv: (3000, 3000, 3)"]
+
+
+# ------------------------------------------------------------------------------------- the explorer's runs
+def test_held_bytes_counts_each_storage_once():
+    a = np.zeros(10)  # 80 bytes
+    t = torch.zeros(4)  # 16 bytes
+    assert held_bytes({"a": a, "view": a[2:5], "b": [t, t[1:], t.view(2, 2)], "s": "text"}) == 96
+    shared, model = set(), {"weights": t}  # ids are only unique while the object lives: the model does
+    held_bytes(model, shared)
+    assert held_bytes({"run": [a, t]}, set(shared)) == 80  # what the caller shares is not the run's
+
+
+def test_explorer_keeps_at_most_its_budget_and_rebuilds_the_same_numbers(sample_images):
+    """Five photos visited in turn with room for two runs: never more than two kept, the least recently used
+    dropped; a dropped photo asked again is built again and answers with the same numbers and bytes."""
+    ex = Explorer(load_model("yolov8n.yaml", nc=6), sample_images[:5], imgsz=160, max_runs=2)
+
+    def answers(i: int):
+        p = {"photo": str(i)}
+        return (ex.detections(p), ex.neuron({**p, "layer": "model.2.cv1", "channel": "3", "y": "5", "x": "6"}),
+                ex.featuremap({**p, "layer": "model.0", "channel": "1", "stage": "pre"}), ex.cam(p), ex.photo_png(p))
+
+    first = {}
+    for i in range(5):
+        first[i] = answers(i)
+        assert ex.kept() == list(range(max(0, i - 1), i + 1))
+    ex.summary({"photo": "3"})  # 3 is now the most recently used: 4 goes first
+    assert ex.builds == 5 and ex.kept() == [4, 3]
+    assert answers(0) == first[0]
+    assert ex.builds == 6 and ex.kept() == [3, 0]
+    assert answers(3) == first[3] and ex.builds == 6  # kept: read off, not rebuilt
+    one = Explorer(ex.yolo, sample_images[:3], imgsz=160, runs_budget=1)  # no room: only the newest stays
+    for i in range(3):
+        one.summary({"photo": str(i)})
+        assert one.kept() == [i] and one.kept_bytes() > 0
+
+
+CHILD = """import json, resource, sys
+import pipeline
+from pipeline.explore.session import Explorer
+from pipeline.model.load import load_model
+photos = sys.argv[3:]
+ex = Explorer(load_model("yolov8n.yaml", nc=6), photos, imgsz=320, max_runs=int(sys.argv[1]),
+              runs_budget=int(sys.argv[2]))
+peaks, kept, sizes = [], [], []
+for i in range(len(photos)):
+    ex.summary({"photo": str(i)})
+    ex.cam({"photo": str(i)})
+    peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    kept.append(len(ex.kept()))
+    sizes.append(ex.kept_bytes() // len(ex.kept()))
+print(json.dumps({"peaks": peaks, "kept": kept, "run_kib": max(sizes) // 1024}))
+"""
+
+
+def explorer_peaks(photos, max_runs: int, budget: int = 1 << 40) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(max_runs), str(budget), *map(str, photos)], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@linux_only
+@pytest.mark.slow
+def test_explorer_memory_is_bounded_by_its_budget_not_by_the_photos(sample_images):
+    """A server over 16 photos visited in turn, room for 3 runs: its whole-process peak after all 16 is at most
+    its peak after the first, plus 3 runs, plus 64 MiB for the allocator; 16 kept runs would be ~13 more."""
+    got = explorer_peaks(sample_images[:16], max_runs=3)
+    assert max(got["kept"]) == 3 and got["kept"][-1] == 3
+    bound = got["peaks"][0] + 3 * got["run_kib"] + 64 * 1024
+    assert got["peaks"][-1] <= bound, (got["peaks"], got["run_kib"])
