@@ -121,7 +121,7 @@ def import_onnxruntime():
 #: Most pixels a photo may have unless ``CARDAMAGE_MAX_PIXELS`` says otherwise: 150 megapixels. Every camera
 #: photo up to medium format fits (a 100 MP GFX100 frame is 102 MP; the 8000x8000 photo of docs/robustness.md
 #: is 64 MP); a 200 MP phone's full-resolution mode needs the variable. What it stops: a small file that
-#: decodes to gigabytes (a 0.9 MB PNG of 30000x30000 grey is 900 MP, 2.7 GB as BGR, 5.4 GB at OpenCV's peak).
+#: decodes to gigabytes (a PNG of under a megabyte can hold 30000x30000 grey: 900 MP, three bytes each as BGR).
 DEFAULT_MAX_PIXELS = 150_000_000
 MAX_PIXELS_ENV = "CARDAMAGE_MAX_PIXELS"
 

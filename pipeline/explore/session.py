@@ -3,8 +3,8 @@
 Each photo's run (one decode, one recorded forward pass: ``pipeline.analysis.run.PhotoRun``) is built on the
 first request that needs it and kept while it fits a budget: at most ``MAX_RUNS`` runs and ``RUNS_BUDGET``
 bytes between them, the least recently used dropped first and built again, to the same numbers, when asked
-for again. So the server's memory is bounded by the budget, not by how many photos it is given (60 photos
-kept for ever held 3.7 GB). A lock per photo makes two browsers asking at once share one run.
+for again. So the server's memory is bounded by the budget, not by how many photos it is given (kept for
+ever, 60 photos held gigabytes). A lock per photo makes two browsers asking at once share one run.
 Every answer is read off that run: the model table (``model``), the detections with their anchors and
 all class logits (``detections``), a feature map as a PNG (``featuremap``), one neuron's whole arithmetic
 with its receptive field in photo pixels (``neuron``), and EigenCAM over the photo (``cam``).
@@ -44,9 +44,9 @@ from pipeline.analysis.run import PhotoRun
 STAGES = ("pre", "post")
 #: the largest photo side the page is sent (the page scales; numbers are always in the photo's own pixels)
 PHOTO_MAX_SIDE = 1280
-#: Most photos' runs kept at once. A run at imgsz 640 holds ~60 MB (every Conv block's input, z and SiLU(z),
-#: the model's private fused copy, the decoded photo), so 8 runs are ~0.5 GB; clicking back and forth
-#: between a handful of photos never waits for a rebuild.
+#: Most photos' runs kept at once. A run holds every Conv block's input, z and SiLU(z), the model's private
+#: fused copy and the shrunk photo (``held_bytes`` counts them), so at imgsz 640 the byte budget below binds
+#: first; clicking back and forth between a handful of photos never waits for a rebuild.
 MAX_RUNS = 8
 #: Most bytes the kept runs hold together (``held_bytes``): big photos or a big imgsz make a run heavier,
 #: and then fewer are kept. The run just built is always kept, whatever its size.

@@ -34,8 +34,8 @@ from pipeline.core.io import atomic_write_bytes, shrink  # noqa: E402
 #: resamples the whole array in float64 RGBA (about 70 bytes per pixel at its peak: 4.4 GB for 8000x8000).
 DISPLAY_MAX_SIDE = 1024
 #: Most a photo's figure is taller than wide (or wider than tall). The figure's pixels are what matplotlib
-#: allocates: a 16x20000 strip gave a 7 x 8750 inch figure (22.7 GB) and a 20000x16 panorama one 0.006 inch
-#: high (no pixel row: a traceback). Beyond this the photo is drawn letterboxed in the clamped figure.
+#: allocates: a 16x20000 strip gave a figure thousands of inches tall (tens of GB) and a 20000x16 panorama
+#: one with no pixel row (a traceback). Beyond this the photo is drawn letterboxed in the clamped figure.
 MAX_FIGURE_ASPECT = 2.5
 
 
