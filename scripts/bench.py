@@ -147,7 +147,7 @@ def child(kind: str, cfg: dict) -> int:
         from pipeline.model.load import load_model
 
         if cfg["mmap"]:
-            ctypes.CDLL("libc.so.6").mallopt(-3, cfg["mmap"])  # M_MMAP_THRESHOLD, as runtime.return_freed_memory sets it
+            ctypes.CDLL("libc.so.6").mallopt(-3, cfg["mmap"])  # M_MMAP_THRESHOLD, as heap.return_freed_memory sets it
         files = [str(p) for p in H.photos(cfg["source"])]
         engine = Engine(load_model(cfg["weights"]), imgsz=cfg["imgsz"], conf=cfg["conf"], streams=cfg["streams"])
         list(engine.run(files[:5]))

@@ -63,7 +63,7 @@ ROW_KEYS = (
 )
 
 # The offline AMP check lives with the rest of the network guards, in pipeline/runtime.py.
-from pipeline.core.runtime import AMP_DECISIONS, amp_forward_agrees, install_offline_amp_check, offline_check_amp  # noqa: E402,F401
+from pipeline.core.amp import AMP_DECISIONS, amp_forward_agrees, install_offline_amp_check, offline_check_amp  # noqa: E402,F401
 
 
 # ----------------------------------------------------------------------------------------------- the row

@@ -17,7 +17,7 @@ so what is tested is that nothing else of the photo's size is held at the same t
 ``report`` comes closest (1488-1491 MiB on 2026-12-07, imports 804 MiB): its LayerCAM runs autograd through
 the whole network (~0.43 GB at its peak), so it runs first, on the model input, after the full photo has
 been let go (``PhotoRun(keep_side=...)``), and the heap's freed pages go back to the OS after it and after
-each section (``runtime.trim_heap``).
+each section (``heap.trim_heap``).
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def test_predict_folder_of_three_big_photos_under_limit(big_photo, tmp_path, cac
 
 def test_report_under_limit(big_photo, tmp_path, cache, imports_kib):
     """LayerCAM (autograd through the whole network) runs first, on the model input, once the full photo is
-    let go; freed pages go back to the OS after it and after each section (runtime.trim_heap). 5.3 GB before
+    let go; freed pages go back to the OS after it and after each section (heap.trim_heap). 5.3 GB before
     this test existed; 1740 MiB whole-process before #30 (then measured less the imports).
 
     The lower of two runs is held to the limit: the same code peaked 727 to 905 MiB above the imports across

@@ -12,7 +12,7 @@ missing packages. This module is imported by ``pipeline/__init__.py`` before any
 - settings get ``sync=False`` (no telemetry) once Ultralytics is imported (see ``ultralytics_settings``);
 - its first-run banner ("Creating new Ultralytics Settings ... 'yolo settings'") is dropped: the file lives in
   our cache and this module sets it, so the banner's advice does not apply (``QuietSettingsBanner``);
-- the trainer's AMP check (which downloads ``yolo26n.pt`` on a GPU) is replaced by ``offline_check_amp``;
+- the trainer's AMP check (which downloads ``yolo26n.pt`` on a GPU) is replaced by ``pipeline.core.amp.offline_check_amp``;
 - ``ULTRALYTICS_SAFE_LOAD=1``: checkpoints load without running code (``pipeline.model.weights_policy``);
 - progress bars redraw in place on a terminal only: in a log file each bar writes its final line, not a
   carriage-return frame per update (``plain_progress_off_terminal``);
@@ -36,17 +36,16 @@ Examples:
 
 from __future__ import annotations
 
-import copy
-import ctypes
 import logging
 import os
-import re
 import shutil
 import sys
 import warnings
 from pathlib import Path
 
 import PIL.Image
+
+from pipeline.core import amp
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # pipeline/core/runtime.py -> the checkout
 
@@ -194,7 +193,7 @@ def ultralytics_settings() -> None:
     }
     if any(SETTINGS.get(k) != v for k, v in wanted.items()):
         SETTINGS.update(wanted)
-    install_offline_amp_check()
+    amp.install_offline_amp_check()
     plain_progress_off_terminal()
 
 
@@ -233,110 +232,6 @@ def progress_bar(*args, **kwargs):
     from ultralytics.utils import TQDM
 
     return TQDM(*args, **kwargs)
-
-
-# --------------------------------------------------------------------------------------- memory
-M_MMAP_THRESHOLD = -3  # mallopt parameter number (glibc's malloc.h)
-MMAP_THRESHOLD = 8 << 20  # 1 MB cost the engine ~2 ms per 640 photo (its few-MB buffers mmapped each time)
-
-
-def return_freed_memory() -> bool:
-    """Make glibc hand every freed block of 8 MB or more straight back to the OS; True where it applied.
-
-    glibc serves big blocks from mmap, but each big free raises its threshold (up to 32 MB), after which
-    tensors of a few MB come from its heaps and stay there when freed: a report, which allocates feature
-    maps of every size in turn, then peaks higher on a large photo. A fixed threshold stops that drift.
-    8 MB, not 1: at 1 MB the engine's per-photo buffers (a 640 photo decoded, and as float) were mmapped and
-    zeroed for every photo (rows mmap-1mb and mmap-8mb in docs/benchmarks.md); tests/test_memory.py's
-    limits hold at 8 MB. Linux with glibc only.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-    except (OSError, AttributeError):
-        return False
-
-
-def trim_heap() -> bool:
-    """Hand the free pages inside glibc's heaps back to the OS (``malloc_trim(0)``); True where it applied.
-
-    Blocks under ``MMAP_THRESHOLD`` come from the heaps, and freeing them keeps the pages: after the report's
-    LayerCAM (16 backward passes of few-MB feature maps) 270 MiB stayed resident, and every section after
-    it stacked on top (measured: 1337 -> 1063 MiB resident after this call, on an 8000 px photo).
-    """
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
-
-
-# --------------------------------------------------------------------------------------- AMP, offline
-# On a GPU the trainer's check_amp loads yolo26n.pt and, when it is missing, downloads it. This check makes
-# the same decision without weights or network; ultralytics_settings() installs it into the trainer.
-# The GPUs Ultralytics' own check_amp (8.4.190) turns AMP off for: fp16 there gives NaN losses or zero mAP.
-FP16_UNSAFE_GPUS = re.compile(
-    r"(nvidia|geforce|quadro|tesla).*?(1660|1650|1630|t400|t550|t600|t1000|t1200|t2000|k40m)", re.IGNORECASE
-)
-AMP_REL_TOL = 0.05  # see amp_forward_agrees: far above fp16 rounding, far below a broken forward
-AMP_DECISIONS: list[dict] = []  # what offline_check_amp decided in this process, newest last
-
-
-def amp_forward_agrees(model, device, dtype=None, imgsz: int = 256) -> tuple[bool, float]:
-    """Forward a copy of ``model`` on a real photo in fp32 and under autocast; (finite and close, rel. error).
-
-    The copy is in eval mode, so the model being trained keeps its BatchNorm statistics and weights.
-    "Close" means the largest absolute difference of the raw head outputs is within ``AMP_REL_TOL`` of
-    the largest fp32 output: fp16 rounding gives ~1e-3 there (spacing 0.25 px at 256 px box coordinates),
-    broken fp16 gives inf/NaN or errors of order 1. (A from-scratch model's boxes are noise, so the
-    post-NMS comparison Ultralytics makes with pretrained weights would have nothing to compare.)
-    """
-    import cv2
-    import torch
-    from ultralytics.utils import ASSETS
-
-    device = torch.device(device)
-    dtype = dtype or (torch.bfloat16 if device.type == "cpu" else torch.float16)
-    im = cv2.resize(cv2.imread(str(ASSETS / "bus.jpg")), (imgsz, imgsz), interpolation=cv2.INTER_LINEAR)
-    x = torch.from_numpy(im[..., ::-1].copy()).permute(2, 0, 1)[None].float().div(255).to(device)
-    m = copy.deepcopy(model).to(device).float().eval()
-    with torch.no_grad():
-        a = m(x)
-        with torch.autocast(device_type=device.type, dtype=dtype):
-            b = m(x)
-    a, b = (t[0] if isinstance(t, (tuple, list)) else t for t in (a, b))
-    b = b.float()
-    rel = float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
-    ok = bool(torch.isfinite(b).all()) and a.shape == b.shape and rel <= AMP_REL_TOL
-    return ok, rel
-
-
-def offline_check_amp(model) -> bool:
-    """Ultralytics' AMP decision without downloading ``yolo26n.pt``: the trainer's ``check_amp``, offline.
-
-    Off on CPU and MPS (Ultralytics trains those in fp32) and on the GPUs Ultralytics knows are fp16-unsafe;
-    otherwise on when the model's fp16 forward is finite and agrees with fp32 (``amp_forward_agrees``).
-    """
-    import torch
-
-    device = next(model.parameters()).device
-    decision = {"device": str(device), "amp": False, "reason": "", "rel_error": None}
-    if device.type in {"cpu", "mps"}:
-        decision["reason"] = f"{device.type}: Ultralytics trains in fp32 there"
-    elif device.type == "cuda" and FP16_UNSAFE_GPUS.search(name := torch.cuda.get_device_name(device)):
-        decision["reason"] = f"{name} is on Ultralytics' fp16-unsafe list"
-    else:
-        ok, rel = amp_forward_agrees(model, device)
-        decision.update(amp=ok, rel_error=rel, reason="fp16 forward finite and within tolerance" if ok else
-                        "fp16 forward not finite or too far from fp32")
-    AMP_DECISIONS.append(decision)
-    return decision["amp"]
-
-
-def install_offline_amp_check() -> None:
-    """Make the trainer call ``offline_check_amp`` (it imported ``check_amp`` by name, so patch it there)."""
-    import ultralytics.engine.trainer as trainer
-
-    trainer.check_amp = offline_check_amp
 
 
 configure()

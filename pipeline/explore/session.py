@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.core import runtime
+from pipeline.core import heap
 from pipeline.core.facts import sigmoid
 from pipeline.core.io import InputError, shrink
 from pipeline.model.detections import describe_match
@@ -154,7 +154,7 @@ class Explorer:
 
     def __init__(self, yolo, photos, imgsz: int | None = None, conf: float = 0.25, max_runs: int = MAX_RUNS,
                  runs_budget: int = RUNS_BUDGET):
-        runtime.return_freed_memory()  # runs and feature-map PNGs come and go: freed blocks go back to the OS
+        heap.return_freed_memory()  # runs and feature-map PNGs come and go: freed blocks go back to the OS
         self.yolo, self.imgsz, self.conf = yolo, trained_imgsz(yolo, imgsz), conf
         self.photos = [Path(p) for p in photos]
         self.max_runs, self.runs_budget = max(1, int(max_runs)), int(runs_budget)
@@ -221,7 +221,7 @@ class Explorer:
             # collector frees it, whenever it next runs: the server crept up ~12 MB a build without this.
             # Then its few-MB maps, freed into glibc's heaps, go back to the OS.
             gc.collect()
-            runtime.trim_heap()
+            heap.trim_heap()
         return entry
 
     def run(self, i: int) -> PhotoRun:

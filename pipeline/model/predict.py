@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core import runtime
+from pipeline.core import heap
 from pipeline.core.facts import logit
 from pipeline.core.io import (
     InputError,
@@ -163,7 +163,7 @@ def predict_paths(
         >>> records[0]["detections"][0].keys()
         dict_keys(['class_id', 'class_name', 'score', 'logit', 'box_xyxy'])
     """
-    runtime.return_freed_memory()  # a folder of big photos: freed decodes go back to the OS at once
+    heap.return_freed_memory()  # a folder of big photos: freed decodes go back to the OS at once
     imgsz = trained_imgsz(yolo, imgsz)
     files, errors = expand_sources([str(s) for s in sources])
     if out is None:

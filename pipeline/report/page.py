@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.core import runtime
+from pipeline.core import heap
 from pipeline.core.io import InputError, atomic_write_json, atomic_write_text, expand_sources, file_digest
 from pipeline.model.load import load_model, trained_imgsz
 from pipeline.report.plots import DISPLAY_MAX_SIDE
@@ -124,7 +124,7 @@ def _write_report(weights, image, out_dir, imgsz: int | None, conf: float, opts:
     from ultralytics.utils.torch_utils import select_device
 
     select_device("cpu", verbose=False)
-    runtime.return_freed_memory()  # feature maps of every size come and go: keep the heap from drifting up
+    heap.return_freed_memory()  # feature maps of every size come and go: keep the heap from drifting up
     t_start = time.perf_counter()
     opts.stats_files, opts.stats_missing = _stats_sources(stats_over)
     out_dir, image, weights = Path(out_dir), Path(image), str(weights)
@@ -183,7 +183,7 @@ def build_sections(run: PhotoRun, files: Path, opts: Options, timings: dict) -> 
         # output section reads the kept result (8000 px photo: peak 1612 MiB when it ran last, 1358 first)
         t = time.perf_counter()
         run.layercam(files / "layercam")
-        runtime.trim_heap()  # its autograd's few-MB blocks stay in glibc's heaps; the sections after would stack on them
+        heap.trim_heap()  # its autograd's few-MB blocks stay in glibc's heaps; the sections after would stack on them
         timings["layercam"] = round(time.perf_counter() - t, 2)
     built = {}
     for sid, _ in SECTIONS:
@@ -200,7 +200,7 @@ def build_sections(run: PhotoRun, files: Path, opts: Options, timings: dict) -> 
 def _timed(sid: str, run: PhotoRun, files: Path, opts: Options, timings: dict):
     t = time.perf_counter()
     section = BUILDERS[sid](run, files, opts)
-    runtime.trim_heap()  # what the section freed goes back to the OS, so the next one does not stack on it
+    heap.trim_heap()  # what the section freed goes back to the OS, so the next one does not stack on it
     timings[sid] = round(time.perf_counter() - t, 2)
     return section
 
