@@ -16,12 +16,15 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib
 import sys
+import threading
+import warnings
 
 from pipeline import __version__
-from pipeline.core.errors import InputError
+from pipeline.core.errors import InputError, InputWarning
 
 # command name -> module that implements it (order is the order of --help)
 COMMANDS = {
@@ -124,6 +127,33 @@ def entry() -> int:
     return code
 
 
+@contextlib.contextmanager
+def input_warnings():
+    """Print each ``InputWarning`` as ``warning: <file>: <reason>``, once per file, and yield the set of files.
+
+    A damaged photo is warned about deep in a read (``pipeline.core.io.warn_if_repaired``), from any thread;
+    Python's warning machinery carries it here, so every command reports it the same way and counts it.
+    """
+    warned: set[str] = set()
+    lock = threading.Lock()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", InputWarning)  # the default prints each text once per call site
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if not issubclass(category, InputWarning):
+                return shown(message, category, filename, lineno, file, line)
+            with lock:  # worker threads read photos too
+                if message.path in warned:
+                    return None
+                warned.add(message.path)
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+            return None
+
+        warnings.showwarning = show
+        yield warned
+
+
 def main(argv: list[str] | None = None, freeze_imports: bool = False) -> int:
     """Parse ``argv`` and run the chosen command; return its exit code.
 
@@ -142,7 +172,11 @@ def main(argv: list[str] | None = None, freeze_imports: bool = False) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._module.run(args) or 0)
+        with input_warnings() as warned:
+            code = int(args._module.run(args) or 0)
+        if warned:
+            print(f"{len(warned)} photo{'' if len(warned) == 1 else 's'} with warnings (above)", file=sys.stderr)
+        return code
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -22,7 +22,7 @@ import webbrowser
 
 from pipeline.cli.options import add_trust_weights, image_size, int_range, probability
 from pipeline.core.facts import CLASS_NAMES
-from pipeline.core.io import InputError, validate_image
+from pipeline.core.io import InputError, read_image
 from pipeline.explore.app import listen, serve
 from pipeline.explore.session import Explorer
 from pipeline.model.load import load_model, trained_imgsz
@@ -40,16 +40,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    for photo in args.photos:  # fail now, not on the first click: a missing or undecodable file is named
-        validate_image(photo)
+    photos = []
+    for photo in args.photos:  # now, not on the first click: each bad photo is one line, the rest are served
+        try:
+            read_image(photo)  # predict's own reading: a FIFO, an empty or a text file is named here
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        photos.append(photo)
+    if not photos:
+        raise InputError(args.photos[0] if len(args.photos) == 1 else "explore", "no photo left to serve")
     yolo = load_model(args.weights, nc=len(CLASS_NAMES), trust=args.trust_weights)
-    explorer = Explorer(yolo, args.photos, imgsz=trained_imgsz(yolo, args.imgsz), conf=args.conf)
+    explorer = Explorer(yolo, photos, imgsz=trained_imgsz(yolo, args.imgsz), conf=args.conf)
     try:
         sock = listen(args.host, args.port)
     except OSError as e:  # port taken, address not available: one line, before anything claims to serve
         raise InputError(f"{args.host}:{args.port}", e.strerror or str(e)) from None
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}/"
-    n = len(args.photos)
+    n = len(photos)
     print(f"cardamage explore: {n} photo{'' if n == 1 else 's'} on {url} (Ctrl+C stops)", file=sys.stderr)
     if not args.no_browser:
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()

@@ -17,19 +17,22 @@ import fcntl
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterator
 
 import cv2
 import numpy as np
 import PIL.Image
+import simplejpeg
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 from ultralytics.data.utils import IMG_FORMATS
 from ultralytics.utils import patches as ultralytics_patches
 from ultralytics.utils.patches import imread
 
-from pipeline.core.errors import InputError  # defined apart so the command line can catch it without loading this
+from pipeline.core.errors import InputError, InputWarning  # apart, so the command line can catch them without loading this
+from pipeline.core.files import check_regular_file
 
 #: Pillow's own ``Image.open``: Ultralytics patches ``PIL.Image.open`` to pip-check pi-heif on every format
 #: Pillow does not know (a coloured requirements warning on a text file named .jpg); ours never does.
@@ -109,7 +112,7 @@ def check_output(out: str | os.PathLike, inputs=(), not_inside=()) -> Path:
     out = Path(out)
     target = out.expanduser().resolve()
     for item in inputs:
-        source = Path(item).expanduser().resolve()
+        source = Path(os.path.realpath(Path(item).expanduser()))  # realpath: a symlink loop is no RuntimeError
         if source == target or target in source.parents:
             verb = "is" if source == target else "holds"
             raise InputError(out, f"output {verb} an input ({item}); results would mix with or overwrite it: "
@@ -229,6 +232,7 @@ def validate_image(path: str | os.PathLike) -> None:
     then hands back grey blocks) is an error. JPEGs decode at 1/8 scale (``draft``): every entropy-
     coded byte is still read, which is where damage shows, at ~0.5 ms for a 640 px photo.
     """
+    check_regular_file(path, "an image file")  # Pillow's open would block on a FIFO forever
     try:
         with pil_open(path) as im:
             if im.format == "JPEG":
@@ -247,6 +251,30 @@ def validate_image(path: str | os.PathLike) -> None:
         raise InputError(path, f"corrupt image: {reason}") from None
 
 
+def warn_if_repaired(path: str | os.PathLike) -> str | None:
+    """Warn (``InputWarning``) when a JPEG decodes only because libjpeg repaired it; return the reason.
+
+    libjpeg treats a scan cut short ("Corrupt JPEG data: premature end of data segment") or bytes where a
+    marker should be ("N extraneous bytes before marker") as warnings: it fills the gap and carries on,
+    Pillow says nothing, and OpenCV only prints the text to stderr, naming no file. simplejpeg runs
+    libjpeg-turbo with such warnings raised (``strict``), at 1/8 scale as ``validate_image`` decodes.
+    Call it after ``validate_image``: what Pillow refuses outright is an error, not a warning.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if not simplejpeg.is_jpeg(data):
+        return None
+    try:
+        header = simplejpeg.decode_jpeg_header(data)
+        simplejpeg.decode_jpeg(data, min_height=max(1, header[0] // 8), min_width=max(1, header[1] // 8),
+                               min_factor=8, strict=True)
+    except ValueError as e:
+        reason = f"damaged JPEG, decoded with the gaps filled ({' '.join(str(e).split())})"
+        warnings.warn(InputWarning(path, reason), stacklevel=2)
+        return reason
+    return None
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a photo as BGR uint8 HxWx3, the way Ultralytics' predictor reads it.
 
@@ -254,22 +282,22 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     alpha is dropped, 16-bit is scaled to 8-bit. We use its own reader after ``validate_image``, so
     bad files fail with one clear line instead of a traceback or a silently grey image.
 
+    A JPEG that libjpeg had to repair is read, with an ``InputWarning`` naming it (``warn_if_repaired``).
+
     Raises:
-        InputError: missing, unreadable, empty, non-image, truncated or corrupt file.
+        InputError: missing, not a regular file (a FIFO, a device), unreadable, empty, non-image,
+            truncated or corrupt file.
     """
     path = Path(path)
     try:
-        if not path.exists():
-            raise InputError(path, "file not found")
-        if path.is_dir():
-            raise InputError(path, "is a folder, expected an image file")
-        if path.stat().st_size == 0:
+        if check_regular_file(path, "an image file").st_size == 0:
             raise InputError(path, "empty file")
         with open(path, "rb"):  # permission denied is one line here, not a None from OpenCV
             pass
     except OSError as e:
         raise InputError(path, _os_reason(e)) from None
     validate_image(path)
+    warn_if_repaired(path)
     try:
         image = imread(str(path))
     except Exception as e:  # cv2 raises on some malformed headers
@@ -350,7 +378,7 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[InputError]]:
             if not found:
                 errors.append(InputError(p, "folder holds no images"))
             files += found
-        elif p.exists():
+        elif p.exists() or p.is_symlink():  # a dangling link or a loop: the read names why, in one line
             files.append(p)
         elif any(c in src for c in "*?["):
             found = sorted(Path(f) for f in glob.glob(src, recursive=True) if Path(f).is_file())
@@ -360,7 +388,8 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[InputError]]:
         else:
             errors.append(InputError(p, "file not found"))
     seen: set[Path] = set()
-    unique = [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
+    real = [Path(os.path.realpath(f)) for f in files]  # realpath: a symlink loop is read (and named) later, not raised here
+    unique = [f for f, r in zip(files, real) if not (r in seen or seen.add(r))]
     return unique, errors
 
 

@@ -16,12 +16,12 @@ Examples:
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 import yaml
 
 from pipeline.core.errors import InputError
+from pipeline.core.files import check_regular_file
 
 #: The largest YAML file read: 1 MiB holds some 50,000 class names; CarDD's data.yaml is 300 bytes.
 MAX_YAML_BYTES = 1 << 20
@@ -49,29 +49,6 @@ class NoAliasLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
-def check_regular_file(path: str | os.PathLike, what: str = "file") -> os.stat_result:
-    """Stat ``path`` (following links) and refuse anything but a regular file, in one line naming it.
-
-    A FIFO, socket or device would block a read or never end it; a symlink loop raises here, not later.
-
-    Raises:
-        InputError: missing, a folder, not a regular file, or not stat-able (permission, link loop).
-    """
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise InputError(path, f"{what} not found") from None
-    except OSError as e:  # ELOOP: "Too many levels of symbolic links"; EACCES
-        raise InputError(path, e.strerror or type(e).__name__) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise InputError(path, f"is a folder, expected a {what}")
-    if not stat.S_ISREG(st.st_mode):
-        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
-                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "special")
-        raise InputError(path, f"not a regular file ({kind}), expected a {what}")
-    return st
-
-
 def read_yaml(path: str | os.PathLike, what: str = "YAML file") -> object:
     """Parse a user's YAML file safely: a regular file, at most ``MAX_YAML_BYTES``, UTF-8, no aliases.
 
@@ -82,7 +59,7 @@ def read_yaml(path: str | os.PathLike, what: str = "YAML file") -> object:
             UTF-8, a YAML syntax error, an alias).
     """
     path = Path(path)
-    st = check_regular_file(path, what)
+    st = check_regular_file(path, f"a {what}")
     if st.st_size > MAX_YAML_BYTES:
         raise InputError(path, f"{st.st_size:,} bytes is too large for a {what} (the limit is {MAX_YAML_BYTES:,})")
     try:

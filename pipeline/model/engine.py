@@ -75,7 +75,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from pipeline.core.io import InputError, pil_open, read_image, validate_image
+from pipeline.core.io import InputError, pil_open, read_image, validate_image, warn_if_repaired
 from pipeline.data.preprocess import input_size
 from pipeline.model.backends import cpu_threads, make_backend, onnx_available
 from pipeline.model.detections import detection_dicts
@@ -310,6 +310,7 @@ class Engine:
         if not path.is_file() or path.stat().st_size == 0:
             raise InputError(path, "file not found or empty")
         validate_image(path)  # nvJPEG may decode a damaged file into grey rows silently
+        warn_if_repaired(path)  # as read_image does on the CPU path
         return _Loaded(index, path, None, (0, 0), image, data=read_file(str(path)))
 
     def _decode_on_gpu(self, items: list[_Loaded]) -> Iterator[_Loaded | Output]:
