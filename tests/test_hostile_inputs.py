@@ -302,3 +302,19 @@ def test_a_repaired_jpeg_warns_the_same_way_everywhere(command, repaired, weight
     assert warned == [f"warning: {path}: damaged JPEG, decoded with the gaps filled "
                       "(Corrupt JPEG data: premature end of data segment)"]
     assert err[-1] == "1 photo with warnings (above)"
+
+
+def test_a_fifo_inside_a_dataset_or_a_batch_is_one_line_never_a_hang(weights, tmp_path):  # noqa: F811
+    """Ultralytics' listing reads five sample files whole (its disk speed check), the batched engine opens
+    each photo for its size, and check hashes every file: each would block on a FIFO named x.jpg."""
+    data = _dataset(tmp_path / "d", "names: [dent]")
+    fifo = tmp_path / "d" / "images" / "b.jpg"
+    os.mkfifo(fifo)
+    line = f"error: {fifo}: not a regular file (a FIFO), expected an image file"
+    for args in (["check", data], ["outliers", data, "--out", tmp_path / "o"]):
+        r = cli(*args, timeout=120)
+        assert r.returncode == 1 and line in r.stderr.splitlines(), r.stderr
+    r = cli("predict", "--weights", weights, fifo, tmp_path / "d" / "images" / "a.jpg", "--batch", "2", "--imgsz", "64",
+            "--out", tmp_path / "p", timeout=120)
+    assert r.returncode == 1 and [x for x in r.stderr.splitlines() if x.startswith("error")] == [line]
+    assert len(json.loads((tmp_path / "p" / "detections.json").read_text())) == 1

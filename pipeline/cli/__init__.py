@@ -21,10 +21,9 @@ import gc
 import importlib
 import sys
 import threading
-import warnings
 
 from pipeline import __version__
-from pipeline.core.errors import InputError, InputWarning
+from pipeline.core.errors import InputError, InputWarning, listen_warnings
 
 # command name -> module that implements it (order is the order of --help)
 COMMANDS = {
@@ -129,28 +128,22 @@ def entry() -> int:
 
 @contextlib.contextmanager
 def input_warnings():
-    """Print each ``InputWarning`` as ``warning: <file>: <reason>``, once per file, and yield the set of files.
+    """Print each input warning as ``warning: <file>: <reason>``, once per file, and yield the set of files.
 
     A damaged photo is warned about deep in a read (``pipeline.core.io.warn_if_repaired``), from any thread;
-    Python's warning machinery carries it here, so every command reports it the same way and counts it.
+    ``listen_warnings`` carries it here, so every command reports it the same way and counts it.
     """
     warned: set[str] = set()
     lock = threading.Lock()
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", InputWarning)  # the default prints each text once per call site
-        shown = warnings.showwarning
 
-        def show(message, category, filename, lineno, file=None, line=None):
-            if not issubclass(category, InputWarning):
-                return shown(message, category, filename, lineno, file, line)
-            with lock:  # worker threads read photos too
-                if message.path in warned:
-                    return None
-                warned.add(message.path)
-            print(f"warning: {message}", file=sys.stderr, flush=True)
-            return None
+    def show(w: InputWarning) -> None:
+        with lock:  # worker threads read photos too
+            if w.path in warned:
+                return
+            warned.add(w.path)
+        print(f"warning: {w}", file=sys.stderr, flush=True)
 
-        warnings.showwarning = show
+    with listen_warnings(show):
         yield warned
 
 

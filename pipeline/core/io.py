@@ -17,7 +17,6 @@ import fcntl
 import json
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -31,7 +30,7 @@ from ultralytics.data.utils import IMG_FORMATS
 from ultralytics.utils import patches as ultralytics_patches
 from ultralytics.utils.patches import imread
 
-from pipeline.core.errors import InputError, InputWarning  # apart, so the command line can catch them without loading this
+from pipeline.core.errors import InputError, warn_input  # apart, so the command line can catch them without loading this
 from pipeline.core.files import check_regular_file
 
 #: Pillow's own ``Image.open``: Ultralytics patches ``PIL.Image.open`` to pip-check pi-heif on every format
@@ -216,9 +215,10 @@ def atomic_save_safetensors(path: str | os.PathLike, tensors: dict, metadata: di
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
-    """Hex digest of a file's bytes (read in chunks by hashlib)."""
+    """Hex digest of a file's bytes (read in chunks by hashlib); a FIFO or device is an ``InputError``, not a hang."""
     import hashlib
 
+    check_regular_file(path, "a file to read")
     with open(path, "rb") as f:
         return hashlib.file_digest(f, algorithm).hexdigest()
 
@@ -252,7 +252,7 @@ def validate_image(path: str | os.PathLike) -> None:
 
 
 def warn_if_repaired(path: str | os.PathLike) -> str | None:
-    """Warn (``InputWarning``) when a JPEG decodes only because libjpeg repaired it; return the reason.
+    """Warn (``warn_input``) when a JPEG decodes only because libjpeg repaired it; return the reason.
 
     libjpeg treats a scan cut short ("Corrupt JPEG data: premature end of data segment") or bytes where a
     marker should be ("N extraneous bytes before marker") as warnings: it fills the gap and carries on,
@@ -270,7 +270,7 @@ def warn_if_repaired(path: str | os.PathLike) -> str | None:
                                min_factor=8, strict=True)
     except ValueError as e:
         reason = f"damaged JPEG, decoded with the gaps filled ({' '.join(str(e).split())})"
-        warnings.warn(InputWarning(path, reason), stacklevel=2)
+        warn_input(path, reason)
         return reason
     return None
 

@@ -28,6 +28,7 @@ Examples:
 
 from __future__ import annotations
 
+import os
 import unicodedata
 from pathlib import Path
 from types import SimpleNamespace
@@ -169,14 +170,22 @@ def _resolve(data_yaml: Path) -> dict:
 
 def _list_images(split_path: str) -> list[Path]:
     """The image files Ultralytics' datasets load for one split entry (folder, list file or image)."""
+    from ultralytics.data import base
     from ultralytics.data.base import BaseDataset
 
     # get_img_files only needs a prefix and a fraction from its dataset; using it keeps our file list
-    # identical to training's (recursive folder glob, *.txt lists with ./ paths, IMG_FORMATS suffixes)
+    # identical to training's (recursive folder glob, *.txt lists with ./ paths, IMG_FORMATS suffixes).
+    # Its disk speed check reads five of the files it lists whole, and a FIFO named x.jpg among them
+    # would block it for ever: the check is handed regular files only (the FIFO is listed, and the
+    # photo's reader names it in one line).
+    speed_check = base.check_file_speeds
+    base.check_file_speeds = lambda files, *a, **k: speed_check([f for f in files if os.path.isfile(f)], *a, **k)
     try:
         return [Path(f) for f in BaseDataset.get_img_files(SimpleNamespace(prefix="", fraction=1.0), split_path)]
     except FileNotFoundError:
         return []
+    finally:
+        base.check_file_speeds = speed_check
 
 
 def dataset_splits(data_yaml: str | Path) -> dict[str, list[Path]]:
