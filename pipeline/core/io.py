@@ -98,6 +98,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def _real(path: str | os.PathLike) -> Path:
+    """``path`` with ``~`` and every link resolved; a symlink loop stays a path (``Path.resolve`` raises
+    RuntimeError for one) and is named by whatever then opens it."""
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
 def check_output(out: str | os.PathLike, inputs=(), not_inside=()) -> Path:
     """Refuse, before any work, an output that could touch the user's input; return ``out`` as a Path.
 
@@ -109,15 +115,15 @@ def check_output(out: str | os.PathLike, inputs=(), not_inside=()) -> Path:
         InputError: one line naming ``out`` and the input it would touch.
     """
     out = Path(out)
-    target = out.expanduser().resolve()
+    target = _real(out)
     for item in inputs:
-        source = Path(os.path.realpath(Path(item).expanduser()))  # realpath: a symlink loop is no RuntimeError
+        source = _real(item)
         if source == target or target in source.parents:
             verb = "is" if source == target else "holds"
             raise InputError(out, f"output {verb} an input ({item}); results would mix with or overwrite it: "
                                   "choose another output folder")
     for folder in not_inside:
-        folder_r = Path(folder).expanduser().resolve()
+        folder_r = _real(folder)
         if folder_r == target or folder_r in target.parents:
             raise InputError(out, f"output lies inside input folder {folder}, which is read recursively: "
                                   "choose a folder outside it")
@@ -133,7 +139,7 @@ def check_output_file(out: str | os.PathLike, inputs=(), suffix: str = ".json") 
     if out.is_dir():
         raise InputError(out, "is a folder; expected a file name to write")
     for item in inputs:
-        if Path(item).exists() and Path(item).resolve() == out.resolve():
+        if Path(item).exists() and _real(item) == _real(out):
             raise InputError(out, f"is an input of this command ({item}); choose another file name")
     if out.suffix.lower() != suffix:
         raise InputError(out, f"expected a file name ending in {suffix} (this command writes {suffix[1:].upper()})")
@@ -388,7 +394,7 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[InputError]]:
         else:
             errors.append(InputError(p, "file not found"))
     seen: set[Path] = set()
-    real = [Path(os.path.realpath(f)) for f in files]  # realpath: a symlink loop is read (and named) later, not raised here
+    real = [_real(f) for f in files]
     unique = [f for f, r in zip(files, real) if not (r in seen or seen.add(r))]
     return unique, errors
 

@@ -136,13 +136,10 @@ def load_names(data_yaml: str | Path) -> list[str]:
     """
     from ultralytics.nn.autobackend import check_class_names
 
-    data = read_data_yaml(data_yaml)
+    data = read_data_yaml(data_yaml)  # check_names has vouched for names and nc
     names = data.get("names")
     if names is None:
-        nc = data.get("nc")
-        if not isinstance(nc, int) or nc < 1:
-            raise InputError(data_yaml, "has neither 'names' nor an integer 'nc'")
-        return [f"class_{i}" for i in range(nc)]
+        return [f"class_{i}" for i in range(_int_like(data["nc"]))]
     try:
         names = check_class_names(names)
     except Exception as e:
