@@ -17,12 +17,14 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib
 import sys
+import threading
 
 from pipeline import __version__
-from pipeline.core.errors import InputError, one_line
+from pipeline.core.errors import InputError, InputWarning, listen_warnings, one_line
 
 # command name -> module that implements it (order is the order of --help)
 COMMANDS = {
@@ -125,6 +127,27 @@ def entry() -> int:
     return code
 
 
+@contextlib.contextmanager
+def input_warnings():
+    """Print each input warning as ``warning: <file>: <reason>``, once per file, and yield the set of files.
+
+    A damaged photo is warned about deep in a read (``pipeline.core.io.warn_if_repaired``), from any thread;
+    ``listen_warnings`` carries it here, so every command reports it the same way and counts it.
+    """
+    warned: set[str] = set()
+    lock = threading.Lock()
+
+    def show(w: InputWarning) -> None:
+        with lock:  # worker threads read photos too
+            if w.path in warned:
+                return
+            warned.add(w.path)
+        print(f"warning: {w}", file=sys.stderr, flush=True)
+
+    with listen_warnings(show):
+        yield warned
+
+
 def main(argv: list[str] | None = None, freeze_imports: bool = False) -> int:
     """Parse ``argv`` and run the chosen command; return its exit code.
 
@@ -143,7 +166,11 @@ def main(argv: list[str] | None = None, freeze_imports: bool = False) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._module.run(args) or 0)
+        with input_warnings() as warned:
+            code = int(args._module.run(args) or 0)
+        if warned:
+            print(f"{len(warned)} photo{'' if len(warned) == 1 else 's'} with warnings (above)", file=sys.stderr)
+        return code
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

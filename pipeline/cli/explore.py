@@ -4,7 +4,8 @@ The page opens on the photo with its detections and the forward pass (every stag
 shapes). Click a layer: its channels' feature maps, pre and post SiLU. Click a pixel of a map: that neuron's
 whole arithmetic (patch, folded weights, bias, z, sigmoid(z), SiLU(z), the framework's value), its receptive
 field drawn on the photo. Click a detection: its anchor, all class logits and sigmoids, the CAM. Each photo
-runs once, on first view; everything after is read off that recorded pass. Nothing leaves the machine:
+runs on first view and everything after is read off that recorded pass (the few most recent passes are kept;
+an older one is run again, to the same numbers). Nothing leaves the machine:
 page, script and styles are served from the package, and the server listens on 127.0.0.1 unless --host says
 otherwise. With --host beyond loopback (0.0.0.0: every interface) it says so in a warning line and prints the
 addresses it answers at; at any address it answers only requests that name it in their Host header (a page
@@ -25,14 +26,14 @@ import webbrowser
 
 from pipeline.cli.options import add_trust_weights, image_size, int_range, probability
 from pipeline.core.facts import CLASS_NAMES
-from pipeline.core.io import InputError, validate_image
+from pipeline.core.io import InputError, read_image
 from pipeline.explore.app import bound_beyond_loopback, bound_to_every_interface, listen, serve, served_urls
 from pipeline.explore.session import Explorer
 from pipeline.model.load import load_model, trained_imgsz
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("photos", nargs="+", metavar="PHOTO", help="photos to explore (each runs once, on first view)")
+    p.add_argument("photos", nargs="+", metavar="PHOTO", help="photos to explore (each runs on first view; a pass dropped for memory runs again when asked)")
     p.add_argument("--weights", required=True, help="best.pt (trained) or yolov8n.yaml (untrained)")
     p.add_argument("--imgsz", type=image_size, default=None, help="inference size (default: the size the weights were trained at, else 640)")
     p.add_argument("--conf", type=probability, default=0.25, help="score threshold for detections (default 0.25)")
@@ -45,10 +46,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    for photo in args.photos:  # fail now, not on the first click: a missing or undecodable file is named
-        validate_image(photo)
+    photos = []
+    for photo in args.photos:  # now, not on the first click: each bad photo is one line, the rest are served
+        try:
+            read_image(photo)  # predict's own reading: a FIFO, an empty or a text file is named here
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        photos.append(photo)
+    if not photos:
+        raise InputError(args.photos[0] if len(args.photos) == 1 else "explore", "no photo left to serve")
     yolo = load_model(args.weights, nc=len(CLASS_NAMES), trust=args.trust_weights)
-    explorer = Explorer(yolo, args.photos, imgsz=trained_imgsz(yolo, args.imgsz), conf=args.conf)
+    explorer = Explorer(yolo, photos, imgsz=trained_imgsz(yolo, args.imgsz), conf=args.conf)
     try:
         sock = listen(args.host, args.port)
     except OSError as e:  # port taken, address not available: one line, before anything claims to serve
@@ -59,7 +68,7 @@ def run(args) -> int:
         print(f"warning: explore listens on {where} ({args.host}:{args.port}), not only on this machine: anyone who "
               "can reach it can read these photos and the model; the default --host 127.0.0.1 keeps it here",
               file=sys.stderr)
-    n = len(args.photos)
+    n = len(photos)
     print(f"cardamage explore: {n} photo{'' if n == 1 else 's'} on {', '.join(urls)} (Ctrl+C stops)", file=sys.stderr)
     if not args.no_browser:
         threading.Timer(1.0, webbrowser.open, args=(urls[0],)).start()

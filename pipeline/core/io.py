@@ -26,6 +26,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 import PIL.Image
+import simplejpeg
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 from ultralytics.data.utils import IMG_FORMATS
@@ -33,8 +34,10 @@ from ultralytics.utils import patches as ultralytics_patches
 from ultralytics.utils.patches import imread
 
 from pipeline.core import runtime
+
 # defined apart, so the command line can use them without loading this; re-exported for the other layers
-from pipeline.core.errors import InputError, one_line  # noqa: F401
+from pipeline.core.errors import InputError, one_line, warn_input  # noqa: F401
+from pipeline.core.files import check_regular_file
 
 #: Pillow's own ``Image.open``: Ultralytics patches ``PIL.Image.open`` to pip-check pi-heif on every format
 #: Pillow does not know (a coloured requirements warning on a text file named .jpg); ours never does.
@@ -101,6 +104,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def _real(path: str | os.PathLike) -> Path:
+    """``path`` with ``~`` and every link resolved; a symlink loop stays a path (``Path.resolve`` raises
+    RuntimeError for one) and is named by whatever then opens it."""
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
 def check_output(out: str | os.PathLike, inputs=(), not_inside=()) -> Path:
     """Refuse, before any work, an output that could touch the user's input; return ``out`` as a Path.
 
@@ -112,15 +121,15 @@ def check_output(out: str | os.PathLike, inputs=(), not_inside=()) -> Path:
         InputError: one line naming ``out`` and the input it would touch.
     """
     out = Path(out)
-    target = out.expanduser().resolve()
+    target = _real(out)
     for item in inputs:
-        source = Path(item).expanduser().resolve()
+        source = _real(item)
         if source == target or target in source.parents:
             verb = "is" if source == target else "holds"
             raise InputError(out, f"output {verb} an input ({item}); results would mix with or overwrite it: "
                                   "choose another output folder")
     for folder in not_inside:
-        folder_r = Path(folder).expanduser().resolve()
+        folder_r = _real(folder)
         if folder_r == target or folder_r in target.parents:
             raise InputError(out, f"output lies inside input folder {folder}, which is read recursively: "
                                   "choose a folder outside it")
@@ -179,7 +188,7 @@ def check_output_file(out: str | os.PathLike, inputs=(), suffix: str = ".json", 
     if out.is_dir():
         raise InputError(out, "is a folder; expected a file name to write")
     for item in inputs:
-        if Path(item).exists() and Path(item).resolve() == out.resolve():
+        if Path(item).exists() and _real(item) == _real(out):
             raise InputError(out, f"is an input of this command ({item}); choose another file name")
     if out.suffix.lower() != suffix:
         raise InputError(out, f"expected a file name ending in {suffix} (this command writes {suffix[1:].upper()})")
@@ -264,9 +273,10 @@ def atomic_save_safetensors(path: str | os.PathLike, tensors: dict, metadata: di
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
-    """Hex digest of a file's bytes (read in chunks by hashlib)."""
+    """Hex digest of a file's bytes (read in chunks by hashlib); a FIFO or device is an ``InputError``, not a hang."""
     import hashlib
 
+    check_regular_file(path, "a file to read")
     with open(path, "rb") as f:
         return hashlib.file_digest(f, algorithm).hexdigest()
 
@@ -301,6 +311,7 @@ def validate_image(path: str | os.PathLike) -> None:
     Size first: Pillow's ``open`` reads only the header, so a photo over ``runtime.max_pixels()`` (a 1 MB PNG
     can hold 900 megapixels) is refused before any pixel is decoded, here or by OpenCV after.
     """
+    check_regular_file(path, "an image file")  # Pillow's open would block on a FIFO forever
     try:
         with pil_open(path) as im:
             check_pixels(path, im.width, im.height)
@@ -323,6 +334,30 @@ def validate_image(path: str | os.PathLike) -> None:
         raise InputError(path, f"corrupt image: {reason}") from None
 
 
+def warn_if_repaired(path: str | os.PathLike) -> str | None:
+    """Warn (``warn_input``) when a JPEG decodes only because libjpeg repaired it; return the reason.
+
+    libjpeg treats a scan cut short ("Corrupt JPEG data: premature end of data segment") or bytes where a
+    marker should be ("N extraneous bytes before marker") as warnings: it fills the gap and carries on,
+    Pillow says nothing, and OpenCV only prints the text to stderr, naming no file. simplejpeg runs
+    libjpeg-turbo with such warnings raised (``strict``), at 1/8 scale as ``validate_image`` decodes.
+    Call it after ``validate_image``: what Pillow refuses outright is an error, not a warning.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if not simplejpeg.is_jpeg(data):
+        return None
+    try:
+        header = simplejpeg.decode_jpeg_header(data)
+        simplejpeg.decode_jpeg(data, min_height=max(1, header[0] // 8), min_width=max(1, header[1] // 8),
+                               min_factor=8, strict=True)
+    except ValueError as e:
+        reason = f"damaged JPEG, decoded with the gaps filled ({' '.join(str(e).split())})"
+        warn_input(path, reason)
+        return reason
+    return None
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a photo as BGR uint8 HxWx3, the way Ultralytics' predictor reads it.
 
@@ -330,22 +365,22 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     alpha is dropped, 16-bit is scaled to 8-bit. We use its own reader after ``validate_image``, so
     bad files fail with one clear line instead of a traceback or a silently grey image.
 
+    A JPEG that libjpeg had to repair is read, with an ``InputWarning`` naming it (``warn_if_repaired``).
+
     Raises:
-        InputError: missing, unreadable, empty, non-image, truncated or corrupt file.
+        InputError: missing, not a regular file (a FIFO, a device), unreadable, empty, non-image,
+            truncated or corrupt file.
     """
     path = Path(path)
     try:
-        if not path.exists():
-            raise InputError(path, "file not found")
-        if path.is_dir():
-            raise InputError(path, "is a folder, expected an image file")
-        if path.stat().st_size == 0:
+        if check_regular_file(path, "an image file").st_size == 0:
             raise InputError(path, "empty file")
         with open(path, "rb"):  # permission denied is one line here, not a None from OpenCV
             pass
     except OSError as e:
         raise InputError(path, _os_reason(e)) from None
     validate_image(path)
+    warn_if_repaired(path)
     try:
         image = imread(str(path))
     except Exception as e:  # cv2 raises on some malformed headers, and over OPENCV_IO_MAX_IMAGE_PIXELS
@@ -429,7 +464,7 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[InputError]]:
             if not found:
                 errors.append(InputError(p, "folder holds no images"))
             files += found
-        elif p.exists():
+        elif p.exists() or p.is_symlink():  # a dangling link or a loop: the read names why, in one line
             files.append(p)
         elif any(c in src for c in "*?["):
             found = sorted(Path(f) for f in glob.glob(src, recursive=True) if Path(f).is_file())
@@ -439,7 +474,8 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[InputError]]:
         else:
             errors.append(InputError(p, "file not found"))
     seen: set[Path] = set()
-    unique = [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
+    real = [_real(f) for f in files]
+    unique = [f for f, r in zip(files, real) if not (r in seen or seen.add(r))]
     return unique, errors
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.core.io import InputError, atomic_write_text, validate_image
+from pipeline.core.io import InputError, atomic_write_text, validate_image, warn_if_repaired
 from pipeline.data.labels import dataset_splits, label_path, load_names, parse_label_text
 
 
@@ -99,6 +99,7 @@ def stage_dataset(data_yaml: str | Path, dest: str | Path, on_error=None, keep=T
             label = label_path(image)
             try:
                 validate_image(image)
+                warn_if_repaired(image)  # trained on, as predict reads it, with one warning naming it
                 _check_label(label, len(names))
             except InputError as e:
                 view.errors.append(e)

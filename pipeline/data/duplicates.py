@@ -43,7 +43,7 @@ def sha1_of_file(path: str | Path) -> str | None:
     (reported by whoever decodes it; a scan goes on past it)."""
     try:
         return file_digest(path, "sha1")
-    except OSError:
+    except (OSError, InputError):  # InputError: not a regular file (a FIFO), which read_image names
         return None
 
 

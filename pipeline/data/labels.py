@@ -28,15 +28,19 @@ Examples:
 
 from __future__ import annotations
 
+import os
+import unicodedata
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
 from pipeline.core.io import InputError
+from pipeline.core.yamlfile import read_yaml
 
 SPLITS = ("train", "val", "test", "minival")
 COORD_TOL = 1e-6  # float printing noise; anything beyond is outside [0, 1]
+MAX_CLASSES = 10_000  # a data.yaml's classes at most: 8 times LVIS's 1,203; CarDD has 6
 
 
 # ----------------------------------------------------------------------------------------------- yaml
@@ -48,21 +52,79 @@ def _one_line(e: BaseException) -> str:
     return text.replace("❌", "").replace("⚠️", "").strip()
 
 
-def _read_yaml(data_yaml: str | Path) -> dict:
-    from ultralytics.utils import YAML
-
+def read_data_yaml(data_yaml: str | Path) -> dict:
+    """The data.yaml as a dict, refused in one line naming it when hostile or malformed (``read_yaml``),
+    its ``names`` and ``nc`` checked (``check_names``) before Ultralytics or any scan reads it."""
     path = Path(data_yaml)
-    if not path.exists():
-        raise InputError(path, "file not found")
-    if path.is_dir():
-        raise InputError(path, "is a folder, expected a data.yaml file")
-    try:
-        data = YAML.load(path)
-    except Exception as e:
-        raise InputError(path, f"not a valid YAML file: {_one_line(e)}") from None
+    data = read_yaml(path, "data.yaml file")
     if not isinstance(data, dict):
         raise InputError(path, "not a dataset YAML (expected keys train, val, names)")
+    check_names(data, path)
     return data
+
+
+def _int_like(value) -> int | None:
+    """``value`` as Ultralytics takes a count or class id (``3``, ``"3"``, ``3.0``), else None; never a bool."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (str, float)):
+        try:
+            f = float(value)
+        except (ValueError, OverflowError):
+            return None
+        return int(f) if f.is_integer() else None
+    return None
+
+
+def check_names(data: dict, path: str | Path) -> None:
+    """Refuse class names that would pass Ultralytics' loose checks and surface later, or never.
+
+    ``names`` is a list or an ``{id: name}`` dict with ids 0..n-1; each name a non-empty string without
+    control characters (a newline would split every one-line report), all different; ``nc``, when given,
+    a whole number from 1 to ``MAX_CLASSES`` equal to the count. Ultralytics turns ``names: [1, yes]``
+    into ``'1'`` and ``'True'`` and builds ``nc: 10**12`` names of its own, so both are refused here.
+
+    Raises:
+        InputError: one line naming the file and the first bad name or count.
+    """
+    names, nc = data.get("names"), data.get("nc")
+    if "nc" in data:
+        n = _int_like(nc)
+        if n is None or not 1 <= n <= MAX_CLASSES:
+            raise InputError(path, f"'nc: {str(nc)[:40]}' must be a whole number of classes from 1 to {MAX_CLASSES:,}")
+    if names is None:
+        if "nc" not in data:
+            raise InputError(path, "has neither 'names' nor 'nc'")
+        return
+    if isinstance(names, dict):
+        ids = [_int_like(k) for k in names]
+        if None in ids or sorted(ids) != list(range(len(names))):
+            raise InputError(path, f"'names' keys must be the class ids 0..{len(names) - 1}, got {str(list(names))[:80]}")
+        values = [names[k] for k in sorted(names, key=_int_like)]
+    elif isinstance(names, list):
+        values = names
+    else:
+        raise InputError(path, f"'names' must be a list or an {{id: name}} mapping, not {type(names).__name__}")
+    if not values:
+        raise InputError(path, "'names' is empty: at least one class is needed")
+    if len(values) > MAX_CLASSES:
+        raise InputError(path, f"'names' lists {len(values):,} classes, more than {MAX_CLASSES:,}")
+    seen = {}
+    for i, name in enumerate(values):
+        if not isinstance(name, str):
+            raise InputError(path, f"class {i} name {str(name)[:40]!r} ({type(name).__name__}) is not a string: "
+                                   "quote it in the YAML")
+        if not name.strip():
+            raise InputError(path, f"class {i} name is empty")
+        if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
+            raise InputError(path, f"class {i} name {name[:40]!r} holds a control character or line break")
+        if name in seen:
+            raise InputError(path, f"class {i} name {name[:40]!r} repeats class {seen[name]}")
+        seen[name] = i
+    if "nc" in data and _int_like(nc) != len(values):
+        raise InputError(path, f"'names' lists {len(values)} classes but 'nc' is {nc}")
 
 
 def load_names(data_yaml: str | Path) -> list[str]:
@@ -74,13 +136,10 @@ def load_names(data_yaml: str | Path) -> list[str]:
     """
     from ultralytics.nn.autobackend import check_class_names
 
-    data = _read_yaml(data_yaml)
+    data = read_data_yaml(data_yaml)  # check_names has vouched for names and nc
     names = data.get("names")
     if names is None:
-        nc = data.get("nc")
-        if not isinstance(nc, int) or nc < 1:
-            raise InputError(data_yaml, "has neither 'names' nor an integer 'nc'")
-        return [f"class_{i}" for i in range(nc)]
+        return [f"class_{i}" for i in range(_int_like(data["nc"]))]
     try:
         names = check_class_names(names)
     except Exception as e:
@@ -92,7 +151,7 @@ def _resolve(data_yaml: Path) -> dict:
     """Ultralytics' own data.yaml resolution, with every failure turned into one line and no downloads."""
     from ultralytics.data.utils import check_det_dataset
 
-    _read_yaml(data_yaml)  # a missing or malformed file gets its own one line before Ultralytics sees it
+    read_data_yaml(data_yaml)  # a missing or malformed file gets its own one line before Ultralytics sees it
     if data_yaml.suffix.lower() not in {".yaml", ".yml"}:
         raise InputError(data_yaml, "expected a .yaml or .yml dataset file")
     try:
@@ -108,14 +167,22 @@ def _resolve(data_yaml: Path) -> dict:
 
 def _list_images(split_path: str) -> list[Path]:
     """The image files Ultralytics' datasets load for one split entry (folder, list file or image)."""
+    from ultralytics.data import base
     from ultralytics.data.base import BaseDataset
 
     # get_img_files only needs a prefix and a fraction from its dataset; using it keeps our file list
-    # identical to training's (recursive folder glob, *.txt lists with ./ paths, IMG_FORMATS suffixes)
+    # identical to training's (recursive folder glob, *.txt lists with ./ paths, IMG_FORMATS suffixes).
+    # Its disk speed check reads five of the files it lists whole, and a FIFO named x.jpg among them
+    # would block it for ever: the check is handed regular files only (the FIFO is listed, and the
+    # photo's reader names it in one line).
+    speed_check = base.check_file_speeds
+    base.check_file_speeds = lambda files, *a, **k: speed_check([f for f in files if os.path.isfile(f)], *a, **k)
     try:
         return [Path(f) for f in BaseDataset.get_img_files(SimpleNamespace(prefix="", fraction=1.0), split_path)]
     except FileNotFoundError:
         return []
+    finally:
+        base.check_file_speeds = speed_check
 
 
 def dataset_splits(data_yaml: str | Path) -> dict[str, list[Path]]:

@@ -68,7 +68,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from pipeline.core.io import InputError, pil_open, read_image, validate_image
+from pipeline.core.io import InputError, pil_open, read_image, validate_image, warn_if_repaired
 from pipeline.data.preprocess import input_size
 from pipeline.model.backends import cpu_threads, make_backend, onnx_available
 from pipeline.model.detections import detection_dicts
@@ -95,6 +95,8 @@ def _decode_cost(path: Path, alone: int) -> int:
     """Bytes OpenCV's decode of ``path`` peaks at: twice its 8-bit BGR pixels (the decoded image, and the
     copy cv2's Python binding makes of it), from the header (PIL reads no pixels for ``size``). A header
     PIL cannot read costs ``alone``, the whole budget: that file is decoded with nothing beside it."""
+    if not path.is_file():  # a FIFO would block PIL's open for ever; read_image names what it is
+        return alone
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning: only the size is read
@@ -303,6 +305,7 @@ class Engine:
         if not path.is_file() or path.stat().st_size == 0:
             raise InputError(path, "file not found or empty")
         validate_image(path)  # nvJPEG may decode a damaged file into grey rows silently
+        warn_if_repaired(path)  # as read_image does on the CPU path
         return _Loaded(index, path, None, (0, 0), image, data=read_file(str(path)))
 
     def _decode_on_gpu(self, items: list[_Loaded]) -> Iterator[_Loaded | Output]:

@@ -13,18 +13,104 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import copy
 import re
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 from ultralytics import YOLO
 from ultralytics.nn import tasks
 
 from pipeline.core.facts import CLASS_NAMES, TRUST_ENV
 from pipeline.core.io import InputError
+from pipeline.core.yamlfile import read_yaml
 
 DEFAULT_MODEL = "yolov8n.yaml"
 DEFAULT_IMGSZ = 640  # Ultralytics' default inference size, for a model that carries no training size
+#: The largest architecture a model YAML may describe: YOLOv8x, the largest YOLOv8, has 68,229,648 (80 classes).
+MAX_PARAMETERS = 100_000_000
+#: Modules (layers, blocks and their parts) a model YAML may build: YOLOv8x has 460; a depth_multiple of 1e9
+#: would make a billion Python objects before any parameter count could stop it.
+MAX_MODULES = 5_000
+
+
+class _TooManyModules(Exception):
+    pass
+
+
+class _ArangeOffMeta(TorchFunctionMode):
+    """Answer ``torch.arange`` on the CPU and hand back a meta copy: its meta kernel imports torch's compiler
+    (1.1 s and, in a 4 GB address space, a MemoryError) for a tensor whose values a count never reads.
+    Ultralytics' DFL makes one arange of 16 values; every other constructor stays on the meta device."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.arange:
+            return func(*args, **{**kwargs, "device": "cpu"}).to("meta")
+        return func(*args, **kwargs)
+
+
+def _yaml_error(spec, e: Exception) -> InputError:
+    """A malformed or hostile model YAML's exception as one line (Ultralytics' parser raises many kinds)."""
+    if isinstance(e, (FileNotFoundError, OSError)):
+        return InputError(spec, f"model YAML not found ({e})")
+    reason = re.sub(r"^.*?ERROR\W*", "", " ".join(str(e).split())) or type(e).__name__
+    return InputError(spec, f"not a valid model YAML ({type(e).__name__}: {reason[:200]})")
+
+
+def model_yaml_parameters(spec: str | Path, nc: int | None = None) -> int:
+    """The parameter count a model YAML describes, found without memory, or one line refusing the file.
+
+    The file is read as every user YAML is (``read_yaml``: no aliases, a regular file, at most 1 MiB), then
+    Ultralytics' own ``parse_model`` builds it on torch's meta device, where a tensor has a shape and no
+    storage, so ``width_multiple: 1000`` costs nothing to count. A module registration hook stops a build
+    past ``MAX_MODULES`` (a huge ``depth_multiple`` or repeat count) before Python runs out of memory.
+
+    Args:
+        spec: a model YAML path, or a name Ultralytics ships (``yolov8n.yaml``).
+        nc: the class count the model will be built with (the YAML's own otherwise).
+
+    Raises:
+        InputError: the YAML is hostile or malformed, describes more than ``MAX_PARAMETERS`` parameters
+            (the line names the count and the budget) or more than ``MAX_MODULES`` modules.
+
+    Examples:
+        >>> model_yaml_parameters("yolov8n.yaml", nc=6)
+        3012018
+    """
+    if Path(spec).exists() or Path(spec).is_symlink():  # a user's file; Ultralytics' own names resolve below
+        read_yaml(spec, "model YAML")
+    try:
+        cfg = tasks.yaml_model_load(spec)
+    except Exception as e:
+        raise _yaml_error(spec, e) from None
+    if nc is not None:
+        cfg["nc"] = nc
+    modules = 0
+
+    def count(module, name, submodule):
+        nonlocal modules
+        modules += 1
+        if modules > MAX_MODULES:
+            raise _TooManyModules
+
+    hook = torch.nn.modules.module.register_module_module_registration_hook(count)
+    try:
+        with torch.device("meta"), _ArangeOffMeta():
+            model, _ = tasks.parse_model(copy.deepcopy(cfg), ch=cfg.get("channels", 3), verbose=False)
+    except _TooManyModules:
+        raise InputError(spec, f"describes more than {MAX_MODULES:,} modules (YOLOv8x has 460); "
+                               "check depth_multiple and the repeat counts") from None
+    except Exception as e:
+        raise _yaml_error(spec, e) from None
+    finally:
+        hook.remove()
+    n = sum(p.numel() for p in model.parameters())
+    if n > MAX_PARAMETERS:
+        raise InputError(spec, f"describes {n:,} parameters, over the budget of {MAX_PARAMETERS:,} "
+                               "(YOLOv8x has 68,229,648); check width_multiple, the channel numbers and nc")
+    return n
 
 
 def load_model(spec: str | Path = DEFAULT_MODEL, nc: int | None = None, names=None, trust: bool = False):
@@ -44,13 +130,14 @@ def load_model(spec: str | Path = DEFAULT_MODEL, nc: int | None = None, names=No
     spec = str(spec)
     path = Path(spec)
     if spec.endswith((".yaml", ".yml")):
+        # counted on the meta device, refused before anything is allocated: as the YAML says (Ultralytics
+        # builds that first), then with ``nc`` (the rebuild below)
+        for classes in (None, nc) if nc is not None else (None,):
+            model_yaml_parameters(spec, classes)
         try:
             yolo = YOLO(spec, task="detect")
-        except (FileNotFoundError, OSError) as e:
-            raise InputError(spec, f"model YAML not found ({e})") from None
-        except Exception as e:  # a malformed or hostile YAML: Ultralytics' parser raises many kinds
-            reason = re.sub(r"^.*?ERROR\W*", "", " ".join(str(e).split())) or type(e).__name__
-            raise InputError(spec, f"not a valid model YAML ({type(e).__name__}: {reason[:200]})") from None
+        except Exception as e:
+            raise _yaml_error(spec, e) from None
         if nc is not None and yolo.model.yaml.get("nc") != nc:
             yolo.model = tasks.DetectionModel(yolo.model.yaml, nc=nc, verbose=False)
         n = yolo.model.yaml["nc"]

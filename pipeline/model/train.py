@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from ultralytics.nn import tasks
 
 from pipeline.core import runtime
 from pipeline.core.io import InputError, atomic_write_json, output_folder
+from pipeline.core.yamlfile import read_yaml
 from pipeline.data.dataset_view import own_view, stage_dataset
-from pipeline.data.labels import dataset_folders
+from pipeline.data.labels import dataset_folders, read_data_yaml
 from pipeline.model.load import DEFAULT_MODEL, load_model, weights_error, weights_policy
 
 # Keys of a recipe file that are ours, not Ultralytics' train() arguments.
@@ -76,12 +76,7 @@ def load_recipe(path: str | Path | None) -> dict:
     if not path:
         return {}
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "config file not found")
-    try:
-        recipe = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise InputError(path, f"not valid YAML ({str(e).splitlines()[0]})") from None
+    recipe = read_yaml(path, "config file") or {}
     if not isinstance(recipe, dict):
         raise InputError(path, "config must be a mapping of train arguments")
     return recipe
@@ -92,8 +87,7 @@ def check_data_yaml(data: str | Path) -> dict:
     from ultralytics.data.utils import check_det_dataset
 
     path = Path(data)
-    if not path.is_file():
-        raise InputError(path, "dataset YAML not found")
+    read_data_yaml(path)  # a FIFO, an alias bomb or bad names: one line before Ultralytics reads the file
     try:
         return check_det_dataset(str(path.resolve()), autodownload=False)
     except Exception as e:  # FileNotFoundError / SyntaxError with multi-line messages

@@ -1,0 +1,39 @@
+"""What a path is, asked before it is opened: a read must never block on a FIFO or run on forever.
+
+Examples:
+    >>> from pipeline.core.files import check_regular_file
+    >>> check_regular_file("/dev/zero", "an image file")
+    Traceback (most recent call last):
+    pipeline.core.errors.InputError: /dev/zero: not a regular file (a device), expected an image file
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from pipeline.core.errors import InputError
+
+
+def check_regular_file(path: str | os.PathLike, what: str = "a file") -> os.stat_result:
+    """Stat ``path`` (following links) and refuse anything but a regular file, in one line naming it.
+
+    ``what`` completes "expected ...", as in ``"an image file"``. A FIFO, socket or device would block a
+    read or never end it; a symlink loop raises here, not at the read.
+
+    Raises:
+        InputError: missing, a folder, not a regular file, or not stat-able (permission, link loop).
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except OSError as e:  # ELOOP: "Too many levels of symbolic links"; EACCES
+        raise InputError(path, e.strerror or type(e).__name__) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(path, f"is a folder, expected {what}")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "special")
+        raise InputError(path, f"not a regular file ({kind}), expected {what}")
+    return st

@@ -1,0 +1,81 @@
+"""The one reader of a user's YAML file (data.yaml, a ``configs/*.yaml`` recipe, a model YAML).
+
+YAML's anchors and aliases let a 1 KB file stand for gigabytes: PyYAML shares an aliased node, so the
+load itself is small, but anything that walks the result (printing it, ``str()`` of a class name,
+``json.dumps``) expands every alias. A data.yaml, a recipe and a model YAML have no need of them, so
+``read_yaml`` refuses any alias node while parsing, before anything walks the tree. It also refuses what
+is not a regular file (a FIFO would block the read forever, ``/dev/zero`` would never end) and a file
+over ``MAX_YAML_BYTES``, and names the file in one line.
+
+Examples:
+    >>> from pipeline.core.yamlfile import read_yaml
+    >>> read_yaml("../shared/data/cardd-sample/data.yaml")["nc"]
+    6
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from pipeline.core.errors import InputError
+from pipeline.core.files import check_regular_file
+
+#: The largest YAML file read: 1 MiB holds some 50,000 class names; CarDD's data.yaml is 300 bytes.
+MAX_YAML_BYTES = 1 << 20
+
+
+class AliasRefused(yaml.YAMLError):
+    """An alias met while parsing: its anchor name and 1-based line."""
+
+    def __init__(self, anchor: str, line: int):
+        self.anchor, self.line = anchor, line
+        super().__init__(f"line {line}: alias *{anchor}")
+
+
+class NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that raises at the first alias (``*name``) instead of sharing the anchored node.
+
+    The pure-Python loader, not the C one: composing happens in ``compose_node`` here, which the C parser
+    would not call. These files are a few KB, so speed does not matter.
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise AliasRefused(event.anchor, event.start_mark.line + 1)
+        return super().compose_node(parent, index)
+
+
+def read_yaml(path: str | os.PathLike, what: str = "YAML file") -> object:
+    """Parse a user's YAML file safely: a regular file, at most ``MAX_YAML_BYTES``, UTF-8, no aliases.
+
+    Returns whatever the document holds (``None`` for an empty file); callers check its shape.
+
+    Raises:
+        InputError: one line naming the file and why (not found, not a regular file, too large, not
+            UTF-8, a YAML syntax error, an alias).
+    """
+    path = Path(path)
+    st = check_regular_file(path, f"a {what}")
+    if st.st_size > MAX_YAML_BYTES:
+        raise InputError(path, f"{st.st_size:,} bytes is too large for a {what} (the limit is {MAX_YAML_BYTES:,})")
+    try:
+        with open(path, "rb") as f:
+            text = f.read(MAX_YAML_BYTES + 1).decode("utf-8")  # + 1: a file that grew since the stat still fails
+    except OSError as e:
+        raise InputError(path, e.strerror or type(e).__name__) from None
+    except UnicodeDecodeError:
+        raise InputError(path, "not UTF-8 text") from None
+    if len(text.encode("utf-8")) > MAX_YAML_BYTES:
+        raise InputError(path, f"too large for a {what} (the limit is {MAX_YAML_BYTES:,} bytes)")
+    try:
+        return yaml.load(text, Loader=NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except AliasRefused as e:
+        raise InputError(path, f"line {e.line}: YAML alias *{e.anchor} refused: a {what} may not use anchors "
+                               "and aliases (a few of them can stand for gigabytes)") from None
+    except yaml.YAMLError as e:
+        reason = " ".join(str(e).split())
+        raise InputError(path, f"not valid YAML ({reason[:300]})") from None

@@ -1,0 +1,320 @@
+"""Hostile inputs are refused before the long work (issue #30): YAML alias bombs and bad class names in a
+data.yaml or recipe, model YAMLs over the parameter budget, FIFOs / devices / sockets / link loops named as
+photos or YAMLs (one line each, never a hang: every child process runs under a timeout), and JPEGs that libjpeg
+repairs while decoding (a warning naming the file, counted in the summary). docs/robustness.md, "Checked
+before the long work", lists each case with its test here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from ultralytics.nn import tasks
+
+from pipeline.cli import main
+from pipeline.core.io import InputError
+from pipeline.model.load import MAX_PARAMETERS, load_model, model_yaml_parameters
+from test_trust import cli, jpeg_bytes, one_error_line, photos, weights  # noqa: F401 - fixtures
+
+ULTRALYTICS_V8 = Path(tasks.__file__).parent.parent / "cfg" / "models" / "v8" / "yolov8.yaml"
+
+
+def _dataset(root: Path, names_line: str, extra: str = "") -> Path:
+    """A one-photo dataset whose data.yaml has the given ``names:`` line (plus ``extra`` lines)."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "labels").mkdir(exist_ok=True)
+    (root / "images" / "a.jpg").write_bytes(jpeg_bytes(1))
+    (root / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    yaml = root / "data.yaml"
+    yaml.write_text(f"train: images\nval: images\n{extra}{names_line}\n")
+    return yaml
+
+
+def _bomb(levels: int = 5) -> str:
+    """A billion-laughs ``names``: each level lists the one before it nine times (9**levels strings)."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + f"\nnames: *l{levels}"
+
+
+# ------------------------------------------------------------------------------------------- A. YAML files
+
+
+@pytest.mark.parametrize("command", ["check", "outliers", "train"])
+def test_an_alias_bomb_in_a_data_yaml_is_one_line_before_any_work(command, tmp_path):
+    data = _dataset(tmp_path / "d", "", extra=_bomb() + "\n")
+    args = {"check": ["check", data], "outliers": ["outliers", data, "--out", tmp_path / "o"],
+            "train": ["train", "--data", data, "--out", tmp_path / "o", "--epochs", "1", "--imgsz", "32"]}[command]
+    r = cli(*args, timeout=120)
+    line = one_error_line(r.stderr)
+    assert r.returncode == 1 and line.startswith(f"error: {data}: line 4: YAML alias *l0 refused")
+    assert len(r.stdout) < 10_000 and not (tmp_path / "o").exists()  # nothing expanded, nothing written
+
+
+def test_an_alias_in_a_recipe_or_a_model_yaml_is_refused(tmp_path, capsys):
+    data = _dataset(tmp_path / "d", "names: [dent]")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("base: &b 3\nepochs: *b\n")
+    assert main(["train", "--data", str(data), "--config", str(recipe), "--out", str(tmp_path / "o")]) == 1
+    assert one_error_line(capsys.readouterr().err) == (
+        f"error: {recipe}: line 2: YAML alias *b refused: a config file may not use anchors and aliases "
+        "(a few of them can stand for gigabytes)")
+    model = tmp_path / "m.yaml"
+    model.write_text(ULTRALYTICS_V8.read_text().replace("nc: 80", "nc: &n 80\nkpt: *n"))
+    with pytest.raises(InputError, match=r"line \d+: YAML alias \*n refused: a model YAML"):
+        load_model(model)
+
+
+@pytest.mark.parametrize("names_line, extra, reason", [
+    ("names: [1, 2]", "", "class 0 name '1' (int) is not a string: quote it in the YAML"),
+    ("names: [dent, yes]", "", "class 1 name 'True' (bool) is not a string: quote it in the YAML"),
+    ("names: [dent, null]", "", "class 1 name 'None' (NoneType) is not a string"),
+    ("names: [dent, [a, b]]", "", "class 1 name \"['a', 'b']\" (list) is not a string"),
+    ("names: [dent, dent]", "", "class 1 name 'dent' repeats class 0"),
+    ("names: [dent, '  ']", "", "class 1 name is empty"),
+    ('names: ["dent", "scr\\natch"]', "", "class 1 name 'scr\\natch' holds a control character or line break"),
+    ('names: ["dent", "a\\u2028b"]', "", "holds a control character or line break"),
+    ("names: {0: dent, 2: crack}", "", "'names' keys must be the class ids 0..1"),
+    ("names: []", "", "'names' is empty: at least one class is needed"),
+    ("names: dent", "", "'names' must be a list or an {id: name} mapping, not str"),
+    ("names: [dent, crack]", "nc: 3\n", "'names' lists 2 classes but 'nc' is 3"),
+    ("", "nc: 1000000000000\n", "'nc: 1000000000000' must be a whole number of classes from 1 to 10,000"),
+    ("", "nc: 2.5\n", "'nc: 2.5' must be a whole number"),
+])
+def test_bad_class_names_are_one_line_naming_the_file(names_line, extra, reason, tmp_path, capsys):
+    data = _dataset(tmp_path / "d", names_line, extra)
+    assert main(["check", str(data)]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {data}: ") and reason in line, line
+
+
+def test_good_names_in_every_accepted_form_still_pass(tmp_path, capsys):
+    for i, (names_line, extra) in enumerate([("names: [dent, crack]", "nc: 2\n"), ("names: {0: dent, '1': crack}", ""),
+                                             ("", "nc: 2\n")]):
+        data = _dataset(tmp_path / f"d{i}", names_line, extra)
+        assert main(["check", str(data)]) == 0, capsys.readouterr().err
+        capsys.readouterr()
+
+
+# ------------------------------------------------------------------------------------- B. model YAML budget
+
+
+def _model_yaml(tmp_path: Path, name: str, old: str, new: str) -> Path:
+    text = ULTRALYTICS_V8.read_text()
+    assert old in text
+    path = tmp_path / name
+    path.write_text(text.replace(old, new))
+    return path
+
+
+@pytest.mark.parametrize("spec, nc", [("yolov8n.yaml", 6), ("yolov8s.yaml", None)])
+def test_the_meta_count_equals_a_real_build(spec, nc):
+    """The oracle: Ultralytics' own model built on the CPU, its parameters counted by torch."""
+    real = tasks.DetectionModel(spec, nc=nc, verbose=False)
+    assert model_yaml_parameters(spec, nc) == sum(p.numel() for p in real.parameters())
+
+
+def test_a_model_yaml_over_the_budget_is_one_line_with_its_count(tmp_path, photos):  # noqa: F811
+    wide = _model_yaml(tmp_path, "wide.yaml", "n: [0.33, 0.25, 1024]", "n: [0.33, 1000, 1024]")
+    r = cli("predict", "--weights", wide, photos, "--out", tmp_path / "o", timeout=120)
+    line = one_error_line("\n".join(x for x in r.stderr.splitlines() if x.startswith("error")))
+    assert r.returncode == 1 and line.startswith(f"error: {wide}: describes ")
+    count = int(line.split("describes ")[1].split(" parameters")[0].replace(",", ""))
+    # the budget is named, and the count holds the YAML's arithmetic: its second conv alone, 3x3 from
+    # 64 * 1000 to 128 * 1000 channels, has 9 * 64,000 * 128,000 weights
+    assert f"over the budget of {MAX_PARAMETERS:,}" in line and count > 9 * 64_000 * 128_000 > MAX_PARAMETERS
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_huge_depth_or_nc_is_refused_before_it_is_built(tmp_path):
+    deep = _model_yaml(tmp_path, "deep.yaml", "n: [0.33, 0.25, 1024]", "n: [2000, 0.25, 1024]")
+    with pytest.raises(InputError, match="describes more than 5,000 modules"):
+        load_model(deep)
+    many = _model_yaml(tmp_path, "many.yaml", "nc: 80", "nc: 3000000")
+    with pytest.raises(InputError, match="parameters, over the budget of 100,000,000"):
+        load_model(many)
+    with pytest.raises(InputError, match="parameters, over the budget"):  # a sane YAML, a huge class count
+        load_model("yolov8n.yaml", nc=3_000_000)
+
+
+def test_the_meta_build_leaves_the_real_model_unchanged():
+    """The count runs Ultralytics' parse_model on a copy: the model then built is the stock one, on the CPU."""
+    cfg = tasks.yaml_model_load("yolov8n.yaml")
+    before = copy.deepcopy(cfg)
+    model_yaml_parameters("yolov8n.yaml", 6)
+    yolo = load_model("yolov8n.yaml", nc=6)
+    assert tasks.yaml_model_load("yolov8n.yaml") == before
+    assert {p.device for p in yolo.model.parameters()} == {torch.device("cpu")}
+
+
+# ---------------------------------------------------------------- C. files that are not files: never a hang
+
+
+@pytest.fixture
+def specials(tmp_path):
+    """A FIFO, a socket and a symlink loop named like photos, plus /dev/zero."""
+    d = tmp_path / "specials"
+    d.mkdir()
+    os.mkfifo(d / "fifo.jpg")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(d / "sock.jpg"))
+    (d / "loop.jpg").symlink_to(d / "loop.jpg")
+    yield {"fifo": d / "fifo.jpg", "socket": d / "sock.jpg", "loop": d / "loop.jpg", "device": Path("/dev/zero")}
+    sock.close()
+
+
+REASONS = {"fifo": "not a regular file (a FIFO), expected an image file",
+           "socket": "not a regular file (a socket), expected an image file",
+           "device": "not a regular file (a device), expected an image file",
+           "loop": "Too many levels of symbolic links"}
+
+
+@pytest.mark.parametrize("command", ["predict", "inspect", "preprocess", "trace"])
+def test_special_files_as_photos_are_one_line_each(command, specials, weights, photos, tmp_path):  # noqa: F811
+    good = sorted(photos.iterdir())[0]
+    out = tmp_path / "o"
+    if command == "trace":  # one photo per run: each special file alone
+        for kind, path in specials.items():
+            r = cli("trace", "--weights", weights, path, "--layer", "model.0", "--channel", "0", "--y", "1", "--x", "1",
+                    timeout=60)
+            assert r.returncode == 1 and one_error_line(r.stderr) == f"error: {path}: {REASONS[kind]}"
+        return
+    args = {"predict": ["predict", "--weights", weights, "--imgsz", "64", "--out", out],
+            "inspect": ["inspect", "--weights", weights, "--imgsz", "64", "--out", out],
+            "preprocess": ["preprocess", "--no-plots", "--out", out]}[command]
+    if command == "preprocess":  # one photo per run
+        for kind, path in specials.items():
+            r = cli(*args, path, timeout=60)
+            assert r.returncode == 1 and one_error_line(r.stderr) == f"error: {path}: {REASONS[kind]}"
+        return
+    r = cli(*args, *specials.values(), good, timeout=120)
+    errors = sorted(line for line in r.stderr.splitlines() if line.startswith("error: "))
+    assert errors == sorted(f"error: {p}: {REASONS[k]}" for k, p in specials.items())
+    assert r.returncode == 1 and out.is_dir()  # the good photo was still processed
+
+
+@pytest.mark.parametrize("command", ["check", "outliers", "train"])
+def test_special_files_as_a_data_yaml_are_one_line(command, specials, tmp_path):
+    for kind, path in specials.items():
+        args = {"check": ["check", path], "outliers": ["outliers", path, "--out", tmp_path / "o"],
+                "train": ["train", "--data", path, "--out", tmp_path / "o"]}[command]
+        r = cli(*args, timeout=60)
+        expected = REASONS[kind].replace("an image file", "a data.yaml file")
+        assert r.returncode == 1 and one_error_line(r.stderr) == f"error: {path}: {expected}"
+
+
+def test_a_fifo_model_yaml_or_recipe_is_one_line(specials, tmp_path, photos):  # noqa: F811
+    fifo_yaml = tmp_path / "m.yaml"
+    os.mkfifo(fifo_yaml)
+    r = cli("predict", "--weights", fifo_yaml, photos, "--out", tmp_path / "o", timeout=60)
+    assert one_error_line(r.stderr) == f"error: {fifo_yaml}: not a regular file (a FIFO), expected a model YAML"
+    data = _dataset(tmp_path / "d", "names: [dent]")
+    r = cli("train", "--data", data, "--config", fifo_yaml, "--out", tmp_path / "o", timeout=60)
+    assert one_error_line(r.stderr) == f"error: {fifo_yaml}: not a regular file (a FIFO), expected a config file"
+
+
+def test_explore_names_each_bad_photo_and_serves_the_rest(specials, weights, photos, tmp_path, monkeypatch, capsys):  # noqa: F811
+    import pipeline.cli.explore as explore_cli
+
+    empty, text = tmp_path / "empty.jpg", tmp_path / "notes.jpg"
+    empty.write_bytes(b"")
+    text.write_text("not a photo\n")
+    good = sorted(photos.iterdir())[0]
+    served = {}
+    monkeypatch.setattr(explore_cli, "listen", lambda host, port: None)
+    monkeypatch.setattr(explore_cli, "serve", lambda explorer, sock: served.setdefault("photos", explorer.photos))
+    bad = [*specials.values(), empty, text]
+    assert main(["explore", "--weights", str(weights), *map(str, bad), str(good), "--no-browser"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert [line.split(": ")[1] for line in err] == [str(p) for p in bad]
+    assert err[-2] == f"error: {empty}: empty file"
+    assert err[-1] == f"error: {text}: not an image or corrupt (OpenCV could not decode it)"
+    assert served["photos"] == [good]
+    # none left: exit 1 before any model is loaded or port bound
+    assert main(["explore", "--weights", "never-loaded.pt", str(empty), str(specials["fifo"]), "--no-browser"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and err[-1] == "error: explore: no photo left to serve"
+
+
+# ---------------------------------------------------------------------- D. JPEGs that libjpeg had to repair
+
+
+def _scan_cut_short(data: bytes) -> bytes:
+    """The entropy-coded data cut in the middle and an end marker appended: libjpeg warns "premature end of
+    data segment", fills the rest grey and goes on; Pillow decodes it without a word."""
+    sos = data.index(b"\xff\xda")
+    return data[: sos + (len(data) - sos) // 2] + b"\xff\xd9"
+
+
+def _zeros_in_scan(data: bytes) -> bytes:
+    """200 zero bytes written over the middle of the scan: libjpeg warns ("premature end of data segment" or
+    "N extraneous bytes before marker", by where they land) and repairs it; Pillow finds nothing wrong."""
+    b = bytearray(data)
+    mid = len(b) // 2
+    b[mid:mid + 200] = bytes(200)
+    return bytes(b)
+
+
+@pytest.fixture
+def repaired(tmp_path) -> dict[str, Path]:
+    d = tmp_path / "repaired"
+    d.mkdir()
+    good = jpeg_bytes(3, size=(240, 320))
+    files = {"cut": _scan_cut_short(good), "zeros": _zeros_in_scan(good), "good": good}
+    for name, data in files.items():
+        (d / f"{name}.jpg").write_bytes(data)
+    return {name: d / f"{name}.jpg" for name in files}
+
+
+def test_a_repaired_jpeg_is_predicted_with_a_warning_naming_it(repaired, weights, tmp_path, capsys):  # noqa: F811
+    assert main(["predict", "--weights", str(weights), *map(str, repaired.values()), "--out", str(tmp_path / "o"),
+                 "--imgsz", "64"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    warned = [line for line in err if line.startswith(("warning: ", "error: "))]
+    assert len(warned) == 2 and warned[0] == (f"warning: {repaired['cut']}: damaged JPEG, decoded with the gaps "
+                                              "filled (Corrupt JPEG data: premature end of data segment)")
+    assert warned[1].startswith(f"warning: {repaired['zeros']}: damaged JPEG, decoded with the gaps filled (Corrupt "
+                                "JPEG data: ")  # which warning depends on where the zeros land in the scan
+    assert err[-1] == "2 photos with warnings (above)"
+    recs = json.loads((tmp_path / "o" / "detections.json").read_text())
+    assert sorted(Path(r["image"]).name for r in recs) == ["cut.jpg", "good.jpg", "zeros.jpg"]
+
+
+@pytest.mark.parametrize("command", ["inspect", "preprocess", "check"])
+def test_a_repaired_jpeg_warns_the_same_way_everywhere(command, repaired, weights, tmp_path, capsys):  # noqa: F811
+    if command == "check":
+        data = _dataset(tmp_path / "d", "names: [dent]")
+        (tmp_path / "d" / "images" / "a.jpg").write_bytes(repaired["cut"].read_bytes())
+        args, path = ["check", str(data)], tmp_path / "d" / "images" / "a.jpg"
+    else:
+        path = repaired["cut"]
+        args = {"inspect": ["inspect", "--weights", str(weights), str(path), "--imgsz", "64"],
+                "preprocess": ["preprocess", str(path), "--no-plots"]}[command] + ["--out", str(tmp_path / "o")]
+    main(args)
+    err = capsys.readouterr().err.splitlines()
+    warned = [line for line in err if line.startswith("warning: ") and "damaged JPEG" in line]
+    assert warned == [f"warning: {path}: damaged JPEG, decoded with the gaps filled "
+                      "(Corrupt JPEG data: premature end of data segment)"]
+    assert err[-1] == "1 photo with warnings (above)"
+
+
+def test_a_fifo_inside_a_dataset_or_a_batch_is_one_line_never_a_hang(weights, tmp_path):  # noqa: F811
+    """Ultralytics' listing reads five sample files whole (its disk speed check), the batched engine opens
+    each photo for its size, and check hashes every file: each would block on a FIFO named x.jpg."""
+    data = _dataset(tmp_path / "d", "names: [dent]")
+    fifo = tmp_path / "d" / "images" / "b.jpg"
+    os.mkfifo(fifo)
+    line = f"error: {fifo}: not a regular file (a FIFO), expected an image file"
+    for args in (["check", data], ["outliers", data, "--out", tmp_path / "o"]):
+        r = cli(*args, timeout=120)
+        assert r.returncode == 1 and line in r.stderr.splitlines(), r.stderr
+    r = cli("predict", "--weights", weights, fifo, tmp_path / "d" / "images" / "a.jpg", "--batch", "2", "--imgsz", "64",
+            "--out", tmp_path / "p", timeout=120)
+    assert r.returncode == 1 and [x for x in r.stderr.splitlines() if x.startswith("error")] == [line]
+    assert len(json.loads((tmp_path / "p" / "detections.json").read_text())) == 1
