@@ -107,11 +107,20 @@ class LogitEffects:
                 "zeroed_delta": [float(v - base[0]) for v in base[1:]]}
 
 
-def effect_words(grad_x_act: float, zeroed_delta: float, z: float | None = None) -> str:
+#: float32's relative step; a change of the logit below ``NOISE_ULPS`` of them is rounding, not the neuron.
+FLOAT32_EPS = 2.0 ** -23
+NOISE_ULPS = 64
+
+
+def effect_words(grad_x_act: float, zeroed_delta: float, logit: float = 0.0) -> str:
     """One sentence comparing the first-order estimate ``-grad_x_act`` with the measured change."""
     est = -grad_x_act
     gap = abs(zeroed_delta - est)
     scale = max(abs(zeroed_delta), abs(est), 1e-12)
+    noise = NOISE_ULPS * FLOAT32_EPS * max(1.0, abs(logit))
+    if max(abs(zeroed_delta), abs(est)) <= noise:
+        return (f"both are within float32 rounding of the logit (under {noise:.1g}; first-order {est:+.3g}, measured "
+                f"{zeroed_delta:+.3g}): this neuron barely matters to this box")
     if gap <= DISAGREE * scale:
         return (f"the two agree (first-order estimate {est:+.4g}, measured {zeroed_delta:+.4g}): from this neuron "
                 f"on, the network is nearly linear for a change this size")

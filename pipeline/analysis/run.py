@@ -177,7 +177,7 @@ class PhotoRun:
     @cached_property
     def focus_info(self) -> dict:
         """The lesson's neuron and where it looks: ``{layer, channel, y, x, z, silu_slope, inside_box,
-        detection_index, chosen_by, receptive_field_input, receptive_field_xyxy, rf_centre_in_box,
+        detection_index, chosen_by, measured (candidates zeroed), receptive_field_input, receptive_field_xyxy, rf_centre_in_box,
         rf_inside_box, effect, top_channels}`` (boxes in photo pixels).
 
         With a detection, the neuron is the one that matters most to the top box's class logit among the
@@ -191,16 +191,16 @@ class PhotoRun:
         picked = self.choose_by_effect(layer, box, stride) if box is not None else None
         if picked is None:
             ch, y, x, inside = choose_neuron(z[0], a[0], stride, box)
-            chosen_by = "activation"
+            chosen_by, measured = "activation", 0
         else:
-            ch, y, x = picked
+            ch, y, x, measured = picked
             inside, chosen_by = True, "effect"
         hw = tuple(self.x.shape[2:])
         rf = receptive_field(self.net, layer, hw, y, x)  # autograd to this layer only; the head never runs
         zz = float(z[0, ch, y, x])
         cx, cy = (x + 0.5) * stride, (y + 0.5) * stride
         out = {"layer": layer, "channel": ch, "y": y, "x": x, "z": zz, "stride": stride,
-               "silu_slope": float(d_silu(zz)), "inside_box": inside, "chosen_by": chosen_by,
+               "silu_slope": float(d_silu(zz)), "inside_box": inside, "chosen_by": chosen_by, "measured": measured,
                "detection_index": 0 if inside else None, "receptive_field_input": list(rf),
                "receptive_field_xyxy": to_photo(rf, hw, self.pixels.shape),
                "rf_centre_in_box": bool(box is not None and box[0] <= cx <= box[2] and box[1] <= cy <= box[3]),
@@ -295,7 +295,7 @@ class PhotoRun:
         gxa, dz = float(m["grad_x_act"][channel, y, x]), m["zeroed_delta"][0]
         return {"grad_x_act": gxa, "zeroed_delta": dz, "grad": float(m["grad"][channel, y, x]),
                 "act": float(m["act"][channel, y, x]), "logit": m["logit"], "logit_zeroed": m["logit"] + dz,
-                "first_order_estimate": -gxa, "words": effect_words(gxa, dz)}
+                "first_order_estimate": -gxa, "words": effect_words(gxa, dz, m["logit"])}
 
     def top_channels(self, layer: str, y: int, x: int, top: int = 8) -> list[dict]:
         """The channels of ``layer`` at one cell that matter most to the followed logit: largest |grad x act|, each
@@ -309,8 +309,9 @@ class PhotoRun:
                  "zeroed_delta": dz} for c, dz in zip(chans, m["zeroed_delta"])]
 
     def choose_by_effect(self, layer: str, box_xyxy, stride: float, shortlist: int = 8):
-        """``(channel, y, x)``: among the bending neurons whose cell centre lies in the box (``thread``'s rule), the
-        one whose zeroing changes the top box's class logit most; ``None`` when no such neuron exists.
+        """``(channel, y, x, measured)``: among the bending neurons whose cell centre lies in the box (``thread``'s
+        rule), the one whose zeroing changes the top box's class logit most, and how many were measured; ``None``
+        when no such neuron exists.
 
         The ``shortlist`` largest |grad x act| (one backward pass) are measured by zeroing (one batched pass).
         """
@@ -330,7 +331,7 @@ class PhotoRun:
         order = score.argsort(descending=True)[:min(shortlist, int(bend.sum()))].tolist()
         cand = [(k // (h * w), *divmod(k % (h * w), w)) for k in order]
         dz = self._effects.measure(layer, cand)["zeroed_delta"]
-        return cand[max(range(len(cand)), key=lambda i: abs(dz[i]))]
+        return (*cand[max(range(len(cand)), key=lambda i: abs(dz[i]))], len(cand))
 
     @cached_property
     def traced(self) -> dict:

@@ -112,8 +112,42 @@ def _stage_rows(run: PhotoRun) -> list[dict]:
 def _neuron_numbers(run: PhotoRun) -> dict:
     """report.json's ``neuron``: the worked neuron, its z, receptive field in photo pixels, its detection."""
     f = run.focus_info
-    return {k: f[k] for k in ("layer", "channel", "y", "x", "z", "silu_slope", "inside_box", "detection_index",
-                              "receptive_field_input", "receptive_field_xyxy")}
+    out = {k: f[k] for k in ("layer", "channel", "y", "x", "z", "silu_slope", "inside_box", "detection_index",
+                             "chosen_by", "measured", "receptive_field_input", "receptive_field_xyxy", "rf_centre_in_box",
+                             "rf_inside_box", "top_channels")}
+    out["effect"] = f["effect"] and {k: v for k, v in f["effect"].items() if k != "words"}
+    return out
+
+
+def _logit_rows(lt: dict) -> list[list]:
+    """The followed logit's largest terms w_c * x_c, as the page lists them."""
+    return [[t["channel"], num(t["w"], 6), num(t["x"], 6), num(t["product"], 6)] for t in lt["top_terms"]]
+
+
+def _logit_text(run: PhotoRun, lt: dict) -> str:
+    """The followed box's score from the head's last conv, step by step (the map and output sections show it)."""
+    d = lt["dfl"]
+    top = ", ".join(f"ch {t['channel']}: {t['w']:.6g} * {t['x']:.6g} = {t['product']:+.6g}" for t in lt["top_terms"][:3])
+    others = lt["n_classes"] - 1
+    choice = ("the largest of its anchor's " + str(lt["n_classes"]) + " class logits" if lt["is_max_logit"]
+              else f"{lt['class_rank']} of the other {others} class logit{'s' * (others != 1)} at this anchor are larger")
+    soft = ", ".join(f"{p:.3f}" for p in d["softmax"])
+    return (
+        f"{lt['layer']}: a 1x1 conv with a bias, no BatchNorm and no SiLU, reading the {lt['input_channels']} channels of "
+        f"{lt['input_block']} (after its SiLU) at cell (y={lt['y']}, x={lt['x']})\n"
+        f"  logit = sum over {lt['input_channels']} channels of w_c * x_c + b\n"
+        f"        = {lt['dot']:.9g} + ({lt['bias']:.9g}) = {lt['logit']:.9g}   (largest terms: {top})\n"
+        f"  the framework's logit (float32): {lt['framework_logit']:.9g}   |difference| {lt['abs_error']:.2g}\n"
+        f"  score = sigmoid(logit) = 1 / (1 + exp(-logit)) = {lt['sigmoid']:.7g}   (reported: {lt['score']:.7g})\n"
+        f"  NMS: {lt['class_name']} is {choice} (NMS scores an anchor by its best class); the score passes conf "
+        f"{lt['conf']:g} and is the highest of every anchor's, so no box can suppress it: box 0\n"
+        f"box side '{d['side_name']}' from {d['layer']} (same cell): {len(d['logits'])} DFL logits, each w . x + b over "
+        f"the same kind of input (largest |hand - framework| {d['max_abs_error']:.2g})\n"
+        f"  logits  = {', '.join(f'{v:.4f}' for v in d['logits'])}\n"
+        f"  softmax = {soft}\n"
+        f"  distance = sum(p_i * i) = {d['distance_cells']:.6g} cells = {d['distance_px']:.6g} px\n"
+        f"  edge x0 = anchor centre {d['anchor_centre']:g} - {d['distance_px']:.6g} = {d['edge']:.6g} input px "
+        f"(the box's x0 before clipping: {lt['box_edge_input']:.6g})")
 
 
 # --- sections -----------------------------------------------------------------------------------
@@ -133,12 +167,14 @@ def map_section(run: PhotoRun, files: Path, opts: Options) -> Section:
         cls_rows = [[run.names.get(c, str(c)) + (" (reported)" if c == ta["class_id"] else ""),
                      num(ta["class_logits"][c], 4), num(ta["class_sigmoid"][c], 4), num(ta["class_softmax"][c], 4)]
                     for c in range(len(ta["class_logits"]))]
-    numbers = {"forward_map": run.forward_map, "neuron": _neuron_numbers(run), "top_anchor": ta}
+    lt = run.logit_trace
+    numbers = {"forward_map": run.forward_map, "neuron": _neuron_numbers(run), "top_anchor": ta, "logit_trace": lt}
     ctx = {"stages": _stage_rows(run), "grids": grids, "strides": head["strides"], "anchors": anchors,
            "nc": len(run.names), "reg_max": head.get("reg_max", 16), "ta": ta, "dfl_rows": dfl_rows,
            "cls_rows": cls_rows, "n_dets": len(run.detections), "neuron": run.focus_info,
            "top": run.detections[0] if run.detections else None, "conf": run.conf,
-           "top_check": describe_match(run.label_check, 0) if run.label_check and run.detections else None}
+           "top_check": describe_match(run.label_check, 0) if run.label_check and run.detections else None,
+           "lt": lt, "logit_text": lt and _logit_text(run, lt), "logit_rows": lt and _logit_rows(lt)}
     return Section("map", ctx, numbers)
 
 
@@ -194,9 +230,12 @@ def neurons_section(run: PhotoRun, files: Path, opts: Options) -> Section:
             for i in range(patch.shape[0]) for u in range(patch.shape[1]) for v in range(patch.shape[2])]
     summary = [[num(tr[k], 6) for k in ("dot", "bias", "z_by_hand", "sigmoid_by_hand", "silu_by_hand", "framework_value")]]
     numbers = {k: v for k, v in tr.items() if k not in ("patch", "weights")}
+    ch_rows = [[r["channel"], num(r["act"], 6), num(r["grad_x_act"], 6), num(-r["grad_x_act"], 6), num(r["zeroed_delta"], 6)]
+               for r in f["top_channels"]]
     return Section("neurons", {"tr": tr, "trace_text": format_trace(tr), "ok": tr["rel_error"] <= REL_TOL,
                                "rel_tol": REL_TOL, "rows": rows, "summary": summary, "f": f, "top": top,
-                               "figure": fig}, {"trace": numbers})
+                               "figure": fig, "effect": f["effect"], "ch_rows": ch_rows,
+                               "lt": run.logit_trace}, {"trace": numbers})
 
 
 def weights_section(run: PhotoRun, files: Path, opts: Options) -> Section:
@@ -344,7 +383,8 @@ def output_section(run: PhotoRun, files: Path, opts: Options) -> Section:
                               "f_dets": f_dets, "f_eigen": f_eigen, "f_layercam": f_layercam, "lc": lc,
                               "cam_layer": run.cam_layer, "best_score": _best_score(run), "check": check,
                               "label_file": run.source and label_path(run.source), "missed": missed,
-                              "label_problem": run.label_problem},
+                              "label_problem": run.label_problem, "lt": run.logit_trace,
+                              "logit_rows": run.logit_trace and _logit_rows(run.logit_trace)},
                    {"output": numbers})
 
 
