@@ -28,17 +28,17 @@ def setup(tmp_path_factory, sample_images):
     return {"ckpt": ckpt, "photo": sample_images[0], "run": run}
 
 
-def predict_with_hooks(ckpt, photo, paths):
+def predict_with_hooks(ckpt, photo, paths, imgsz: int = IMGSZ):
     """Ultralytics' predict, with plain forward hooks on the named modules of its own (fused) network."""
     yolo = load_model(str(ckpt))
-    yolo.predict(str(photo), imgsz=IMGSZ, conf=0.25, verbose=False, save=False)
+    yolo.predict(str(photo), imgsz=imgsz, conf=0.25, verbose=False, save=False)
     net = yolo.predictor.model.model
     mods = dict(net.named_modules())
     seen = {}
     hooks = [mods[p].register_forward_hook(lambda m, i, o, p=p: seen.__setitem__(p, o.detach().clone()))
              for p in paths]
     try:
-        result = yolo.predict(str(photo), imgsz=IMGSZ, conf=0.25, verbose=False, save=False)[0]
+        result = yolo.predict(str(photo), imgsz=imgsz, conf=0.25, verbose=False, save=False)[0]
     finally:
         for h in hooks:
             h.remove()

@@ -40,6 +40,9 @@ class LogitEffects:
         self.net, self.x, self.target = net, x, target
         self.modules = dict(net.named_modules())
         self._prefix: tuple[int, list, torch.Tensor] | None = None
+        self.passes = 0  # batched passes from a layer on (each runs the Detect head once)
+        self._zeroed: dict[tuple, float] = {}  # (layer, channel, y, x) -> measured change, from any pass
+        self._first: dict[str, dict] = {}  # layer -> the pass with nothing zeroed (its gradient)
 
     def _run_prefix(self, k: int) -> tuple[list, torch.Tensor]:
         """Layers ``0..k-1`` once (no graph): the saved outputs later layers read and the input of layer ``k``."""
@@ -69,6 +72,8 @@ class LogitEffects:
         """
         if layer not in self.modules:
             raise ValueError(f"{layer!r} is not a module of this network")
+        if not neurons and layer in self._first:
+            return self._first[layer]
         k = int(layer.split(".")[1])
         y, out = self._run_prefix(k)
         rows = 1 + len(neurons)
@@ -101,10 +106,22 @@ class LogitEffects:
         finally:
             for h in hooks:
                 h.remove()
+        self.passes += 1
         act, g = held["a"][0].detach().double(), grad[0].double()
         base = logits.detach().double()
-        return {"logit": float(base[0]), "act": act, "grad": g, "grad_x_act": g * act,
-                "zeroed_delta": [float(v - base[0]) for v in base[1:]]}
+        out = {"logit": float(base[0]), "act": act, "grad": g, "grad_x_act": g * act,
+               "zeroed_delta": [float(v - base[0]) for v in base[1:]]}
+        self._first.setdefault(layer, out)
+        for n, dz in zip(neurons, out["zeroed_delta"]):
+            self._zeroed[(layer, *n)] = dz
+        return out
+
+    def zeroed(self, layer: str, neuron: tuple[int, int, int]) -> float:
+        """The measured change of the logit with one neuron zeroed, from an earlier pass if one measured it."""
+        key = (layer, *neuron)
+        if key not in self._zeroed:
+            self.measure(layer, [neuron])
+        return self._zeroed[key]
 
 
 #: float32's relative step; a change of the logit below ``NOISE_ULPS`` of them is rounding, not the neuron.

@@ -9,7 +9,9 @@ From that one pass, without running the network again: any neuron's hand trace (
 detections and their head trace (Ultralytics' own NMS on the recorded head output, with the anchor of each
 box), EigenCAM, per-layer statistics. What truly needs another pass is a named method, computed when asked
 and kept: ``gradients`` (backward passes of the detection loss), ``layercam`` (Ultralytics' LayerCAM, a
-backward pass per explained box) and ``dataset_stats`` (other photos).
+backward pass per explained box), ``dataset_stats`` (other photos) and the effect of a neuron on the top box's
+logit (``effect``, ``choose_by_effect``, ``top_channels``: batched passes from the neuron's layer on, counted
+in ``effect_passes``).
 
 Examples:
     >>> from pipeline.model.load import load_model
@@ -52,6 +54,20 @@ from pipeline.probe.statistics import record_statistics
 from pipeline.probe.trace import head_detections, head_nms, trace_recorded
 
 
+def checkpoint_facts(yolo) -> dict:
+    """What a loaded checkpoint says about its training: ``{"trained", "epoch", "metrics"}``.
+
+    ``trained`` is whether the weights came from a checkpoint file (Ultralytics' ``YOLO.ckpt`` holds one; a
+    model built from a YAML has none); ``metrics`` are the validation numbers the trainer stored with it
+    (``train_metrics``: precision, recall, mAP50, mAP50-95 over all classes; empty when none were stored).
+    """
+    ckpt = getattr(yolo, "ckpt", None) or {}
+    metrics = {k: float(v) for k, v in (ckpt.get("train_metrics") or {}).items() if isinstance(v, (int, float))}
+    epoch = ckpt.get("epoch")
+    return {"trained": bool(ckpt), "epoch": int(epoch) if isinstance(epoch, int) and epoch >= 0 else None,
+            "metrics": metrics}
+
+
 class PhotoRun:
     """One photo, one model, one recorded forward pass; everything else is derived or asked for by name.
 
@@ -73,6 +89,7 @@ class PhotoRun:
         self.pixels = image if self.source is None else read_image(self.source)
         self.imgsz, self.conf, self.iou, self.max_det = trained_imgsz(yolo, imgsz), conf, iou, max_det
         self.model = detection_model(yolo)
+        self.checkpoint = checkpoint_facts(yolo)
         # A private copy prepared by Ultralytics' own AutoBackend, as predict prepares it (Conv+BN fused, and
         # channels-last on x86 CPUs, which changes float32 rounding): its detections are predict's to the bit,
         # and the caller keeps its BatchNorm (the report reads BN's own parameters from it).
@@ -268,6 +285,11 @@ class PhotoRun:
         t["box_edge_input"] = float(self._kept[0][0, 0])
         return t
 
+    @property
+    def effect_passes(self) -> int:
+        """How many batched passes from a layer on the effect measurements have run (each runs the head once)."""
+        return 0 if self.logit_trace is None else self._effects.passes
+
     @cached_property
     def _effects(self) -> LogitEffects | None:
         """The followed box's class logit, ready to be differentiated and measured (``None`` without a box)."""
@@ -291,8 +313,9 @@ class PhotoRun:
         _, c, h, w = self.activation(layer)[0].shape
         if not (0 <= channel < c and 0 <= y < h and 0 <= x < w):
             raise ValueError(f"{layer} has output {c}x{h}x{w}; channel={channel} y={y} x={x} is outside it")
-        m = self._effects.measure(layer, [(channel, y, x)])
-        gxa, dz = float(m["grad_x_act"][channel, y, x]), m["zeroed_delta"][0]
+        dz = self._effects.zeroed(layer, (channel, y, x))  # one pass, unless the choice already measured it
+        m = self._effects.measure(layer, [])  # the layer's gradient: kept from the first time it was asked
+        gxa = float(m["grad_x_act"][channel, y, x])
         return {"grad_x_act": gxa, "zeroed_delta": dz, "grad": float(m["grad"][channel, y, x]),
                 "act": float(m["act"][channel, y, x]), "logit": m["logit"], "logit_zeroed": m["logit"] + dz,
                 "first_order_estimate": -gxa, "words": effect_words(gxa, dz, m["logit"])}

@@ -70,10 +70,11 @@ class Section:
     context: dict
     numbers: dict = field(default_factory=dict)
     errors: list[InputError] = field(default_factory=list)
+    heading: str | None = None  # a title that fits this photo better than the lesson's default
 
     @property
     def title(self) -> str:
-        return dict(TITLES)[self.id]
+        return self.heading or dict(TITLES)[self.id]
 
 
 def _weights_layers(run: PhotoRun) -> list[str]:
@@ -175,7 +176,8 @@ def map_section(run: PhotoRun, files: Path, opts: Options) -> Section:
            "top": run.detections[0] if run.detections else None, "conf": run.conf,
            "top_check": describe_match(run.label_check, 0) if run.label_check and run.detections else None,
            "lt": lt, "logit_text": lt and _logit_text(run, lt), "logit_rows": lt and _logit_rows(lt)}
-    return Section("map", ctx, numbers)
+    heading = None if run.detections else "Map: the forward pass, pixel to logits (no box on this photo)"
+    return Section("map", ctx, numbers, heading=heading)
 
 
 
@@ -283,7 +285,7 @@ def biases_section(run: PhotoRun, files: Path, opts: Options) -> Section:
             f" * {u['gamma']:.6g} + {u['beta']:.6g} = {u['z']:.9g}\n"
             f"folded route: z = sum(W' * x) + b'        = {tr['z_by_hand']:.9g}\n"
             f"difference                                = {abs(u['z'] - tr['z_by_hand']):.3g}")
-    return Section("biases", {"rows": rows, "unfolded": unfolded})
+    return Section("biases", {"rows": rows, "unfolded": unfolded, "layer": run.paths[0]})
 
 
 def _stats_rows(layer_stats: dict) -> list[list]:
@@ -318,11 +320,13 @@ def activations_section(run: PhotoRun, files: Path, opts: Options) -> Section:
         return num(v, 3) if math.isinf(v) else f"{v:.3f}"
 
     rows = [[g["name"], g["formula"], f"[{bound(g['min'])}, {bound(g['max'])}]", num(g["f0"], 3), num(g["max_slope"], 3),
-             "yes" if g["zero_centred"] else "no", num(g["mean_on_normal"], 3), num(g["mean_on_layer"], 3),
+             "yes" if g["zero_centred"] else "no",
+             f"{num(g['mean_on_normal'], 4)} (exact {num(g['mean_on_normal_exact'], 4)})", num(g["mean_on_layer"], 3),
              f"{100 * g['small_grad_fraction_on_layer']:.1f}%", g["note"]] for g in gallery]
     dataset, errors = _dataset(run, opts)
     numbers = {"layer": layer, "gallery": gallery, "silu_min": [sx, sy], "layer_stats": run.layer_stats}
     ctx = {"layer": layer, "sx": sx, "sy": sy, "figure": fig, "rows": rows, "stats_header": STATS_HEADER,
+           "normal_n": f"{gallery[0]['normal_samples']:,}",
            "stats_rows": _stats_rows(run.layer_stats), "dataset": None}
     if dataset:
         numbers["dataset"] = dataset
@@ -382,10 +386,24 @@ def output_section(run: PhotoRun, files: Path, opts: Options) -> Section:
     return Section("output", {"conf": run.conf, "names": run.names, "rows": rows, "drows": drows, "n_dets": len(dets), "f_logits": f_logits,
                               "f_dets": f_dets, "f_eigen": f_eigen, "f_layercam": f_layercam, "lc": lc,
                               "cam_layer": run.cam_layer, "best_score": _best_score(run), "check": check,
+                              "no_box": None if dets else _no_box(run),
                               "label_file": run.source and label_path(run.source), "missed": missed,
                               "label_problem": run.label_problem, "lt": run.logit_trace,
                               "logit_rows": run.logit_trace and _logit_rows(run.logit_trace)},
                    {"output": numbers})
+
+
+def _no_box(run: PhotoRun) -> dict:
+    """Why no box passed conf, from what the weights are: the best anchor's class, the checkpoint's own metrics
+    (``PhotoRun.checkpoint``) and the range of the class biases of the head's final convs."""
+    decoded = run.record.head["decoded"][0, 4:]
+    best = int(decoded.max(1).values.argmax()) if decoded.numel() else 0
+    m = run.checkpoint["metrics"]
+    shown = [(k.split("/")[-1].replace("(B)", ""), v) for k, v in m.items() if k.startswith("metrics/")]
+    biases = [float(b) for i in run.final_convs.values() if i["branch"] == "class" for b in i["conv"].bias.detach()]
+    return {"trained": run.checkpoint["trained"], "epoch": run.checkpoint["epoch"],
+            "best_class": run.names.get(best, str(best)), "metrics": shown,
+            "bias_range": [min(biases), max(biases)] if biases else None}
 
 
 def _best_score(run: PhotoRun) -> float:

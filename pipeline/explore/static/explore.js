@@ -350,7 +350,7 @@ async function loadPhoto(i) {
     $("photo-img").src = `/api/image?${q({})}`;
     fillStages(stages); fillDetections(); fillLabels(labels); drawBoxes();
     status(`${state.summary.photo.name}: photo ${state.summary.photo_shape.slice(0, 2).join("\u00d7")}, ` +
-      `model input ${shape(state.summary.input_shape)}, ${dets.length} detections at conf ${state.summary.conf}`, "ready");
+      `model input ${shape(state.summary.input_shape)}, ${dets.length} detection${dets.length === 1 ? "" : "s"} at conf ${state.summary.conf}`, "ready");
   } catch (e) { status(e.message, "error"); }
 }
 
