@@ -161,7 +161,9 @@ def test_normal_means_are_estimates_with_their_n_and_the_exact_value(reports):
 
 def test_sgd_step_says_whether_it_overshoots_its_target(reports):
     s = reports["box"]["numbers"]["training"]["sgd_step"]
-    page = text_of(section(reports["box"]["html"], "training"))
+    html = section(reports["box"]["html"], "training")
+    assert re.search(r"\nreached : [^\n]+\nautograd:", html)  # its own line of the worked step
+    page = text_of(html)
     over = (s["a_new"] - s["target"]) * (s["target"] - s["a"]) > 0
     if over:
         assert f"OVERSHOOTS t by {abs(s['a_new'] - s['target']):.6f}" in page
