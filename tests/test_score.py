@@ -208,3 +208,53 @@ def test_the_worked_neuron_moves_the_logit_at_least_as_much_as_the_first_order_f
             for hh in hk:
                 hh.remove()
     assert abs(f["effect"]["zeroed_delta"]) >= abs(out["logit"] - float(base)) - 2e-5
+
+
+def test_when_no_zeroing_moves_the_logit_the_choice_says_first_order(setup, monkeypatch):
+    """Zeroing changes below float32 rounding are not a ranking: the choice falls back to |grad x act| and says so."""
+    run = setup["run"]
+    layer = run.neuron_layer
+    fx = run._effects
+    real = fx.measure(layer, [])
+
+    def flat(lyr, neurons):
+        out = dict(real)
+        out["zeroed_delta"] = [0.0] * len(neurons)  # as on a weak checkpoint: nothing measurable
+        return out
+
+    monkeypatch.setattr(fx, "measure", flat)
+    box = run._kept[0][0, :4].tolist()
+    c, y, x, n, basis = run.choose_by_effect(layer, box, run.focus_info["stride"])
+    assert basis == "first-order" and n >= 1
+    z = run.activation(layer)[0][0].double()
+    assert abs(float(z[c, y, x])) <= 3
+    # the largest |grad x act| among the bending cells whose centre lies in the box, found here by brute force
+    stride = run.focus_info["stride"]
+    _, h, w = z.shape
+    best, pick = -1.0, None
+    for yy in range(h):
+        for xx in range(w):
+            if not (box[0] <= (xx + 0.5) * stride <= box[2] and box[1] <= (yy + 0.5) * stride <= box[3]):
+                continue
+            for cc in range(z.shape[0]):
+                v = float(z[cc, yy, xx])
+                slope = 1 / (1 + math.exp(-v)) * (1 + v * (1 - 1 / (1 + math.exp(-v))))
+                if abs(v) <= 3 and slope <= 0.8 and abs(float(real["grad_x_act"][cc, yy, xx])) > best:
+                    best, pick = abs(float(real["grad_x_act"][cc, yy, xx])), (cc, yy, xx)
+    assert (c, y, x) == pick
+
+
+def test_the_page_says_so_when_no_neuron_matters_measurably(setup, tmp_path):
+    from pipeline.report.render import environment
+    from pipeline.report.sections import BUILDERS, Options
+
+    run = setup["run"]
+    s = BUILDERS["neurons"](run, tmp_path, Options())
+    env = environment()
+    measured = env.get_template("sections/neurons.html").render(section=s, **s.context)
+    assert "this one moved the logit most" in measured and "matters measurably" not in measured
+    flat = dict(s.context, f=dict(s.context["f"], chosen_on="first-order"))
+    said = env.get_template("sections/neurons.html").render(section=s, **flat)
+    assert "the one with the largest gradient x activation" in said
+    assert f"setting each of the {run.focus_info['measured']} largest to 0 moved the logit by no more than float32 rounding" in said
+    assert "moved the logit most" not in said

@@ -129,12 +129,17 @@ FLOAT32_EPS = 2.0 ** -23
 NOISE_ULPS = 64
 
 
+def noise_floor(logit: float) -> float:
+    """The smallest change of a float32 ``logit`` that is not rounding: ``NOISE_ULPS`` float32 steps of it."""
+    return NOISE_ULPS * FLOAT32_EPS * max(1.0, abs(logit))
+
+
 def effect_words(grad_x_act: float, zeroed_delta: float, logit: float = 0.0) -> str:
     """One sentence comparing the first-order estimate ``-grad_x_act`` with the measured change."""
     est = -grad_x_act
     gap = abs(zeroed_delta - est)
     scale = max(abs(zeroed_delta), abs(est), 1e-12)
-    noise = NOISE_ULPS * FLOAT32_EPS * max(1.0, abs(logit))
+    noise = noise_floor(logit)
     if max(abs(zeroed_delta), abs(est)) <= noise:
         return (f"both are within float32 rounding of the logit (under {noise:.1g}; first-order {est:+.3g}, measured "
                 f"{zeroed_delta:+.3g}): this neuron barely matters to this box")

@@ -34,7 +34,7 @@ from ultralytics.nn.autobackend import AutoBackend
 from ultralytics.utils import ops
 
 from pipeline.analysis.cam import eigencam, layercam
-from pipeline.analysis.effect import LogitEffects, effect_words
+from pipeline.analysis.effect import LogitEffects, effect_words, noise_floor
 from pipeline.analysis.thread import BEND_SLOPE, BEND_Z, NEURON_LAYERS, anchor_detail, choose_neuron, forward_map
 from pipeline.core.io import read_image
 from pipeline.data.labels import label_path, photo_labels
@@ -208,9 +208,9 @@ class PhotoRun:
         picked = self.choose_by_effect(layer, box, stride) if box is not None else None
         if picked is None:
             ch, y, x, inside = choose_neuron(z[0], a[0], stride, box)
-            chosen_by, measured = "activation", 0
+            chosen_by, measured, basis = "activation", 0, None
         else:
-            ch, y, x, measured = picked
+            ch, y, x, measured, basis = picked
             inside, chosen_by = True, "effect"
         hw = tuple(self.x.shape[2:])
         rf = receptive_field(self.net, layer, hw, y, x)  # autograd to this layer only; the head never runs
@@ -218,6 +218,7 @@ class PhotoRun:
         cx, cy = (x + 0.5) * stride, (y + 0.5) * stride
         out = {"layer": layer, "channel": ch, "y": y, "x": x, "z": zz, "stride": stride,
                "silu_slope": float(d_silu(zz)), "inside_box": inside, "chosen_by": chosen_by, "measured": measured,
+               "chosen_on": basis,
                "detection_index": 0 if inside else None, "receptive_field_input": list(rf),
                "receptive_field_xyxy": to_photo(rf, hw, self.pixels.shape),
                "rf_centre_in_box": bool(box is not None and box[0] <= cx <= box[2] and box[1] <= cy <= box[3]),
@@ -332,9 +333,10 @@ class PhotoRun:
                  "zeroed_delta": dz} for c, dz in zip(chans, m["zeroed_delta"])]
 
     def choose_by_effect(self, layer: str, box_xyxy, stride: float, shortlist: int = 8):
-        """``(channel, y, x, measured)``: among the bending neurons whose cell centre lies in the box (``thread``'s
-        rule), the one whose zeroing changes the top box's class logit most, and how many were measured; ``None``
-        when no such neuron exists.
+        """``(channel, y, x, measured, basis)``: among the bending neurons whose cell centre lies in the box
+        (``thread``'s rule), the one whose zeroing changes the top box's class logit most (``basis`` "measured"),
+        and how many were measured; when no zeroing moves the logit beyond float32 rounding, the largest
+        |grad x act| (``basis`` "first-order"); ``None`` when no such neuron exists.
 
         The ``shortlist`` largest |grad x act| (one backward pass) are measured by zeroing (one batched pass).
         """
@@ -353,8 +355,11 @@ class PhotoRun:
         score = torch.where(bend, first, torch.full_like(first, -1.0)).flatten()
         order = score.argsort(descending=True)[:min(shortlist, int(bend.sum()))].tolist()
         cand = [(k // (h * w), *divmod(k % (h * w), w)) for k in order]
-        dz = self._effects.measure(layer, cand)["zeroed_delta"]
-        return (*cand[max(range(len(cand)), key=lambda i: abs(dz[i]))], len(cand))
+        m = self._effects.measure(layer, cand)
+        dz = m["zeroed_delta"]
+        if max(abs(v) for v in dz) <= noise_floor(m["logit"]):  # no measured change beyond float32 rounding
+            return (*cand[0], len(cand), "first-order")
+        return (*cand[max(range(len(cand)), key=lambda i: abs(dz[i]))], len(cand), "measured")
 
     @cached_property
     def traced(self) -> dict:

@@ -114,7 +114,7 @@ def _neuron_numbers(run: PhotoRun) -> dict:
     """report.json's ``neuron``: the worked neuron, its z, receptive field in photo pixels, its detection."""
     f = run.focus_info
     out = {k: f[k] for k in ("layer", "channel", "y", "x", "z", "silu_slope", "inside_box", "detection_index",
-                             "chosen_by", "measured", "receptive_field_input", "receptive_field_xyxy", "rf_centre_in_box",
+                             "chosen_by", "measured", "chosen_on", "receptive_field_input", "receptive_field_xyxy", "rf_centre_in_box",
                              "rf_inside_box", "top_channels")}
     out["effect"] = f["effect"] and {k: v for k, v in f["effect"].items() if k != "words"}
     return out
