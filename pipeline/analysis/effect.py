@@ -42,7 +42,9 @@ class LogitEffects:
         self._prefix: tuple[int, list, torch.Tensor] | None = None
         self.passes = 0  # batched passes from a layer on (each runs the Detect head once)
         self._zeroed: dict[tuple, float] = {}  # (layer, channel, y, x) -> measured change, from any pass
-        self._first: dict[str, dict] = {}  # layer -> the pass with nothing zeroed (its gradient)
+        # the last layer's pass with nothing zeroed (its gradient): one layer only, since an early layer's maps at
+        # 640 px are tens of MB in float64 and an explorer visits many layers
+        self._first: dict[str, dict] = {}
 
     def _run_prefix(self, k: int) -> tuple[list, torch.Tensor]:
         """Layers ``0..k-1`` once (no graph): the saved outputs later layers read and the input of layer ``k``."""
@@ -111,7 +113,8 @@ class LogitEffects:
         base = logits.detach().double()
         out = {"logit": float(base[0]), "act": act, "grad": g, "grad_x_act": g * act,
                "zeroed_delta": [float(v - base[0]) for v in base[1:]]}
-        self._first.setdefault(layer, out)
+        if layer not in self._first:
+            self._first = {layer: out}
         for n, dz in zip(neurons, out["zeroed_delta"]):
             self._zeroed[(layer, *n)] = dz
         return out
