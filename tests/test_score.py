@@ -111,7 +111,7 @@ def test_gradient_times_activation_is_autograd_on_a_fresh_model(setup):
             h.remove()
     logit = held["logits"][0, hc, hy, hx]
     logit.backward()
-    want = float(held["a"].grad[0, ch, y, x] * held["a"][0, ch, y, x])
+    want = float(held["a"].grad[0, ch, y, x] * held["a"][0, ch, y, x].detach())
     e = f["effect"]
     assert e["grad_x_act"] == pytest.approx(want, rel=2e-3, abs=1e-7)
     assert e["logit"] == pytest.approx(float(logit), abs=1e-4)
