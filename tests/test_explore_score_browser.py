@@ -56,6 +56,9 @@ def test_click_a_head_neuron_and_read_its_logit(server):
             assert api["logit"] == pytest.approx(top["logit"], abs=1e-5)
             assert "no BatchNorm" in page.text_content("#neuron-unfolded") and "box #0" in page.text_content("#neuron-unfolded")
             assert not page.is_visible("#neuron-silu")  # a logit has no SiLU: the row is hidden
+            assert page.text_content("#lab-z") == "logit = dot + b" and "no BatchNorm" in page.text_content("#lab-bias")
+            chans = page.eval_on_selector_all("#neuron-top tbody tr td:first-child", "tds => tds.map(t => t.textContent)")
+            assert chans == [str(t["channel"]) for t in api["top_terms"]]  # channel numbers read as integers
             # every term of the sum is on the page, 6 significant digits shown, every digit on hover
             assert page.locator("#neuron-terms tr").count() == api["input_channels"] + 1
             shown = page.eval_on_selector_all("#neuron-top tbody tr td:last-child", "tds => tds.map(t => t.textContent)")
@@ -71,7 +74,7 @@ def test_click_a_head_neuron_and_read_its_logit(server):
             pos = click_neuron(page, "model.4.m.0.cv2", 5, 0.5, 0.5)
             api = httpx.get(f"{server}/api/neuron", params={"photo": 0, "layer": "model.4.m.0.cv2", "channel": 5,
                                                             **pos}, timeout=120).json()
-            assert page.is_visible("#neuron-effect")
+            assert page.is_visible("#neuron-effect") and page.text_content("#lab-z") == "z = dot + b"
             assert float(page.get_attribute("#neuron-effect", "data-grad-x-act")) == api["effect"]["grad_x_act"]
             assert float(page.get_attribute("#neuron-effect", "data-zeroed-delta")) == api["effect"]["zeroed_delta"]
             page.click("#neuron-more summary")

@@ -241,7 +241,23 @@ function grid(title, rows) {
 }
 
 // a number to 6 significant digits, with the API's full value on hover
-function cell(v) { return el("td", { class: "num", title: num(v) }, typeof v === "number" ? short(v, 6) : String(v)); }
+function cell(v) {
+  const text = typeof v === "number" && !Number.isInteger(v) ? short(v, 6) : String(v);  // indices stay integers
+  return el("td", { class: "num", title: num(v) }, text);
+}
+
+// the number table's row names: a Conv block's z and SiLU, or a final head conv's logit (its own bias, no BatchNorm)
+const LABELS = {
+  block: { bias: "b (BatchNorm folded into the bias)", z: "z = dot + b", sigmoid: "sigmoid(z) = 1 / (1 + e^(\u2212z))",
+    fwPre: "the framework's z (float32)" },
+  logit: { bias: "b (the conv's own bias: no BatchNorm here)", z: "logit = dot + b",
+    sigmoid: "sigmoid(logit): the class score", fwPre: "the framework's logit (float32)" },
+};
+function setLabels(kind, t) {
+  const L = LABELS[kind];
+  $("lab-bias").textContent = L.bias; $("lab-z").textContent = L.z; $("lab-fw-pre").textContent = L.fwPre;
+  $("lab-sigmoid").textContent = kind === "logit" && t.branch !== "class" ? "sigmoid (a box logit has none: softmax over its 16 bins)" : L.sigmoid;
+}
 
 function showEffect(e) {
   const p = $("neuron-effect");
@@ -293,6 +309,7 @@ async function showNeuron(layer, channel, y, x) {
   setNum("neuron-fw-pre", t.framework_pre);
   $("neuron-rf").textContent = t.receptive_field_xyxy.map((v) => num(v)).join(" ");
   showEffect(t.effect);
+  setLabels(t.kind === "logit" ? "logit" : "block", t);
   if (t.kind === "logit") {
     showLogit(t);
     $("neuron-err").textContent = `logit: ${short(t.abs_error, 3)}`;
