@@ -60,10 +60,11 @@ def test_match_labels_counts_each_label_once_and_names_every_false_positive():
     assert [g["found_by"] for g in m["labels"]] == [1, None, None]
     assert m["labels"][1]["best_iou"] == pytest.approx(iou_by_hand([50, 50, 70, 68], [50, 50, 70, 70]), abs=1e-4)
     assert (m["hits"], m["false_positives"], m["missed"]) == (1, 4, 2)
+    assert [o["label"] for o in m["own_class"]] == [0, 0, 0, 1, None]  # the best label of each box's own class
     assert [describe_match(m, i) for i in range(5)] == [
         "false positive: a second box on labelled c0 (IoU 0.90)",
         "found labelled c0 (IoU 0.91)",
-        "false positive: wrong class, it overlaps labelled c1 (IoU 0.90)",
+        "false positive: no labelled c0 here; it overlaps a c1 label at IoU 0.90",
         "false positive: overlaps labelled c1 only at IoU 0.14 (a hit needs 0.5)",
         "false positive: it overlaps no labelled damage",
     ]
@@ -194,7 +195,17 @@ def test_explorer_says_what_each_box_is_against_the_cardd_labels(tmp_path, sampl
         if max(ious) == 0:
             assert said == "false positive: it overlaps no labelled damage"
             continue
-        m = re.fullmatch(rf"(.+) labelled ({'|'.join(map(re.escape, names.values()))})(?: only at)? \(?IoU "
+        alt = "|".join(map(re.escape, names.values()))
+        other = re.fullmatch(rf"false positive: no labelled ({alt}) here(?: \(its largest IoU with a \1 label is "
+                             rf"(\d\.\d\d), a hit needs 0.5\))?; it overlaps a ({alt}) label at IoU (\d\.\d\d)", said)
+        if other:  # the reason names the box's own class first, then the other class it overlaps
+            assert other.group(1) == d["class_name"] and other.group(3) != d["class_name"]
+            mine = [ious[j] for j, (c, _) in enumerate(labels) if names[c] == d["class_name"]]
+            assert float(other.group(2) or 0) == pytest.approx(max(mine, default=0.0), abs=0.006) and max(mine, default=0) < 0.5
+            assert [j for j, (c, _) in enumerate(labels) if names[c] == other.group(3)
+                    and abs(ious[j] - float(other.group(4))) <= 0.006], (said, ious)
+            continue
+        m = re.fullmatch(rf"(.+) labelled ({alt})(?: only at)? \(?IoU "
                          rf"(\d\.\d\d)(?:\)| \(a hit needs 0.5\))", said)
         assert m, said
         hit = [j for j, (c, _) in enumerate(labels) if names[c] == m.group(2)
@@ -219,3 +230,22 @@ def test_report_names_an_unusable_label_file(tmp_path):
     out = json.loads((tmp_path / "report" / FILES / "report.json").read_text())["output"]
     assert out["labels"] is None and out["label_problem"].startswith(f"{tmp_path / 'labels' / 'scene.txt'}:1: ")
     assert "No check against the labels: <code>" in html and "found labelled damage" not in html
+
+
+def test_a_false_positive_names_a_label_of_its_own_class_first():
+    """A glass shatter box lying on a tire flat label (IoU below 0.5) is not "a poor tire flat": no glass
+    shatter is labelled there, and the words say so before naming the label it overlaps."""
+    labels = [{"class_id": 5, "class_name": "tire flat", "box_xyxy": [0, 0, 100, 100]},
+              {"class_id": 2, "class_name": "glass shatter", "box_xyxy": [300, 300, 340, 340]}]
+    box = [0, 0, 100, 46]  # IoU with the tire flat label: 46 / 100
+    dets = [{"class_id": 2, "class_name": "glass shatter", "score": 0.9, "box_xyxy": box}]
+    m = match_labels(dets, labels)
+    assert m["detections"][0]["verdict"] == "no label"
+    assert iou_by_hand(box, labels[0]["box_xyxy"]) == pytest.approx(0.46)
+    assert describe_match(m, 0) == "false positive: no labelled glass shatter here; it overlaps a tire flat label at IoU 0.46"
+    # a glass shatter label that it touches a little: its IoU is said too
+    labels[1]["box_xyxy"] = [90, 0, 190, 46]
+    m = match_labels(dets, labels)
+    own = iou_by_hand(box, labels[1]["box_xyxy"])
+    assert describe_match(m, 0) == (f"false positive: no labelled glass shatter here (its largest IoU with a glass "
+                                    f"shatter label is {own:.2f}, a hit needs 0.5); it overlaps a tire flat label at IoU 0.46")

@@ -64,7 +64,7 @@ def counters(monkeypatch):
     return counts
 
 
-def test_one_decode_and_one_forward_pass_for_every_section_without_gradient(checkpoint, sample_images, tmp_path,
+def test_one_decode_one_recorded_pass_and_the_named_effect_passes_for_the_sections_without_gradient(checkpoint, sample_images, tmp_path,
                                                                             counters):
     yolo = load_model(checkpoint)
     assert counters == {"decode": 0, "forward": 0}
@@ -74,7 +74,11 @@ def test_one_decode_and_one_forward_pass_for_every_section_without_gradient(chec
         BUILDERS[sid](run, tmp_path, opts)
     run.neuron("model.2.cv1", 1, 3, 4)  # one more neuron afterwards: read off the record
     run.neuron("model.8.cv2", 7, 1, 2)
-    assert counters["decode"] == 1 and counters["forward"] == 1, counters
+    # the recorded pass, and the worked neuron's effect on the top box (named passes from model.4 on): one to
+    # take the gradient, one to zero the shortlist (the chosen neuron's own change among them), one to zero the
+    # layer's top channels at its cell
+    assert run.detections and run.effect_passes == 3
+    assert counters["decode"] == 1 and counters["forward"] == 1 + run.effect_passes, counters
     assert (tmp_path / "13_detections.png").stat().st_size > 1000
 
 

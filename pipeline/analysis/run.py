@@ -9,7 +9,9 @@ From that one pass, without running the network again: any neuron's hand trace (
 detections and their head trace (Ultralytics' own NMS on the recorded head output, with the anchor of each
 box), EigenCAM, per-layer statistics. What truly needs another pass is a named method, computed when asked
 and kept: ``gradients`` (backward passes of the detection loss), ``layercam`` (Ultralytics' LayerCAM, a
-backward pass per explained box) and ``dataset_stats`` (other photos).
+backward pass per explained box), ``dataset_stats`` (other photos) and the effect of a neuron on the top box's
+logit (``effect``, ``choose_by_effect``, ``top_channels``: batched passes from the neuron's layer on, counted
+in ``effect_passes``).
 
 Examples:
     >>> from pipeline.model.load import load_model
@@ -32,7 +34,8 @@ from ultralytics.nn.autobackend import AutoBackend
 from ultralytics.utils import ops
 
 from pipeline.analysis.cam import eigencam, layercam
-from pipeline.analysis.thread import NEURON_LAYERS, anchor_detail, choose_neuron, forward_map
+from pipeline.analysis.effect import LogitEffects, effect_words, noise_floor
+from pipeline.analysis.thread import BEND_SLOPE, BEND_Z, NEURON_LAYERS, anchor_detail, choose_neuron, forward_map
 from pipeline.core.io import read_image, shrink
 from pipeline.data.labels import label_path, photo_labels
 from pipeline.data.preprocess import model_input
@@ -44,10 +47,25 @@ from pipeline.model.detections import detection_dicts, match_labels
 from pipeline.model.load import detection_model, model_stride, trained_imgsz
 from pipeline.probe.fold import conv_params, param_counts
 from pipeline.probe.layers import conv_blocks, detect_head
+from pipeline.probe.logit import final_convs, trace_dfl_side, trace_logit
 from pipeline.probe.receptive_field import receptive_field, to_photo
 from pipeline.probe.recorder import LayerRecorder
 from pipeline.probe.statistics import record_statistics
 from pipeline.probe.trace import head_detections, head_nms, trace_recorded
+
+
+def checkpoint_facts(yolo) -> dict:
+    """What a loaded checkpoint says about its training: ``{"trained", "epoch", "metrics"}``.
+
+    ``trained`` is whether the weights came from a checkpoint file (Ultralytics' ``YOLO.ckpt`` holds one; a
+    model built from a YAML has none); ``metrics`` are the validation numbers the trainer stored with it
+    (``train_metrics``: precision, recall, mAP50, mAP50-95 over all classes; empty when none were stored).
+    """
+    ckpt = getattr(yolo, "ckpt", None) or {}
+    metrics = {k: float(v) for k, v in (ckpt.get("train_metrics") or {}).items() if isinstance(v, (int, float))}
+    epoch = ckpt.get("epoch")
+    return {"trained": bool(ckpt), "epoch": int(epoch) if isinstance(epoch, int) and epoch >= 0 else None,
+            "metrics": metrics}
 
 
 class PhotoRun:
@@ -77,6 +95,7 @@ class PhotoRun:
         self.shape = tuple(pixels.shape)
         self.imgsz, self.conf, self.iou, self.max_det = trained_imgsz(yolo, imgsz), conf, iou, max_det
         self.model = detection_model(yolo)
+        self.checkpoint = checkpoint_facts(yolo)
         # A private copy prepared by Ultralytics' own AutoBackend, as predict prepares it (Conv+BN fused, and
         # channels-last on x86 CPUs, which changes float32 rounding): its detections are predict's to the bit,
         # and the caller keeps its BatchNorm (the report reads BN's own parameters from it).
@@ -172,29 +191,183 @@ class PhotoRun:
 
     @cached_property
     def focus(self) -> tuple[str, int, int, int]:
-        """The lesson's neuron, on the top detection's path: ``thread.choose_neuron`` on ``neuron_layer``.
+        """The lesson's neuron, on the top detection's path, in ``neuron_layer`` (``focus_info``).
 
-        Inside the top box (cells whose centre lies in it), where SiLU bends (|z| <= 3, SiLU'(z) <= 0.8), in
-        the channel firing most in the box; without a detection, the strongest bending neuron of the map.
+        Among the cells whose centre lies in the top box, where SiLU bends (|z| <= 3, SiLU'(z) <= 0.8), the
+        neuron whose zeroing moves the box's class logit most (``choose_by_effect``); without a detection,
+        the strongest bending neuron of the map (``thread.choose_neuron``).
         """
         return self.focus_info["layer"], self.focus_info["channel"], self.focus_info["y"], self.focus_info["x"]
 
     @cached_property
     def focus_info(self) -> dict:
         """The lesson's neuron and where it looks: ``{layer, channel, y, x, z, silu_slope, inside_box,
-        detection_index, receptive_field_input, receptive_field_xyxy}`` (the last in photo pixels)."""
+        detection_index, chosen_by, measured (candidates zeroed), receptive_field_input, receptive_field_xyxy, rf_centre_in_box,
+        rf_inside_box, effect, top_channels}`` (boxes in photo pixels).
+
+        With a detection, the neuron is the one that matters most to the top box's class logit among the
+        bending cells whose centre lies in the box (``choose_by_effect``); without one, ``thread.choose_neuron``.
+        """
         layer = self.neuron_layer
         z, a = self.activation(layer)
         stride = self.x.shape[-1] / z.shape[-1]
         kept = self._kept[0]
-        ch, y, x, inside = choose_neuron(z[0], a[0], stride, kept[0, :4].tolist() if len(kept) else None)
+        box = kept[0, :4].tolist() if len(kept) else None
+        picked = self.choose_by_effect(layer, box, stride) if box is not None else None
+        if picked is None:
+            ch, y, x, inside = choose_neuron(z[0], a[0], stride, box)
+            chosen_by, measured, basis = "activation", 0, None
+        else:
+            ch, y, x, measured, basis = picked
+            inside, chosen_by = True, "effect"
         hw = tuple(self.x.shape[2:])
         rf = receptive_field(self.net, layer, hw, y, x)  # autograd to this layer only; the head never runs
         zz = float(z[0, ch, y, x])
-        return {"layer": layer, "channel": ch, "y": y, "x": x, "z": zz, "stride": stride,
-                "silu_slope": float(d_silu(zz)), "inside_box": inside,
-                "detection_index": 0 if inside else None, "receptive_field_input": list(rf),
-                "receptive_field_xyxy": to_photo(rf, hw, self.shape)}
+        cx, cy = (x + 0.5) * stride, (y + 0.5) * stride
+        out = {"layer": layer, "channel": ch, "y": y, "x": x, "z": zz, "stride": stride,
+               "silu_slope": float(d_silu(zz)), "inside_box": inside, "chosen_by": chosen_by, "measured": measured,
+               "chosen_on": basis,
+               "detection_index": 0 if inside else None, "receptive_field_input": list(rf),
+               "receptive_field_xyxy": to_photo(rf, hw, self.shape),
+               "rf_centre_in_box": bool(box is not None and box[0] <= cx <= box[2] and box[1] <= cy <= box[3]),
+               "rf_inside_box": bool(box is not None and box[0] <= rf[0] and box[1] <= rf[1] and rf[2] <= box[2]
+                                     and rf[3] <= box[3]),
+               "effect": None, "top_channels": []}
+        if box is not None:
+            out["effect"] = self.effect(layer, ch, y, x)
+            out["top_channels"] = self.top_channels(layer, y, x)
+        return out
+
+    # -- the score's own arithmetic: the head's final convs, and how much a neuron mattered ----------
+    @cached_property
+    def final_convs(self) -> dict:
+        """The head's final plain convs (``probe.logit.final_convs``): ``cv2.<s>.2`` (DFL) and ``cv3.<s>.2`` (classes)."""
+        return final_convs(self.model)
+
+    def head_conv_io(self, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A final head conv's recorded input (the SiLU output of the block before it) and output (its logits)."""
+        info = self.final_convs[layer]
+        out = self.record.head["cls_logits" if info["branch"] == "class" else "box"][info["scale"]]
+        return self.record.activations[info["input_block"]][1], out
+
+    def logit(self, layer: str, channel: int, y: int, x: int, top: int = 8) -> dict:
+        """One output of a final head conv by hand (``probe.logit.trace_logit``), read off the recorded pass.
+
+        Raises:
+            ValueError: not a final head conv, or a position outside its output.
+        """
+        if layer not in self.final_convs:
+            raise ValueError(f"{layer!r} is not one of the head's final convs ({', '.join(self.final_convs)})")
+        info = self.final_convs[layer]
+        t = trace_logit(info["conv"], layer, *self.head_conv_io(layer), channel, y, x, top)
+        t.update(branch=info["branch"], scale=info["scale"], input_block=info["input_block"],
+                 stride=float(self.record.head["strides"][info["scale"]]))
+        if info["branch"] == "class":
+            t["class_name"] = self.names.get(channel, str(channel))
+        else:
+            reg = int(self.record.head.get("reg_max", 16))
+            t["side"], t["bin"] = divmod(channel, reg)
+        return t
+
+    @cached_property
+    def logit_trace(self) -> dict | None:
+        """The top box's class logit by hand at its anchor, its sigmoid and NMS's choice; one DFL side to its edge.
+
+        ``{layer, class_id, class_name, y, x, bias, dot, logit, sigmoid, top_terms, framework_logit, abs_error,
+        input_channels, input_block, score (what NMS reported), conf, class_rank (classes whose logit is larger),
+        dfl (``probe.logit.trace_dfl_side`` of the left side), box_edge_input (the reported box's left x)}``;
+        ``None`` without a detection.
+        """
+        if not self.head_trace:
+            return None
+        d = self.head_trace[0]
+        cls_path = next(p for p, i in self.final_convs.items() if i["branch"] == "class" and i["scale"] == d["scale"])
+        box_path = next(p for p, i in self.final_convs.items() if i["branch"] == "box" and i["scale"] == d["scale"])
+        t = self.logit(cls_path, d["class_id"], d["grid_y"], d["grid_x"])
+        t = {k: v for k, v in t.items() if k not in ("terms", "weights", "inputs")}
+        t.update(class_id=d["class_id"], detection_index=0, score=float(self.detections[0]["score"]), conf=self.conf,
+                 n_classes=len(d["all_logits"]), is_max_logit=d["is_max_logit"],
+                 class_rank=sum(v > d["logit"] for v in d["all_logits"]))
+        info = self.final_convs[box_path]
+        t["dfl"] = trace_dfl_side(info["conv"], box_path, *self.head_conv_io(box_path), 0, d["grid_y"], d["grid_x"],
+                                  float(d["stride"]), int(self.record.head.get("reg_max", 16)))
+        t["box_edge_input"] = float(self._kept[0][0, 0])
+        return t
+
+    @property
+    def effect_passes(self) -> int:
+        """How many batched passes from a layer on the effect measurements have run (each runs the head once)."""
+        return 0 if self.logit_trace is None else self._effects.passes
+
+    @cached_property
+    def _effects(self) -> LogitEffects | None:
+        """The followed box's class logit, ready to be differentiated and measured (``None`` without a box)."""
+        t = self.logit_trace
+        return None if t is None else LogitEffects(self.net, self.x, (t["layer"], t["class_id"], t["y"], t["x"]))
+
+    def effect(self, layer: str, channel: int, y: int, x: int) -> dict | None:
+        """How much one Conv block neuron mattered to the followed box's class logit (``analysis.effect``).
+
+        Returns:
+            ``{"grad_x_act", "zeroed_delta", "grad", "act", "logit", "logit_zeroed", "first_order_estimate",
+            "words"}`` or ``None`` without a detection.
+
+        Raises:
+            ValueError: not a Conv block, or a position outside its output.
+        """
+        if self._effects is None:
+            return None
+        if layer not in self.blocks:
+            raise ValueError(f"{layer!r} is not a Conv block")
+        _, c, h, w = self.activation(layer)[0].shape
+        if not (0 <= channel < c and 0 <= y < h and 0 <= x < w):
+            raise ValueError(f"{layer} has output {c}x{h}x{w}; channel={channel} y={y} x={x} is outside it")
+        dz = self._effects.zeroed(layer, (channel, y, x))  # one pass, unless the choice already measured it
+        m = self._effects.measure(layer, [])  # the layer's gradient: kept from the first time it was asked
+        gxa = float(m["grad_x_act"][channel, y, x])
+        return {"grad_x_act": gxa, "zeroed_delta": dz, "grad": float(m["grad"][channel, y, x]),
+                "act": float(m["act"][channel, y, x]), "logit": m["logit"], "logit_zeroed": m["logit"] + dz,
+                "first_order_estimate": -gxa, "words": effect_words(gxa, dz, m["logit"])}
+
+    def top_channels(self, layer: str, y: int, x: int, top: int = 8) -> list[dict]:
+        """The channels of ``layer`` at one cell that matter most to the followed logit: largest |grad x act|, each
+        with its measured zeroing change (``[{channel, act, grad_x_act, zeroed_delta}]``, one batched pass)."""
+        if self._effects is None:
+            return []
+        first = self._effects.measure(layer, [])["grad_x_act"][:, y, x]
+        chans = first.abs().argsort(descending=True)[:top].tolist()
+        m = self._effects.measure(layer, [(c, y, x) for c in chans])
+        return [{"channel": c, "act": float(m["act"][c, y, x]), "grad_x_act": float(first[c]),
+                 "zeroed_delta": dz} for c, dz in zip(chans, m["zeroed_delta"])]
+
+    def choose_by_effect(self, layer: str, box_xyxy, stride: float, shortlist: int = 8):
+        """``(channel, y, x, measured, basis)``: among the bending neurons whose cell centre lies in the box
+        (``thread``'s rule), the one whose zeroing changes the top box's class logit most (``basis`` "measured"),
+        and how many were measured; when no zeroing moves the logit beyond float32 rounding, the largest
+        |grad x act| (``basis`` "first-order"); ``None`` when no such neuron exists.
+
+        The ``shortlist`` largest |grad x act| (one backward pass) are measured by zeroing (one batched pass).
+        """
+        if self._effects is None:
+            return None
+        z = self.activation(layer)[0][0].double()
+        _, h, w = z.shape
+        cy = (torch.arange(h, dtype=torch.float64) + 0.5) * stride
+        cx = (torch.arange(w, dtype=torch.float64) + 0.5) * stride
+        x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+        cells = ((cy >= y0) & (cy <= y1))[:, None] & ((cx >= x0) & (cx <= x1))[None, :]
+        bend = (z.abs() <= BEND_Z) & (d_silu(z) <= BEND_SLOPE) & cells
+        if not bend.any():
+            return None
+        first = self._effects.measure(layer, [])["grad_x_act"].abs()
+        score = torch.where(bend, first, torch.full_like(first, -1.0)).flatten()
+        order = score.argsort(descending=True)[:min(shortlist, int(bend.sum()))].tolist()
+        cand = [(k // (h * w), *divmod(k % (h * w), w)) for k in order]
+        m = self._effects.measure(layer, cand)
+        dz = m["zeroed_delta"]
+        if max(abs(v) for v in dz) <= noise_floor(m["logit"]):  # no measured change beyond float32 rounding
+            return (*cand[0], len(cand), "first-order")
+        return (*cand[max(range(len(cand)), key=lambda i: abs(dz[i]))], len(cand), "measured")
 
     @cached_property
     def traced(self) -> dict:

@@ -232,9 +232,18 @@ class Explorer:
         layer = params.get("layer")
         if layer is None:
             raise BadRequest("missing parameter 'layer'")
-        if layer not in run.blocks:
-            raise BadRequest(f"{str(layer)[:60]!r} is not a Conv block; see /api/model for the paths")
+        if layer not in run.blocks and layer not in run.final_convs:
+            raise BadRequest(f"{str(layer)[:60]!r} is not a Conv block nor one of the head's final convs; "
+                             "see /api/model for the paths")
         return layer
+
+    @staticmethod
+    def _maps(run: PhotoRun, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z, a)`` of a Conv block; a final head conv has no SiLU, so its logits are both."""
+        if layer in run.final_convs:
+            out = run.head_conv_io(layer)[1]
+            return out, out
+        return run.activation(layer)
 
     # -- answers ------------------------------------------------------------------------------------
     def photos_list(self) -> list[dict]:
@@ -257,6 +266,13 @@ class Explorer:
                          "in_shape": shape["input"], "out_shape": shape["output"], "kernel": meta["kernel"],
                          "stride": meta["stride"], "padding": meta["padding"], "groups": meta["groups"],
                          "params": meta["params"]})
+        for path, info in run.final_convs.items():  # the logits' own convs: plain Conv2d, no BatchNorm, no SiLU
+            conv, x_in, out = info["conv"], *run.head_conv_io(path)
+            rows.append({"path": path, "stage": ".".join(path.split(".")[:2]), "type": "Conv2d",
+                         "in_shape": list(x_in.shape), "out_shape": list(out.shape), "kernel": list(conv.kernel_size),
+                         "stride": list(conv.stride), "padding": list(conv.padding), "groups": conv.groups,
+                         "params": sum(p.numel() for p in conv.parameters()), "branch": info["branch"],
+                         "batchnorm": False, "activation": None})
         head = run.head_path
         if head is not None:
             stage = run.record.stages[head]
@@ -307,7 +323,7 @@ class Explorer:
         i = self.photo_index(params)
         run = self.run(i)
         layer = self._layer(run, params)
-        z, a = run.activation(layer)
+        z, a = self._maps(run, layer)
         channel = _int(params, "channel", 0, z.shape[1])
         stage = params.get("stage", "post")
         if stage not in STAGES:
@@ -324,12 +340,38 @@ class Explorer:
         i = self.photo_index(params)
         run = self.run(i)
         layer = self._layer(run, params)
-        _, c, h, w = run.activation(layer)[0].shape
+        _, c, h, w = self._maps(run, layer)[0].shape
         channel, y, x = _int(params, "channel", 0, c), _int(params, "y", 0, h), _int(params, "x", 0, w)
+        if layer in run.final_convs:
+            return self._logit(run, layer, channel, y, x)
         t = run.neuron(layer, channel, y, x)
         hw = tuple(run.x.shape[2:])
         with self._rf_lock:
             box = receptive_field(run.model, layer, hw, y, x)
+            t["effect"] = run.effect(layer, channel, y, x)  # one more pass of the run's network: one at a time
+        t["receptive_field_input_xyxy"] = list(box)
+        t["receptive_field_xyxy"] = to_photo(box, hw, run.pixels.shape)
+        return t
+
+    def _logit(self, run: PhotoRun, layer: str, channel: int, y: int, x: int) -> dict:
+        """A final head conv's output by hand (``PhotoRun.logit``), in the fields a Conv block neuron has too.
+
+        ``kind`` is ``"logit"``; ``z_by_hand`` is the logit, ``framework_pre`` the framework's; for a class conv
+        ``sigmoid_by_hand`` is the score, and ``detection`` the reported box whose anchor and class this is.
+        The receptive field is that of the block before it (a 1x1 conv adds none).
+        """
+        t = run.logit(layer, channel, y, x, top=12)
+        t.update(kind="logit", type="Conv2d", n_products=t["input_channels"], z_by_hand=t["logit"],
+                 framework_pre=t["framework_logit"], abs_error_pre=t["abs_error"],
+                 sigmoid_by_hand=t["sigmoid"] if t["branch"] == "class" else None, fused=False,
+                 note="a plain 1x1 Conv2d with a bias: no BatchNorm to fold and no SiLU after it; "
+                      + ("sigmoid(logit) is the class score" if t["branch"] == "class" else
+                         "each side's 16 outputs go through a softmax; the expected bin is the side's distance"))
+        t["detection"] = next((k for k, d in enumerate(run.head_trace) if d["scale"] == t["scale"] and d["grid_y"] == y
+                               and d["grid_x"] == x and (t["branch"] != "class" or d["class_id"] == channel)), None)
+        hw = tuple(run.x.shape[2:])
+        with self._rf_lock:
+            box = receptive_field(run.model, t["input_block"], hw, y, x)
         t["receptive_field_input_xyxy"] = list(box)
         t["receptive_field_xyxy"] = to_photo(box, hw, run.shape)
         return t

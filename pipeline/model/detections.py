@@ -71,8 +71,10 @@ def match_labels(detections: list[dict], labels: list[dict], iou_min: float = 0.
 
     Returns:
         ``{"iou_min", "detections": [{"verdict", "label", "iou"}, ...] (in the order given),
-        "labels": [label + {"found_by", "best_iou"}, ...], "hits", "false_positives", "missed"}``; ``label``
-        is the index of the label the verdict names (the taken one, else the largest overlap), ``iou`` its IoU.
+        "labels": [label + {"found_by", "best_iou"}, ...], "hits", "false_positives", "missed", "own_class":
+        [{"label", "iou"}, ...]}``; ``label`` is the index of the label the verdict names (the taken one, else the
+        largest overlap), ``iou`` its IoU; ``own_class`` is each box's largest overlap with a label of its own
+        class (``label`` ``None`` when the photo has none of that class).
 
     Examples:
         >>> match_labels(run.detections, run.labels)["detections"][0]
@@ -102,8 +104,16 @@ def match_labels(detections: list[dict], labels: list[dict], iou_min: float = 0.
     out_labels = [dict(g, found_by=found_by[j], best_iou=round(float(iou[:, j].max()), 4) if detections else 0.0)
                   for j, g in enumerate(labels)]
     hits = sum(v["verdict"] == "hit" for v in verdicts)
+    # each box's best overlap with a label of its own class: what a false positive's reason must name
+    own = []
+    for i in range(len(detections)):
+        js = [j for j in range(len(labels)) if same[i, j]]
+        j = max(js, key=lambda j: float(iou[i, j])) if js else None
+        own.append({"label": j, "iou": round(float(iou[i, j]), 4) if j is not None else 0.0})
     return {"iou_min": iou_min, "detections": verdicts, "labels": out_labels, "hits": hits,
-            "false_positives": len(detections) - hits, "missed": len(labels) - hits}
+            "false_positives": len(detections) - hits, "missed": len(labels) - hits, "own_class": own,
+            "detection_classes": [int(d["class_id"]) for d in detections],
+            "detection_names": [str(d.get("class_name", d["class_id"])) for d in detections]}
 
 
 def describe_match(check: dict, i: int) -> str:
@@ -114,12 +124,26 @@ def describe_match(check: dict, i: int) -> str:
     if v["iou"] == 0:
         return "false positive: it overlaps no labelled damage"
     g = check["labels"][v["label"]]
-    if v["verdict"] == "no label":  # overlaps some label, too little to count
+    own = check["own_class"][i] if "own_class" in check else None
+    if v["verdict"] in ("no label", "wrong class") and own is not None and g["class_id"] != _own_class(check, i, g):
+        # the overlap is with another class: say first that no label of the box's own class is there
+        name = check["detection_names"][i] if "detection_names" in check else None
+        mine = f"labelled {name}" if name else "label of its class"
+        near = (f" (its largest IoU with a {name} label is {own['iou']:.2f}, a hit needs {check['iou_min']:g})"
+                if own["label"] is not None and own["iou"] > 0 else "")
+        return (f"false positive: no {mine} here{near}; it overlaps a {g['class_name']} label at IoU "
+                f"{v['iou']:.2f}")
+    if v["verdict"] == "no label":  # overlaps a label of its own class, too little to count
         return (f"false positive: overlaps labelled {g['class_name']} only at IoU {v['iou']:.2f} "
                 f"(a hit needs {check['iou_min']:g})")
     said = {"hit": "found labelled", "duplicate": "false positive: a second box on labelled",
             "wrong class": "false positive: wrong class, it overlaps labelled"}[v["verdict"]]
     return f"{said} {g['class_name']} (IoU {v['iou']:.2f})"
+
+
+def _own_class(check: dict, i: int, g: dict):
+    """Box ``i``'s class id as ``match_labels`` saw it (its ``detection_classes``), else ``g``'s (no claim made)."""
+    return check["detection_classes"][i] if "detection_classes" in check else g["class_id"]
 
 
 def agreement(ours: list[dict], stock: list[dict], iou_min: float = 0.99, score_tol: float = 1e-3) -> dict:

@@ -44,6 +44,11 @@ def num(x, digits: int = 4) -> str:
     return f"{x:.{digits}f}"
 
 
+def counted(n, word: str, plural: str | None = None) -> str:
+    """``n`` and the noun in the form it takes: ``counted(1, "anchor")`` is "1 anchor", 2,100 "2,100 anchors"."""
+    return f"{n:,} {word if n == 1 else plural or word + 's'}" if isinstance(n, int) else f"{n} {plural or word + 's'}"
+
+
 def is_number(cell) -> bool:
     """Whether a table cell reads as a number (right-aligned on the page)."""
     try:
@@ -75,7 +80,7 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("pipeline.report", "templates"),
                              autoescape=jinja2.select_autoescape(["html"], default_for_string=True),
                              undefined=jinja2.StrictUndefined, finalize=_escape, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(num=num, src=figure_src)
+    env.filters.update(num=num, src=figure_src, counted=counted)
     env.tests["number"] = is_number
     return env
 
@@ -94,5 +99,22 @@ def render_page(info: dict, sections: list, timings: dict, nav: list[tuple[str, 
     """The whole page: header (photo, weights, versions), navigation, the sections in order, footer."""
     env = _env()
     body = [Markup(env.get_template(f"sections/{s.id}.html").render(section=s, **s.context)) for s in sections]
+    first = Markup(env.get_template("first_read.html").render(**first_read(sections)))
     return env.get_template("page.html").render(info=info, sections=body, nav=nav, timings=timings,
-                                                image_name=Path(info["image"]).name)
+                                                image_name=Path(info["image"]).name, first_read=first)
+
+
+def first_read(sections: list) -> dict:
+    """What the page's short path and glossary print, read off the sections' own values (none is computed here).
+
+    Returns:
+        ``{"x_shape", "neuron", "anchors", "strides", "reg_max", "nc", "lt", "cam_layer"}``: the model input's
+        shape, the worked neuron (``focus_info``), the anchor count and strides, DFL bins, classes, the top box's
+        logit trace (``None`` without a box) and EigenCAM's layer.
+    """
+    ctx = {s.id: s.context for s in sections}
+    m, n = ctx.get("map", {}), ctx.get("neurons", {})
+    return {"x_shape": "x".join(map(str, ctx.get("input", {}).get("shape", ()))), "neuron": m.get("neuron"),
+            "trace": n.get("tr"), "anchors": m.get("anchors"), "strides": m.get("strides", []),
+            "reg_max": m.get("reg_max"), "nc": m.get("nc"), "lt": m.get("lt"),
+            "cam_layer": ctx.get("output", {}).get("cam_layer")}

@@ -70,10 +70,11 @@ class Section:
     context: dict
     numbers: dict = field(default_factory=dict)
     errors: list[InputError] = field(default_factory=list)
+    heading: str | None = None  # a title that fits this photo better than the lesson's default
 
     @property
     def title(self) -> str:
-        return dict(TITLES)[self.id]
+        return self.heading or dict(TITLES)[self.id]
 
 
 def _weights_layers(run: PhotoRun) -> list[str]:
@@ -112,8 +113,42 @@ def _stage_rows(run: PhotoRun) -> list[dict]:
 def _neuron_numbers(run: PhotoRun) -> dict:
     """report.json's ``neuron``: the worked neuron, its z, receptive field in photo pixels, its detection."""
     f = run.focus_info
-    return {k: f[k] for k in ("layer", "channel", "y", "x", "z", "silu_slope", "inside_box", "detection_index",
-                              "receptive_field_input", "receptive_field_xyxy")}
+    out = {k: f[k] for k in ("layer", "channel", "y", "x", "z", "silu_slope", "inside_box", "detection_index",
+                             "chosen_by", "measured", "chosen_on", "receptive_field_input", "receptive_field_xyxy", "rf_centre_in_box",
+                             "rf_inside_box", "top_channels")}
+    out["effect"] = f["effect"] and {k: v for k, v in f["effect"].items() if k != "words"}
+    return out
+
+
+def _logit_rows(lt: dict) -> list[list]:
+    """The followed logit's largest terms w_c * x_c, as the page lists them."""
+    return [[t["channel"], num(t["w"], 6), num(t["x"], 6), num(t["product"], 6)] for t in lt["top_terms"]]
+
+
+def _logit_text(run: PhotoRun, lt: dict) -> str:
+    """The followed box's score from the head's last conv, step by step (the map and output sections show it)."""
+    d = lt["dfl"]
+    top = ", ".join(f"ch {t['channel']}: {t['w']:.6g} * {t['x']:.6g} = {t['product']:+.6g}" for t in lt["top_terms"][:3])
+    others = lt["n_classes"] - 1
+    choice = ("the largest of its anchor's " + str(lt["n_classes"]) + " class logits" if lt["is_max_logit"]
+              else f"{lt['class_rank']} of the other {others} class logit{'s' * (others != 1)} at this anchor are larger")
+    soft = ", ".join(f"{p:.3f}" for p in d["softmax"])
+    return (
+        f"{lt['layer']}: a 1x1 conv with a bias, no BatchNorm and no SiLU, reading the {lt['input_channels']} channels of "
+        f"{lt['input_block']} (after its SiLU) at cell (y={lt['y']}, x={lt['x']})\n"
+        f"  logit = sum over {lt['input_channels']} channels of w_c * x_c + b\n"
+        f"        = {lt['dot']:.9g} + ({lt['bias']:.9g}) = {lt['logit']:.9g}   (largest terms: {top})\n"
+        f"  the framework's logit (float32): {lt['framework_logit']:.9g}   |difference| {lt['abs_error']:.2g}\n"
+        f"  score = sigmoid(logit) = 1 / (1 + exp(-logit)) = {lt['sigmoid']:.7g}   (reported: {lt['score']:.7g})\n"
+        f"  NMS: {lt['class_name']} is {choice} (NMS scores an anchor by its best class); the score passes conf "
+        f"{lt['conf']:g} and is the highest of every anchor's, so no box can suppress it: box 0\n"
+        f"box side '{d['side_name']}' from {d['layer']} (same cell): {len(d['logits'])} DFL logits, each w . x + b over "
+        f"the same kind of input (largest |hand - framework| {d['max_abs_error']:.2g})\n"
+        f"  logits  = {', '.join(f'{v:.4f}' for v in d['logits'])}\n"
+        f"  softmax = {soft}\n"
+        f"  distance = sum(p_i * i) = {d['distance_cells']:.6g} cells = {d['distance_px']:.6g} px\n"
+        f"  edge x0 = anchor centre {d['anchor_centre']:g} - {d['distance_px']:.6g} = {d['edge']:.6g} input px "
+        f"(the box's x0 before clipping: {lt['box_edge_input']:.6g})")
 
 
 # --- sections -----------------------------------------------------------------------------------
@@ -133,13 +168,16 @@ def map_section(run: PhotoRun, files: Path, opts: Options) -> Section:
         cls_rows = [[run.names.get(c, str(c)) + (" (reported)" if c == ta["class_id"] else ""),
                      num(ta["class_logits"][c], 4), num(ta["class_sigmoid"][c], 4), num(ta["class_softmax"][c], 4)]
                     for c in range(len(ta["class_logits"]))]
-    numbers = {"forward_map": run.forward_map, "neuron": _neuron_numbers(run), "top_anchor": ta}
+    lt = run.logit_trace
+    numbers = {"forward_map": run.forward_map, "neuron": _neuron_numbers(run), "top_anchor": ta, "logit_trace": lt}
     ctx = {"stages": _stage_rows(run), "grids": grids, "strides": head["strides"], "anchors": anchors,
            "nc": len(run.names), "reg_max": head.get("reg_max", 16), "ta": ta, "dfl_rows": dfl_rows,
            "cls_rows": cls_rows, "n_dets": len(run.detections), "neuron": run.focus_info,
            "top": run.detections[0] if run.detections else None, "conf": run.conf,
-           "top_check": describe_match(run.label_check, 0) if run.label_check and run.detections else None}
-    return Section("map", ctx, numbers)
+           "top_check": describe_match(run.label_check, 0) if run.label_check and run.detections else None,
+           "lt": lt, "logit_text": lt and _logit_text(run, lt), "logit_rows": lt and _logit_rows(lt)}
+    heading = None if run.detections else "Map: the forward pass, pixel to logits (no box on this photo)"
+    return Section("map", ctx, numbers, heading=heading)
 
 
 
@@ -194,9 +232,12 @@ def neurons_section(run: PhotoRun, files: Path, opts: Options) -> Section:
             for i in range(patch.shape[0]) for u in range(patch.shape[1]) for v in range(patch.shape[2])]
     summary = [[num(tr[k], 6) for k in ("dot", "bias", "z_by_hand", "sigmoid_by_hand", "silu_by_hand", "framework_value")]]
     numbers = {k: v for k, v in tr.items() if k not in ("patch", "weights")}
+    ch_rows = [[r["channel"], num(r["act"], 6), num(r["grad_x_act"], 6), num(-r["grad_x_act"], 6), num(r["zeroed_delta"], 6)]
+               for r in f["top_channels"]]
     return Section("neurons", {"tr": tr, "trace_text": format_trace(tr), "ok": tr["rel_error"] <= REL_TOL,
                                "rel_tol": REL_TOL, "rows": rows, "summary": summary, "f": f, "top": top,
-                               "figure": fig}, {"trace": numbers})
+                               "figure": fig, "effect": f["effect"], "ch_rows": ch_rows,
+                               "lt": run.logit_trace}, {"trace": numbers})
 
 
 def weights_section(run: PhotoRun, files: Path, opts: Options) -> Section:
@@ -244,7 +285,7 @@ def biases_section(run: PhotoRun, files: Path, opts: Options) -> Section:
             f" * {u['gamma']:.6g} + {u['beta']:.6g} = {u['z']:.9g}\n"
             f"folded route: z = sum(W' * x) + b'        = {tr['z_by_hand']:.9g}\n"
             f"difference                                = {abs(u['z'] - tr['z_by_hand']):.3g}")
-    return Section("biases", {"rows": rows, "unfolded": unfolded})
+    return Section("biases", {"rows": rows, "unfolded": unfolded, "layer": run.paths[0]})
 
 
 def _stats_rows(layer_stats: dict) -> list[list]:
@@ -279,11 +320,13 @@ def activations_section(run: PhotoRun, files: Path, opts: Options) -> Section:
         return num(v, 3) if math.isinf(v) else f"{v:.3f}"
 
     rows = [[g["name"], g["formula"], f"[{bound(g['min'])}, {bound(g['max'])}]", num(g["f0"], 3), num(g["max_slope"], 3),
-             "yes" if g["zero_centred"] else "no", num(g["mean_on_normal"], 3), num(g["mean_on_layer"], 3),
+             "yes" if g["zero_centred"] else "no",
+             f"{num(g['mean_on_normal'], 4)} (exact {num(g['mean_on_normal_exact'], 4)})", num(g["mean_on_layer"], 3),
              f"{100 * g['small_grad_fraction_on_layer']:.1f}%", g["note"]] for g in gallery]
     dataset, errors = _dataset(run, opts)
     numbers = {"layer": layer, "gallery": gallery, "silu_min": [sx, sy], "layer_stats": run.layer_stats}
     ctx = {"layer": layer, "sx": sx, "sy": sy, "figure": fig, "rows": rows, "stats_header": STATS_HEADER,
+           "normal_n": f"{gallery[0]['normal_samples']:,}",
            "stats_rows": _stats_rows(run.layer_stats), "dataset": None}
     if dataset:
         numbers["dataset"] = dataset
@@ -344,9 +387,24 @@ def output_section(run: PhotoRun, files: Path, opts: Options) -> Section:
     return Section("output", {"conf": run.conf, "names": run.names, "rows": rows, "drows": drows, "n_dets": len(dets), "f_logits": f_logits,
                               "f_dets": f_dets, "f_eigen": f_eigen, "f_layercam": f_layercam, "lc": lc,
                               "cam_layer": run.cam_layer, "best_score": _best_score(run), "check": check,
+                              "no_box": None if dets else _no_box(run),
                               "label_file": run.source and label_path(run.source), "missed": missed,
-                              "label_problem": run.label_problem},
+                              "label_problem": run.label_problem, "lt": run.logit_trace,
+                              "logit_rows": run.logit_trace and _logit_rows(run.logit_trace)},
                    {"output": numbers})
+
+
+def _no_box(run: PhotoRun) -> dict:
+    """Why no box passed conf, from what the weights are: the best anchor's class, the checkpoint's own metrics
+    (``PhotoRun.checkpoint``) and the range of the class biases of the head's final convs."""
+    decoded = run.record.head["decoded"][0, 4:]
+    best = int(decoded.max(1).values.argmax()) if decoded.numel() else 0
+    m = run.checkpoint["metrics"]
+    shown = [(k.split("/")[-1].replace("(B)", ""), v) for k, v in m.items() if k.startswith("metrics/")]
+    biases = [float(b) for i in run.final_convs.values() if i["branch"] == "class" for b in i["conv"].bias.detach()]
+    return {"trained": run.checkpoint["trained"], "epoch": run.checkpoint["epoch"],
+            "best_class": run.names.get(best, str(best)), "metrics": shown,
+            "bias_range": [min(biases), max(biases)] if biases else None}
 
 
 def _best_score(run: PhotoRun) -> float:

@@ -144,7 +144,10 @@ function fillStages(stages) {
     row.appendChild(el("span", { class: "shape" }, out));
     const blocks = el("div", { class: "blocks" });
     (byStage[s.path] || []).filter((r) => r.type !== "Detect").forEach((r) => {
-      const b = el("button", { "data-layer": r.path, title: `k ${r.kernel.join("x")}, stride ${r.stride.join("x")}, ` +
+      // the head's final convs are plain Conv2d layers: their outputs are the logits themselves
+      const what = r.type === "Conv2d" ? (r.branch === "class" ? "class logits" : "DFL box logits") + ", no BatchNorm, no SiLU, " : "";
+      const b = el("button", { "data-layer": r.path, class: r.type === "Conv2d" ? "logit" : "",
+        title: `${what}k ${r.kernel.join("x")}, stride ${r.stride.join("x")}, ` +
         `${r.params} params, in ${shape(r.in_shape)}` }, `${r.path.slice(s.path.length) || "conv"} ${shape(r.out_shape.slice(1))}`);
       b.addEventListener("click", () => showLayer(r.path));
       blocks.appendChild(b);
@@ -166,6 +169,7 @@ function showLayer(path) {
   $("layer-shape").textContent = `in ${shape(r.in_shape)} \u2192 out ${shape(r.out_shape)}, kernel ${r.kernel.join("\u00d7")}, ` +
     `stride ${r.stride.join("\u00d7")}, ${r.params} parameters`;
   fillChannels();
+  $("layer").scrollIntoView({ block: "nearest" });
 }
 
 function fillChannels() {
@@ -189,7 +193,6 @@ async function drawMap(canvasId, scaleId, channel, st) {
   const cv = $(canvasId);
   cv.width = bmp.width; cv.height = bmp.height;
   cv.getContext("2d").drawImage(bmp, 0, 0);
-  cv.dataset.ready = "1";
 }
 
 async function showChannel(c) {
@@ -197,16 +200,33 @@ async function showChannel(c) {
   $("channel").hidden = false;
   $("channel-name").textContent = `${state.layer.path} #${c} (${state.layer.out_shape[2]}\u00d7${state.layer.out_shape[3]})`;
   ["map-pre", "map-post"].forEach((id) => { $(id).dataset.ready = ""; });
+  markCell(null, null);
   try {
     await Promise.all([drawMap("map-pre", "scale-pre", c, "pre"), drawMap("map-post", "scale-post", c, "post")]);
-  } catch (e) { status(e.message, "error"); }
+  } catch (e) { status(e.message, "error"); return; }
+  // the layer list above is as long as the model: bring the maps to the reader, then say they are ready
+  $("channel").scrollIntoView({ block: "nearest" });
+  ["map-pre", "map-post"].forEach((id) => { $(id).dataset.ready = "1"; });
 }
 
 function mapClick(ev) {
   const cv = ev.currentTarget, rect = cv.getBoundingClientRect();
   const x = Math.min(cv.width - 1, Math.floor((ev.clientX - rect.left) / rect.width * cv.width));
   const y = Math.min(cv.height - 1, Math.floor((ev.clientY - rect.top) / rect.height * cv.height));
+  markCell(y, x);
   showNeuron(state.layer.path, state.channel, y, x);
+}
+
+// the clicked cell outlined on both maps, in percent of the map so it follows the canvas' displayed size
+function markCell(y, x) {
+  ["pre", "post"].forEach((st) => {
+    const cv = $(`map-${st}`), m = $(`mark-${st}`);
+    if (y === null || !cv.width) { m.hidden = true; return; }
+    Object.assign(m.style, { left: `${100 * x / cv.width}%`, top: `${100 * y / cv.height}%`,
+      width: `${100 / cv.width}%`, height: `${100 / cv.height}%` });
+    Object.assign(m.dataset, { y, x });
+    m.hidden = false;
+  });
 }
 
 function grid(title, rows) {
@@ -214,10 +234,68 @@ function grid(title, rows) {
   t.appendChild(el("caption", {}, title));
   rows.forEach((row) => {
     const tr = el("tr");
-    row.forEach((v) => tr.appendChild(el("td", { title: num(v) }, short(v, 3))));
+    row.forEach((v) => tr.appendChild(el("td", { title: num(v) }, short(v, 6))));
     t.appendChild(tr);
   });
   return t;
+}
+
+// a number to 6 significant digits, with the API's full value on hover
+function cell(v) {
+  const text = typeof v === "number" && !Number.isInteger(v) ? short(v, 6) : String(v);  // indices stay integers
+  return el("td", { class: "num", title: num(v) }, text);
+}
+
+// the number table's row names: a Conv block's z and SiLU, or a final head conv's logit (its own bias, no BatchNorm)
+const LABELS = {
+  block: { bias: "b (BatchNorm folded into the bias)", z: "z = dot + b", sigmoid: "sigmoid(z) = 1 / (1 + e^(\u2212z))",
+    fwPre: "the framework's z (float32)" },
+  logit: { bias: "b (the conv's own bias: no BatchNorm here)", z: "logit = dot + b",
+    sigmoid: "sigmoid(logit): the class score", fwPre: "the framework's logit (float32)" },
+};
+function setLabels(kind, t) {
+  const L = LABELS[kind];
+  $("lab-bias").textContent = L.bias; $("lab-z").textContent = L.z; $("lab-fw-pre").textContent = L.fwPre;
+  $("lab-sigmoid").textContent = kind === "logit" && t.branch !== "class" ? "sigmoid (a box logit has none: softmax over its 16 bins)" : L.sigmoid;
+}
+
+function showEffect(e) {
+  const p = $("neuron-effect");
+  p.hidden = !e;
+  if (!e) return;
+  p.textContent = `Its share of box 0's class logit (${short(e.logit, 6)}): grad \u00d7 act = ${short(e.grad_x_act, 6)} ` +
+    `(first-order change if it were 0: ${short(e.first_order_estimate, 6)}); measured by setting it to 0: ` +
+    `${short(e.zeroed_delta, 6)}. Here ${e.words}.`;
+  Object.assign(p.dataset, { gradXAct: num(e.grad_x_act), zeroedDelta: num(e.zeroed_delta) });
+}
+
+function showLogit(t) {
+  const what = t.branch === "class" ? `class ${t.class_name}` : `${["left", "top", "right", "bottom"][t.side]} side, DFL bin ${t.bin}`;
+  $("neuron-name").textContent = `${t.layer} output ${t.channel} (${what}) at (y=${t.y}, x=${t.x})`;
+  document.querySelectorAll("#neuron .block-only").forEach((r) => { r.hidden = true; });
+  $("neuron-unfolded").textContent = `logit = \u03a3 w\u00b7x + b over ${t.input_channels} input channels (the SiLU output of ` +
+    `${t.input_block}): ${t.note}.` + (t.detection !== null ? ` This is the logit behind box #${t.detection}.` : "");
+  const body = $("neuron-top").tBodies[0];
+  body.replaceChildren();
+  t.top_terms.forEach((p) => {
+    const tr = el("tr");
+    [cell(p.channel), cell(0), cell(0), cell(p.w), cell(p.x), cell(p.product)].forEach((td) => tr.appendChild(td));
+    body.appendChild(tr);
+  });
+  // every term of the sum: all input channels, one row each
+  $("neuron-patch-title").textContent = `All ${t.input_channels} terms w\u00b7x (1\u00d71 conv: one input per channel)`;
+  const wrap = el("div", { id: "neuron-terms-wrap" });
+  const tab = el("table", { id: "neuron-terms" });
+  const head = el("tr");
+  ["in channel", "w", "x", "w\u00b7x"].forEach((h) => head.appendChild(el("th", {}, h)));
+  tab.appendChild(head);
+  t.terms.forEach((p, c) => {
+    const tr = el("tr");
+    [cell(c), cell(t.weights[c]), cell(t.inputs[c]), cell(p)].forEach((td) => tr.appendChild(td));
+    tab.appendChild(tr);
+  });
+  wrap.appendChild(tab);
+  $("neuron-patch").replaceChildren(wrap);
 }
 
 async function showNeuron(layer, channel, y, x) {
@@ -225,34 +303,52 @@ async function showNeuron(layer, channel, y, x) {
   let t;
   try { t = await api("neuron", { layer, channel, y, x }); } catch (e) { status(e.message, "error"); return; }
   $("neuron").hidden = false;
-  $("neuron-name").textContent = `${t.layer} channel ${t.channel} at (y=${t.y}, x=${t.x})`;
   $("neuron-n").textContent = t.n_products;
   setNum("neuron-dot", t.dot); setNum("neuron-bias", t.bias); setNum("neuron-z", t.z_by_hand);
-  setNum("neuron-sigmoid", t.sigmoid_by_hand); setNum("neuron-silu", t.silu_by_hand);
-  setNum("neuron-fw-pre", t.framework_pre); setNum("neuron-fw", t.framework_value);
-  $("neuron-err").textContent = `z: ${short(t.abs_error_pre, 3)}, SiLU(z): ${short(t.abs_error, 3)} (over max(1, |framework|): ${short(t.rel_error, 3)})`;
+  setNum("neuron-sigmoid", t.sigmoid_by_hand);
+  setNum("neuron-fw-pre", t.framework_pre);
   $("neuron-rf").textContent = t.receptive_field_xyxy.map((v) => num(v)).join(" ");
-  const u = t.unfolded;
-  $("neuron-unfolded").textContent = u ? `Unfolded: conv sum ${num(u.conv_sum)}, then (sum \u2212 mean ${num(u.running_mean)}) / ` +
-    `sqrt(var ${num(u.running_var)} + eps ${num(u.eps)}) \u00b7 gamma ${num(u.gamma)} + beta ${num(u.beta)} = ${num(u.z)}: ` +
-    `the same z.` : "This block is fused: BatchNorm already sits in its weights and bias.";
-  const body = $("neuron-top").tBodies[0];
-  body.replaceChildren();
-  t.top_products.forEach((p) => {
-    const tr = el("tr");
-    [p.in_channel, p.ky, p.kx, num(p.w), num(p.x), num(p.w_times_x)].forEach((v) => tr.appendChild(el("td", {}, String(v))));
-    body.appendChild(tr);
-  });
-  const patch = $("neuron-patch");
-  patch.replaceChildren();
-  const shown = Math.min(t.patch.length, 4);
-  for (let i = 0; i < shown; i++) {
-    const pair = el("div", { class: "pair" });
-    pair.appendChild(grid(`x, in channel ${t.input_channels[0] + i}`, t.patch[i]));
-    pair.appendChild(grid(`w, in channel ${t.input_channels[0] + i}`, t.weights[i]));
-    patch.appendChild(pair);
+  showEffect(t.effect);
+  setLabels(t.kind === "logit" ? "logit" : "block", t);
+  if (t.kind === "logit") {
+    showLogit(t);
+    $("neuron-err").textContent = `logit: ${short(t.abs_error, 3)}`;
+  } else {
+    document.querySelectorAll("#neuron .block-only").forEach((r) => { r.hidden = false; });
+    $("neuron-name").textContent = `${t.layer} channel ${t.channel} at (y=${t.y}, x=${t.x})`;
+    setNum("neuron-silu", t.silu_by_hand); setNum("neuron-fw", t.framework_value);
+    $("neuron-err").textContent = `z: ${short(t.abs_error_pre, 3)}, SiLU(z): ${short(t.abs_error, 3)} (over max(1, |framework|): ${short(t.rel_error, 3)})`;
+    const u = t.unfolded;
+    $("neuron-unfolded").textContent = u ? `Unfolded: conv sum ${num(u.conv_sum)}, then (sum \u2212 mean ${num(u.running_mean)}) / ` +
+      `sqrt(var ${num(u.running_var)} + eps ${num(u.eps)}) \u00b7 gamma ${num(u.gamma)} + beta ${num(u.beta)} = ${num(u.z)}: ` +
+      `the same z.` : "This block is fused: BatchNorm already sits in its weights and bias.";
+    const body = $("neuron-top").tBodies[0];
+    body.replaceChildren();
+    t.top_products.forEach((p) => {
+      const tr = el("tr");
+      [cell(p.in_channel), cell(p.ky), cell(p.kx), cell(p.w), cell(p.x), cell(p.w_times_x)].forEach((td) => tr.appendChild(td));
+      body.appendChild(tr);
+    });
+    $("neuron-patch-title").textContent = "Patch x and folded weights w, per input channel";
+    const patch = $("neuron-patch");
+    patch.replaceChildren();
+    const pair = (i) => {
+      const d = el("div", { class: "pair", "data-in-channel": t.input_channels[0] + i });
+      d.appendChild(grid(`x, in channel ${t.input_channels[0] + i}`, t.patch[i]));
+      d.appendChild(grid(`w, in channel ${t.input_channels[0] + i}`, t.weights[i]));
+      return d;
+    };
+    const shown = Math.min(t.patch.length, 4);
+    for (let i = 0; i < shown; i++) patch.appendChild(pair(i));
+    if (t.patch.length > shown) {  // every input channel stays reachable: the rest fold open on demand
+      const more = el("details", { id: "neuron-more" });
+      more.appendChild(el("summary", {}, `the other ${t.patch.length - shown} input channels`));
+      more.addEventListener("toggle", () => {
+        if (more.open && more.children.length === 1) for (let i = shown; i < t.patch.length; i++) more.appendChild(pair(i));
+      });
+      patch.appendChild(more);
+    }
   }
-  if (t.patch.length > shown) patch.appendChild(el("p", { class: "hint" }, `\u2026 and ${t.patch.length - shown} more input channels (all in /api/neuron).`));
   state.rf = t.receptive_field_xyxy;
   drawBoxes();
   Object.assign($("neuron").dataset, { layer: t.layer, channel: t.channel, y: t.y, x: t.x, ready: "1" });
@@ -271,7 +367,7 @@ async function loadPhoto(i) {
     $("photo-img").src = `/api/image?${q({})}`;
     fillStages(stages); fillDetections(); fillLabels(labels); drawBoxes();
     status(`${state.summary.photo.name}: photo ${state.summary.photo_shape.slice(0, 2).join("\u00d7")}, ` +
-      `model input ${shape(state.summary.input_shape)}, ${dets.length} detections at conf ${state.summary.conf}`, "ready");
+      `model input ${shape(state.summary.input_shape)}, ${dets.length} detection${dets.length === 1 ? "" : "s"} at conf ${state.summary.conf}`, "ready");
   } catch (e) { status(e.message, "error"); }
 }
 
