@@ -146,7 +146,7 @@ def _cpu_channels_last(yolo) -> None:
 
 
 #: Recipe keys that are this project's, not Ultralytics' train() arguments.
-OWN_KEYS = ("model", "demo", "cpu_channels_last")
+OWN_KEYS = ("model", "demo", "cpu_channels_last", "watch")  # watch: read by the train command (probe.watch)
 
 
 RUN_FILES = ("weights/best.pt", "weights/last.pt", "metrics.json")  # what a training run leaves in its folder
@@ -216,7 +216,7 @@ def train(
         if not last.is_file():
             raise InputError(last, "nothing to resume: no interrupted run in this folder")
         with output_folder(out):
-            yolo, results = _resume(last, trust, counter)
+            yolo, results = _resume(last, trust, counter, callbacks)
         left_out = []
     else:
         recipe = load_recipe(config)
@@ -271,7 +271,7 @@ def train(
     return metrics
 
 
-def _resume(last: Path, trust: bool, counter: BatchCounter):
+def _resume(last: Path, trust: bool, counter: BatchCounter, callbacks: dict | None = None):
     """Continue the run whose ``last.pt`` is given; return (yolo, results)."""
     # A finished run's last.pt is stripped of its optimizer; Ultralytics would then silently start a
     # *new* run on its default dataset (coco8, a download). Refuse that here. Safe loading as everywhere.
@@ -284,6 +284,8 @@ def _resume(last: Path, trust: bool, counter: BatchCounter):
         raise InputError(last, "nothing to resume: this run finished (or last.pt holds no optimizer state)")
     yolo = load_model(last, trust=trust)
     yolo.add_callback("on_train_batch_start", counter.on_batch)
+    for event, fn in (callbacks or {}).items():  # e.g. the training watch, which continues its watch.jsonl
+        yolo.add_callback(event, fn)
     _use_every_core(yolo)
     try:
         with weights_policy(trust):
