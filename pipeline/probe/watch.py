@@ -344,6 +344,7 @@ class TrainingWatch:
         x, y, w, h = (float(v) for v in decoded[:4, n])
         probe = {
             "image": Path(self._probe_files[0]).name,
+            "path": self._probe_files[0],
             "imgsz": list(self._probe.shape[2:]),
             "class_id": c,
             "class_name": str(net.names[c]) if hasattr(net, "names") else str(c),

@@ -1,0 +1,143 @@
+"""The film page (pipeline/report/film.py) on planted watch.jsonl files: numbers as written, sentences that flip.
+
+The planted records are written here by hand, so the expected numbers and sentences come from the test, not
+from the code under test; the page is parsed with Python's own HTML parser.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.probe.watch import append_line
+from pipeline.report.film import STILL_RATIO, VANISH_RATIO, lesson, write_film
+
+BLOCKS = ("model.0", "model.1", "model.22.cv3.2.1")
+
+
+def planted(path, first_grad: float, last_grad: float, update: float = 0.05, off: float = 0.0, gamma_small=0.0,
+            n: int = 3):
+    """Write ``n`` records: grad norms of the first and last block given, the middle one in between."""
+    for k in range(n):
+        blocks = {}
+        for i, b in enumerate(BLOCKS):
+            grad = (first_grad, (first_grad + last_grad) / 2, last_grad)[i] * (1 + k)
+            blocks[b] = {"grad_norm": grad, "grad_batches": 2, "weight_norm": 3.0 + k, "update_ratio": update * (i + 1),
+                         "gamma_mean": 1.0 - 0.1 * k - 0.01 * i, "gamma_min": 0.5, "gamma_small": gamma_small,
+                         "z_mean": 0.1, "z_std": 1.0, "frac_off": off * i, "frac_bend": 0.8, "post_mean": 0.3}
+        rec = {"epoch": k, "batch": 4 * (k + 1), "step": 4 * (k + 1), "kind": "epoch", "epoch_progress": k + 1.0,
+               "batches_per_epoch": 4, "lr": 0.01, "loss": {"box_loss": 1.0}, "first_block": BLOCKS[0],
+               "last_block": BLOCKS[-1], "grad_first_last": first_grad / last_grad, "blocks": blocks,
+               "probe": {"image": "p.jpg", "path": "/nonexistent/p.jpg", "imgsz": [64, 64], "class_id": 0,
+                         "class_name": "crack", "anchor": 3, "logit": -2.0 + k, "sigmoid": 1 / (1 + 2.718281828 ** (2.0 - k)),
+                         "box": [1, 2, 30, 40], "neuron": {"block": "model.1", "channel": 0, "y": 1, "x": 1, "z": 0.5 * k}},
+               "ap50": {"crack": 0.1 * k, "dent": 0.2 * k}, "mAP50": 0.15 * k}
+        append_line(path, rec)
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+class Cells(HTMLParser):
+    """Every element carrying ``data-v``, with its SVG's ``data-q``; and every ``li.lesson`` text."""
+
+    def __init__(self):
+        super().__init__()
+        self.cells, self.q, self.lesson, self._li, self.urls = [], None, [], False, []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "svg":
+            self.q = a.get("data-q")
+        if "data-v" in a:
+            self.cells.append((self.q, a.get("data-block") or a.get("data-series"), a.get("data-rec"), a["data-v"]))
+        if tag == "li" and a.get("class") == "lesson":
+            self._li = True
+            self.lesson.append("")
+        for k in ("src", "href"):
+            if k in a:
+                self.urls.append(a[k])
+
+    def handle_endtag(self, tag):
+        if tag == "li":
+            self._li = False
+
+    def handle_data(self, data):
+        if self._li:
+            self.lesson[-1] += data
+
+
+def parse(path) -> Cells:
+    p = Cells()
+    p.feed(path.read_text())
+    return p
+
+
+def test_page_numbers_are_the_jsonl_numbers(tmp_path):
+    records = planted(tmp_path / "watch.jsonl", first_grad=0.5, last_grad=1.0)
+    page = parse(write_film(tmp_path))
+    for q in ("grad_norm", "update_ratio", "frac_off", "gamma_mean"):
+        cells = [c for c in page.cells if c[0] == q]
+        assert len(cells) == len(BLOCKS) * len(records)
+        for _, block, rec, v in cells:
+            assert float(v) == records[int(rec)]["blocks"][block][q]  # exact: repr() of the float written
+    sig = [float(v) for q, _, _, v in page.cells if q == "sigmoid"]
+    assert sig == [r["probe"]["sigmoid"] for r in records]
+    crack = [float(v) for q, s, _, v in page.cells if q == "ap50" and s == "crack"]
+    assert crack == [r["ap50"]["crack"] for r in records]
+    # offline: nothing to fetch (the probe photo is missing here, so no image either)
+    assert not [u for u in page.urls if not u.startswith(("#", "data:"))]
+    assert "<script" not in (tmp_path / "film.html").read_text()
+
+
+def test_vanish_is_said_only_when_the_ratio_says_so(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    small = planted(tmp_path / "a" / "watch.jsonl", first_grad=VANISH_RATIO / 10, last_grad=1.0)
+    large = planted(tmp_path / "b" / "watch.jsonl", first_grad=VANISH_RATIO * 10, last_grad=1.0)
+    said_small = parse(write_film(tmp_path / "a")).lesson
+    said_large = parse(write_film(tmp_path / "b")).lesson
+    assert said_small[0].startswith("The gradient vanished") and "0.0010 times" in said_small[0]
+    assert said_large[0].startswith("The gradient did not vanish") and "0.1000 times" in said_large[0]
+    assert not any("vanished" in s for s in said_large)
+    assert f"{VANISH_RATIO:.4f}" in said_small[0] and f"{VANISH_RATIO:.4f}" in said_large[0]  # the threshold, stated
+    assert lesson(small) == said_small
+
+
+def test_sentences_flip_with_updates_off_units_and_gamma(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    moving = lesson(planted(tmp_path / "a" / "watch.jsonl", 1.0, 1.0, update=STILL_RATIO * 5, off=0.0))
+    still = lesson(planted(tmp_path / "b" / "watch.jsonl", 1.0, 1.0, update=STILL_RATIO / 2, off=0.25,
+                           gamma_small=0.5))
+    assert any(s.startswith("At the last record every block still moved: the slowest, model.0, by 0.5%") for s in moving)
+    # planted update ratios: STILL_RATIO / 2 times 1, 2, 3 -> only the first block is below STILL_RATIO
+    assert any(s.startswith("At the last record 1 of 3 blocks had nearly stopped moving") and s.endswith(": model.0.")
+               for s in still)
+    assert any(s.startswith("No block had a pre-activation below -4") for s in moving)
+    # the planted frac_off is 0.25 * block index: the last block has the most, 50 %
+    assert any("model.22.cv3.2.1 had the most nearly-off pre-activations: 50% of its z below -4" in s for s in still)
+    assert any(s.startswith("No BatchNorm scale collapsed") for s in moving)
+    assert any(s.startswith("BatchNorm scaled some channels to nearly nothing: in 3 blocks") for s in still)
+    ap = [s for s in still if s.startswith("At the last validation")]
+    assert ap == ["At the last validation (e3 b12) AP50 was highest for dent (0.4000) and lowest for crack (0.2000)."]
+    probe = [s for s in still if s.startswith("The probe photo's top box")][0]
+    assert "logit -2.000" in probe and "logit 0" in probe and probe.endswith("its score rose.")
+
+
+def test_film_command(tmp_path, capsys):
+    assert main(["film", str(tmp_path)]) == 1  # no watch.jsonl: an error line, not a traceback
+    err = capsys.readouterr().err
+    assert "no watch.jsonl here: train with --watch" in err
+    planted(tmp_path / "watch.jsonl", 1.0, 2.0)
+    assert main(["film", str(tmp_path), "--out", str(tmp_path / "f.html")]) == 0
+    assert re.search(r"film: .*f\.html", capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("bad", ["", '{"epoch": 0, "st'])
+def test_film_of_an_empty_or_torn_only_file_is_an_error(tmp_path, bad, capsys):
+    (tmp_path / "watch.jsonl").write_text(bad)
+    assert main(["film", str(tmp_path)]) != 0
+    assert "holds no record yet" in capsys.readouterr().err
