@@ -141,3 +141,51 @@ def test_film_of_an_empty_or_torn_only_file_is_an_error(tmp_path, bad, capsys):
     (tmp_path / "watch.jsonl").write_text(bad)
     assert main(["film", str(tmp_path)]) != 0
     assert "holds no record yet" in capsys.readouterr().err
+
+
+@pytest.mark.browser
+def test_film_page_in_chromium_is_offline_and_shows_the_numbers(tmp_path):
+    from pathlib import Path
+
+    from playwright.sync_api import sync_playwright
+
+    from pipeline.core.io import atomic_write_image
+    from pipeline.data.synth import render_scene
+
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.fail(f"{chromium} missing: apt-get install -y chromium")
+    scene, _ = render_scene(3, 64)
+    photo = atomic_write_image(tmp_path / "p.jpg", scene)
+    records = planted(tmp_path / "watch.jsonl", 0.5, 1.0)
+    lines = [json.dumps({**r, "probe": {**r["probe"], "path": str(photo)}}) for r in records]
+    (tmp_path / "watch.jsonl").write_text("\n".join(lines) + "\n")
+    page_path = write_film(tmp_path)
+    url = page_path.resolve().as_uri()
+    errors, remote = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: None if r.url.startswith((url, "data:")) else remote.append(r.url))
+            page.goto(url)
+            assert page.locator('svg.heat[data-q="grad_norm"] rect').count() == len(BLOCKS) * len(records)
+            title = page.text_content('svg.heat[data-q="update_ratio"] rect[data-block="model.1"][data-rec="2"] title')
+            assert title.endswith(repr(records[2]["blocks"]["model.1"]["update_ratio"]))
+            # the photo is drawn (decoded: it has a size) and the boxes lie on it
+            size = page.evaluate("(() => { const i = document.querySelector('svg.probe image');"
+                                 " return i.getBBox().width; })()")
+            assert size > 0
+            boxes = page.locator("svg.probe rect")
+            assert boxes.count() == len(records)
+            lesson_text = page.locator("li.lesson").all_text_contents()
+            assert lesson_text == lesson(read_back(tmp_path))
+        finally:
+            browser.close()
+    assert not errors and not remote, (errors, remote)
+
+
+def read_back(folder):
+    return [json.loads(line) for line in (folder / "watch.jsonl").read_text().splitlines()]

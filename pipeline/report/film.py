@@ -248,7 +248,8 @@ def probe_svg(records: list[dict], shown: int = 4) -> tuple[Markup, list[dict]]:
     boxed, _ = letterbox(image, [h, w], auto=False)  # as the watch fed it (model_input, auto=False)
     ok, buf = cv2.imencode(".jpg", boxed)
     src = "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
-    idx = sorted({round(k * (len(records) - 1) / max(shown - 1, 1)) for k in range(min(shown, len(records)))})
+    count = min(shown, len(records))  # first and last record, the rest evenly between
+    idx = sorted({round(k * (len(records) - 1) / max(count - 1, 1)) for k in range(count)})
     side = 320
     s = side / max(h, w)
     parts = [f'<svg class="probe" width="{w * s:.0f}" height="{h * s:.0f}" xmlns="http://www.w3.org/2000/svg">',
