@@ -10,6 +10,7 @@ import json
 import re
 from html.parser import HTMLParser
 
+import numpy as np
 import pytest
 
 from pipeline.cli import main
@@ -189,3 +190,37 @@ def test_film_page_in_chromium_is_offline_and_shows_the_numbers(tmp_path):
 
 def read_back(folder):
     return [json.loads(line) for line in (folder / "watch.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("film", [None, "../film.html"])
+def test_report_header_links_the_film_only_when_there_is_one(film):
+    from pipeline.report.render import render_page
+
+    info = {"image": "p.jpg", "image_sha256": "ab" * 32, "weights": "best.pt", "weights_sha256": None,
+            "untrained": False, "seed": 0, "imgsz": 64, "conf": 0.25, "film": film,
+            "versions": {"ultralytics": "8", "torch": "2"}}
+    html = render_page(info, [], {}, [])
+    links = re.findall(r'<a class="film" href="([^"]*)"', html)
+    assert links == ([film] if film else [])
+
+
+def test_compare_sentences_and_numbers_follow_the_runs(tmp_path):
+    from pipeline.report.film import compare_lesson, write_compare
+
+    for name in ("silu", "sigmoid"):
+        (tmp_path / name).mkdir()
+    silu = planted(tmp_path / "silu" / "watch.jsonl", first_grad=0.5, last_grad=1.0)
+    sigmoid = planted(tmp_path / "sigmoid" / "watch.jsonl", first_grad=VANISH_RATIO / 4, last_grad=1.0)
+    said = compare_lesson({"silu": silu, "sigmoid": sigmoid})
+    assert said[0] == ("With silu, at the last record the first block's gradient norm was 0.5000 times the last "
+                       "block's: it did not vanish (that takes a ratio below 0.0100).")
+    assert said[1] == ("With sigmoid, at the last record the first block's gradient norm was 0.0025 times the last "
+                       "block's: it vanished (below 0.0100).")
+    # the stem's mean over records: planted grad * (1 + k) for k = 0, 1, 2 -> 2 x the planted value
+    assert said[2] == "The stem's mean gradient norm with sigmoid was 0.0050 times SiLU's (0.0050 against 1.0000)."
+    assert said[3] == "After 3 epochs the training loss (box + cls + dfl) was 1.0000 with silu, 1.0000 with sigmoid: lowest with silu and sigmoid alike."
+    page = parse(write_compare(tmp_path))
+    assert page.lesson == compare_lesson({"sigmoid": sigmoid, "silu": silu})  # folders read in name order
+    grads = [(s, float(v)) for q, s, _, v in page.cells if q == "grad_depth"]
+    assert grads[0] == ("sigmoid", float(np.mean([r["blocks"]["model.0"]["grad_norm"] for r in sigmoid])))
+    assert grads[len(BLOCKS)] == ("silu", float(np.mean([r["blocks"]["model.0"]["grad_norm"] for r in silu])))

@@ -204,30 +204,39 @@ def heatmap_svg(key: str, blocks: list[str], labels: list[str], values: list[lis
 
 
 def curve_svg(key: str, series: dict[str, list[tuple[float, float | None]]], y_label: str, width: int = 520,
-              height: int = 220) -> Markup:
-    """Line chart of ``{name: [(x, y), ...]}``; each point a circle carrying its exact ``data-v``."""
-    pts = [(x, y) for s in series.values() for x, y in s if y is not None]
+              height: int = 220, log: bool = False, x_label: str = "epoch") -> Markup:
+    """Line chart of ``{name: [(x, y), ...]}``; each point a circle carrying its exact ``data-v``.
+
+    ``log``: a log10 y axis (points with y <= 0 are left out).
+    """
+    keep = (lambda y: y is not None and y > 0) if log else (lambda y: y is not None)
+    series = {name: [(x, y) for x, y in s if keep(y)] for name, s in series.items()}
+    pts = [(x, y) for s in series.values() for x, y in s]
     if not pts:
         return Markup("")
+    fy = math.log10 if log else (lambda y: y)
     x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
     y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
-    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+    x1 = x1 if x1 > x0 else x0 + 1
+    ly0, ly1 = fy(y0), fy(y1)
+    ly1 = ly1 if ly1 > ly0 else ly0 + 1
     left, right, top, bottom = 60, 150, 10, 30
 
     def px(x, y):
         return (left + (x - x0) / (x1 - x0) * (width - left - right),
-                top + (1 - (y - y0) / (y1 - y0)) * (height - top - bottom))
+                top + (1 - (fy(y) - ly0) / (ly1 - ly0)) * (height - top - bottom))
 
     parts = [f'<svg class="curve" data-q="{_esc(key)}" width="{width}" height="{height}" '
              f'xmlns="http://www.w3.org/2000/svg" font-size="10" font-family="sans-serif">',
              f'<text x="4" y="{top + 8}">{_esc(num(y1))}</text><text x="4" y="{height - bottom}">{_esc(num(y0))}</text>',
-             f'<text x="{left}" y="{height - 6}">{_esc(y_label)} vs epoch ({_esc(num(x0))} to {_esc(num(x1))})</text>']
+             f'<text x="{left}" y="{height - 6}">{_esc(y_label)}{" (log scale)" if log else ""} vs {_esc(x_label)} '
+             f'({_esc(num(x0))} to {_esc(num(x1))})</text>']
     for k, (name, s) in enumerate(series.items()):
         colour = BOX_COLOURS[k % len(BOX_COLOURS)] if len(series) > 1 else "#377eb8"
-        xy = [px(x, y) for x, y in s if y is not None]
+        xy = [px(x, y) for x, y in s]
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="'
                      + " ".join(f"{a:.1f},{b:.1f}" for a, b in xy) + '"/>')
-        for (x, y), (a, b) in zip([(x, y) for x, y in s if y is not None], xy):
+        for (x, y), (a, b) in zip(s, xy):
             parts.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.5" fill="{colour}" data-series="{_esc(name)}" '
                          f'data-v="{float(y)!r}"><title>{_esc(name)} at {_esc(num(x))}: {float(y)!r}</title></circle>')
         parts.append(f'<text x="{width - right + 8}" y="{top + 12 + 14 * k}" fill="{colour}">{_esc(name)}</text>')
@@ -301,3 +310,91 @@ def write_film(run_dir, out=None) -> Path:
         raise InputError(path, "holds no record yet")
     out = Path(out) if out else path.parent / "film.html"
     return atomic_write_text(out, render_film(records, str(path.parent)))
+
+
+# ------------------------------------------------------------------------------------------------
+# The activations compared: the same training with SiLU, sigmoid, ReLU (lesson.compare)
+# ------------------------------------------------------------------------------------------------
+
+
+def total_loss(record: dict) -> float | None:
+    """The record's training loss as Ultralytics sums it for backward: box + cls + dfl (running means)."""
+    loss = record.get("loss") or {}
+    return float(sum(loss.values())) if loss and all(v is not None for v in loss.values()) else None
+
+
+def compare_numbers(runs: dict[str, list[dict]]) -> dict:
+    """Per variant: the mean gradient norm of each block over its records (depth order), and the loss curve.
+
+    Examples:
+        >>> compare_numbers({"silu": records})["grad"]["silu"][0]   # (depth 0, mean grad norm of model.0)
+        (0, 0.83)
+    """
+    grad, loss, ratio = {}, {}, {}
+    for name, records in runs.items():
+        blocks = list(records[-1]["blocks"])
+        rows = []
+        for i, b in enumerate(blocks):
+            vals = [r["blocks"][b]["grad_norm"] for r in records if r["blocks"].get(b, {}).get("grad_norm") is not None]
+            rows.append((i, float(np.mean(vals)) if vals else None))
+        grad[name] = rows
+        loss[name] = [(r["epoch_progress"], total_loss(r)) for r in records]
+        with_ratio = [r for r in records if r.get("grad_first_last") is not None]
+        ratio[name] = with_ratio[-1]["grad_first_last"] if with_ratio else None
+    return {"grad": grad, "loss": loss, "ratio": ratio}
+
+
+def compare_lesson(runs: dict[str, list[dict]]) -> list[str]:
+    """Sentences on the variants, every number read from their records."""
+    n = compare_numbers(runs)
+    out = []
+    for name, r in n["ratio"].items():
+        if r is None:
+            continue
+        verdict = (f"it vanished (below {num(VANISH_RATIO)})" if r < VANISH_RATIO
+                   else f"it did not vanish (that takes a ratio below {num(VANISH_RATIO)})")
+        out.append(f"With {name}, at the last record the first block's gradient norm was {num(r)} times the last "
+                   f"block's: {verdict}.")
+    stems = {name: rows[0][1] for name, rows in n["grad"].items() if rows and rows[0][1] is not None}
+    if "silu" in stems and stems["silu"] > 0:
+        for name, g in stems.items():
+            if name != "silu":
+                out.append(f"The stem's mean gradient norm with {name} was {num(g / stems['silu'])} times SiLU's "
+                           f"({num(g)} against {num(stems['silu'])}).")
+    final = {name: next((y for _, y in reversed(c) if y is not None), None) for name, c in n["loss"].items()}
+    final = {k: v for k, v in final.items() if v is not None}
+    if final:
+        low = min(final.values())
+        best = [k for k, v in final.items() if v == low]
+        listed = ", ".join(f"{num(v)} with {k}" for k, v in final.items())
+        epochs = max(r[-1]["epoch"] + 1 for r in runs.values())
+        who = best[0] if len(best) == 1 else " and ".join(best) + " alike"
+        out.append(f"After {epochs} epoch{'s' if epochs != 1 else ''} the training loss (box + cls + dfl) was "
+                   f"{listed}: lowest with {who}.")
+    return out
+
+
+def render_compare(runs: dict[str, list[dict]], folder: str) -> str:
+    """The comparison page's HTML: gradient norm per depth and loss curves, one line per activation."""
+    n = compare_numbers(runs)
+    grad = curve_svg("grad_depth", n["grad"], "mean gradient norm", width=760, log=True,
+                     x_label="Conv block, stem (0) to head")
+    loss = curve_svg("loss", n["loss"], "training loss (box + cls + dfl)", width=760)
+    return environment().get_template("compare.html").render(
+        folder=folder, variants=list(runs), lesson=compare_lesson(runs), grad=grad, loss=loss,
+        blocks=list(next(iter(runs.values()))[-1]["blocks"]))
+
+
+def write_compare(folder, runs: dict[str, list[dict]] | None = None, out=None) -> Path:
+    """Write ``folder/compare.html`` from the variant runs' ``watch.jsonl`` (``folder/<variant>/``); return it.
+
+    Raises:
+        InputError: no variant folder with a ``watch.jsonl`` holding records.
+    """
+    folder = Path(folder)
+    if runs is None:
+        runs = {p.parent.name: read_watch(p) for p in sorted(folder.glob(f"*/{WATCH_FILE}"))}
+        runs = {k: v for k, v in runs.items() if v}
+    if not runs:
+        raise InputError(folder, "no variant runs with watch.jsonl here (train them with --compare-activations)")
+    return atomic_write_text(Path(out) if out else folder / "compare.html", render_compare(runs, str(folder)))

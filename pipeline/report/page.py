@@ -108,13 +108,13 @@ def write_report(weights, image, out_dir, imgsz: int | None = None, conf: float 
     try:
         return _write_report(weights, image, out_dir, imgsz, conf,
                              Options(grad_imgsz=grad_imgsz, grad_batch=grad_batch, seed=seed, layercam=layercam,
-                                     stats_limit=stats_limit), stats_over, trust, on_error)
+                                     stats_limit=stats_limit), stats_over, trust, on_error, film)
     finally:
         torch.set_num_threads(threads)
 
 
 def _write_report(weights, image, out_dir, imgsz: int | None, conf: float, opts: Options, stats_over, trust: bool,
-                  on_error) -> Path:
+                  on_error, film: str | None = None) -> Path:
     """``write_report``'s work, on the CPU threads Ultralytics' predict would use (the caller's are restored after).
 
     ``select_device`` leaves a core free (``min(8, cores - 1)`` threads). With a thread on every core, each
