@@ -104,7 +104,7 @@ def test_vanish_is_said_only_when_the_ratio_says_so(tmp_path):
     assert said_large[0].startswith("The gradient did not vanish") and "0.1000 times" in said_large[0]
     assert not any("vanished" in s for s in said_large)
     assert f"{VANISH_RATIO:.4f}" in said_small[0] and f"{VANISH_RATIO:.4f}" in said_large[0]  # the threshold, stated
-    assert lesson(small) == said_small
+    assert lesson(small) == said_small and lesson(large) == said_large
 
 
 def test_sentences_flip_with_updates_off_units_and_gamma(tmp_path):

@@ -193,3 +193,64 @@ def test_killed_and_resumed_run_has_each_record_once(synth_data, tmp_path):
     assert keys == expected
     assert after[: nb + 1] == before[: nb + 1]  # the first epoch's records were kept as they were
     assert json.loads((out / "watch.jsonl").read_text().splitlines()[-1])["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_sigmoid_variant_trains_with_sigmoid_and_the_watch_sees_it(synth_data, tmp_path):
+    """compare-activations' swap: the checkpoint's every Conv block runs sigmoid, and the watch's post-activation
+    mean of the stem is torch's mean of sigmoid(z) on the probe photos, recomputed from the saved checkpoint."""
+    from torch import nn
+    from ultralytics.nn.modules.conv import Conv
+
+    from pipeline.data.preprocess import model_input
+    from pipeline.lesson.compare import swap_callbacks
+
+    out = tmp_path / "sigmoid"
+    with TrainingWatch() as watch:
+        train(synth_data, out, callbacks=chain(swap_callbacks("sigmoid"), watch.callbacks()), **TINY)
+    ckpt = torch.load(out / "weights" / "last.pt", map_location="cpu", weights_only=False)
+    model = (ckpt.get("ema") or ckpt["model"]).float().eval()
+    acts = [m.act for m in model.modules() if isinstance(m, Conv)]
+    assert acts and all(isinstance(a, nn.Sigmoid) for a in acts)
+    last = read_watch(out / "watch.jsonl")[-1]
+    files = sorted((out / "dataset" / "val" / "images").iterdir())[:4]
+    assert files[0].name == last["probe"]["image"]
+    x = torch.cat([model_input(str(f), imgsz=64, stride=32, auto=False)[0] for f in files])
+    seen = {}
+
+    def keep(module, inputs, z):
+        seen["z"] = z.detach().double()  # returns None: a forward hook's return value would replace the output
+
+    model.model[0].bn.register_forward_hook(keep)
+    with torch.no_grad():
+        model(x)
+    z = seen["z"]
+    row = last["blocks"]["model.0"]
+    # last.pt holds the EMA in float16: the recomputation agrees to about 3 digits
+    assert row["post_mean"] == pytest.approx(float(torch.sigmoid(z).mean()), rel=5e-3)
+    assert row["z_mean"] == pytest.approx(float(z.mean()), rel=5e-2, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_tensorboard_histograms_are_the_recorded_tensors(watched):
+    """With ``tensorboard`` installed the watch also writes event files; TensorBoard's own reader gets back
+    histograms whose count and sums are numpy's of the weights the test saved and of the recorded grad norm."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import HISTOGRAMS, EventAccumulator
+
+    acc = EventAccumulator(str(watched["root"] / "watched" / "watch_tb"), size_guidance={HISTOGRAMS: 0})
+    acc.Reload()
+    records, seen = watched["records"], watched["seen"]
+    weights = {e.step: e.histogram_value for e in acc.Histograms("weights/model.0")}
+    assert sorted(weights) == sorted({r["batch"] for r in records})
+    for step in (1, 2):
+        w = seen["after"][step - 1]["model.0.conv.weight"].numpy().astype(np.float64)
+        h = weights[step]
+        assert h.num == w.size and h.sum == pytest.approx(w.sum(), rel=1e-5, abs=1e-6)
+        assert h.sum_squares == pytest.approx((w ** 2).sum(), rel=1e-5)
+    grads = {e.step: e.histogram_value for e in acc.Histograms("gradients/model.22.cv3.2.1")}
+    first = records[0]["blocks"]["model.22.cv3.2.1"]["grad_norm"]
+    assert grads[1].sum_squares == pytest.approx(first ** 2, rel=1e-4)
+    z = acc.Histograms("z/model.0")[0].histogram_value
+    assert z.num == 4 * 16 * 32 * 32  # 4 probe photos at 64 px, 16 channels at stride 2
+    assert acc.Scalars("probe/sigmoid")[0].value == pytest.approx(records[0]["probe"]["sigmoid"], rel=1e-6)

@@ -39,9 +39,11 @@ Examples:
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -64,6 +66,10 @@ SMALL_GAMMA = 1e-2
 FIRST_EPOCH_POINTS = (1, 0.1, 0.5)
 #: How many val photos (the first, sorted by path) make the probe batch.
 PROBE_IMAGES = 4
+#: TensorBoard event files go here inside the run folder (``tensorboard --logdir OUT`` finds them).
+TB_DIR = "watch_tb"
+#: Histogram bins: 64 keep a 30-minute CarDD run's event files far below the issue's size budget.
+TB_BINS = 64
 
 
 def _norm(t: torch.Tensor) -> torch.Tensor:
@@ -132,16 +138,24 @@ class TrainingWatch:
             first-epoch points; ``1`` records each batch (what the gradient oracle test uses).
         points: the first epoch's record points (``record_points``).
         probe_images: how many val photos make the probe batch.
+        tensorboard: also write TensorBoard histograms (weights, gradients, pre-activations per block) and
+            scalars into ``OUT/watch_tb``; ``None``: when the ``tensorboard`` package is installed.
 
     Examples:
         >>> with TrainingWatch() as watch:
         ...     train("data.yaml", "runs/w", epochs=3, callbacks=watch.callbacks())
     """
 
-    def __init__(self, every_batches: int | None = None, points=FIRST_EPOCH_POINTS, probe_images: int = PROBE_IMAGES):
+    def __init__(self, every_batches: int | None = None, points=FIRST_EPOCH_POINTS, probe_images: int = PROBE_IMAGES,
+                 tensorboard: bool | None = None):
         self.every_batches, self.points, self.probe_images = every_batches, points, probe_images
+        if tensorboard is None:
+            tensorboard = importlib.util.find_spec("tensorboard") is not None
+        self.tensorboard = tensorboard
+        self._writer = None
         self.path: Path | None = None
         self.records = 0  # lines this watch wrote
+        self.seconds = 0.0  # wall time spent taking records (the per-batch gradient hooks are not in it)
         self._handles: list = []
         self._trainer = None
         self._save_model = None  # Ultralytics' own save_model, while wrapped
@@ -153,6 +167,8 @@ class TrainingWatch:
         self._gsum: dict[str, torch.Tensor] = {}
         self._gcount: dict[str, int] = {}
         self._scale = 1.0
+        self._keep: dict[str, torch.Tensor] | None = None  # this batch's gradients, for TensorBoard's histograms
+        self._last_grads: dict[str, torch.Tensor] = {}
         self._in_epoch = 0
         self._epoch_open = False  # an epoch has trained batches and has no epoch record yet
         self._validated = False  # Ultralytics validated since the last epoch record
@@ -180,6 +196,8 @@ class TrainingWatch:
             atomic_write_text(self.path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept))
         else:
             atomic_write_text(self.path, "")  # a fresh run: an earlier run's film in this folder is not this one's
+            for f in (Path(trainer.save_dir) / TB_DIR).glob("events.out.tfevents.*"):
+                f.unlink()  # nor its TensorBoard events
         model = self._live(trainer)
         self._blocks = conv_blocks(model)
         for path, block in self._blocks.items():
@@ -192,6 +210,8 @@ class TrainingWatch:
         self._probe = torch.cat([model_input(f, imgsz=trainer.args.imgsz, stride=stride, auto=False)[0] for f in files])
         paths = list(self._blocks)
         self._neuron = {"block": paths[len(paths) // 2], "channel": 0}  # a middle block's first channel, centre pixel
+        if self.tensorboard:
+            self._open_writer(trainer)
         # the epoch's record goes to disk before the checkpoint that holds the epoch
         self._save_model = trainer.save_model
         trainer.save_model = self._wrapped_save
@@ -199,20 +219,26 @@ class TrainingWatch:
     def on_train_epoch_start(self, trainer) -> None:
         self._in_epoch = 0
 
+    def _due(self, epoch: int, count: int, nb: int) -> bool:
+        """Whether the ``count``-th batch of ``epoch`` gets a record of its own."""
+        if self.every_batches:
+            return count % self.every_batches == 0
+        return epoch == 0 and count in record_points(nb, self.points)
+
     def on_train_batch_start(self, trainer) -> None:
         # under AMP the gradients autograd hands over are multiplied by the loss scale of this batch
         scaler = getattr(trainer, "scaler", None)
         self._scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+        if self._writer is not None:  # keep this batch's gradients only when a record follows it
+            nb, count = len(trainer.train_loader), self._in_epoch + 1
+            self._keep = {} if self._due(trainer.epoch, count, nb) or count == nb else None
 
     def on_train_batch_end(self, trainer) -> None:
         self._in_epoch += 1
         self._epoch_open = True
-        nb = len(trainer.train_loader)
-        if self.every_batches:
-            due = self._in_epoch % self.every_batches == 0
-        else:
-            due = trainer.epoch == 0 and self._in_epoch in record_points(nb, self.points)
-        if due:
+        if self._keep is not None:
+            self._last_grads, self._keep = self._keep, None
+        if self._due(trainer.epoch, self._in_epoch, len(trainer.train_loader)):
             self._record(trainer, "batch")
 
     def on_val_end(self, validator) -> None:
@@ -236,6 +262,8 @@ class TrainingWatch:
     def _grad_hook(self, path: str):
         def hook(grad):
             n = _norm(grad) / self._scale
+            if self._keep is not None:  # a copy: autograd may add later batches into this very tensor
+                self._keep[path] = grad.detach().float().div(self._scale)
             self._gsum[path] = self._gsum[path] + n if path in self._gsum else n
             self._gcount[path] += 1
             # returns None: the gradient autograd accumulates is left as it is
@@ -248,6 +276,7 @@ class TrainingWatch:
         return model.module if hasattr(model, "module") else model  # DDP / DataParallel wrap the model
 
     def _record(self, trainer, kind: str) -> None:
+        t0 = time.perf_counter()
         nb = len(trainer.train_loader)
         blocks = {}
         for path, block in self._blocks.items():
@@ -267,7 +296,7 @@ class TrainingWatch:
             self._snap[path] = w.clone()
             self._gsum.pop(path, None)
             self._gcount[path] = 0
-        acts, probe = self._probe_pass(trainer)
+        acts, probe, acts_z = self._probe_pass(trainer)
         for path, stats in acts.items():
             blocks[path].update(stats)
         paths = list(blocks)
@@ -295,7 +324,10 @@ class TrainingWatch:
             "mAP50": ap["mAP50"] if ap else None,
         }
         append_line(self.path, record)
+        if self._writer is not None:
+            self._tensorboard(record, acts_z)
         self.records += 1
+        self.seconds += time.perf_counter() - t0
         if kind == "epoch":
             self._epoch_open = self._validated = False
 
@@ -305,11 +337,14 @@ class TrainingWatch:
         net = copy.deepcopy(source).float().eval()  # hooks and forward touch only the copy
         blocks = conv_blocks(net)
         acts: dict[str, dict] = {}
+        zs: dict[str, torch.Tensor] = {}  # for TensorBoard's histograms only
         neuron = dict(self._neuron)
 
         def pre(path):
             def hook(module, inputs, z):
                 z = z.detach().double()  # taken before SiLU runs (it may run in place and overwrite z)
+                if self._writer is not None:
+                    zs[path] = z.float()
                 acts[path] = {"z_mean": float(z.mean()), "z_std": float(z.std(correction=0)),
                               "frac_off": float((z < OFF_Z).double().mean()),
                               "frac_bend": float((z.abs() < BEND_Z).double().mean())}
@@ -354,11 +389,48 @@ class TrainingWatch:
             "box": [round(x - w / 2, 2), round(y - h / 2, 2), round(x + w / 2, 2), round(y + h / 2, 2)],
             "neuron": neuron,
         }
-        return acts, probe
+        return acts, probe, zs
+
+    # -- TensorBoard (optional) ------------------------------------------------------------------
+    def _open_writer(self, trainer) -> None:
+        # imported here: tensorboard is optional (the dev extra) and its import is slow for every train command
+        from torch.utils.tensorboard import SummaryWriter
+
+        nb = len(trainer.train_loader)
+        # a resumed run redoes the batches after the checkpoint: purge_step drops their earlier events
+        purge = trainer.start_epoch * nb + 1 if trainer.start_epoch > 0 else None
+        self._writer = SummaryWriter(str(Path(trainer.save_dir) / TB_DIR), purge_step=purge)
+
+    def _tensorboard(self, record: dict, zs: dict) -> None:
+        """One record as TensorBoard histograms (per block: weights, gradients, z) and scalars, at step ``batch``."""
+        w, step = self._writer, record["batch"]
+        for path, block in self._blocks.items():
+            w.add_histogram(f"weights/{path}", block.conv.weight.detach().float(), step, bins=TB_BINS)
+            if path in self._last_grads:
+                w.add_histogram(f"gradients/{path}", self._last_grads[path], step, bins=TB_BINS)
+            if path in zs:
+                w.add_histogram(f"z/{path}", zs[path], step, bins=TB_BINS)
+            for key in ("grad_norm", "update_ratio", "frac_off"):
+                v = record["blocks"][path].get(key)
+                if v is not None:
+                    w.add_scalar(f"{key}/{path}", v, step)
+        for key in ("grad_first_last", "mAP50"):
+            if record.get(key) is not None:
+                w.add_scalar(f"watch/{key}", record[key], step)
+        for key in ("logit", "sigmoid"):
+            if record["probe"].get(key) is not None:
+                w.add_scalar(f"probe/{key}", record["probe"][key], step)
+        for name, ap in (record.get("ap50") or {}).items():
+            w.add_scalar(f"ap50/{name}", ap, step)
+        w.flush()
+        self._last_grads = {}
 
     # -- hooks off -------------------------------------------------------------------------------
     def close(self) -> None:
-        """Remove the gradient hooks and give the trainer back its own ``save_model`` (safe to call twice)."""
+        """Remove the gradient hooks, give the trainer back its ``save_model``, close TensorBoard (safe twice)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         for h in self._handles:
             h.remove()
         self._handles.clear()

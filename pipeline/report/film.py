@@ -239,7 +239,8 @@ def curve_svg(key: str, series: dict[str, list[tuple[float, float | None]]], y_l
         for (x, y), (a, b) in zip(s, xy):
             parts.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.5" fill="{colour}" data-series="{_esc(name)}" '
                          f'data-v="{float(y)!r}"><title>{_esc(name)} at {_esc(num(x))}: {float(y)!r}</title></circle>')
-        parts.append(f'<text x="{width - right + 8}" y="{top + 12 + 14 * k}" fill="{colour}">{_esc(name)}</text>')
+        # style, not the fill attribute: the page's stylesheet colours svg text, and a style attribute wins over it
+        parts.append(f'<text x="{width - right + 8}" y="{top + 12 + 14 * k}" style="fill:{colour}">{_esc(name)}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
 
@@ -256,6 +257,8 @@ def probe_svg(records: list[dict], shown: int = 4) -> tuple[Markup, list[dict]]:
     h, w = probe["imgsz"]
     boxed, _ = letterbox(image, [h, w], auto=False)  # as the watch fed it (model_input, auto=False)
     ok, buf = cv2.imencode(".jpg", boxed)
+    if not ok:
+        return Markup(""), []
     src = "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
     count = min(shown, len(records))  # first and last record, the rest evenly between
     idx = sorted({round(k * (len(records) - 1) / max(count - 1, 1)) for k in range(count)})
