@@ -124,6 +124,9 @@ def test_sentences_flip_with_updates_off_units_and_gamma(tmp_path):
     assert any(s.startswith("BatchNorm scaled some channels to nearly nothing: in 3 blocks") for s in still)
     ap = [s for s in still if s.startswith("At the last validation")]
     assert ap == ["At the last validation (e3 b12) AP50 was highest for dent (0.4000) and lowest for crack (0.2000)."]
+    # the first record's AP is 0 for both classes: no class is named highest
+    assert lesson(planted(tmp_path / "c.jsonl", 1.0, 1.0, n=1))[-1] == (
+        "At the last validation (e1 b4) AP50 was 0.0000 for every class.")
     probe = [s for s in still if s.startswith("The probe photo's top box")][0]
     assert "logit -2.000" in probe and "logit 0" in probe and probe.endswith("its score rose.")
 

@@ -151,8 +151,11 @@ def lesson(records: list[dict]) -> list[str]:
         ap = val[-1]["ap50"]
         best = max(ap, key=ap.get)
         worst = min(ap, key=ap.get)
-        out.append(f"At the last validation ({record_label(val[-1])}) AP50 was highest for {best} ({num(ap[best])}) "
-                   f"and lowest for {worst} ({num(ap[worst])}).")
+        if ap[best] == ap[worst]:  # one class, or all alike: no highest and lowest to name
+            out.append(f"At the last validation ({record_label(val[-1])}) AP50 was {num(ap[best])} for every class.")
+        else:
+            out.append(f"At the last validation ({record_label(val[-1])}) AP50 was highest for {best} "
+                       f"({num(ap[best])}) and lowest for {worst} ({num(ap[worst])}).")
     return out
 
 
