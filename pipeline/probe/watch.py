@@ -226,16 +226,18 @@ class TrainingWatch:
         return epoch == 0 and count in record_points(nb, self.points)
 
     def on_train_batch_start(self, trainer) -> None:
+        # counted here, not at the batch's end: a time budget breaks out of the loop after the step, before
+        # on_train_batch_end, and that last batch still trained (and its gradient reached the hooks)
+        self._in_epoch += 1
+        self._epoch_open = True
         # under AMP the gradients autograd hands over are multiplied by the loss scale of this batch
         scaler = getattr(trainer, "scaler", None)
         self._scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
         if self._writer is not None:  # keep this batch's gradients only when a record follows it
-            nb, count = len(trainer.train_loader), self._in_epoch + 1
-            self._keep = {} if self._due(trainer.epoch, count, nb) or count == nb else None
+            nb = len(trainer.train_loader)
+            self._keep = {} if self._due(trainer.epoch, self._in_epoch, nb) or self._in_epoch == nb else None
 
     def on_train_batch_end(self, trainer) -> None:
-        self._in_epoch += 1
-        self._epoch_open = True
         if self._keep is not None:
             self._last_grads, self._keep = self._keep, None
         if self._due(trainer.epoch, self._in_epoch, len(trainer.train_loader)):
