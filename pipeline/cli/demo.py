@@ -107,7 +107,7 @@ def _train(data, out: Path, cfg: Path, recipe: dict, timings: dict) -> dict:
     print(f"[2/4] trained {_epochs_told(metrics)} in {timings['train_s']}s (validation included): "
           f"val mAP50 {metrics['mAP50']:.3f}")
     if metrics.get("film"):
-        print(f"      training film ({watch.records} records of every layer, {watch.seconds:.1f}s taking them): "
+        print(f"      training film ({watch.records} record{'' if watch.records == 1 else 's'} of every layer, {watch.seconds:.1f}s taking them): "
               f"{metrics['film']}")
     warmup = float(recipe.get("warmup_epochs", DEFAULT_CFG_DICT["warmup_epochs"]))  # a silent recipe: Ultralytics'
     done = metrics.get("epochs_done")

@@ -81,6 +81,6 @@ def run(args) -> int:
     print(f"mAP50 {m.get('mAP50', float('nan')):.3f}  mAP50-95 {m.get('mAP50-95', float('nan')):.3f}  ({per})")
     print(f"weights: {m['weights']}\nmetrics: {Path(args.out).resolve() / 'metrics.json'}")
     if watch:
-        print(f"watch: {watch.path} ({watch.records} records this run, {watch.seconds:.1f}s taking them; "
+        print(f"watch: {watch.path} ({watch.records} record{'' if watch.records == 1 else 's'} this run, {watch.seconds:.1f}s taking them; "
               f"`cardamage film {args.out}` draws them)")
     return 1 if m["left_out"] else 0
