@@ -7,7 +7,8 @@ dataset, trains YOLOv8n from ``yolov8n.yaml`` on the CPU with the short-budget r
 lesson with this model's numbers, and prints a summary. Run folder layout::
 
     OUT/data/            synthetic dataset (data.yaml, train/, val/)
-    OUT/train/           weights/best.pt, results.csv, metrics.json
+    OUT/train/           weights/best.pt, results.csv, metrics.json, watch.jsonl (the training watch)
+    OUT/film.html        the film of that training (``cardamage film``), linked from the report
     OUT/predict-synth/   overlays + detections.json on synthetic val images
     OUT/predict-real/    overlays + detections.json on real photos (if any)
     OUT/report/          report.html
@@ -43,6 +44,8 @@ from pipeline.data.labels import dataset_splits
 from pipeline.model.load import load_model
 from pipeline.model.predict import predict_paths
 from pipeline.model.train import check_fresh, load_recipe, train
+from pipeline.probe.watch import TrainingWatch
+from pipeline.report.film import write_film
 from pipeline.report.page import write_report
 
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
@@ -93,10 +96,19 @@ def _recipe(args, out: Path) -> tuple[dict, dict, Path]:
 def _train(data, out: Path, cfg: Path, recipe: dict, timings: dict) -> dict:
     """Step 2 of both demos: train into ``out/train`` with the recipe copy, timed and reported."""
     t = time.perf_counter()
-    metrics = train(data, out / "train", config=cfg, overwrite=True)  # run() has checked --overwrite
+    with TrainingWatch() as watch:  # the recipe's watch key (default on): film every layer while it learns
+        callbacks = watch.callbacks() if recipe.get("watch", True) else None
+        metrics = train(data, out / "train", config=cfg, overwrite=True, callbacks=callbacks)  # run() checked --overwrite
     timings["train_s"] = round(time.perf_counter() - t, 1)
+    if callbacks:
+        metrics["film"] = str(write_film(out / "train", out / "film.html"))
+    else:  # an earlier demo's film in this folder is not this model's
+        (out / "film.html").unlink(missing_ok=True)
     print(f"[2/4] trained {_epochs_told(metrics)} in {timings['train_s']}s (validation included): "
           f"val mAP50 {metrics['mAP50']:.3f}")
+    if metrics.get("film"):
+        print(f"      training film ({watch.records} record{'' if watch.records == 1 else 's'} of every layer, {watch.seconds:.1f}s taking them): "
+              f"{metrics['film']}")
     warmup = float(recipe.get("warmup_epochs", DEFAULT_CFG_DICT["warmup_epochs"]))  # a silent recipe: Ultralytics'
     done = metrics.get("epochs_done")
     if recipe.get("time") and done is not None and done < warmup:  # a budget, not an epoch count, ended it
@@ -158,7 +170,8 @@ def _report(args, weights, photo: Path, out: Path, imgsz: int, stats_over: list,
     if args.no_report:
         return None
     t = time.perf_counter()
-    report = write_report(weights, photo, out / "report", imgsz=imgsz, stats_over=stats_over)
+    film = "../film.html" if (out / "film.html").is_file() else None  # the demo's training film, beside report/
+    report = write_report(weights, photo, out / "report", imgsz=imgsz, stats_over=stats_over, film=film)
     timings["report_s"] = round(time.perf_counter() - t, 1)
     print(f"[4/4] report on {one_line(photo.name)}: {one_line(report)} ({timings['report_s']}s)")
     return report

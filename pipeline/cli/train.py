@@ -16,6 +16,11 @@ Examples:
     cardamage train --data cardd/data.yaml --config configs/cardd.yaml --device 0 --out runs/cardd
     cardamage train --data cardd/data.yaml --model path/to/yolov8n.pt --out runs/finetune
     cardamage train --out runs/synth --resume
+    cardamage train --data datasets/synth/data.yaml --epochs 3 --imgsz 128 --watch --out runs/watched
+
+``--watch`` (or ``watch: true`` in the recipe) films every Conv block while it trains into
+``OUT/watch.jsonl`` (``pipeline.probe.watch``; ``cardamage film OUT`` draws it); a resumed run goes on
+filming when its folder holds a ``watch.jsonl``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from pathlib import Path
 from pipeline.cli.options import add_trust_weights, device, image_size, positive_float, positive_int
 from pipeline.core.io import InputError, one_line
 from pipeline.model.load import DEFAULT_MODEL
-from pipeline.model.train import RESUME_MAY_CHANGE, train
+from pipeline.model.train import RESUME_MAY_CHANGE, load_recipe, train
+from pipeline.probe.watch import WATCH_FILE, TrainingWatch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,12 +51,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"(epochs, data, model, config): only --{', --'.join(RESUME_MAY_CHANGE)} may change")
     p.add_argument("--overwrite", action="store_true",
                    help="train even if --out holds an earlier run (its weights and metrics are replaced)")
+    p.add_argument("--watch", action="store_true",
+                   help="film every Conv block while training: OUT/watch.jsonl (see `cardamage film`)")
     add_trust_weights(p)
+
+
+def _watch(args) -> TrainingWatch | None:
+    """The training watch when asked for: ``--watch``, the recipe's ``watch``, or a resumed watched run."""
+    if args.resume:
+        wanted = args.watch or (Path(args.out) / WATCH_FILE).is_file()
+    else:
+        wanted = args.watch or bool(load_recipe(args.config).get("watch", False))
+    return TrainingWatch() if wanted else None
 
 
 def run(args) -> int:
     if not args.resume and not args.data:
         raise InputError("--data", "a dataset YAML is required unless --resume is given")
+    watch = _watch(args)  # its hooks come off when training ends
     m = train(
         args.data,
         args.out,
@@ -65,8 +83,13 @@ def run(args) -> int:
         batch=args.batch,
         device=args.device,
         time=args.time,
+        callbacks=watch.callbacks() if watch else None,
     )
     per = ", ".join(f"{k} {v:.3f}" for k, v in m.get("per_class", {}).items())
     print(f"mAP50 {m.get('mAP50', float('nan')):.3f}  mAP50-95 {m.get('mAP50-95', float('nan')):.3f}  ({per})")
     print(f"weights: {one_line(m['weights'])}\nmetrics: {one_line(Path(args.out).resolve() / 'metrics.json')}")
+    if watch:
+        records = f"{watch.records} record{'' if watch.records == 1 else 's'}"
+        print(f"watch: {one_line(watch.path)} ({records} this run, {watch.seconds:.1f}s taking them; "
+              f"`cardamage film {one_line(args.out)}` draws them)")
     return 1 if m["left_out"] else 0

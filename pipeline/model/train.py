@@ -140,7 +140,7 @@ def _cpu_channels_last(yolo) -> None:
 
 
 #: Recipe keys that are this project's, not Ultralytics' train() arguments.
-OWN_KEYS = ("model", "demo", "cpu_channels_last")
+OWN_KEYS = ("model", "demo", "cpu_channels_last", "watch")  # watch: read by the train command (probe.watch)
 
 
 #: What a resume may change, as Ultralytics' own resume allows: where and how fast it runs. Everything else
@@ -309,6 +309,8 @@ def _resume(out: Path, trust: bool, counter: BatchCounter, changes: dict, callba
         data, left_out = view.data_yaml, view.errors
     yolo = load_model(last, trust=trust)
     yolo.add_callback("on_train_batch_start", counter.on_batch)
+    for event, fn in (callbacks or {}).items():  # e.g. the training watch, which continues its watch.jsonl
+        yolo.add_callback(event, fn)
     _use_every_core(yolo)
     for event, fn in (callbacks or {}).items():
         yolo.add_callback(event, fn)

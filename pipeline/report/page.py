@@ -83,7 +83,7 @@ def _stats_sources(stats_over) -> tuple[list, list]:
 
 def write_report(weights, image, out_dir, imgsz: int | None = None, conf: float = 0.25, grad_imgsz: int = 320,
                  grad_batch: int = 2, seed: int = 0, layercam: bool = True, stats_over=None, stats_limit: int = 200,
-                 trust: bool = False, on_error=None) -> Path:
+                 trust: bool = False, on_error=None, film: str | None = None) -> Path:
     """Run the lesson on one photo with one model and write ``out_dir/report.html``; return its path.
 
     Args:
@@ -99,6 +99,8 @@ def write_report(weights, image, out_dir, imgsz: int | None = None, conf: float 
         stats_over, stats_limit: also show every layer's statistics over these photos (at most ``stats_limit``).
         trust: load a weights file that safe loading refuses (``--trust-weights``).
         on_error: called with each ``--stats-over`` source or photo that could not be read (the rest count).
+        film: the training film of these weights (``cardamage film``) to link from the header, as a path
+            relative to ``out_dir``.
 
     Raises:
         InputError: unreadable image or weights, or a ``stats_over`` that names no photo.
@@ -107,13 +109,13 @@ def write_report(weights, image, out_dir, imgsz: int | None = None, conf: float 
     try:
         return _write_report(weights, image, out_dir, imgsz, conf,
                              Options(grad_imgsz=grad_imgsz, grad_batch=grad_batch, seed=seed, layercam=layercam,
-                                     stats_limit=stats_limit), stats_over, trust, on_error)
+                                     stats_limit=stats_limit), stats_over, trust, on_error, film)
     finally:
         torch.set_num_threads(threads)
 
 
 def _write_report(weights, image, out_dir, imgsz: int | None, conf: float, opts: Options, stats_over, trust: bool,
-                  on_error) -> Path:
+                  on_error, film: str | None = None) -> Path:
     """``write_report``'s work, on the CPU threads Ultralytics' predict would use (the caller's are restored after).
 
     ``select_device`` leaves a core free (``min(8, cores - 1)`` threads). With a thread on every core, each
@@ -145,6 +147,7 @@ def _write_report(weights, image, out_dir, imgsz: int | None, conf: float, opts:
             on_error(e)
     timings["total"] = round(time.perf_counter() - t_start, 2)
     info = _info(weights, image, run.names, imgsz, conf, opts.seed)
+    info["film"] = film
     numbers = {"info": info}
     for s in sections:
         numbers.update(s.numbers)
