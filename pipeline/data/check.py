@@ -179,61 +179,20 @@ def check_dataset(data_yaml: str | Path, near_threshold: int = 4, progress: bool
         for p in ps:
             split_of.setdefault(p.resolve(), s)
 
-    errors, warnings = [], []
-    for real, r in scanned.items():
-        for f, line, kind, reason in r["errors"]:
-            errors.append({"file": f, "line": line, "kind": kind, "reason": reason, "split": split_of[real]})
-        for f, line, kind, reason in r["warnings"]:
-            warnings.append({"file": f, "line": line, "kind": kind, "reason": reason, "split": split_of[real]})
-        if r["label_status"] == "missing":
-            warnings.append(
-                {
-                    "file": str(r["label"]),
-                    "line": None,
-                    "kind": "missing_label",
-                    "reason": "no label file (Ultralytics treats the image as background)",
-                    "split": split_of[real],
-                }
-            )
-
+    errors, warnings = _scan_issues(scanned, split_of)
     per_split = {s: _stats([scanned[p.resolve()] for p in ps], names) for s, ps in splits.items()}
-    for s, st in per_split.items():
-        if st["missing_labels"] == st["images"]:
-            errors.append(
-                {
-                    "file": str(label_path(splits[s][0]).parent),
-                    "line": None,
-                    "kind": "missing_labels",
-                    "reason": f"no label file for any of the {st['images']} '{s}' images",
-                    "split": s,
-                }
-            )
-
+    errors += [_issue(label_path(splits[s][0]).parent, None, "missing_labels",
+                      f"no label file for any of the {st['images']} '{s}' images", s)
+               for s, st in per_split.items() if st["missing_labels"] == st["images"]]
     overlaps = split_overlaps(splits)
-    for o in overlaps:
-        a, b = o["split_a"], o["split_b"]
-        shared = {p.resolve() for p in splits[a]} & {p.resolve() for p in splits[b]}
-        folders = ", ".join(sorted({str(f.parent) for f in shared}))
-        reason = (
-            f"{a} and {b} are the same folder ({folders}): all {o['shared']} images are in both splits"
-            if o["same_list"]
-            else f"{o['shared']} images are listed in both {a} and {b} (in {folders})"
-        )
-        warnings.append({"file": str(data_yaml), "line": None, "kind": "split_overlap", "reason": reason, "split": b})
-
+    warnings += [_overlap_warning(o, splits, data_yaml) for o in overlaps]
     hashes = {p: (scanned[p.resolve()]["sha1"], scanned[p.resolve()]["phash"]) for ps in splits.values() for p in ps}
     duplicates = find_duplicates(splits, near_threshold, hashes=hashes)
     for d in duplicates:
         what = "same bytes" if d["kind"] == "exact" else f"perceptual hash distance {d['distance']}"
-        warnings.append(
-            {
-                "file": d["path_b"],
-                "line": None,
-                "kind": f"{d['kind']}_duplicate",
-                "reason": f"{d['split_b']} image duplicates {d['split_a']} image {d['path_a']} ({what})",
-                "split": d["split_b"],
-            }
-        )
+        warnings.append(_issue(d["path_b"], None, f"{d['kind']}_duplicate",
+                               f"{d['split_b']} image duplicates {d['split_a']} image {d['path_a']} ({what})",
+                               d["split_b"]))
 
     return {
         "data_yaml": str(data_yaml),
@@ -248,6 +207,34 @@ def check_dataset(data_yaml: str | Path, near_threshold: int = 4, progress: bool
         "ok": not errors,
         "strict_ok": not errors and not warnings,
     }
+
+
+def _issue(file, line, kind: str, reason: str, split: str) -> dict:
+    """One row of the report's ``errors`` or ``warnings``."""
+    return {"file": str(file), "line": line, "kind": kind, "reason": reason, "split": split}
+
+
+def _scan_issues(scanned: dict, split_of: dict) -> tuple[list[dict], list[dict]]:
+    """Each scanned image's own errors and warnings, and a warning for each image without a label file."""
+    errors, warnings = [], []
+    for real, r in scanned.items():
+        split = split_of[real]
+        errors += [_issue(f, line, kind, reason, split) for f, line, kind, reason in r["errors"]]
+        warnings += [_issue(f, line, kind, reason, split) for f, line, kind, reason in r["warnings"]]
+        if r["label_status"] == "missing":
+            warnings.append(_issue(r["label"], None, "missing_label",
+                                   "no label file (Ultralytics treats the image as background)", split))
+    return errors, warnings
+
+
+def _overlap_warning(o: dict, splits: dict, data_yaml: Path) -> dict:
+    """Two splits that share images: the same folder named twice, or some files listed in both."""
+    a, b = o["split_a"], o["split_b"]
+    shared = {p.resolve() for p in splits[a]} & {p.resolve() for p in splits[b]}
+    folders = ", ".join(sorted({str(f.parent) for f in shared}))
+    reason = (f"{a} and {b} are the same folder ({folders}): all {o['shared']} images are in both splits"
+              if o["same_list"] else f"{o['shared']} images are listed in both {a} and {b} (in {folders})")
+    return _issue(data_yaml, None, "split_overlap", reason, b)
 
 
 def leak_summary(splits: dict[str, list[Path]], duplicates: list[dict]) -> list[dict]:

@@ -214,13 +214,8 @@ def train(
     t0 = time.time()
     counter = BatchCounter()
     if resume:
-        given = {"data": data, "model": model, "config": config, "overwrite": overwrite or None,
-                 **{k: v for k, v in overrides.items() if k not in RESUME_MAY_CHANGE}}
-        kept = next((k for k, v in given.items() if v is not None), None)
-        if kept:  # Ultralytics would ignore it with a log line: say so before anything runs
-            raise InputError(f"--{kept}", "a resume keeps the run's recipe (epochs, data, model, config and every "
-                                          f"other setting); only --{', --'.join(RESUME_MAY_CHANGE)} may change: "
-                                          "start a new run to change the rest")
+        _refuse_recipe_changes({"data": data, "model": model, "config": config, "overwrite": overwrite or None,
+                                **{k: v for k, v in overrides.items() if k not in RESUME_MAY_CHANGE}})
         last = out / "weights" / "last.pt"
         if not last.is_file():
             raise InputError(last, "nothing to resume: no interrupted run in this folder")
@@ -228,43 +223,66 @@ def train(
             changes = {k: v for k, v in overrides.items() if v is not None}
             yolo, results, left_out = _resume(out, trust, counter, changes, callbacks, on_error)
     else:
-        recipe = load_recipe(config)
-        settings = {**recipe, **{k: v for k, v in overrides.items() if v is not None}}
-        args = {k: v for k, v in settings.items() if k not in OWN_KEYS}  # ours, not Ultralytics'
-        channels_last = bool(settings.get("cpu_channels_last", False))
-        model = model or recipe.get("model") or DEFAULT_MODEL
-        info = check_data_yaml(data)
-        folders = dataset_folders(data)
-        inputs = [*folders, *([model] if Path(model).is_file() else []), *([config] if config else [])]
-        with output_folder(out, inputs=inputs, not_inside=folders[1:]):
-            check_fresh(out, overwrite)
-            yolo = load_model(model, nc=int(info["nc"]), names=list(info["names"].values()), trust=trust)
-            view = stage_dataset(data, out / "dataset", on_error=on_error)
-            left_out = view.errors
-            args.setdefault("device", "cpu")
-            args.setdefault("plots", False)
-            args.setdefault("workers", 2)
-            args.update(
-                data=str(view.data_yaml),
-                project=str(out.parent),  # absolute: otherwise runs land inside site-packages under pytest
-                name=out.name,
-                exist_ok=True,
-                # Ultralytics 8.4 drops a loaded checkpoint's weights when pretrained is False: a weights
-                # file would silently train from scratch. A YAML build has no checkpoint to keep.
-                pretrained=bool(yolo.ckpt),
-                verbose=args.get("verbose", False),
-            )
-            _use_every_core(yolo)
-            if channels_last:
-                _cpu_channels_last(yolo)
-            yolo.add_callback("on_train_batch_start", counter.on_batch)
-            for event, fn in (callbacks or {}).items():
-                yolo.add_callback(event, fn)
-            with weights_policy(trust):
-                try:
-                    results = yolo.train(**args)
-                except OSError as e:  # e.g. a full disk while Ultralytics saves a checkpoint: name the run
-                    raise InputError(e.filename or out, e.strerror or type(e).__name__) from None
+        yolo, results, left_out = _new_run(data, out, model, config, overrides, counter, callbacks, trust, on_error,
+                                           overwrite)
+    metrics = _run_metrics(yolo, results, counter, out, left_out)
+    metrics["train_seconds"] = round(time.time() - t0, 1)
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _refuse_recipe_changes(given: dict) -> None:
+    """One line for the first option a resume would ignore: Ultralytics would only log that it did."""
+    kept = next((k for k, v in given.items() if v is not None), None)
+    if kept:
+        raise InputError(f"--{kept}", "a resume keeps the run's recipe (epochs, data, model, config and every "
+                                      f"other setting); only --{', --'.join(RESUME_MAY_CHANGE)} may change: "
+                                      "start a new run to change the rest")
+
+
+def _new_run(data, out: Path, model, config, overrides: dict, counter: BatchCounter, callbacks, trust: bool,
+             on_error, overwrite: bool):
+    """Train a new run into ``out`` from the recipe and overrides; return (yolo, results, left_out)."""
+    recipe = load_recipe(config)
+    settings = {**recipe, **{k: v for k, v in overrides.items() if v is not None}}
+    args = {k: v for k, v in settings.items() if k not in OWN_KEYS}  # ours, not Ultralytics'
+    model = model or recipe.get("model") or DEFAULT_MODEL
+    info = check_data_yaml(data)
+    folders = dataset_folders(data)
+    inputs = [*folders, *([model] if Path(model).is_file() else []), *([config] if config else [])]
+    with output_folder(out, inputs=inputs, not_inside=folders[1:]):
+        check_fresh(out, overwrite)
+        yolo = load_model(model, nc=int(info["nc"]), names=list(info["names"].values()), trust=trust)
+        view = stage_dataset(data, out / "dataset", on_error=on_error)
+        args.setdefault("device", "cpu")
+        args.setdefault("plots", False)
+        args.setdefault("workers", 2)
+        args.update(
+            data=str(view.data_yaml),
+            project=str(out.parent),  # absolute: otherwise runs land inside site-packages under pytest
+            name=out.name,
+            exist_ok=True,
+            # Ultralytics 8.4 drops a loaded checkpoint's weights when pretrained is False: a weights
+            # file would silently train from scratch. A YAML build has no checkpoint to keep.
+            pretrained=bool(yolo.ckpt),
+            verbose=args.get("verbose", False),
+        )
+        _use_every_core(yolo)
+        if settings.get("cpu_channels_last", False):
+            _cpu_channels_last(yolo)
+        yolo.add_callback("on_train_batch_start", counter.on_batch)
+        for event, fn in (callbacks or {}).items():
+            yolo.add_callback(event, fn)
+        with weights_policy(trust):
+            try:
+                results = yolo.train(**args)
+            except OSError as e:  # e.g. a full disk while Ultralytics saves a checkpoint: name the run
+                raise InputError(e.filename or out, e.strerror or type(e).__name__) from None
+    return yolo, results, view.errors
+
+
+def _run_metrics(yolo, results, counter: BatchCounter, out: Path, left_out) -> dict:
+    """``metrics.json`` without its wall time: Ultralytics' metrics, how far the run got, what was left out."""
     names = yolo.model.names if hasattr(yolo.model, "names") else yolo.names
     metrics = metrics_dict(results, names) if results is not None else {}
     metrics["epochs"] = int(yolo.trainer.epoch + 1) if getattr(yolo, "trainer", None) else None
@@ -273,10 +291,8 @@ def train(
     metrics["batches"] = counter.batches
     metrics["batches_per_epoch"] = counter.per_epoch
     metrics["last_epoch_batches"] = counter.in_epoch
-    metrics["train_seconds"] = round(time.time() - t0, 1)
     metrics["weights"] = str(out / "weights" / "best.pt")
     metrics["left_out"] = [str(e) for e in left_out]  # damaged images not trained on (one error line each)
-    atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
 
