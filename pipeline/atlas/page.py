@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.analysis.atlas_format import layer_file
 from pipeline.core.io import atomic_write_text
 
 CSS = """
@@ -30,11 +31,6 @@ table{border-collapse:collapse}td,th{padding:2px 8px;border-bottom:1px solid #dd
 .filt{display:inline-block;margin-right:6px}.filt td{width:12px;height:12px;padding:0;border:1px solid #fff}
 .muted{color:#777}.lesson{background:#f6f6f0;padding:8px 14px;border-radius:6px}
 """
-
-
-def layer_file(path: str) -> str:
-    """The page of one layer, e.g. ``layer-model.8.cv2.html``."""
-    return f"layer-{path}.html"
 
 
 def lesson(doc: dict) -> dict:
@@ -95,7 +91,7 @@ def _fmt(v, digits=3) -> str:
 
 def _head(title: str) -> str:
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_esc(title)}</title>"
-            f"<style>{CSS}</style></head><body>")
+            f"<link rel=icon href='data:,'><style>{CSS}</style></head><body>")  # no favicon request
 
 
 def _filter_html(filt) -> str:

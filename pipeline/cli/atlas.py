@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from pipeline.atlas.build import build_atlas
 from pipeline.cli.options import add_trust_weights, image_size, int_range, positive_int
 from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import input_paths, output_folder
@@ -39,8 +40,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from pipeline.atlas.build import build_atlas
-
     yolo = load_model(args.weights, nc=len(CLASS_NAMES), trust=args.trust_weights)
     imgsz = trained_imgsz(yolo, args.imgsz)
     weights = [args.weights] if Path(args.weights).is_file() else []

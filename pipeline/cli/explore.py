@@ -11,6 +11,7 @@ otherwise. The JSON API is described in docs/explore.md.
 Examples:
     cardamage explore --weights runs/demo/train/weights/best.pt photo.jpg other.jpg
     cardamage explore --weights best.pt photos/*.jpg --port 9000 --no-browser
+    cardamage explore --weights best.pt photo.jpg --atlas runs/atlas   # channels and boxes linked to the atlas
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 import threading
 import webbrowser
 
+from pipeline.analysis.atlas_format import AtlasIndex
 from pipeline.cli.options import add_trust_weights, image_size, int_range, probability
 from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import InputError, validate_image
@@ -36,12 +38,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int_range(1, 65535), default=8765, help="port (default 8765)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    p.add_argument("--atlas", default=None, metavar="DIR",
+                   help="a cardamage atlas folder: a channel shows its atlas entry, a box the channels that drove it")
     add_trust_weights(p)
 
 
 def run(args) -> int:
     for photo in args.photos:  # fail now, not on the first click: a missing or undecodable file is named
         validate_image(photo)
+    atlas = None
+    if args.atlas:
+        atlas = AtlasIndex(args.atlas)  # a missing or broken atlas is one line now, not a 404 later
     yolo = load_model(args.weights, nc=len(CLASS_NAMES), trust=args.trust_weights)
     explorer = Explorer(yolo, args.photos, imgsz=trained_imgsz(yolo, args.imgsz), conf=args.conf)
     try:
@@ -53,5 +60,5 @@ def run(args) -> int:
     print(f"cardamage explore: {n} photo{'' if n == 1 else 's'} on {url} (Ctrl+C stops)", file=sys.stderr)
     if not args.no_browser:
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
-    serve(explorer, sock)
+    serve(explorer, sock, atlas=atlas)
     return 0

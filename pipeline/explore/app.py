@@ -11,6 +11,9 @@ Routes (``photo`` is an index into the photos given, from 0)::
     GET /api/featuremap?photo=I&layer=P&channel=C&stage=pre|post   PNG of that map (X-Scale-Lo/Hi headers)
     GET /api/neuron?photo=I&layer=P&channel=C&y=Y&x=X              ``cardamage trace``'s JSON + receptive field
     GET /api/image?photo=I, /api/cam?photo=I         the photo, EigenCAM over it (JPEG)
+    GET /api/drivers?photo=I&box=B   the channels that drove box B's score (``analysis.drivers.box_drivers``)
+    GET /api/atlas/channel?layer=P&channel=C   that channel's atlas entry (``{"atlas": false}`` without ``--atlas``)
+    GET /atlas/...                   the atlas folder's pages and crops (with ``--atlas``)
 
 A bad parameter is answered 400 with ``{"error": "..."}`` and logged as one line; the handlers are plain
 functions, which Starlette runs in its thread pool, so a slow first run of one photo does not block others.
@@ -38,7 +41,9 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from pipeline.explore.session import BadRequest, Explorer
+from pipeline.analysis.atlas_format import AtlasIndex
+from pipeline.analysis.drivers import box_drivers
+from pipeline.explore.session import BadRequest, Explorer, _int
 
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("cardamage.explore")
@@ -78,8 +83,39 @@ def _guarded(fn):
     return endpoint
 
 
-def create_app(explorer: Explorer) -> Starlette:
+def _atlas_routes(explorer: Explorer, atlas) -> list:
+    """The routes that link detections to the channel atlas (``cardamage explore --atlas``)."""
+
+    def drivers(params):
+        run = explorer.run(explorer.photo_index(params))
+        box = _int(params, "box", 0, len(run.head_trace))
+        top = _int({"top": params.get("top", "8")}, "top", 1, 65)
+        out = box_drivers(run, box, top=top)
+        out.pop("per_layer")
+        for d in out["drivers"]:
+            d["atlas"] = atlas.page(d["layer"], d["channel"]) if atlas is not None and atlas.entry(d["layer"], d["channel"]) else None
+        return out
+
+    def channel(params):
+        if atlas is None:  # answered, not 404: the page asks on every thumbnail click and a 404 is a console error
+            return {"atlas": False}
+        layer = params.get("layer") or ""
+        entry = atlas.entry(layer, _int(params, "channel", 0))
+        if entry is None:
+            raise BadRequest(f"the atlas has no channel {params.get('channel')} of {layer[:60]!r}")
+        return {"atlas": True, **entry}
+
+    routes = [Route("/api/drivers", _guarded(lambda request: StrictJSON(drivers(dict(request.query_params))))),
+              Route("/api/atlas/channel", _guarded(lambda request: StrictJSON(channel(dict(request.query_params)))))]
+    if isinstance(atlas, AtlasIndex):
+        routes.append(Mount("/atlas", app=StaticFiles(directory=atlas.root, html=True), name="atlas"))
+    return routes
+
+
+def create_app(explorer: Explorer, atlas=None) -> Starlette:
     """The Starlette app serving ``explorer``'s answers and the page (everything from the package).
+
+    ``atlas``: an ``analysis.atlas_format.AtlasIndex`` to link channels and boxes to (``None``: no atlas).
 
     Examples:
         >>> app = create_app(Explorer(load_model("best.pt"), ["photo.jpg"]))
@@ -117,6 +153,7 @@ def create_app(explorer: Explorer) -> Starlette:
         Route("/api/image", image(explorer.photo_png)),
         Route("/api/cam", image(explorer.cam)),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+        *_atlas_routes(explorer, atlas),
     ]
 
     async def not_found(request, exc):
@@ -139,16 +176,17 @@ def listen(host: str = "127.0.0.1", port: int = 8765) -> socket.socket:
     return sock
 
 
-def serve(explorer: Explorer, sock: socket.socket, log_level: str = "warning") -> None:
+def serve(explorer: Explorer, sock: socket.socket, log_level: str = "warning", atlas=None) -> None:
     """Run the app on uvicorn over ``sock`` (from ``listen``) until interrupted."""
     import uvicorn
 
-    config = uvicorn.Config(create_app(explorer), log_level=log_level, access_log=False)
+    config = uvicorn.Config(create_app(explorer, atlas), log_level=log_level, access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
 
 
 @contextlib.contextmanager
-def running(explorer: Explorer, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0) -> Iterator[str]:
+def running(explorer: Explorer, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0,
+            atlas=None) -> Iterator[str]:
     """The app served on a background thread while the block runs; yields its base URL (port 0: a free one).
 
     For scripts and tests that ask the real server over HTTP from the same process.
@@ -160,7 +198,7 @@ def running(explorer: Explorer, host: str = "127.0.0.1", port: int = 0, timeout:
     import uvicorn
 
     sock = listen(host, port)
-    server = uvicorn.Server(uvicorn.Config(create_app(explorer), log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(create_app(explorer, atlas), log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
