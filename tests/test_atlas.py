@@ -248,3 +248,36 @@ def test_json_schema_and_pages_match(built):
     index = (out / "index.html").read_text()
     assert "id=lesson" in index and doc["lesson"]["text"][0].split(":")[0] in index
     assert "http://" not in index and "https://" not in index
+
+
+def test_lesson_is_computed_from_the_atlas(built):
+    _, doc, _, out = built
+    rows = {r["layer"]: r for r in doc["lesson"]["rows"]}
+    means = []
+    for layer, entry in doc["layers"].items():
+        ious = [c["best_iou"] for c in entry["channels"]]
+        assert rows[layer]["mean_best_iou"] == pytest.approx(np.mean(ious), abs=1e-12)
+        assert rows[layer]["selective_share"] == pytest.approx(np.mean([i >= doc["iou_floor"] for i in ious]))
+        means.append(np.mean(ious))
+    thirds = [float(np.mean(p)) for p in np.array_split(np.array(means), 3)]
+    assert doc["lesson"]["thirds"] == pytest.approx(thirds)
+    index = (out / "index.html").read_text()
+    for name, v in zip(("early", "middle", "deep"), thirds):
+        assert f"{name} {v:.3f}" in index
+    assert index.count("<rect ") == len(doc["layers"])  # one bar per block
+    assert "What dataset examples cannot prove" in index
+
+
+@pytest.mark.slow
+def test_demo_builds_the_atlas_of_its_val_set(ckpt, synth_data, tmp_path):
+    from types import SimpleNamespace
+
+    from pipeline.cli.demo import _atlas
+    from pipeline.data.labels import dataset_splits
+
+    timings = {}
+    folder = _atlas(SimpleNamespace(no_atlas=False), str(ckpt), synth_data, tmp_path, IMGSZ, timings, layers=["model.0"])
+    doc = json.loads((folder / "atlas.json").read_text())
+    assert doc["photos"] == [str(p) for p in dataset_splits(synth_data)["val"]]
+    assert doc["selectivity"] is True and all(doc["labelled"]) and timings["atlas_s"] > 0
+    assert _atlas(SimpleNamespace(no_atlas=True), str(ckpt), synth_data, tmp_path, IMGSZ, {}) is None
