@@ -13,6 +13,7 @@ Examples:
     cardamage atlas --weights runs/demo/train/weights/best.pt runs/demo/data/data.yaml --out runs/atlas
     cardamage atlas --weights best.pt ../shared/data/cardd-sample/data.yaml --out runs/atlas-cardd --imgsz 320
     cardamage atlas --weights best.pt photos/ --out runs/atlas --top 4 --limit 50 --layers 0 2 model.8
+    cardamage atlas --weights best.pt photos/ --out runs/atlas --ray --workers 2   # the same atlas, on Ray workers
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import sys
 from pathlib import Path
 
 from pipeline.atlas.build import build_atlas
-from pipeline.cli.options import add_trust_weights, image_size, int_range, positive_int
+from pipeline.cli.options import add_ray_arguments, add_trust_weights, image_size, int_range, positive_int
 from pipeline.core.facts import CLASS_NAMES
-from pipeline.core.io import input_paths, output_folder
+from pipeline.core.io import InputError, input_paths, output_folder
 from pipeline.model.load import load_model, trained_imgsz
+from pipeline.scale.atlas import ray_parts
 
 
 def add_arguments(p) -> None:
@@ -36,16 +38,21 @@ def add_arguments(p) -> None:
     p.add_argument("--limit", type=positive_int, default=None, help="use only the first N photos")
     p.add_argument("--layers", nargs="+", default=None,
                    help="which Conv blocks: indices (2), paths (model.2.cv1, model.4), types (C2f, SPPF); default all")
+    add_ray_arguments(p)
     add_trust_weights(p)
 
 
 def run(args) -> int:
+    if args.ray is None and (args.gpus_per_worker or args.workers):
+        raise InputError("--workers" if args.workers else "--gpus-per-worker", "applies to Ray workers: add --ray")
+    report = lambda e: print(f"error: {e}", file=sys.stderr, flush=True)  # noqa: E731
+    parts = None if args.ray is None else ray_parts(args.ray, args.workers, args.gpus_per_worker, on_error=report)
     yolo = load_model(args.weights, nc=len(CLASS_NAMES), trust=args.trust_weights)
     imgsz = trained_imgsz(yolo, args.imgsz)
     weights = [args.weights] if Path(args.weights).is_file() else []
     with output_folder(args.out, inputs=[*input_paths(args.sources), *weights]):
         res = build_atlas(yolo, args.sources, args.out, imgsz=imgsz, k=args.top, limit=args.limit, layers=args.layers,
-                          on_error=lambda e: print(f"error: {e}", file=sys.stderr, flush=True))
+                          on_error=report, parts=parts)
     b = res["bytes"]
     if not res["selectivity"]:
         print("note: no photo has a YOLO label file: the atlas has no class selectivity (top crops, activity and "
