@@ -281,3 +281,21 @@ def test_demo_builds_the_atlas_of_its_val_set(ckpt, synth_data, tmp_path):
     assert doc["photos"] == [str(p) for p in dataset_splits(synth_data)["val"]]
     assert doc["selectivity"] is True and all(doc["labelled"]) and timings["atlas_s"] > 0
     assert _atlas(SimpleNamespace(no_atlas=True), str(ckpt), synth_data, tmp_path, IMGSZ, {}) is None
+
+
+def test_a_bad_label_file_is_named_and_its_photo_counts_as_unlabelled(ckpt, sample_dir, sample_images, tmp_path,
+                                                                       capsys):
+    (tmp_path / "ds" / "images").mkdir(parents=True)
+    (tmp_path / "ds" / "labels").mkdir()
+    for p in sample_images[:2]:
+        shutil.copy(p, tmp_path / "ds" / "images" / p.name)
+        shutil.copy(sample_dir / "labels" / f"{p.stem}.txt", tmp_path / "ds" / "labels" / f"{p.stem}.txt")
+    bad = tmp_path / "ds" / "labels" / f"{sample_images[1].stem}.txt"
+    bad.write_text("9 0.5 0.5 0.2 0.2\n")  # class 9 of 6
+    assert main(["atlas", "--weights", str(ckpt), str(tmp_path / "ds" / "images"), "--out", str(tmp_path / "atlas"),
+                 "--imgsz", "64", "--top", "1", "--layers", "0"]) == 0
+    err = capsys.readouterr().err
+    doc = json.loads((tmp_path / "atlas" / "atlas.json").read_text())
+    assert doc["labelled"] == [True, False] and doc["selectivity"] is True
+    assert len(doc["label_problems"]) == 1 and str(bad) in doc["label_problems"][0]
+    assert f"note: label file not used: {doc['label_problems'][0]}" in err

@@ -48,7 +48,7 @@ QUANTILE = 0.005
 #: class mask with IoU <= QUANTILE on average (0.005 here); 0.04 is eight times that and is the floor Network
 #: Dissection used to call a unit a detector of a concept.
 IOU_FLOOR = 0.04
-#: A channel with SiLU(z) > 0 on less than this share of all cells is "rarely active".
+#: A channel with SiLU(z) >= 0 on less than this share of all cells is "rarely active".
 RARE = 0.01
 #: Input channels of the folded filter kept per channel in atlas.json (the page draws them).
 FILTER_INPUTS = 3
@@ -155,7 +155,7 @@ class AtlasPass:
         """
         pixels = read_image(path)
         x, meta = model_input(pixels, self.imgsz, stride=self.stride, auto=True)
-        rows, _ = photo_labels(path, len(self.names))
+        rows, problem = photo_labels(path, len(self.names))  # a bad label file: the photo counts as unlabelled
         index = len(self.photos) if index is None else index
         with self._rec as rec:  # hooks on for this pass only: the caller's model is never left hooked
             rec(x)
@@ -169,7 +169,7 @@ class AtlasPass:
                 self.tables[p].update(a, z, index, masks)
             rec.activations.clear()  # the maps go now, not at the next photo
         entry = {"path": str(path), "orig_shape": list(pixels.shape[:2]), "input_hw": list(x.shape[2:]),
-                 "labelled": rows is not None}
+                 "labelled": rows is not None, "label_problem": problem}
         self.photos.append(entry)
         return entry
 
@@ -195,6 +195,7 @@ class AtlasPass:
             "photo_shapes": [p["orig_shape"] for p in photos],
             "input_shapes": [p["input_hw"] for p in photos],
             "labelled": [p["labelled"] for p in photos],
+            "label_problems": [p["label_problem"] for p in photos if p.get("label_problem")],
             "names": [self.names[i] for i in sorted(self.names)],
             "selectivity": labelled > 0,
             "quantile": quantile,

@@ -50,7 +50,7 @@ def build_atlas(yolo, sources, out, imgsz: int = 640, k: int = 9, limit: int | N
 
     Returns:
         ``{"json", "index", "photos": n used, "errors": [InputError], "seconds", "bytes": {json, crops, pages},
-        "selectivity": bool}``.
+        "selectivity": bool, "label_problems": ["file: reason"]}``.
 
     Raises:
         InputError: a bad data.yaml or layer selector, or no photo could be read.
@@ -85,5 +85,5 @@ def build_atlas(yolo, sources, out, imgsz: int = 640, k: int = 9, limit: int | N
     doc["seconds"] = round(time.perf_counter() - t0, 3)
     json_path = atomic_write_json(out / "atlas.json", doc, indent=None)  # ~1 KB per channel: no indentation
     return {"json": json_path, "index": out / "index.html", "photos": len(photos), "errors": errors,
-            "seconds": doc["seconds"], "selectivity": doc["selectivity"],
+            "seconds": doc["seconds"], "selectivity": doc["selectivity"], "label_problems": doc["label_problems"],
             "bytes": {"json": json_path.stat().st_size, "crops": crops, "pages": sum(p.stat().st_size for p in pages)}}

@@ -148,7 +148,7 @@ def layer_page(doc: dict, path: str) -> str:
     return (_head(f"atlas: {path}") + f"<p><a href='index.html'>atlas index</a></p><h1>{_esc(path)}</h1>"
             f"<p>{layer['channels_count']} channels, {layer['cell_stride']:g} input pixels per cell, kernel "
             f"{layer['kernel']}, {layer['never_active']} never active, {layer['rarely_active']} rarely active "
-            f"(SiLU(z) &gt; 0 on under {doc['rare']:.0%} of cells).</p>{note}{chans}</body></html>")
+            f"(SiLU(z) &ge; 0 on under {doc['rare']:.0%} of cells).</p>{note}{chans}</body></html>")
 
 
 def index_page(doc: dict, lesson_doc: dict) -> str:
@@ -181,9 +181,9 @@ def index_page(doc: dict, lesson_doc: dict) -> str:
             "<h2>Layers</h2><table><tr><th>depth</th><th>block</th><th>channels</th><th>never active</th>"
             "<th>rarely active</th><th>mean best IoU</th><th>most selective channels</th></tr>"
             + "".join(rows) + "</table>"
-            "<p class=muted>Never active: SiLU(z) &gt; 0 nowhere on these photos. The channel is not dead as a ReLU "
+            "<p class=muted>Never active: SiLU(z) &ge; 0 nowhere on these photos. The channel is not dead as a ReLU "
             "would be: SiLU(z) is between -0.28 and 0 there and its slope is not 0, so it still passes a small "
-            "negative signal and still learns. Rarely active: positive on under "
+            "negative signal and still learns. Rarely active: z &ge; 0 on under "
             f"{doc['rare']:.0%} of cells.</p></body></html>")
 
 

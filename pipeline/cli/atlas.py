@@ -54,6 +54,8 @@ def run(args) -> int:
         res = build_atlas(yolo, args.sources, args.out, imgsz=imgsz, k=args.top, limit=args.limit, layers=args.layers,
                           on_error=report, parts=parts)
     b = res["bytes"]
+    for problem in res["label_problems"]:  # those photos count as unlabelled: say so, or a typo hides silently
+        print(f"note: label file not used: {problem}", file=sys.stderr)
     if not res["selectivity"]:
         print("note: no photo has a YOLO label file: the atlas has no class selectivity (top crops, activity and "
               "filters only)", file=sys.stderr)

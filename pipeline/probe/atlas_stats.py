@@ -16,7 +16,7 @@ fixed-size tables, so its memory does not depend on the number of photos:
   ``quantile`` share of values above it) and the IoU at that threshold is exact: intersection = the class
   histogram's tail, union = the labelled tail + box cells - intersection. Edges are evenly spaced in
   ``asinh(a / EDGE_SCALE)``, so bins are ~0.02 wide near 0 and ~3% of the value at large activations; one edge
-  is 0, so the share of active neurons (``a > 0``, i.e. ``z > 0``) is read exactly off the same histogram.
+  is 0, so the share of active cells (``a >= 0``, i.e. ``z >= 0``) is read exactly off the same histogram.
 
 Everything is additive (sums, counts) or a top-k, so two ``ChannelAtlas`` of disjoint photo sets merge
 exactly (``state`` / ``absorb``): the merged tables equal those of one pass over both sets.
@@ -211,7 +211,7 @@ class ChannelAtlas:
         return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
 
     def active_fraction(self) -> torch.Tensor:
-        """Per channel the share of cells with ``a > 0`` (exactly ``z > 0``), over all photos."""
+        """Per channel the share of cells with ``a >= 0`` (exactly ``z >= 0``), over all photos."""
         zero = int(torch.nonzero(self.edges == 0).flatten()[0])  # bins from this index hold a >= 0
         # a == 0 exactly (z == 0) lands in bin ``zero``: it is not active, but float32 hits it ~never
         return self.hist[:, zero:].sum(1).double() / max(self.count, 1)
