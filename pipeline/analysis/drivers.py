@@ -7,7 +7,8 @@ input layers, e.g. ``model.15.cv2``, ``model.18.cv2``, ``model.21.cv2``). A chan
     sum over positions (y, x) of  a[c, y, x] * d logit / d a[c, y, x]
 
 over the box's receptive positions: the gradient is zero outside the cells the anchor's logit can see, so
-the sum over the whole map is the sum over those positions. It is the first-order (Taylor) estimate of how
+the sum over the whole map is the sum over those positions. A box of the stride-8 scale reads the first head
+input only (the deeper ones are computed after it), so its shares at the others are 0. It is the first-order (Taylor) estimate of how
 much the logit would drop if the channel were switched off there; positive shares pushed the score up.
 
 Examples:
@@ -69,13 +70,15 @@ def box_drivers(run, index: int, top: int = 8) -> dict:
                 x = run.x.clone().requires_grad_(True)  # so the maps are in the graph even with frozen weights
                 net(x)
                 logit = cls_out["x"][0, det["class_id"], det["grid_y"], det["grid_x"]]
-                grads = torch.autograd.grad(logit, [maps[p] for p in layers])
+                # a stride-8 box's logit reads model.15 only: the deeper head inputs come after it, no gradient there
+                grads = torch.autograd.grad(logit, [maps[p] for p in layers], allow_unused=True)
         finally:
             for h in handles:
                 h.remove()
     per_layer, rows = {}, []
     for p, g in zip(layers, grads):
-        share = (maps[p].detach() * g).sum(dim=(0, 2, 3)).double()
+        share = torch.zeros(maps[p].shape[1], dtype=torch.float64) if g is None else (maps[p].detach() * g).sum(
+            dim=(0, 2, 3)).double()
         per_layer[p] = share.tolist()
         rows += [{"layer": p, "channel": c, "score": v} for c, v in enumerate(per_layer[p])]
     rows.sort(key=lambda r: -r["score"])
