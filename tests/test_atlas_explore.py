@@ -154,6 +154,7 @@ def test_report_neuron_section_shows_its_channels_top_crops(ckpt, sample_images,
     files.mkdir(parents=True)
     section = BUILDERS["neurons"](run, files, Options(atlas=AtlasIndex(tmp_path / "atlas")))
     link = section.context["atlas"]
+    assert json.loads(json.dumps(section.numbers["atlas"])) == link  # report.json takes it as it is
     assert [t["value"] for t in link["top"]] == [t["value"] for t in entry["top"]]
     assert link["href"] == f"../atlas/layer-{layer}.html#c{channel}"
     assert (tmp_path / "report" / link["href"].split("#")[0]).is_file()

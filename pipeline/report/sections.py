@@ -217,7 +217,8 @@ def atlas_link(atlas, layer: str, channel: int, files: Path) -> dict | None:
         return {"layer": layer, "channel": channel, "missing": True, "index_href": index}
     strip = None
     if entry.get("crops") and (atlas.root / entry["crops"]).is_file():
-        strip = atomic_write_bytes(files / "00_neuron_atlas.jpg", (atlas.root / entry["crops"]).read_bytes())
+        # a str, not a Path: the link goes into report.json too
+        strip = str(atomic_write_bytes(files / "00_neuron_atlas.jpg", (atlas.root / entry["crops"]).read_bytes()))
     page, _, anchor = entry["page"].partition("#")
     return {"layer": layer, "channel": channel, "missing": False, "strip": strip, "best_class": entry["best_class"],
             "best_iou": entry["best_iou"], "activity": entry["activity"], "active_fraction": entry["active_fraction"],
