@@ -174,7 +174,8 @@ class AtlasPass:
         return entry
 
     # -- the atlas -------------------------------------------------------------------------------
-    def finish(self, photos: list[dict] | None = None, quantile: float = QUANTILE, iou_floor: float = IOU_FLOOR) -> dict:
+    def finish(self, photos: list[dict] | None = None, quantile: float = QUANTILE,
+               iou_floor: float = IOU_FLOOR) -> dict:
         """The atlas dict (``atlas.json`` without crop file names): layers, channels, top-k, selectivity.
 
         Args:

@@ -38,7 +38,8 @@ class AtlasIndex:
         self.root = Path(root)
         path = self.root / "atlas.json"
         if not path.is_file():
-            raise InputError(self.root, "no atlas.json here (build one with: cardamage atlas --weights W SOURCE --out DIR)")
+            raise InputError(self.root, "no atlas.json here "
+                                        "(build one with: cardamage atlas --weights W SOURCE --out DIR)")
         try:
             self.doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

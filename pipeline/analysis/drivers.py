@@ -8,8 +8,9 @@ input layers, e.g. ``model.15.cv2``, ``model.18.cv2``, ``model.21.cv2``). A chan
 
 over the box's receptive positions: the gradient is zero outside the cells the anchor's logit can see, so
 the sum over the whole map is the sum over those positions. A box of the stride-8 scale reads the first head
-input only (the deeper ones are computed after it), so its shares at the others are 0. It is the first-order (Taylor) estimate of how
-much the logit would drop if the channel were switched off there; positive shares pushed the score up.
+input only (the deeper ones are computed after it), so its shares at the others are 0. A share is the
+first-order (Taylor) estimate of how much the logit would drop if the channel were switched off there;
+positive shares pushed the score up.
 
 Examples:
     >>> from pipeline.analysis.drivers import box_drivers

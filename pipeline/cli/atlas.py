@@ -30,10 +30,12 @@ from pipeline.scale.atlas import ray_parts
 
 
 def add_arguments(p) -> None:
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="a data.yaml (its val split), photos, folders, globs, .txt lists")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="a data.yaml (its val split), photos, folders, globs, .txt lists")
     p.add_argument("--weights", required=True, help="best.pt (trained) or a model YAML")
     p.add_argument("--out", required=True, help="atlas folder (atlas.json, index.html, crops/)")
-    p.add_argument("--imgsz", type=image_size, default=None, help="inference size (default: the weights' training size, else 640)")
+    p.add_argument("--imgsz", type=image_size, default=None,
+                   help="inference size (default: the weights' training size, else 640)")
     p.add_argument("--top", type=int_range(1, 64), default=9, help="top photos per channel (default 9)")
     p.add_argument("--limit", type=positive_int, default=None, help="use only the first N photos")
     p.add_argument("--layers", nargs="+", default=None,

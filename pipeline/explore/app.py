@@ -92,8 +92,9 @@ def _atlas_routes(explorer: Explorer, atlas) -> list:
         top = _int({"top": params.get("top", "8")}, "top", 1, 65)
         out = box_drivers(run, box, top=top)
         out.pop("per_layer")
-        for d in out["drivers"]:
-            d["atlas"] = atlas.page(d["layer"], d["channel"]) if atlas is not None and atlas.entry(d["layer"], d["channel"]) else None
+        for d in out["drivers"]:  # the link only where the atlas holds that channel (it may cover some blocks only)
+            known = atlas is not None and atlas.entry(d["layer"], d["channel"]) is not None
+            d["atlas"] = atlas.page(d["layer"], d["channel"]) if known else None
         return out
 
     def channel(params):

@@ -173,7 +173,8 @@ class ChannelAtlas:
         Photo indices must already be global (each worker indexes photos as the whole run does). Absorbing
         parts in input order keeps the single-process order among equal values.
         """
-        if (state["channels"], state["classes"], state["k"], state["bins"]) != (self.channels, self.classes, self.k, self.bins):
+        shape = (self.channels, self.classes, self.k, self.bins)
+        if (state["channels"], state["classes"], state["k"], state["bins"]) != shape:
             raise ValueError("cannot merge atlas tables of different shapes")
         self._merge_top(state["top_value"], state["top_z"], state["top_photo"], state["top_y"], state["top_x"])
         for key in ("sum", "class_sum", "class_count", "outside_sum", "hist", "hist_labelled", "hist_class"):
@@ -223,5 +224,6 @@ class ChannelAtlas:
 
     def outside_mean(self) -> torch.Tensor:
         """Per channel the mean ``a`` over labelled cells outside every box (NaN without any)."""
-        return self.outside_sum / self.outside_count if self.outside_count else torch.full((self.channels,), float("nan"),
-                                                                                          dtype=torch.float64)
+        if not self.outside_count:
+            return torch.full((self.channels,), float("nan"), dtype=torch.float64)
+        return self.outside_sum / self.outside_count

@@ -37,7 +37,8 @@ NARROW = 64
 
 # per model, dropped with it (an id() key could be reused by a later model of another architecture)
 _OFFSETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> {layer: offsets}
-_MEASURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> {("rows", layer, h, y): (y0, y1), ("cols", ...)}
+# net -> {("rows", layer, h, y): (y0, y1), ("cols", layer, w, x): (x0, x1)}
+_MEASURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class _Stop(Exception):
