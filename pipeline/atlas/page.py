@@ -64,7 +64,7 @@ def lesson(doc: dict) -> dict:
                     + f": the {top} blocks line up with the labelled damage most.")
         if len(thirds) == 3 and not thirds[0] < thirds[1] < thirds[2]:
             text.append("So the textbook picture (edges early, damage deep) does not hold cleanly here: "
-                        "the numbers do not rise block by block.")
+                        "the IoU does not rise from the early third to the deep one.")
         elif len(thirds) == 3:
             text.append("The IoU rises with depth, as the textbook picture of edges early and parts deep predicts.")
         best = max(scored, key=lambda r: r["mean_best_iou"])
