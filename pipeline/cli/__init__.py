@@ -41,6 +41,7 @@ COMMANDS = {
     "trace": "pipeline.cli.trace",
     "report": "pipeline.cli.report",
     "explore": "pipeline.cli.explore",
+    "atlas": "pipeline.cli.atlas",
 }
 
 # one-line summaries for the top-level --help (kept here so --help imports nothing heavy)
@@ -58,6 +59,7 @@ SUMMARIES = {
     "trace": "recompute one neuron by hand: sum(w*x) + b -> SiLU, against the framework",
     "report": "write an offline HTML report walking input -> neurons -> activations -> output -> training",
     "explore": "serve a local page to click any neuron, feature map and detection of a real detector",
+    "atlas": "what each conv channel looks for over a dataset: top crops, class selectivity, offline HTML",
 }
 
 

@@ -11,7 +11,8 @@ lesson with this model's numbers, and prints a summary. Run folder layout::
     OUT/film.html        the film of that training (``cardamage film``), linked from the report
     OUT/predict-synth/   overlays + detections.json on synthetic val images
     OUT/predict-real/    overlays + detections.json on real photos (if any)
-    OUT/report/          report.html
+    OUT/atlas/           the channel atlas of the model over the synthetic val set (index.html, atlas.json)
+    OUT/report/          report.html (its worked neuron's channel linked to the atlas)
     OUT/summary.json     every number printed at the end
 
 With ``--data DATA.yaml`` the same steps run on a real dataset instead of the synthetic one: no
@@ -36,6 +37,7 @@ from pathlib import Path
 import yaml
 from ultralytics.cfg import DEFAULT_CFG_DICT
 
+from pipeline.atlas.build import build_atlas
 from pipeline.cli.options import non_negative_int, positive_float
 from pipeline.core.io import atomic_write_json, atomic_write_text, expand_sources, one_line, output_folder
 from pipeline.core.runtime import PROJECT_ROOT
@@ -66,6 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--real", default=str(DEFAULT_REAL), help="folder of real photos to predict on (skipped if absent)")
     p.add_argument("--n-real", type=non_negative_int, default=8, help="how many real photos to predict on (default 8)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.add_argument("--no-atlas", action="store_true", help="skip the channel atlas of the synthetic val set")
     p.add_argument("--overwrite", action="store_true",
                    help="run even if --out holds an earlier demo (its model is replaced; `make demo` passes this)")
 
@@ -165,13 +168,28 @@ def _run_real(args, out: Path, val_images: list[Path]) -> int:
     return _finish(out, summary, metrics, "val", timings)
 
 
-def _report(args, weights, photo: Path, out: Path, imgsz: int, stats_over: list, timings: dict):
-    """Step 4: the lesson report on ``photo`` (``None`` with ``--no-report``); its seconds go into ``timings``."""
+def _atlas(args, weights, data_yaml: Path, out: Path, imgsz: int, timings: dict, layers=None) -> Path | None:
+    """The channel atlas of the trained model over the val split (``OUT/atlas``; ``None`` with ``--no-atlas``).
+    ``layers``: a Conv block selection (the demo maps every block)."""
+    if getattr(args, "no_atlas", False):
+        return None
+    t = time.perf_counter()
+    res = build_atlas(load_model(weights), [str(data_yaml)], out / "atlas", imgsz=imgsz, layers=layers,
+                      progress=False)
+    timings["atlas_s"] = round(time.perf_counter() - t, 1)
+    print(f"      channel atlas over {res['photos']} val photos: {res['index']} ({timings['atlas_s']}s)")
+    return out / "atlas"
+
+
+def _report(args, weights, photo: Path, out: Path, imgsz: int, stats_over: list, timings: dict, atlas=None):
+    """Step 4: the lesson report on ``photo`` (``None`` with ``--no-report``); its seconds go into ``timings``.
+    With ``atlas`` (a folder) the worked neuron's channel shows its atlas crops and links to the atlas."""
     if args.no_report:
         return None
     t = time.perf_counter()
     film = "../film.html" if (out / "film.html").is_file() else None  # the demo's training film, beside report/
-    report = write_report(weights, photo, out / "report", imgsz=imgsz, stats_over=stats_over, film=film)
+    report = write_report(weights, photo, out / "report", imgsz=imgsz, stats_over=stats_over, film=film,
+                          atlas=atlas)
     timings["report_s"] = round(time.perf_counter() - t, 1)
     print(f"[4/4] report on {one_line(photo.name)}: {one_line(report)} ({timings['report_s']}s)")
     return report
@@ -213,9 +231,10 @@ def _run(args, out: Path, real_dir: Path) -> int:
     print(f"[3/4] predicted {len(synth_records)} synthetic photos ({n_det} boxes) and {len(real_records)} real photos "
           f"({n_real} boxes at conf {SYNTH_MODEL_REAL_CONF:g}: a synthetic-damage model, many of them false)")
 
+    atlas = _atlas(args, metrics["weights"], data_yaml, out, imgsz, timings)
     # every layer's statistics over the whole synthetic val split beside the one photo's
     report = _report(args, metrics["weights"], val_images[0], out, imgsz, [str(out / "data" / "val" / "images")],
-                     timings)
+                     timings, atlas=atlas)
 
     timings["total_s"] = round(time.perf_counter() - t_start, 1)
     summary = {
@@ -226,5 +245,6 @@ def _run(args, out: Path, real_dir: Path) -> int:
         "predict_synth": str(out / "predict-synth" / "detections.json"),
         "predict_real": str(out / "predict-real" / "detections.json") if real_records else None,
         "report": str(report) if report else None,
+        "atlas": str(atlas / "index.html") if atlas else None,
     }
     return _finish(out, summary, metrics, "synthetic val", timings)

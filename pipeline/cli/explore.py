@@ -15,6 +15,7 @@ Examples:
     cardamage explore --weights runs/demo/train/weights/best.pt photo.jpg other.jpg
     cardamage explore --weights best.pt photos/*.jpg --port 9000 --no-browser
     cardamage explore --weights best.pt photo.jpg --host 0.0.0.0    # other machines too: read the warning
+    cardamage explore --weights best.pt photo.jpg --atlas runs/atlas   # channels and boxes linked to the atlas
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import threading
 import webbrowser
 
+from pipeline.analysis.atlas_format import AtlasIndex
 from pipeline.cli.options import add_trust_weights, image_size, int_range, probability
 from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import InputError, read_image
@@ -42,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "with a warning)")
     p.add_argument("--port", type=int_range(1, 65535), default=8765, help="port (default 8765)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    p.add_argument("--atlas", default=None, metavar="DIR",
+                   help="a cardamage atlas folder: a channel shows its atlas entry, a box the channels that drove it")
     add_trust_weights(p)
 
 
@@ -56,6 +60,9 @@ def run(args) -> int:
         photos.append(photo)
     if not photos:
         raise InputError(args.photos[0] if len(args.photos) == 1 else "explore", "no photo left to serve")
+    atlas = None
+    if args.atlas:
+        atlas = AtlasIndex(args.atlas)  # a missing or broken atlas is one line now, not a 404 later
     yolo = load_model(args.weights, nc=len(CLASS_NAMES), trust=args.trust_weights)
     explorer = Explorer(yolo, photos, imgsz=trained_imgsz(yolo, args.imgsz), conf=args.conf)
     try:
@@ -72,5 +79,5 @@ def run(args) -> int:
     print(f"cardamage explore: {n} photo{'' if n == 1 else 's'} on {', '.join(urls)} (Ctrl+C stops)", file=sys.stderr)
     if not args.no_browser:
         threading.Timer(1.0, webbrowser.open, args=(urls[0],)).start()
-    serve(explorer, sock, args.host)
+    serve(explorer, sock, args.host, atlas=atlas)
     return 0

@@ -24,6 +24,7 @@ sha256 prefix).
 Examples:
     cardamage report --weights runs/demo/train/weights/best.pt photo.jpg --out runs/report
     cardamage report --weights yolov8n.yaml photo.jpg --out runs/report-untrained --imgsz 640
+    cardamage report --weights best.pt photo.jpg --out runs/report --atlas runs/atlas   # the neuron's channel's top crops
 
     >>> from pipeline.report.page import write_report
     >>> write_report("runs/demo/train/weights/best.pt", "photo.jpg", "runs/report")
@@ -54,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats-over", nargs="+", default=None, metavar="SOURCE",
                    help="also show every layer's statistics over these photos/folders/globs (at most --stats-limit)")
     p.add_argument("--stats-limit", type=positive_int, default=200, help="photos used by --stats-over (default 200)")
+    p.add_argument("--atlas", default=None, metavar="DIR",
+                   help="a cardamage atlas folder: the worked neuron's channel shows its top crops, linked to the atlas")
     add_trust_weights(p)
 
 
@@ -66,7 +69,7 @@ def run(args) -> int:
         path = write_report(args.weights, args.image, args.out, imgsz=args.imgsz, conf=args.conf,
                             grad_imgsz=args.grad_imgsz, grad_batch=args.grad_batch, seed=args.seed,
                             layercam=not args.no_layercam, stats_over=args.stats_over, stats_limit=args.stats_limit,
-                            trust=args.trust_weights, on_error=failed.append)
+                            trust=args.trust_weights, on_error=failed.append, atlas=args.atlas)
     for e in failed:  # the statistics were taken over the rest
         print(f"error: {e}", file=sys.stderr)
     print(one_line(path))

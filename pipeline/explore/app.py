@@ -11,6 +11,9 @@ Routes (``photo`` is an index into the photos given, from 0)::
     GET /api/featuremap?photo=I&layer=P&channel=C&stage=pre|post   PNG of that map (X-Scale-Lo/Hi headers)
     GET /api/neuron?photo=I&layer=P&channel=C&y=Y&x=X              ``cardamage trace``'s JSON + receptive field
     GET /api/image?photo=I, /api/cam?photo=I         the photo, EigenCAM over it (JPEG)
+    GET /api/drivers?photo=I&box=B   the channels that drove box B's score (``analysis.drivers.box_drivers``)
+    GET /api/atlas/channel?layer=P&channel=C   that channel's atlas entry (``{"atlas": false}`` without ``--atlas``)
+    GET /atlas/...                   the atlas folder's pages and crops (with ``--atlas``)
 
 A bad parameter is answered 400 with ``{"error": "..."}`` and logged as one line; the handlers are plain
 functions, which Starlette runs in its thread pool, so a slow first run of one photo does not block others.
@@ -47,7 +50,9 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from pipeline.explore.session import BadRequest, Explorer
+from pipeline.analysis.atlas_format import AtlasIndex
+from pipeline.analysis.drivers import box_drivers
+from pipeline.explore.session import BadRequest, Explorer, _int
 
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("cardamage.explore")
@@ -87,7 +92,37 @@ def _guarded(fn):
     return endpoint
 
 
-def create_app(explorer: Explorer, allowed_hosts: Sequence[str] | None = None) -> Starlette:
+def _atlas_routes(explorer: Explorer, atlas) -> list:
+    """The routes that link detections to the channel atlas (``cardamage explore --atlas``)."""
+
+    def drivers(params):
+        run = explorer.run(explorer.photo_index(params))
+        box = _int(params, "box", 0, len(run.head_trace))
+        top = _int({"top": params.get("top", "8")}, "top", 1, 65)
+        out = box_drivers(run, box, top=top)
+        out.pop("per_layer")
+        for d in out["drivers"]:  # the link only where the atlas holds that channel (it may cover some blocks only)
+            known = atlas is not None and atlas.entry(d["layer"], d["channel"]) is not None
+            d["atlas"] = atlas.page(d["layer"], d["channel"]) if known else None
+        return out
+
+    def channel(params):
+        if atlas is None:  # answered, not 404: the page asks on every thumbnail click and a 404 is a console error
+            return {"atlas": False}
+        layer = params.get("layer") or ""
+        entry = atlas.entry(layer, _int(params, "channel", 0))
+        if entry is None:
+            raise BadRequest(f"the atlas has no channel {params.get('channel')} of {layer[:60]!r}")
+        return {"atlas": True, **entry}
+
+    routes = [Route("/api/drivers", _guarded(lambda request: StrictJSON(drivers(dict(request.query_params))))),
+              Route("/api/atlas/channel", _guarded(lambda request: StrictJSON(channel(dict(request.query_params)))))]
+    if isinstance(atlas, AtlasIndex):
+        routes.append(Mount("/atlas", app=StaticFiles(directory=atlas.root, html=True), name="atlas"))
+    return routes
+
+
+def create_app(explorer: Explorer, allowed_hosts: Sequence[str] | None = None, atlas=None) -> Starlette:
     """The Starlette app serving ``explorer``'s answers and the page (everything from the package).
 
     Args:
@@ -95,6 +130,7 @@ def create_app(explorer: Explorer, allowed_hosts: Sequence[str] | None = None) -
         allowed_hosts: the ``Host`` header values answered (``served_hosts``); any other gets 400. ``None``: no
             check, for in-process clients such as Starlette's ``TestClient``. ``serve`` and ``running`` always
             pass them.
+        atlas: an ``analysis.atlas_format.AtlasIndex`` to link channels and boxes to (``None``: no atlas).
 
     Examples:
         >>> sock = listen("127.0.0.1", 8765)
@@ -132,6 +168,7 @@ def create_app(explorer: Explorer, allowed_hosts: Sequence[str] | None = None) -
         Route("/api/image", image(explorer.photo_png)),
         Route("/api/cam", image(explorer.cam)),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+        *_atlas_routes(explorer, atlas),
     ]
 
     async def not_found(request, exc):
@@ -227,17 +264,19 @@ def listen(host: str = "127.0.0.1", port: int = 8765) -> socket.socket:
     return sock
 
 
-def serve(explorer: Explorer, sock: socket.socket, host: str | None = None, log_level: str = "warning") -> None:
+def serve(explorer: Explorer, sock: socket.socket, host: str | None = None, log_level: str = "warning",
+          atlas=None) -> None:
     """Run the app on uvicorn over ``sock`` (from ``listen(host, port)``) until interrupted; it answers only the
     ``Host`` headers of ``served_hosts(sock, host)``."""
     import uvicorn
 
-    config = uvicorn.Config(create_app(explorer, served_hosts(sock, host)), log_level=log_level, access_log=False)
+    config = uvicorn.Config(create_app(explorer, served_hosts(sock, host), atlas), log_level=log_level, access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
 
 
 @contextlib.contextmanager
-def running(explorer: Explorer, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0) -> Iterator[str]:
+def running(explorer: Explorer, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0,
+            atlas=None) -> Iterator[str]:
     """The app served on a background thread while the block runs; yields its base URL (port 0: a free one).
 
     For scripts and tests that ask the real server over HTTP from the same process.
@@ -249,7 +288,7 @@ def running(explorer: Explorer, host: str = "127.0.0.1", port: int = 0, timeout:
     import uvicorn
 
     sock = listen(host, port)
-    app = create_app(explorer, served_hosts(sock, host))
+    app = create_app(explorer, served_hosts(sock, host), atlas)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -37,7 +37,8 @@ NARROW = 64
 
 # per model, dropped with it (an id() key could be reused by a later model of another architecture)
 _OFFSETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> {layer: offsets}
-_MEASURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> {(layer, h, w, y, x): window}
+# net -> {("rows", layer, h, y): (y0, y1), ("cols", layer, w, x): (x0, x1)}
+_MEASURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class _Stop(Exception):
@@ -114,15 +115,19 @@ def receptive_field(model, layer: str, input_hw: tuple[int, int], y: int, x: int
         return max(0, x * s + dx0), max(0, y * s + dy0), min(w, x * s + dx1), min(h, y * s + dy1)
     if 2 * max(h, w) <= touched:  # reaches half the canvas from any neuron: sees all of a smaller input
         return 0, 0, w, h
-    cache, key = _MEASURED.setdefault(net, {}), (layer, h, w, y, x)
-    if key not in cache:  # a wide window: measure this neuron's rows and columns on the real input size
-        block = _block(net, layer)
-        # every op (conv, pooling, upsampling) acts on rows and columns alike and independently, so the rows a
-        # neuron sees do not depend on the width: two narrow strips cost a fraction of the full input
-        _, y0, _, y1, _, _ = _window_at(net, block, (h, NARROW), y, None)
-        x0, _, x1, _, _, _ = _window_at(net, block, (NARROW, w), None, x)
-        cache[key] = (x0, y0, x1, y1)
-    return cache[key]
+    # a wide window: measure this neuron's rows and columns on the real input size. Every op (conv, pooling,
+    # upsampling) acts on rows and columns alike and independently, so the rows a neuron sees depend on its row
+    # and the height only, not on its column nor the width: two narrow strips cost a fraction of the full input,
+    # and each row (column) is measured once for all the neurons on it (the atlas asks for thousands of neurons)
+    cache = _MEASURED.setdefault(net, {})
+    rows, cols = ("rows", layer, h, y), ("cols", layer, w, x)
+    if rows not in cache:
+        _, y0, _, y1, _, _ = _window_at(net, _block(net, layer), (h, NARROW), y, None)
+        cache[rows] = (y0, y1)
+    if cols not in cache:
+        x0, _, x1, _, _, _ = _window_at(net, _block(net, layer), (NARROW, w), None, x)
+        cache[cols] = (x0, x1)
+    return cache[cols][0], cache[rows][0], cache[cols][1], cache[rows][1]
 
 
 def to_photo(box_xyxy, input_hw: tuple[int, int], photo_shape: tuple[int, int]) -> list[float]:

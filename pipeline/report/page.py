@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.analysis.atlas_format import AtlasIndex
 from pipeline.core import heap
 from pipeline.core.io import InputError, atomic_write_json, atomic_write_text, expand_sources, file_digest
 from pipeline.model.load import load_model, trained_imgsz
@@ -83,7 +84,7 @@ def _stats_sources(stats_over) -> tuple[list, list]:
 
 def write_report(weights, image, out_dir, imgsz: int | None = None, conf: float = 0.25, grad_imgsz: int = 320,
                  grad_batch: int = 2, seed: int = 0, layercam: bool = True, stats_over=None, stats_limit: int = 200,
-                 trust: bool = False, on_error=None, film: str | None = None) -> Path:
+                 trust: bool = False, on_error=None, film: str | None = None, atlas=None) -> Path:
     """Run the lesson on one photo with one model and write ``out_dir/report.html``; return its path.
 
     Args:
@@ -101,6 +102,7 @@ def write_report(weights, image, out_dir, imgsz: int | None = None, conf: float 
         on_error: called with each ``--stats-over`` source or photo that could not be read (the rest count).
         film: the training film of these weights (``cardamage film``) to link from the header, as a path
             relative to ``out_dir``.
+        atlas: an atlas folder (``cardamage atlas``): the worked neuron's channel shows its top crops and links there.
 
     Raises:
         InputError: unreadable image or weights, or a ``stats_over`` that names no photo.
@@ -109,9 +111,16 @@ def write_report(weights, image, out_dir, imgsz: int | None = None, conf: float 
     try:
         return _write_report(weights, image, out_dir, imgsz, conf,
                              Options(grad_imgsz=grad_imgsz, grad_batch=grad_batch, seed=seed, layercam=layercam,
-                                     stats_limit=stats_limit), stats_over, trust, on_error, film)
+                                     stats_limit=stats_limit, atlas=_atlas(atlas)), stats_over, trust, on_error, film)
     finally:
         torch.set_num_threads(threads)
+
+
+def _atlas(folder):
+    """``--atlas``'s folder read once (one error line for a missing or broken one), or ``None``."""
+    if folder is None:
+        return None
+    return AtlasIndex(folder)
 
 
 def _write_report(weights, image, out_dir, imgsz: int | None, conf: float, opts: Options, stats_over, trust: bool,

@@ -16,6 +16,7 @@ Examples:
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,7 @@ class Options:
     stats_files: list = field(default_factory=list)
     stats_missing: list = field(default_factory=list)  # sources that named no photo: reported, not fatal
     stats_limit: int = 200
+    atlas: object = None  # an analysis.atlas_format.AtlasIndex (``--atlas``): the neuron's channel shows its top crops
 
 
 @dataclass
@@ -234,10 +236,37 @@ def neurons_section(run: PhotoRun, files: Path, opts: Options) -> Section:
     numbers = {k: v for k, v in tr.items() if k not in ("patch", "weights")}
     ch_rows = [[r["channel"], num(r["act"], 6), num(r["grad_x_act"], 6), num(-r["grad_x_act"], 6), num(r["zeroed_delta"], 6)]
                for r in f["top_channels"]]
+    atlas = atlas_link(opts.atlas, tr["layer"], tr["channel"], files)
     return Section("neurons", {"tr": tr, "trace_text": format_trace(tr), "ok": tr["rel_error"] <= REL_TOL,
                                "rel_tol": REL_TOL, "rows": rows, "summary": summary, "f": f, "top": top,
                                "figure": fig, "effect": f["effect"], "ch_rows": ch_rows,
-                               "lt": run.logit_trace}, {"trace": numbers})
+                               "lt": run.logit_trace, "atlas": atlas},
+                   {"trace": numbers, **({"atlas": atlas} if atlas else {})})
+
+
+def atlas_link(atlas, layer: str, channel: int, files: Path) -> dict | None:
+    """The worked neuron's channel in the atlas (``--atlas``): its strip copied beside the figures, its numbers,
+    links (relative to report.html) to its entry and to the atlas's lesson; ``None`` without an atlas.
+
+    Examples:
+        >>> atlas_link(AtlasIndex("runs/atlas"), "model.4.cv1", 7, Path("runs/report/report_files"))["best_class"]
+    """
+    if atlas is None:
+        return None
+    index = os.path.relpath(atlas.root / "index.html", files.parent)
+    entry = atlas.entry(layer, channel)
+    if entry is None:  # an atlas built with --layers that leave this block out
+        return {"layer": layer, "channel": channel, "missing": True, "index_href": index}
+    strip = None
+    if entry.get("crops") and (atlas.root / entry["crops"]).is_file():
+        # a str, not a Path: the link goes into report.json too
+        strip = str(atomic_write_bytes(files / "00_neuron_atlas.jpg", (atlas.root / entry["crops"]).read_bytes()))
+    page, _, anchor = entry["page"].partition("#")
+    return {"layer": layer, "channel": channel, "missing": False, "strip": strip, "best_class": entry["best_class"],
+            "best_iou": entry["best_iou"], "activity": entry["activity"], "active_fraction": entry["active_fraction"],
+            "top": [{"value": t["value"], "photo": n} for t, n in zip(entry["top"], entry["photo_names"])],
+            "photos": len(atlas.doc["photos"]), "href": os.path.relpath(atlas.root / page, files.parent) + "#" + anchor,
+            "index_href": index}
 
 
 def weights_section(run: PhotoRun, files: Path, opts: Options) -> Section:

@@ -1,0 +1,229 @@
+"""Streaming per-channel atlas statistics of one Conv block: top-k photos, class sums, an activation histogram.
+
+``ChannelAtlas`` is fed one photo's SiLU output ``a`` (and ``z``) at a time and keeps, per channel, only
+fixed-size tables, so its memory does not depend on the number of photos:
+
+- **top-k**: the ``k`` photos where the channel fires most, each at its strongest position (``value``, ``z``,
+  photo index, ``y``, ``x``). One entry per photo, as the Deep Visualization Toolbox shows top-9 *images*: k
+  neighbouring positions of the same blob would show one thing k times. Each photo's maximum is one
+  ``amax`` per channel; merging with the running table is one ``torch.topk`` over ``k + 1`` values per channel.
+- **class sums**: the sum of ``a`` and the cell count inside each class's labelled boxes and outside all boxes
+  (one matrix product of the map with the photo's box masks), for the class selectivity.
+- **histogram**: counts of ``a`` in ``BINS`` fixed bins, over all photos, over labelled photos and over each
+  class's box cells. The dataset-wide top quantile and the Dissection IoU need a threshold that is only known
+  once every photo has been seen; a second pass would double the time, a reservoir would make the IoU an
+  estimate. With fixed bin edges the threshold is taken *at a bin edge* (the lowest edge with at most a
+  ``quantile`` share of values above it) and the IoU at that threshold is exact: intersection = the class
+  histogram's tail, union = the labelled tail + box cells - intersection. Edges are evenly spaced in
+  ``asinh(a / EDGE_SCALE)``, so bins are ~0.02 wide near 0 and ~3% of the value at large activations; one edge
+  is 0, so the share of active cells (``a >= 0``, i.e. ``z >= 0``) is read exactly off the same histogram.
+
+Everything is additive (sums, counts) or a top-k, so two ``ChannelAtlas`` of disjoint photo sets merge
+exactly (``state`` / ``absorb``): the merged tables equal those of one pass over both sets.
+
+Examples:
+    >>> acc = ChannelAtlas(channels=16, classes=6, k=9)
+    >>> acc.update(a, z, photo=0, masks=masks)     # a, z: 1x16xHxW; masks: 6xHxW bool or None (no labels)
+    >>> acc.top_values()[3]                          # channel 3's k best values, highest first
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+#: Histogram bins of SiLU(z) per channel; with the edges below ~3% of the value wide at large activations.
+BINS = 256
+#: SiLU(z) >= -0.2785 always; the lowest edge sits just below that minimum.
+EDGE_LOW = -0.3
+#: Activations are binned evenly in asinh(a / EDGE_SCALE) up to EDGE_HIGH (larger values share the last bin).
+EDGE_SCALE = 0.05
+EDGE_HIGH = 1000.0
+
+
+def bin_edges(bins: int = BINS) -> torch.Tensor:
+    """The ``bins + 1`` fixed edges (float64, increasing, one of them exactly 0) the histograms use.
+
+    Examples:
+        >>> e = bin_edges(); float(e[0]), float(e[-1]), bool((e == 0).any())
+        (-0.3, 1000.0, True)
+    """
+    lo, hi = math.asinh(EDGE_LOW / EDGE_SCALE), math.asinh(EDGE_HIGH / EDGE_SCALE)
+    # the bins below 0 and above it in proportion to their asinh span, so that 0 is an edge of its own
+    neg = max(1, round(bins * -lo / (hi - lo)))
+    u = torch.cat([torch.linspace(lo, 0, neg + 1, dtype=torch.float64)[:-1],
+                   torch.linspace(0, hi, bins - neg + 1, dtype=torch.float64)])
+    e = torch.sinh(u) * EDGE_SCALE
+    e[neg] = 0.0  # sinh(0) is 0 already; written out because the activity count relies on it
+    return e
+
+
+class ChannelAtlas:
+    """Per-channel top-k, class sums and histograms of one Conv block over any number of photos.
+
+    Args:
+        channels: the block's output channels.
+        classes: number of label classes (0: no selectivity tables).
+        k: photos kept per channel.
+        bins: histogram bins (``bin_edges``).
+
+    Attributes:
+        top_value, top_z: ``C x k`` float32 (``-inf`` where fewer than k photos were seen), sorted high to low.
+        top_photo, top_y, top_x: ``C x k`` int64 (-1 where empty).
+        count: cells seen per channel (all photos). labelled_count: cells of photos with a label file.
+        class_sum, class_count: ``C x classes`` sum of ``a`` over each class's box cells, and their count.
+        outside_sum, outside_count: sum of ``a`` over cells of labelled photos outside every box, and their count.
+        hist, hist_labelled: ``C x bins`` counts over all photos / labelled photos; hist_class ``C x classes x bins``.
+    """
+
+    def __init__(self, channels: int, classes: int = 0, k: int = 9, bins: int = BINS):
+        self.channels, self.classes, self.k, self.bins = channels, classes, k, bins
+        self.edges = bin_edges(bins)
+        self._inner = self.edges[1:-1].float()  # bucketize on the inner edges: bin 0 .. bins-1, ends open
+        c, f64 = channels, torch.float64
+        self.top_value = torch.full((c, k), float("-inf"))
+        self.top_z = torch.full((c, k), float("nan"))
+        self.top_photo = torch.full((c, k), -1, dtype=torch.int64)
+        self.top_y = torch.full((c, k), -1, dtype=torch.int64)
+        self.top_x = torch.full((c, k), -1, dtype=torch.int64)
+        self.count = 0
+        self.labelled_count = 0
+        self.labelled_photos = 0
+        self.sum = torch.zeros(c, dtype=f64)
+        self.class_sum = torch.zeros(c, classes, dtype=f64)
+        self.class_count = torch.zeros(classes, dtype=f64)
+        self.outside_sum = torch.zeros(c, dtype=f64)
+        self.outside_count = 0.0
+        self.hist = torch.zeros(c, bins, dtype=torch.int64)
+        self.hist_labelled = torch.zeros(c, bins, dtype=torch.int64)
+        self.hist_class = torch.zeros(c, classes, bins, dtype=torch.int64)
+
+    # -- one photo -------------------------------------------------------------------------------
+    def update(self, a: torch.Tensor, z: torch.Tensor, photo: int, masks: torch.Tensor | None = None) -> None:
+        """Add one photo's map.
+
+        Args:
+            a, z: ``1xCxHxW`` SiLU output and pre-activation of the block (any memory layout).
+            photo: the photo's index (what ``top_photo`` stores).
+            masks: ``classes x H x W`` bool, cell inside a box of that class; ``None``: the photo has no label
+                file (it counts for top-k and activity, not for selectivity). A labelled photo without damage
+                passes an all-False tensor.
+        """
+        c = self.channels
+        rows = a.reshape(c, -1).float().contiguous()  # C x HW (a copy only for channels-last maps)
+        w = a.shape[-1]
+        best, where = rows.max(dim=1)
+        zval = z.reshape(c, -1).gather(1, where[:, None]).squeeze(1).float()
+        self._merge_top(best[:, None], zval[:, None], torch.full((c, 1), photo, dtype=torch.int64),
+                        (where // w)[:, None], (where % w)[:, None])
+        n = rows.shape[1]
+        self.count += n
+        self.sum += rows.sum(dim=1, dtype=torch.float64)
+        idx = torch.bucketize(rows, self._inner, right=True)  # value == edge goes to the bin above: a >= edge
+        flat = (idx + torch.arange(c)[:, None] * self.bins).flatten()
+        per_channel = torch.bincount(flat, minlength=c * self.bins).view(c, self.bins)
+        self.hist += per_channel
+        if masks is None:
+            return
+        self.labelled_photos += 1
+        self.labelled_count += n
+        self.hist_labelled += per_channel
+        m = masks.reshape(self.classes, -1)
+        if m.any():
+            md = m.to(torch.float64)
+            self.class_sum += rows.double() @ md.T
+            self.class_count += md.sum(dim=1)
+            for k in torch.nonzero(m.any(dim=1)).flatten().tolist():
+                cells = idx[:, m[k]]
+                off = (cells + torch.arange(c)[:, None] * self.bins).flatten()
+                self.hist_class[:, k] += torch.bincount(off, minlength=c * self.bins).view(c, self.bins)
+        out = ~m.any(dim=0)
+        self.outside_sum += rows[:, out].sum(dim=1, dtype=torch.float64)
+        self.outside_count += float(out.sum())
+
+    def _merge_top(self, value, z, photo, y, x) -> None:
+        """Keep the k highest of the running table and the new rows (ties: the earlier photo first)."""
+        v = torch.cat([self.top_value, value], 1)
+        # stable order: sort by value descending, and among equals keep table order (earlier photo first)
+        order = torch.sort(v, dim=1, descending=True, stable=True).indices[:, : self.k]
+        self.top_value = v.gather(1, order)
+        self.top_z = torch.cat([self.top_z, z], 1).gather(1, order)
+        self.top_photo = torch.cat([self.top_photo, photo], 1).gather(1, order)
+        self.top_y = torch.cat([self.top_y, y], 1).gather(1, order)
+        self.top_x = torch.cat([self.top_x, x], 1).gather(1, order)
+
+    # -- merging -----------------------------------------------------------------------------
+    _TABLES = ("top_value", "top_z", "top_photo", "top_y", "top_x", "sum", "class_sum", "class_count", "outside_sum",
+               "hist", "hist_labelled", "hist_class")
+    _NUMBERS = ("count", "labelled_count", "labelled_photos", "outside_count")
+
+    def state(self) -> dict:
+        """Every table, as plain tensors and numbers (picklable: what a worker sends back to be merged).
+
+        Examples:
+            >>> total.absorb(worker_part.state())
+        """
+        return {**{k: getattr(self, k).clone() for k in self._TABLES}, **{k: getattr(self, k) for k in self._NUMBERS},
+                "channels": self.channels, "classes": self.classes, "k": self.k, "bins": self.bins}
+
+    def absorb(self, state: dict) -> None:
+        """Fold another ``ChannelAtlas``' ``state()`` into this one, exactly (sums add, top-k tables merge).
+
+        Photo indices must already be global (each worker indexes photos as the whole run does). Absorbing
+        parts in input order keeps the single-process order among equal values.
+        """
+        shape = (self.channels, self.classes, self.k, self.bins)
+        if (state["channels"], state["classes"], state["k"], state["bins"]) != shape:
+            raise ValueError("cannot merge atlas tables of different shapes")
+        self._merge_top(state["top_value"], state["top_z"], state["top_photo"], state["top_y"], state["top_x"])
+        for key in ("sum", "class_sum", "class_count", "outside_sum", "hist", "hist_labelled", "hist_class"):
+            setattr(self, key, getattr(self, key) + state[key])
+        for key in self._NUMBERS:
+            setattr(self, key, getattr(self, key) + state[key])
+
+    # -- what the atlas reports ------------------------------------------------------------------
+    def threshold_bins(self, quantile: float) -> torch.Tensor:
+        """Per channel the bin index ``j`` whose lower edge is the threshold: the lowest edge with at most a
+        ``quantile`` share of all values at or above it (``C`` int64; ``bins`` when even the last bin is too full)."""
+        tail = self.hist.flip(1).cumsum(1).flip(1)  # C x bins: values in bin j and above
+        ok = tail <= quantile * max(self.count, 1)
+        # the first bin index where the tail is small enough (tails shrink as j grows); none: past the last bin
+        first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((self.channels,), self.bins))
+        return first
+
+    def thresholds(self, quantile: float) -> torch.Tensor:
+        """Per channel the activation threshold (an edge value, float64) for ``quantile``."""
+        j = self.threshold_bins(quantile)
+        return self.edges[j.clamp(max=self.bins)]
+
+    def dissection_iou(self, quantile: float) -> torch.Tensor:
+        """``C x classes``: IoU of {a >= threshold} with each class's box cells, summed over labelled photos."""
+        j = self.threshold_bins(quantile)
+        if self.classes == 0:
+            return torch.zeros(self.channels, 0, dtype=torch.float64)
+        tail_lab = torch.cat([self.hist_labelled.flip(1).cumsum(1).flip(1),
+                              torch.zeros(self.channels, 1, dtype=torch.int64)], 1)
+        tail_cls = torch.cat([self.hist_class.flip(2).cumsum(2).flip(2),
+                              torch.zeros(self.channels, self.classes, 1, dtype=torch.int64)], 2)
+        above = tail_lab.gather(1, j[:, None]).double()  # C x 1: labelled cells at or above the threshold
+        inter = tail_cls.gather(2, j[:, None, None].expand(-1, self.classes, 1)).squeeze(2).double()
+        union = above + self.class_count[None, :] - inter
+        return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+
+    def active_fraction(self) -> torch.Tensor:
+        """Per channel the share of cells with ``a >= 0`` (exactly ``z >= 0``), over all photos."""
+        zero = int(torch.nonzero(self.edges == 0).flatten()[0])  # bins from this index hold a >= 0
+        # a == 0 exactly (z == 0) lands in bin ``zero``: it is not active, but float32 hits it ~never
+        return self.hist[:, zero:].sum(1).double() / max(self.count, 1)
+
+    def inside_means(self) -> torch.Tensor:
+        """``C x classes`` mean ``a`` over each class's box cells (NaN for a class never labelled)."""
+        return self.class_sum / self.class_count[None, :].where(self.class_count[None, :] > 0,
+                                                                 torch.tensor(float("nan"), dtype=torch.float64))
+
+    def outside_mean(self) -> torch.Tensor:
+        """Per channel the mean ``a`` over labelled cells outside every box (NaN without any)."""
+        if not self.outside_count:
+            return torch.full((self.channels,), float("nan"), dtype=torch.float64)
+        return self.outside_sum / self.outside_count
