@@ -10,6 +10,8 @@ Targets (``scripts/bench.py TARGET --help`` for each one's options):
     report     a ``cardamage report`` process against a one-photo ``cardamage predict`` process (``--old
                COMMIT`` adds the report of an older commit)
     explore    ``cardamage explore``: start-up until it answers, the page's first view, /api/neuron latency
+    atlas      a ``cardamage atlas`` process against a ``cardamage predict`` process on the same photos (issue
+               33: within 2x), and the atlas's peak RSS over all the photos and over the first ``--small``
     ray        ``cardamage predict --ray`` with 1, 2... workers against the plain command, same detections
     cardd-cpu  CarDD training rows under a wall-clock budget (each one ``scripts/train_cardd.py`` process);
                ``--throughput`` times forward + backward per batch, size and memory layout
@@ -26,6 +28,7 @@ move with its load: compare rows measured on the same machine, in the same run w
 Examples:
     .venv/bin/python scripts/bench.py predict --rounds 3 --conf 0.9
     .venv/bin/python scripts/bench.py report --rounds 5 --record
+    .venv/bin/python scripts/bench.py atlas --weights best.pt --source datasets/cardd-roboflow-check/valid/images --imgsz 320
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench.py inspect --repeats 21
     .venv/bin/python scripts/bench.py cardd-cpu --data datasets/cardd-staged/data.yaml --minutes 30 --rows recipe --record
     .venv/bin/python scripts/bench.py predict --n 3 --rounds 1 --variants stock ours   # a smoke run
@@ -154,6 +157,11 @@ def child(kind: str, cfg: dict) -> int:
         t = time.perf_counter()
         n = sum(1 for _ in engine.run(files))
         out["steady_ms"] = 1000 * (time.perf_counter() - t) / n
+    elif kind == "sources":  # the atlas's reading of SOURCE (a data.yaml's val split, folders, globs, lists)
+        from pipeline.analysis.atlas import atlas_sources
+
+        files, errors = atlas_sources([cfg["source"]])
+        out["files"], out["errors"] = [str(Path(f).resolve()) for f in files], [str(e) for e in errors]
     else:
         raise SystemExit(f"unknown child {kind!r}")
     Path(cfg["result"]).write_text(json.dumps({**out, "stamps": stamps}))
@@ -519,6 +527,52 @@ def explore(args, argv) -> list[tuple]:
     return [("explore", "explore", numbers, f"{args.neurons} neuron asks a round over every Conv block, {args.rounds} rounds")]
 
 
+def atlas(args, argv) -> list[tuple]:
+    """A ``cardamage atlas`` process (every Conv block, or ``--layers``: the pass, the tables, the crops, the
+    pages) against a ``cardamage predict`` process on the same photos, and the atlas over the first ``--small``
+    of them, alternating; issue 33's goals: ``atlas_over_predict`` <= 2, the atlas's peak RSS <= 1.5 GB
+    whatever the number of photos (``atlas_rss_MB`` about ``atlas_small_rss_MB``: the tables do not grow)."""
+    work = work_dir(args, "atlas")
+    weights = weights_in(work, args)
+    got = H.run_child([PY, str(BENCH), "--child", "sources", json.dumps({"source": args.source, "result": str(work / "sources.json")})])
+    if got.rc:  # read in a child: torch stays out of this process, whose peak is every child's RSS floor
+        raise SystemExit(f"reading {args.source} failed:\n{got.log[-3000:]}")
+    found = json.loads((work / "sources.json").read_text())
+    files = found["files"][: args.n] if args.n else found["files"]
+    if found["errors"] or not files:
+        raise SystemExit(f"error: {args.source}: {len(files)} photos, errors {found['errors'][:3]}")
+    small = min(args.small, len(files) // 2) or 1  # a smaller source: half of it, so that two sizes still differ
+    lists = {}
+    for name, some in (("all", files), ("small", files[:small])):  # one .txt list each: both commands read it alike
+        lists[name] = work / f"photos-{name}.txt"
+        lists[name].write_text("".join(f"{f}\n" for f in some))
+    size = ["--imgsz", str(args.imgsz)]
+    layers = ["--layers", *args.layers] if args.layers else []
+
+    def atlas_cmd(which, out):
+        return [PY, "-m", "pipeline", "atlas", "--weights", str(weights), str(lists[which]), "--out", str(out), *size, *layers]
+
+    def count(pattern):  # how many photos the child says it did (its last summary line): every one, each round
+        return lambda run: int(hits[-1]) if (hits := re.findall(pattern, run.log)) else None
+
+    atlas_of = count(r"atlas of (\d+) photos")
+    variants = [
+        H.Variant("predict", [PY, "-m", "pipeline", "predict", str(lists["all"]), "--weights", str(weights), "--out",
+                              str(work / "predict"), *size, "--conf", str(args.conf), "--no-overlays"],
+                  before=fresh(work / "predict"), read=count(r"(\d+) images?, ")),
+        H.Variant("atlas", atlas_cmd("all", work / "atlas"), before=fresh(work / "atlas"), read=atlas_of),
+        H.Variant("atlas_small", atlas_cmd("small", work / "atlas_small"), before=fresh(work / "atlas_small"), read=atlas_of),
+    ]
+    runs = H.measure(variants, args.rounds)
+    for want, names in ((len(files), ("predict", "atlas")), (small, ("atlas_small",))):  # every photo, every run
+        H.check_same({"photos": want, **{f"{n} round {r.round + 1}": r.output for n in names for r in runs[n]}})
+    numbers = {"photos": len(files), "small_photos": small, "imgsz": args.imgsz, **H.summarize(runs, base="predict")}
+    numbers.pop("atlas_small_over_predict")  # other photos: no ratio
+    note = (f"{Path(args.source).name}, whole processes on one .txt list (predict: stock, photo by photo, --no-overlays); "
+            f"layers {' '.join(args.layers) if args.layers else 'all'}; goals: atlas_over_predict <= 2, peak RSS <= 1536 MB")
+    return [("atlas", "atlas-vs-predict", numbers, note)]
+
+
 # ---------------------------------------------------------------------------------------------- ray, check
 
 
@@ -778,9 +832,9 @@ def build_parser() -> argparse.ArgumentParser:
     def target(name, fn, help):
         return sub.add_parser(name, parents=[common], help=help, description=fn.__doc__)
 
-    def photos_args(t, conf=0.25):
+    def photos_args(t, conf=0.25, imgsz=640):
         t.add_argument("--weights", default=None, help="a .pt checkpoint (default: a seeded stand-in YOLOv8n)")
-        t.add_argument("--imgsz", type=int, default=640)
+        t.add_argument("--imgsz", type=int, default=imgsz)
         t.add_argument("--conf", type=float, default=conf)
 
     t = target("predict", predict, "the project's predict against Ultralytics' routes, whole processes")
@@ -820,6 +874,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--photo", default=None, help="the photo (default: the first CarDD sample photo)")
     t.add_argument("--neurons", type=int, default=100, help="neuron asks a round (default 100)")
     t.add_argument("--seed", type=int, default=0)
+
+    t = target("atlas", atlas, "an atlas process against a predict process on the same photos; peak RSS at two sizes")
+    photos_args(t, imgsz=320)  # issue 33's size
+    t.add_argument("--source", default=str(SAMPLE / "data.yaml"),
+                   help="what `cardamage atlas` takes: a data.yaml (its val split), a folder, glob or .txt list (default: the CarDD sample)")
+    t.add_argument("--n", type=int, default=None, help="only the first N photos")
+    t.add_argument("--small", type=int, default=200, help="photos of the smaller atlas, for peak RSS (default 200; at most half)")
+    t.add_argument("--layers", nargs="+", default=None, help="the atlas's --layers (default: every Conv block)")
 
     t = target("ray", ray, "predict --ray with N workers against the plain command")
     photos_args(t)

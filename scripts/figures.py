@@ -1,5 +1,7 @@
 """The documentation's figures, made reproducibly with no CarDD photo: ``scripts/figures.py FIGURE [options]``.
 
+    atlas       docs/img/atlas.jpg: one layer page of the atlas of the given weights over synthetic scenes
+                (labelled, so the selectivity columns are filled; Chromium through Playwright)
     explore     docs/img/explore.jpg: the explorer page on a synthetic scene, a detection, a layer, a channel
                 and a neuron clicked (the given weights; Chromium through Playwright)
     preprocess  docs/img/preprocess.png: the input layer on a synthetic photo (letterbox, x/255, min-max and
@@ -13,6 +15,7 @@ Examples:
     .venv/bin/python scripts/figures.py preprocess
     .venv/bin/python scripts/figures.py report
     .venv/bin/python scripts/figures.py explore --weights runs/demo/train/weights/best.pt --conf 0.4
+    .venv/bin/python scripts/figures.py atlas --weights runs/demo/train/weights/best.pt --val 16 --imgsz 128
     .venv/bin/python scripts/figures.py scaling --work runs/scaling --minutes 2.5
 """
 
@@ -61,6 +64,33 @@ def explore(args) -> None:
         page.wait_for_selector('#neuron[data-ready="1"]')
         page.screenshot(path=args.out, full_page=True, type="jpeg", quality=75)
         browser.close()
+
+
+def atlas(args) -> None:
+    """The atlas of ``--weights`` over ``--val`` synthetic scenes (CarDD photos are not committed), one layer's
+    page screenshot from its top."""
+    from playwright.sync_api import sync_playwright
+
+    from pipeline.analysis.atlas_format import layer_file
+    from pipeline.atlas.build import build_atlas
+    from pipeline.core.facts import CLASS_NAMES
+    from pipeline.data.synth import write_dataset
+    from pipeline.model.load import load_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = write_dataset(tmp / "synth", n_train=1, n_val=args.val, imgsz=args.imgsz, seed=7, progress=False)
+        build_atlas(load_model(args.weights, nc=len(CLASS_NAMES)), [str(data)], tmp / "atlas", imgsz=args.imgsz, k=6,
+                    layers=[0, args.layer], progress=False)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=args.chromium, args=["--headless", "--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1000, "height": 1100})
+                page.goto((tmp / "atlas" / layer_file(args.layer)).as_uri())
+                page.wait_for_function("[...document.images].every(i => i.complete)")
+                page.screenshot(path=args.out, type="jpeg", quality=70)
+            finally:
+                browser.close()
 
 
 def synthetic_photo(seed: int = 3):
@@ -194,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=__doc__.split("\n\n", 1)[1])
     sub = p.add_subparsers(dest="figure", required=True, metavar="FIGURE")
     img = ROOT / "docs" / "img"
+
+    t = sub.add_parser("atlas", help="docs/img/atlas.jpg")
+    t.add_argument("--weights", required=True)
+    t.add_argument("--val", type=int, default=24, help="synthetic val scenes (default 24)")
+    t.add_argument("--imgsz", type=int, default=224)
+    t.add_argument("--layer", default="model.2.cv2", help="the layer page to show (default model.2.cv2)")
+    t.add_argument("--chromium", default=CHROMIUM)
+    t.set_defaults(func=atlas, out=str(img / "atlas.jpg"))
 
     t = sub.add_parser("explore", help="docs/img/explore.jpg")
     t.add_argument("--weights", required=True)

@@ -186,6 +186,9 @@ TARGETS = {
     "inspect": (["inspect", "p.jpg", "--repeats", "21", "--record"], dict(photo="p.jpg", repeats=21, record="")),
     "report": (["report", "--rounds", "5", "--old", "3e16b48", "--no-layercam"], dict(rounds=5, old="3e16b48", no_layercam=True)),
     "explore": (["explore", "--neurons", "10", "--weights", "w.pt"], dict(neurons=10, weights="w.pt", imgsz=640)),
+    "atlas": (["atlas", "--source", "d.yaml", "--n", "799", "--small", "200", "--layers", "0", "model.2.cv2", "--record"],
+              dict(source="d.yaml", n=799, small=200, layers=["0", "model.2.cv2"], imgsz=320, conf=0.25, weights=None, record="")),
+    "atlas-defaults": (["atlas"], dict(source=str(bench.SAMPLE / "data.yaml"), n=None, small=200, layers=None, rounds=3)),
     "ray": (["ray", "--workers", "1", "2", "4"], dict(workers=[1, 2, 4], conf=0.25)),
     "cardd-cpu": (["cardd-cpu", "--data", "d.yaml", "--minutes", "30", "60", "--rows", "recipe", "--set", "a=1", "--record", "f.jsonl"],
                   dict(data="d.yaml", minutes=[30.0, 60.0], rows=["recipe"], set=["a=1"], record="f.jsonl")),
@@ -205,7 +208,8 @@ def test_every_target_parses_its_arguments(case):
 
 
 def test_a_bad_target_or_option_is_refused():
-    for argv in (["nope"], ["predict", "--variants", "tensorrt"], ["demo", "--part", "all"], ["cardd-cpu", "--shapes", "big"], []):
+    for argv in (["nope"], ["predict", "--variants", "tensorrt"], ["demo", "--part", "all"], ["cardd-cpu", "--shapes", "big"],
+                 ["atlas", "--small", "half"], []):
         with pytest.raises(SystemExit):
             bench.build_parser().parse_args(argv)
 
@@ -216,8 +220,11 @@ def test_the_figures_script_parses_each_figure():
     assert p.parse_args(["preprocess"]).out.endswith("docs/img/preprocess.png")
     assert p.parse_args(["scaling", "--minutes", "1", "--out", "x.png"]).out == "x.png"
     assert p.parse_args(["explore", "--weights", "w.pt"]).func is figures.explore
-    with pytest.raises(SystemExit):
-        p.parse_args(["explore"])  # --weights is required
+    a = p.parse_args(["atlas", "--weights", "w.pt", "--val", "16", "--imgsz", "128"])
+    assert (a.func, a.val, a.imgsz, a.layer) == (figures.atlas, 16, 128, "model.2.cv2") and a.out.endswith("docs/img/atlas.jpg")
+    for figure in ("explore", "atlas"):
+        with pytest.raises(SystemExit):
+            p.parse_args([figure])  # --weights is required
 
 
 # ------------------------------------------------------------------------ every committed row runs again
