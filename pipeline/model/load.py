@@ -41,7 +41,7 @@ class _TooManyModules(Exception):
 
 class _ArangeOffMeta(TorchFunctionMode):
     """Answer ``torch.arange`` on the CPU and hand back a meta copy: its meta kernel imports torch's compiler
-    (1.1 s and, in a 4 GB address space, a MemoryError) for a tensor whose values a count never reads.
+    (seconds, and a MemoryError in a capped address space) for a tensor whose values a count never reads.
     Ultralytics' DFL makes one arange of 16 values; every other constructor stays on the meta device."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
