@@ -138,6 +138,41 @@ def check_output(out: str | os.PathLike, inputs=(), not_inside=()) -> Path:
     return out
 
 
+def refuse_links(folder: str | os.PathLike, read_only=lambda rel: False) -> None:
+    """Refuse a folder another program will write into (Ultralytics' trainer) if it holds a symbolic link.
+
+    That program opens ``results.csv``, ``args.yaml``, ``weights/last.pt``, its plots and caches by name and
+    writes through whatever link sits there, into a file outside the folder (an append, a rewrite): this is
+    checked before it runs, since its writes cannot be routed. Every entry is looked at, folders included
+    (a linked ``weights/`` sends every checkpoint elsewhere), not a list of names, so a file a later
+    Ultralytics adds is covered too. ``folder`` itself may be a link: the user named it.
+
+    Args:
+        folder: the folder, which exists.
+        read_only: ``read_only(rel)`` says whether the link at ``rel`` (a ``PurePath`` relative to ``folder``)
+            is one the program only reads, e.g. a dataset view's links to the user's images. A link to a
+            folder is never accepted: what is written below it would land outside.
+
+    Raises:
+        InputError: one line naming the first link (in sorted order) and where it points.
+    """
+    root = Path(folder)
+    for parent, dirs, files in os.walk(root):  # a linked folder is listed, not entered
+        dirs.sort()
+        for name in sorted(dirs + files):
+            path = Path(parent) / name
+            if not path.is_symlink():
+                continue
+            if read_only(path.relative_to(root)) and not path.is_dir():
+                continue
+            try:
+                target = os.readlink(path)
+            except OSError as e:
+                target = f"unreadable: {_os_reason(e)}"
+            raise InputError(path, f"is a symbolic link (to {target}); a run writes only inside its own folder "
+                                   "and would write through it: remove the link, or choose another --out")
+
+
 #: The first key of every JSON file a command writes to a name the user chose (``check --json``, ``trace --out``):
 #: ``{"generator": "cardamage check", ...}``. It is how a later run knows the file is its own earlier output.
 GENERATOR_KEY = "generator"

@@ -25,11 +25,11 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import yaml
 
-from pipeline.core.io import InputError, atomic_write_text, validate_image, warn_if_repaired
+from pipeline.core.io import IMAGE_SUFFIXES, InputError, atomic_write_text, validate_image, warn_if_repaired
 from pipeline.data.labels import dataset_splits, label_path, load_names, parse_label_text
 
 
@@ -150,3 +150,23 @@ def own_view(dest: str | Path) -> Path:
         atomic_write_text(view_yaml, header + yaml.safe_dump({**spec, "path": str(dest)}, sort_keys=False,
                                                              allow_unicode=True))
     return view_yaml
+
+
+def view_link(rel: PurePath) -> bool:
+    """Whether a link at ``rel`` (relative to a view's folder) is one of the view's own links to the user's files.
+
+    Those are ``<split>/images/**/<image>`` and ``<split>/labels/**/<name>.txt``, which training only reads
+    (a restored JPEG replaces the link, not its target). Everything else in a view is written: ``data.yaml``
+    (``own_view``), ``labels.cache`` beside ``labels/`` (or inside it, ``labels/<sub>.cache``, for a nested
+    layout), and the folders they lie in, so a link there, or a link named like an image but pointing at a
+    folder (``pipeline.core.io.refuse_links`` checks that), would send a write outside the run.
+
+    Examples:
+        >>> view_link(PurePath("train/images/a/car.jpg")), view_link(PurePath("train/labels.cache"))
+        (True, False)
+    """
+    parts = rel.parts
+    if len(parts) < 3:
+        return False
+    kind, suffix = parts[1], rel.suffix.lower()
+    return (kind == "images" and suffix in IMAGE_SUFFIXES) or (kind == "labels" and suffix == ".txt")

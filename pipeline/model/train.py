@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import torch
 from ultralytics.nn import tasks
 
 from pipeline.core import runtime
-from pipeline.core.io import InputError, atomic_write_json, output_folder
+from pipeline.core.io import InputError, atomic_write_json, output_folder, refuse_links
 from pipeline.core.yamlfile import read_yaml
-from pipeline.data.dataset_view import own_view, stage_dataset
+from pipeline.data.dataset_view import own_view, stage_dataset, view_link
 from pipeline.data.labels import dataset_folders, read_data_yaml
 from pipeline.model.load import DEFAULT_MODEL, load_model, weights_error, weights_policy
 
@@ -172,6 +172,23 @@ def check_fresh(out: str | Path, overwrite: bool = False) -> None:
         (Path(out) / f).unlink(missing_ok=True)
 
 
+def check_links(out: str | Path) -> None:
+    """Refuse a run folder holding a symbolic link that training would write through (before any work).
+
+    Ultralytics' trainer opens its files by name in the run folder (``results.csv`` appended, ``args.yaml``,
+    ``weights/*.pt``, plots, ``labels.cache``; our ``metrics.json`` and the watch's files too): a link
+    planted there, or a linked ``weights/``, would make a run (a resume above all, which keeps the folder)
+    rewrite a file outside ``--out``. Refused rather than replaced: a link is never the run's own file, and
+    deleting what the user put there is not this command's call. The dataset view's links to the user's
+    images and labels (``dataset/<split>/images|labels/...``, ``view_link``) are the view itself and only read.
+    Call it holding ``output_folder``'s lock.
+
+    Raises:
+        InputError: one line naming the link and where it points.
+    """
+    refuse_links(out, read_only=lambda rel: rel.parts[0] == "dataset" and view_link(PurePath(*rel.parts[1:])))
+
+
 def train(
     data: str | Path,
     out: str | Path,
@@ -220,6 +237,7 @@ def train(
         if not last.is_file():
             raise InputError(last, "nothing to resume: no interrupted run in this folder")
         with output_folder(out):
+            check_links(out)
             changes = {k: v for k, v in overrides.items() if v is not None}
             yolo, results, left_out = _resume(out, trust, counter, changes, callbacks, on_error)
     else:
@@ -251,6 +269,7 @@ def _new_run(data, out: Path, model, config, overrides: dict, counter: BatchCoun
     folders = dataset_folders(data)
     inputs = [*folders, *([model] if Path(model).is_file() else []), *([config] if config else [])]
     with output_folder(out, inputs=inputs, not_inside=folders[1:]):
+        check_links(out)  # before check_fresh: --overwrite deletes nothing in a folder that is refused
         check_fresh(out, overwrite)
         yolo = load_model(model, nc=int(info["nc"]), names=list(info["names"].values()), trust=trust)
         view = stage_dataset(data, out / "dataset", on_error=on_error)
