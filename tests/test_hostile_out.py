@@ -250,3 +250,75 @@ def test_a_resume_refuses_what_it_would_ignore(extra, weights, tmp_path, capsys)
     assert line.startswith(f"error: {extra[0]}: a resume keeps the run's recipe (epochs, data, model, config")
     assert "only --device, --batch, --imgsz, --time may change" in line
     assert digests(run) == before and _tree(run) == tree
+
+
+# ------------------------------------------------------------- 4. no write through a link in the run folder
+
+LINK_REASON = ("a run writes only inside its own folder and would write through it: remove the link, "
+               "or choose another --out")
+
+
+def _plant(run: Path, rel: str, victim: Path) -> Path:
+    """Move ``run/rel`` (a file, or the weights folder) to ``victim/rel`` and leave a link to it in its place,
+    as `ln -sf /victim/results.csv run/results.csv` does; return the victim."""
+    here, there = run / rel, victim / rel
+    there.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(here, there)
+    here.symlink_to(there)
+    return there
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rel", ["results.csv", "args.yaml", "weights", "dataset/data.yaml",
+                                 "dataset/train/labels.cache"])
+def test_a_resume_never_writes_through_a_link_in_the_run_folder(rel, interrupted, tmp_path, capsys):
+    """The trainer appends results.csv, rewrites args.yaml and the checkpoints, and the view's yaml and cache
+    are written too: each linked out of the folder is refused before training, and its target keeps every byte."""
+    run = _copy(interrupted, tmp_path / "run")
+    assert (run / rel).exists(), rel  # the interrupted run made it: a real file the trainer would write again
+    target = _plant(run, rel, tmp_path / "victim")
+    before = digests(tmp_path / "victim")
+    assert main(["train", "--out", str(run), "--resume"]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line == f"error: {run.resolve() / rel}: is a symbolic link (to {target}); {LINK_REASON}"
+    assert digests(tmp_path / "victim") == before and (run / rel).is_symlink()
+    assert not (run / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_a_new_run_into_a_folder_holding_a_link_is_refused(overwrite, synth_data, tmp_path, capsys):
+    """A new run writes the same files (``--overwrite`` first deletes the old run's): refused before any of it."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "results.csv").write_bytes(b"epoch,mine\n1,2\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.csv").symlink_to(victim / "results.csv")
+    before, tree = digests(victim), _tree(out)
+    argv = ["train", "--data", str(synth_data), "--out", str(out), "--epochs", "1", "--imgsz", "64", *overwrite]
+    assert main(argv) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line == f"error: {out.resolve() / 'results.csv'}: is a symbolic link (to {victim / 'results.csv'}); {LINK_REASON}"
+    assert digests(victim) == before and _tree(out) == tree
+
+
+def test_only_the_views_links_to_images_and_labels_are_accepted(tmp_path):
+    """Files in the view's images/ and labels/ are links by design; a folder there, or any other name, is not."""
+    from pipeline.model.train import check_links
+
+    run = tmp_path / "run"
+    images, labels = run / "dataset" / "train" / "images" / "a", run / "dataset" / "train" / "labels" / "a"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    (tmp_path / "car.jpg").write_bytes(jpeg_bytes(0))
+    (tmp_path / "car.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (images / "car.jpg").symlink_to(tmp_path / "car.jpg")
+    (labels / "car.txt").symlink_to(tmp_path / "car.txt")
+    check_links(run)  # the view as stage_dataset makes it
+    for planted, target in [(images / "dir.jpg", tmp_path), (labels.parent / "a.cache", tmp_path / "car.txt"),
+                            (labels / "x.cache", tmp_path / "car.txt"), (run / "plots.png", tmp_path / "car.jpg")]:
+        planted.symlink_to(target)
+        with pytest.raises(InputError) as e:
+            check_links(run)
+        assert str(e.value).startswith(f"{planted}: is a symbolic link (to {target})"), planted
+        planted.unlink()
