@@ -229,10 +229,14 @@ def served_hosts(sock: socket.socket, host: str | None = None) -> list[str]:
     """The ``Host`` header values to answer on ``sock``: the address it is bound to and ``host`` (the name it was
     asked to listen on); the loopback names when bound to loopback or to every interface; and, for every
     interface, the machine's own addresses and hostname. Ports are not compared: the request reached this socket.
+
+    A wildcard bind's own address (``0.0.0.0``, ``::``) and the name it was asked for (``0``, ``""``) are left
+    out: they name no machine, yet a browser sends a request for ``http://0.0.0.0:PORT/`` to this machine, so a
+    web page elsewhere could reach the explorer through them (the "0.0.0.0 day" route to local services).
     """
     bound = sock.getsockname()[0]
-    hosts = [_in_url(bound)] + ([_in_url(host)] if host else [])
     wildcard = _wildcard_addresses(sock)
+    hosts = [] if wildcard is not None else [_in_url(bound)] + ([_in_url(host)] if host else [])
     if wildcard is not None or _ip(bound).is_loopback:
         hosts += LOOPBACK_HOSTS
     if wildcard is not None:
