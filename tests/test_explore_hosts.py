@@ -124,3 +124,34 @@ def test_loopback_is_one_line_and_no_warning(setup, monkeypatch, capsys):
     port, lines, seen = _announced(setup, monkeypatch, capsys)
     assert lines == [f"cardamage explore: 1 photo on http://127.0.0.1:{port}/ (Ctrl+C stops)"]
     assert seen == {"sock": ("127.0.0.1", port), "host": "127.0.0.1"}
+
+
+WILDCARD_HOSTS = ["0.0.0.0", "0.0.0.0:{port}", "0", "0:{port}", "[::]", "[::]:{port}", "[::ffff:0.0.0.0]"]
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "0", ""])
+def test_a_wildcard_bind_does_not_answer_its_wildcard_name(setup, bind):
+    """A browser sends http://0.0.0.0:PORT/ (and http://0:PORT/) to this machine, so a page elsewhere could reach
+    the explorer through that name: it gets 400; the real names still answer."""
+    with running(setup["ex"], host=bind) as base:
+        port = base.rsplit(":", 1)[1]
+        for host in WILDCARD_HOSTS:
+            assert ask(base, host.format(port=port)) == (400, b"Invalid host header"), (bind, host)
+        for host in ["127.0.0.1", f"localhost:{port}", socket.gethostname(), *own_ipv4_addresses()]:
+            assert ask(base, host)[0] == 200, (bind, host)
+
+
+def test_served_hosts_never_names_a_wildcard_address():
+    from pipeline.explore.app import listen, served_hosts
+
+    binds = ["0.0.0.0", "0", ""] + (["::"] if socket.has_ipv6 else [])
+    for bind in binds:
+        try:
+            sock = listen(bind, 0)
+        except OSError:  # no IPv6 on this machine
+            assert bind == "::"
+            continue
+        with sock:
+            hosts = served_hosts(sock, bind)
+        assert not {"0.0.0.0", "0", "", "[::]", "::"} & set(hosts), (bind, hosts)
+        assert {"127.0.0.1", "localhost", socket.gethostname().lower()} <= set(hosts), (bind, hosts)
