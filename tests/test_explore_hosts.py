@@ -95,7 +95,7 @@ def _announced(setup, monkeypatch, capsys, *host_args) -> tuple[int, list[str], 
     lines, and the socket and host it would serve."""
     seen = {}
 
-    def fake_serve(explorer, sock, host=None):
+    def fake_serve(explorer, sock, host=None, atlas=None):  # serve's signature: the command passes --atlas
         seen.update(sock=sock.getsockname(), host=host)
         sock.close()
 
