@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -322,3 +323,17 @@ def test_only_the_views_links_to_images_and_labels_are_accepted(tmp_path):
             check_links(run)
         assert str(e.value).startswith(f"{planted}: is a symbolic link (to {target})"), planted
         planted.unlink()
+
+
+def test_a_hard_link_in_the_run_folder_is_refused(synth_data, tmp_path, capsys):
+    """A hard link is the victim's own bytes under another name: an append to results.csv would change both."""
+    victim = tmp_path / "victim.csv"
+    victim.write_bytes(b"epoch,mine\n1,2\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    os.link(victim, out / "results.csv")
+    before = victim.read_bytes()
+    assert main(["train", "--data", str(synth_data), "--out", str(out), "--epochs", "1", "--imgsz", "64"]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {out.resolve() / 'results.csv'}: is one of 2 hard links to the same file"), line
+    assert victim.read_bytes() == before and os.stat(victim).st_nlink == 2

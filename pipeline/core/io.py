@@ -139,7 +139,7 @@ def check_output(out: str | os.PathLike, inputs=(), not_inside=()) -> Path:
 
 
 def refuse_links(folder: str | os.PathLike, read_only=lambda rel: False) -> None:
-    """Refuse a folder another program will write into (Ultralytics' trainer) if it holds a symbolic link.
+    """Refuse a folder another program will write into (Ultralytics' trainer) if it holds a symbolic or hard link.
 
     That program opens ``results.csv``, ``args.yaml``, ``weights/last.pt``, its plots and caches by name and
     writes through whatever link sits there, into a file outside the folder (an append, a rewrite): this is
@@ -153,6 +153,8 @@ def refuse_links(folder: str | os.PathLike, read_only=lambda rel: False) -> None
             is one the program only reads, e.g. a dataset view's links to the user's images. A link to a
             folder is never accepted: what is written below it would land outside.
 
+    A regular file with other hard links is refused too: the same bytes stand elsewhere.
+
     Raises:
         InputError: one line naming the first link (in sorted order) and where it points.
     """
@@ -162,6 +164,11 @@ def refuse_links(folder: str | os.PathLike, read_only=lambda rel: False) -> None
         for name in sorted(dirs + files):
             path = Path(parent) / name
             if not path.is_symlink():
+                # a hard link shares its bytes with a file elsewhere: an append or a rewrite in place changes both
+                if name in files and path.stat().st_nlink > 1:
+                    raise InputError(path, f"is one of {path.stat().st_nlink} hard links to the same file; a run "
+                                           "writes only inside its own folder and would change the others too: "
+                                           "copy the file (cp, not cp -l), or choose another --out")
                 continue
             if read_only(path.relative_to(root)) and not path.is_dir():
                 continue
