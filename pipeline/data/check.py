@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.errors import one_line
+from pipeline.core.errors import listen_warnings, one_line
 from pipeline.core.files import real_path
 from pipeline.core.io import InputError, read_image
 from pipeline.core.runtime import progress_bar
@@ -67,8 +67,15 @@ def scan_pair(image: Path, label: Path, nc: int) -> dict:
                     (str(label), None, "bad_label_file", "mixes box rows and polygon rows (Ultralytics drops the image)")
                 )
 
+    # a JPEG libjpeg repaired while decoding is a warning of this report (kind ``repaired_jpeg``, in --json and
+    # in the count), caught here rather than printed by the command line's own listener, which the summary
+    # and the JSON never saw
+    def repaired(w):
+        rec["warnings"].append((w.path, None, "repaired_jpeg", w.reason))
+
     try:
-        pixels = read_image(image)
+        with listen_warnings(repaired):
+            pixels = read_image(image)
     except InputError as e:
         rec["errors"].insert(0, (str(image), None, "corrupt_image", e.reason))
         rec["dropped"] = True
