@@ -9,11 +9,12 @@ with their ``../train/images`` paths), then looks at every image and label file:
   (wrong number of values, non-numeric, odd polygon coordinates, < 3 points), class ids out of range,
   coordinates outside [0, 1], images Ultralytics would drop, a split without a single label file;
 - warnings, each on its own line ``warning: <file>[:line]: <reason>``: missing label files (background
-  images), JPEGs libjpeg repairs while decoding (``repaired_jpeg``), rows Ultralytics fixes while loading, and leakage between splits: splits that list the same
-  files (``split_overlap``, e.g. ``train`` and ``val`` both ``images/``), exact (same bytes,
-  ``exact_duplicate``) and near (perceptual hash, ``near_duplicate``) duplicates across splits. A leak
-  makes the later split's scores optimistic, but the data still trains (Ultralytics' coco128 uses
-  train == val on purpose), so it is reported loudly, with a ``LEAKAGE train -> val: ...`` summary
+  images), JPEGs libjpeg repairs while decoding (``repaired_jpeg``), rows Ultralytics fixes while
+  loading, and leakage between splits: splits that list the same files (``split_overlap``, e.g.
+  ``train`` and ``val`` both ``images/``), exact (same bytes, ``exact_duplicate``) and near
+  (perceptual hash, ``near_duplicate``) duplicates across splits. A leak makes the later split's
+  scores optimistic, but the data still trains (Ultralytics' coco128 uses train == val on purpose),
+  so it is reported loudly, with a ``LEAKAGE train -> val: ...`` summary
   line per pair of splits, not failed.
 
 Exit status 1 when there is any error, 0 otherwise; with ``--strict`` any warning fails too. Polygons

@@ -98,7 +98,8 @@ def read_yaml(path: str | os.PathLike, what: str = "YAML file") -> object:
         raise InputError(path, f"line {e.line}: YAML alias *{e.anchor} refused: a {what} may not use anchors "
                                "and aliases (a few of them can stand for gigabytes)") from None
     except TooDeep as e:
-        raise InputError(path, f"line {e.line}: nested deeper than {MAX_YAML_DEPTH} levels: refused as a {what}") from None
+        raise InputError(path, f"line {e.line}: nested deeper than {MAX_YAML_DEPTH} levels: "
+                               f"refused as a {what}") from None
     except RecursionError:  # a backstop: the depth limit above should stop any recursion first
         raise InputError(path, f"nested too deeply to read as a {what}") from None
     except yaml.YAMLError as e:

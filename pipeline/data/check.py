@@ -194,7 +194,8 @@ def check_dataset(data_yaml: str | Path, near_threshold: int = 4, progress: bool
                for s, st in per_split.items() if st["missing_labels"] == st["images"]]
     overlaps = split_overlaps(splits)
     warnings += [_overlap_warning(o, splits, data_yaml) for o in overlaps]
-    hashes = {p: (scanned[real_path(p)]["sha1"], scanned[real_path(p)]["phash"]) for ps in splits.values() for p in ps}
+    hashes = {p: (scanned[real_path(p)]["sha1"], scanned[real_path(p)]["phash"])
+              for ps in splits.values() for p in ps}
     duplicates = find_duplicates(splits, near_threshold, hashes=hashes)
     for d in duplicates:
         what = "same bytes" if d["kind"] == "exact" else f"perceptual hash distance {d['distance']}"
