@@ -19,7 +19,9 @@ from ultralytics.nn import tasks
 
 from pipeline.cli import main
 from pipeline.core.io import InputError
-from pipeline.model.load import MAX_PARAMETERS, load_model, model_yaml_parameters
+from pipeline.core.yamlfile import MAX_YAML_DEPTH
+from pipeline.model.load import (MAX_ACTIVATIONS, MAX_PARAMETERS, PROBE_SIZE, YOLOV8X_ACTIVATIONS, load_model,
+                                 model_yaml_parameters)
 from test_trust import cli, jpeg_bytes, one_error_line, photos, weights  # noqa: F401 - fixtures
 
 ULTRALYTICS_V8 = Path(tasks.__file__).parent.parent / "cfg" / "models" / "v8" / "yolov8.yaml"
@@ -69,6 +71,46 @@ def test_an_alias_in_a_recipe_or_a_model_yaml_is_refused(tmp_path, capsys):
     model.write_text(ULTRALYTICS_V8.read_text().replace("nc: 80", "nc: &n 80\nkpt: *n"))
     with pytest.raises(InputError, match=r"line \d+: YAML alias \*n refused: a model YAML"):
         load_model(model)
+
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def test_yaml_nested_past_the_limit_is_one_line_everywhere(tmp_path):
+    """PyYAML composes nested lists by recursion: 500 levels overflowed into a RecursionError traceback of
+    thousands of lines (data.yaml, recipe, model YAML). For ``train --model`` the model is checked before the
+    dataset is listed."""
+    deep = f"nested deeper than {MAX_YAML_DEPTH} levels"
+    data = tmp_path / "deep-data.yaml"
+    data.write_text(f"train: train/images\nval: val/images\nnames: {_nested(500)}\n")
+    r = cli("check", data, timeout=60)
+    assert r.returncode == 1
+    assert one_error_line(r.stderr) == f"error: {data}: line 3: {deep}: refused as a data.yaml file"
+    good = _dataset(tmp_path / "d", "names: [dent]")
+    recipe = tmp_path / "deep-recipe.yaml"
+    recipe.write_text(f"epochs: 1\nlr0: {_nested(500)}\n")
+    r = cli("train", "--data", good, "--config", recipe, "--out", tmp_path / "o", timeout=60)
+    assert r.returncode == 1
+    assert one_error_line(r.stderr) == f"error: {recipe}: line 2: {deep}: refused as a config file"
+    model = tmp_path / "deep-model.yaml"
+    model.write_text(f"nc: 1\nbackbone: {_nested(500)}\nhead: []\n")
+    line = f"error: {model}: line 2: {deep}: refused as a model YAML"
+    photo = tmp_path / "d" / "images" / "a.jpg"
+    r = cli("predict", "--weights", model, "--imgsz", "64", photo, "--out", tmp_path / "o", timeout=60)
+    assert r.returncode == 1 and one_error_line(r.stderr) == line
+    os.mkfifo(tmp_path / "d" / "images" / "b.jpg")  # a listing of the dataset would name it: the model goes first
+    r = cli("train", "--data", good, "--model", model, "--out", tmp_path / "o", timeout=60)
+    assert r.returncode == 1 and one_error_line(r.stderr) == line and not (tmp_path / "o").exists()
+
+
+def test_nesting_within_the_limit_still_reads(tmp_path):
+    from pipeline.core.yamlfile import read_yaml
+
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(f"a: {_nested(MAX_YAML_DEPTH - 1)}\n")  # the mapping is one level, the lists the rest
+    assert read_yaml(ok) == {"a": eval(_nested(MAX_YAML_DEPTH - 1))}  # noqa: S307 - our own brackets
 
 
 @pytest.mark.parametrize("names_line, extra, reason", [
@@ -151,6 +193,74 @@ def test_the_meta_build_leaves_the_real_model_unchanged():
     yolo = load_model("yolov8n.yaml", nc=6)
     assert tasks.yaml_model_load("yolov8n.yaml") == before
     assert {p.device for p in yolo.model.parameters()} == {torch.device("cpu")}
+
+
+
+def _upsample_256(tmp_path: Path) -> Path:
+    """YOLOv8 with its first Upsample factor 2 made 256 (a 3 KB file)."""
+    text = ULTRALYTICS_V8.read_text()
+    assert '[None, 2, "nearest"]' in text
+    path = tmp_path / "up256.yaml"
+    path.write_text(text.replace('[None, 2, "nearest"]', '[None, 256, "nearest"]', 1))
+    return path
+
+
+def test_yolov8x_stride_probe_activations_by_the_meta_method():
+    """The figure the budget's line quotes, recomputed; the budget sits well above every stock YOLOv8."""
+    from pipeline.model.load import probe_activations
+
+    cfg = tasks.yaml_model_load("yolov8x.yaml")
+    with torch.device("meta"):
+        model, save = tasks.parse_model(copy.deepcopy(cfg), ch=3, verbose=False)
+    assert probe_activations("yolov8x.yaml", model, save, 3) == YOLOV8X_ACTIVATIONS
+    assert MAX_ACTIVATIONS >= 10 * YOLOV8X_ACTIVATIONS and PROBE_SIZE == 256
+    for spec in ("yolov8n.yaml", "yolov8x.yaml", "yolov8x-p6.yaml", "yolo11x.yaml"):  # all still build
+        model_yaml_parameters(spec, 6)
+
+
+def test_ultralytics_stride_probe_is_still_256_px():
+    """Our meta probe copies the size of Ultralytics' own; a new Ultralytics with another size must be seen."""
+    import inspect
+
+    assert f"s = {PROBE_SIZE}" in inspect.getsource(tasks.DetectionModel.__init__)
+
+
+def test_a_parameterless_blow_up_is_refused_on_the_meta_device(tmp_path, monkeypatch):
+    """Ultralytics' stride probe runs a 256 px image through a new model on the real device: an Upsample
+    factor of 256 made it allocate gigabytes before its shape error, and ``channels: 20000`` (a 1.3e9-value
+    input, few parameters) more. Both are refused by the meta probe; Ultralytics is never asked to build."""
+    up = _upsample_256(tmp_path)
+    channels = _model_yaml(tmp_path, "ch.yaml", "nc: 80", "nc: 80\nchannels: 20000")
+    import pipeline.model.load as load
+
+    monkeypatch.setattr(load, "YOLO", lambda *a, **k: pytest.fail("Ultralytics built a refused model"))
+    with pytest.raises(InputError, match=r"not a valid model YAML \(RuntimeError: Sizes of tensors must match"):
+        load_model(up, nc=6)
+    with pytest.raises(InputError) as e:
+        load_model(channels, nc=6)
+    assert str(e.value) == (f"{channels}: its 256x256 trial forward (Ultralytics' stride probe) makes 1,321,548,800 "
+                            f"activation values, over the budget of {MAX_ACTIVATIONS:,} (YOLOv8x makes "
+                            f"{YOLOV8X_ACTIVATIONS:,}); check channels, the Upsample factors and the strides")
+
+
+def test_a_blow_up_model_yaml_is_one_line_under_a_small_memory_cap(tmp_path, photos):  # noqa: F811
+    """The CLI run under a 4 GiB address space (room for torch, one BLAS thread): the real probe of this YAML
+    asked the allocator for 4 GiB at once and failed with that, not the shape error the meta probe finds."""
+    up = _upsample_256(tmp_path)
+    import resource
+    import subprocess
+    import sys
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    r = subprocess.run([sys.executable, "-m", "pipeline", "predict", "--weights", str(up), "--imgsz", "64", str(photos),
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120, preexec_fn=cap,
+                       cwd=Path(__file__).parent.parent, env={**os.environ, "OPENBLAS_NUM_THREADS": "1",
+                                                              "OMP_NUM_THREADS": "1"})
+    errors = [x for x in r.stderr.splitlines() if x.startswith("error")]
+    assert r.returncode == 1 and errors == [one_error_line("\n".join(errors))]
+    assert "Sizes of tensors must match" in errors[0] and not (tmp_path / "o").exists()
 
 
 # ---------------------------------------------------------------- C. files that are not files: never a hang
@@ -301,7 +411,8 @@ def test_a_repaired_jpeg_warns_the_same_way_everywhere(command, repaired, weight
     warned = [line for line in err if line.startswith("warning: ") and "damaged JPEG" in line]
     assert warned == [f"warning: {path}: damaged JPEG, decoded with the gaps filled "
                       "(Corrupt JPEG data: premature end of data segment)"]
-    assert err[-1] == "1 photo with warnings (above)"
+    if command != "check":  # check counts it among its own warnings instead (the test after the next)
+        assert err[-1] == "1 photo with warnings (above)"
 
 
 def test_a_fifo_inside_a_dataset_or_a_batch_is_one_line_never_a_hang(weights, tmp_path):  # noqa: F811
@@ -318,3 +429,57 @@ def test_a_fifo_inside_a_dataset_or_a_batch_is_one_line_never_a_hang(weights, tm
             "--out", tmp_path / "p", timeout=120)
     assert r.returncode == 1 and [x for x in r.stderr.splitlines() if x.startswith("error")] == [line]
     assert len(json.loads((tmp_path / "p" / "detections.json").read_text())) == 1
+
+
+
+def test_a_symlink_loop_inside_a_dataset_is_one_line_the_rest_checked(tmp_path):
+    """``Path.resolve()`` raised RuntimeError on a link loop and stopped check and outliers with a traceback."""
+    data = _dataset(tmp_path / "d", "names: [dent]")
+    (tmp_path / "d" / "images" / "b.jpg").write_bytes(jpeg_bytes(2))
+    (tmp_path / "d" / "labels" / "b.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    loop = tmp_path / "d" / "images" / "loop.jpg"
+    loop.symlink_to("loop.jpg")
+    line = f"error: {loop}: Too many levels of symbolic links"
+    r = cli("check", data, "--json", tmp_path / "c.json", timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert [x for x in r.stderr.splitlines() if x.startswith("error")] == [line]
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert report["total"]["images"] == 3 and report["total"]["labelled"] == 2  # a.jpg and b.jpg were checked
+    r = cli("outliers", data, "--out", tmp_path / "o", timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert [x for x in r.stderr.splitlines() if x.startswith("error")] == [line]
+    assert len((tmp_path / "o" / "image_stats.csv").read_text().splitlines()) == 3  # header and the two photos
+
+
+def test_check_counts_a_repaired_jpeg_among_its_warnings_and_in_json(repaired, tmp_path, capsys):
+    data = _dataset(tmp_path / "d", "names: [dent]")
+    photo = tmp_path / "d" / "images" / "a.jpg"
+    photo.write_bytes(repaired["cut"].read_bytes())
+    assert main(["check", str(data), "--json", str(tmp_path / "c.json")]) == 0
+    out = capsys.readouterr()
+    reason = "damaged JPEG, decoded with the gaps filled (Corrupt JPEG data: premature end of data segment)"
+    assert [x for x in out.err.splitlines() if "damaged JPEG" in x] == [f"warning: {photo}: {reason}"]
+    assert "0 error(s), 2 warning(s), 1 of them leakage" in out.out  # the repaired JPEG and train == val
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert [w for w in report["warnings"] if w["kind"] == "repaired_jpeg"] == [
+        {"file": str(photo), "line": None, "kind": "repaired_jpeg", "reason": reason, "split": "train"}]
+    assert report["ok"] and not report["strict_ok"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "loop", "folder", "device"])
+def test_weights_that_are_not_a_regular_file_say_why(kind, tmp_path, photos):  # noqa: F811
+    path = {"fifo": tmp_path / "w.pt", "loop": tmp_path / "loop.pt", "folder": tmp_path / "dir.pt",
+            "device": Path("/dev/zero")}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "loop":
+        path.symlink_to("loop.pt")
+    elif kind == "folder":
+        path.mkdir()
+    reason = {"fifo": "not a regular file (a FIFO), expected a weights file",
+              "loop": "Too many levels of symbolic links",
+              "folder": "is a folder, expected a weights file",
+              "device": "not a regular file (a device), expected a weights file"}[kind]
+    with pytest.raises(InputError) as e:
+        load_model(path)
+    assert str(e.value) == f"{path}: {reason}"

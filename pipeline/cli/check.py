@@ -9,11 +9,12 @@ with their ``../train/images`` paths), then looks at every image and label file:
   (wrong number of values, non-numeric, odd polygon coordinates, < 3 points), class ids out of range,
   coordinates outside [0, 1], images Ultralytics would drop, a split without a single label file;
 - warnings, each on its own line ``warning: <file>[:line]: <reason>``: missing label files (background
-  images), rows Ultralytics fixes while loading, and leakage between splits: splits that list the same
-  files (``split_overlap``, e.g. ``train`` and ``val`` both ``images/``), exact (same bytes,
-  ``exact_duplicate``) and near (perceptual hash, ``near_duplicate``) duplicates across splits. A leak
-  makes the later split's scores optimistic, but the data still trains (Ultralytics' coco128 uses
-  train == val on purpose), so it is reported loudly, with a ``LEAKAGE train -> val: ...`` summary
+  images), JPEGs libjpeg repairs while decoding (``repaired_jpeg``), rows Ultralytics fixes while
+  loading, and leakage between splits: splits that list the same files (``split_overlap``, e.g.
+  ``train`` and ``val`` both ``images/``), exact (same bytes, ``exact_duplicate``) and near
+  (perceptual hash, ``near_duplicate``) duplicates across splits. A leak makes the later split's
+  scores optimistic, but the data still trains (Ultralytics' coco128 uses train == val on purpose),
+  so it is reported loudly, with a ``LEAKAGE train -> val: ...`` summary
   line per pair of splits, not failed.
 
 Exit status 1 when there is any error, 0 otherwise; with ``--strict`` any warning fails too. Polygons
@@ -23,7 +24,7 @@ The report (``--json``) holds:
 
 - ``splits`` / ``total``: the statistics of ``check_dataset``;
 - ``errors`` and ``warnings``: lists of {file, line, kind, reason, split}; warning kinds are
-  ``missing_label``, ``ultralytics`` and the leak kinds ``split_overlap``, ``exact_duplicate``,
+  ``missing_label``, ``repaired_jpeg``, ``ultralytics`` and the leak kinds ``split_overlap``, ``exact_duplicate``,
   ``near_duplicate`` (``LEAK_KINDS``);
 - ``leaks``: per pair of splits that share images, {split_a, split_b, images, of, same_file, exact,
   near}: ``images`` of the ``of`` images of ``split_b`` are also in ``split_a``, each counted once

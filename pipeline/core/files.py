@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 from pipeline.core.errors import InputError
 
@@ -37,3 +38,17 @@ def check_regular_file(path: str | os.PathLike, what: str = "a file") -> os.stat
                 else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "special")
         raise InputError(path, f"not a regular file ({kind}), expected {what}")
     return st
+
+
+def real_path(path: str | os.PathLike) -> Path:
+    """The file a path names, links followed (``Path.resolve()``), or the absolute path itself for a link loop.
+
+    A dataset listing is keyed by real paths (one file under two spellings is one photo), and
+    ``Path.resolve()`` raises RuntimeError at a symlink loop: one ``loop.jpg -> loop.jpg`` stopped a whole
+    ``check`` with a traceback. A loop is no file, so it is its own key; whoever opens it then names it in
+    one line (``check_regular_file``) and the rest of the dataset is checked.
+    """
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError):
+        return Path(os.path.abspath(path))

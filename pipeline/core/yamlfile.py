@@ -5,7 +5,7 @@ load itself is small, but anything that walks the result (printing it, ``str()``
 ``json.dumps``) expands every alias. A data.yaml, a recipe and a model YAML have no need of them, so
 ``read_yaml`` refuses any alias node while parsing, before anything walks the tree. It also refuses what
 is not a regular file (a FIFO would block the read forever, ``/dev/zero`` would never end) and a file
-over ``MAX_YAML_BYTES``, and names the file in one line.
+over ``MAX_YAML_BYTES`` or nested deeper than ``MAX_YAML_DEPTH``, and names the file in one line.
 
 Examples:
     >>> from pipeline.core.yamlfile import read_yaml
@@ -25,6 +25,10 @@ from pipeline.core.files import check_regular_file
 
 #: The largest YAML file read: 1 MiB holds some 50,000 class names; CarDD's data.yaml is 300 bytes.
 MAX_YAML_BYTES = 1 << 20
+#: The deepest nesting of lists and mappings read. PyYAML composes a node by recursion, a few Python frames
+#: a level, so a few hundred ``[`` overflow the interpreter's stack (a RecursionError, thousands of lines of
+#: traceback); a model YAML, the deepest file read, nests its layer lists a handful of levels.
+MAX_YAML_DEPTH = 50
 
 
 class AliasRefused(yaml.YAMLError):
@@ -35,18 +39,35 @@ class AliasRefused(yaml.YAMLError):
         super().__init__(f"line {line}: alias *{anchor}")
 
 
+class TooDeep(yaml.YAMLError):
+    """Nesting past ``MAX_YAML_DEPTH`` met while parsing, at a 1-based line."""
+
+    def __init__(self, line: int):
+        self.line = line
+        super().__init__(f"line {line}: nested deeper than {MAX_YAML_DEPTH} levels")
+
+
 class NoAliasLoader(yaml.SafeLoader):
-    """PyYAML's safe loader that raises at the first alias (``*name``) instead of sharing the anchored node.
+    """PyYAML's safe loader that raises at the first alias (``*name``) instead of sharing the anchored node,
+    and at nesting deeper than ``MAX_YAML_DEPTH`` (before the composer's recursion overflows the stack).
 
     The pure-Python loader, not the C one: composing happens in ``compose_node`` here, which the C parser
     would not call. These files are a few KB, so speed does not matter.
     """
 
+    _depth = 0
+
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise AliasRefused(event.anchor, event.start_mark.line + 1)
-        return super().compose_node(parent, index)
+        if self._depth >= MAX_YAML_DEPTH:
+            raise TooDeep(self.peek_event().start_mark.line + 1)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def read_yaml(path: str | os.PathLike, what: str = "YAML file") -> object:
@@ -56,7 +77,7 @@ def read_yaml(path: str | os.PathLike, what: str = "YAML file") -> object:
 
     Raises:
         InputError: one line naming the file and why (not found, not a regular file, too large, not
-            UTF-8, a YAML syntax error, an alias).
+            UTF-8, a YAML syntax error, an alias, nesting past ``MAX_YAML_DEPTH``).
     """
     path = Path(path)
     st = check_regular_file(path, f"a {what}")
@@ -76,6 +97,11 @@ def read_yaml(path: str | os.PathLike, what: str = "YAML file") -> object:
     except AliasRefused as e:
         raise InputError(path, f"line {e.line}: YAML alias *{e.anchor} refused: a {what} may not use anchors "
                                "and aliases (a few of them can stand for gigabytes)") from None
+    except TooDeep as e:
+        raise InputError(path, f"line {e.line}: nested deeper than {MAX_YAML_DEPTH} levels: "
+                               f"refused as a {what}") from None
+    except RecursionError:  # a backstop: the depth limit above should stop any recursion first
+        raise InputError(path, f"nested too deeply to read as a {what}") from None
     except yaml.YAMLError as e:
         reason = " ".join(str(e).split())
         raise InputError(path, f"not valid YAML ({reason[:300]})") from None

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.errors import one_line
+from pipeline.core.errors import listen_warnings, one_line
+from pipeline.core.files import real_path
 from pipeline.core.io import InputError, read_image
 from pipeline.core.runtime import progress_bar
 from pipeline.data.duplicates import find_duplicates, phash_of, sha1_of_file, split_overlaps
@@ -66,8 +67,15 @@ def scan_pair(image: Path, label: Path, nc: int) -> dict:
                     (str(label), None, "bad_label_file", "mixes box rows and polygon rows (Ultralytics drops the image)")
                 )
 
+    # a JPEG libjpeg repaired while decoding is a warning of this report (kind ``repaired_jpeg``, in --json and
+    # in the count), caught here rather than printed by the command line's own listener, which the summary
+    # and the JSON never saw
+    def repaired(w):
+        rec["warnings"].append((w.path, None, "repaired_jpeg", w.reason))
+
     try:
-        pixels = read_image(image)
+        with listen_warnings(repaired):
+            pixels = read_image(image)
     except InputError as e:
         rec["errors"].insert(0, (str(image), None, "corrupt_image", e.reason))
         rec["dropped"] = True
@@ -79,7 +87,7 @@ def scan_pair(image: Path, label: Path, nc: int) -> dict:
     # whose last bytes are not the end marker, and its os.replace then swaps the link, not the user's file.
     with tempfile.TemporaryDirectory(prefix="cardamage-check-") as tmp:
         link = Path(tmp) / image.name
-        os.symlink(image.resolve(), link)
+        os.symlink(real_path(image), link)
         out = verify_image_label((str(link), str(label), "", False, nc, 0, 0, False))
     msg = out[-1]
     if out[0] is None:  # Ultralytics drops the image
@@ -170,23 +178,24 @@ def check_dataset(data_yaml: str | Path, near_threshold: int = 4, progress: bool
     data_yaml = Path(data_yaml)
     splits = dataset_splits(data_yaml)
     names = load_names(data_yaml)
-    unique = sorted({p.resolve(): p for ps in splits.values() for p in ps}.items())
+    unique = sorted({real_path(p): p for ps in splits.values() for p in ps}.items())
     scanned = {}
     for real, p in progress_bar(unique, desc="checking images", disable=not progress):
         scanned[real] = scan_pair(p, label_path(p), len(names))
     split_of = {}
     for s, ps in splits.items():
         for p in ps:
-            split_of.setdefault(p.resolve(), s)
+            split_of.setdefault(real_path(p), s)
 
     errors, warnings = _scan_issues(scanned, split_of)
-    per_split = {s: _stats([scanned[p.resolve()] for p in ps], names) for s, ps in splits.items()}
+    per_split = {s: _stats([scanned[real_path(p)] for p in ps], names) for s, ps in splits.items()}
     errors += [_issue(label_path(splits[s][0]).parent, None, "missing_labels",
                       f"no label file for any of the {st['images']} '{s}' images", s)
                for s, st in per_split.items() if st["missing_labels"] == st["images"]]
     overlaps = split_overlaps(splits)
     warnings += [_overlap_warning(o, splits, data_yaml) for o in overlaps]
-    hashes = {p: (scanned[p.resolve()]["sha1"], scanned[p.resolve()]["phash"]) for ps in splits.values() for p in ps}
+    hashes = {p: (scanned[real_path(p)]["sha1"], scanned[real_path(p)]["phash"])
+              for ps in splits.values() for p in ps}
     duplicates = find_duplicates(splits, near_threshold, hashes=hashes)
     for d in duplicates:
         what = "same bytes" if d["kind"] == "exact" else f"perceptual hash distance {d['distance']}"
@@ -230,7 +239,7 @@ def _scan_issues(scanned: dict, split_of: dict) -> tuple[list[dict], list[dict]]
 def _overlap_warning(o: dict, splits: dict, data_yaml: Path) -> dict:
     """Two splits that share images: the same folder named twice, or some files listed in both."""
     a, b = o["split_a"], o["split_b"]
-    shared = {p.resolve() for p in splits[a]} & {p.resolve() for p in splits[b]}
+    shared = {real_path(p) for p in splits[a]} & {real_path(p) for p in splits[b]}
     folders = ", ".join(sorted({str(f.parent) for f in shared}))
     reason = (f"{a} and {b} are the same folder ({folders}): all {o['shared']} images are in both splits"
               if o["same_list"] else f"{o['shared']} images are listed in both {a} and {b} (in {folders})")
@@ -256,7 +265,7 @@ def leak_summary(splits: dict[str, list[Path]], duplicates: list[dict]) -> list[
         [{'split_a': 'train', 'split_b': 'val', 'images': 1, 'of': 2, 'same_file': 1, 'exact': 0, 'near': 0}]
     """
     strength = {"same_file": 0, "exact": 1, "near": 2}  # lower is stronger
-    resolved = {s: {p.resolve() for p in ps} for s, ps in splits.items()}
+    resolved = {s: {real_path(p) for p in ps} for s, ps in splits.items()}
     names = list(splits)
     out = []
     for i, a in enumerate(names):
@@ -265,7 +274,7 @@ def leak_summary(splits: dict[str, list[Path]], duplicates: list[dict]) -> list[
             for d in duplicates:
                 if (d["split_a"], d["split_b"]) != (a, b):
                     continue
-                p = Path(d["path_b"]).resolve()
+                p = real_path(d["path_b"])
                 if p not in link or strength[d["kind"]] < strength[link[p]]:
                     link[p] = d["kind"]
             if link:

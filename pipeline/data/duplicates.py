@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.files import real_path
 from pipeline.core.io import InputError, file_digest, read_image
 from pipeline.core.runtime import progress_bar
 
@@ -140,7 +141,7 @@ def split_overlaps(images_by_split: dict[str, list[Path]]) -> list[dict]:
         >>> split_overlaps({"train": [Path("images/a.jpg")], "val": [Path("images/a.jpg")]})[0]["same_list"]
         True
     """
-    resolved = {s: {Path(p).resolve() for p in ps} for s, ps in images_by_split.items()}
+    resolved = {s: {real_path(p) for p in ps} for s, ps in images_by_split.items()}
     names = list(images_by_split)
     out = []
     for i, a in enumerate(names):
@@ -227,7 +228,7 @@ class _Pairing:
     def same_file(self, a: str, i: int, b: str, j: int) -> bool:
         for p in (self.paths[a][i], self.paths[b][j]):
             if p not in self.real:
-                self.real[p] = p.resolve()
+                self.real[p] = real_path(p)
         return self.real[self.paths[a][i]] == self.real[self.paths[b][j]]
 
     def same_colours(self, pa: Path, pb: Path) -> bool:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.facts import Z_THRESHOLD
+from pipeline.core.files import real_path
 from pipeline.core.io import InputError, read_image, shrink
 from pipeline.data.duplicates import find_duplicates, phash_of, sha1_of_file, split_overlaps
 from pipeline.data.labels import dataset_splits
@@ -176,7 +177,7 @@ def image_table(images_by_split: dict[str, list[Path]], with_hashes: bool = True
     by_real: dict[Path, Path] = {}
     for split, paths in images_by_split.items():
         for p in paths:
-            key = by_real.setdefault(Path(p).resolve(), Path(p))
+            key = by_real.setdefault(real_path(p), Path(p))
             order.setdefault(key, []).append(split)
     rows, hashes, errors = [], {}, []
     for path, splits in order.items():
@@ -193,7 +194,7 @@ def image_table(images_by_split: dict[str, list[Path]], with_hashes: bool = True
     for split, paths in images_by_split.items():  # the same file may be listed under another spelling
         for p in paths:
             if with_hashes:
-                hashes.setdefault(Path(p), hashes[by_real[Path(p).resolve()]])
+                hashes.setdefault(Path(p), hashes[by_real[real_path(p)]])
     return rows, hashes, errors
 
 

@@ -23,6 +23,7 @@ from ultralytics import YOLO
 from ultralytics.nn import tasks
 
 from pipeline.core.facts import CLASS_NAMES, TRUST_ENV
+from pipeline.core.files import check_regular_file
 from pipeline.core.io import InputError
 from pipeline.core.yamlfile import read_yaml
 
@@ -33,6 +34,15 @@ MAX_PARAMETERS = 100_000_000
 #: Modules (layers, blocks and their parts) a model YAML may build: YOLOv8x has 460; a depth_multiple of 1e9
 #: would make a billion Python objects before any parameter count could stop it.
 MAX_MODULES = 5_000
+#: The side of the blank image Ultralytics' ``DetectionModel`` runs through a new model to learn its strides
+#: (``s = 256`` in ``ultralytics/nn/tasks.py``), on the real device, before any check of ours could stop it.
+PROBE_SIZE = 256
+#: The activation values (the numel of every module's output, the input included) that trial forward may make:
+#: about fifteen times YOLOv8x's own (``YOLOV8X_ACTIVATIONS``), some gigabytes of float32. An ``Upsample`` factor
+#: of 256 or ``channels: 20000`` in a 3 KB YAML asks for far more, and the real probe would allocate it.
+MAX_ACTIVATIONS = 1_000_000_000
+#: YOLOv8x's count by the same meta-device method at ``PROBE_SIZE`` (80 classes); a test recomputes it.
+YOLOV8X_ACTIVATIONS = 67_931_136
 
 
 class _TooManyModules(Exception):
@@ -65,7 +75,9 @@ def model_yaml_parameters(spec: str | Path, nc: int | None = None) -> int:
     The file is read as every user YAML is (``read_yaml``: no aliases, a regular file, at most 1 MiB), then
     Ultralytics' own ``parse_model`` builds it on torch's meta device, where a tensor has a shape and no
     storage, so ``width_multiple: 1000`` costs nothing to count. A module registration hook stops a build
-    past ``MAX_MODULES`` (a huge ``depth_multiple`` or repeat count) before Python runs out of memory.
+    past ``MAX_MODULES`` (a huge ``depth_multiple`` or repeat count) before Python runs out of memory. Then
+    Ultralytics' stride probe runs there too (``probe_activations``): what it would allocate is refused
+    above ``MAX_ACTIVATIONS``, and a shape mismatch is found before the real probe allocates.
 
     Args:
         spec: a model YAML path, or a name Ultralytics ships (``yolov8n.yaml``).
@@ -73,14 +85,20 @@ def model_yaml_parameters(spec: str | Path, nc: int | None = None) -> int:
 
     Raises:
         InputError: the YAML is hostile or malformed, describes more than ``MAX_PARAMETERS`` parameters
-            (the line names the count and the budget) or more than ``MAX_MODULES`` modules.
+            (the line names the count and the budget), more than ``MAX_MODULES`` modules, or a stride probe
+            of more than ``MAX_ACTIVATIONS`` activation values.
 
     Examples:
         >>> model_yaml_parameters("yolov8n.yaml", nc=6)
         3012018
     """
-    if Path(spec).exists() or Path(spec).is_symlink():  # a user's file; Ultralytics' own names resolve below
-        read_yaml(spec, "model YAML")
+    # every user file is read safely before Ultralytics' yaml_load (which recurses without a limit and expands
+    # aliases) sees it; Ultralytics' own names resolve below. yaml_model_load first tries the name without
+    # its scale letter (yolov8n.yaml -> yolov8.yaml), so that file is read too where the user has one.
+    unscaled = re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", str(spec))
+    for path in dict.fromkeys((str(spec), unscaled)):
+        if Path(path).exists() or Path(path).is_symlink():
+            read_yaml(path, "model YAML")
     try:
         cfg = tasks.yaml_model_load(spec)
     except Exception as e:
@@ -98,7 +116,7 @@ def model_yaml_parameters(spec: str | Path, nc: int | None = None) -> int:
     hook = torch.nn.modules.module.register_module_module_registration_hook(count)
     try:
         with torch.device("meta"), _ArangeOffMeta():
-            model, _ = tasks.parse_model(copy.deepcopy(cfg), ch=cfg.get("channels", 3), verbose=False)
+            model, save = tasks.parse_model(copy.deepcopy(cfg), ch=cfg.get("channels", 3), verbose=False)
     except _TooManyModules:
         raise InputError(spec, f"describes more than {MAX_MODULES:,} modules (YOLOv8x has 460); "
                                "check depth_multiple and the repeat counts") from None
@@ -110,7 +128,64 @@ def model_yaml_parameters(spec: str | Path, nc: int | None = None) -> int:
     if n > MAX_PARAMETERS:
         raise InputError(spec, f"describes {n:,} parameters, over the budget of {MAX_PARAMETERS:,} "
                                "(YOLOv8x has 68,229,648); check width_multiple, the channel numbers and nc")
+    acts = probe_activations(spec, model, save, cfg.get("channels", 3))
+    if acts > MAX_ACTIVATIONS:
+        raise InputError(spec, f"its {PROBE_SIZE}x{PROBE_SIZE} trial forward (Ultralytics' stride probe) makes "
+                               f"{acts:,} activation values, over the budget of {MAX_ACTIVATIONS:,} (YOLOv8x makes "
+                               f"{YOLOV8X_ACTIVATIONS:,}); check channels, the Upsample factors and the strides")
     return n
+
+
+def probe_activations(spec, model: torch.nn.Sequential, save: list[int], ch: int) -> int:
+    """The activation values Ultralytics' stride probe would make with ``model`` (built by ``parse_model`` on
+    the meta device), counted by running that probe on the meta device: shapes, no memory.
+
+    The parameter count misses a layer with no parameters that makes a huge output (``nn.Upsample`` with
+    a factor of 256) and a huge input (``channels``); the probe, a ``PROBE_SIZE`` blank image through the
+    model, allocates all of it on the real device. The routing is ``BaseModel._predict_once``'s, with the
+    head in training mode as the probe runs it. A shape the layers cannot join (a bad factor usually gives
+    one) raises here, on the meta device, instead of after the real allocation.
+
+    Raises:
+        InputError: the forward fails (named as an invalid model YAML).
+    """
+    from ultralytics.nn.modules import Detect
+
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        stack = [output]
+        while stack:
+            v = stack.pop()
+            if isinstance(v, torch.Tensor):
+                total += v.numel()
+            elif isinstance(v, (list, tuple)):
+                stack += list(v)
+            elif isinstance(v, dict):
+                stack += list(v.values())
+
+    if not len(model) or not isinstance(model[-1], Detect):  # Ultralytics runs no probe without a Detect head
+        return 0
+    hooks = [m.register_forward_hook(count) for m in model.modules()]
+    try:
+        with torch.device("meta"), _ArangeOffMeta(), torch.no_grad():
+            model.eval()
+            model[-1].training = True  # as the probe: the head returns its feature maps
+            x = torch.zeros(1, ch, PROBE_SIZE, PROBE_SIZE)
+            total += x.numel()
+            y = []
+            for m in model:
+                if m.f != -1:
+                    x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+                x = m(x)
+                y.append(x if m.i in save else None)
+    except Exception as e:
+        raise _yaml_error(spec, e) from None
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
 
 
 def load_model(spec: str | Path = DEFAULT_MODEL, nc: int | None = None, names=None, trust: bool = False):
@@ -146,6 +221,8 @@ def load_model(spec: str | Path = DEFAULT_MODEL, nc: int | None = None, names=No
         if names is not None:
             yolo.model.names = {i: str(name) for i, name in enumerate(names)}
         return yolo
+    if path.exists() or path.is_symlink():  # there, but maybe a folder, FIFO, device or link loop: say which
+        check_regular_file(path, "a weights file")
     if not path.is_file():
         if path.parent != Path("."):  # a path, likely to a run of one's own: no download advice
             raise InputError(spec, "weights file not found" + (" (a training run keeps them in "

@@ -32,7 +32,7 @@ from pipeline.core.io import InputError, atomic_write_json, output_folder, refus
 from pipeline.core.yamlfile import read_yaml
 from pipeline.data.dataset_view import own_view, stage_dataset, view_link
 from pipeline.data.labels import dataset_folders, read_data_yaml
-from pipeline.model.load import DEFAULT_MODEL, load_model, weights_error, weights_policy
+from pipeline.model.load import DEFAULT_MODEL, load_model, model_yaml_parameters, weights_error, weights_policy
 
 # Keys of a recipe file that are ours, not Ultralytics' train() arguments.
 RECIPE_KEYS = {"model", "data", "epochs", "imgsz", "batch", "device"}
@@ -266,6 +266,8 @@ def _new_run(data, out: Path, model, config, overrides: dict, counter: BatchCoun
     args = {k: v for k, v in settings.items() if k not in OWN_KEYS}  # ours, not Ultralytics'
     model = model or recipe.get("model") or DEFAULT_MODEL
     info = check_data_yaml(data)
+    if str(model).endswith((".yaml", ".yml")):  # a hostile model YAML is refused before the dataset is listed
+        model_yaml_parameters(model, int(info["nc"]))
     folders = dataset_folders(data)
     inputs = [*folders, *([model] if Path(model).is_file() else []), *([config] if config else [])]
     with output_folder(out, inputs=inputs, not_inside=folders[1:]):
