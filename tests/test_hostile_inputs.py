@@ -337,8 +337,9 @@ def test_explore_names_each_bad_photo_and_serves_the_rest(specials, weights, pho
     text.write_text("not a photo\n")
     good = sorted(photos.iterdir())[0]
     served = {}
-    monkeypatch.setattr(explore_cli, "listen", lambda host, port: None)
-    monkeypatch.setattr(explore_cli, "serve", lambda explorer, sock: served.setdefault("photos", explorer.photos))
+    real_listen = explore_cli.listen
+    monkeypatch.setattr(explore_cli, "listen", lambda host, port: real_listen(host, 0))  # a free port, really bound
+    monkeypatch.setattr(explore_cli, "serve", lambda explorer, sock, *a, **k: served.setdefault("photos", explorer.photos))
     bad = [*specials.values(), empty, text]
     assert main(["explore", "--weights", str(weights), *map(str, bad), str(good), "--no-browser"]) == 0
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
