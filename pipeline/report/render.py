@@ -99,7 +99,9 @@ def render_page(info: dict, sections: list, timings: dict, nav: list[tuple[str, 
     """The whole page: header (photo, weights, versions), navigation, the sections in order, footer."""
     env = _env()
     body = [Markup(env.get_template(f"sections/{s.id}.html").render(section=s, **s.context)) for s in sections]
-    first = Markup(env.get_template("first_read.html").render(**first_read(sections)))
+    # the short path reads the map section's numbers (strides, anchors, DFL bins): no map, no path
+    first = (Markup(env.get_template("first_read.html").render(**first_read(sections)))
+             if any(s.id == "map" for s in sections) else Markup(""))
     return env.get_template("page.html").render(info=info, sections=body, nav=nav, timings=timings,
                                                 image_name=Path(info["image"]).name, first_read=first)
 
