@@ -26,20 +26,12 @@ TINY = dict(epochs=1, imgsz=64, batch=8, nbs=8, workers=0, device="cpu", seed=0,
 
 
 def chain(*dicts) -> dict:
-    """Several ``{event: fn}`` dicts as one (train() takes one function per event): each runs, in order."""
+    """Several ``{event: fn}`` dicts as one ``{event: [fn, ...]}``, as train() takes them."""
     events: dict[str, list] = {}
     for d in dicts:
         for event, fn in d.items():
             events.setdefault(event, []).append(fn)
-
-    def run_all(fns):
-        def run(obj):
-            for fn in fns:
-                fn(obj)
-
-        return run
-
-    return {event: run_all(fns) for event, fns in events.items()}
+    return events
 
 
 def test_record_points_and_torn_lines(tmp_path):

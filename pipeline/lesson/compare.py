@@ -46,20 +46,12 @@ def swap_callbacks(activation: str) -> dict:
 
 
 def _merge(*dicts) -> dict:
-    """One ``{event: fn}`` from several (train() takes one function per event); each runs, in order."""
+    """One ``{event: [fn, ...]}`` from several (``train`` runs each function of an event, in order)."""
     events: dict[str, list] = {}
     for d in dicts:
         for event, fn in d.items():
             events.setdefault(event, []).append(fn)
-
-    def run_all(fns):
-        def run(obj):
-            for fn in fns:
-                fn(obj)
-
-        return run
-
-    return {event: run_all(fns) for event, fns in events.items()}
+    return events
 
 
 def train_variants(data, out, variants=COMPARED, every_batches: int | None = None, **overrides) -> dict[str, list]:

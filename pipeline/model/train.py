@@ -212,7 +212,8 @@ def train(
             (a copied or moved run folder included: the checkpoint's own folder is not used). Only the
             ``RESUME_MAY_CHANGE`` overrides apply; ``data``, ``model``, ``config``, ``overwrite`` or any other
             override is refused with one line, since a resume keeps the run's recipe.
-        callbacks: optional ``{event: function(trainer)}`` added to Ultralytics' callbacks (e.g. ``on_train_start``).
+        callbacks: optional ``{event: function(trainer)}`` (or a list of functions per event) added to Ultralytics'
+            callbacks (e.g. ``on_train_start``).
         trust: load ``model`` / ``last.pt`` even if safe loading refuses it (``--trust-weights``).
         overwrite: train even if ``out`` holds an earlier run (``--overwrite``); its weights and metrics are
             removed first, so a failed run never leaves the old ``best.pt`` looking like the new one.
@@ -248,6 +249,13 @@ def train(
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
+
+
+def add_callbacks(yolo, callbacks: dict | None) -> None:
+    """Add ``{event: fn}`` or ``{event: [fn, ...]}`` to Ultralytics' callbacks, each function once, in order."""
+    for event, fns in (callbacks or {}).items():
+        for fn in fns if isinstance(fns, (list, tuple)) else [fns]:
+            yolo.add_callback(event, fn)
 
 def _refuse_recipe_changes(given: dict) -> None:
     """One line for the first option a resume would ignore: Ultralytics would only log that it did."""
@@ -292,8 +300,7 @@ def _new_run(data, out: Path, model, config, overrides: dict, counter: BatchCoun
         if settings.get("cpu_channels_last", False):
             _cpu_channels_last(yolo)
         yolo.add_callback("on_train_batch_start", counter.on_batch)
-        for event, fn in (callbacks or {}).items():
-            yolo.add_callback(event, fn)
+        add_callbacks(yolo, callbacks)
         with weights_policy(trust):
             try:
                 results = yolo.train(**args)
@@ -346,11 +353,8 @@ def _resume(out: Path, trust: bool, counter: BatchCounter, changes: dict, callba
         data, left_out = view.data_yaml, view.errors
     yolo = load_model(last, trust=trust)
     yolo.add_callback("on_train_batch_start", counter.on_batch)
-    for event, fn in (callbacks or {}).items():  # e.g. the training watch, which continues its watch.jsonl
-        yolo.add_callback(event, fn)
+    add_callbacks(yolo, callbacks)  # e.g. the training watch, which continues its watch.jsonl
     _use_every_core(yolo)
-    for event, fn in (callbacks or {}).items():
-        yolo.add_callback(event, fn)
     try:
         with weights_policy(trust):
             return yolo, yolo.train(resume=True, save_dir=str(out), data=str(data), **changes), left_out
