@@ -19,7 +19,9 @@ import fcntl
 import json
 import os
 import re
+import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -45,6 +47,11 @@ pil_open = getattr(ultralytics_patches, "_image_open", PIL.Image.open)
 
 #: What a folder contributes: Ultralytics' own image formats, so predict sees what training sees (no GIF).
 IMAGE_SUFFIXES = {f".{suffix}" for suffix in IMG_FORMATS}
+
+#: The formats a photo may be in, said in the refusal of any other: Ultralytics' own list less what Pillow
+#: cannot read without a plugin (HEIC, HEIF) or at all (DNG's raw data; Pillow reads a DNG only where it is
+#: a plain TIFF, and then as TIFF). ``test_every_format_named_is_one_pillow_reads`` keeps it true.
+READ_FORMATS = "JPEG, PNG, BMP, TIFF, WebP, JPEG 2000, AVIF, MPO"
 
 
 def _read_umask() -> int:
@@ -319,10 +326,12 @@ def validate_image(path: str | os.PathLike) -> None:
                 im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()
     except (PIL.UnidentifiedImageError, ModuleNotFoundError):
-        # formats Pillow lacks (some TIFF/DNG flavours, non-images): OpenCV's decode decides, under
-        # OPENCV_IO_MAX_IMAGE_PIXELS (runtime.py). Ultralytics' patched Image.open answers an unknown
-        # format by importing pi_heif, absent unless installed.
-        return
+        # Refused, not handed to OpenCV: OpenCV also decodes formats Pillow does not read (Radiance HDR,
+        # OpenEXR) as float32, four times the bytes a pixel of the BGR the pixel limit is sized for, and its
+        # own guard counts pixels only, so a HDR named .jpg went past the limit and the memory promise.
+        # Training refuses the same files (Ultralytics verifies every image with Pillow), so predict now
+        # sees what training sees. HEIC/HEIF need the pi-heif plugin, which this project does not install.
+        raise InputError(path, f"not an image or corrupt (Pillow cannot identify it; formats read: {READ_FORMATS})") from None
     except PIL.Image.DecompressionBombError as e:  # over twice the limit: Pillow refuses at open, giving the count
         found = re.search(r"\((\d+) pixels\)", str(e))
         pixels = int(found.group(1)) if found else 2 * PIL.Image.MAX_IMAGE_PIXELS + 1
@@ -358,6 +367,52 @@ def warn_if_repaired(path: str | os.PathLike) -> str | None:
     return None
 
 
+#: The lines libjpeg and libpng print to stderr from inside OpenCV's decode, naming no file: ``warn_if_repaired``
+#: and ``read_image`` already say the same in a line that names it. OpenCV's own log level does not reach them.
+_NATIVE_LINE = re.compile(rb"^(Corrupt JPEG data|Premature end of JPEG file|Warning: unknown JFIF|libpng (error|warning)"
+                          rb"|Invalid SOS parameters|Bogus |Unsupported marker|Huffman table)")
+_native_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def native_stderr() -> Iterator[list[str]]:
+    """Catch what native decoders write to fd 2 during the block; yield a list that then holds their lines.
+
+    libjpeg and libpng print with C's ``fprintf(stderr)``, which no Python setting reaches, so fd 2 itself is
+    pointed at a temporary file for the block. The fd is shared by the whole process, hence the lock: one
+    decode at a time redirects it (the engine's decode threads read photos too). Anything else written to fd 2
+    meanwhile (a Python warning from another thread) is not one of the decoders' lines and is written back
+    to the real stderr afterwards, so nothing of the program's own is lost.
+    """
+    caught: list[str] = []
+    with _native_lock:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all: nothing to keep clean
+            yield caught
+            return
+        with tempfile.TemporaryFile() as buf:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(buf.fileno(), 2)
+            try:
+                yield caught
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                buf.seek(0)
+                others = []
+                for line in buf.read().splitlines(keepends=True):
+                    if _NATIVE_LINE.match(line):
+                        caught.append(line.decode("utf-8", "replace").strip())
+                    else:
+                        others.append(line)
+                if others:
+                    os.write(2, b"".join(others))
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a photo as BGR uint8 HxWx3, the way Ultralytics' predictor reads it.
 
@@ -380,16 +435,23 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except OSError as e:
         raise InputError(path, _os_reason(e)) from None
     validate_image(path)
-    warn_if_repaired(path)
+    repaired = warn_if_repaired(path)
+    with open(path, "rb") as f:
+        clean_jpeg = repaired is None and simplejpeg.is_jpeg(f.read(16))
+    # A JPEG libjpeg-turbo just decoded strictly has nothing to print, so it decodes without the lock and the
+    # engine's decode threads stay parallel; anything else may make libjpeg or libpng speak: caught.
+    quiet = contextlib.nullcontext([]) if clean_jpeg else native_stderr()
     try:
-        image = imread(str(path))
+        with quiet as native:  # their line names no file; ours below (or the warning above) does
+            image = imread(str(path))
     except Exception as e:  # cv2 raises on some malformed headers, and over OPENCV_IO_MAX_IMAGE_PIXELS
         if "CV_IO_MAX_IMAGE_PIXELS" in str(e):  # a format Pillow does not read: OpenCV's guard (runtime.py) spoke
             raise InputError(path, f"over the limit of {runtime.max_pixels() / 1e6:g} megapixels (OpenCV refused to "
                                    f"decode it); if the photo is genuine, set {runtime.MAX_PIXELS_ENV} higher") from None
         raise InputError(path, f"cannot decode image ({type(e).__name__})") from None
     if image is None or image.size == 0:
-        raise InputError(path, "not an image or corrupt (OpenCV could not decode it)")
+        said = f": {native[-1]}" if native else ""  # libpng's "IDAT: CRC error", which Pillow's load never checks
+        raise InputError(path, f"not an image or corrupt (OpenCV could not decode it{said})")
     if image.ndim == 2:  # imread may hand back 2-D for some formats
         image = np.repeat(image[..., None], 3, axis=2)
     if image.dtype != np.uint8:
@@ -457,12 +519,20 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[InputError]]:
             errors += bad
         elif p.is_dir():
             try:
-                found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+                named = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
             except OSError as e:  # unreadable folder: reported, the other sources still run
                 errors.append(InputError(p, f"cannot list folder ({_os_reason(e)})"))
                 continue
-            if not found:
+            found, special = [], []
+            for f in named:  # a FIFO, socket, device link, link loop, dangling link or folder named x.jpg
+                try:  # is one line, as when named on its own, never a silent skip; stat does not block
+                    check_regular_file(f, "an image file")
+                    found.append(f)
+                except InputError as e:
+                    special.append(e)
+            if not named:
                 errors.append(InputError(p, "folder holds no images"))
+            errors += special
             files += found
         elif p.exists() or p.is_symlink():  # a dangling link or a loop: the read names why, in one line
             files.append(p)
