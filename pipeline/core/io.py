@@ -19,9 +19,9 @@ import fcntl
 import json
 import os
 import re
-import sys
 import tempfile
 import threading
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -305,6 +305,32 @@ def check_pixels(path: str | os.PathLike, width: int, height: int) -> None:
         raise InputError(path, _pixel_refusal(int(width) * int(height), limit))
 
 
+def _png_bad_chunk(path: str | os.PathLike) -> str | None:
+    """The type of the first PNG chunk whose CRC does not match its bytes, or None (not a PNG, or all match).
+
+    Pillow's ``load`` does not check chunk CRCs; libpng does, refuses the file and prints "libpng error: IDAT:
+    CRC error" in two writes (text, then newline), which no catching of fd 2 can keep apart from another
+    thread's line printed between them. So the CRCs are checked here, before libpng sees the file: crc32 runs
+    at memory speed, and the bytes are read anyway.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None
+    at = 8
+    while at + 12 <= len(data):
+        length = int.from_bytes(data[at:at + 4], "big")
+        end = at + 8 + length
+        if end + 4 > len(data):
+            return None  # truncated: Pillow's decode has already said so, or will
+        if zlib.crc32(data[at + 4:end]) != int.from_bytes(data[end:end + 4], "big"):
+            return data[at + 4:at + 8].decode("latin-1")
+        if data[at + 4:at + 8] == b"IEND":
+            return None
+        at = end + 4
+    return None
+
+
 def validate_image(path: str | os.PathLike) -> None:
     """Check ``path``'s size from its header, then decode it once with Pillow; raise ``InputError`` if the
     photo is over the pixel limit or the decoder reports damage.
@@ -319,6 +345,12 @@ def validate_image(path: str | os.PathLike) -> None:
     can hold 900 megapixels) is refused before any pixel is decoded, here or by OpenCV after.
     """
     check_regular_file(path, "an image file")  # Pillow's open would block on a FIFO forever
+    try:
+        bad_chunk = _png_bad_chunk(path)
+    except OSError as e:
+        raise InputError(path, _os_reason(e)) from None
+    if bad_chunk:  # an error, as libpng (OpenCV's decoder) and Ultralytics' training check refuse it
+        raise InputError(path, f"corrupt image: PNG chunk {one_line(bad_chunk)} fails its CRC check")
     try:
         with pil_open(path) as im:
             check_pixels(path, im.width, im.height)
@@ -369,8 +401,9 @@ def warn_if_repaired(path: str | os.PathLike) -> str | None:
 
 #: The lines libjpeg and libpng print to stderr from inside OpenCV's decode, naming no file: ``warn_if_repaired``
 #: and ``read_image`` already say the same in a line that names it. OpenCV's own log level does not reach them.
-_NATIVE_LINE = re.compile(rb"^(Corrupt JPEG data|Premature end of JPEG file|Warning: unknown JFIF|libpng (error|warning)"
-                          rb"|Invalid SOS parameters|Bogus |Unsupported marker|Huffman table)")
+#: Not anchored to a line's start: another thread's print may have left its text, without its newline, before one.
+_NATIVE_LINE = re.compile(rb"(Corrupt JPEG data|Premature end of JPEG file|Warning: unknown JFIF|libpng (error|warning)"
+                          rb"|Invalid SOS parameters|Bogus |Unsupported marker|Huffman table)[^\n]*\n?")
 _native_lock = threading.Lock()
 
 
@@ -382,7 +415,9 @@ def native_stderr() -> Iterator[list[str]]:
     pointed at a temporary file for the block. The fd is shared by the whole process, hence the lock: one
     decode at a time redirects it (the engine's decode threads read photos too). Anything else written to fd 2
     meanwhile (a Python warning from another thread) is not one of the decoders' lines and is written back
-    to the real stderr afterwards, so nothing of the program's own is lost.
+    to the real stderr afterwards, so nothing of the program's own is lost. Its order may not be: Python's
+    stderr writes a print's text and its newline apart, so a line printed just as the block begins can come
+    out after the decode, its newline before it.
     """
     caught: list[str] = []
     with _native_lock:
@@ -392,25 +427,20 @@ def native_stderr() -> Iterator[list[str]]:
             yield caught
             return
         with tempfile.TemporaryFile() as buf:
-            with contextlib.suppress(Exception):
-                sys.stderr.flush()
+            # no sys.stderr.flush() here: Python's stderr is line-buffered, and a flush from this thread would
+            # cut another thread's print between its text and its newline, splitting the line across the fds
             os.dup2(buf.fileno(), 2)
             try:
                 yield caught
             finally:
-                with contextlib.suppress(Exception):
-                    sys.stderr.flush()
                 os.dup2(saved, 2)
                 os.close(saved)
                 buf.seek(0)
-                others = []
-                for line in buf.read().splitlines(keepends=True):
-                    if _NATIVE_LINE.match(line):
-                        caught.append(line.decode("utf-8", "replace").strip())
-                    else:
-                        others.append(line)
+                text = buf.read()
+                caught += [m.group().decode("utf-8", "replace").strip() for m in _NATIVE_LINE.finditer(text)]
+                others = _NATIVE_LINE.sub(b"", text)
                 if others:
-                    os.write(2, b"".join(others))
+                    os.write(2, others)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
