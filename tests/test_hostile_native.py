@@ -232,3 +232,21 @@ def test_explore_start_up_counts_its_warnings(weights, tmp_path, monkeypatch, ca
     assert err[0].startswith(f"warning: {cut}: damaged JPEG")
     assert "1 photo with warnings (above)" in err
     assert "photo with warnings" not in capsys.readouterr().err  # not counted a second time at exit
+
+
+def test_trainings_loader_decodes_a_repaired_jpeg_without_libjpegs_line(tmp_path):
+    """train warns about the photo by name first; Ultralytics' loader then decoded it each epoch, and libjpeg
+    printed its nameless line every time."""
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(_scan_cut_short(jpeg_bytes(3, size=(240, 320))))
+    code = f"""
+import warnings
+from ultralytics.data import base
+from pipeline.core.io import quiet_training_reads, warn_if_repaired
+warnings.simplefilter("ignore")
+assert warn_if_repaired({str(cut)!r})
+with quiet_training_reads():
+    assert base.imread({str(cut)!r}).shape == (240, 320, 3)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r.stderr

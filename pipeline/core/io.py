@@ -395,8 +395,40 @@ def warn_if_repaired(path: str | os.PathLike) -> str | None:
     except ValueError as e:
         reason = f"damaged JPEG, decoded with the gaps filled ({' '.join(str(e).split())})"
         warn_input(path, reason)
+        _repaired.add(os.path.realpath(path))
         return reason
     return None
+
+
+#: Every photo ``warn_if_repaired`` warned about (real paths): the ones whose later decodes by others'
+#: code (Ultralytics' training loader) make libjpeg speak, so only those pay for ``native_stderr``'s lock.
+_repaired: set[str] = set()
+
+
+def _imread_repaired_quietly(filename, flags: int = cv2.IMREAD_COLOR):
+    """Ultralytics' ``imread``, with libjpeg's lines caught for a photo already warned about as repaired."""
+    if os.path.realpath(filename) in _repaired:
+        with native_stderr():
+            return imread(filename, flags)
+    return imread(filename, flags)
+
+
+@contextlib.contextmanager
+def quiet_training_reads() -> Iterator[None]:
+    """While the block runs, Ultralytics' dataset loader decodes a repaired JPEG without libjpeg's own line.
+
+    Training warned about each such photo by name before it started (``warn_if_repaired``); its loader then
+    decodes the photo again every epoch, and libjpeg printed "Corrupt JPEG data" each time, naming nothing.
+    The loader's module-level ``imread`` is swapped for the block only (forked loader workers inherit it).
+    """
+    from ultralytics.data import base
+
+    original = base.imread
+    base.imread = _imread_repaired_quietly
+    try:
+        yield
+    finally:
+        base.imread = original
 
 
 #: The lines libjpeg and libpng print to stderr from inside OpenCV's decode, naming no file: ``warn_if_repaired``
