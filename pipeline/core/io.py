@@ -507,7 +507,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         with quiet as native:  # their line names no file; ours below (or the warning above) does
             image = imread(str(path))
     except Exception as e:  # cv2 raises on some malformed headers, and over OPENCV_IO_MAX_IMAGE_PIXELS
-        if "CV_IO_MAX_IMAGE_PIXELS" in str(e):  # a format Pillow does not read: OpenCV's guard (runtime.py) spoke
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(e):  # OpenCV's own guard (runtime.py), kept behind ours: Pillow and OpenCV may size a file differently
             raise InputError(path, f"over the limit of {runtime.max_pixels() / 1e6:g} megapixels (OpenCV refused to "
                                    f"decode it); if the photo is genuine, set {runtime.MAX_PIXELS_ENV} higher") from None
         raise InputError(path, f"cannot decode image ({type(e).__name__})") from None
