@@ -61,7 +61,8 @@ def test_a_hdr_named_jpg_is_refused_before_opencv_decodes_it(weights, photos, tm
     good = sorted(photos.iterdir())[0]
     r = cli("predict", "--weights", weights, "--imgsz", "64", hdr, good, "--out", tmp_path / "o", timeout=120)
     errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == [f"error: {hdr}: not an image or corrupt (Pillow cannot identify it; formats read: {READ_FORMATS})"]
+    reason = f"not an image or corrupt (Pillow cannot identify it; formats read: {READ_FORMATS})"
+    assert errors == [f"error: {hdr}: {reason}"]
     assert r.returncode == 1 and "1 image," in r.stdout + r.stderr  # the good photo still ran
 
 
@@ -127,8 +128,8 @@ def test_expand_sources_names_each_special_file_in_a_folder(folder_with_specials
 
 
 @pytest.mark.parametrize("command", ["predict", "inspect"])
-def test_a_folders_special_files_are_one_line_each_and_the_rest_runs(command, folder_with_specials, weights,  # noqa: F811
-                                                                     tmp_path):
+def test_a_folders_special_files_are_one_line_each_and_the_rest_runs(command, folder_with_specials,
+                                                                     weights, tmp_path):  # noqa: F811
     d, out = folder_with_specials, tmp_path / "o"
     r = cli(command, "--weights", weights, "--imgsz", "64", d, "--out", out, timeout=120)
     assert sorted(line for line in r.stderr.splitlines() if line.startswith("error: ")) == _special_lines(d)

@@ -363,7 +363,8 @@ def validate_image(path: str | os.PathLike) -> None:
         # own guard counts pixels only, so a HDR named .jpg went past the limit and the memory promise.
         # Training refuses the same files (Ultralytics verifies every image with Pillow), so predict now
         # sees what training sees. HEIC/HEIF need the pi-heif plugin, which this project does not install.
-        raise InputError(path, f"not an image or corrupt (Pillow cannot identify it; formats read: {READ_FORMATS})") from None
+        raise InputError(path, "not an image or corrupt (Pillow cannot identify it; "
+                               f"formats read: {READ_FORMATS})") from None
     except PIL.Image.DecompressionBombError as e:  # over twice the limit: Pillow refuses at open, giving the count
         found = re.search(r"\((\d+) pixels\)", str(e))
         pixels = int(found.group(1)) if found else 2 * PIL.Image.MAX_IMAGE_PIXELS + 1
@@ -507,7 +508,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         with quiet as native:  # their line names no file; ours below (or the warning above) does
             image = imread(str(path))
     except Exception as e:  # cv2 raises on some malformed headers, and over OPENCV_IO_MAX_IMAGE_PIXELS
-        if "CV_IO_MAX_IMAGE_PIXELS" in str(e):  # OpenCV's own guard (runtime.py), kept behind ours: Pillow and OpenCV may size a file differently
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(e):  # OpenCV's guard (runtime.py), behind ours
             raise InputError(path, f"over the limit of {runtime.max_pixels() / 1e6:g} megapixels (OpenCV refused to "
                                    f"decode it); if the photo is genuine, set {runtime.MAX_PIXELS_ENV} higher") from None
         raise InputError(path, f"cannot decode image ({type(e).__name__})") from None
