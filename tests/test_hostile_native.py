@@ -251,3 +251,18 @@ with quiet_training_reads():
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_our_warning_quoting_libjpeg_comes_back_whole():
+    """A warning printed while a decode has fd 2 quotes libjpeg's text; only libjpeg's own line may go."""
+    code = """
+import os
+from pipeline.core.io import native_stderr
+with native_stderr() as caught:
+    os.write(2, b"warning: x.jpg: damaged JPEG (Corrupt JPEG data: premature end of data segment)\\n"
+                b"Corrupt JPEG data: premature end of data segment\\n")
+print(caught)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.stderr == "warning: x.jpg: damaged JPEG (Corrupt JPEG data: premature end of data segment)\n"
+    assert r.stdout.strip() == "['Corrupt JPEG data: premature end of data segment']"

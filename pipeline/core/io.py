@@ -434,9 +434,12 @@ def quiet_training_reads() -> Iterator[None]:
 
 #: The lines libjpeg and libpng print to stderr from inside OpenCV's decode, naming no file: ``warn_if_repaired``
 #: and ``read_image`` already say the same in a line that names it. OpenCV's own log level does not reach them.
-#: Not anchored to a line's start: another thread's print may have left its text, without its newline, before one.
-_NATIVE_LINE = re.compile(rb"(Corrupt JPEG data|Premature end of JPEG file|Warning: unknown JFIF|libpng (error|warning)"
-                          rb"|Invalid SOS parameters|Bogus |Unsupported marker|Huffman table)[^\n]*\n?")
+#: Whole lines only: our own warning quotes libjpeg's text ("... (Corrupt JPEG data: ...)"), and a warning printed
+#: while another thread has fd 2 must come back whole. libpng writes its message and its newline apart, so a line
+#: another thread prints between the two is glued to it and goes with it: ``_png_bad_chunk`` keeps the CRC case,
+#: the one a photo meets, from reaching libpng at all.
+_NATIVE_LINE = re.compile(rb"^(Corrupt JPEG data|Premature end of JPEG file|Warning: unknown JFIF|libpng (error|warning)"
+                          rb"|Invalid SOS parameters|Bogus |Unsupported marker|Huffman table)[^\n]*\n?", re.MULTILINE)
 _native_lock = threading.Lock()
 
 
