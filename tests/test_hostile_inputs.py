@@ -18,7 +18,7 @@ import torch
 from ultralytics.nn import tasks
 
 from pipeline.cli import main
-from pipeline.core.io import InputError
+from pipeline.core.io import READ_FORMATS, InputError
 from pipeline.core.yamlfile import MAX_YAML_DEPTH
 from pipeline.model.load import (MAX_ACTIVATIONS, MAX_PARAMETERS, PROBE_SIZE, YOLOV8X_ACTIVATIONS, load_model,
                                  model_yaml_parameters)
@@ -345,7 +345,7 @@ def test_explore_names_each_bad_photo_and_serves_the_rest(specials, weights, pho
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert [line.split(": ")[1] for line in err] == [str(p) for p in bad]
     assert err[-2] == f"error: {empty}: empty file"
-    assert err[-1] == f"error: {text}: not an image or corrupt (OpenCV could not decode it)"
+    assert err[-1] == f"error: {text}: not an image or corrupt (Pillow cannot identify it; formats read: {READ_FORMATS})"
     assert served["photos"] == [good]
     # none left: exit 1 before any model is loaded or port bound
     assert main(["explore", "--weights", "never-loaded.pt", str(empty), str(specials["fifo"]), "--no-browser"]) == 1

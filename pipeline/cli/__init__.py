@@ -152,6 +152,12 @@ def input_warnings():
         yield warned
 
 
+def print_warnings_summary(warned) -> None:
+    """``N photos with warnings (above)`` on stderr, when ``input_warnings`` caught any: one wording for all."""
+    if warned:
+        print(f"{len(warned)} photo{'' if len(warned) == 1 else 's'} with warnings (above)", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None, freeze_imports: bool = False) -> int:
     """Parse ``argv`` and run the chosen command; return its exit code.
 
@@ -172,8 +178,7 @@ def main(argv: list[str] | None = None, freeze_imports: bool = False) -> int:
     try:
         with input_warnings() as warned:
             code = int(args._module.run(args) or 0)
-        if warned:
-            print(f"{len(warned)} photo{'' if len(warned) == 1 else 's'} with warnings (above)", file=sys.stderr)
+        print_warnings_summary(warned)
         return code
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -50,14 +50,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from pipeline.cli import input_warnings, print_warnings_summary
+
     photos = []
-    for photo in args.photos:  # now, not on the first click: each bad photo is one line, the rest are served
-        try:
-            read_image(photo)  # predict's own reading: a FIFO, an empty or a text file is named here
-        except InputError as e:
-            print(f"error: {e}", file=sys.stderr)
-            continue
-        photos.append(photo)
+    # The server runs until Ctrl+C, so the other commands' closing summary would come only then: the start-up
+    # reads get their own listener, and the summary is printed once they are done, as the others print it.
+    with input_warnings() as warned:
+        for photo in args.photos:  # now, not on the first click: each bad photo is one line, the rest are served
+            try:
+                read_image(photo)  # predict's own reading: a FIFO, an empty or a text file is named here
+            except InputError as e:
+                print(f"error: {e}", file=sys.stderr)
+                continue
+            photos.append(photo)
+    print_warnings_summary(warned)
     if not photos:
         raise InputError(args.photos[0] if len(args.photos) == 1 else "explore", "no photo left to serve")
     atlas = None

@@ -28,7 +28,7 @@ import torch
 from ultralytics.nn import tasks
 
 from pipeline.core import runtime
-from pipeline.core.io import InputError, atomic_write_json, output_folder, refuse_links
+from pipeline.core.io import InputError, atomic_write_json, output_folder, quiet_training_reads, refuse_links
 from pipeline.core.yamlfile import read_yaml
 from pipeline.data.dataset_view import own_view, stage_dataset, view_link
 from pipeline.data.labels import dataset_folders, read_data_yaml
@@ -301,7 +301,7 @@ def _new_run(data, out: Path, model, config, overrides: dict, counter: BatchCoun
             _cpu_channels_last(yolo)
         yolo.add_callback("on_train_batch_start", counter.on_batch)
         add_callbacks(yolo, callbacks)
-        with weights_policy(trust):
+        with weights_policy(trust), quiet_training_reads():
             try:
                 results = yolo.train(**args)
             except OSError as e:  # e.g. a full disk while Ultralytics saves a checkpoint: name the run
@@ -356,7 +356,7 @@ def _resume(out: Path, trust: bool, counter: BatchCounter, changes: dict, callba
     add_callbacks(yolo, callbacks)  # e.g. the training watch, which continues its watch.jsonl
     _use_every_core(yolo)
     try:
-        with weights_policy(trust):
+        with weights_policy(trust), quiet_training_reads():
             return yolo, yolo.train(resume=True, save_dir=str(out), data=str(data), **changes), left_out
     except (AssertionError, FileNotFoundError) as e:  # e.g. "training to N epochs is finished"
         raise InputError(last, f"cannot resume ({' '.join(str(e).split())[:200]})") from None

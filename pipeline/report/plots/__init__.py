@@ -27,7 +27,9 @@ import numpy as np  # noqa: E402
 import PIL.Image  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 
-from pipeline.core.io import atomic_write_bytes, shrink  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
+
+from pipeline.core.io import atomic_write_bytes, one_line, shrink  # noqa: E402
 
 #: Longest side, in pixels, of a photo as handed to matplotlib. Our figures are at most ~1100 pixels wide,
 #: so this is about twice what any panel can show; a bigger photo is shrunk first, because matplotlib
@@ -39,6 +41,21 @@ DISPLAY_MAX_SIDE = 1024
 MAX_FIGURE_ASPECT = 2.5
 
 
+def _escape_texts(fig) -> None:
+    """Escape every control character in the figure's texts (``one_line``, line by line), before it is drawn.
+
+    A file name is drawn into titles and captions, and a name may hold an ESC or a CR: matplotlib then warns
+    "Glyph 27 (<ESC>) missing from font", quoting the raw character onto the terminal. Every figure is drawn
+    here, so escaping here covers every name any plot draws, present or future. Newlines the plots put
+    between lines of a caption stay newlines; a name's own newline at worst starts a new line in a picture.
+    """
+    for text in fig.findobj(Text):
+        raw = text.get_text()
+        safe = "\n".join(one_line(part) for part in raw.split("\n"))
+        if safe != raw:
+            text.set_text(safe)
+
+
 def save_png(fig, path, tight: bool = True, dpi: int = 100, pad_inches: float = 0.1) -> Path:
     """Write ``fig`` as PNG atomically and close it, drawing it once.
 
@@ -47,6 +64,7 @@ def save_png(fig, path, tight: bool = True, dpi: int = 100, pad_inches: float = 
     figure here). ``tight=False`` for figures already laid out by ``tight_layout``.
     """
     fig.set_dpi(dpi)
+    _escape_texts(fig)
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())
