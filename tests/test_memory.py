@@ -43,6 +43,8 @@ LIMIT_KIB = 1536 * 1024
 #: libraries (1017 MiB of imports, against 804 for report) and its arena; one photo at a time is decoded
 #: (366 MiB at OpenCV's peak), read again for its overlay. Measured 1538 and 1556 MiB on 2026-12-07.
 ENGINE_FOLDER_LIMIT_KIB = 1638 * 1024
+#: 1.6 GiB: report on one 64 MP photo, whose worked neuron's effect keeps one layer's gradient (#32).
+REPORT_LIMIT_KIB = 1638 * 1024
 IMPORTS = "import pipeline.cli, pipeline.model.predict, pipeline.report.page, pipeline.model.engine, onnxruntime, matplotlib.pyplot"
 SIDE = 8000
 
@@ -186,5 +188,6 @@ def test_report_under_limit(big_photo, tmp_path, cache, imports_kib):
     """
     kib = min(peak_kib(["report", "--weights", "yolov8n.yaml", big_photo, "--out", tmp_path / f"rb{i}"], cache)
               for i in range(2))
-    assert_under_limit(kib, imports_kib)
+    # 1.6 GiB since the report measures the worked neuron's effect (docs/robustness.md, Memory)
+    assert_under_limit(kib, imports_kib, REPORT_LIMIT_KIB)
     assert (tmp_path / "rb0" / "report.html").stat().st_size > 0
