@@ -220,6 +220,21 @@ def test_the_variable_moves_both_guards(tmp_path):
     assert said["9e6"] == ["pillow: ok", "opencv: (3000, 3000, 3)"]
 
 
+@pytest.mark.parametrize("value", ["inf", "1e400", "1e30", "99999999999999999999999999999"])
+def test_an_absurd_pixel_limit_is_one_line_not_a_crash(value, tmp_path):
+    """Beyond any photo the variable is refused in one line: before, inf crashed every command (--help too) and
+    1e30 reached OpenCV's own parser, which aborted the process."""
+    photo = png_bomb(tmp_path / "small.png", 64)
+    env = {**os.environ, runtime.MAX_PIXELS_ENV: value}
+    helped = subprocess.run([sys.executable, "-m", "pipeline", "--help"], cwd=REPO, capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert helped.returncode == 0 and "Traceback" not in helped.stderr, helped.stderr[-2000:]
+    ran = subprocess.run([sys.executable, "-m", "pipeline", "preprocess", str(photo), "--out", str(tmp_path / "o"),
+                          "--imgsz", "64"], cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+    errors = [line for line in ran.stderr.splitlines() if line.strip()]
+    assert ran.returncode == 1 and len(errors) == 1 and errors[0].startswith("error: CARDAMAGE_MAX_PIXELS: "), errors
+
+
 # ------------------------------------------------------------------------------------- the explorer's runs
 def test_held_bytes_counts_each_storage_once():
     a = np.zeros(10)  # 80 bytes

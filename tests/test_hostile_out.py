@@ -337,3 +337,44 @@ def test_a_hard_link_in_the_run_folder_is_refused(synth_data, tmp_path, capsys):
     line = one_error_line(capsys.readouterr().err)
     assert line.startswith(f"error: {out.resolve() / 'results.csv'}: is one of 2 hard links to the same file"), line
     assert victim.read_bytes() == before and os.stat(victim).st_nlink == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plant", ["download", "alias", "deep", "fifo"])
+def test_a_resume_reads_its_dataset_view_as_untrusted_input(plant, interrupted, tmp_path, capsys):
+    """The view's yaml and links are in the run folder, which anyone may have edited: a 'download:' key would be
+    run by Ultralytics' dataset check (a script), an alias or deep nesting would blow up, a link re-pointed at
+    a FIFO would hang the first read. Each is one line before training, and no planted code runs."""
+    run = _copy(interrupted, tmp_path / "run")
+    view = run / "dataset" / "data.yaml"
+    marker = tmp_path / "PWNED"
+    text = view.read_text()
+    if plant == "download":  # Ultralytics runs 'download' when a split is missing
+        text = text.replace("val: val/images", "val: val/missing") + f"download: \"open('{marker}', 'w')\"\n"
+    elif plant == "alias":
+        text += "x: &a [1, 2]\ny: *a\n"
+    elif plant == "deep":
+        text += "extra: " + "[" * 200 + "]" * 200 + "\n"
+    else:
+        image = next((run / "dataset" / "train" / "images").rglob("*.jpg"))
+        image.unlink()
+        os.mkfifo(tmp_path / "fifo.jpg")
+        image.symlink_to(tmp_path / "fifo.jpg")
+    view.write_text(text)
+    assert main(["train", "--out", str(run), "--resume"]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: ") and ("data.yaml" in line or "fifo" in line or "images" in line), line
+    assert not marker.exists() and not (run / "metrics.json").exists()
+
+
+def test_a_resumed_view_keeps_only_what_a_view_holds(tmp_path):
+    """A harmless extra key (here 'download' beside intact splits) is dropped when the view is rewritten."""
+    from pipeline.data.dataset_view import own_view
+
+    for split in ("train", "val"):
+        (tmp_path / split / "images").mkdir(parents=True)
+    (tmp_path / "data.yaml").write_text("path: /elsewhere\ntrain: train/images\nval: val/images\nnc: 1\n"
+                                        "names: {0: dent}\ndownload: \"raise SystemExit(3)\"\n")
+    spec = yaml.safe_load(own_view(tmp_path).read_text())
+    assert spec == {"path": str(tmp_path.resolve()), "train": "train/images", "val": "val/images", "nc": 1,
+                    "names": {0: "dent"}}

@@ -123,6 +123,8 @@ def import_onnxruntime():
 #: decodes to gigabytes (a PNG of under a megabyte can hold 30000x30000 grey: 900 MP, three bytes each as BGR).
 DEFAULT_MAX_PIXELS = 150_000_000
 MAX_PIXELS_ENV = "CARDAMAGE_MAX_PIXELS"
+#: The most the variable may raise it to: far beyond any photo, far inside what OpenCV's own parser takes.
+MAX_PIXELS_CEILING = 10**12
 
 
 def max_pixels() -> int:
@@ -140,8 +142,9 @@ def max_pixels() -> int:
         value = float(raw)
     except ValueError:
         value = float("nan")
-    if not (value >= 1 and value == int(value)):  # NaN fails both
-        raise ValueError(f"must be a positive whole number of pixels, got {raw[:40]!r}")
+    # NaN fails both tests; inf and 1e400 fail the upper bound (OpenCV parses its copy as a 64-bit count)
+    if not (1 <= value <= MAX_PIXELS_CEILING and value == int(value)):
+        raise ValueError(f"must be a whole number of pixels from 1 to {MAX_PIXELS_CEILING:.0e}, got {raw[:40]!r}")
     return int(value)
 
 

@@ -29,8 +29,10 @@ from pathlib import Path, PurePath
 
 import yaml
 
+from pipeline.core.files import check_regular_file
 from pipeline.core.io import IMAGE_SUFFIXES, InputError, atomic_write_text, validate_image, warn_if_repaired
-from pipeline.data.labels import dataset_splits, label_path, load_names, parse_label_text
+from pipeline.core.yamlfile import read_yaml
+from pipeline.data.labels import check_names, dataset_splits, label_path, load_names, parse_label_text
 
 
 @dataclass
@@ -131,25 +133,41 @@ def own_view(dest: str | Path) -> Path:
     was copied or moved, that is still the *original* folder: training would read the original's links and
     save its ``labels.cache`` files there. The yaml is rewritten (atomically, it is the run's own file) to
     name ``dest``; the links themselves point at the user's files by absolute path and move unchanged.
+    The run folder may have been edited by anyone, so the yaml is read as untrusted input and rewritten
+    from what a view holds, and every link must still reach a regular file.
 
     Raises:
         InputError: ``dest`` holds no view yaml, or one that is not a view's mapping.
     """
     dest = Path(dest).resolve()
     view_yaml = dest / "data.yaml"
-    try:
-        text = view_yaml.read_text(encoding="utf-8")
-        spec = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        why = getattr(e, "strerror", None) or type(e).__name__
-        raise InputError(view_yaml, f"cannot read the run's dataset view ({why})") from None
+    spec = read_yaml(view_yaml, "the run's dataset view")  # no aliases, no deep nesting, a regular file
     if not isinstance(spec, dict) or "path" not in spec:
         raise InputError(view_yaml, "not a dataset view (no 'path:' mapping)")
-    if Path(str(spec["path"])) != dest:
-        header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
-        atomic_write_text(view_yaml, header + yaml.safe_dump({**spec, "path": str(dest)}, sort_keys=False,
-                                                             allow_unicode=True))
+    check_names(spec, view_yaml)
+    splits = {}
+    for split in TRAINING_SPLITS:  # the view's own form, as stage_dataset writes it, and nothing else
+        if spec.get(split) != f"{split}/images":
+            raise InputError(view_yaml, f"not a dataset view: '{split}' should be '{split}/images'")
+        splits[split] = f"{split}/images"
+    _check_link_targets(dest)
+    # Rewritten from what a view holds, whatever else the file says: a key such as 'download' would be run
+    # by Ultralytics' dataset check (a script, a shell line or a URL), and a resume runs no code it was given.
+    names = spec["names"] if isinstance(spec["names"], dict) else dict(enumerate(spec["names"]))
+    clean = {"path": str(dest), **splits, "nc": len(names), "names": {int(k): str(v) for k, v in names.items()}}
+    atomic_write_text(view_yaml, "# Training view (links; see pipeline/data/dataset_view.py)\n"
+                      + yaml.safe_dump(clean, sort_keys=False, allow_unicode=True))
     return view_yaml
+
+
+def _check_link_targets(dest: Path) -> None:
+    """Every image and label the view links to is still a regular file: a link re-pointed at a FIFO or a
+    device would hang the trainer's first read (a view is made of regular files only, by stage_dataset)."""
+    for split in TRAINING_SPLITS:
+        for kind in ("images", "labels"):
+            for parent, _, files in os.walk(dest / split / kind):
+                for name in files:
+                    check_regular_file(Path(parent) / name, "an image or label file of the run's dataset view")
 
 
 def view_link(rel: PurePath) -> bool:
