@@ -265,3 +265,30 @@ print(caught)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.stderr == "warning: x.jpg: damaged JPEG (Corrupt JPEG data: premature end of data segment)\n"
     assert r.stdout.strip() == "['Corrupt JPEG data: premature end of data segment']"
+
+
+def test_one_file_named_two_ways_is_warned_once(tmp_path, capsys):
+    """explore reads a photo at start-up as named, and again for its run by its full path: one warning line."""
+    from pipeline.cli import input_warnings
+    from pipeline.core.errors import warn_input
+
+    photo = tmp_path / "cut.jpg"
+    photo.write_bytes(b"x")
+    with input_warnings() as warned:
+        warn_input(photo, "damaged JPEG")
+        warn_input(tmp_path / "." / "cut.jpg", "damaged JPEG")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert len(lines) == 1 and len(warned) == 1, lines
+
+
+def test_a_control_character_drawn_in_a_figure_prints_no_glyph_warning():
+    """Drawing measures a title before save_png escapes it: the missing-glyph warning (raw byte and all)
+    must not reach the terminal. Oracle: a plain matplotlib process does print it."""
+    code = ("import sys; sys.path.insert(0, '.'); {imp}import matplotlib; matplotlib.use('Agg'); "
+            "import matplotlib.pyplot as plt; f = plt.figure(); f.suptitle('a\\x1b[2Jb\\x07'); f.canvas.draw()")
+    plain = subprocess.run([sys.executable, "-c", code.format(imp="")], cwd=REPO, capture_output=True, text=True,
+                           timeout=120)
+    ours = subprocess.run([sys.executable, "-c", code.format(imp="import pipeline.report.plots; ")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert "Glyph" in plain.stderr
+    assert ours.returncode == 0 and "Glyph" not in ours.stderr and "\x1b" not in ours.stderr, ours.stderr[-1000:]

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import gc
 import importlib
+import os
 import sys
 import threading
 
@@ -142,10 +143,11 @@ def input_warnings():
     lock = threading.Lock()
 
     def show(w: InputWarning) -> None:
+        key = os.path.realpath(w.path)  # one file named two ways (explore's start-up, then its run) is one
         with lock:  # worker threads read photos too
-            if w.path in warned:
+            if key in warned:
                 return
-            warned.add(w.path)
+            warned.add(key)
         print(f"warning: {w}", file=sys.stderr, flush=True)
 
     with listen_warnings(show):
