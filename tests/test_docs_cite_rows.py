@@ -30,7 +30,7 @@ ALLOWED = {
     ("pipeline/core/runtime.py", "0.5 MB"),  # a progress-bar log's size, why bars write plain lines
     ("pipeline/core/runtime.py", "~0.2 s"),
     ("pipeline/lesson/gradients.py", "~0.2 s"),
-    ("pipeline/core/io.py", "~0.5 ms"),
+    ("pipeline/core/photo.py", "~0.5 ms"),
     ("pipeline/model/engine.py", "~0.2 ms"),
 }
 

@@ -26,6 +26,7 @@ import threading
 import webbrowser
 
 from pipeline.analysis.atlas_format import AtlasIndex
+from pipeline.cli import input_warnings, print_warnings_summary
 from pipeline.cli.options import add_trust_weights, image_size, int_range, probability
 from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import InputError, read_image
@@ -50,8 +51,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from pipeline.cli import input_warnings, print_warnings_summary
-
     photos = []
     # The server runs until Ctrl+C, so the other commands' closing summary would come only then: the start-up
     # reads get their own listener, and the summary is printed once they are done, as the others print it.

@@ -16,6 +16,11 @@ from pathlib import Path
 from pipeline.core.errors import InputError
 
 
+def os_reason(e: OSError) -> str:
+    """An OS error's own words ("Permission denied"), or its type where it has none."""
+    return e.strerror or type(e).__name__
+
+
 def check_regular_file(path: str | os.PathLike, what: str = "a file") -> os.stat_result:
     """Stat ``path`` (following links) and refuse anything but a regular file, in one line naming it.
 
@@ -30,7 +35,7 @@ def check_regular_file(path: str | os.PathLike, what: str = "a file") -> os.stat
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
     except OSError as e:  # ELOOP: "Too many levels of symbolic links"; EACCES
-        raise InputError(path, e.strerror or type(e).__name__) from None
+        raise InputError(path, os_reason(e)) from None
     if stat.S_ISDIR(st.st_mode):
         raise InputError(path, f"is a folder, expected {what}")
     if not stat.S_ISREG(st.st_mode):

@@ -1,0 +1,290 @@
+"""Photos in: one decode decides what is a photo, with every refusal one line naming the file.
+
+``validate_image`` (size from the header, then a whole decode at 1/8 scale), ``warn_if_repaired`` (what libjpeg
+had to fill in), ``read_image`` (Ultralytics' own reader after both), and the native decoders' own stderr lines
+caught (``native_stderr``, ``quiet_training_reads``). ``pipeline.core.io`` re-exports them, where most callers
+import them.
+
+Examples:
+    >>> from pipeline.core.photo import read_image
+    >>> read_image("photo.jpg").shape  # BGR uint8, HxWx3, exactly as Ultralytics reads it
+    (480, 640, 3)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+import threading
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import PIL.Image
+import simplejpeg
+from ultralytics.utils import patches as ultralytics_patches
+from ultralytics.utils.patches import imread
+
+from pipeline.core import runtime
+from pipeline.core.errors import InputError, one_line, warn_input
+from pipeline.core.files import check_regular_file, os_reason
+
+#: Pillow's own ``Image.open``: Ultralytics patches ``PIL.Image.open`` to pip-check pi-heif on every format
+#: Pillow does not know (a coloured requirements warning on a text file named .jpg); ours never does.
+pil_open = getattr(ultralytics_patches, "_image_open", PIL.Image.open)
+
+#: The formats a photo may be in, said in the refusal of any other: Ultralytics' own list less what Pillow
+#: cannot read without a plugin (HEIC, HEIF) or at all (DNG's raw data; Pillow reads a DNG only where it is
+#: a plain TIFF, and then as TIFF). ``test_every_format_named_is_one_pillow_reads`` keeps it true.
+READ_FORMATS = "JPEG, PNG, BMP, TIFF, WebP, JPEG 2000, AVIF, MPO"
+
+
+
+def _pixel_refusal(pixels: int, limit: int) -> str:
+    size = 3 * pixels  # BGR, one byte per channel: what one decode holds
+    held = f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
+    return (f"{pixels / 1e6:.1f} megapixels, over the limit of {limit / 1e6:g} (decoding would take {held}); "
+            f"if the photo is genuine, set {runtime.MAX_PIXELS_ENV} to a higher number of pixels")
+
+
+def check_pixels(path: str | os.PathLike, width: int, height: int) -> None:
+    """Raise ``InputError`` if a ``width`` x ``height`` photo is over the pixel limit (``runtime.max_pixels``)."""
+    try:
+        limit = runtime.max_pixels()
+    except ValueError as e:
+        raise InputError(runtime.MAX_PIXELS_ENV, str(e)) from None
+    if int(width) * int(height) > limit:
+        raise InputError(path, _pixel_refusal(int(width) * int(height), limit))
+
+
+def _png_bad_chunk(path: str | os.PathLike) -> str | None:
+    """The type of the first PNG chunk whose CRC does not match its bytes, or None (not a PNG, or all match).
+
+    Pillow's ``load`` does not check chunk CRCs; libpng does, refuses the file and prints "libpng error: IDAT:
+    CRC error" in two writes (text, then newline), which no catching of fd 2 can keep apart from another
+    thread's line printed between them. So the CRCs are checked here, before libpng sees the file: crc32 runs
+    at memory speed, and the bytes are read anyway.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None
+    at = 8
+    while at + 12 <= len(data):
+        length = int.from_bytes(data[at:at + 4], "big")
+        end = at + 8 + length
+        if end + 4 > len(data):
+            return None  # truncated: Pillow's decode has already said so, or will
+        if zlib.crc32(data[at + 4:end]) != int.from_bytes(data[end:end + 4], "big"):
+            return data[at + 4:at + 8].decode("latin-1")
+        if data[at + 4:at + 8] == b"IEND":
+            return None
+        at = end + 4
+    return None
+
+
+def validate_image(path: str | os.PathLike) -> None:
+    """Check ``path``'s size from its header, then decode it once with Pillow; raise ``InputError`` if the
+    photo is over the pixel limit or the decoder reports damage.
+
+    The one rule every command applies to a photo: an image is good when its whole data stream
+    decodes. Bytes after a JPEG's end marker are fine (cameras and editors append them); a truncated
+    file or a broken stream (libjpeg's "Corrupt JPEG data", which OpenCV only prints to stderr and
+    then hands back grey blocks) is an error. JPEGs decode at 1/8 scale (``draft``): every entropy-
+    coded byte is still read, which is where damage shows, at ~0.5 ms for a 640 px photo.
+
+    Size first: Pillow's ``open`` reads only the header, so a photo over ``runtime.max_pixels()`` (a 1 MB PNG
+    can hold 900 megapixels) is refused before any pixel is decoded, here or by OpenCV after.
+    """
+    check_regular_file(path, "an image file")  # Pillow's open would block on a FIFO forever
+    try:
+        bad_chunk = _png_bad_chunk(path)
+    except OSError as e:
+        raise InputError(path, os_reason(e)) from None
+    if bad_chunk:  # an error, as libpng (OpenCV's decoder) and Ultralytics' training check refuse it
+        raise InputError(path, f"corrupt image: PNG chunk {one_line(bad_chunk)} fails its CRC check")
+    try:
+        with pil_open(path) as im:
+            check_pixels(path, im.width, im.height)
+            if im.format == "JPEG":
+                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()
+    except (PIL.UnidentifiedImageError, ModuleNotFoundError):
+        # Refused, not handed to OpenCV: OpenCV also decodes formats Pillow does not read (Radiance HDR,
+        # OpenEXR) as float32, four times the bytes a pixel of the BGR the pixel limit is sized for, and its
+        # own guard counts pixels only, so a HDR named .jpg went past the limit and the memory promise.
+        # Training refuses the same files (Ultralytics verifies every image with Pillow), so predict now
+        # sees what training sees. HEIC/HEIF need the pi-heif plugin, which this project does not install.
+        raise InputError(path, "not an image or corrupt (Pillow cannot identify it; "
+                               f"formats read: {READ_FORMATS})") from None
+    except PIL.Image.DecompressionBombError as e:  # over twice the limit: Pillow refuses at open, giving the count
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        pixels = int(found.group(1)) if found else 2 * PIL.Image.MAX_IMAGE_PIXELS + 1
+        raise InputError(path, _pixel_refusal(pixels, runtime.max_pixels())) from None
+    except (OSError, SyntaxError, ValueError) as e:  # SyntaxError: Pillow's word for a malformed header
+        if isinstance(e, (PermissionError, FileNotFoundError, IsADirectoryError)):
+            raise InputError(path, os_reason(e)) from None
+        reason = str(e).split("\n")[0] or type(e).__name__
+        raise InputError(path, f"corrupt image: {reason}") from None
+
+
+def warn_if_repaired(path: str | os.PathLike) -> str | None:
+    """Warn (``warn_input``) when a JPEG decodes only because libjpeg repaired it; return the reason.
+
+    libjpeg treats a scan cut short ("Corrupt JPEG data: premature end of data segment") or bytes where a
+    marker should be ("N extraneous bytes before marker") as warnings: it fills the gap and carries on,
+    Pillow says nothing, and OpenCV only prints the text to stderr, naming no file. simplejpeg runs
+    libjpeg-turbo with such warnings raised (``strict``), at 1/8 scale as ``validate_image`` decodes.
+    Call it after ``validate_image``: what Pillow refuses outright is an error, not a warning.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if not simplejpeg.is_jpeg(data):
+        return None
+    try:
+        header = simplejpeg.decode_jpeg_header(data)
+        simplejpeg.decode_jpeg(data, min_height=max(1, header[0] // 8), min_width=max(1, header[1] // 8),
+                               min_factor=8, strict=True)
+    except ValueError as e:
+        reason = f"damaged JPEG, decoded with the gaps filled ({' '.join(str(e).split())})"
+        warn_input(path, reason)
+        _repaired.add(os.path.realpath(path))
+        return reason
+    return None
+
+
+#: Every photo ``warn_if_repaired`` warned about (real paths): the ones whose later decodes by others'
+#: code (Ultralytics' training loader) make libjpeg speak, so only those pay for ``native_stderr``'s lock.
+_repaired: set[str] = set()
+
+
+def _imread_repaired_quietly(filename, flags: int = cv2.IMREAD_COLOR):
+    """Ultralytics' ``imread``, with libjpeg's lines caught for a photo already warned about as repaired."""
+    if os.path.realpath(filename) in _repaired:
+        with native_stderr():
+            return imread(filename, flags)
+    return imread(filename, flags)
+
+
+@contextlib.contextmanager
+def quiet_training_reads() -> Iterator[None]:
+    """While the block runs, Ultralytics' dataset loader decodes a repaired JPEG without libjpeg's own line.
+
+    Training warned about each such photo by name before it started (``warn_if_repaired``); its loader then
+    decodes the photo again every epoch, and libjpeg printed "Corrupt JPEG data" each time, naming nothing.
+    The loader's module-level ``imread`` is swapped for the block only (forked loader workers inherit it).
+    """
+    from ultralytics.data import base
+
+    original = base.imread
+    base.imread = _imread_repaired_quietly
+    try:
+        yield
+    finally:
+        base.imread = original
+
+
+#: The lines libjpeg and libpng print to stderr from inside OpenCV's decode, naming no file: ``warn_if_repaired``
+#: and ``read_image`` already say the same in a line that names it. OpenCV's own log level does not reach them.
+#: Whole lines only: our own warning quotes libjpeg's text ("... (Corrupt JPEG data: ...)"), and a warning printed
+#: while another thread has fd 2 must come back whole. libpng writes its message and its newline apart, so a line
+#: another thread prints between the two is glued to it and goes with it: ``_png_bad_chunk`` keeps the CRC case,
+#: the one a photo meets, from reaching libpng at all.
+_NATIVE_LINE = re.compile(rb"^(Corrupt JPEG data|Premature end of JPEG file|Warning: unknown JFIF|libpng (error|warning)"
+                          rb"|Invalid SOS parameters|Bogus |Unsupported marker|Huffman table)[^\n]*\n?", re.MULTILINE)
+_native_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def native_stderr() -> Iterator[list[str]]:
+    """Catch what native decoders write to fd 2 during the block; yield a list that then holds their lines.
+
+    libjpeg and libpng print with C's ``fprintf(stderr)``, which no Python setting reaches, so fd 2 itself is
+    pointed at a temporary file for the block. The fd is shared by the whole process, hence the lock: one
+    decode at a time redirects it (the engine's decode threads read photos too). Anything else written to fd 2
+    meanwhile (a Python warning from another thread) is not one of the decoders' lines and is written back
+    to the real stderr afterwards, so nothing of the program's own is lost. Its order may not be: Python's
+    stderr writes a print's text and its newline apart, so a line printed just as the block begins can come
+    out after the decode, its newline before it.
+    """
+    caught: list[str] = []
+    with _native_lock:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all: nothing to keep clean
+            yield caught
+            return
+        with tempfile.TemporaryFile() as buf:
+            # no sys.stderr.flush() here: Python's stderr is line-buffered, and a flush from this thread would
+            # cut another thread's print between its text and its newline, splitting the line across the fds
+            os.dup2(buf.fileno(), 2)
+            try:
+                yield caught
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                buf.seek(0)
+                text = buf.read()
+                caught += [m.group().decode("utf-8", "replace").strip() for m in _NATIVE_LINE.finditer(text)]
+                others = _NATIVE_LINE.sub(b"", text)
+                if others:
+                    os.write(2, others)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a photo as BGR uint8 HxWx3, the way Ultralytics' predictor reads it.
+
+    Ultralytics reads with ``cv2.imread(..., IMREAD_COLOR)``: grayscale becomes 3 equal channels,
+    alpha is dropped, 16-bit is scaled to 8-bit. We use its own reader after ``validate_image``, so
+    bad files fail with one clear line instead of a traceback or a silently grey image.
+
+    A JPEG that libjpeg had to repair is read, with an ``InputWarning`` naming it (``warn_if_repaired``).
+
+    Raises:
+        InputError: missing, not a regular file (a FIFO, a device), unreadable, empty, non-image,
+            truncated or corrupt file.
+    """
+    path = Path(path)
+    try:
+        if check_regular_file(path, "an image file").st_size == 0:
+            raise InputError(path, "empty file")
+        with open(path, "rb"):  # permission denied is one line here, not a None from OpenCV
+            pass
+    except OSError as e:
+        raise InputError(path, os_reason(e)) from None
+    validate_image(path)
+    repaired = warn_if_repaired(path)
+    with open(path, "rb") as f:
+        clean_jpeg = repaired is None and simplejpeg.is_jpeg(f.read(16))
+    # A JPEG libjpeg-turbo just decoded strictly has nothing to print, so it decodes without the lock and the
+    # engine's decode threads stay parallel; anything else may make libjpeg or libpng speak: caught.
+    quiet = contextlib.nullcontext([]) if clean_jpeg else native_stderr()
+    try:
+        with quiet as native:  # their line names no file; ours below (or the warning above) does
+            image = imread(str(path))
+    except Exception as e:  # cv2 raises on some malformed headers, and over OPENCV_IO_MAX_IMAGE_PIXELS
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(e):  # OpenCV's guard (runtime.py), behind ours
+            raise InputError(path, f"over the limit of {runtime.max_pixels() / 1e6:g} megapixels (OpenCV refused to "
+                                   f"decode it); if the photo is genuine, set {runtime.MAX_PIXELS_ENV} higher") from None
+        raise InputError(path, f"cannot decode image ({type(e).__name__})") from None
+    if image is None or image.size == 0:
+        said = f": {native[-1]}" if native else ""  # libpng's "IDAT: CRC error", which Pillow's load never checks
+        raise InputError(path, f"not an image or corrupt (OpenCV could not decode it{said})")
+    if image.ndim == 2:  # imread may hand back 2-D for some formats
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.dtype != np.uint8:
+        raise InputError(path, f"unsupported pixel type {image.dtype}")
+    return image
+
+
+def shrink(image: np.ndarray, max_side: int) -> np.ndarray:
+    """``image`` itself if its longest side is at most ``max_side``, else a copy shrunk to it (area average)."""
+    h, w = image.shape[:2]
+    r = max_side / max(h, w)
+    if r >= 1:
+        return image
+    return cv2.resize(image, (max(1, round(w * r)), max(1, round(h * r))), interpolation=cv2.INTER_AREA)
