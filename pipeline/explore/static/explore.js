@@ -340,12 +340,10 @@ async function showNeuron(layer, channel, y, x) {
     };
     const shown = Math.min(t.patch.length, 4);
     for (let i = 0; i < shown; i++) patch.appendChild(pair(i));
-    if (t.patch.length > shown) {  // every input channel stays reachable: the rest fold open on demand
+    if (t.patch.length > shown) {  // every input channel stays reachable, folded: built now, so opening it never races
       const more = el("details", { id: "neuron-more" });
       more.appendChild(el("summary", {}, `the other ${t.patch.length - shown} input channels`));
-      more.addEventListener("toggle", () => {
-        if (more.open && more.children.length === 1) for (let i = shown; i < t.patch.length; i++) more.appendChild(pair(i));
-      });
+      for (let i = shown; i < t.patch.length; i++) more.appendChild(pair(i));
       patch.appendChild(more);
     }
   }
