@@ -18,6 +18,8 @@ Targets (``scripts/bench.py TARGET --help`` for each one's options):
     demo       ``cardamage demo`` as a whole process (``make demo``'s command), its steps and its model;
                ``--part synth`` the generator's rate, ``--part train-threads`` one epoch at 1 vs all threads
     check      ``cardamage check DATA_YAML`` as a whole process
+    memory     peak resident memory of every command that reads a photo, whole processes, on a 64 MP photo,
+               beside a process that only imports their libraries
 
 The harness (``scripts/benchlib.py``) runs each variant as a child process, alternates the variants round
 by round, reports medians and minima, per-round ratios measured in this one run and each child's peak
@@ -619,6 +621,65 @@ def check(args, argv) -> list[tuple]:
     return [("check", "check", numbers, f"{Path(args.data).name}: decode, sha1, perceptual hash, labels and the duplicate search")]
 
 
+# --------------------------------------------------------------------------------------------------- memory
+
+#: what the photo commands import, alone: the libraries' share of every figure below
+MEMORY_IMPORTS = ("import pipeline.cli, pipeline.model.predict, pipeline.report.page, pipeline.model.engine, "
+                  "onnxruntime, matplotlib.pyplot")
+
+
+def big_jpeg(path: Path, side: int) -> Path:
+    """A ``side`` x ``side`` JPEG of smooth colour blobs (random 40x40 colours, bicubic upscaled), as
+    tests/test_memory.py makes it: a camera-like file (3.5 MB at 8000 px) whose decode is ``3 * side**2`` bytes."""
+    import cv2
+    import numpy as np
+
+    small = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    if not cv2.imwrite(str(path), cv2.resize(small, (side, side), interpolation=cv2.INTER_CUBIC), [cv2.IMWRITE_JPEG_QUALITY, 90]):
+        raise SystemExit(f"error: could not write {path}")
+    return path
+
+
+def memory(args, argv) -> list[tuple]:
+    """Peak resident memory of the whole process (``ru_maxrss``, what ``/usr/bin/time -v`` calls "Maximum
+    resident set size") of every command that reads a photo, on one ``--side`` x ``--side`` photo, beside a
+    process that only imports their libraries. ``*_MiB``: the highest of ``--rounds`` runs; ``*_over_imports_MiB``:
+    that less the imports' highest, the command's own share (what tests/test_memory.py holds)."""
+    work = work_dir(args, "memory")
+    photo = big_jpeg(work / "big.jpg", args.side)
+    folder1, folder3 = work / "one", work / "three"
+    for folder, n in ((folder1, 1), (folder3, 3)):
+        folder.mkdir(exist_ok=True)
+        for i in range(n):
+            shutil.copyfile(photo, folder / f"big{i}.jpg")
+    w = ["--weights", "yolov8n.yaml"]
+    commands = {
+        "imports": [PY, "-c", MEMORY_IMPORTS],
+        "preprocess": ["preprocess", photo],
+        "predict": ["predict", *w, photo],
+        "predict_folder": ["predict", *w, folder1],
+        "predict_folder3": ["predict", *w, folder3],
+        "inspect": ["inspect", *w, photo],
+        "trace": ["trace", *w, photo, "--layer", "model.0", "--channel", "0", "--y", "10", "--x", "10", "--head"],
+        "report": ["report", *w, photo],
+    }
+    variants = []
+    for name, cmd in commands.items():
+        out = work / f"out-{name}" / ("trace.json" if name == "trace" else "")
+        argv_ = cmd if name == "imports" else [PY, "-m", "pipeline", *map(str, cmd), "--out", str(out)]
+        # a fresh graph cache per run: the engine's ONNX export is part of a first predict
+        variants.append(H.Variant(name, argv_, env=H.child_env(CARDAMAGE_CACHE=work / "cache", CI="true"),
+                                  before=(lambda o=out.parent if name == "trace" else out:
+                                          (shutil.rmtree(o, ignore_errors=True), shutil.rmtree(work / "cache", ignore_errors=True)))))
+    runs = H.measure(variants, args.rounds)
+    peak = {n: max(r.peak_rss_mb or 0.0 for r in rs) for n, rs in runs.items()}
+    numbers = {f"{n}_MiB": round(v) for n, v in peak.items()}
+    numbers.update({f"{n}_over_imports_MiB": round(v - peak["imports"]) for n, v in peak.items() if n != "imports"})
+    note = (f"one {args.side}x{args.side} JPEG ({photo.stat().st_size / 1e6:.1f} MB), weights yolov8n.yaml; the highest "
+            f"of {args.rounds} runs of each; predict_folder3: three such photos through the batched engine")
+    return [("memory", "memory", numbers, note)]
+
+
 # ----------------------------------------------------------------------------------------------------- demo
 
 
@@ -908,6 +969,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--n-real", type=int, default=8, help="real photos the demo predicts on (default 8)")
     t.add_argument("--no-report", action="store_true")
     t.add_argument("--n", type=int, default=200, help="--part synth: images a round; train-threads: training images (default 200)")
+
+    t = target("memory", memory, "peak RSS of every photo command, whole processes, beside the imports alone")
+    t.add_argument("--side", type=int, default=8000, help="the photo's side in pixels (default 8000: 64 MP)")
 
     t = target("check", check, "cardamage check as a whole process")
     t.add_argument("data", nargs="?", default=str(SAMPLE / "data.yaml"), help="data.yaml (default: the CarDD sample)")
