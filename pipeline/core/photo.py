@@ -44,21 +44,91 @@ READ_FORMATS = "JPEG, PNG, BMP, TIFF, WebP, JPEG 2000, AVIF, MPO"
 
 
 
+#: bytes a pixel of an 8-bit photo holds at OpenCV's decode peak: its BGR, twice while it is handed over. The
+#: pixel limit is sized for these; a deeper file counts as the 8-bit photo that costs the same (``decode_cost``).
+PHOTO_DECODE_BYTES = 6
+
+
+def _held(size: float) -> str:
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
+
+
 def _pixel_refusal(pixels: int, limit: int) -> str:
-    size = 3 * pixels  # BGR, one byte per channel: what one decode holds
-    held = f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
-    return (f"{pixels / 1e6:.1f} megapixels, over the limit of {limit / 1e6:g} (decoding would take {held}); "
+    return (f"{pixels / 1e6:.1f} megapixels, over the limit of {limit / 1e6:g} (decoding would take {_held(3 * pixels)}); "
             f"if the photo is genuine, set {runtime.MAX_PIXELS_ENV} to a higher number of pixels")
 
 
-def check_pixels(path: str | os.PathLike, width: int, height: int) -> None:
-    """Raise ``InputError`` if a ``width`` x ``height`` photo is over the pixel limit (``runtime.max_pixels``)."""
+def check_pixels(path: str | os.PathLike, width: int, height: int, decode_bytes: float = PHOTO_DECODE_BYTES,
+                 why: str = "") -> None:
+    """Raise ``InputError`` if a ``width`` x ``height`` photo is over the pixel limit (``runtime.max_pixels``).
+
+    ``decode_bytes`` is what a pixel holds at the decoder's peak (``decode_cost``): a file that holds more than
+    an 8-bit photo's ``PHOTO_DECODE_BYTES`` counts as the 8-bit photo that costs the same, ``why`` saying why.
+    """
     try:
         limit = runtime.max_pixels()
     except ValueError as e:
         raise InputError(runtime.MAX_PIXELS_ENV, str(e)) from None
-    if int(width) * int(height) > limit:
-        raise InputError(path, _pixel_refusal(int(width) * int(height), limit))
+    pixels = int(width) * int(height)
+    if pixels > limit:
+        raise InputError(path, _pixel_refusal(pixels, limit))
+    if pixels * decode_bytes > limit * PHOTO_DECODE_BYTES:
+        like = pixels * decode_bytes / PHOTO_DECODE_BYTES
+        raise InputError(path, f"{pixels / 1e6:.1f} megapixels {why}: decoding would take {_held(pixels * decode_bytes)} "
+                               f"at the decoder's peak, as much as {like / 1e6:.1f} megapixels of a JPEG, over the "
+                               f"limit of {limit / 1e6:g}; if the photo is genuine, set {runtime.MAX_PIXELS_ENV} higher")
+
+
+#: pages of a TIFF read for its cost before it is refused unread (each page's header is a seek in Pillow)
+MAX_TIFF_PAGES = 1000
+
+
+def _tiff_bits(im: PIL.Image.Image) -> tuple[int, ...]:
+    bits = im.tag_v2.get(258, 8)
+    return tuple(bits) if isinstance(bits, (tuple, list)) else (bits,) * int(im.tag_v2.get(277, 1))
+
+
+def decode_cost(path: str | os.PathLike, im: PIL.Image.Image) -> tuple[float, str]:
+    """Bytes a pixel of ``im`` costs at the decode's peak, and why when it is more than an 8-bit photo's, from
+    the headers alone (each kind measured with the reader: docs/robustness.md, "Memory on any input").
+
+    Most decoders (libjpeg, libpng, libwebp...) write 8-bit BGR straight away: ``PHOTO_DECODE_BYTES``. OpenJPEG
+    decodes every sample of a JPEG 2000 to a 32-bit integer first. Ultralytics' reader decodes every page of a
+    TIFF, each at its own depth and held twice at its peak, to keep the first: so a TIFF counts all its pages.
+    """
+    if im.format == "JPEG2000":
+        return 4 * len(im.getbands()) + 3, f"of JPEG 2000 ({len(im.getbands())} samples, 4 bytes each in OpenJPEG)"
+    if im.format != "TIFF":
+        return PHOTO_DECODE_BYTES, ""
+    pages = getattr(im, "n_frames", 1)
+    if pages > MAX_TIFF_PAGES:
+        raise InputError(path, f"a TIFF of {pages} pages: the reader decodes every page to keep the first; "
+                               f"at most {MAX_TIFF_PAGES} are read")
+    held, deepest = 0, 8
+    try:
+        for page in range(pages):
+            im.seek(page)
+            bits = _tiff_bits(im)
+            deepest = max(deepest, *bits)
+            held += 2 * im.width * im.height * max(3, sum(bits) // 8)
+    finally:
+        im.seek(0)
+    why = f"of {deepest}-bit TIFF" + (f" with {pages} pages (Ultralytics' reader decodes every page)" if pages > 1 else "")
+    return held / (im.width * im.height) + 3, why
+
+
+def _unreadable_samples(im: PIL.Image.Image) -> str | None:
+    """Why OpenCV's photo reader cannot decode ``im``'s samples, or None: a TIFF of 32-bit or floating-point
+    samples (a measurement, not a photo) is refused by libtiff's RGBA reader, which says so in a raw log line."""
+    if im.format != "TIFF":
+        return None
+    bits = max(_tiff_bits(im))
+    fmt = im.tag_v2.get(339, 1)
+    fmt = max(fmt) if isinstance(fmt, (tuple, list)) else fmt
+    if fmt == 3 or bits > 16:
+        kind = "floating-point" if fmt == 3 else f"{bits}-bit"
+        return f"TIFF of {kind} samples (mode {im.mode}): not a photo format OpenCV reads; save it with 8 or 16 bits a sample"
+    return None
 
 
 def _png_bad_chunk(path: str | os.PathLike) -> str | None:
@@ -109,7 +179,10 @@ def validate_image(path: str | os.PathLike) -> None:
         raise InputError(path, f"corrupt image: PNG chunk {one_line(bad_chunk)} fails its CRC check")
     try:
         with pil_open(path) as im:
-            check_pixels(path, im.width, im.height)
+            check_pixels(path, im.width, im.height, *decode_cost(path, im))
+            unreadable = _unreadable_samples(im)
+            if unreadable:
+                raise InputError(path, unreadable)
             if im.format == "JPEG":
                 im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()
@@ -190,12 +263,17 @@ def quiet_training_reads() -> Iterator[None]:
 
 #: The lines libjpeg and libpng print to stderr from inside OpenCV's decode, naming no file: ``warn_if_repaired``
 #: and ``read_image`` already say the same in a line that names it. OpenCV's own log level does not reach them.
-#: Whole lines only: our own warning quotes libjpeg's text ("... (Corrupt JPEG data: ...)"), and a warning printed
-#: while another thread has fd 2 must come back whole. libpng writes its message and its newline apart, so a line
+#: A line starts one, or follows text glued to it with no separator: Python writes a print's text and its newline
+#: apart, so another thread's text can sit just before libjpeg's line (its newline after). Not after a space, a
+#: quote or "(": our own warning quotes libjpeg's text ("... (Corrupt JPEG data: ...)") and must come back whole
+#: when printed while another thread has fd 2. libpng writes its message and its newline apart, so a line
 #: another thread prints between the two is glued to it and goes with it: ``_png_bad_chunk`` keeps the CRC case,
 #: the one a photo meets, from reaching libpng at all.
-_NATIVE_LINE = re.compile(rb"^(Corrupt JPEG data|Premature end of JPEG file|Warning: unknown JFIF|libpng (error|warning)"
-                          rb"|Invalid SOS parameters|Bogus |Unsupported marker|Huffman table)[^\n]*\n?", re.MULTILINE)
+_NATIVE_LINE = re.compile(rb"(?:^|(?<=[^\s(\"']))(Corrupt JPEG data|Premature end of JPEG file|Warning: unknown JFIF|libpng (error|warning)"
+                          rb"|Invalid SOS parameters|Bogus |Unsupported marker|Huffman table"
+                          rb"|\[ ?(WARN|ERROR|INFO):[^\]\n]*\] global )[^\n]*\n?", re.MULTILINE)
+#: OpenCV's own log prefix (``[ WARN:0@0.011] global grfmt_tiff.cpp:811 readData ``), cut from a line we quote
+_OPENCV_PREFIX = re.compile(r"^\[ ?(WARN|ERROR|INFO):[^\]]*\] global \S+ \S+ ")
 _native_lock = threading.Lock()
 
 
@@ -272,7 +350,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                                    f"decode it); if the photo is genuine, set {runtime.MAX_PIXELS_ENV} higher") from None
         raise InputError(path, f"cannot decode image ({type(e).__name__})") from None
     if image is None or image.size == 0:
-        said = f": {native[-1]}" if native else ""  # libpng's "IDAT: CRC error", which Pillow's load never checks
+        said = f": {_OPENCV_PREFIX.sub('', native[-1])}" if native else ""  # libpng's "IDAT: CRC error", which Pillow's load never checks
         raise InputError(path, f"not an image or corrupt (OpenCV could not decode it{said})")
     if image.ndim == 2:  # imread may hand back 2-D for some formats
         image = np.repeat(image[..., None], 3, axis=2)
