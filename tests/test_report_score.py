@@ -224,11 +224,47 @@ def test_a_phone_keeps_figures_legible_and_tables_in_their_own_box(reports, tmp_
             page.goto(page_file.resolve().as_uri())
             page.wait_for_load_state("load")
             assert page.evaluate("document.scrollingElement.scrollWidth") <= 390
-            figs = page.evaluate("Array.from(document.querySelectorAll('figure')).map(f => [f.querySelector('img')"
-                                 ".getBoundingClientRect().width, getComputedStyle(f).overflowX])")
-            assert figs and all(w >= 600 and ov == "auto" for w, ov in figs), figs  # legible, scrolled in place
+            figs = page.evaluate("Array.from(document.querySelectorAll('figure')).map(f => { const i = f.querySelector('img');"
+                                 " return [i.getBoundingClientRect().width, getComputedStyle(f).overflowX, !!f.querySelector('picture'),"
+                                 " i.currentSrc === i.src, i.naturalWidth]; })")
+            stacked = [f for f in figs if f[2]]
+            # a figure of several panel columns shows its panels stacked, whole, at nearly their own width
+            assert len(stacked) >= 4 and all(w <= 390 and not same and w >= 0.55 * nat for w, _, _, same, nat in stacked), stacked
+            # any other figure keeps its width and scrolls in place
+            assert all(w >= 600 and ov == "auto" for w, ov, pic, _, _ in figs if not pic), figs
             tables = page.evaluate("Array.from(document.querySelectorAll('table')).map(t => [getComputedStyle(t)"
                                    ".overflowX, t.getBoundingClientRect().right])")
             assert all(ov == "auto" and right <= 390 for ov, right in tables), tables  # every column by scrolling
         finally:
             browser.close()
+
+
+def test_a_figure_of_several_panel_columns_is_also_written_stacked(tmp_path):
+    """save_png writes NAME.narrow.png for a figure of several panel columns: each panel cut whole from the one
+    rendering, one under another (so about a panel wide and the panels' heights tall), a twin axes and a
+    colourbar with their panel; a one-column figure gets none. Pixel sizes from the files are the oracle."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import PIL.Image
+
+    from pipeline.report.plots import narrow_path, save_png
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+    for i, ax in enumerate(axes):
+        ax.plot(np.arange(10) * i)
+        ax.set_title(f"panel {i}")
+    axes[0].twinx().plot(np.arange(10)[::-1])
+    fig.colorbar(axes[2].imshow(np.eye(4)), ax=axes[2])
+    fig.suptitle("a title that is as wide as three panels side by side, which a phone would shrink to nothing " * 2)
+    wide = save_png(fig, tmp_path / "three.png")
+    W, H = PIL.Image.open(wide).size
+    w, h = PIL.Image.open(narrow_path(wide)).size
+    assert w < W / 2 and h > 3 * 0.8 * H, ((W, H), (w, h))
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot([0, 1])
+    one = save_png(fig, tmp_path / "one.png")
+    assert not narrow_path(one).exists()
+    # redrawn with one column into the same name: the old stacked file goes
+    fig, ax = plt.subplots(figsize=(6, 3))
+    save_png(fig, tmp_path / "three.png")
+    assert not narrow_path(tmp_path / "three.png").exists()

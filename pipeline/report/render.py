@@ -24,6 +24,8 @@ import jinja2
 import numpy as np
 from markupsafe import Markup
 
+from pipeline.report.plots import narrow_path
+
 #: Folder beside report.html that holds report.json and a copy of each figure (the page embeds its own).
 FILES = "report_files"
 
@@ -68,6 +70,13 @@ def figure_src(path) -> str:
         path.read_bytes()).decode("ascii")
 
 
+def narrow_src(path) -> str:
+    """The stacked version of a figure of several panel columns (``plots.narrow_path``) as a ``data:`` URI, or
+    "" when it has none: the page shows it on a narrow screen (``<picture>``), each panel at its own width."""
+    narrow = narrow_path(path)
+    return figure_src(narrow) if narrow.exists() else ""
+
+
 def _escape(value):
     """Autoescaping with ``html.escape``: markupsafe would write ``&#34;``; the page has always written ``&quot;``."""
     if isinstance(value, Markup):
@@ -80,7 +89,7 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("pipeline.report", "templates"),
                              autoescape=jinja2.select_autoescape(["html"], default_for_string=True),
                              undefined=jinja2.StrictUndefined, finalize=_escape, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(num=num, src=figure_src, counted=counted)
+    env.filters.update(num=num, src=figure_src, narrow_src=narrow_src, counted=counted)
     env.tests["number"] = is_number
     return env
 
