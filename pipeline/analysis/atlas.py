@@ -39,7 +39,7 @@ from pipeline.model.load import detection_model, model_stride
 from pipeline.probe.atlas_stats import BINS, ChannelAtlas
 from pipeline.probe.fold import fold_bn
 from pipeline.probe.layers import conv_blocks, select_layers
-from pipeline.probe.receptive_field import receptive_field, to_photo
+from pipeline.probe.receptive_field import receptive_field, to_photo_many
 from pipeline.probe.recorder import LayerRecorder
 
 #: Dissection threshold: a channel's map is "on" where it is in its dataset-wide top 0.5% (Bau et al. 2017).
@@ -217,7 +217,7 @@ class AtlasPass:
             iou = t.dissection_iou(quantile).tolist()
             inside = t.inside_means().tolist()
             outside = t.outside_mean().tolist()
-        channels = []
+        channels, by_photo = [], {}  # photo -> the top entries on it, mapped to photo pixels in one call below
         for c in range(t.channels):
             top = []
             for j in range(t.k):
@@ -225,10 +225,10 @@ class AtlasPass:
                 if ph < 0:
                     break
                 y, x = int(t.top_y[c, j]), int(t.top_x[c, j])
-                hw = tuple(photos[ph]["input_hw"])
-                rf = receptive_field(self.net, path, hw, y, x)
+                rf = receptive_field(self.net, path, tuple(photos[ph]["input_hw"]), y, x)
                 top.append({"photo": ph, "y": y, "x": x, "value": float(t.top_value[c, j]), "z": float(t.top_z[c, j]),
-                            "box_input": list(rf), "box_xyxy": to_photo(rf, hw, photos[ph]["orig_shape"])})
+                            "box_input": list(rf), "box_xyxy": None})
+                by_photo.setdefault(ph, []).append(top[-1])
             entry = {"channel": c, "top": top, "mean": mean[c], "active_fraction": active[c],
                      "activity": "never" if active[c] == 0 else "rare" if active[c] < RARE else "active",
                      "threshold": thresholds[c],
@@ -244,6 +244,10 @@ class AtlasPass:
             else:
                 entry.update(classes={}, outside_mean=None, best_iou=None, best_class=None)
             channels.append(entry)
+        for ph, entries in by_photo.items():
+            boxes = to_photo_many([e["box_input"] for e in entries], tuple(photos[ph]["input_hw"]), photos[ph]["orig_shape"])
+            for e, box in zip(entries, boxes):
+                e["box_xyxy"] = box
         never = sum(ch["activity"] == "never" for ch in channels)
         rare = sum(ch["activity"] == "rare" for ch in channels)
         return {"depth": depth, "index": int(path.split(".")[1]), "channels_count": t.channels,

@@ -8,7 +8,7 @@ many photos and channels there are.
 
 Each tile is the receptive field (``box_xyxy``, photo pixels) scaled to fit ``TILE`` x ``TILE`` with its
 aspect kept (grey around it), and a red ring marks the neuron's own cell centre, mapped to the photo the way
-``to_photo`` maps boxes (letterbox padding removed, scaled back).
+``to_photo_many`` maps boxes (letterbox padding removed, scaled back).
 
 Size budget: a tile is ``TILE`` = 48 px at JPEG quality ``QUALITY`` = 80, ~1 KB on photos (the tests hold
 the average under ``TILE_BUDGET`` bytes), so yolov8n's 5,200 channels at top-9 stay under ~70 MB.
@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from pipeline.core.io import InputError, atomic_write_bytes, read_image
-from pipeline.probe.receptive_field import to_photo
+from pipeline.probe.receptive_field import to_photo_many
 
 TILE = 48
 QUALITY = 80
@@ -37,20 +37,39 @@ MARK = (0, 0, 255)
 PAD = (114, 114, 114)  # the letterbox grey, so padding reads as "no photo here" as in the model input
 
 
-def crop_tile(pixels: np.ndarray, box_xyxy, centre_xy, tile: int = TILE) -> np.ndarray:
+def pyramid(pixels: np.ndarray, tile: int = TILE) -> list[np.ndarray]:
+    """The photo, then halved (area average) while a side stays over ``2 * tile``: a deep block's receptive field
+    covers most of the photo, and shrinking all of it for every one of its crops was most of the atlas's time."""
+    levels = [pixels]
+    while min(levels[-1].shape[:2]) > 4 * tile:
+        h, w = levels[-1].shape[:2]
+        levels.append(cv2.resize(levels[-1], (w // 2, h // 2), interpolation=cv2.INTER_AREA))
+    return levels
+
+
+def crop_tile(pixels: np.ndarray | list[np.ndarray], box_xyxy, centre_xy, tile: int = TILE) -> np.ndarray:
     """``tile x tile`` BGR: the photo inside ``box_xyxy`` scaled to fit, aspect kept, a ring at ``centre_xy``.
+
+    ``pixels`` may be a ``pyramid`` of the photo: the crop is then cut from the smallest level at which it is
+    still at least twice the tile's side (so the area average behind each tile pixel is nearly the same).
 
     Examples:
         >>> crop_tile(photo, [10, 20, 50, 60], (30, 40)).shape
         (48, 48, 3)
     """
-    h, w = pixels.shape[:2]
+    levels = pixels if isinstance(pixels, list) else [pixels]
+    h, w = levels[0].shape[:2]
     x0, y0 = max(0, int(np.floor(box_xyxy[0]))), max(0, int(np.floor(box_xyxy[1])))
     x1, y1 = min(w, max(x0 + 1, int(np.ceil(box_xyxy[2])))), min(h, max(y0 + 1, int(np.ceil(box_xyxy[3]))))
-    crop = pixels[y0:y1, x0:x1]
-    ch, cw = crop.shape[:2]
+    ch, cw = y1 - y0, x1 - x0
     s = tile / max(ch, cw)
     nh, nw = max(1, round(ch * s)), max(1, round(cw * s))
+    level = 0
+    while level + 1 < len(levels) and max(ch, cw) >> (level + 1) >= 2 * tile:
+        level += 1
+    lv = levels[level]
+    fy, fx = lv.shape[0] / h, lv.shape[1] / w
+    crop = lv[int(y0 * fy):max(int(y0 * fy) + 1, int(np.ceil(y1 * fy))), int(x0 * fx):max(int(x0 * fx) + 1, int(np.ceil(x1 * fx)))]
     interp = cv2.INTER_AREA if s < 1 else cv2.INTER_NEAREST  # tiny early fields: show their pixels, not a blur
     out = np.full((tile, tile, 3), PAD, dtype=np.uint8)
     oy, ox = (tile - nh) // 2, (tile - nw) // 2
@@ -60,12 +79,10 @@ def crop_tile(pixels: np.ndarray, box_xyxy, centre_xy, tile: int = TILE) -> np.n
     return out
 
 
-def neuron_centre(entry: dict, layer_hw: tuple[int, int], input_hw, photo_shape) -> tuple[float, float]:
-    """The neuron's cell centre in photo pixels: ``((x + 0.5) * stride, (y + 0.5) * stride)`` mapped by ``to_photo``."""
-    sy, sx = input_hw[0] / layer_hw[0], input_hw[1] / layer_hw[1]
-    cx, cy = (entry["x"] + 0.5) * sx, (entry["y"] + 0.5) * sy
-    x0, y0, _, _ = to_photo((cx, cy, cx, cy), input_hw, photo_shape)
-    return x0, y0
+def cell_box(entry: dict, stride: float) -> tuple[float, float, float, float]:
+    """The neuron's cell centre in input pixels, ``((x + 0.5) * stride, (y + 0.5) * stride)``, as a point box."""
+    cx, cy = (entry["x"] + 0.5) * stride, (entry["y"] + 0.5) * stride
+    return cx, cy, cx, cy
 
 
 def write_crops(doc: dict, out_dir, on_error=None) -> int:
@@ -96,16 +113,16 @@ def write_crops(doc: dict, out_dir, on_error=None) -> int:
             t[:] = PAD
         for ph in sorted(wanted):
             try:
-                pixels = read_image(doc["photos"][ph])
+                pixels = pyramid(read_image(doc["photos"][ph]))
             except InputError as e:  # read during the pass, gone since: its tiles stay grey, one line says why
                 if on_error:
                     on_error(e)
                 continue
-            for li, c, slot, e in wanted[ph]:
-                stride = doc["layers"][layers[li]]["cell_stride"]
-                hw = doc["input_shapes"][ph]
-                centre = neuron_centre(e, (hw[0] / stride, hw[1] / stride), hw, doc["photo_shapes"][ph])
-                tables[li][c, slot] = crop_tile(pixels, e["box_xyxy"], centre)
+            hw = doc["input_shapes"][ph]
+            centres = to_photo_many([cell_box(e, doc["layers"][layers[li]]["cell_stride"]) for li, _, _, e in wanted[ph]],
+                                    hw, doc["photo_shapes"][ph])
+            for (li, c, slot, e), centre in zip(wanted[ph], centres):
+                tables[li][c, slot] = crop_tile(pixels, e["box_xyxy"], centre[:2])
         for li, path in enumerate(layers):
             folder = out_dir / "crops" / path
             folder.mkdir(parents=True, exist_ok=True)

@@ -135,5 +135,13 @@ def to_photo(box_xyxy, input_hw: tuple[int, int], photo_shape: tuple[int, int]) 
 
     Ultralytics' ``scale_boxes`` does the mapping, the same call that places predicted boxes on the photo.
     """
-    box = torch.tensor([list(map(float, box_xyxy))])
-    return [round(v, 2) for v in scale_boxes(tuple(input_hw), box, tuple(photo_shape[:2]))[0].tolist()]
+    return to_photo_many([box_xyxy], input_hw, photo_shape)[0]
+
+
+def to_photo_many(boxes_xyxy, input_hw: tuple[int, int], photo_shape: tuple[int, int]) -> list[list[float]]:
+    """``to_photo`` of many windows of one input size and photo in one ``scale_boxes`` call (the atlas maps
+    tens of thousands: one call each was a tenth of its time)."""
+    if not len(boxes_xyxy):
+        return []
+    box = torch.tensor([list(map(float, b)) for b in boxes_xyxy])
+    return [[round(v, 2) for v in row] for row in scale_boxes(tuple(input_hw), box, tuple(photo_shape[:2])).tolist()]
