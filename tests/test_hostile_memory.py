@@ -23,7 +23,7 @@ import pytest
 import torch
 from starlette.testclient import TestClient
 from test_memory import REPORT_SHARE_KIB, SHARE_KIB, measure_imports_kib, peak_kib
-from test_trust import cli, one_error_line
+from test_trust import cli, jpeg_bytes, one_error_line
 
 from pipeline.core import runtime
 from pipeline.core.io import InputError, atomic_write_image, read_image, validate_image
@@ -214,6 +214,18 @@ def deep_files(folder: Path, side: int) -> dict[str, Path]:
     page = PIL.Image.fromarray(np.zeros((side // 2, side // 2, 3), np.uint8))
     page.save(files["pages"], save_all=True, append_images=[page] * 19, compression="tiff_deflate")
     PIL.Image.fromarray(np.zeros((side, side), np.float32), "F").save(files["float"], compression="tiff_deflate")
+    # an animated WebP named .tif (Ultralytics' reader decodes every frame of a .tif name), a progressive JPEG
+    # with full-resolution colour (libjpeg keeps every coefficient), an AVIF, and a small JPEG with 1.5 GB of
+    # zeros after its end marker (decoders accept trailing bytes; every reader reads the file whole)
+    frames = [PIL.Image.new("RGB", (side // 2, side // 2), (4 * i, 0, 0)) for i in range(40)]
+    frames[0].save(folder / "frames.tif", format="WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    big = PIL.Image.new("RGB", (side * 5 // 4, side * 5 // 4), (120, 130, 140))  # 100 MP at 8000
+    big.save(folder / "prog444.jpg", quality=90, progressive=True, subsampling=0)
+    PIL.Image.new("RGB", (side, side), (120, 130, 140)).save(folder / "photo.avif")
+    tail = folder / "tail.jpg"
+    tail.write_bytes(jpeg_bytes(1))
+    os.truncate(tail, 1500 << 20)  # sparse: no disk
+    files.update(frames=folder / "frames.tif", prog=folder / "prog444.jpg", avif=folder / "photo.avif", tail=tail)
     return files
 
 
@@ -222,13 +234,14 @@ def deep_files(folder: Path, side: int) -> dict[str, Path]:
 def test_files_deep_in_bytes_are_counted_at_their_depth_before_any_decode(tmp_path):
     """Under the pixel limit but not under its bytes: an 8000x8000 JPEG 2000 of 2 KB (0.93 GB at OpenJPEG's
     peak), a 16-bit RGBA TIFF (1.8 GiB for predict before), 20 pages of 4000x4000 in a 1.4 MB TIFF (1.8 GB
-    in Ultralytics' reader), and a float TIFF (refused by OpenCV with its raw "[ WARN:0@...]" line before):
+    in Ultralytics' reader), 40 frames in a WebP named .tif, a progressive 4:4:4 JPEG, an AVIF, a JPEG with
+    1.5 GB after its end (the third retest's), and a float TIFF (refused by OpenCV with its raw "[ WARN:0@...]" line before):
     each is one line naming it, the good photo beside them is predicted, and the whole process costs less
     above its imports than one 64 MP JPEG does (tests/test_memory.py)."""
     folder = tmp_path / "photos"
     folder.mkdir()
     files = deep_files(folder, 8000)
-    assert all(f.stat().st_size < 2_000_000 for f in files.values())
+    assert all(f.stat().st_size < 2_000_000 for n, f in files.items() if n != "tail")
     atomic_write_image(folder / "car.jpg", noise(480, 640))
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -243,6 +256,10 @@ def test_files_deep_in_bytes_are_counted_at_their_depth_before_any_decode(tmp_pa
     assert "of 16-bit TIFF" in errors["rgba16.tif"]
     assert "with 20 pages" in errors["pages.tif"]
     assert "floating-point samples" in errors["float.tif"]
+    assert "named .tif with 40 frames" in errors["frames.tif"]
+    assert "of progressive JPEG (3 samples a pixel" in errors["prog444.jpg"]
+    assert "of AVIF" in errors["photo.avif"]
+    assert "a file of 1.6 GB, over the 450 MB" in errors["tail.jpg"]
     assert [Path(r["image"]).name for r in json.loads((tmp_path / "pred" / "detections.json").read_text())] == ["car.jpg"]
     kib = peak_kib_expect_fail(["predict", "--weights", "yolov8n.yaml", "--imgsz", "64", folder, "--out",
                                 tmp_path / "pred2"], cache)

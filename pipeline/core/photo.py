@@ -79,7 +79,8 @@ def check_pixels(path: str | os.PathLike, width: int, height: int, decode_bytes:
                                f"limit of {limit / 1e6:g}; if the photo is genuine, set {runtime.MAX_PIXELS_ENV} higher")
 
 
-#: pages of a TIFF read for its cost before it is refused unread (each page's header is a seek in Pillow)
+#: pages of a TIFF (or frames of a file named .tif) read for its cost before it is refused unread (each is a
+#: seek in Pillow)
 MAX_TIFF_PAGES = 1000
 
 
@@ -88,33 +89,57 @@ def _tiff_bits(im: PIL.Image.Image) -> tuple[int, ...]:
     return tuple(bits) if isinstance(bits, (tuple, list)) else (bits,) * int(im.tag_v2.get(277, 1))
 
 
+#: bytes a pixel of an AVIF costs at its decode's peak, the most of what was measured on 8000x8000 files: an
+#: 8-bit one named .avif goes through Ultralytics' Pillow fallback (three copies), a 12-bit one named .jpg
+#: through OpenCV's decoder at 16 bits
+AVIF_DECODE_BYTES = 20
+
+
+def _frame_bytes(im: PIL.Image.Image) -> int:
+    """Bytes a pixel of the current frame holds decoded at its own depth (at least 3: the BGR handed on)."""
+    if im.format == "TIFF":
+        return max(3, sum(_tiff_bits(im)) // 8)
+    return max(3, len(im.getbands()) * (2 if im.mode.startswith("I;16") else 4 if im.mode in ("I", "F") else 1))
+
+
 def decode_cost(path: str | os.PathLike, im: PIL.Image.Image) -> tuple[float, str]:
     """Bytes a pixel of ``im`` costs at the decode's peak, and why when it is more than an 8-bit photo's, from
     the headers alone (each kind measured with the reader: docs/robustness.md, "Memory on any input").
 
     Most decoders (libjpeg, libpng, libwebp...) write 8-bit BGR straight away: ``PHOTO_DECODE_BYTES``. OpenJPEG
-    decodes every sample of a JPEG 2000 to a 32-bit integer first. Ultralytics' reader decodes every page of a
-    TIFF, each at its own depth and held twice at its peak, to keep the first: so a TIFF counts all its pages.
+    decodes every sample of a JPEG 2000 to a 32-bit integer first; libjpeg keeps a progressive JPEG's every
+    coefficient (2 bytes a sample) until its last scan; AVIF goes through Pillow or a 16-bit decode. And
+    Ultralytics' reader decodes every page of a file named .tif or .tiff, whatever is inside (an animated PNG
+    or WebP too), each at its own depth and held twice at its peak, to keep the first: so it counts them all.
     """
+    if Path(path).suffix.lower() in (".tif", ".tiff") or im.format == "TIFF":
+        pages = getattr(im, "n_frames", 1)
+        if pages > MAX_TIFF_PAGES:
+            raise InputError(path, f"{pages} pages or frames in a file named {Path(path).suffix}: the reader "
+                                   f"decodes every one to keep the first; at most {MAX_TIFF_PAGES} are read")
+        held, deepest = 0, 8
+        try:
+            for page in range(pages):
+                im.seek(page)
+                if im.format == "TIFF":
+                    deepest = max(deepest, *_tiff_bits(im))
+                held += 2 * im.width * im.height * _frame_bytes(im)
+        finally:
+            im.seek(0)
+        kind = f"{deepest}-bit TIFF" if im.format == "TIFF" else f"{im.format} named {Path(path).suffix}"
+        unit = "pages" if im.format == "TIFF" else "frames"
+        why = f"of {kind}" + (f" with {pages} {unit} (Ultralytics' reader decodes every one)" if pages > 1 else "")
+        return held / (im.width * im.height) + 3, why
     if im.format == "JPEG2000":
         return 4 * len(im.getbands()) + 3, f"of JPEG 2000 ({len(im.getbands())} samples, 4 bytes each in OpenJPEG)"
-    if im.format != "TIFF":
-        return PHOTO_DECODE_BYTES, ""
-    pages = getattr(im, "n_frames", 1)
-    if pages > MAX_TIFF_PAGES:
-        raise InputError(path, f"a TIFF of {pages} pages: the reader decodes every page to keep the first; "
-                               f"at most {MAX_TIFF_PAGES} are read")
-    held, deepest = 0, 8
-    try:
-        for page in range(pages):
-            im.seek(page)
-            bits = _tiff_bits(im)
-            deepest = max(deepest, *bits)
-            held += 2 * im.width * im.height * max(3, sum(bits) // 8)
-    finally:
-        im.seek(0)
-    why = f"of {deepest}-bit TIFF" + (f" with {pages} pages (Ultralytics' reader decodes every page)" if pages > 1 else "")
-    return held / (im.width * im.height) + 3, why
+    if im.format == "JPEG" and ("progressive" in im.info or "progression" in im.info):
+        layers = getattr(im, "layer", None) or [("", 1, 1, 0)] * len(im.getbands())
+        hmax, vmax = max(h for _, h, _, _ in layers), max(v for _, _, v, _ in layers)
+        samples = sum(h * v for _, h, v, _ in layers) / (hmax * vmax)
+        return PHOTO_DECODE_BYTES + 2 * samples, f"of progressive JPEG ({samples:g} samples a pixel kept as coefficients)"
+    if im.format == "AVIF":
+        return AVIF_DECODE_BYTES, "of AVIF"
+    return PHOTO_DECODE_BYTES, ""
 
 
 def _unreadable_samples(im: PIL.Image.Image) -> str | None:
@@ -131,6 +156,20 @@ def _unreadable_samples(im: PIL.Image.Image) -> str | None:
     return None
 
 
+def check_file_size(path: str | os.PathLike, size: int) -> None:
+    """Raise ``InputError`` if a photo file is larger than 3 bytes a pixel of the pixel limit: more than any photo
+    under it holds, even uncompressed. The file is read whole (by the checks here, by Ultralytics' reader), so
+    a small photo with gigabytes after its end marker, which decoders accept, would cost those gigabytes."""
+    try:
+        cap = 3 * runtime.max_pixels()
+    except ValueError as e:
+        raise InputError(runtime.MAX_PIXELS_ENV, str(e)) from None
+    if size > cap:
+        raise InputError(path, f"a file of {_held(size)}, over the {_held(cap)} that a photo under the limit of "
+                               f"{cap / 3e6:g} megapixels takes even uncompressed; if the photo is genuine, set "
+                               f"{runtime.MAX_PIXELS_ENV} higher")
+
+
 def _png_bad_chunk(path: str | os.PathLike) -> str | None:
     """The type of the first PNG chunk whose CRC does not match its bytes, or None (not a PNG, or all match).
 
@@ -140,9 +179,9 @@ def _png_bad_chunk(path: str | os.PathLike) -> str | None:
     at memory speed, and the bytes are read anyway.
     """
     with open(path, "rb") as f:
-        data = f.read()
-    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return None
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            return None  # not a PNG: not read further
+        data = b"\x89PNG\r\n\x1a\n" + f.read()
     at = 8
     while at + 12 <= len(data):
         length = int.from_bytes(data[at:at + 4], "big")
@@ -170,7 +209,8 @@ def validate_image(path: str | os.PathLike) -> None:
     Size first: Pillow's ``open`` reads only the header, so a photo over ``runtime.max_pixels()`` (a 1 MB PNG
     can hold 900 megapixels) is refused before any pixel is decoded, here or by OpenCV after.
     """
-    check_regular_file(path, "an image file")  # Pillow's open would block on a FIFO forever
+    size = check_regular_file(path, "an image file").st_size  # Pillow's open would block on a FIFO forever
+    check_file_size(path, size)
     try:
         bad_chunk = _png_bad_chunk(path)
     except OSError as e:
@@ -215,9 +255,10 @@ def warn_if_repaired(path: str | os.PathLike) -> str | None:
     Call it after ``validate_image``: what Pillow refuses outright is an error, not a warning.
     """
     with open(path, "rb") as f:
+        if not simplejpeg.is_jpeg(f.read(16)):
+            return None  # not a JPEG: not read further
+        f.seek(0)
         data = f.read()
-    if not simplejpeg.is_jpeg(data):
-        return None
     try:
         header = simplejpeg.decode_jpeg_header(data)
         simplejpeg.decode_jpeg(data, min_height=max(1, header[0] // 8), min_width=max(1, header[1] // 8),
