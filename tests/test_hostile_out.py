@@ -20,6 +20,7 @@ import yaml
 from checkpoints import save_checkpoint
 from pipeline.cli import main
 from pipeline.core.errors import InputError, one_line
+from pipeline.model.train import load_recipe
 from test_trust import cli, digests, jpeg_bytes, one_error_line
 
 # what a terminal would act on: every C0/C1 control but the newline that ends a line, and DEL
@@ -251,6 +252,56 @@ def test_a_resume_refuses_what_it_would_ignore(extra, weights, tmp_path, capsys)
     assert line.startswith(f"error: {extra[0]}: a resume keeps the run's recipe (epochs, data, model, config")
     assert "only --device, --batch, --imgsz, --time may change" in line
     assert digests(run) == before and _tree(run) == tree
+
+
+RECIPE = "epochs: 1\nimgsz: 64\nbatch: 4\nworkers: 0\n"
+
+
+@pytest.mark.parametrize("key, reason", [
+    ("save_dir: {elsewhere}", "save_dir: a recipe holds settings, not files, folders or runs "
+                              "(--out says where the run writes)"),
+    ("project: {elsewhere}", "project: a recipe holds settings, not files, folders or runs "
+                             "(--out says where the run writes)"),
+    ("cfg: https://example.com/x.yaml", "cfg: a recipe holds settings, not files, folders or runs "
+                                        "(write its keys into this recipe)"),
+    ("cfg: {bomb}", "cfg: a recipe holds settings, not files, folders or runs (write its keys into this recipe)"),
+    ("data: {elsewhere}/data.yaml", "data: a recipe holds settings, not files, folders or runs "
+                                    "(--data names the dataset)"),
+    ("bogus: 1", "bogus: 'bogus' is not a valid YOLO argument."),
+    ("lr0: [1, 2]", "lr0: 'lr0=[1, 2]' is of invalid type list. Valid 'lr0' types are int (i.e. 'lr0=0') or "
+                    "float (i.e. 'lr0=0.5')"),
+    ("amp: maybe", "amp: 'amp=maybe' is invalid. Valid 'amp' values are True, False, 'fp16', 'bf16', or 'fp32'."),
+    ("watch: 3", "watch: must be true or false, not 3"),
+])
+def test_a_recipe_naming_files_or_bad_keys_is_one_line_before_anything(key, reason, synth_data, tmp_path, capsys):
+    """A recipe is settings only, checked whole before a model or dataset view is built: a key that names
+    a file, folder or run, an unknown key or a badly typed value is one line naming the recipe and the key.
+    Nothing is written, inside --out or where the key points; a cfg URL is never fetched (the network guard)."""
+    elsewhere, bomb = tmp_path / "escaped_run", tmp_path / "bomb.yaml"
+    bomb.write_text("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+                    "c: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE + key.format(elsewhere=elsewhere, bomb=bomb) + "\n")
+    out = tmp_path / "run"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["train", "--data", str(synth_data), "--config", str(recipe), "--out", str(out)]) == 1
+    assert one_error_line(capsys.readouterr().err) == f"error: {recipe}: {reason}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run folder, nothing where the key points
+
+
+def test_a_recipe_save_dir_in_a_child_process_is_one_line(synth_data, tmp_path):
+    """The hostile tester's command as a user types it: no traceback, no training, nothing outside --out."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE + f"save_dir: {tmp_path / 'escaped_run'}\n")
+    r = cli("train", "--data", synth_data, "--config", recipe, "--out", tmp_path / "run", timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert one_error_line(r.stderr).startswith(f"error: {recipe}: save_dir: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
+
+
+def test_the_shipped_recipes_pass_the_recipe_check():
+    for recipe in sorted(Path(__file__).parents[1].glob("configs/*.yaml")):
+        assert load_recipe(recipe), recipe
 
 
 # ------------------------------------------------------------- 4. no write through a link in the run folder

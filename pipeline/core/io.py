@@ -240,7 +240,8 @@ def output_folder(out: str | os.PathLike, inputs=(), not_inside=()) -> Iterator[
     The lock is an ``flock`` on the folder itself: the kernel drops it when the process ends, so a
     killed run never leaves a folder stuck, and a second run into the same folder at the same time is
     refused with one line instead of mixing its results with the first run's. A folder this call
-    created and nothing was written into is removed again, so a refused or failed run leaves no trace.
+    created and nothing was written into is removed again, so a run refused before it writes leaves no
+    trace; a run that fails after writing keeps what it wrote (train: the dataset view, a ``last.pt`` to resume).
 
     Examples:
         >>> with output_folder("runs/predict", inputs=["photos/"]) as out:

@@ -34,9 +34,6 @@ from pipeline.data.dataset_view import own_view, stage_dataset, view_link
 from pipeline.data.labels import dataset_folders, read_data_yaml
 from pipeline.model.load import DEFAULT_MODEL, load_model, model_yaml_parameters, weights_error, weights_policy
 
-# Keys of a recipe file that are ours, not Ultralytics' train() arguments.
-RECIPE_KEYS = {"model", "data", "epochs", "imgsz", "batch", "device"}
-
 
 class BatchCounter:
     """Counts the batches a run trained, so a time budget that stops inside an epoch is told as it is.
@@ -71,15 +68,71 @@ class BatchCounter:
         return round(self.epoch + min(self.in_epoch / self.per_epoch, 1.0), 3)
 
 
+#: Train arguments that name files, folders or other runs, refused in a recipe with what does it instead.
+#: A recipe holds settings; the command says what a run reads and where it writes, and the trainer gets
+#: only that: ``save_dir``/``project``/``name`` would send the run outside --out, ``cfg`` would make
+#: Ultralytics read (or download) a YAML past the one reader, ``data``/``pretrained``/``exist_ok``/``resume``
+#: were silently overridden. From ultralytics/cfg/default.yaml (8.4): every argument that takes a path.
+RECIPE_REFUSED = {
+    "save_dir": "--out says where the run writes",
+    "project": "--out says where the run writes",
+    "name": "--out says where the run writes",
+    "exist_ok": "--overwrite trains over an earlier run",
+    "data": "--data names the dataset",
+    "resume": "--resume continues the run in --out",
+    "pretrained": "--model names the weights to start from",
+    "cfg": "write its keys into this recipe",
+    "source": "train reads only the dataset",
+    "tracker": "train reads only the dataset",
+    "distill_model": "train reads only --model",
+}
+
+
 def load_recipe(path: str | Path | None) -> dict:
-    """Read a ``configs/*.yaml`` recipe: a flat mapping of Ultralytics train() arguments plus ``model``."""
+    """Read a ``configs/*.yaml`` recipe: a flat mapping of Ultralytics train() arguments plus ``OWN_KEYS``.
+
+    Checked whole before any model or dataset is built, so a bad key is one line and nothing is written.
+
+    Raises:
+        InputError: ``RECIPE: key: reason`` for a key in ``RECIPE_REFUSED``, a key Ultralytics does not
+            know, or a value of the wrong type or range (Ultralytics' own ``check_dict_alignment`` and
+            ``check_cfg`` decide; their exceptions become the reason).
+    """
     if not path:
         return {}
     path = Path(path)
     recipe = read_yaml(path, "config file") or {}
     if not isinstance(recipe, dict):
         raise InputError(path, "config must be a mapping of train arguments")
+    for key, value in recipe.items():
+        reason = _recipe_key_error(key, value)
+        if reason:
+            raise InputError(path, f"{key}: {reason}")
     return recipe
+
+
+def _recipe_key_error(key, value) -> str | None:
+    """Why one recipe key cannot go to the trainer, or None."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg, check_dict_alignment
+    from ultralytics.utils import LOGGER
+
+    if key in RECIPE_REFUSED:
+        return f"a recipe holds settings, not files, folders or runs ({RECIPE_REFUSED[key]})"
+    if key in ("watch", "cpu_channels_last"):
+        return None if isinstance(value, bool) else f"must be true or false, not {value!r}"
+    if key in OWN_KEYS:
+        return None  # model: read as --model is; demo: the demo's own dataset settings
+    if not isinstance(key, str):
+        return "not a train argument (keys are names)"
+    disabled, LOGGER.disabled = LOGGER.disabled, True  # check_dict_alignment logs the whole `yolo` CLI help
+    try:
+        check_dict_alignment(DEFAULT_CFG_DICT, {key: value}, allowed_custom_keys=set())  # save_dir allowed else
+        check_cfg({key: value})
+    except (SyntaxError, TypeError, ValueError) as e:
+        return " ".join(str(e).split())
+    finally:
+        LOGGER.disabled = disabled
+    return None
 
 
 def check_data_yaml(data: str | Path) -> dict:
