@@ -299,6 +299,16 @@ def test_a_recipe_save_dir_in_a_child_process_is_one_line(synth_data, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
 
 
+def test_a_value_only_the_trainer_checks_is_one_line(synth_data, tmp_path):
+    """``optimizer: bogus`` passes Ultralytics' argument checks and fails in its trainer (NotImplementedError):
+    one line naming the recipe, exit 1, no traceback."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE + "optimizer: bogus\n")
+    r = cli("train", "--data", synth_data, "--config", recipe, "--out", tmp_path / "run", timeout=300)
+    assert r.returncode == 1, r.stderr
+    assert one_error_line(r.stderr).startswith(f"error: {recipe}: Optimizer 'bogus' not found"), r.stderr
+
+
 def test_the_shipped_recipes_pass_the_recipe_check():
     for recipe in sorted(Path(__file__).parents[1].glob("configs/*.yaml")):
         assert load_recipe(recipe), recipe

@@ -25,7 +25,9 @@ import time
 from pathlib import Path, PurePath
 
 import torch
+from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg, check_dict_alignment
 from ultralytics.nn import tasks
+from ultralytics.utils import LOGGER
 
 from pipeline.core import runtime
 from pipeline.core.io import InputError, atomic_write_json, output_folder, quiet_training_reads, refuse_links
@@ -113,9 +115,6 @@ def load_recipe(path: str | Path | None) -> dict:
 
 def _recipe_key_error(key, value) -> str | None:
     """Why one recipe key cannot go to the trainer, or None."""
-    from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg, check_dict_alignment
-    from ultralytics.utils import LOGGER
-
     if key in RECIPE_REFUSED:
         return f"a recipe holds settings, not files, folders or runs ({RECIPE_REFUSED[key]})"
     if key in ("watch", "cpu_channels_last"):
@@ -359,6 +358,8 @@ def _new_run(data, out: Path, model, config, overrides: dict, counter: BatchCoun
                 results = yolo.train(**args)
             except OSError as e:  # e.g. a full disk while Ultralytics saves a checkpoint: name the run
                 raise InputError(e.filename or out, e.strerror or type(e).__name__) from None
+            except NotImplementedError as e:  # a value only the trainer checks (optimizer: bogus): the recipe's
+                raise InputError(config or out, " ".join(str(e).split())[:300]) from None
     return yolo, results, view.errors
 
 
