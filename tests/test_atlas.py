@@ -266,6 +266,36 @@ def test_lesson_is_computed_from_the_atlas(built):
         assert f"{name} {v:.3f}" in index
     assert index.count("<rect ") == len(doc["layers"])  # one bar per block
     assert "What dataset examples cannot prove" in index
+    # the sentence about depth agrees with the order of the thirds it quotes (a new user read a rise as "no rise")
+    early, middle, deep = thirds
+    said = " ".join(doc["lesson"]["text"])
+    if early < middle < deep:
+        assert "rises with depth" in said
+    elif early < deep:
+        assert "higher deep than early" in said and "not step by step" in said
+    else:
+        assert "does not hold here: the deep third's IoU is not above the early third's" in said
+
+
+@pytest.mark.parametrize("thirds, words", [((0.041, 0.038, 0.069), "middle third is below the early one"),
+                                           ((0.02, 0.09, 0.05), "middle third is above the deep one"),
+                                           ((0.07, 0.05, 0.03), "does not hold here"),
+                                           ((0.01, 0.02, 0.03), "rises with depth")])
+def test_the_depth_sentence_says_what_the_order_of_its_numbers_is(thirds, words):
+    from pipeline.atlas.page import _depth_sentence
+
+    assert words in _depth_sentence(*thirds)
+
+
+def test_a_negative_class_mean_is_drawn_apart_from_a_positive_one(built):
+    """A mean SiLU below 0 inside a class's boxes is the channel held off there: its bar is red (``neg``),
+    a positive one blue, so the longest bar is not read as the class the channel follows."""
+    _, doc, _, out = built
+    path = next(iter(doc["layers"]))
+    page = (out / f"layer-{path}.html").read_text()
+    means = [v["inside_mean"] for ch in doc["layers"][path]["channels"] for v in ch["classes"].values()]
+    assert page.count("class='bar neg'") == sum(m is not None and m < 0 for m in means) > 0
+    assert page.count("class='bar'") == sum(m is None or m >= 0 for m in means)  # None: a class never labelled
 
 
 @pytest.mark.slow

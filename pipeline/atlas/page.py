@@ -27,10 +27,23 @@ body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;max-width:1200px
 table{border-collapse:collapse}td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left}
 .ch{border:1px solid #ccc;border-radius:6px;padding:8px;margin:10px 0}.ch:target{outline:3px solid #d33}
 .strip{image-rendering:pixelated;display:block}.tops{font-size:11px;color:#555}
-.bar{display:inline-block;height:10px;background:#36c;vertical-align:middle}.bar.out{background:#999}
+.bar{display:inline-block;height:10px;background:#36c;vertical-align:middle}.bar.out{background:#999}.bar.neg{background:#c33}
 .filt{display:inline-block;margin-right:6px}.filt td{width:12px;height:12px;padding:0;border:1px solid #fff}
 .muted{color:#777}.lesson{background:#f6f6f0;padding:8px 14px;border-radius:6px}
 """
+
+
+
+def _depth_sentence(early: float, middle: float, deep: float) -> str:
+    """What the three thirds' mean best-class IoU say about the textbook picture (edges early, damage deep),
+    in words that match their order: a rise, a rise with a dip, or no rise."""
+    if early < middle < deep:
+        return "The IoU rises with depth, as the textbook picture of edges early and parts deep predicts."
+    if early < deep:
+        return ("The IoU is higher deep than early, as the textbook picture of edges early and damage deep predicts, "
+                f"but not step by step: the middle third is {'below the early one' if middle < early else 'above the deep one'}.")
+    return ("So the textbook picture (edges early, damage deep) does not hold here: the deep third's IoU is not "
+            "above the early third's.")
 
 
 def lesson(doc: dict) -> dict:
@@ -62,11 +75,8 @@ def lesson(doc: dict) -> dict:
         text.append(f"On this model and these {len(doc['photos'])} photos, the mean best-class IoU is "
                     + ", ".join(f"{n} {v:.3f}" for n, v in zip(names, thirds))
                     + f": the {top} blocks line up with the labelled damage most.")
-        if len(thirds) == 3 and not thirds[0] < thirds[1] < thirds[2]:
-            text.append("So the textbook picture (edges early, damage deep) does not hold cleanly here: "
-                        "the IoU does not rise from the early third to the deep one.")
-        elif len(thirds) == 3:
-            text.append("The IoU rises with depth, as the textbook picture of edges early and parts deep predicts.")
+        if len(thirds) == 3:
+            text.append(_depth_sentence(*thirds))
         best = max(scored, key=lambda r: r["mean_best_iou"])
         text.append(f"Highest: {best['layer']} (mean {best['mean_best_iou']:.3f}, "
                     f"{best['selective_share']:.0%} of its channels at or above the floor {doc['iou_floor']}).")
@@ -119,12 +129,16 @@ def _channel_html(doc: dict, path: str, ch: dict) -> str:
     if ch["classes"]:
         vals = [v["inside_mean"] for v in ch["classes"].values() if v["inside_mean"] is not None]
         scale = max([abs(v) for v in vals] + [abs(ch["outside_mean"] or 0), 1e-9])
-        rows = "".join(
-            f"<tr><td>{_esc(n)}</td><td><span class=bar style='width:{int(abs(v['inside_mean'] or 0) / scale * 120)}px'>"
-            f"</span> {_fmt(v['inside_mean'])}</td><td>{_fmt(v['iou'])}</td></tr>" for n, v in ch["classes"].items())
-        rows += (f"<tr><td>outside boxes</td><td><span class='bar out' style='width:"
-                 f"{int(abs(ch['outside_mean'] or 0) / scale * 120)}px'></span> {_fmt(ch['outside_mean'])}</td><td></td></tr>")
-        bars = f"<table class=sel><tr><th>class</th><th>mean SiLU inside boxes</th><th>IoU</th></tr>{rows}</table>"
+        def bar(v, cls="bar"):  # a negative mean (SiLU below 0: the channel held off there) is drawn red
+            kind = f"{cls} neg" if (v or 0) < 0 else cls
+            return f"<span class='{kind}' style='width:{int(abs(v or 0) / scale * 120)}px'></span> {_fmt(v)}"
+
+        rows = "".join(f"<tr><td>{_esc(n)}</td><td>{bar(v['inside_mean'])}</td><td>{_fmt(v['iou'])}</td></tr>"
+                       for n, v in ch["classes"].items())
+        rows += f"<tr><td>outside boxes</td><td>{bar(ch['outside_mean'], 'bar out')}</td><td></td></tr>"
+        bars = (f"<table class=sel><tr><th>class</th><th>mean SiLU inside boxes</th><th>IoU</th></tr>{rows}</table>"
+                "<div class=muted>bar length: the mean's size; red: a negative mean, the channel held off inside "
+                "those boxes (not a class it follows)</div>")
     return (f"<div class=ch id=c{c} data-channel={c} data-best-iou='{_fmt(ch['best_iou'], 6)}'>"
             f"<b>channel {c}</b> &middot; {best} &middot; active on {ch['active_fraction']:.1%} of cells "
             f"({_esc(ch['activity'])}) &middot; top-quantile threshold {_fmt(ch['threshold'])}"
