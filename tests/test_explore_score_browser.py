@@ -48,6 +48,12 @@ def test_click_a_head_neuron_and_read_its_logit(server):
             assert page.evaluate("getComputedStyle(document.getElementById('stages')).maxHeight") == "none"
             pos = click_neuron(page, layer, top["class_id"], (a["x"] + 0.5) / w, (a["y"] + 0.5) / h)
             assert pos == {"y": a["y"], "x": a["x"]}
+            # a logit layer has one map, named for what it is, and no pre/post SiLU choice (it has no SiLU)
+            assert not page.is_visible("#map-pre") and page.text_content("#cap-post").startswith("class logit")
+            assert not page.is_visible('input[name="stage"][value="pre"]')
+            name = httpx.get(f"{server}/api/summary", params={"photo": 0}, timeout=120).json()["names"][str(top["class_id"])]
+            assert page.text_content(f'#channels figure[data-channel="{top["class_id"]}"] figcaption') == \
+                f"{top['class_id']}: {name}"
             api = httpx.get(f"{server}/api/neuron", params={"photo": 0, "layer": layer, "channel": top["class_id"],
                                                             **pos}, timeout=120).json()
             assert float(page.get_attribute("#neuron-z", "data-value")) == api["logit"]
@@ -72,6 +78,7 @@ def test_click_a_head_neuron_and_read_its_logit(server):
                 (str(a["y"]), str(a["x"]))
             # a Conv block neuron: its effect on box 0's logit, and every input channel of its patch
             pos = click_neuron(page, "model.4.m.0.cv2", 5, 0.5, 0.5)
+            assert page.is_visible("#map-pre") and page.text_content("#cap-post") == "SiLU(z) (post)"
             api = httpx.get(f"{server}/api/neuron", params={"photo": 0, "layer": "model.4.m.0.cv2", "channel": 5,
                                                             **pos}, timeout=120).json()
             assert page.is_visible("#neuron-effect") and page.text_content("#lab-z") == "z = dot + b"

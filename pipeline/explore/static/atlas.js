@@ -74,7 +74,11 @@ async function showDrivers(i) {
 // Follow explore.js's clicks without changing it: capture clicks on thumbnails, boxes and detection rows.
 document.addEventListener("click", (ev) => {
   const fig = ev.target.closest("#channels figure[data-channel]");
-  if (fig && state.layer) { showAtlasEntry(state.layer.path, Number(fig.dataset.channel)); return; }
+  if (fig && state.layer) {  // the head's final convs are not Conv blocks: the atlas has no entry for them
+    if (isLogitLayer(state.layer)) { const p = document.getElementById("atlas-entry"); if (p) p.hidden = true; return; }
+    showAtlasEntry(state.layer.path, Number(fig.dataset.channel));
+    return;
+  }
   const box = ev.target.closest("#boxes .box[data-index], #detections tr[data-index]");
   if (box) showDrivers(Number(box.dataset.index));
 }, true);

@@ -159,9 +159,27 @@ function fillStages(stages) {
 
 function stageChoice() { return document.querySelector('input[name="stage"]:checked').value; }
 
+// the head's final convs: plain Conv2d whose output is the logit itself (no BatchNorm, no SiLU after it)
+function isLogitLayer(r) { return Boolean(r && r.branch && r.activation === null); }
+
+// a logit layer has one map (z is the logit, there is no SiLU(z)): one caption, no pre/post choice
+function stageLabels(r) {
+  const logit = isLogitLayer(r);
+  document.querySelectorAll('#layer label:has(input[name="stage"])').forEach((l) => { l.hidden = logit; });
+  if (logit) document.querySelector('input[name="stage"][value="post"]').checked = true;
+  $("cap-post").textContent = logit ? (r.branch === "class" ? "class logit (no BatchNorm, no SiLU: sigmoid(logit) is the score)"
+    : "box logit (no BatchNorm, no SiLU: softmax over 16 bins)") : "SiLU(z) (post)";
+  $("map-pre").closest("figure").hidden = logit;
+}
+
+function channelName(r, c) {
+  return isLogitLayer(r) && r.branch === "class" && state.summary.names ? `${c}: ${state.summary.names[c]}` : String(c);
+}
+
 function showLayer(path) {
   const r = state.model.find((m) => m.path === path);
   state.layer = r;
+  stageLabels(r);
   document.querySelectorAll("#stages button.selected").forEach((b) => b.classList.remove("selected"));
   document.querySelectorAll(`#stages button[data-layer="${path}"]`).forEach((b) => b.classList.add("selected"));
   $("layer").hidden = false;
@@ -179,7 +197,7 @@ function fillChannels() {
     const fig = el("figure", { class: "thumb", "data-channel": c });
     const img = el("img", { loading: "lazy", alt: `channel ${c}`, src: `/api/featuremap?${q({ layer: r.path, channel: c, stage: st })}` });
     fig.appendChild(img);
-    fig.appendChild(el("figcaption", {}, String(c)));
+    fig.appendChild(el("figcaption", {}, channelName(r, c)));
     fig.addEventListener("click", () => showChannel(c));
     grid.appendChild(fig);
   }
@@ -198,7 +216,7 @@ async function drawMap(canvasId, scaleId, channel, st) {
 async function showChannel(c) {
   state.channel = c;
   $("channel").hidden = false;
-  $("channel-name").textContent = `${state.layer.path} #${c} (${state.layer.out_shape[2]}\u00d7${state.layer.out_shape[3]})`;
+  $("channel-name").textContent = `${state.layer.path} #${channelName(state.layer, c)} (${state.layer.out_shape[2]}\u00d7${state.layer.out_shape[3]})`;
   ["map-pre", "map-post"].forEach((id) => { $(id).dataset.ready = ""; });
   markCell(null, null);
   try {
