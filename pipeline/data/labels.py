@@ -35,7 +35,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from pipeline.core.io import InputError
+from pipeline.core.io import InputError, list_lines
 from pipeline.core.yamlfile import read_yaml
 
 SPLITS = ("train", "val", "test", "minival")
@@ -219,6 +219,9 @@ def dataset_splits(data_yaml: str | Path) -> dict[str, list[Path]]:
         for p in entries:
             if not Path(p).exists():
                 raise InputError(data_yaml, f"'{split}' images not found, missing path {p}")
+            if Path(p).is_file():  # a photo list: Ultralytics reads it whole, so it is checked first (size, lines)
+                for _ in list_lines(Path(p)):
+                    pass
         files = sorted({f for p in entries for f in _list_images(str(p))})
         if not files:
             raise InputError(data_yaml, f"'{split}' holds no images: {', '.join(map(str, entries))}")
