@@ -43,7 +43,7 @@ COORD_TOL = 1e-6  # float printing noise; anything beyond is outside [0, 1]
 MAX_CLASSES = 10_000  # a data.yaml's classes at most: 8 times LVIS's 1,203; CarDD has 6
 #: The largest label file read. A box row is under 100 bytes and CarDD's largest label file (polygons of up
 #: to ~100 points) is 15 KB, so 4 MiB (some 40,000 boxes) is more than any photo's labels could be. A bigger
-#: file is refused unread: a 1.2 GB file of zeros took 17 GB to read, split and quote.
+#: file is refused unread: a gigabyte file of zeros took fourteen times its size to read, split and quote.
 MAX_LABEL_BYTES = 4 << 20
 QUOTE_CHARS = 40  # a label token quoted in an error is cut to this many characters: the line stays readable
 
