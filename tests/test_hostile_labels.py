@@ -144,8 +144,8 @@ def test_a_huge_photo_list_given_to_predict_is_one_line_and_the_rest_runs(tmp_pa
     photo.write_bytes(jpeg_bytes(3))
     out = tmp_path / "o"
     rc, err, kib = run_measured("predict", "--weights", "yolov8n.yaml", "--imgsz", "64", big, photo, "--out", out)
-    assert rc == 1 and error_lines(err) == [f"error: {big}: {HUGE:,} bytes is too large for a photo list "
-                                            f"(the limit is {64 << 20:,})"], err[-2000:]
+    expected = f"error: {big}: {HUGE:,} bytes is too large for a photo list (the limit is {64 << 20:,})"
+    assert rc == 1 and error_lines(err) == [expected], err[-2000:]
     assert (out / "detections.json").is_file()
     assert kib - imports_kib < SHARE_KIB, f"{kib / 1024:.0f} MiB peak, imports {imports_kib / 1024:.0f} MiB"
 
