@@ -317,20 +317,47 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
         return hashlib.file_digest(f, algorithm).hexdigest()
 
 
+#: The largest photo list read (``predict list.txt``, a data.yaml's ``train: list.txt``): a line is a path of
+#: some 40 to 100 bytes, so 64 MiB lists about a million photos (COCO's train2017.txt lists 118,287 in under
+#: 5 MB). A bigger file is refused unread: a list of a gigabyte took near three times its size to read and split.
+MAX_LIST_BYTES = 64 << 20
+#: The longest line of a photo list: Linux's PATH_MAX. A longer line names no file, and is not echoed.
+MAX_LIST_LINE = 4096
+
+
+def list_lines(path: Path) -> Iterator[str]:
+    """The lines of a photo list, streamed (``str.splitlines``' rule, as Ultralytics reads a list).
+
+    Raises:
+        InputError: one line naming the list when it is over ``MAX_LIST_BYTES`` (before a byte is read),
+            has a line over ``MAX_LIST_LINE`` characters (a file of zeros has one), or is unreadable or not UTF-8.
+    """
+    try:
+        size = os.stat(path).st_size
+        if size > MAX_LIST_BYTES:
+            raise InputError(path, f"{size:,} bytes is too large for a photo list (the limit is {MAX_LIST_BYTES:,})")
+        with open(path, encoding="utf-8") as f:
+            # readline with a limit: a line with no newline in a gigabyte is cut after MAX_LIST_LINE + 1 characters
+            for n, line in enumerate(iter(lambda: f.readline(MAX_LIST_LINE + 1), ""), 1):
+                if len(line.rstrip("\r\n")) > MAX_LIST_LINE:
+                    raise InputError(path, f"line {n} is longer than {MAX_LIST_LINE:,} characters (no path is "
+                                           "that long): not a photo list")
+                yield from line.splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(path, f"cannot read the list ({getattr(e, 'strerror', None) or type(e).__name__})") from None
+
+
 def read_list(path: Path) -> list[str]:
     """The photos a ``.txt`` source names, one per line; blank lines and ``#`` comments are skipped.
 
-    A relative line is taken relative to the list file's folder, so a list travels with its photos.
+    A relative line is taken relative to the list file's folder, so a list travels with its photos. The file is
+    read as ``list_lines`` reads it: over ``MAX_LIST_BYTES``, or with a line no path could be, it is one line.
 
     Examples:
         >>> read_list(Path("/data/list.txt"))  # lines "a.jpg", "/other/b.jpg"
         ['/data/a.jpg', '/other/b.jpg']
     """
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(path, f"cannot read the list ({getattr(e, 'strerror', None) or type(e).__name__})") from None
-    names = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    names = [line.strip() for line in list_lines(path) if line.strip() and not line.strip().startswith("#")]
     return [n if Path(n).is_absolute() else str(path.parent / n) for n in names]
 
 

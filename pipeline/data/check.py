@@ -23,7 +23,7 @@ from pipeline.core.files import real_path
 from pipeline.core.io import InputError, read_image
 from pipeline.core.runtime import progress_bar
 from pipeline.data.duplicates import find_duplicates, phash_of, sha1_of_file, split_overlaps
-from pipeline.data.labels import dataset_splits, label_path, load_names, parse_label_text
+from pipeline.data.labels import dataset_splits, label_path, load_names, parse_label_text, read_label_text
 
 SMALL, LARGE = 128**2, 256**2  # CarDD's box-area buckets in original-image pixels
 LEAK_KINDS = ("split_overlap", "exact_duplicate", "near_duplicate")  # warning kinds that are leakage
@@ -50,9 +50,14 @@ def scan_pair(image: Path, label: Path, nc: int) -> dict:
         "phash": None,
         "dropped": False,
     }
+    too_large = False
     if label.is_file():
         try:
-            text = label.read_text(encoding="utf-8-sig")
+            text = read_label_text(label)
+        except InputError as e:  # over the label size limit: never read, by us or by Ultralytics below
+            rec["errors"].append((str(label), None, "bad_label_file", e.reason))
+            rec["label_status"] = "unreadable"
+            text, too_large = None, True
         except (UnicodeDecodeError, OSError) as e:
             rec["errors"].append((str(label), None, "bad_label_file", f"unreadable label file ({type(e).__name__})"))
             rec["label_status"] = "unreadable"  # reported once, as the error above, not also as "missing"
@@ -82,6 +87,9 @@ def scan_pair(image: Path, label: Path, nc: int) -> dict:
         return rec
     rec["shape"] = pixels.shape[:2]
     rec["phash"] = phash_of(pixels)
+    if too_large:  # Ultralytics' verify_image_label reads the label whole; training leaves the photo out
+        rec["dropped"] = True
+        return rec
 
     # what training will do with this pair. Through a link: Ultralytics "restores" (re-encodes) a JPEG
     # whose last bytes are not the end marker, and its os.replace then swaps the link, not the user's file.

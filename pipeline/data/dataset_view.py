@@ -32,7 +32,7 @@ import yaml
 from pipeline.core.files import check_regular_file
 from pipeline.core.io import IMAGE_SUFFIXES, InputError, atomic_write_text, validate_image, warn_if_repaired
 from pipeline.core.yamlfile import read_yaml
-from pipeline.data.labels import check_names, dataset_splits, label_path, load_names, parse_label_text
+from pipeline.data.labels import check_names, dataset_splits, label_path, load_names, parse_label_text, read_label_text
 
 
 @dataclass
@@ -56,7 +56,7 @@ def _check_label(label: Path, nc: int) -> None:
     if not label.is_file():
         return
     try:
-        text = label.read_text(encoding="utf-8-sig")
+        text = read_label_text(label)  # a file over its size limit: InputError, unread
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(label, f"unreadable label file ({getattr(e, 'strerror', None) or type(e).__name__})") from None
     _, errors, info = parse_label_text(text, nc, coord_tol=ULTRALYTICS_COORD_TOL)

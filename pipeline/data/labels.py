@@ -35,12 +35,17 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from pipeline.core.io import InputError
+from pipeline.core.io import InputError, list_lines
 from pipeline.core.yamlfile import read_yaml
 
 SPLITS = ("train", "val", "test", "minival")
 COORD_TOL = 1e-6  # float printing noise; anything beyond is outside [0, 1]
 MAX_CLASSES = 10_000  # a data.yaml's classes at most: 8 times LVIS's 1,203; CarDD has 6
+#: The largest label file read. A box row is under 100 bytes and CarDD's largest label file (polygons of up
+#: to ~100 points) is 15 KB, so 4 MiB (some 40,000 boxes) is more than any photo's labels could be. A bigger
+#: file is refused unread: a gigabyte file of zeros took fourteen times its size to read, split and quote.
+MAX_LABEL_BYTES = 4 << 20
+QUOTE_CHARS = 40  # a label token quoted in an error is cut to this many characters: the line stays readable
 
 
 # ----------------------------------------------------------------------------------------------- yaml
@@ -78,13 +83,15 @@ def _int_like(value) -> int | None:
     return None
 
 
-def check_names(data: dict, path: str | Path) -> None:
+def check_names(data: dict, path: str | Path, yaml: bool = True) -> None:
     """Refuse class names that would pass Ultralytics' loose checks and surface later, or never.
 
     ``names`` is a list or an ``{id: name}`` dict with ids 0..n-1; each name a non-empty string without
     control characters (a newline would split every one-line report), all different; ``nc``, when given,
     a whole number from 1 to ``MAX_CLASSES`` equal to the count. Ultralytics turns ``names: [1, yes]``
     into ``'1'`` and ``'True'`` and builds ``nc: 10**12`` names of its own, so both are refused here.
+
+    A checkpoint's names (``yaml=False``) pass the same rule: they are printed in the same lines.
 
     Raises:
         InputError: one line naming the file and the first bad name or count.
@@ -114,8 +121,8 @@ def check_names(data: dict, path: str | Path) -> None:
     seen = {}
     for i, name in enumerate(values):
         if not isinstance(name, str):
-            raise InputError(path, f"class {i} name {str(name)[:40]!r} ({type(name).__name__}) is not a string: "
-                                   "quote it in the YAML")
+            raise InputError(path, f"class {i} name {str(name)[:40]!r} ({type(name).__name__}) is not a string"
+                                   + (": quote it in the YAML" if yaml else ""))
         if not name.strip():
             raise InputError(path, f"class {i} name is empty")
         if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
@@ -212,6 +219,9 @@ def dataset_splits(data_yaml: str | Path) -> dict[str, list[Path]]:
         for p in entries:
             if not Path(p).exists():
                 raise InputError(data_yaml, f"'{split}' images not found, missing path {p}")
+            if Path(p).is_file():  # a photo list: Ultralytics reads it whole, so it is checked first (size, lines)
+                for _ in list_lines(Path(p)):
+                    pass
         files = sorted({f for p in entries for f in _list_images(str(p))})
         if not files:
             raise InputError(data_yaml, f"'{split}' holds no images: {', '.join(map(str, entries))}")
@@ -235,6 +245,30 @@ def label_path(image: str | Path) -> Path:
     from ultralytics.data.utils import img2label_paths
 
     return Path(img2label_paths([str(image)])[0])
+
+
+def _cap(token: str) -> str:
+    """``token`` cut to ``QUOTE_CHARS`` characters, with '…' where cut: an error never echoes a whole token."""
+    return token if len(token) <= QUOTE_CHARS else token[:QUOTE_CHARS] + "…"
+
+
+def read_label_text(label: str | Path) -> str:
+    """A label file's text (UTF-8, a BOM dropped), refused unread when over ``MAX_LABEL_BYTES``.
+
+    Raises:
+        InputError: the file is too large (one line naming it and its size).
+        OSError, UnicodeDecodeError: as ``Path.read_text`` (callers word these their own way).
+    """
+    label = Path(label)
+    size = label.stat().st_size
+    too_large = f"is too large for a label file (the limit is {MAX_LABEL_BYTES:,} bytes; a box row is under 100)"
+    if size > MAX_LABEL_BYTES:
+        raise InputError(label, f"{size:,} bytes {too_large}")
+    with open(label, "rb") as f:
+        data = f.read(MAX_LABEL_BYTES + 1)  # + 1: a file that grew since the stat is still refused
+    if len(data) > MAX_LABEL_BYTES:
+        raise InputError(label, too_large)
+    return data.decode("utf-8-sig")
 
 
 def parse_label_text(text: str, nc: int, coord_tol: float = COORD_TOL) -> tuple[np.ndarray, list[tuple[int, str, str]], dict]:
@@ -267,7 +301,7 @@ def parse_label_text(text: str, nc: int, coord_tol: float = COORD_TOL) -> tuple[
             values = np.array([float(t) for t in tokens], dtype=np.float64)
         except ValueError:
             bad = next(t for t in tokens if not _is_float(t))
-            errors.append((n, "bad_label_line", f"non-numeric value {bad!r}"))
+            errors.append((n, "bad_label_line", f"non-numeric value {_cap(bad)!r}"))
             continue
         if not np.isfinite(values).all():
             errors.append((n, "bad_label_line", "non-finite value (nan or inf)"))
@@ -288,7 +322,7 @@ def parse_label_text(text: str, nc: int, coord_tol: float = COORD_TOL) -> tuple[
             errors.append((n, "bad_label_line", f"polygon with {k // 2} point(s), needs at least 3"))
             continue
         if cls != int(cls):
-            errors.append((n, "bad_label_line", f"non-integer class id {tokens[0]}"))
+            errors.append((n, "bad_label_line", f"non-integer class id {_cap(tokens[0])}"))
             continue
         if not 0 <= cls < nc:
             errors.append((n, "class_out_of_range", f"class id {int(cls)} out of range 0..{nc - 1}"))
@@ -334,7 +368,9 @@ def photo_labels(image: str | Path, nc: int) -> tuple[list[tuple[int, float, flo
     if not label.is_file():
         return None, None
     try:
-        boxes, errors, _ = parse_label_text(label.read_text(encoding="utf-8-sig"), nc)
+        boxes, errors, _ = parse_label_text(read_label_text(label), nc)
+    except InputError as e:  # too large to be a label file
+        return None, None if beside else f"{label}: not used: {e.reason}"
     except (OSError, UnicodeDecodeError) as e:  # unreadable, or not text
         return None, None if beside else f"{label}: not used: {type(e).__name__}: {e}"
     if beside and (errors or not len(boxes)):

@@ -241,6 +241,11 @@ def load_model(spec: str | Path = DEFAULT_MODEL, nc: int | None = None, names=No
             raise InputError(path, weights_error(path, e, trust)) from None
     if getattr(yolo, "model", None) is None or not hasattr(yolo.model, "names"):
         raise InputError(path, "not a valid YOLO checkpoint (no model inside)")
+    # a checkpoint's class names are printed in every command's lines, as a data.yaml's are: the same rule
+    # (strings, unique, no newline or control character), so a name cannot forge an error line or clear a screen
+    from pipeline.data.labels import check_names
+
+    check_names({"names": yolo.model.names}, path, yaml=False)
     return yolo
 
 
