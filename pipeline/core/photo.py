@@ -49,6 +49,10 @@ READ_FORMATS = "JPEG, PNG, BMP, TIFF, WebP, JPEG 2000, AVIF, MPO"
 PHOTO_DECODE_BYTES = 6
 
 
+#: a JPEG's first bytes: start of image, then a marker
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
 def _held(size: float) -> str:
     return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
 
@@ -157,17 +161,24 @@ def _unreadable_samples(im: PIL.Image.Image) -> str | None:
 
 
 def check_file_size(path: str | os.PathLike, size: int) -> None:
-    """Raise ``InputError`` if a photo file is larger than 3 bytes a pixel of the pixel limit: more than any photo
-    under it holds, even uncompressed. The file is read whole (by the checks here, by Ultralytics' reader), so
-    a small photo with gigabytes after its end marker, which decoders accept, would cost those gigabytes."""
+    """Raise ``InputError`` if a photo file is larger than the decode budget itself (``PHOTO_DECODE_BYTES`` a
+    pixel of the pixel limit): twice the bytes of any photo under the limit, even uncompressed. The file is
+    read whole (by the checks here, by Ultralytics' reader), so a small photo with gigabytes after its end
+    marker, which decoders accept, would cost those gigabytes."""
     try:
-        cap = 3 * runtime.max_pixels()
+        cap = PHOTO_DECODE_BYTES * runtime.max_pixels()
     except ValueError as e:
         raise InputError(runtime.MAX_PIXELS_ENV, str(e)) from None
     if size > cap:
-        raise InputError(path, f"a file of {_held(size)}, over the {_held(cap)} that a photo under the limit of "
-                               f"{cap / 3e6:g} megapixels takes even uncompressed; if the photo is genuine, set "
-                               f"{runtime.MAX_PIXELS_ENV} higher")
+        try:  # a photo over the pixel limit is refused for that, from its header, as any other is
+            with pil_open(path) as im:
+                width, height = im.width, im.height
+        except Exception:  # noqa: BLE001 - Pillow cannot say (not a photo, a bomb): the size is the reason
+            width = height = 0
+        check_pixels(path, width, height)
+        raise InputError(path, f"a file of {_held(size)}, over the {_held(cap)} that any photo under the limit of "
+                               f"{cap / PHOTO_DECODE_BYTES / 1e6:g} megapixels stays under; if the photo is "
+                               f"genuine, set {runtime.MAX_PIXELS_ENV} higher")
 
 
 def _png_bad_chunk(path: str | os.PathLike) -> str | None:
@@ -255,10 +266,12 @@ def warn_if_repaired(path: str | os.PathLike) -> str | None:
     Call it after ``validate_image``: what Pillow refuses outright is an error, not a warning.
     """
     with open(path, "rb") as f:
-        if not simplejpeg.is_jpeg(f.read(16)):
+        if f.read(3) != JPEG_MAGIC:
             return None  # not a JPEG: not read further
         f.seek(0)
         data = f.read()
+    if not simplejpeg.is_jpeg(data):  # its header must parse too (is_jpeg reads it: 16 bytes are not enough)
+        return None
     try:
         header = simplejpeg.decode_jpeg_header(data)
         simplejpeg.decode_jpeg(data, min_height=max(1, header[0] // 8), min_width=max(1, header[1] // 8),
@@ -378,7 +391,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     validate_image(path)
     repaired = warn_if_repaired(path)
     with open(path, "rb") as f:
-        clean_jpeg = repaired is None and simplejpeg.is_jpeg(f.read(16))
+        clean_jpeg = repaired is None and f.read(3) == JPEG_MAGIC
     # A JPEG libjpeg-turbo just decoded strictly has nothing to print, so it decodes without the lock and the
     # engine's decode threads stay parallel; anything else may make libjpeg or libpng speak: caught.
     quiet = contextlib.nullcontext([]) if clean_jpeg else native_stderr()

@@ -26,6 +26,7 @@ from pipeline.core.facts import CLASS_NAMES, TRUST_ENV
 from pipeline.core.files import check_regular_file
 from pipeline.core.io import InputError
 from pipeline.core.yamlfile import read_yaml
+from pipeline.data.labels import check_names
 
 DEFAULT_MODEL = "yolov8n.yaml"
 DEFAULT_IMGSZ = 640  # Ultralytics' default inference size, for a model that carries no training size
@@ -243,8 +244,6 @@ def load_model(spec: str | Path = DEFAULT_MODEL, nc: int | None = None, names=No
         raise InputError(path, "not a valid YOLO checkpoint (no model inside)")
     # a checkpoint's class names are printed in every command's lines, as a data.yaml's are: the same rule
     # (strings, unique, no newline or control character), so a name cannot forge an error line or clear a screen
-    from pipeline.data.labels import check_names
-
     check_names({"names": yolo.model.names}, path, yaml=False)
     return yolo
 
