@@ -186,6 +186,14 @@ def test_film_page_in_chromium_is_offline_and_shows_the_numbers(tmp_path):
             assert boxes.count() == len(records)
             lesson_text = page.locator("li.lesson").all_text_contents()
             assert lesson_text == lesson(read_back(tmp_path))
+            # every text of a heatmap lies inside its own svg: nothing is clipped (a new user read a colour
+            # caption cut off mid-sentence and a last column label cut short)
+            outside = page.evaluate("""[...document.querySelectorAll('svg.heat')].flatMap(svg => {
+                const b = svg.getBoundingClientRect();
+                return [...svg.querySelectorAll('text')].map(t => [t.textContent, t.getBoundingClientRect()])
+                  .filter(([, r]) => r.left < b.left - 0.5 || r.right > b.right + 0.5 || r.top < b.top - 0.5
+                                     || r.bottom > b.bottom + 0.5).map(([s]) => s); })""")
+            assert outside == []
         finally:
             browser.close()
     assert not errors and not remote, (errors, remote)

@@ -182,8 +182,14 @@ def _esc(s) -> str:
 def heatmap_svg(key: str, blocks: list[str], labels: list[str], values: list[list], log: bool, cell: int = 14) -> Markup:
     """A block x record heatmap: one ``rect`` per value, its exact number in ``data-v`` and its tooltip."""
     scale, (lo, hi) = _scale(values, log)
-    left, top = 130, 70
-    w, h = left + cell * len(labels) + 10, top + cell * len(blocks) + 30
+    # room for what is drawn outside the grid (~6 px a character at font-size 10): the column labels, turned
+    # by 60 degrees, reach up by 0.87 and right by 0.5 of their length; the colour caption is two lines
+    longest = 6 * max((len(str(lab)) for lab in labels), default=0)
+    caption = ([f'colour: {"log10 " if log else ""}scale from {num(lo)} (dark)', f"to {num(hi)} (yellow); grey: no value"]
+               if lo is not None else [""])
+    left, top = 130, max(70, int(0.87 * longest) + 10)
+    w = max(left + cell * len(labels) + int(0.5 * longest) + 10, 6 * max(len(c) for c in caption) + 10)
+    h = top + cell * len(blocks) + 42
     parts = [f'<svg class="heat" data-q="{_esc(key)}" width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg" '
              f'font-size="10" font-family="sans-serif">']
     for j, lab in enumerate(labels):
@@ -200,8 +206,7 @@ def heatmap_svg(key: str, blocks: list[str], labels: list[str], values: list[lis
                          f'data-block="{_esc(b)}" data-rec="{j}" data-v="{shown}"><title>{_esc(b)} {_esc(labels[j])}: '
                          f'{shown}</title></rect>')
     if lo is not None:
-        parts.append(f'<text x="{left}" y="{h - 8}">colour: {"log10 " if log else ""}scale from {_esc(num(lo))} '
-                     f'(dark) to {_esc(num(hi))} (yellow); grey: no value</text>')
+        parts.append(f'<text x="4" y="{h - 20}">{_esc(caption[0])}</text><text x="4" y="{h - 6}">{_esc(caption[1])}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
 
