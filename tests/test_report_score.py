@@ -61,6 +61,18 @@ def test_logit_trace_is_ultralytics_raw_logit_and_predicts_conf(reports):
     assert f"{lt['logit']:.6f}" in page and "no BatchNorm and no SiLU" in page and lt["layer"] in page
 
 
+def test_the_page_says_other_float32_passes_differ_by_rounding(reports):
+    """The explorer computes the same logit in passes of its own: the page says by how much they may differ,
+    float32 rounding of this logit (a new user found the 6th digit differing between report and explorer)."""
+    import numpy as np
+
+    from pipeline.analysis.effect import NOISE_ULPS
+
+    html, logit = reports["box"]["html"], reports["box"]["numbers"]["neuron"]["effect"]["logit"]
+    noise = NOISE_ULPS * float(np.finfo(np.float32).eps) * max(1.0, abs(logit))
+    assert f"may differ from these by float32 rounding: about {noise:.1g} on this logit" in html
+
+
 def test_neuron_effect_is_autograd_and_zeroing_on_a_fresh_model(reports):
     n = reports["box"]["numbers"]
     nr, lt = n["neuron"], n["logit_trace"]

@@ -32,6 +32,7 @@ from pipeline.report.plots import input as pin
 from pipeline.report.plots import layers as play
 from pipeline.report.plots import lesson as ples
 from pipeline.report.render import num
+from pipeline.analysis.effect import noise_floor
 from pipeline.analysis.run import PhotoRun
 
 #: Section ids and titles, in the lesson's order (the browser test checks every one).
@@ -240,7 +241,8 @@ def neurons_section(run: PhotoRun, files: Path, opts: Options) -> Section:
     return Section("neurons", {"tr": tr, "trace_text": format_trace(tr), "ok": tr["rel_error"] <= REL_TOL,
                                "rel_tol": REL_TOL, "rows": rows, "summary": summary, "f": f, "top": top,
                                "figure": fig, "effect": f["effect"], "ch_rows": ch_rows,
-                               "lt": run.logit_trace, "atlas": atlas},
+                               "lt": run.logit_trace, "atlas": atlas,
+                               "noise": noise_floor(f["effect"]["logit"]) if f.get("effect") else None},
                    {"trace": numbers, **({"atlas": atlas} if atlas else {})})
 
 
