@@ -21,6 +21,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from ultralytics import YOLO
 from ultralytics.nn import tasks
+from ultralytics.nn.modules.head import Detect
 
 from pipeline.core.facts import CLASS_NAMES, TRUST_ENV
 from pipeline.core.files import check_regular_file
@@ -214,6 +215,7 @@ def load_model(spec: str | Path = DEFAULT_MODEL, nc: int | None = None, names=No
             yolo = YOLO(spec, task="detect")
         except Exception as e:
             raise _yaml_error(spec, e) from None
+        check_detect_head(yolo, spec)
         if nc is not None and yolo.model.yaml.get("nc") != nc:
             yolo.model = tasks.DetectionModel(yolo.model.yaml, nc=nc, verbose=False)
         n = yolo.model.yaml["nc"]
@@ -245,7 +247,20 @@ def load_model(spec: str | Path = DEFAULT_MODEL, nc: int | None = None, names=No
     # a checkpoint's class names are printed in every command's lines, as a data.yaml's are: the same rule
     # (strings, unique, no newline or control character), so a name cannot forge an error line or clear a screen
     check_names({"names": yolo.model.names}, path, yaml=False)
+    check_detect_head(yolo, path)
     return yolo
+
+
+def check_detect_head(yolo, where) -> None:
+    """Raise ``InputError`` unless the model ends in a plain ``Detect`` head: a segmentation, pose, OBB or
+    classification model (their YAMLs ship with Ultralytics) builds, then fails deep in any command with a
+    traceback about shapes. Its subclasses (Segment, Pose, OBB...) answer other questions than boxes' scores."""
+    net = getattr(yolo, "model", None)
+    head = net.model[-1] if getattr(net, "model", None) is not None and len(net.model) else None
+    if type(head) is not Detect:
+        kind = type(head).__name__ if head is not None else "no"
+        raise InputError(where, f"a model with a {kind} head: this project reads detection models "
+                                "(a YOLOv8 Detect head, e.g. yolov8n.yaml or a detection checkpoint)")
 
 
 @contextlib.contextmanager

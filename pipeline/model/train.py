@@ -87,6 +87,8 @@ RECIPE_REFUSED = {
     "source": "train reads only the dataset",
     "tracker": "train reads only the dataset",
     "distill_model": "train reads only --model",
+    "task": "this project trains detection models only",
+    "mode": "the command is the mode",
 }
 
 
@@ -115,6 +117,8 @@ def load_recipe(path: str | Path | None) -> dict:
 
 def _recipe_key_error(key, value) -> str | None:
     """Why one recipe key cannot go to the trainer, or None."""
+    if key in ("task", "mode"):
+        return f"not a recipe's to choose: {RECIPE_REFUSED[key]}"
     if key in RECIPE_REFUSED:
         return f"a recipe holds settings, not files, folders or runs ({RECIPE_REFUSED[key]})"
     if key in ("watch", "cpu_channels_last"):
@@ -358,9 +362,17 @@ def _new_run(data, out: Path, model, config, overrides: dict, counter: BatchCoun
                 results = yolo.train(**args)
             except OSError as e:  # e.g. a full disk while Ultralytics saves a checkpoint: name the run
                 raise InputError(e.filename or out, e.strerror or type(e).__name__) from None
-            except NotImplementedError as e:  # a value only the trainer checks (optimizer: bogus): the recipe's
-                raise InputError(config or out, " ".join(str(e).split())[:300]) from None
+            except Exception as e:  # noqa: BLE001 - a setting only the trainer checks (optimizer: bogus, device: cuda:3)
+                if counter.batches:  # failed while training: not a setting's fault, the traceback is the report
+                    raise
+                raise InputError(config or out, _trainer_refusal(e)) from None
     return yolo, results, view.errors
+
+
+def _trainer_refusal(e: BaseException) -> str:
+    """One line for an exception the trainer raised before its first batch: a setting it refused."""
+    text = " ".join(str(e).split()).replace("❌", "").strip() or type(e).__name__
+    return f"the trainer refused a setting before its first batch: {text[:300]}"
 
 
 def _run_metrics(yolo, results, counter: BatchCounter, out: Path, left_out) -> dict:
