@@ -225,7 +225,14 @@ def deep_files(folder: Path, side: int) -> dict[str, Path]:
     tail = folder / "tail.jpg"
     tail.write_bytes(jpeg_bytes(1))
     os.truncate(tail, 1500 << 20)  # sparse: no disk
-    files.update(frames=folder / "frames.tif", prog=folder / "prog444.jpg", avif=folder / "photo.avif", tail=tail)
+    # the fourth retest's: a WebP (libwebp's planes beside the BGR), and a small PNG with 200 MB after its end,
+    # under the global cap but far over what its own 64x64 pixels can take
+    PIL.Image.new("RGB", (side, side), (128, 100, 50)).save(folder / "photo.webp", quality=10, method=0)
+    small_tail = folder / "small_tail.png"
+    PIL.Image.new("RGB", (64, 64), (200, 30, 30)).save(small_tail)
+    os.truncate(small_tail, 200 << 20)
+    files.update(frames=folder / "frames.tif", prog=folder / "prog444.jpg", avif=folder / "photo.avif", tail=tail,
+                 webp=folder / "photo.webp", small_tail=small_tail)
     return files
 
 
@@ -241,7 +248,7 @@ def test_files_deep_in_bytes_are_counted_at_their_depth_before_any_decode(tmp_pa
     folder = tmp_path / "photos"
     folder.mkdir()
     files = deep_files(folder, 8000)
-    assert all(f.stat().st_size < 2_000_000 for n, f in files.items() if n != "tail")
+    assert all(f.stat().st_size < 2_000_000 for n, f in files.items() if "tail" not in n)
     atomic_write_image(folder / "car.jpg", noise(480, 640))
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -260,11 +267,29 @@ def test_files_deep_in_bytes_are_counted_at_their_depth_before_any_decode(tmp_pa
     assert "of progressive JPEG (3 samples a pixel" in errors["prog444.jpg"]
     assert "of AVIF" in errors["photo.avif"]
     assert "a file of 1.6 GB, over the 900 MB" in errors["tail.jpg"]
+    assert "of WebP" in errors["photo.webp"]
+    assert "a file of 210 MB for 0.0041 megapixels: over the 67 MB its pixels and metadata" in errors["small_tail.png"]
     assert [Path(r["image"]).name for r in json.loads((tmp_path / "pred" / "detections.json").read_text())] == ["car.jpg"]
     kib = peak_kib_expect_fail(["predict", "--weights", "yolov8n.yaml", "--imgsz", "64", folder, "--out",
                                 tmp_path / "pred2"], cache)
     imports = measure_imports_kib()
     assert kib - imports < SHARE_KIB, f"{kib / 1024:.0f} MiB, imports {imports / 1024:.0f} MiB"
+
+
+def test_a_jpeg_with_a_scan_per_colour_is_told_from_its_markers(tmp_path):
+    """The markers up to the first scan, written by hand after the JPEG standard (SOI; SOF0 with 3 components;
+    SOS with 1 or 3): a first scan of fewer components than the frame means libjpeg keeps every coefficient."""
+    from pipeline.core.photo import _multi_scan
+
+    def jpeg(scan_components: int) -> Path:
+        sof = bytes([0xFF, 0xC0, 0, 17, 8, 0, 64, 0, 64, 3, 1, 0x11, 0, 2, 0x11, 0, 3, 0x11, 0])
+        sos = bytes([0xFF, 0xDA, 0, 6 + 2 * scan_components, scan_components]) + bytes(2 * scan_components + 3)
+        path = tmp_path / f"scan{scan_components}.jpg"
+        path.write_bytes(b"\xff\xd8" + sof + sos + b"\xff\xd9")
+        return path
+
+    assert _multi_scan(jpeg(1)) and not _multi_scan(jpeg(3))
+    assert not _multi_scan(tmp_path / "scan3.jpg")
 
 
 def test_small_deep_files_are_read_as_ultralytics_reads_them(tmp_path):

@@ -97,6 +97,28 @@ def _tiff_bits(im: PIL.Image.Image) -> tuple[int, ...]:
 #: 8-bit one named .avif goes through Ultralytics' Pillow fallback (three copies), a 12-bit one named .jpg
 #: through OpenCV's decoder at 16 bits
 AVIF_DECODE_BYTES = 20
+#: bytes a pixel of a WebP costs at its decode's peak, measured on 8000x8000 and 10000x10000 files (RGB and RGBA
+#: alike): libwebp's own RGBA and YUV planes beside OpenCV's BGR
+WEBP_DECODE_BYTES = 17
+#: bytes a file may hold beyond its pixels' (EXIF, XMP, ICC, an embedded preview): what is more is not a photo
+PHOTO_EXTRA_BYTES = 64 << 20
+
+
+def _multi_scan(path: str | os.PathLike) -> bool:
+    """Whether a baseline JPEG's first scan holds fewer components than its frame: its colours come in scans of
+    their own, and libjpeg keeps every coefficient until the last, as for a progressive JPEG (which Pillow
+    flags; this it does not). Reads the markers up to the first scan only."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)  # the markers before the first scan: tables, EXIF (at most 64 KB a segment)
+    at, frame = 2, 0
+    while at + 4 <= len(head) and head[at] == 0xFF:
+        marker, length = head[at + 1], int.from_bytes(head[at + 2:at + 4], "big")
+        if marker in (0xC0, 0xC1) and at + 9 < len(head):
+            frame = head[at + 9]  # Nf: components in the frame
+        elif marker == 0xDA and at + 4 < len(head):
+            return 0 < head[at + 4] < frame  # Ns: components in this scan
+        at += 2 + length
+    return False
 
 
 def _frame_bytes(im: PIL.Image.Image) -> int:
@@ -136,13 +158,17 @@ def decode_cost(path: str | os.PathLike, im: PIL.Image.Image) -> tuple[float, st
         return held / (im.width * im.height) + 3, why
     if im.format == "JPEG2000":
         return 4 * len(im.getbands()) + 3, f"of JPEG 2000 ({len(im.getbands())} samples, 4 bytes each in OpenJPEG)"
-    if im.format == "JPEG" and ("progressive" in im.info or "progression" in im.info):
+    progressive = im.format == "JPEG" and ("progressive" in im.info or "progression" in im.info)
+    if progressive or (im.format == "JPEG" and _multi_scan(path)):
         layers = getattr(im, "layer", None) or [("", 1, 1, 0)] * len(im.getbands())
         hmax, vmax = max(h for _, h, _, _ in layers), max(v for _, _, v, _ in layers)
         samples = sum(h * v for _, h, v, _ in layers) / (hmax * vmax)
-        return PHOTO_DECODE_BYTES + 2 * samples, f"of progressive JPEG ({samples:g} samples a pixel kept as coefficients)"
+        kind = "progressive JPEG" if progressive else "JPEG with a scan per colour"
+        return PHOTO_DECODE_BYTES + 2 * samples, f"of {kind} ({samples:g} samples a pixel kept as coefficients)"
     if im.format == "AVIF":
         return AVIF_DECODE_BYTES, "of AVIF"
+    if im.format == "WEBP":
+        return WEBP_DECODE_BYTES, "of WebP"
     return PHOTO_DECODE_BYTES, ""
 
 
@@ -181,30 +207,45 @@ def check_file_size(path: str | os.PathLike, size: int) -> None:
                                f"genuine, set {runtime.MAX_PIXELS_ENV} higher")
 
 
+def check_own_size(path: str | os.PathLike, size: int, pixels: int) -> None:
+    """Raise ``InputError`` if a photo file holds far more bytes than its own pixels could: 8 a pixel (16-bit
+    RGBA, uncompressed) and ``PHOTO_EXTRA_BYTES`` of metadata. Decoders accept bytes after the image's end, and
+    the file is read whole, more than once at a time (docs/robustness.md, "Memory on any input")."""
+    cap = 8 * pixels + PHOTO_EXTRA_BYTES
+    if size > cap:
+        raise InputError(path, f"a file of {_held(size)} for {pixels / 1e6:.2g} megapixels: over the {_held(cap)} its "
+                               "pixels and metadata can take; the rest is not a photo (bytes after the image?)")
+
+
 def _png_bad_chunk(path: str | os.PathLike) -> str | None:
     """The type of the first PNG chunk whose CRC does not match its bytes, or None (not a PNG, or all match).
 
     Pillow's ``load`` does not check chunk CRCs; libpng does, refuses the file and prints "libpng error: IDAT:
     CRC error" in two writes (text, then newline), which no catching of fd 2 can keep apart from another
-    thread's line printed between them. So the CRCs are checked here, before libpng sees the file: crc32 runs
-    at memory speed, and the bytes are read anyway.
+    thread's line printed between them. So the CRCs are checked here, before libpng sees the file, chunk by
+    chunk in pieces of at most 1 MB (crc32 runs on), up to IEND: what follows it is never read.
     """
     with open(path, "rb") as f:
         if f.read(8) != b"\x89PNG\r\n\x1a\n":
             return None  # not a PNG: not read further
-        data = b"\x89PNG\r\n\x1a\n" + f.read()
-    at = 8
-    while at + 12 <= len(data):
-        length = int.from_bytes(data[at:at + 4], "big")
-        end = at + 8 + length
-        if end + 4 > len(data):
-            return None  # truncated: Pillow's decode has already said so, or will
-        if zlib.crc32(data[at + 4:end]) != int.from_bytes(data[end:end + 4], "big"):
-            return data[at + 4:at + 8].decode("latin-1")
-        if data[at + 4:at + 8] == b"IEND":
-            return None
-        at = end + 4
-    return None
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return None  # truncated: Pillow's decode has already said so, or will
+            left, kind = int.from_bytes(head[:4], "big"), head[4:]
+            crc = zlib.crc32(kind)
+            while left:
+                piece = f.read(min(left, 1 << 20))
+                if not piece:
+                    return None
+                crc, left = zlib.crc32(piece, crc), left - len(piece)
+            stored = f.read(4)
+            if len(stored) < 4:
+                return None
+            if crc != int.from_bytes(stored, "big"):
+                return kind.decode("latin-1")
+            if kind == b"IEND":
+                return None
 
 
 def validate_image(path: str | os.PathLike) -> None:
@@ -231,6 +272,7 @@ def validate_image(path: str | os.PathLike) -> None:
     try:
         with pil_open(path) as im:
             check_pixels(path, im.width, im.height, *decode_cost(path, im))
+            check_own_size(path, size, im.width * im.height)
             unreadable = _unreadable_samples(im)
             if unreadable:
                 raise InputError(path, unreadable)
