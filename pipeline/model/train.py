@@ -362,8 +362,11 @@ def _new_run(data, out: Path, model, config, overrides: dict, counter: BatchCoun
                 results = yolo.train(**args)
             except OSError as e:  # e.g. a full disk while Ultralytics saves a checkpoint: name the run
                 raise InputError(e.filename or out, e.strerror or type(e).__name__) from None
-            except Exception as e:  # noqa: BLE001 - a setting only the trainer checks (optimizer: bogus, device: cuda:3)
-                if counter.batches:  # failed while training: not a setting's fault, the traceback is the report
+            # a setting only the trainer checks (optimizer: bogus, device: cuda:3, batch: 1.5, split: test): the
+            # built-in errors its checks raise; a callback's own exception, or a failure once training ran, goes on
+            except (ValueError, TypeError, NotImplementedError, RuntimeError, KeyError, IndexError, AttributeError,
+                    AssertionError) as e:
+                if counter.batches or type(e).__module__ != "builtins":
                     raise
                 raise InputError(config or out, _trainer_refusal(e)) from None
     return yolo, results, view.errors
