@@ -258,3 +258,47 @@ def test_the_page_says_so_when_no_neuron_matters_measurably(setup, tmp_path):
     assert "the one with the largest gradient x activation" in said
     assert f"setting each of the {run.focus_info['measured']} largest to 0 moved the logit by no more than float32 rounding" in said
     assert "moved the logit most" not in said
+
+
+def test_a_layer_on_another_scales_branch_has_no_effect_and_says_so(setup):
+    """model.16 feeds only the stride-16 and stride-32 heads: a stride-8 class logit does not depend on it at all.
+    Oracles: torch autograd on a fresh model finds no path (grad is None) and a fresh forward with the whole layer
+    zeroed leaves the logit bit for bit the same. Asking for it must not fail (the explorer answered 500)."""
+    from pipeline.analysis.effect import LogitEffects
+
+    run = setup["run"]
+    head = run.net.model[-1]
+    target = (f"model.{head.i}.cv3.0.2", 0, 1, 2)  # class 0's logit at a stride-8 cell
+    fx = LogitEffects(run.net, run.x, target)
+    m = fx.measure("model.16", [(3, 1, 1)])
+    assert m["reaches"] is False and m["zeroed_delta"] == [0.0] and float(m["grad"].abs().max()) == 0.0
+
+    net = fresh_model(setup["ckpt"])
+    mods = dict(net.named_modules())
+    seen = {}
+    grab = mods[target[0]].register_forward_hook(lambda mod, i, o: seen.__setitem__("logit", o[0, 0, 1, 2]))
+    held = {}
+
+    def keep(mod, i, o):
+        held["a"] = o.requires_grad_(True) if not o.requires_grad else o
+        return held["a"]
+
+    h = mods["model.16"].register_forward_hook(keep)
+    net(run.x)
+    h.remove()
+    assert not seen["logit"].requires_grad  # no graph joins model.16 to this logit
+    base = float(seen["logit"])
+    h = mods["model.16"].register_forward_hook(lambda mod, i, o: torch.zeros_like(o))
+    with torch.no_grad():
+        net(run.x)
+    h.remove()
+    grab.remove()
+    assert float(seen["logit"]) == base
+    assert m["logit"] == pytest.approx(base, abs=1e-4)
+
+    scale = int(run.logit_trace["layer"].split(".")[3])  # this run's own box, through its explorer-facing call
+    assert scale < 2, "every layer reaches a stride-32 box: the fixture's top box must be a finer one"
+    later = {0: "model.16", 1: "model.19"}[scale]  # the first Conv after the head input that box's branch reads
+    e = run.effect(later, 3, 1, 1)
+    assert e["reaches"] is False and e["zeroed_delta"] == 0.0 and e["grad_x_act"] == 0.0
+    assert "never flows into" in e["words"]

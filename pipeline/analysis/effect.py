@@ -67,7 +67,9 @@ class LogitEffects:
             neurons: ``[(channel, y, x)]`` to zero, one per batch row.
 
         Returns:
-            ``{"logit": float, "act": CxHxW, "grad": CxHxW, "grad_x_act": CxHxW, "zeroed_delta": [float]}``.
+            ``{"logit": float, "act": CxHxW, "grad": CxHxW, "grad_x_act": CxHxW, "reaches": bool,
+            "zeroed_delta": [float]}``; ``reaches`` is False when ``layer``'s output does not flow into the
+            target logit at all (another scale's branch): then the gradient and every change are exactly 0.
 
         Raises:
             ValueError: ``layer`` is not a module of the network.
@@ -104,14 +106,17 @@ class LogitEffects:
                     out = m(out)
                     y.append(out if m.i in self.net.save else None)
                 logits = seen["out"][:, ch, gy, gx]
-                (grad,) = torch.autograd.grad(logits[0], held["a"])
+                # a layer on another scale's branch (model.16 feeds only the stride-16 and -32 heads) never reaches
+                # a stride-8 box's logit: no graph joins them, its gradient is exactly 0 and zeroing changes nothing
+                reaches = logits.requires_grad
+                grad = torch.autograd.grad(logits[0], held["a"])[0] if reaches else torch.zeros_like(held["a"])
         finally:
             for h in hooks:
                 h.remove()
         self.passes += 1
         act, g = held["a"][0].detach().double(), grad[0].double()
         base = logits.detach().double()
-        out = {"logit": float(base[0]), "act": act, "grad": g, "grad_x_act": g * act,
+        out = {"logit": float(base[0]), "act": act, "grad": g, "grad_x_act": g * act, "reaches": reaches,
                "zeroed_delta": [float(v - base[0]) for v in base[1:]]}
         if layer not in self._first:
             self._first = {layer: out}
@@ -137,8 +142,16 @@ def noise_floor(logit: float) -> float:
     return NOISE_ULPS * FLOAT32_EPS * max(1.0, abs(logit))
 
 
-def effect_words(grad_x_act: float, zeroed_delta: float, logit: float = 0.0) -> str:
-    """One sentence comparing the first-order estimate ``-grad_x_act`` with the measured change."""
+def effect_words(grad_x_act: float, zeroed_delta: float, logit: float = 0.0, reaches: bool = True,
+                 target: str = "") -> str:
+    """One sentence comparing the first-order estimate ``-grad_x_act`` with the measured change.
+
+    ``reaches`` False: the layer's output never flows into the logit (``target``, the final head conv), so
+    the sentence says why both are exactly 0 rather than comparing them.
+    """
+    if not reaches:
+        return (f"this layer's output never flows into box 0's class logit (computed by {target or 'another branch'} "
+                f"from an earlier feature map), so its gradient is exactly 0 and zeroing it changes nothing")
     est = -grad_x_act
     gap = abs(zeroed_delta - est)
     scale = max(abs(zeroed_delta), abs(est), 1e-12)

@@ -310,7 +310,7 @@ class PhotoRun:
 
         Returns:
             ``{"grad_x_act", "zeroed_delta", "grad", "act", "logit", "logit_zeroed", "first_order_estimate",
-            "words"}`` or ``None`` without a detection.
+            "words", "reaches"}`` or ``None`` without a detection (``reaches``: whether the layer feeds that logit).
 
         Raises:
             ValueError: not a Conv block, or a position outside its output.
@@ -327,7 +327,8 @@ class PhotoRun:
         gxa = float(m["grad_x_act"][channel, y, x])
         return {"grad_x_act": gxa, "zeroed_delta": dz, "grad": float(m["grad"][channel, y, x]),
                 "act": float(m["act"][channel, y, x]), "logit": m["logit"], "logit_zeroed": m["logit"] + dz,
-                "first_order_estimate": -gxa, "words": effect_words(gxa, dz, m["logit"])}
+                "first_order_estimate": -gxa, "words": effect_words(gxa, dz, m["logit"], m["reaches"], self._effects.target[0]),
+                "reaches": m["reaches"]}
 
     def top_channels(self, layer: str, y: int, x: int, top: int = 8) -> list[dict]:
         """The channels of ``layer`` at one cell that matter most to the followed logit: largest |grad x act|, each
