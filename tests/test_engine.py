@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from pipeline.cli import main
+from pipeline.core.io import WRITTEN_LIST
 from pipeline.model.engine import Engine
 from pipeline.model.backends import _HeadOutputs, fused_copy, onnx_available
 from checkpoints import redraw_head
@@ -235,7 +236,8 @@ def test_cli_batched_folder_bad_files_reported_rest_written(weights, sample_imag
     for r in saved:
         assert set(r) == {"image", "width", "height", "detections", "overlay"} and (out / r["overlay"]).is_file()
         assert all(set(d) == {"class_id", "class_name", "score", "logit", "box_xyxy"} for d in r["detections"])
-    assert not list(out.glob(".*"))  # atomic writes leave no temporary files behind
+    # atomic writes leave no temporary files behind; the one hidden file is the list of what cardamage wrote
+    assert [p.name for p in out.glob(".*")] == [WRITTEN_LIST]
     reference, _ = predict_paths(load_model(weights), sorted(good), None, conf=CONF, imgsz=IMGSZ, progress=False)
     a = agreement(saved, reference)
     assert a["ok"] and a["matched"] > 10

@@ -140,6 +140,26 @@ def test_film_command(tmp_path, capsys):
     assert re.search(r"film: .*f\.html", capsys.readouterr().out)
 
 
+def test_film_out_replaces_only_an_earlier_film(tmp_path, capsys):
+    """--out names a file: it must be .html, never the watch.jsonl read, and a page of the user's (or a link)
+    is kept unless --overwrite; an earlier film page (its generator meta) is replaced."""
+    planted(tmp_path / "watch.jsonl", 1.0, 2.0)
+    jsonl = (tmp_path / "watch.jsonl").read_bytes()
+    assert main(["film", str(tmp_path), "--out", str(tmp_path / "watch.jsonl")]) == 1
+    assert "watch.jsonl: is an input of this command" in capsys.readouterr().err
+    assert main(["film", str(tmp_path), "--out", str(tmp_path / "film.txt")]) == 1
+    assert "expected a file name ending in .html" in capsys.readouterr().err
+    mine = tmp_path / "notes.html"
+    mine.write_text("<!DOCTYPE html>\n<html><body>my notes</body></html>\n")
+    assert main(["film", str(tmp_path), "--out", str(mine)]) == 1
+    assert f"error: {mine}: exists and is not an earlier output of cardamage film" in capsys.readouterr().err
+    assert mine.read_text().endswith("my notes</body></html>\n") and (tmp_path / "watch.jsonl").read_bytes() == jsonl
+    assert main(["film", str(tmp_path)]) == 0 and main(["film", str(tmp_path)]) == 0  # its own page: replaced
+    assert main(["film", str(tmp_path), "--out", str(mine), "--overwrite"]) == 0
+    assert "my notes" not in mine.read_text()
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("bad", ["", '{"epoch": 0, "st'])
 def test_film_of_an_empty_or_torn_only_file_is_an_error(tmp_path, bad, capsys):
     (tmp_path / "watch.jsonl").write_text(bad)

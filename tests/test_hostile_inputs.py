@@ -122,6 +122,8 @@ def test_nesting_within_the_limit_still_reads(tmp_path):
     ("names: [dent, '  ']", "", "class 1 name is empty"),
     ('names: ["dent", "scr\\natch"]', "", "class 1 name 'scr\\natch' holds a control character or line break"),
     ('names: ["dent", "a\\u2028b"]', "", "holds a control character or line break"),
+    ('names: ["dent", "gpj.\\u202escratch"]', "", "class 1 name 'gpj.\\u202escratch' holds a bidirectional control"),
+    ('names: ["dent", "a\\u2067b\\u2069"]', "", "holds a bidirectional control character, which reorders"),
     ("names: {0: dent, 2: crack}", "", "'names' keys must be the class ids 0..1"),
     ("names: []", "", "'names' is empty: at least one class is needed"),
     ("names: dent", "", "'names' must be a list or an {id: name} mapping, not str"),

@@ -91,6 +91,22 @@ def test_a_huge_label_file_is_one_line_unread(tmp_path, imports_kib):
     assert kib - imports_kib < SHARE_KIB, f"{kib / 1024:.0f} MiB peak, imports {imports_kib / 1024:.0f} MiB"
 
 
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "folder", "dangling"])
+def test_a_label_that_is_not_a_regular_file_is_an_error_not_no_label(kind, tmp_path):
+    """A label linked to /dev/zero, a FIFO, a folder or a link to nothing: Ultralytics reads none of them and
+    trains the photo as background, so check says so as an error on that file (it said "no label file")."""
+    from pipeline.data.check import check_dataset
+
+    yaml = dataset(tmp_path)
+    label = tmp_path / "labels" / "p0.txt"
+    {"dev-zero": lambda: label.symlink_to("/dev/zero"), "fifo": lambda: os.mkfifo(label),
+     "folder": label.mkdir, "dangling": lambda: label.symlink_to(tmp_path / "gone.txt")}[kind]()
+    report = check_dataset(yaml)
+    mine = [e for e in report["errors"] if e["file"] == str(label)]
+    assert [e["kind"] for e in mine] == ["bad_label_file"] and "treats the image as background" in mine[0]["reason"]
+    assert not [w for w in report["warnings"] if w["kind"] == "missing_label"]
+
+
 def test_every_label_reader_refuses_an_oversized_file_unread(tmp_path):
     """check's and training's reader (``read_label_text``), the view's check, and ``photo_labels`` (explore,
     report, atlas): one reason naming the size; a note beside a photo is passed over in silence, as before."""

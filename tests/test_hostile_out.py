@@ -272,6 +272,14 @@ RECIPE = "epochs: 1\nimgsz: 64\nbatch: 4\nworkers: 0\n"
                     "float (i.e. 'lr0=0.5')"),
     ("amp: maybe", "amp: 'amp=maybe' is invalid. Valid 'amp' values are True, False, 'fp16', 'bf16', or 'fp32'."),
     ("watch: 3", "watch: must be true or false, not 3"),
+    ("imgsz: 0", "imgsz: must be an integer size in pixels from 32 to 4096, not 0"),
+    ("nbs: 0", "nbs: 'nbs=0' is an invalid value. 'nbs' must be >= 1."),
+    ("workers: -1", "workers: must be an integer >= 0, not -1"),
+    ("batch: 0", "batch: must be an integer >= 1, -1 (auto), or a fraction of GPU memory in (0, 1), not 0"),
+    ("epochs: 0", "epochs: 'epochs=0' is an invalid value. 'epochs' must be >= 1."),
+    ("batch: 1.5", "batch: must be an integer >= 1, -1 (auto), or a fraction of GPU memory in (0, 1), not 1.5"),
+    ("compile: true", "compile: True is not supported: this project does not train compiled models (its probes "
+                      "and the film hook the modules that torch.compile replaces)"),
 ])
 def test_a_recipe_naming_files_or_bad_keys_is_one_line_before_anything(key, reason, synth_data, tmp_path, capsys):
     """A recipe is settings only, checked whole before a model or dataset view is built: a key that names
@@ -281,7 +289,8 @@ def test_a_recipe_naming_files_or_bad_keys_is_one_line_before_anything(key, reas
     bomb.write_text("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
                     "c: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n")
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(RECIPE + key.format(elsewhere=elsewhere, bomb=bomb) + "\n")
+    base = "".join(f"{line}\n" for line in RECIPE.splitlines() if line.split(":")[0] != key.split(":")[0])
+    recipe.write_text(base + key.format(elsewhere=elsewhere, bomb=bomb) + "\n")
     out = tmp_path / "run"
     before = sorted(p.name for p in tmp_path.iterdir())
     assert main(["train", "--data", str(synth_data), "--config", str(recipe), "--out", str(out)]) == 1
@@ -302,7 +311,6 @@ def test_a_recipe_save_dir_in_a_child_process_is_one_line(synth_data, tmp_path):
 @pytest.mark.parametrize("setting, said", [
     ("optimizer: bogus", "Optimizer 'bogus' not found"),
     ("device: cuda:3", "Invalid CUDA 'device=3' requested"),
-    ("batch: 1.5", "batch_size should be a positive integer value"),
 ])
 def test_a_value_only_the_trainer_checks_is_one_line(setting, said, synth_data, tmp_path):
     """Values that pass Ultralytics' argument checks and fail in its trainer before the first batch (the third
@@ -468,3 +476,100 @@ def test_a_resumed_view_keeps_only_what_a_view_holds(tmp_path):
     spec = yaml.safe_load(own_view(tmp_path).read_text())
     assert spec == {"path": str(tmp_path.resolve()), "train": "train/images", "val": "val/images", "nc": 1,
                     "names": {0: "dent"}}
+
+
+# ------------------------------------------------------------------ 4. files in an output folder (--out DIR)
+
+
+def _predict(weights, photo, out, *extra):
+    return main(["predict", str(photo), "--weights", str(weights), "--out", str(out), "--imgsz", "64", *extra])
+
+
+@pytest.mark.parametrize("name", ["detections.json", "car.jpg"])  # the records, and the photo's overlay
+def test_predict_refuses_a_file_of_the_users_in_its_folder_before_any_work(name, weights, photo, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / name
+    mine.write_bytes(b"the user's own file\n")
+    assert _predict(weights, photo, out) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {mine}: is a file cardamage did not write") and "--overwrite" in line
+    assert mine.read_bytes() == b"the user's own file\n" and sorted(p.name for p in out.iterdir()) == [name]
+    assert _predict(weights, photo, out, "--overwrite") == 0
+    assert (out / "detections.json").read_bytes() != b"the user's own file\n"
+    capsys.readouterr()
+
+
+def test_predict_never_replaces_a_link_in_its_folder(weights, photo, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "elsewhere.json").write_text("[]\n")
+    (out / "detections.json").symlink_to(tmp_path / "elsewhere.json")
+    assert _predict(weights, photo, out) == 1
+    assert "is a symbolic link cardamage did not write" in one_error_line(capsys.readouterr().err)
+    assert (out / "detections.json").is_symlink() and (tmp_path / "elsewhere.json").read_text() == "[]\n"
+
+
+def test_predict_replaces_its_own_earlier_files_but_not_once_the_user_changed_them(weights, photo, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _predict(weights, photo, out) == 0
+    first = (out / "detections.json").read_bytes()
+    assert _predict(weights, photo, out) == 0  # its own: replaced without a word
+    assert (out / "detections.json").read_bytes() == first
+    # a copy of the folder (new inodes and times, same bytes) is still the run's own
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    assert _predict(weights, photo, copy) == 0
+    (out / "car.jpg").write_bytes(b"edited by hand")  # the user's now
+    assert _predict(weights, photo, out) == 1
+    assert f"error: {out / 'car.jpg'}: is a file cardamage did not write" in capsys.readouterr().err
+    assert (out / "car.jpg").read_bytes() == b"edited by hand"
+
+
+def test_a_file_that_appears_in_the_folder_during_the_work_is_kept(tmp_path):
+    """The check is made again just before the rename: a file the user saves meanwhile is not replaced."""
+    from pipeline.core.io import WRITTEN_LIST, atomic_path, atomic_write_text, output_folder
+
+    with output_folder(tmp_path / "o") as out:
+        atomic_write_text(out / "a.txt", "ours\n")
+        with pytest.raises(InputError, match="did not write"):
+            with atomic_path(out / "b.txt") as tmp:
+                tmp.write_text("ours\n")
+                (out / "b.txt").write_text("the user's\n")
+        atomic_write_text(out / "a.txt", "ours again\n")
+    assert (out / "b.txt").read_text() == "the user's\n" and (out / "a.txt").read_text() == "ours again\n"
+    assert sorted(p.name for p in out.iterdir()) == [WRITTEN_LIST, "a.txt", "b.txt"]  # no temporary left
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link", "garbage"])
+def test_a_hostile_written_list_makes_nothing_ours_and_never_hangs(kind, tmp_path):
+    from pipeline.core.io import WRITTEN_LIST, atomic_write_text, output_folder
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "a.txt").write_text("the user's\n")
+    lst = out / WRITTEN_LIST
+    if kind == "fifo":
+        os.mkfifo(lst)
+    elif kind == "link":
+        (tmp_path / "list").write_text(json.dumps(["a.txt", 11, 0, 0, None]) + "\n")
+        lst.symlink_to(tmp_path / "list")
+    else:
+        lst.write_bytes(b"\x00\xff not json\n[1, 2]\n")
+    with output_folder(out) as o:
+        with pytest.raises(InputError, match="did not write"):
+            atomic_write_text(o / "a.txt", "ours\n")
+    assert (out / "a.txt").read_text() == "the user's\n"
+
+
+def test_preprocess_keeps_a_file_of_the_users_in_its_folder(photo, tmp_path, capsys):
+    """The same rule for every command writing into --out DIR: here the first file preprocess writes."""
+    out = tmp_path / "pre"
+    out.mkdir()
+    (out / "input.safetensors").write_bytes(b"mine")
+    argv = ["preprocess", str(photo), "--out", str(out), "--imgsz", "64", "--no-plots"]
+    assert main(argv) == 1
+    assert "input.safetensors: is a file cardamage did not write" in one_error_line(capsys.readouterr().err)
+    assert (out / "input.safetensors").read_bytes() == b"mine"
+    assert main([*argv, "--overwrite"]) == 0 and main(argv) == 0  # then it is the run's own
+    capsys.readouterr()

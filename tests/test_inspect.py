@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 import pipeline  # noqa: F401  (offline env before ultralytics)
 from pipeline.cli import main
+from pipeline.core.io import WRITTEN_LIST
 from pipeline.probe.statistics import inspect_image
 from pipeline.probe.channel_stats import STATS_COLUMNS
 from pipeline.probe.recorder import LayerRecorder
@@ -286,7 +287,7 @@ def test_inspect_folder_gives_statistics_over_all_photos(ckpt_path, sample_image
     err = capsys.readouterr().err
     assert rc == 1  # one photo failed; the others still ran
     assert sum("broken.jpg" in line and line.startswith("error:") for line in err.splitlines()) == 1
-    assert sorted(p.name for p in out.iterdir()) == ["index.json", "stats.csv"]  # no feature maps
+    assert sorted(p.name for p in out.iterdir()) == [WRITTEN_LIST, "index.json", "stats.csv"]  # no feature maps
     index = json.loads((out / "index.json").read_text())
     assert [Path(e["image"]).name for e in index["images"]] == sorted(p.name for p in sample_images[:3])
     assert len(index["errors"]) == 1 and "broken.jpg" in index["errors"][0]
@@ -326,7 +327,7 @@ def test_inspect_stats_only_one_photo_and_nothing_readable(ckpt_path, sample_ima
                  "--imgsz", str(IMGSZ), "--layers", "SPPF"]) == 0
     index = json.loads((out / "index.json").read_text())
     assert [e["path"] for e in index["layers"]] == ["model.9.cv1", "model.9.cv2"] and index["totals"]["images"] == 1
-    assert sorted(p.name for p in out.iterdir()) == ["index.json", "stats.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [WRITTEN_LIST, "index.json", "stats.csv"]
     capsys.readouterr()
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg")

@@ -24,7 +24,7 @@ import torch
 from checkpoints import save_checkpoint
 
 from pipeline.cli import main
-from pipeline.core.io import expand_sources
+from pipeline.core.io import WRITTEN_LIST, expand_sources
 from pipeline.probe.channel_stats import ChannelStats
 from pipeline.probe.statistics import inspect_dataset
 from pipeline.scale.cluster import LOCAL, LOCAL_ONLY_ENV, _skip_api_server, chunks, import_ray, ray_session
@@ -119,6 +119,8 @@ def test_a_stopped_run_resumes_without_redoing_done_photos(ray_local, plain, pho
     (out / "shards" / "part-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in done))
     for r in expected[:3]:
         shutil.copy(plain[0] / r["overlay"], out / r["overlay"])
+    # the killed run's workers had noted their overlays in the folder's list (its lines name the same bytes)
+    shutil.copy(plain[0] / WRITTEN_LIST, out / WRITTEN_LIST)
     capsys.readouterr()
     rc = main(["predict", str(photos), "--weights", str(weights), "--out", str(out), *PREDICT, "--ray"])
     err = capsys.readouterr().err
@@ -129,6 +131,9 @@ def test_a_stopped_run_resumes_without_redoing_done_photos(ray_local, plain, pho
     assert got == expected
     parts = sorted(p.name for p in (out / "shards").glob("part-*.jsonl"))
     assert parts[0] == "part-00000.jsonl" and len(parts) >= 2  # new shards beside the old, none overwritten
+    # the overlays the workers drew are in the folder's list: a later run may replace them (and nothing else)
+    listed = {json.loads(line)[0] for line in (out / WRITTEN_LIST).read_text().splitlines()}
+    assert {r["overlay"] for r in got[3:]} <= listed
 
     # the same folder with other settings is refused, not mixed in
     rc = main(["predict", str(photos), "--weights", str(weights), "--out", str(out), "--conf", "0.5", "--imgsz", "160",

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from pipeline.atlas.build import build_atlas
-from pipeline.cli.options import add_ray_arguments, add_trust_weights, image_size, int_range, positive_int
+from pipeline.cli.options import add_overwrite, add_ray_arguments, add_trust_weights, image_size, int_range, positive_int
 from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import InputError, input_paths, output_folder
 from pipeline.model.load import load_model, trained_imgsz
@@ -42,6 +42,7 @@ def add_arguments(p) -> None:
                    help="which Conv blocks: indices (2), paths (model.2.cv1, model.4), types (C2f, SPPF); default all")
     add_ray_arguments(p)
     add_trust_weights(p)
+    add_overwrite(p)
 
 
 def run(args) -> int:
@@ -52,7 +53,7 @@ def run(args) -> int:
     yolo = load_model(args.weights, nc=len(CLASS_NAMES), trust=args.trust_weights)
     imgsz = trained_imgsz(yolo, args.imgsz)
     weights = [args.weights] if Path(args.weights).is_file() else []
-    with output_folder(args.out, inputs=[*input_paths(args.sources), *weights]):
+    with output_folder(args.out, inputs=[*input_paths(args.sources), *weights], overwrite=args.overwrite):
         res = build_atlas(yolo, args.sources, args.out, imgsz=imgsz, k=args.top, limit=args.limit, layers=args.layers,
                           on_error=report, parts=parts)
     b = res["bytes"]

@@ -78,10 +78,11 @@ def run(args) -> int:
     args.config = args.config or str(REAL_CONFIG if args.data else DEFAULT_CONFIG)
     if args.data:
         splits = dataset_splits(args.data)  # one error line for a missing or empty split, before any work
-        with output_folder(args.out, inputs=[args.config, args.data, *splits["train"][:1], *splits["val"][:1]]):
+        with output_folder(args.out, inputs=[args.config, args.data, *splits["train"][:1], *splits["val"][:1]],
+                           overwrite=args.overwrite):
             check_fresh(Path(args.out) / "train", args.overwrite)  # under the lock, before anything is written
             return _run_real(args, Path(args.out).resolve(), splits["val"])
-    with output_folder(args.out, inputs=[args.config, *([real_dir] if real_dir.is_dir() else [])]):
+    with output_folder(args.out, inputs=[args.config, *([real_dir] if real_dir.is_dir() else [])], overwrite=args.overwrite):
         check_fresh(Path(args.out) / "train", args.overwrite)  # under the lock, before anything is written
         return _run(args, Path(args.out).resolve(), real_dir)
 
@@ -104,7 +105,8 @@ def _train(data, out: Path, cfg: Path, recipe: dict, timings: dict) -> dict:
         metrics = train(data, out / "train", config=cfg, overwrite=True, callbacks=callbacks)  # run() checked --overwrite
     timings["train_s"] = round(time.perf_counter() - t, 1)
     if callbacks:
-        metrics["film"] = str(write_film(out / "train", out / "film.html"))
+        # overwrite: this folder's own output_folder already refuses a film.html no cardamage run wrote
+        metrics["film"] = str(write_film(out / "train", out / "film.html", overwrite=True))
     else:  # an earlier demo's film in this folder is not this model's
         (out / "film.html").unlink(missing_ok=True)
     print(f"[2/4] trained {_epochs_told(metrics)} in {timings['train_s']}s (validation included): "

@@ -21,9 +21,9 @@ import argparse
 from pathlib import Path
 
 from pipeline.cli.options import image_size, positive_int
-from pipeline.core.io import InputError
+from pipeline.core.io import InputError, check_output_file, one_line
 from pipeline.lesson.compare import COMPARED, train_variants
-from pipeline.report.film import write_compare, write_film
+from pipeline.report.film import GENERATOR, write_compare, write_film
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,17 +36,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, default=3, help="epochs per variant (default 3)")
     p.add_argument("--imgsz", type=image_size, default=96, help="training size per variant (default 96)")
     p.add_argument("--batch", type=positive_int, default=8, help="batch size (default 8; nbs = batch)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let the page replace an existing .html file that is not an earlier film or compare page")
 
 
 def run(args) -> int:
     if not args.compare_activations:
-        print(f"film: {write_film(args.run, args.out)}")
+        print(f"film: {one_line(write_film(args.run, args.out, args.overwrite))}")
         return 0
     if not args.data:
         raise InputError("--data", "--compare-activations trains on a dataset: give its data.yaml")
+    out = check_output_file(Path(args.out) if args.out else Path(args.run) / "compare.html", [args.data], ".html",
+                            GENERATOR, args.overwrite)  # before the variants train, not after
     runs = train_variants(args.data, args.run, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
                           nbs=args.batch, seed=0, deterministic=True, plots=False)
     for name in runs:
         print(f"film of {name}: {write_film(Path(args.run) / name)}")
-    print(f"compare: {write_compare(args.run, runs, args.out)}")
+    print(f"compare: {one_line(write_compare(args.run, runs, out, args.overwrite))}")
     return 0

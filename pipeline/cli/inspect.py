@@ -42,7 +42,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline.cli.options import add_ray_arguments, add_trust_weights, image_size, positive_float
+from pipeline.cli.options import add_overwrite, add_ray_arguments, add_trust_weights, image_size, positive_float
 from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import InputError, input_paths, one_line, output_folder
 from pipeline.model.load import load_model, trained_imgsz
@@ -74,6 +74,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dead-eps", type=positive_float, default=DEAD_EPS, help=f"|SiLU| below this is 'dead' (default {DEAD_EPS:g})")
     add_ray_arguments(parser)
     add_trust_weights(parser)
+    add_overwrite(parser)
 
 
 def run(args) -> int:
@@ -87,13 +88,13 @@ def run(args) -> int:
     if args.ray is not None:
         result = ray_inspect(yolo, args.image, args.out, layers=args.layers, imgsz=args.imgsz, fuse=args.fuse,
                              dead_eps=args.dead_eps, address=args.ray, workers=args.workers,
-                             gpus_per_worker=args.gpus_per_worker,
+                             gpus_per_worker=args.gpus_per_worker, overwrite=args.overwrite,
                              on_error=lambda e: print(f"error: {e}", file=sys.stderr, flush=True))
         n, secs = result["images"], result["seconds"]
         print(f"statistics over {n} images on Ray ({n / secs:.1f} img/s), {len(result['errors'])} errors -> "
               f"{one_line(result['stats'])}, {one_line(result['index'].name)}", file=sys.stderr)
         return 1 if result["errors"] else 0
-    with output_folder(args.out, inputs=[*input_paths(args.image), *weights]):
+    with output_folder(args.out, inputs=[*input_paths(args.image), *weights], overwrite=args.overwrite):
         if _single_photo(args.image) and not args.stats_only:
             result = inspect_image(yolo, args.image[0], args.out, layers=args.layers, dtype=args.dtype,
                                    imgsz=args.imgsz, fuse=args.fuse, dead_eps=args.dead_eps)

@@ -111,6 +111,13 @@ def device(text: str) -> str:
     return value
 
 
+def add_overwrite(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite`` for a command that writes into an output folder (``core.io.output_folder``)."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --out's files be replaced even where no cardamage run wrote them (a file of "
+                             "yours with the same name as an output, or a link); without it such a file is refused")
+
+
 def add_trust_weights(parser: argparse.ArgumentParser) -> None:
     """The explicit opt-in for weights files that safe loading refuses (see ``pipeline.model.load_model``)."""
     parser.add_argument(

@@ -35,7 +35,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.cli.options import int_range, positive_float
+from pipeline.cli.options import add_overwrite, int_range, positive_float
 from pipeline.core.facts import Z_THRESHOLD
 from pipeline.core.io import atomic_write_json, atomic_write_text, one_line, output_folder
 from pipeline.data.labels import dataset_folders
@@ -50,11 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plain-z", action="store_true", help="z = (x - mean) / std instead of the robust median/MAD z")
     parser.add_argument("--near", type=int_range(0, 64), default=4, help="max perceptual-hash distance (bits of 64) for near duplicates (default 4)")
     parser.add_argument("--no-plots", action="store_true", help="write the CSV/JSON files only")
+    add_overwrite(parser)
 
 
 def run(args) -> int:
     folders = dataset_folders(args.data)
-    with output_folder(args.out, inputs=folders, not_inside=folders[1:]) as out:
+    with output_folder(args.out, inputs=folders, not_inside=folders[1:], overwrite=args.overwrite) as out:
         return _run(args, out)
 
 

@@ -23,7 +23,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.cli.options import add_ray_arguments, add_trust_weights, device, image_size, positive_int, probability
+from pipeline.cli.options import add_overwrite, add_ray_arguments, add_trust_weights, device, image_size, positive_int, probability
 from pipeline.core.io import InputError, one_line
 from pipeline.model.load import load_model, trained_imgsz
 from pipeline.model.predict import predict_paths
@@ -45,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto", help="batched engine backend: auto = ONNX Runtime on CPU if installed (else a CPU folder runs stock predict), torch on a GPU")
     add_ray_arguments(p, workers=False)
     add_trust_weights(p)
+    add_overwrite(p)
 
 
 def run(args) -> int:
@@ -58,7 +59,8 @@ def run(args) -> int:
         records, errors = ray_predict(yolo, args.sources, args.out, conf=args.conf, imgsz=args.imgsz,
                                       overlays=not args.no_overlays, batch=args.batch, backend=args.backend,
                                       address=args.ray, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                                      log=lambda line: print(line, file=sys.stderr, flush=True))
+                                      log=lambda line: print(line, file=sys.stderr, flush=True),
+                                      overwrite=args.overwrite)
     else:
         records, errors = predict_paths(
             yolo,
@@ -71,6 +73,7 @@ def run(args) -> int:
             batch=args.batch,
             workers=args.workers,
             backend=args.backend,
+            overwrite=args.overwrite,
         )
     for e in errors:
         print(f"error: {e}", file=sys.stderr)

@@ -26,7 +26,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.cli.options import image_size, positive_float, positive_int
+from pipeline.cli.options import add_overwrite, image_size, positive_float, positive_int
 from pipeline.core.facts import Z_THRESHOLD
 from pipeline.core.io import InputError, atomic_save_safetensors, atomic_write_json, one_line, output_folder
 from pipeline.data.labels import dataset_splits
@@ -45,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="DATA_YAML", help="also z-score with this dataset's per-channel statistics (train split)")
     parser.add_argument("--max-images", type=positive_int, default=500, help="with --data: use at most this many train images (evenly spaced; default 500)")
     parser.add_argument("--no-plots", action="store_true", help="write the tensor and stats.json only")
+    add_overwrite(parser)
 
 
 def _dataset_stats(data_yaml: str, args) -> dict:
@@ -62,7 +63,7 @@ def _dataset_stats(data_yaml: str, args) -> dict:
 
 
 def run(args) -> int:
-    with output_folder(args.out, inputs=[args.image, *([args.data] if args.data else [])]) as out:
+    with output_folder(args.out, inputs=[args.image, *([args.data] if args.data else [])], overwrite=args.overwrite) as out:
         return _run(args, out)
 
 

@@ -37,7 +37,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.cli.options import add_trust_weights, image_size, positive_int, probability
+from pipeline.cli.options import add_overwrite, add_trust_weights, image_size, positive_int, probability
 from pipeline.core.io import InputError, input_paths, one_line, output_folder
 from pipeline.report.page import write_report
 
@@ -58,6 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--atlas", default=None, metavar="DIR",
                    help="a cardamage atlas folder: the worked neuron's channel shows its top crops, linked to the atlas")
     add_trust_weights(p)
+    add_overwrite(p)
 
 
 def run(args) -> int:
@@ -65,7 +66,7 @@ def run(args) -> int:
         raise InputError(args.image, "file not found")
     inputs = [args.image, *([args.weights] if Path(args.weights).is_file() else []), *input_paths(args.stats_over or [])]
     failed: list[InputError] = []
-    with output_folder(args.out, inputs=inputs):
+    with output_folder(args.out, inputs=inputs, overwrite=args.overwrite):
         path = write_report(args.weights, args.image, args.out, imgsz=args.imgsz, conf=args.conf,
                             grad_imgsz=args.grad_imgsz, grad_batch=args.grad_batch, seed=args.seed,
                             layercam=not args.no_layercam, stats_over=args.stats_over, stats_limit=args.stats_limit,

@@ -18,7 +18,7 @@ import argparse
 import time
 from pathlib import Path
 
-from pipeline.cli.options import int_range, non_negative_int
+from pipeline.cli.options import add_overwrite, int_range, non_negative_int
 from pipeline.core.facts import MAX_IMGSZ
 from pipeline.core.io import one_line, output_folder
 from pipeline.data.synth import write_dataset
@@ -30,11 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val", type=non_negative_int, default=100, help="number of validation images (default 100)")
     p.add_argument("--imgsz", type=int_range(64, MAX_IMGSZ), default=640, help="square image side in pixels (default 640)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed: same seed -> same bytes (default 0)")
+    add_overwrite(p)
 
 
 def run(args) -> int:
     t = time.perf_counter()
-    with output_folder(args.out):
+    with output_folder(args.out, overwrite=args.overwrite):
         yaml = write_dataset(args.out, args.train, args.val, args.imgsz, args.seed)
     dt = time.perf_counter() - t
     n = args.train + args.val

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -32,6 +32,9 @@ from ultralytics.data.utils import IMG_FORMATS
 # defined apart, so the command line can use them without loading this; re-exported for the other layers
 from pipeline.core.errors import InputError, one_line, warn_input  # noqa: F401
 from pipeline.core.files import check_regular_file, os_reason
+# what the project wrote: defined apart (one job per module), re-exported for the commands that name files
+from pipeline.core.owned import (  # noqa: F401
+    GENERATOR_KEY, WRITTEN_LIST, ledger_for, note_written, stamp, written_by, written_list)
 # photos in: defined apart (one job per module), re-exported here where most callers import them
 from pipeline.core.photo import (  # noqa: F401
     READ_FORMATS, check_pixels, native_stderr, pil_open, quiet_training_reads, read_image, shrink, validate_image,
@@ -75,11 +78,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The file gets the mode a plain ``open(path, "w")`` would give (0666 less the umask): mkstemp's
     0600 would otherwise hide every result from the user's group. OS errors become one-line
     ``InputError``s naming ``path`` (not a folder, permission denied, read-only, disk full).
+
+    Inside a folder ``output_folder`` holds open, a file already at ``path`` is replaced only if a
+    cardamage command wrote it there and it is unchanged since (``WRITTEN_LIST``), or with ``--overwrite``:
+    checked before and again just before the rename, and the new file is noted as ours.
     """
     path = Path(path)
+    ledger = ledger_for(path)
     try:
         if path.is_dir():
             raise InputError(path, "is a folder, expected a file path to write")
+        if ledger is not None:
+            ledger.check(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~UMASK)
@@ -90,7 +100,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~UMASK)  # again: a writer may have replaced the file (safetensors does)
+        if ledger is not None:
+            ledger.check(path)  # again: the user may have put a file there while this one was being made
         os.replace(tmp, path)
+        if ledger is not None:
+            ledger.add(path)
     except OSError as e:
         raise InputError(path, f"cannot write ({os_reason(e)})") from None
     finally:
@@ -173,39 +187,6 @@ def refuse_links(folder: str | os.PathLike, read_only=lambda rel: False) -> None
                                    "and would write through it: remove the link, or choose another --out")
 
 
-#: The first key of every JSON file a command writes to a name the user chose (``check --json``, ``trace --out``):
-#: ``{"generator": "cardamage check", ...}``. It is how a later run knows the file is its own earlier output.
-GENERATOR_KEY = "generator"
-
-
-def stamp(obj: dict, generator: str) -> dict:
-    """``obj`` with ``{"generator": generator}`` as its first key, the mark ``written_by`` looks for.
-
-    Examples:
-        >>> stamp({"ok": True}, "cardamage check")
-        {'generator': 'cardamage check', 'ok': True}
-    """
-    return {GENERATOR_KEY: generator, **{k: v for k, v in obj.items() if k != GENERATOR_KEY}}
-
-
-def written_by(path: str | os.PathLike, generator: str) -> bool:
-    """Whether ``path`` is a regular file that ``generator`` wrote: JSON whose first key is its ``stamp``.
-
-    Only the first 4 KB are read (the stamp comes first), so a large file that is not ours costs nothing.
-    A symbolic link is never ours: our writer makes plain files, and replacing a link would drop what it is.
-    """
-    path = Path(path)
-    if path.is_symlink() or not path.is_file():
-        return False
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096).decode("utf-8", errors="replace")
-    except OSError:
-        return False
-    mark = rf'\s*\{{\s*"{GENERATOR_KEY}"\s*:\s*{re.escape(json.dumps(generator))}\s*[,}}]'
-    return re.match(mark, head) is not None
-
-
 def check_output_file(out: str | os.PathLike, inputs=(), suffix: str = ".json", generator: str | None = None,
                       overwrite: bool = False) -> Path:
     """Refuse an output *file* (``--json``, ``trace --out``) that could replace something not ours; return it.
@@ -234,8 +215,15 @@ def check_output_file(out: str | os.PathLike, inputs=(), suffix: str = ".json", 
 
 
 @contextlib.contextmanager
-def output_folder(out: str | os.PathLike, inputs=(), not_inside=()) -> Iterator[Path]:
+def output_folder(out: str | os.PathLike, inputs=(), not_inside=(), overwrite: bool = False,
+                  names=()) -> Iterator[Path]:
     """Check ``out`` (``check_output``), create it, prove it writable, and lock it while a command writes.
+
+    While it is open, a file the command writes into it (through ``atomic_path``) may replace only a file a
+    cardamage command wrote there before and nobody changed since (its ``WRITTEN_LIST``): a user's own
+    ``detections.json``, photo or symbolic link of the same name is refused with one line, unless
+    ``overwrite`` (``--overwrite``). ``names`` (relative to ``out``) are the files the command knows it will
+    write: they are checked at once, before the work.
 
     The lock is an ``flock`` on the folder itself: the kernel drops it when the process ends, so a
     killed run never leaves a folder stuck, and a second run into the same folder at the same time is
@@ -264,7 +252,8 @@ def output_folder(out: str | os.PathLike, inputs=(), not_inside=()) -> Iterator[
             tempfile.TemporaryFile(dir=out).close()  # read-only or full: one line now, not after the work
         except OSError as e:
             raise InputError(out, f"cannot write here ({os_reason(e)})") from None
-        yield out
+        with written_list(out, overwrite, names, compact=True):
+            yield out
     finally:
         os.close(fd)  # releases the flock
         if created:
@@ -310,8 +299,6 @@ def atomic_save_safetensors(path: str | os.PathLike, tensors: dict, metadata: di
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     """Hex digest of a file's bytes (read in chunks by hashlib); a FIFO or device is an ``InputError``, not a hang."""
-    import hashlib
-
     check_regular_file(path, "a file to read")
     with open(path, "rb") as f:
         return hashlib.file_digest(f, algorithm).hexdigest()

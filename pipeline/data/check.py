@@ -51,6 +51,12 @@ def scan_pair(image: Path, label: Path, nc: int) -> dict:
         "dropped": False,
     }
     too_large = False
+    if not label.is_file() and (label.is_symlink() or label.exists()):  # a device, FIFO, folder or dangling link
+        what = ("a link to nothing" if not label.exists() else "a folder" if label.is_dir()
+                else "a device, FIFO or socket, not a regular file")
+        rec["errors"].append((str(label), None, "bad_label_file",
+                              f"is {what}: Ultralytics reads no labels from it and treats the image as background"))
+        rec["label_status"] = "unreadable"
     if label.is_file():
         try:
             text = read_label_text(label)

@@ -83,6 +83,12 @@ def _int_like(value) -> int | None:
     return None
 
 
+#: Unicode's bidirectional controls (marks, embeddings, overrides, isolates): invisible, and they reverse the
+#: text after them, so "dent\u202etxt.exe" prints as something else. Other format characters (the zero-width
+#: joiners some scripts and emoji need) stay allowed.
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def check_names(data: dict, path: str | Path, yaml: bool = True) -> None:
     """Refuse class names that would pass Ultralytics' loose checks and surface later, or never.
 
@@ -127,6 +133,9 @@ def check_names(data: dict, path: str | Path, yaml: bool = True) -> None:
             raise InputError(path, f"class {i} name is empty")
         if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
             raise InputError(path, f"class {i} name {name[:40]!r} holds a control character or line break")
+        if any(c in BIDI_CONTROLS for c in name):
+            raise InputError(path, f"class {i} name {name[:40]!r} holds a bidirectional control character, which "
+                                   "reorders the text printed after it (a report line, a table cell)")
         if name in seen:
             raise InputError(path, f"class {i} name {name[:40]!r} repeats class {seen[name]}")
         seen[name] = i

@@ -134,6 +134,12 @@ def overlay_name(path: Path, used: set[str]) -> str:
     return name
 
 
+def overlay_names(files) -> list[str]:
+    """Each photo's overlay name, fixed by input order (``overlay_name``), whichever photos later fail."""
+    used: set[str] = set()
+    return [overlay_name(Path(f), used) for f in files]
+
+
 def predict_paths(
     yolo,
     sources: list[str | Path],
@@ -146,8 +152,12 @@ def predict_paths(
     batch: int | None = None,
     workers: int | None = None,
     backend: str = "auto",
+    overwrite: bool = False,
 ) -> tuple[list[dict], list[InputError]]:
     """Predict on files/folders/globs; write overlays and ``out/detections.json``; return (records, errors).
+
+    In an existing ``out``, a file of the same name that an earlier cardamage run did not write (the user's
+    own, or a link) is refused before any inference, unless ``overwrite`` (``core.io.output_folder``).
 
     A bad photo is reported (returned in ``errors``) and skipped; the rest of the batch still runs.
     With ``batch`` > 1, or a folder among ``sources``, the batched engine does the work (``batch``
@@ -169,7 +179,9 @@ def predict_paths(
     if out is None:
         return _predict(yolo, sources, files, errors, None, conf, imgsz, device, overlays, progress, batch, workers, backend)
     inputs = [*(s for s in sources if Path(s).is_dir()), *files, *weights_file(yolo)]
-    with output_folder(out, inputs=inputs) as out:  # refused before any inference if it could touch an input
+    written = ["detections.json", *(overlay_names(files) if overlays else [])]
+    # refused before any inference if it could touch an input, or replace a file of the user's
+    with output_folder(out, inputs=inputs, overwrite=overwrite, names=written) as out:
         return _predict(yolo, sources, files, errors, out, conf, imgsz, device, overlays, progress, batch, workers, backend)
 
 
@@ -184,9 +196,9 @@ def _predict(yolo, sources, files, errors, out, conf, imgsz, device, overlays, p
     if (batch is not None and batch > 1) or (any(Path(s).is_dir() for s in sources) and _engine_wins(device, backend)):
         records, file_errors = _predict_batched(yolo, files, out, conf, imgsz, device, overlays, progress, batch, workers, backend)
         return records, errors + file_errors
-    records, used = [], set()
+    records, names = [], overlay_names(files)
     bar = progress_bar(files, desc="predict", unit="img", disable=not progress or len(files) < 2)  # shows img/s
-    for path in bar:
+    for i, path in enumerate(bar):
         try:
             image = read_image(path)
         except InputError as e:
@@ -197,7 +209,7 @@ def _predict(yolo, sources, files, errors, out, conf, imgsz, device, overlays, p
         h, w = image.shape[:2]
         record = {"image": str(path), "width": w, "height": h, "detections": dets}
         if out is not None and overlays:
-            name = overlay_name(path, used)
+            name = names[i]
             atomic_write_image(out / name, label_overlay(image, record))
             record["overlay"] = name
         records.append(record)
@@ -235,8 +247,7 @@ def _predict_batched(yolo, files, out, conf, imgsz, device, overlays, progress, 
 
     draw = out is not None and overlays
     engine = Engine(yolo, imgsz=imgsz, conf=conf, device=device, batch=batch, workers=workers, backend=backend, keep_images=draw)
-    used: set[str] = set()
-    names = [overlay_name(f, used) for f in files]  # fixed by input order, whatever order batches finish in
+    names = overlay_names(files)  # fixed by input order, whatever order batches finish in
     done: dict[int, dict] = {}
     failed: dict[int, InputError] = {}
     bar = progress_bar(total=len(files), desc=f"predict ({engine.backend.name}, batch {engine.batch})", unit="img", disable=not progress or len(files) < 2)

@@ -30,6 +30,7 @@ from ultralytics.nn import tasks
 from ultralytics.utils import LOGGER
 
 from pipeline.core import runtime
+from pipeline.core.facts import MAX_IMGSZ
 from pipeline.core.io import InputError, atomic_write_json, output_folder, quiet_training_reads, refuse_links
 from pipeline.core.yamlfile import read_yaml
 from pipeline.data.dataset_view import own_view, stage_dataset, view_link
@@ -115,6 +116,20 @@ def load_recipe(path: str | Path | None) -> dict:
     return recipe
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: Ranges Ultralytics' ``check_cfg`` does not hold (it checks types and fractions): each value that would
+#: fail later, or run something this project does not support, gets its reason here instead.
+RECIPE_RANGES = {
+    "imgsz": (lambda v: _is_int(v) and 32 <= v <= MAX_IMGSZ, f"an integer size in pixels from 32 to {MAX_IMGSZ}"),
+    "batch": (lambda v: (_is_int(v) and (v >= 1 or v == -1)) or (isinstance(v, float) and 0 < v < 1),
+              "an integer >= 1, -1 (auto), or a fraction of GPU memory in (0, 1)"),
+    "workers": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+}
+
+
 def _recipe_key_error(key, value) -> str | None:
     """Why one recipe key cannot go to the trainer, or None."""
     if key in ("task", "mode"):
@@ -135,6 +150,11 @@ def _recipe_key_error(key, value) -> str | None:
         return " ".join(str(e).split())
     finally:
         LOGGER.disabled = disabled
+    if key == "compile" and value not in (False, None):
+        return (f"{value!r} is not supported: this project does not train compiled models (its probes and the film "
+                "hook the modules that torch.compile replaces)")
+    if key in RECIPE_RANGES and value is not None and not RECIPE_RANGES[key][0](value):
+        return f"must be {RECIPE_RANGES[key][1]}, not {value!r}"
     return None
 
 
@@ -334,7 +354,7 @@ def _new_run(data, out: Path, model, config, overrides: dict, counter: BatchCoun
         model_yaml_parameters(model, int(info["nc"]))
     folders = dataset_folders(data)
     inputs = [*folders, *([model] if Path(model).is_file() else []), *([config] if config else [])]
-    with output_folder(out, inputs=inputs, not_inside=folders[1:]):
+    with output_folder(out, inputs=inputs, not_inside=folders[1:], overwrite=overwrite):
         check_links(out)  # before check_fresh: --overwrite deletes nothing in a folder that is refused
         check_fresh(out, overwrite)
         yolo = load_model(model, nc=int(info["nc"]), names=list(info["names"].values()), trust=trust)

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.core.io import atomic_write_text
+from pipeline.core.io import atomic_write_text, note_written
 from pipeline.data.preprocess import model_input
 from pipeline.model.train import metrics_dict
 from pipeline.probe.layers import conv_blocks, is_fused
@@ -96,6 +96,7 @@ def append_line(path: str | os.PathLike, obj: dict) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    note_written(path)  # grown, and still ours: a resume rewrites it in place
 
 
 def read_watch(path: str | os.PathLike) -> list[dict]:

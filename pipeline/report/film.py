@@ -26,7 +26,7 @@ import numpy as np
 from markupsafe import Markup
 from matplotlib import colormaps
 
-from pipeline.core.io import InputError, atomic_write_text
+from pipeline.core.io import InputError, atomic_write_text, check_output_file
 from pipeline.data.preprocess import letterbox
 from pipeline.probe.watch import BEND_Z, OFF_Z, SMALL_GAMMA, WATCH_FILE, read_watch
 from pipeline.report.render import environment, num
@@ -306,21 +306,31 @@ def render_film(records: list[dict], run: str) -> str:
         vanish=VANISH_RATIO, still=STILL_RATIO, off=OFF_Z, bend=BEND_Z, small=SMALL_GAMMA)
 
 
-def write_film(run_dir, out=None) -> Path:
+#: The mark in the pages' ``<meta name="generator">``: a page there without it is not replaced (``written_by``).
+GENERATOR = "cardamage film"
+
+
+def write_film(run_dir, out=None, overwrite: bool = False) -> Path:
     """Read ``run_dir/watch.jsonl`` and write the film page (default ``run_dir/film.html``); return its path.
 
+    ``out`` must end in ``.html`` and may replace only an earlier film or compare page (or anything, with
+    ``overwrite``): a page of the user's, the run's own files and the watch.jsonl read are kept.
+
     Raises:
-        InputError: no ``watch.jsonl`` (the run was not trained with ``--watch``) or no record in it.
+        InputError: no ``watch.jsonl`` (the run was not trained with ``--watch``) or no record in it; ``out``
+            refused (``check_output_file``).
     """
     run_dir = Path(run_dir)
     path = run_dir / WATCH_FILE if run_dir.is_dir() else run_dir
     if not path.is_file():
         raise InputError(path, "no watch.jsonl here: train with --watch to film a run")
+    out = check_output_file(Path(out) if out else path.parent / "film.html", [path], ".html", GENERATOR, overwrite)
     records = read_watch(path)
     if not records:
         raise InputError(path, "holds no record yet")
-    out = Path(out) if out else path.parent / "film.html"
-    return atomic_write_text(out, render_film(records, str(path.parent)))
+    page = render_film(records, str(path.parent))
+    check_output_file(out, [path], ".html", GENERATOR, overwrite)  # again: rendering a long run takes a while
+    return atomic_write_text(out, page)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -396,16 +406,19 @@ def render_compare(runs: dict[str, list[dict]], folder: str) -> str:
         blocks=list(next(iter(runs.values()))[-1]["blocks"]))
 
 
-def write_compare(folder, runs: dict[str, list[dict]] | None = None, out=None) -> Path:
+def write_compare(folder, runs: dict[str, list[dict]] | None = None, out=None, overwrite: bool = False) -> Path:
     """Write ``folder/compare.html`` from the variant runs' ``watch.jsonl`` (``folder/<variant>/``); return it.
+
+    ``out`` is checked as ``write_film``'s is.
 
     Raises:
         InputError: no variant folder with a ``watch.jsonl`` holding records.
     """
     folder = Path(folder)
+    out = check_output_file(Path(out) if out else folder / "compare.html", [], ".html", GENERATOR, overwrite)
     if runs is None:
         runs = {p.parent.name: read_watch(p) for p in sorted(folder.glob(f"*/{WATCH_FILE}"))}
         runs = {k: v for k, v in runs.items() if v}
     if not runs:
         raise InputError(folder, "no variant runs with watch.jsonl here (train them with --compare-activations)")
-    return atomic_write_text(Path(out) if out else folder / "compare.html", render_compare(runs, str(folder)))
+    return atomic_write_text(out, render_compare(runs, str(folder)))

@@ -21,6 +21,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -34,11 +35,12 @@ from pipeline.core.io import (
     atomic_write_text,
     expand_sources,
     output_folder,
+    written_list,
 )
 from pipeline.core.runtime import progress_bar
 from pipeline.model.engine import Engine
 from pipeline.model.load import detection_model, trained_imgsz
-from pipeline.model.predict import label_overlay, overlay_name, weights_file
+from pipeline.model.predict import label_overlay, overlay_names, weights_file
 from pipeline.scale.cluster import LOCAL, chunks, default_workers, ray_session, run_pool
 
 #: Folder of the JSON Lines shards inside the output folder, and the settings file beside them.
@@ -53,6 +55,7 @@ class PredictWorker:
         net: the ``DetectionModel`` (Ray hands the object-store copy over once, when the actor starts).
         settings: ``conf``, ``imgsz``, ``batch``, ``backend``, ``device`` as for ``Engine``.
         out: the output folder (absolute, on a shared filesystem) to draw overlays into, or None.
+        overwrite: replace files there that no cardamage run wrote (the driver checked the names already).
 
     Examples:
         >>> w = PredictWorker(net, {"conf": 0.25, "imgsz": 640, "batch": None, "backend": "auto", "device": "cpu"}, None)
@@ -60,8 +63,13 @@ class PredictWorker:
         ([(0, {'image': '/data/a.jpg', ...})], [])
     """
 
-    def __init__(self, net, settings: dict, out: str | None):
+    def __init__(self, net, settings: dict, out: str | None, overwrite: bool = False):
         self.out = Path(out) if out else None
+        # the folder's list of what cardamage wrote, open for this worker's life (it lives for one run): each
+        # overlay is checked against it and added to it, so a stopped run's overlays are its own on resume
+        self._list = contextlib.ExitStack()
+        if self.out is not None:
+            self._list.enter_context(written_list(self.out, overwrite))
         self.engine = Engine(types.SimpleNamespace(model=net), imgsz=settings["imgsz"], conf=settings["conf"],
                              device=settings["device"], batch=settings["batch"], backend=settings["backend"],
                              keep_images=self.out is not None)
@@ -133,7 +141,8 @@ def read_shards(folder: Path, settings: dict) -> tuple[dict[str, dict], int]:
 
 def ray_predict(yolo, sources, out, conf: float = 0.25, imgsz: int | None = None, overlays: bool = True,
                 batch: int | None = None, backend: str = "auto", address: str = LOCAL, workers: int | None = None,
-                gpus_per_worker: float = 0, progress: bool = True, log=None) -> tuple[list[dict], list[InputError]]:
+                gpus_per_worker: float = 0, progress: bool = True, log=None,
+                overwrite: bool = False) -> tuple[list[dict], list[InputError]]:
     """Predict on ``sources`` with Ray workers; write overlays, shards and ``out/detections.json``.
 
     Args:
@@ -147,6 +156,7 @@ def ray_predict(yolo, sources, out, conf: float = 0.25, imgsz: int | None = None
         workers: Ray workers (default: as many as the cluster's CPUs, or GPUs / ``gpus_per_worker``).
         gpus_per_worker: GPUs per worker (0: CPU workers); a worker with GPUs runs on its first one.
         log: called with a line of progress news (resumed photos, workers); default silent.
+        overwrite: replace files of the same names in ``out`` that no cardamage run wrote (as ``predict_paths``).
 
     Returns:
         ``(records, errors)`` as ``pipeline.model.predict.predict_paths``: records in input order.
@@ -158,14 +168,14 @@ def ray_predict(yolo, sources, out, conf: float = 0.25, imgsz: int | None = None
     imgsz = trained_imgsz(yolo, imgsz)
     files, errors = expand_sources(sources)
     inputs = [*(s for s in map(str, sources) if Path(s).is_dir() or Path(s).is_file()), *files, *weights_file(yolo)]
-    with output_folder(out, inputs=inputs) as out:
+    names = overlay_names(files)  # fixed by input order, as in the single-process run
+    written = ["detections.json", *(names if overlays else [])]
+    with output_folder(out, inputs=inputs, overwrite=overwrite, names=written) as out:
         net = detection_model(yolo)
         settings = {"model": model_digest(net), "conf": conf, "imgsz": imgsz, "batch": batch, "backend": backend,
                     "overlays": overlays}
         shard_dir = out / SHARDS
         done, part = read_shards(shard_dir, settings)
-        used: set[str] = set()
-        names = [overlay_name(f, used) for f in files]  # fixed by input order, as in the single-process run
         todo = [(i, str(f.resolve()), names[i] if overlays else None) for i, f in enumerate(files) if str(f) not in done]
         results = {i: done[str(f)] for i, f in enumerate(files) if str(f) in done}
         failed: dict[int, InputError] = {}
@@ -178,7 +188,8 @@ def ray_predict(yolo, sources, out, conf: float = 0.25, imgsz: int | None = None
                 worker = dict(settings, device="0" if gpus_per_worker > 0 else "cpu")
                 actor = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(PredictWorker)
                 net_ref = ray.put(net)
-                actors = [actor.remote(net_ref, worker, str(out.resolve()) if overlays else None) for _ in range(n)]
+                actors = [actor.remote(net_ref, worker, str(out.resolve()) if overlays else None, overwrite)
+                          for _ in range(n)]
                 t0 = time.perf_counter()
                 backends = ray.get([a.ready.remote() for a in actors])
                 log(f"ray: {n} workers ({backends[0]}) ready in {time.perf_counter() - t0:.2f} s, {len(tasks)} chunks")

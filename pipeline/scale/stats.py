@@ -65,7 +65,8 @@ class StatsWorker:
 
 
 def ray_inspect(yolo, sources, out, layers=None, imgsz: int | None = None, fuse: bool = False, dead_eps: float = DEAD_EPS,
-                address: str = LOCAL, workers: int | None = None, gpus_per_worker: float = 0, on_error=None) -> dict:
+                address: str = LOCAL, workers: int | None = None, gpus_per_worker: float = 0, on_error=None,
+                overwrite: bool = False) -> dict:
     """``inspect_dataset`` on Ray workers: the same stats.csv and index.json, from merged per-worker totals.
 
     Args:
@@ -87,7 +88,7 @@ def ray_inspect(yolo, sources, out, layers=None, imgsz: int | None = None, fuse:
     imgsz = trained_imgsz(yolo, imgsz)
     files, errors = expand_sources(sources)
     inputs = [*(s for s in map(str, sources) if Path(s).exists()), *files]
-    with output_folder(out, inputs=inputs) as out:
+    with output_folder(out, inputs=inputs, overwrite=overwrite) as out:
         net = detection_model(yolo)
         if fuse:
             net.fuse(verbose=False)

@@ -1,0 +1,235 @@
+"""What the project wrote, so a later run replaces only that: a report's stamp, and each output folder's list.
+
+A file the user names (``check --json``, ``trace --out``, ``film --out``) is ours when it carries the
+command's mark (``stamp``: a JSON report's first key, a page's ``<meta name="generator">``). A file in an
+output folder (``predict --out DIR`` and every other) is ours when the folder's ``WRITTEN_LIST`` says a
+cardamage run wrote it and it is unchanged since (``written_list``, used by ``core.io.output_folder`` and
+``core.io.atomic_path``). Anything else is the user's and is replaced only with ``--overwrite``.
+
+Examples:
+    >>> stamp({"ok": True}, "cardamage check")
+    {'generator': 'cardamage check', 'ok': True}
+    >>> with written_list("runs/predict") as ledger:
+    ...     ledger.check(Path("runs/predict/detections.json"))  # InputError if it is the user's
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import stat
+import threading
+from pathlib import Path
+from typing import Iterator
+
+from pipeline.core.errors import InputError
+from pipeline.core.files import os_reason
+
+
+def _real(path: str | os.PathLike) -> Path:
+    """``path`` with ``~`` and every link resolved (a loop stays a path)."""
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+#: The first key of every JSON file a command writes to a name the user chose (``check --json``, ``trace --out``):
+#: ``{"generator": "cardamage check", ...}``. It is how a later run knows the file is its own earlier output.
+GENERATOR_KEY = "generator"
+
+
+def stamp(obj: dict, generator: str) -> dict:
+    """``obj`` with ``{"generator": generator}`` as its first key, the mark ``written_by`` looks for.
+
+    Examples:
+        >>> stamp({"ok": True}, "cardamage check")
+        {'generator': 'cardamage check', 'ok': True}
+    """
+    return {GENERATOR_KEY: generator, **{k: v for k, v in obj.items() if k != GENERATOR_KEY}}
+
+
+def written_by(path: str | os.PathLike, generator: str) -> bool:
+    """Whether ``path`` is a regular file that ``generator`` wrote: JSON whose first key is its ``stamp``, or an
+    HTML page that opens with ``<!DOCTYPE html>`` and names it in ``<meta name="generator">`` in its first line.
+
+    Only the first 4 KB are read (the stamp comes first), so a large file that is not ours costs nothing.
+    A symbolic link is never ours: our writer makes plain files, and replacing a link would drop what it is.
+    """
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    mark = rf'\s*\{{\s*"{GENERATOR_KEY}"\s*:\s*{re.escape(json.dumps(generator))}\s*[,}}]'
+    page = rf'<!DOCTYPE html>\n<html[^>\n]*><head><meta charset="utf-8"><meta name="generator" content="{re.escape(generator)}">'
+    return re.match(mark, head) is not None or re.match(page, head) is not None
+
+
+#: In every output folder, the files cardamage commands wrote there: a JSON line per write, ``[path relative
+#: to the folder, size, mtime_ns, inode, BLAKE2b of the bytes or null]``. A later run replaces a file only
+#: while it is the same file untouched since, or, in a copied folder (new inodes and times), has the same
+#: bytes; anything else in the folder is the user's and is never replaced without ``--overwrite``.
+WRITTEN_LIST = ".cardamage-written"
+#: A longer list is not read (every line is ~150 bytes: 400,000 files): nothing in that folder counts as ours.
+MAX_WRITTEN_LIST = 64 << 20
+#: Files up to this size are also known by their bytes' digest; a bigger one (a full dump) only as the same file.
+DIGEST_LIMIT = 64 << 20
+
+
+def _digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "blake2b").hexdigest()
+
+
+class _Ledger:
+    """What cardamage wrote into one output folder, read at the start of a run and appended to at each write."""
+
+    def __init__(self, folder: Path, overwrite: bool):
+        self.folder, self.real, self.overwrite = folder, _real(folder), overwrite
+        self.lock = threading.Lock()
+        self.files: dict[str, tuple[int, int, int, str | None]] = {}
+        self.lines = 0
+        try:  # O_NOFOLLOW: a link in its place is not our list
+            fd = os.open(folder / WRITTEN_LIST, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO named like it would hang the read
+                return
+            data = f.read(MAX_WRITTEN_LIST + 1)
+        if len(data) > MAX_WRITTEN_LIST:
+            return
+        for line in data.splitlines():
+            self.lines += 1
+            try:
+                rel, size, mtime, ino, digest = json.loads(line)
+                self.files[str(rel)] = (int(size), int(mtime), int(ino), None if digest is None else str(digest))
+            except (ValueError, TypeError):
+                continue  # a torn or edited line: that file is simply not known to be ours
+
+    def rel(self, path: Path) -> str:
+        return os.path.relpath(_real(path.parent) / path.name, self.real)
+
+    def ours(self, path: Path) -> bool:
+        """Whether ``path`` is a regular file a cardamage command wrote here and nobody changed since (or,
+        in a copy of the folder, a file with the very bytes written)."""
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        rec = self.files.get(self.rel(path))
+        if rec is None or not stat.S_ISREG(st.st_mode) or rec[0] != st.st_size:
+            return False
+        if rec[1:3] == (st.st_mtime_ns, st.st_ino):
+            return True
+        try:
+            return rec[3] is not None and _digest(path) == rec[3]
+        except OSError:
+            return False
+
+    def check(self, path: Path) -> None:
+        """Raise unless ``path`` is free to (re)write: absent, ours, or ``--overwrite`` was given."""
+        if not self.overwrite and os.path.lexists(path) and not self.ours(path):
+            what = "a symbolic link" if os.path.islink(path) else "a folder" if path.is_dir() else "a file"
+            raise InputError(path, f"is {what} cardamage did not write (or that changed since); a run never "
+                                   "replaces it: move it, choose another --out, or pass --overwrite")
+
+    def add(self, path: Path) -> None:
+        """Note ``path`` (just written) as ours: one line appended, so a killed run still knows its files."""
+        st = os.stat(path)
+        rel = self.rel(path)
+        rec = (st.st_size, st.st_mtime_ns, st.st_ino, _digest(path) if st.st_size <= DIGEST_LIMIT else None)
+        line = json.dumps([rel, *rec]) + "\n"
+        lst = self.folder / WRITTEN_LIST
+        with self.lock:
+            self.files[rel] = rec
+            try:  # never through a link, never blocked on a FIFO
+                fd = os.open(lst, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK,
+                             0o666)  # the umask applies
+            except OSError as e:
+                raise InputError(lst, f"cannot note what this run writes ({os_reason(e)}): remove it") from None
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise InputError(lst, "is not a regular file, so what this run writes cannot be noted: remove it")
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+            self.lines += 1
+
+    def compact(self) -> None:
+        """Rewrite the list with one line per file still there and ours, once it holds many stale lines."""
+        with self.lock:
+            if self.lines <= 2 * len(self.files) + 100:
+                return
+            keep = {rel: rec for rel, rec in self.files.items() if self.ours(self.real / rel)}
+            text = "".join(json.dumps([rel, *rec]) + "\n" for rel, rec in keep.items())
+            tmp = self.folder / f"{WRITTEN_LIST}.{os.getpid()}.tmp"
+            try:  # O_EXCL: never through a link; 0o666 less the umask, as any file the run writes
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(text)
+                os.replace(tmp, self.folder / WRITTEN_LIST)
+            except OSError:
+                return  # the longer list is as good, only longer
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            self.files, self.lines = keep, len(keep)
+
+
+#: The output folders open in this process (``written_list``), by real path; the innermost one holding a
+#: file decides whether ``atomic_path`` may replace it.
+_LEDGERS: dict[Path, list[_Ledger]] = {}
+_LEDGERS_LOCK = threading.Lock()
+
+
+def ledger_for(path: Path) -> _Ledger | None:
+    """The list of the innermost open output folder holding ``path``, or None outside every one."""
+    if not _LEDGERS:
+        return None
+    parent = _real(path.parent)
+    with _LEDGERS_LOCK:
+        for folder in (parent, *parent.parents):
+            if folder in _LEDGERS:
+                return _LEDGERS[folder][-1]
+    return None
+
+
+def note_written(path: str | os.PathLike) -> None:
+    """Note ``path``, grown in place (an appended log), as still ours in its open output folder's list."""
+    path = Path(path)
+    ledger = ledger_for(path)
+    if ledger is not None and path.is_file() and not path.is_symlink():
+        ledger.add(path)
+
+
+@contextlib.contextmanager
+def written_list(folder: str | os.PathLike, overwrite: bool = False, names=(), compact: bool = False) -> Iterator[_Ledger]:
+    """While open, what ``atomic_path`` writes below ``folder`` may replace only files a cardamage run wrote there.
+
+    ``output_folder`` opens it under the folder's lock; a Ray worker writing into the same folder for that run
+    opens it too (its lines are appended, whole, to the same list). ``names`` (relative to ``folder``) are
+    checked at once: the files the command knows it will write. ``compact`` (only under the folder's lock,
+    where no other process appends) drops stale lines at the end.
+
+    Raises:
+        InputError: one of ``names`` is a file of the user's, a link, or changed since a run wrote it.
+    """
+    ledger = _Ledger(Path(folder), overwrite)
+    with _LEDGERS_LOCK:
+        _LEDGERS.setdefault(ledger.real, []).append(ledger)
+    try:
+        for name in names:
+            ledger.check(Path(folder) / name)
+        yield ledger
+    finally:
+        with _LEDGERS_LOCK:
+            _LEDGERS[ledger.real].remove(ledger)
+            if not _LEDGERS[ledger.real]:
+                del _LEDGERS[ledger.real]
+        if compact:
+            ledger.compact()
