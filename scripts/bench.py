@@ -9,7 +9,7 @@ Targets (``scripts/bench.py TARGET --help`` for each one's options):
     inspect    what recording every layer costs next to a plain forward pass, and a full dump's time and size
     report     a ``cardamage report`` process against a one-photo ``cardamage predict`` process (``--old
                COMMIT`` adds the report of an older commit)
-    explore    ``cardamage explore``: start-up until it answers, the page's first view, /api/neuron latency
+    explore    ``cardamage explore``: start-up until it answers, the page's first view, /api/neuron and /api/effect latency
     atlas      a ``cardamage atlas`` process against a ``cardamage predict`` process on the same photos (issue
                33: within 2x), and the atlas's peak RSS over all the photos and over the first ``--small``
     ray        ``cardamage predict --ray`` with 1, 2... workers against the plain command, same detections
@@ -485,7 +485,7 @@ def explore(args, argv) -> list[tuple]:
     work = work_dir(args, "explore")
     weights = weights_in(work, args)
     photo = str(Path(args.photo or H.photos(SAMPLE / "images", 1)[0]).resolve())
-    got = {"startup_s": [], "first_view_s": [], "neuron_ms": [], "rss_MB": []}
+    got = {"startup_s": [], "first_view_s": [], "neuron_ms": [], "effect_ms": [], "rss_MB": []}
     for k in range(args.rounds):
         port = free_port()
         c = H.spawn([PY, "-m", "pipeline", "explore", photo, "--weights", str(weights), "--port", str(port),
@@ -513,19 +513,23 @@ def explore(args, argv) -> list[tuple]:
                     r = convs[i % len(convs)]
                     _, channels, h, w = r["out_shape"]
                     q = {"photo": 0, "layer": r["path"], "channel": rng.randrange(channels), "y": rng.randrange(h), "x": rng.randrange(w)}
-                    t = time.perf_counter()
-                    client.get(f"{base}/api/neuron", params=q).raise_for_status()
+                    t = time.perf_counter()  # as the page asks: the arithmetic first, then its effect on the logit
+                    client.get(f"{base}/api/neuron", params={**q, "effect": 0}).raise_for_status()
                     got["neuron_ms"].append(1000 * (time.perf_counter() - t))
+                    t = time.perf_counter()
+                    client.get(f"{base}/api/effect", params=q).raise_for_status()
+                    got["effect_ms"].append(1000 * (time.perf_counter() - t))
         finally:
             c.p.send_signal(signal.SIGINT)
             run = H.reap(c, "explore", k, timeout=20)
         got["rss_MB"].append(run.peak_rss_mb or 0)
         print(f"  round {k + 1}: answering after {got['startup_s'][-1]:.2f} s, first view {got['first_view_s'][-1]:.2f} s, "
               f"peak RSS {H.mib(run.peak_rss_mb)}", flush=True)
-    ms = sorted(got["neuron_ms"])
-    numbers = {"startup_s": round(statistics.median(got["startup_s"]), 2), "first_view_s": round(statistics.median(got["first_view_s"]), 2),
-               "neuron_ms": round(statistics.median(ms), 1), "neuron_p90_ms": round(ms[int(0.9 * (len(ms) - 1))], 1),
-               "rss_MB": round(max(got["rss_MB"]))}
+    numbers = {"startup_s": round(statistics.median(got["startup_s"]), 2), "first_view_s": round(statistics.median(got["first_view_s"]), 2)}
+    for key in ("neuron", "effect"):
+        ms = sorted(got[f"{key}_ms"])
+        numbers.update({f"{key}_ms": round(statistics.median(ms), 1), f"{key}_p90_ms": round(ms[int(0.9 * (len(ms) - 1))], 1)})
+    numbers["rss_MB"] = round(max(got["rss_MB"]))
     return [("explore", "explore", numbers, f"{args.neurons} neuron asks a round over every Conv block, {args.rounds} rounds")]
 
 

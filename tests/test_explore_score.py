@@ -123,6 +123,21 @@ def test_a_clicked_neuron_says_how_much_it_moved_the_top_box_logit(setup):
     assert e["words"]
 
 
+def test_the_page_asks_the_effect_apart_and_gets_the_same_numbers(setup):
+    """The page shows a neuron's arithmetic first (``effect=0``: no pass, no backward) and asks /api/effect next;
+    both answers carry the numbers the test above checked against autograd and a zeroed forward."""
+    c = setup["client"]
+    q = {"photo": 0, "layer": "model.6.cv1", "channel": 5, "y": 2, "x": 3}
+    full = c.get("/api/neuron", params=q).json()
+    quick = c.get("/api/neuron", params={**q, "effect": 0}).json()
+    assert "effect" not in quick and {k: v for k, v in full.items() if k != "effect"} == quick
+    assert c.get("/api/effect", params=q).json() == {"effect": full["effect"]}
+    assert c.get("/api/neuron", params={**q, "effect": "yes"}).status_code == 400
+    assert c.get("/api/effect", params={**q, "channel": 10**6}).status_code == 400
+    head = {"photo": 0, "layer": "model.22.cv3.0.2", "channel": 0, "y": 0, "x": 0}
+    assert c.get("/api/effect", params=head).json() == {"effect": None}  # a final conv is a logit itself
+
+
 def net_in_channels(ckpt, layer: str) -> int:
     """The conv's input channels, read off a fresh Ultralytics model."""
     return dict(load_model(str(ckpt)).model.named_modules())[layer].in_channels

@@ -81,6 +81,7 @@ def test_click_a_head_neuron_and_read_its_logit(server):
             assert page.is_visible("#map-pre") and page.text_content("#cap-post") == "SiLU(z) (post)"
             api = httpx.get(f"{server}/api/neuron", params={"photo": 0, "layer": "model.4.m.0.cv2", "channel": 5,
                                                             **pos}, timeout=120).json()
+            page.wait_for_selector('#neuron-effect[data-ready="1"]', state="attached", timeout=120_000)  # asked after
             assert page.is_visible("#neuron-effect") and page.text_content("#lab-z") == "z = dot + b"
             assert float(page.get_attribute("#neuron-effect", "data-grad-x-act")) == api["effect"]["grad_x_act"]
             assert float(page.get_attribute("#neuron-effect", "data-zeroed-delta")) == api["effect"]["zeroed_delta"]

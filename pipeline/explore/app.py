@@ -10,6 +10,7 @@ Routes (``photo`` is an index into the photos given, from 0)::
     GET /api/detections?photo=I                      records + anchor, all class logits and sigmoids
     GET /api/featuremap?photo=I&layer=P&channel=C&stage=pre|post   PNG of that map (X-Scale-Lo/Hi headers)
     GET /api/neuron?photo=I&layer=P&channel=C&y=Y&x=X              ``cardamage trace``'s JSON + receptive field
+    GET /api/effect?photo=I&layer=P&channel=C&y=Y&x=X              that neuron's effect on box 0's class logit
     GET /api/image?photo=I, /api/cam?photo=I         the photo, EigenCAM over it (JPEG)
     GET /api/drivers?photo=I&box=B   the channels that drove box B's score (``analysis.drivers.box_drivers``)
     GET /api/atlas/channel?layer=P&channel=C   that channel's atlas entry (``{"atlas": false}`` without ``--atlas``)
@@ -164,6 +165,7 @@ def create_app(explorer: Explorer, allowed_hosts: Sequence[str] | None = None, a
         Route("/api/detections", json_of(explorer.detections)),
         Route("/api/labels", json_of(explorer.labels)),
         Route("/api/neuron", json_of(explorer.neuron)),
+        Route("/api/effect", json_of(explorer.effect)),
         Route("/api/featuremap", _guarded(featuremap)),
         Route("/api/image", image(explorer.photo_png)),
         Route("/api/cam", image(explorer.cam)),

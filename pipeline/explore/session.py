@@ -332,26 +332,43 @@ class Explorer:
         png, lo, hi = diverging_png(m)
         return png, {"lo": lo, "hi": hi, "min": float(m.min()), "max": float(m.max())}
 
+    def _neuron_at(self, params) -> tuple[PhotoRun, str, int, int, int]:
+        """The run, layer, channel, y and x a request names, each checked (``ValueError``: a 400)."""
+        run = self.run(self.photo_index(params))
+        layer = self._layer(run, params)
+        _, c, h, w = self._maps(run, layer)[0].shape
+        return run, layer, _int(params, "channel", 0, c), _int(params, "y", 0, h), _int(params, "x", 0, w)
+
     def neuron(self, params) -> dict:
         """``cardamage trace``'s JSON for one neuron (read off the recorded pass) plus ``receptive_field_xyxy``.
 
         ``receptive_field_xyxy`` is in photo pixels; ``receptive_field_input_xyxy`` in model-input pixels.
+        ``effect`` (``PhotoRun.effect``) costs a pass from the layer on and its backward: ``effect=0`` leaves it
+        out (the page shows the arithmetic first and asks ``/api/effect`` for it next).
         """
-        i = self.photo_index(params)
-        run = self.run(i)
-        layer = self._layer(run, params)
-        _, c, h, w = self._maps(run, layer)[0].shape
-        channel, y, x = _int(params, "channel", 0, c), _int(params, "y", 0, h), _int(params, "x", 0, w)
+        run, layer, channel, y, x = self._neuron_at(params)
         if layer in run.final_convs:
             return self._logit(run, layer, channel, y, x)
+        if params.get("effect", "1") not in ("0", "1"):
+            raise BadRequest(f"effect must be 0 or 1, got {str(params['effect'])[:20]!r}")
         t = run.neuron(layer, channel, y, x)
         hw = tuple(run.x.shape[2:])
         with self._rf_lock:
             box = receptive_field(run.model, layer, hw, y, x)
-            t["effect"] = run.effect(layer, channel, y, x)  # one more pass of the run's network: one at a time
+            if params.get("effect", "1") == "1":
+                t["effect"] = run.effect(layer, channel, y, x)  # one more pass of the run's network: one at a time
         t["receptive_field_input_xyxy"] = list(box)
         t["receptive_field_xyxy"] = to_photo(box, hw, run.pixels.shape)
         return t
+
+    def effect(self, params) -> dict:
+        """``{"effect": ...}``: how much one Conv block neuron moves box 0's class logit (``PhotoRun.effect``),
+        ``null`` without a box or for a final head conv (it is a logit itself)."""
+        run, layer, channel, y, x = self._neuron_at(params)
+        if layer in run.final_convs:
+            return {"effect": None}
+        with self._rf_lock:  # a pass of the run's network, like the receptive fields: one at a time
+            return {"effect": run.effect(layer, channel, y, x)}
 
     def _logit(self, run: PhotoRun, layer: str, channel: int, y: int, x: int) -> dict:
         """A final head conv's output by hand (``PhotoRun.logit``), in the fields a Conv block neuron has too.

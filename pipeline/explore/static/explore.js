@@ -2,7 +2,7 @@
 // Numbers are shown as JavaScript's shortest round-trip form of the JSON value: what the API said, to the bit.
 "use strict";
 
-const state = { photo: 0, summary: null, model: [], dets: [], labels: null, layer: null, channel: null, rf: null, selected: null };
+const state = { photo: 0, summary: null, model: [], dets: [], labels: null, layer: null, channel: null, rf: null, selected: null, neuronAsked: 0 };
 const $ = (id) => document.getElementById(id);
 
 function num(v) { return v === null || v === undefined ? "n/a" : String(v); }
@@ -280,6 +280,7 @@ function setLabels(kind, t) {
 function showEffect(e) {
   const p = $("neuron-effect");
   p.hidden = !e;
+  p.dataset.ready = "1";
   if (!e) return;
   p.textContent = `Its share of box 0's class logit (${short(e.logit, 6)}): grad \u00d7 act = ${short(e.grad_x_act, 6)} ` +
     `(first-order change if it were 0: ${short(e.first_order_estimate, 6)}); measured by setting it to 0: ` +
@@ -318,15 +319,25 @@ function showLogit(t) {
 
 async function showNeuron(layer, channel, y, x) {
   $("neuron").dataset.ready = "";
+  const asked = ++state.neuronAsked;  // a later click wins over a slower answer
   let t;
-  try { t = await api("neuron", { layer, channel, y, x }); } catch (e) { status(e.message, "error"); return; }
+  try { t = await api("neuron", { layer, channel, y, x, effect: 0 }); } catch (e) { status(e.message, "error"); return; }
+  if (asked !== state.neuronAsked) return;
   $("neuron").hidden = false;
   $("neuron-n").textContent = t.n_products;
   setNum("neuron-dot", t.dot); setNum("neuron-bias", t.bias); setNum("neuron-z", t.z_by_hand);
   setNum("neuron-sigmoid", t.sigmoid_by_hand);
   setNum("neuron-fw-pre", t.framework_pre);
   $("neuron-rf").textContent = t.receptive_field_xyxy.map((v) => num(v)).join(" ");
-  showEffect(t.effect);
+  const eff = $("neuron-effect");
+  eff.dataset.ready = "";
+  if (t.kind === "logit") { showEffect(null); } else {  // the arithmetic first; its effect needs a pass and a backward
+    eff.hidden = false;
+    eff.textContent = "Measuring its share of box 0's class logit (a pass from this layer on, and its gradient)\u2026";
+    api("effect", { layer, channel, y, x })
+      .then((r) => { if (asked === state.neuronAsked) showEffect(r.effect); })
+      .catch((e) => { if (asked === state.neuronAsked) status(e.message, "error"); });
+  }
   setLabels(t.kind === "logit" ? "logit" : "block", t);
   if (t.kind === "logit") {
     showLogit(t);
