@@ -12,7 +12,7 @@ from torch import nn
 
 from pipeline.data.labels import label_path, photo_labels
 from pipeline.data.preprocess import model_input
-from pipeline.lesson.gradients import activation_comparison, build_variant, gradient_flow, make_batch, sgd_step
+from pipeline.lesson.gradients import activation_comparison, build_variant, gradient_flow, make_batch, sgd_step, step_direction
 from pipeline.model.load import load_model
 from pipeline.probe.fold import fold_bn
 from pipeline.probe.layers import conv_blocks
@@ -153,3 +153,25 @@ def test_sgd_step_on_a_real_stem_neuron(yolo, sample_images):
     assert np.allclose(step["weight_new"], w[c].numpy() - 0.01 * np.asarray(step["dL_dw"]), atol=1e-14)
     # a too-large learning rate overshoots: the same formula, the loss goes up
     assert sgd_step(patch, w[c], b[c], lr=50.0)["loss_new"] > step["loss"]
+
+
+@pytest.mark.parametrize("w0", [-3.0, -2.0, 0.5, 1.0])  # z left of SiLU's minimum (-1.278), and right of it
+def test_the_step_says_which_way_z_and_a_moved_and_why(w0):
+    """The sentence under the SGD step follows torch: z moves against dL/dz, and a follows z only where SiLU's
+    slope is positive; left of the minimum the step lowers z and a still rises (a new user found it unsaid)."""
+    x = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    w = torch.tensor([w0, w0 / 2], dtype=torch.float64, requires_grad=True)
+    z = (w * x).sum()
+    a = torch.nn.functional.silu(z)
+    z.retain_grad()
+    (0.5 * (a - (a.detach() + 1)) ** 2).backward()
+    slope = float(torch.autograd.functional.jacobian(torch.nn.functional.silu, z.detach()))
+    step = sgd_step(x.reshape(2, 1, 1).tolist(), w.detach().reshape(2, 1, 1).tolist(), 0.0, lr=0.01)
+    words = step_direction(step)
+    z_new = float(((w.detach() - 0.01 * w.grad) * x).sum())  # torch's own step (b = 0 moves by 0.01 * dL/dz too)
+    z_new -= 0.01 * float(z.grad)
+    lowered = z_new < float(z)
+    assert (("lowered z" in words) == lowered) and (("raised z" in words) == (not lowered))
+    assert ("negative here, left of SiLU's minimum" in words) == (slope < 0)
+    assert "a rose" in words  # the target asks one unit more, and a small step always gets some of it
+    assert lowered == (slope < 0)

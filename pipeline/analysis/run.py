@@ -205,8 +205,9 @@ class PhotoRun:
         detection_index, chosen_by, measured (candidates zeroed), receptive_field_input, receptive_field_xyxy, rf_centre_in_box,
         rf_inside_box, effect, top_channels}`` (boxes in photo pixels).
 
-        With a detection, the neuron is the one that matters most to the top box's class logit among the
-        bending cells whose centre lies in the box (``choose_by_effect``); without one, ``thread.choose_neuron``.
+        With a detection, the neuron is, among the bending cells whose centre lies in the box, the shortlisted one
+        (largest gradient x activation) whose zeroing moves the top box's class logit most (``choose_by_effect``);
+        without one, ``thread.choose_neuron``.
         """
         layer = self.neuron_layer
         z, a = self.activation(layer)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.lesson.activations import d_silu, silu
+from pipeline.lesson.activations import d_silu, silu, silu_minimum
 
 #: Activations compared in the gradient-flow experiment (SiLU is YOLOv8's own).
 VARIANTS = {
@@ -205,6 +205,27 @@ def activation_comparison(cfg, nc: int, batch: dict, seed: int = 0, variants=tup
 
 
 # --- one SGD step on one neuron ------------------------------------------------------------------
+
+
+def step_direction(step: dict) -> str:
+    """Which way one ``sgd_step`` moved z and a, and why, in words that follow its numbers.
+
+    Left of SiLU's minimum its slope is negative: there the step lowers z to raise a, which reads as a
+    paradox unless said.
+
+    Examples:
+        >>> "lowered z" in step_direction(sgd_step([[[1.0]]], [[[-3.0]]], 0.0))  # z = -3: left of the minimum
+        True
+    """
+    dz, da = step["z_new"] - step["z"], step["a_new"] - step["a"]
+    z_min = silu_minimum()[0]
+    side = (f"SiLU'(z) = {step['da_dz']:+.4g} is negative here, left of SiLU's minimum at z = {z_min:.3f}, where the "
+            f"curve falls as z grows: lowering z raises a" if step["da_dz"] < 0 else
+            f"SiLU'(z) = {step['da_dz']:+.4g} is positive here, so a moves the way z does")
+    return (f"dL/dz = (a - t) SiLU'(z) = {step['dL_dz']:+.4g} {'>' if step['dL_dz'] > 0 else '<='} 0, so the step "
+            f"{'lowered' if dz < 0 else 'raised'} z by {abs(dz):.4g}; {side}: a {'rose' if da > 0 else 'fell'} by {abs(da):.4g}")
+
+
 
 
 def sgd_step(patch, weight, bias, target: float | None = None, lr: float = 0.01) -> dict:

@@ -28,6 +28,7 @@ from pipeline.model.detections import describe_match
 from pipeline.probe.channel_stats import DEAD_EPS
 from pipeline.probe.fold import conv_meta
 from pipeline.probe.trace import REL_TOL, format_trace
+from pipeline.lesson.gradients import step_direction
 from pipeline.report.plots import input as pin
 from pipeline.report.plots import layers as play
 from pipeline.report.plots import lesson as ples
@@ -469,7 +470,8 @@ def training_section(run: PhotoRun, files: Path, opts: Options) -> Section:
     numbers = {"batch_sources": g["batch_sources"], "real": real, "variants": comp, "stem_over_output": ratio,
                "sgd_step": {k: v for k, v in step.items() if not isinstance(v, list)}}
     return Section("training", {"real": real, "sources": "; ".join(g["batch_sources"]), "f_flow": f_flow, "rows": rows,
-                                "ratio": ratio, "s": step, "neuron": (layer, ch, yy, xx), "f_step": f_step},
+                                "ratio": ratio, "s": step, "neuron": (layer, ch, yy, xx), "f_step": f_step,
+                                "direction": step_direction(step)},
                    {"training": numbers})
 
 
