@@ -246,3 +246,60 @@ def test_tensorboard_histograms_are_the_recorded_tensors(watched):
     z = acc.Histograms("z/model.0")[0].histogram_value
     assert z.num == 4 * 16 * 32 * 32  # 4 probe photos at 64 px, 16 channels at stride 2
     assert acc.Scalars("probe/sigmoid")[0].value == pytest.approx(records[0]["probe"]["sigmoid"], rel=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_tensorboard_shows_every_block_in_chromium_offline(watched):
+    """``tensorboard --logdir OUT`` (TensorBoard's own server, on loopback) lists a weights, gradients and z
+    histogram for every block the watch recorded, and its page draws them in Chromium without a request
+    leaving the machine."""
+    pytest.importorskip("tensorboard")
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+    from playwright.sync_api import sync_playwright
+
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.fail(f"{chromium} missing: apt-get install -y chromium")
+    blocks = sorted(watched["records"][0]["blocks"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(watched["root"] / "watched"),
+                               "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    errors, remote = [], []
+    try:
+        for _ in range(300):
+            try:
+                httpx.get(f"{base}/data/environment", timeout=2).raise_for_status()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        tags = httpx.get(f"{base}/data/plugin/histograms/tags", timeout=30).json()["watch_tb"]
+        for kind in ("weights", "gradients", "z"):
+            assert sorted(t.split("/", 1)[1] for t in tags if t.startswith(kind + "/")) == blocks, kind
+        scalars = httpx.get(f"{base}/data/plugin/scalars/tags", timeout=30).json()["watch_tb"]
+        assert "probe/sigmoid" in scalars
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.on("request", lambda r: None if r.url.startswith((base, "data:", "blob:")) else remote.append(r.url))
+                page.goto(f"{base}/#histograms")
+                page.get_by_text("tag: gradients/model.0", exact=True).wait_for(timeout=60_000)  # a drawn card
+                assert page.locator("svg path").count() > 0
+            finally:
+                browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert not errors and not remote, (errors, remote)
