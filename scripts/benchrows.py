@@ -45,7 +45,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ROWS_DIR = ROOT / "benchmarks" / "rows"
 #: the pages whose tables are generated from the rows
-PAGES = (ROOT / "docs" / "benchmarks.md", ROOT / "README.md", ROOT / "docs" / "robustness.md", ROOT / "docs" / "atlas.md")
+PAGES = (ROOT / "docs" / "benchmarks.md", ROOT / "README.md", ROOT / "docs" / "robustness.md", ROOT / "docs" / "atlas.md",
+         ROOT / "docs" / "explore.md")
 REQUIRED = ("id", "command", "machine", "date", "numbers")
 META = ("id", "date", "time", "command", "machine", "note", "rerun")
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
