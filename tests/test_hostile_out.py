@@ -39,8 +39,8 @@ def weights(tmp_path_factory) -> Path:
 
 def test_one_line_escapes_only_what_could_break_a_line():
     assert one_line("runs/car 1 (copy)/é.jpg") == "runs/car 1 (copy)/é.jpg"  # ordinary names print as they are
-    name = "a\nerror: fake.jpg: ok.jpg\r\x1b[2J\x85\u2028\u202e"
-    assert one_line(name) == "a\\nerror: fake.jpg: ok.jpg\\r\\x1b[2J\\x85\\u2028\\u202e"
+    name = "a\nerror: fake.jpg: ok.jpg\r\x1b[2J\x85\u2028\u202e\u061c"
+    assert one_line(name) == "a\\nerror: fake.jpg: ok.jpg\\r\\x1b[2J\\x85\\u2028\\u202e\\u061c"
     # the reason may repeat the name (an OSError's text): both halves are escaped
     e = InputError(name, f"cannot open {name}")
     assert "\n" not in str(e) and "\x1b" not in str(e) and str(e).count(one_line(name)) == 2
@@ -278,6 +278,8 @@ RECIPE = "epochs: 1\nimgsz: 64\nbatch: 4\nworkers: 0\n"
     ("batch: 0", "batch: must be an integer >= 1, -1 (auto), or a fraction of GPU memory in (0, 1), not 0"),
     ("epochs: 0", "epochs: 'epochs=0' is an invalid value. 'epochs' must be >= 1."),
     ("batch: 1.5", "batch: must be an integer >= 1, -1 (auto), or a fraction of GPU memory in (0, 1), not 1.5"),
+    ("model: 7", "model: must name a model YAML or a weights file, not '7' (int)"),
+    ("model: [a, b]", "model: must name a model YAML or a weights file, not \"['a', 'b']\" (list)"),
     ("compile: true", "compile: True is not supported: this project does not train compiled models (its probes "
                       "and the film hook the modules that torch.compile replaces)"),
 ])
@@ -541,25 +543,53 @@ def test_a_file_that_appears_in_the_folder_during_the_work_is_kept(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [WRITTEN_LIST, "a.txt", "b.txt"]  # no temporary left
 
 
-@pytest.mark.parametrize("kind", ["fifo", "link", "garbage"])
+@pytest.mark.parametrize("kind", ["fifo", "link", "hard link", "folder", "garbage", "huge number", "nested"])
 def test_a_hostile_written_list_makes_nothing_ours_and_never_hangs(kind, tmp_path):
+    """A list that is not a plain file is one line before any work (and nothing is appended to a hard link's
+    other name); a list of hostile lines makes nothing ours, without a traceback."""
     from pipeline.core.io import WRITTEN_LIST, atomic_write_text, output_folder
 
     out = tmp_path / "o"
     out.mkdir()
     (out / "a.txt").write_text("the user's\n")
     lst = out / WRITTEN_LIST
-    if kind == "fifo":
-        os.mkfifo(lst)
-    elif kind == "link":
-        (tmp_path / "list").write_text(json.dumps(["a.txt", 11, 0, 0, None]) + "\n")
-        lst.symlink_to(tmp_path / "list")
+    forged = json.dumps(["a.txt", 11, 0, 0, None]) + "\n"
+    (tmp_path / "diary.txt").write_text(forged)
+    make = {"fifo": lambda: os.mkfifo(lst), "link": lambda: lst.symlink_to(tmp_path / "diary.txt"),
+            "hard link": lambda: os.link(tmp_path / "diary.txt", lst), "folder": lst.mkdir,
+            "garbage": lambda: lst.write_bytes(b"\x00\xff not json\n[1, 2]\n"),
+            "huge number": lambda: lst.write_text('["a.txt", 1e999, 0, 0, null]\n'),
+            "nested": lambda: lst.write_text("[" * 100_000 + "]" * 100_000 + "\n")}
+    make[kind]()
+    if kind in ("fifo", "link", "hard link", "folder"):
+        with pytest.raises(InputError, match="is not a plain file of cardamage's"):
+            with output_folder(out):
+                pass
+        assert (tmp_path / "diary.txt").read_text() == forged
     else:
-        lst.write_bytes(b"\x00\xff not json\n[1, 2]\n")
-    with output_folder(out) as o:
-        with pytest.raises(InputError, match="did not write"):
-            atomic_write_text(o / "a.txt", "ours\n")
+        with output_folder(out) as o:
+            with pytest.raises(InputError, match="did not write"):
+                atomic_write_text(o / "a.txt", "ours\n")
     assert (out / "a.txt").read_text() == "the user's\n"
+
+
+@pytest.mark.parametrize("sub", ["report_files", "crops/model.0"])
+def test_a_link_inside_the_folder_cannot_lead_a_write_out(sub, tmp_path):
+    """OUT/report_files -> elsewhere: a write named inside the folder would land outside it. Refused, one line."""
+    from pipeline.core.io import atomic_write_text, output_folder
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "c0.jpg").write_text("the user's\n")
+    out = tmp_path / "o"
+    (out / sub).parent.mkdir(parents=True)
+    (out / sub).symlink_to(elsewhere)
+    with output_folder(out) as o:
+        with pytest.raises(InputError, match="leads out of the output folder .* through a symbolic link"):
+            atomic_write_text(o / sub / "c0.jpg", "ours\n")
+        with pytest.raises(InputError, match="leads out of the output folder"):
+            atomic_write_text(o / sub / "new" / "x.txt", "ours\n")
+    assert (elsewhere / "c0.jpg").read_text() == "the user's\n" and sorted(p.name for p in elsewhere.iterdir()) == ["c0.jpg"]
 
 
 def test_preprocess_keeps_a_file_of_the_users_in_its_folder(photo, tmp_path, capsys):

@@ -85,11 +85,31 @@ def _digest(path: Path) -> str:
         return hashlib.file_digest(f, "blake2b").hexdigest()
 
 
+#: A line of the list, as written: ``[str, int, int, int, hex str | null]``; nothing nested, nothing huge.
+_LINE = re.compile(rb'\[("(?:[^"\\]|\\.){1,4096}"), (\d{1,20}), (\d{1,20}), (\d{1,20}), ("[0-9a-f]{128}"|null)\]')
+
+
+def _record(line: bytes):
+    """``(rel, size, mtime_ns, inode, digest)`` of one line of the list, or None for anything else (a torn, edited
+    or hostile line: that file is simply not known to be ours). Matched by shape first, so a line nested 100,000
+    deep or a number of 1e999 is refused, not parsed."""
+    m = _LINE.fullmatch(line.strip())
+    if m is None:
+        return None
+    try:
+        rel = json.loads(m.group(1))
+    except ValueError:
+        return None
+    digest = None if m.group(5) == b"null" else m.group(5).decode()[1:-1]
+    return str(rel), int(m.group(2)), int(m.group(3)), int(m.group(4)), digest
+
+
 class _Ledger:
     """What cardamage wrote into one output folder, read at the start of a run and appended to at each write."""
 
     def __init__(self, folder: Path, overwrite: bool):
         self.folder, self.real, self.overwrite = folder, _real(folder), overwrite
+        self.named = Path(os.path.abspath(folder))  # as the user named it, links not followed
         self.lock = threading.Lock()
         self.files: dict[str, tuple[int, int, int, str | None]] = {}
         self.lines = 0
@@ -97,19 +117,21 @@ class _Ledger:
             fd = os.open(folder / WRITTEN_LIST, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO named like it would hang the read
+        try:
+            st = os.fstat(fd)
+            # a FIFO would hang the read, a folder fail it; a hard link is another file's bytes too
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1 or st.st_size > MAX_WRITTEN_LIST:
                 return
-            data = f.read(MAX_WRITTEN_LIST + 1)
-        if len(data) > MAX_WRITTEN_LIST:
+            data = os.read(fd, MAX_WRITTEN_LIST + 1)
+        except OSError:
             return
+        finally:
+            os.close(fd)
         for line in data.splitlines():
             self.lines += 1
-            try:
-                rel, size, mtime, ino, digest = json.loads(line)
-                self.files[str(rel)] = (int(size), int(mtime), int(ino), None if digest is None else str(digest))
-            except (ValueError, TypeError):
-                continue  # a torn or edited line: that file is simply not known to be ours
+            rec = _record(line)
+            if rec is not None:
+                self.files[rec[0]] = rec[1:]
 
     def rel(self, path: Path) -> str:
         return os.path.relpath(_real(path.parent) / path.name, self.real)
@@ -153,8 +175,12 @@ class _Ledger:
             except OSError as e:
                 raise InputError(lst, f"cannot note what this run writes ({os_reason(e)}): remove it") from None
             try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
                     raise InputError(lst, "is not a regular file, so what this run writes cannot be noted: remove it")
+                if st.st_nlink > 1:  # appending would change the other name's file too
+                    raise InputError(lst, f"is one of {st.st_nlink} hard links to the same file, so what this run "
+                                          "writes cannot be noted here: remove it")
                 os.write(fd, line.encode())
             finally:
                 os.close(fd)
@@ -188,14 +214,25 @@ _LEDGERS_LOCK = threading.Lock()
 
 
 def ledger_for(path: Path) -> _Ledger | None:
-    """The list of the innermost open output folder holding ``path``, or None outside every one."""
+    """The list of the innermost open output folder holding ``path``, or None outside every one.
+
+    Raises:
+        InputError: ``path`` is named inside an open output folder but a symbolic link on the way (``OUT/crops ->
+            elsewhere``) leads out of it: what a run writes there would land outside its folder.
+    """
     if not _LEDGERS:
         return None
     parent = _real(path.parent)
+    named = Path(os.path.abspath(path.parent))
     with _LEDGERS_LOCK:
         for folder in (parent, *parent.parents):
             if folder in _LEDGERS:
                 return _LEDGERS[folder][-1]
+        for ledgers in _LEDGERS.values():
+            out = ledgers[-1]
+            if out.named == named or out.named in named.parents:
+                raise InputError(path, f"leads out of the output folder {out.folder} through a symbolic link (it is "
+                                       f"{parent / path.name}); a run writes only inside its folder: remove the link")
     return None
 
 
@@ -220,6 +257,10 @@ def written_list(folder: str | os.PathLike, overwrite: bool = False, names=(), c
         InputError: one of ``names`` is a file of the user's, a link, or changed since a run wrote it.
     """
     ledger = _Ledger(Path(folder), overwrite)
+    lst = Path(folder) / WRITTEN_LIST
+    if os.path.lexists(lst) and (lst.is_symlink() or not lst.is_file() or lst.stat().st_nlink > 1):
+        raise InputError(lst, "is not a plain file of cardamage's (a link, a folder, a FIFO or a hard link), so what "
+                              "this run writes could not be noted: remove it")  # before the work, not after
     with _LEDGERS_LOCK:
         _LEDGERS.setdefault(ledger.real, []).append(ledger)
     try:

@@ -138,6 +138,8 @@ def _recipe_key_error(key, value) -> str | None:
         return f"a recipe holds settings, not files, folders or runs ({RECIPE_REFUSED[key]})"
     if key in ("watch", "cpu_channels_last"):
         return None if isinstance(value, bool) else f"must be true or false, not {value!r}"
+    if key == "model" and not (isinstance(value, str) and value.strip()):
+        return f"must name a model YAML or a weights file, not {str(value)[:40]!r} ({type(value).__name__})"
     if key in OWN_KEYS:
         return None  # model: read as --model is; demo: the demo's own dataset settings
     if not isinstance(key, str):
