@@ -233,3 +233,23 @@ def test_good_checkpoint_names_still_load(tmp_path):
     path = names_checkpoint(tmp_path / "w.pt", {0: "crack", 1: "dent", 2: "glass shatter", 3: "lamp broken",
                                                 4: "scratch", 5: "tire flat"})
     assert load_model(path).model.names[2] == "glass shatter"
+
+
+def test_a_list_line_is_a_name_not_a_pattern(tmp_path):
+    """``/proc/self/**`` in a photo list walked /proc for ever (RSS growing 4 MB/s): a list's line names a file
+    as written. A quoted glob on the command line is still a glob, up to a bound on the paths it walks."""
+    import pipeline.core.io as io
+
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes(0))
+    lst = tmp_path / "l.txt"
+    lst.write_text(f"/proc/self/**\n{tmp_path}/*.jpg\n")
+    files, errors = io.expand_sources([str(lst)])
+    assert files == [] and [str(e) for e in errors] == [f"{lst}: not a photo list: none of its 2 lines names a photo"]
+    files, errors = io.expand_sources([f"{tmp_path}/*.jpg"])
+    assert files == [tmp_path / "a.jpg"] and errors == []
+    old, io.MAX_GLOB = io.MAX_GLOB, 50
+    try:
+        files, errors = io.expand_sources(["/proc/self/**"])
+    finally:
+        io.MAX_GLOB = old
+    assert files == [] and "glob reaches more than 50 paths" in str(errors[0])

@@ -603,3 +603,21 @@ def test_preprocess_keeps_a_file_of_the_users_in_its_folder(photo, tmp_path, cap
     assert (out / "input.safetensors").read_bytes() == b"mine"
     assert main([*argv, "--overwrite"]) == 0 and main(argv) == 0  # then it is the run's own
     capsys.readouterr()
+
+
+def test_a_panorama_longer_than_a_jpeg_gets_a_shrunk_overlay_and_the_batch_goes_on(weights, photo, tmp_path, capsys):
+    """A 70000 x 4 PNG (0.28 MP: accepted) gave OpenCV's raw lines and stopped the whole batch at its overlay:
+    JPEG holds 65,500 px a side. Its overlay is shrunk to fit, and the next photo is predicted too."""
+    import cv2
+    import numpy as np
+
+    pano = tmp_path / "pano.png"
+    cv2.imwrite(str(pano), np.full((4, 70000, 3), 120, np.uint8))
+    out = tmp_path / "o"
+    assert main(["predict", str(pano), str(photo), "--weights", str(weights), "--out", str(out), "--imgsz", "64"]) == 0
+    err = capsys.readouterr().err
+    assert "ERROR" not in err and "error" not in err
+    records = json.loads((out / "detections.json").read_text())
+    assert [Path(r["image"]).name for r in records] == ["pano.png", "car.jpg"]
+    h, w = cv2.imread(str(out / "pano.jpg")).shape[:2]
+    assert w == 65500 and h >= 1

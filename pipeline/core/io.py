@@ -348,20 +348,34 @@ def read_list(path: Path) -> list[str]:
     return [n if Path(n).is_absolute() else str(path.parent / n) for n in names]
 
 
-def expand_sources(sources: list[str]) -> tuple[list[Path], list[InputError]]:
+#: The most paths one glob may walk past: a quoted ``'/**'`` would otherwise list a whole file system (and
+#: ``/proc/self/**`` never ends). COCO's train2017 is 118,287 photos.
+MAX_GLOB = 1_000_000
+
+
+def _glob(pattern: str) -> tuple[list[Path], InputError | None]:
+    """The files ``pattern`` matches (``**`` recursive), sorted, or an error past ``MAX_GLOB`` paths."""
+    import glob
+    import itertools
+
+    found = list(itertools.islice(glob.iglob(pattern, recursive=True), MAX_GLOB + 1))
+    if len(found) > MAX_GLOB:
+        return [], InputError(pattern, f"glob reaches more than {MAX_GLOB:,} paths: name a narrower one")
+    return sorted(Path(f) for f in found if Path(f).is_file()), None
+
+
+def expand_sources(sources: list[str], globs: bool = True) -> tuple[list[Path], list[InputError]]:
     """Turn files, folders, globs and ``.txt`` lists into a list of image files, plus errors for what matched nothing.
 
     A folder contributes the images directly inside it (by suffix, sorted); a ``.txt`` file contributes
     the photos it lists (``read_list``), one error per missing line, or one for the whole file when no line
     names anything (a text file that is not a list); any other explicitly named file is kept whatever its
     suffix, so a non-image named by the user is reported rather than silently skipped. A photo named twice
-    counts once.
+    counts once. A list's lines are paths as written (``globs=False``): a line ``/proc/self/**`` names no file.
 
     Examples:
         >>> files, errors = expand_sources(["photos/", "more.txt", "shots/*.jpg"])
     """
-    import glob
-
     files: list[Path] = []
     errors: list[InputError] = []
     for src in map(str, sources):
@@ -374,7 +388,8 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[InputError]]:
                 continue
             if not listed:
                 errors.append(InputError(p, "the list names no photos"))
-            more, bad = expand_sources([f for f in listed if not f.lower().endswith(".txt")])  # lists do not nest
+            # lists do not nest, and their lines are names, not patterns
+            more, bad = expand_sources([f for f in listed if not f.lower().endswith(".txt")], globs=False)
             if listed and not more:  # notes, not a list: one line for the file, not one per line of prose
                 errors.append(InputError(p, f"not a photo list: none of its {len(listed)} lines names a photo"))
                 continue
@@ -399,10 +414,10 @@ def expand_sources(sources: list[str]) -> tuple[list[Path], list[InputError]]:
             files += found
         elif p.exists() or p.is_symlink():  # a dangling link or a loop: the read names why, in one line
             files.append(p)
-        elif any(c in src for c in "*?["):
-            found = sorted(Path(f) for f in glob.glob(src, recursive=True) if Path(f).is_file())
-            if not found:
-                errors.append(InputError(src, "glob matched no files"))
+        elif globs and any(c in src for c in "*?["):
+            found, too_many = _glob(src)
+            if too_many or not found:
+                errors.append(too_many or InputError(src, "glob matched no files"))
             files += found
         else:
             errors.append(InputError(p, "file not found"))

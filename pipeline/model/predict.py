@@ -24,6 +24,7 @@ import gc
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from pipeline.core import heap
@@ -84,18 +85,29 @@ def _logits_of_scores(scores):
     return scores.new_tensor([logit(min(max(p, 1e-12), 1 - 1e-12)) for p in scores.double().tolist()]).float()
 
 
+#: The longest side a JPEG can hold (its header has 16 bits a side, and libjpeg stops at 65,500).
+JPEG_MAX_SIDE = 65500
+
+
 def label_overlay(image: np.ndarray, record: dict) -> np.ndarray:
     """Draw boxes labelled ``class p=score z=logit`` with Ultralytics' Annotator (its colours, its fonts).
 
     Draws on ``image`` itself: every caller is done with the photo once its overlay is drawn, and a
-    copy of an 8000x8000 photo would cost 183 MB more.
+    copy of an 8000x8000 photo would cost 183 MB more. A panorama longer than a JPEG can hold (70000 x 4)
+    is drawn, then shrunk to ``JPEG_MAX_SIDE``: its overlay could not be written at all otherwise.
     """
     from ultralytics.utils.plotting import Annotator, colors
 
     ann = Annotator(image, line_width=max(1, round(sum(image.shape[:2]) / 2 * 0.003)))
     for d in record["detections"]:
         ann.box_label(d["box_xyxy"], f"{d['class_name']} p={d['score']:.2f} z={d['logit']:+.2f}", color=colors(d["class_id"], True))
-    return ann.result()
+    drawn = ann.result()
+    h, w = drawn.shape[:2]
+    if max(h, w) > JPEG_MAX_SIDE:
+        k = JPEG_MAX_SIDE / max(h, w)
+        drawn = cv2.resize(drawn, (max(1, min(JPEG_MAX_SIDE, round(w * k))), max(1, min(JPEG_MAX_SIDE, round(h * k)))),
+                           interpolation=cv2.INTER_AREA)
+    return drawn
 
 
 def predict_images(yolo, images: list[np.ndarray], conf: float = 0.25, imgsz: int = 640, iou: float = 0.7, device: str = "cpu"):
