@@ -253,3 +253,28 @@ def test_a_list_line_is_a_name_not_a_pattern(tmp_path):
     finally:
         io.MAX_GLOB = old
     assert files == [] and "glob reaches more than 50 paths" in str(errors[0])
+
+
+def test_training_leaves_out_a_photo_whose_label_is_not_a_regular_file(tmp_path):
+    """train read a FIFO, /dev/zero link, folder or dangling link as "no label" and trained the photo as
+    background, silently ("4 backgrounds"); its dataset view now leaves each out with one line, as check errs."""
+    from pipeline.data.dataset_view import stage_dataset
+
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(5):
+        (root / "images" / f"p{i}.jpg").write_bytes(jpeg_bytes(i))
+    (root / "labels" / "p4.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    labels = root / "labels"
+    (labels / "p0.txt").symlink_to("/dev/zero")
+    os.mkfifo(labels / "p1.txt")
+    (labels / "p2.txt").mkdir()
+    (labels / "p3.txt").symlink_to(tmp_path / "gone.txt")
+    yaml = root / "data.yaml"
+    yaml.write_text(f"path: {root}\ntrain: images\nval: images\nnc: 2\nnames: [crack, dent]\n")
+    view = stage_dataset(yaml, tmp_path / "run" / "dataset")
+    bad = sorted({str(e.path) for e in view.errors})
+    assert bad == [str(labels / f"p{i}.txt") for i in range(4)]
+    assert all("train the image as background" in e.reason for e in view.errors)
+    assert sorted(p.name for p in (tmp_path / "run" / "dataset" / "train" / "images").iterdir()) == ["p4.jpg"]

@@ -621,3 +621,12 @@ def test_a_panorama_longer_than_a_jpeg_gets_a_shrunk_overlay_and_the_batch_goes_
     assert [Path(r["image"]).name for r in records] == ["pano.png", "car.jpg"]
     h, w = cv2.imread(str(out / "pano.jpg")).shape[:2]
     assert w == 65500 and h >= 1
+
+
+def test_train_refuses_a_name_its_trainer_would_log_raw(synth_data, tmp_path, capsys):
+    """Ultralytics prints --out (args dump, labels.cache, last.pt ...) unescaped: 11 forged lines from one name."""
+    out = tmp_path / "r\nerror: photo.jpg: forged"
+    assert main(["train", "--data", str(synth_data), "--out", str(out), "--epochs", "1", "--imgsz", "64"]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "\\nerror: photo.jpg: forged: holds a control, line-break or bidirectional character" in line
+    assert not out.exists()

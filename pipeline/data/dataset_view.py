@@ -54,6 +54,11 @@ ULTRALYTICS_COORD_TOL = 0.01  # its scan keeps coordinates up to 1.01 (and down 
 def _check_label(label: Path, nc: int) -> None:
     """Raise ``InputError`` for a label file Ultralytics would drop its image for (first problem only)."""
     if not label.is_file():
+        if label.is_symlink() or label.exists():  # a device, FIFO, folder or dangling link: trained as background
+            what = ("a link to nothing" if not label.exists() else "a folder" if label.is_dir()
+                    else "a device, FIFO or socket, not a regular file")
+            raise InputError(label, f"is {what}: Ultralytics would read no labels from it and train the image as "
+                                    "background")
         return
     try:
         text = read_label_text(label)  # a file over its size limit: InputError, unread

@@ -31,7 +31,7 @@ from ultralytics.utils import LOGGER
 
 from pipeline.core import runtime
 from pipeline.core.facts import MAX_IMGSZ
-from pipeline.core.io import InputError, atomic_write_json, output_folder, quiet_training_reads, refuse_links
+from pipeline.core.io import InputError, atomic_write_json, one_line, output_folder, quiet_training_reads, refuse_links
 from pipeline.core.yamlfile import read_yaml
 from pipeline.data.dataset_view import own_view, stage_dataset, view_link
 from pipeline.data.labels import dataset_folders, read_data_yaml
@@ -306,6 +306,10 @@ def train(
         (1, ['mAP50', 'mAP50-95'])
     """
     runtime.ultralytics_settings()
+    for name in (out, model, data, config):  # Ultralytics' own log prints these paths as they are
+        if name is not None and one_line(str(name)) != str(name):
+            raise InputError(name, "holds a control, line-break or bidirectional character that the trainer's "
+                                   "own log would print raw (a forged line): choose a plainer name")
     out = Path(out).resolve()
     t0 = time.time()
     counter = BatchCounter()
