@@ -630,3 +630,37 @@ def test_train_refuses_a_name_its_trainer_would_log_raw(synth_data, tmp_path, ca
     line = one_error_line(capsys.readouterr().err)
     assert "\\nerror: photo.jpg: forged: holds a control, line-break or bidirectional character" in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "huge", "nested"])
+def test_a_runs_own_files_read_back_are_bounded(kind, tmp_path):
+    """watch.jsonl (film), atlas.json (explore --atlas) and a Ray shard: a FIFO hung predict --ray, a 1 GB file took
+    2.9 GB, one line nested 100,000 deep was a RecursionError traceback. Each is one line now (a nested watch line
+    is skipped, as a torn one)."""
+    from pipeline.analysis.atlas_format import AtlasIndex
+    from pipeline.probe.watch import MAX_WATCH_BYTES, read_watch
+    from pipeline.scale.predict import MAX_SHARD_BYTES, read_shards
+
+    files = {"watch": tmp_path / "run" / "watch.jsonl", "atlas": tmp_path / "atlas" / "atlas.json",
+             "shard": tmp_path / "shards" / "part-00000.jsonl"}
+    limits = {"watch": MAX_WATCH_BYTES, "atlas": 256 << 20, "shard": MAX_SHARD_BYTES}
+    for name, f in files.items():
+        f.parent.mkdir(parents=True)
+        if kind == "fifo":
+            os.mkfifo(f)
+        elif kind == "huge":
+            with open(f, "wb") as fh:
+                fh.truncate(limits[name] + 1)  # sparse: no disk
+        else:
+            f.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    readers = {"watch": lambda: read_watch(files["watch"]), "atlas": lambda: AtlasIndex(files["atlas"].parent),
+               "shard": lambda: read_shards(files["shard"].parent, {})}
+    for name, read in readers.items():
+        if kind == "nested" and name == "watch":
+            assert read() == []
+            continue
+        with pytest.raises(InputError) as e:
+            read()
+        assert "\n" not in str(e.value), name
+        said = {"fifo": "not a regular file", "huge": "is too large for", "nested": ""}[kind]
+        assert said in str(e.value), (name, str(e.value))

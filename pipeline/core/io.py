@@ -297,6 +297,30 @@ def atomic_save_safetensors(path: str | os.PathLike, tensors: dict, metadata: di
     return Path(path)
 
 
+def read_bounded_text(path: str | os.PathLike, what: str, limit: int) -> str:
+    """The text of a file a run wrote and a later command reads back (``watch.jsonl``, ``atlas.json``, a Ray
+    shard): a regular file (a FIFO would hang the read) of at most ``limit`` bytes (a 1 GB one took 2.9 GB).
+
+    Raises:
+        InputError: one line naming ``path``: not a regular file, too large, or unreadable.
+    """
+    st = check_regular_file(path, what)
+    if st.st_size > limit:
+        raise InputError(path, f"{st.st_size:,} bytes is too large for {what} (the limit is {limit:,})")
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise InputError(path, f"cannot read ({os_reason(e)})") from None
+
+
+def json_value(text: str):
+    """``json.loads``, with a value nested past Python's recursion limit as a ``ValueError`` like any bad JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deep") from None
+
+
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     """Hex digest of a file's bytes (read in chunks by hashlib); a FIFO or device is an ``InputError``, not a hang."""
     check_regular_file(path, "a file to read")

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.core.io import atomic_write_text, note_written
+from pipeline.core.io import atomic_write_text, json_value, note_written, read_bounded_text
 from pipeline.data.preprocess import model_input
 from pipeline.model.train import metrics_dict
 from pipeline.probe.layers import conv_blocks, is_fused
@@ -99,6 +99,11 @@ def append_line(path: str | os.PathLike, obj: dict) -> None:
     note_written(path)  # grown, and still ours: a resume rewrites it in place
 
 
+#: The largest watch.jsonl read: a record is ~10 KB (57 blocks), a long run a few hundred records; 128 MiB
+#: holds some ten thousand.
+MAX_WATCH_BYTES = 128 << 20
+
+
 def read_watch(path: str | os.PathLike) -> list[dict]:
     """The records of a ``watch.jsonl``, in order; a torn last line (a crash mid-write) is left out.
 
@@ -107,11 +112,11 @@ def read_watch(path: str | os.PathLike) -> list[dict]:
         [1, 2, 4, 8, 16]
     """
     records = []
-    for line in Path(path).read_text().splitlines():
+    for line in read_bounded_text(path, "a watch.jsonl", MAX_WATCH_BYTES).splitlines():
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # only the last line can be torn: every earlier one ended with its newline
+            records.append(json_value(line))
+        except ValueError:
+            continue  # only the last line can be torn: every earlier one ended with its newline; not a record
     return records
 
 

@@ -322,7 +322,7 @@ def write_film(run_dir, out=None, overwrite: bool = False) -> Path:
     """
     run_dir = Path(run_dir)
     path = run_dir / WATCH_FILE if run_dir.is_dir() else run_dir
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):  # a FIFO or folder there is named for what it is when read
         raise InputError(path, "no watch.jsonl here: train with --watch to film a run")
     out = check_output_file(Path(out) if out else path.parent / "film.html", [path], ".html", GENERATOR, overwrite)
     records = read_watch(path)

@@ -34,7 +34,9 @@ from pipeline.core.io import (
     atomic_write_json,
     atomic_write_text,
     expand_sources,
+    json_value,
     output_folder,
+    read_bounded_text,
     written_list,
 )
 from pipeline.core.runtime import progress_bar
@@ -45,6 +47,8 @@ from pipeline.scale.cluster import LOCAL, chunks, default_workers, ray_session, 
 
 #: Folder of the JSON Lines shards inside the output folder, and the settings file beside them.
 SHARDS = "shards"
+#: The largest shard read back: a shard holds one chunk's records (a few KB a photo).
+MAX_SHARD_BYTES = 64 << 20
 RUN_FILE = "run.json"
 
 
@@ -119,8 +123,8 @@ def read_shards(folder: Path, settings: dict) -> tuple[dict[str, dict], int]:
     run_file = folder / RUN_FILE
     if run_file.is_file():
         try:
-            before = json.loads(run_file.read_text())
-        except (OSError, ValueError) as e:
+            before = json_value(read_bounded_text(run_file, "a run's settings", 1 << 20))
+        except ValueError as e:
             raise InputError(run_file, f"cannot read the earlier run's settings ({type(e).__name__})") from None
         changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in settings.items() if before.get(k) != v]
         if changed:
@@ -128,10 +132,10 @@ def read_shards(folder: Path, settings: dict) -> tuple[dict[str, dict], int]:
                                      "delete this folder or choose another output folder")
     done: dict[str, dict] = {}
     parts = sorted(folder.glob("part-*.jsonl"))
-    for part in parts:
-        for n, line in enumerate(part.read_text(encoding="utf-8").splitlines(), 1):
+    for part in parts:  # each a chunk's records: a FIFO would hang the read, a huge file take memory
+        for n, line in enumerate(read_bounded_text(part, "a shard of detections", MAX_SHARD_BYTES).splitlines(), 1):
             try:
-                record = json.loads(line)
+                record = json_value(line)
                 done[record["image"]] = record
             except (ValueError, KeyError, TypeError):
                 raise InputError(part, f"line {n} is not a detections record; delete the file to redo its photos") from None
