@@ -664,3 +664,14 @@ def test_a_runs_own_files_read_back_are_bounded(kind, tmp_path):
         assert "\n" not in str(e.value), name
         said = {"fifo": "not a regular file", "huge": "is too large for", "nested": ""}[kind]
         assert said in str(e.value), (name, str(e.value))
+
+
+@pytest.mark.parametrize("name", ["results.csv", "args.yaml"])
+def test_train_keeps_a_file_of_the_users_that_its_trainer_would_replace(name, synth_data, tmp_path, capsys):
+    """Ultralytics writes results.csv and args.yaml by name: a user's file there was replaced silently."""
+    out = tmp_path / "T"
+    out.mkdir()
+    (out / name).write_text("MINE\n")
+    assert main(["train", "--data", str(synth_data), "--out", str(out), "--epochs", "1", "--imgsz", "64"]) == 1
+    assert f"holds an earlier training run ({name})" in one_error_line(capsys.readouterr().err)
+    assert (out / name).read_text() == "MINE\n"

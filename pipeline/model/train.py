@@ -31,7 +31,7 @@ from ultralytics.utils import LOGGER
 
 from pipeline.core import runtime
 from pipeline.core.facts import MAX_IMGSZ
-from pipeline.core.io import InputError, atomic_write_json, one_line, output_folder, quiet_training_reads, refuse_links
+from pipeline.core.io import InputError, atomic_write_json, one_line, written_list, output_folder, quiet_training_reads, refuse_links
 from pipeline.core.yamlfile import read_yaml
 from pipeline.data.dataset_view import own_view, stage_dataset, view_link
 from pipeline.data.labels import dataset_folders, read_data_yaml
@@ -226,7 +226,9 @@ OWN_KEYS = ("model", "demo", "cpu_channels_last", "watch")  # watch: read by the
 #: continues the very run that was cut; a different recipe is a new run.
 RESUME_MAY_CHANGE = ("device", "batch", "imgsz", "time")
 
-RUN_FILES = ("weights/best.pt", "weights/last.pt", "metrics.json")  # what a training run leaves in its folder
+#: What a training run leaves in its folder, ours and Ultralytics' (which it writes by name, unasked): a folder
+#: holding any of them holds an earlier run, or a file of the user's the trainer would replace.
+RUN_FILES = ("weights/best.pt", "weights/last.pt", "metrics.json", "args.yaml", "results.csv")
 
 
 def check_fresh(out: str | Path, overwrite: bool = False) -> None:
@@ -328,7 +330,8 @@ def train(
                                            overwrite)
     metrics = _run_metrics(yolo, results, counter, out, left_out)
     metrics["train_seconds"] = round(time.time() - t0, 1)
-    atomic_write_json(out / "metrics.json", metrics)
+    with written_list(out):  # the folder's list: a metrics.json the user saved there meanwhile is kept
+        atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
 
