@@ -39,7 +39,7 @@ class AtlasIndex:
         if not (path.exists() or path.is_symlink()):  # anything else there is named for what it is when read
             raise InputError(self.root, "no atlas.json here "
                                         "(build one with: cardamage atlas --weights W SOURCE --out DIR)")
-        try:  # ~1 KB a channel: 256 MiB is far past any YOLOv8 (a 1 GB file took 2.9 GB to read)
+        try:  # ~1 KB a channel: 256 MiB is far past any YOLOv8, and read whole it costs a few times its size
             self.doc = json_value(read_bounded_text(path, "an atlas.json", 256 << 20))
         except ValueError as e:
             raise InputError(path, f"cannot read the atlas ({e})") from None

@@ -299,7 +299,8 @@ def atomic_save_safetensors(path: str | os.PathLike, tensors: dict, metadata: di
 
 def read_bounded_text(path: str | os.PathLike, what: str, limit: int) -> str:
     """The text of a file a run wrote and a later command reads back (``watch.jsonl``, ``atlas.json``, a Ray
-    shard): a regular file (a FIFO would hang the read) of at most ``limit`` bytes (a 1 GB one took 2.9 GB).
+    shard): a regular file (a FIFO would hang the read) of at most ``limit`` bytes (read whole, a file costs a few
+    times its size).
 
     Raises:
         InputError: one line naming ``path``: not a regular file, too large, or unreadable.
