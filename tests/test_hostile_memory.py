@@ -151,6 +151,25 @@ def test_explorer_answers_thin_photos_with_images_never_500(thin):
 
 
 # ------------------------------------------------------------------------------------- pixel limit
+@pytest.mark.parametrize("fmt, mode", [("GIF", "P"), ("PPM", "I;16"), ("PPM", "RGB")])
+def test_a_format_without_a_measured_decode_counts_at_twice_a_photos(fmt, mode, tmp_path, monkeypatch):
+    """A 150 MP GIF, or a 144 MP 16-bit PGM or float PFM, named .jpg peaked above a 150 MP JPEG (fifth hostile
+    retest): any format whose decode was not measured counts at twice an 8-bit photo's bytes, so 0.6 MP of it is
+    refused under a 1 MP limit that passes the same JPEG, with the reason named."""
+    from pipeline.core.photo import UNMEASURED_DECODE_BYTES, PHOTO_DECODE_BYTES
+
+    assert UNMEASURED_DECODE_BYTES == 2 * PHOTO_DECODE_BYTES
+    img = PIL.Image.new(mode, (1000, 600))
+    odd = tmp_path / "odd.jpg"  # named .jpg: the content decides
+    img.save(odd, format=fmt)
+    ok = atomic_write_image(tmp_path / "ok.jpg", noise(600, 1000))
+    monkeypatch.setenv(runtime.MAX_PIXELS_ENV, "1000000")
+    validate_image(ok)
+    with pytest.raises(InputError) as e:
+        validate_image(odd)
+    assert f"0.6 megapixels of {PIL.Image.open(odd).format} (a format counted at twice" in str(e.value)
+
+
 def test_the_pixel_limit_is_read_from_the_header(tmp_path, monkeypatch):
     """Under and over the limit on both sides of Pillow's own 2x bomb error, and a bad variable: one line each."""
     under = atomic_write_image(tmp_path / "under.png", noise(1000, 1000))       # 1.0 MP

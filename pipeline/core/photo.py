@@ -100,6 +100,11 @@ AVIF_DECODE_BYTES = 20
 #: bytes a pixel of a WebP costs at its decode's peak, measured on 8000x8000 and 10000x10000 files (RGB and RGBA
 #: alike): libwebp's own RGBA and YUV planes beside OpenCV's BGR
 WEBP_DECODE_BYTES = 17
+#: The formats whose decode was measured at ``PHOTO_DECODE_BYTES`` or at their own cost above. Any other that
+#: decodes (GIF, PPM/PGM/PBM, PFM, ... even named .jpg) counts at ``UNMEASURED_DECODE_BYTES``: a 144 MP float PFM
+#: or 16-bit PGM, and a 150 MP GIF, each peaked above a 150 MP JPEG (fifth hostile retest).
+MEASURED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "WEBP", "AVIF", "TIFF", "JPEG2000"})
+UNMEASURED_DECODE_BYTES = 2 * PHOTO_DECODE_BYTES
 #: bytes a file may hold beyond its pixels' (EXIF, XMP, ICC, an embedded preview): what is more is not a photo
 PHOTO_EXTRA_BYTES = 64 << 20
 
@@ -169,6 +174,8 @@ def decode_cost(path: str | os.PathLike, im: PIL.Image.Image) -> tuple[float, st
         return AVIF_DECODE_BYTES, "of AVIF"
     if im.format == "WEBP":
         return WEBP_DECODE_BYTES, "of WebP"
+    if im.format not in MEASURED_FORMATS:
+        return UNMEASURED_DECODE_BYTES, f"of {im.format} (a format counted at twice an 8-bit photo's cost)"
     return PHOTO_DECODE_BYTES, ""
 
 
