@@ -40,10 +40,10 @@ MAX_MODULES = 5_000
 #: (``s = 256`` in ``ultralytics/nn/tasks.py``), on the real device, before any check of ours could stop it.
 PROBE_SIZE = 256
 #: The activation values (the numel of every module's output, the input included) that trial forward may make:
-#: under four times YOLOv8x's own (``YOLOV8X_ACTIVATIONS``). The probe held about 4 bytes a counted value: a
-#: one-Conv YAML of 3600 channels counted 945 million and peaked 3.7 GB above the imports (fifth hostile retest),
-#: so this bound keeps a model's build near a GB. An ``Upsample`` factor of 256 or ``channels: 20000`` in a 3 KB
-#: YAML asks for far more, and the real probe would allocate it.
+#: under four times YOLOv8x's own (``YOLOV8X_ACTIVATIONS``). The probe holds about 4 bytes a counted value
+#: (docs/robustness.md, "Checked before the long work": a one-Conv YAML 3600 channels wide), so this bound keeps
+#: a model's build near a GB. An ``Upsample`` factor of 256 or ``channels: 20000`` in a 3 KB YAML asks for far
+#: more, and the real probe would allocate it.
 MAX_ACTIVATIONS = 250_000_000
 #: YOLOv8x's count by the same meta-device method at ``PROBE_SIZE`` (80 classes); a test recomputes it.
 YOLOV8X_ACTIVATIONS = 67_931_136
