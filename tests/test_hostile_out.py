@@ -675,3 +675,15 @@ def test_train_keeps_a_file_of_the_users_that_its_trainer_would_replace(name, sy
     assert main(["train", "--data", str(synth_data), "--out", str(out), "--epochs", "1", "--imgsz", "64"]) == 1
     assert f"holds an earlier training run ({name})" in one_error_line(capsys.readouterr().err)
     assert (out / name).read_text() == "MINE\n"
+
+
+def test_a_resume_keeps_a_trainer_file_edited_since(interrupted, tmp_path, capsys):
+    """A copy of a run whose args.yaml the user annotated: a resume would rewrite it. Refused, the note kept;
+    the untouched copy (its files noted by the trainer's callbacks, same bytes) resumes as before."""
+    copy = _copy(interrupted, tmp_path / "copy")
+    with open(copy / "args.yaml", "a") as f:
+        f.write("# my notes\n")
+    before = (copy / "args.yaml").read_text()
+    assert main(["train", "--resume", "--out", str(copy)]) == 1
+    assert f"error: {copy / 'args.yaml'}: changed since this run wrote it" in one_error_line(capsys.readouterr().err)
+    assert (copy / "args.yaml").read_text() == before

@@ -34,7 +34,7 @@ from pipeline.core.errors import InputError, one_line, warn_input  # noqa: F401
 from pipeline.core.files import check_regular_file, os_reason
 # what the project wrote: defined apart (one job per module), re-exported for the commands that name files
 from pipeline.core.owned import (  # noqa: F401
-    GENERATOR_KEY, WRITTEN_LIST, ledger_for, note_written, stamp, written_by, written_list)
+    GENERATOR_KEY, WRITTEN_LIST, is_ours, ledger_for, note_written, stamp, written_by, written_list)
 # photos in: defined apart (one job per module), re-exported here where most callers import them
 from pipeline.core.photo import (  # noqa: F401
     READ_FORMATS, check_pixels, native_stderr, pil_open, quiet_training_reads, read_image, shrink, validate_image,

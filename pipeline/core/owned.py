@@ -236,6 +236,12 @@ def ledger_for(path: Path) -> _Ledger | None:
     return None
 
 
+def is_ours(path: str | os.PathLike) -> bool:
+    """Whether ``path``, in an open output folder, is a file a cardamage run wrote there and nobody changed since."""
+    ledger = ledger_for(Path(path))
+    return ledger is not None and ledger.ours(Path(path))
+
+
 def note_written(path: str | os.PathLike) -> None:
     """Note ``path``, grown in place (an appended log), as still ours in its open output folder's list."""
     path = Path(path)

@@ -31,7 +31,7 @@ from ultralytics.utils import LOGGER
 
 from pipeline.core import runtime
 from pipeline.core.facts import MAX_IMGSZ
-from pipeline.core.io import InputError, atomic_write_json, one_line, written_list, output_folder, quiet_training_reads, refuse_links
+from pipeline.core.io import InputError, atomic_write_json, is_ours, ledger_for, note_written, one_line, written_list, output_folder, quiet_training_reads, refuse_links
 from pipeline.core.yamlfile import read_yaml
 from pipeline.data.dataset_view import own_view, stage_dataset, view_link
 from pipeline.data.labels import dataset_folders, read_data_yaml
@@ -336,6 +336,24 @@ def train(
 
 
 
+#: The files Ultralytics' trainer writes by name into the run folder. Each is noted in the folder's list as the
+#: trainer writes it (``_note_trainer_files``), so a resume can tell the run's own from a file edited since.
+TRAINER_FILES = ("args.yaml", "results.csv", "weights/last.pt", "weights/best.pt")
+
+
+def _note_trainer_files(trainer) -> None:
+    """Callback: the trainer's files as they now are, noted as the run's own (after its args, after each epoch)."""
+    for name in TRAINER_FILES:
+        note_written(Path(trainer.save_dir) / name)
+
+
+def _watch_trainer_files(yolo) -> None:
+    """Note the trainer's own files as it writes them; added before any other callback, so a callback that stops
+    training at an epoch's end (a test's, a user's) still leaves them noted."""
+    for event in ("on_pretrain_routine_end", "on_fit_epoch_end", "on_train_end"):  # on_train_end: the final strip
+        yolo.add_callback(event, _note_trainer_files)
+
+
 def add_callbacks(yolo, callbacks: dict | None) -> None:
     """Add ``{event: fn}`` or ``{event: [fn, ...]}`` to Ultralytics' callbacks, each function once, in order."""
     for event, fns in (callbacks or {}).items():
@@ -384,6 +402,7 @@ def _new_run(data, out: Path, model, config, overrides: dict, counter: BatchCoun
         _use_every_core(yolo)
         if settings.get("cpu_channels_last", False):
             _cpu_channels_last(yolo)
+        _watch_trainer_files(yolo)
         yolo.add_callback("on_train_batch_start", counter.on_batch)
         add_callbacks(yolo, callbacks)
         with weights_policy(trust), quiet_training_reads():
@@ -449,7 +468,15 @@ def _resume(out: Path, trust: bool, counter: BatchCounter, changes: dict, callba
             raise InputError(last, "cannot resume: the checkpoint names no dataset")
         view = stage_dataset(source, out / "dataset", on_error=on_error)
         data, left_out = view.data_yaml, view.errors
+    # a resume rewrites args.yaml and results.csv: only the run's own, unchanged since, may be replaced. (last.pt
+    # is the resume's input, whatever folder it was copied from; a run folder older than its list is let be.)
+    listed = ledger_for(out / "args.yaml")
+    for name in ("args.yaml", "results.csv"):
+        if listed is not None and listed.files and (out / name).exists() and not is_ours(out / name):
+            raise InputError(out / name, "changed since this run wrote it, or no cardamage run wrote it: a resume "
+                                         "would replace it; put the run's own back, or start a new run")
     yolo = load_model(last, trust=trust)
+    _watch_trainer_files(yolo)
     yolo.add_callback("on_train_batch_start", counter.on_batch)
     add_callbacks(yolo, callbacks)  # e.g. the training watch, which continues its watch.jsonl
     _use_every_core(yolo)
