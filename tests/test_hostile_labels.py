@@ -61,13 +61,13 @@ def imports_kib() -> int:
     return measure_imports_kib()
 
 
-def dataset(root: Path, train: str = "images", val: str = "images") -> Path:
-    """images/p0.jpg, p1.jpg with labels/p1.txt one good row; p0's label is the test's to make."""
+def dataset(root: Path, train: str = "images", val: str = "images", n: int = 2) -> Path:
+    """images/p0.jpg ... p{n-1}.jpg with labels/p{n-1}.txt one good row; the others' labels are the test's to make."""
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
-    for i in range(2):
+    for i in range(n):
         (root / "images" / f"p{i}.jpg").write_bytes(jpeg_bytes(i))
-    (root / "labels" / "p1.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "labels" / f"p{n - 1}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
     yaml = root / "data.yaml"
     yaml.write_text(f"path: {root}\ntrain: {train}\nval: {val}\nnc: 2\nnames: [crack, dent]\n")
     return yaml
@@ -260,19 +260,12 @@ def test_training_leaves_out_a_photo_whose_label_is_not_a_regular_file(tmp_path)
     background, silently ("4 backgrounds"); its dataset view now leaves each out with one line, as check errs."""
     from pipeline.data.dataset_view import stage_dataset
 
-    root = tmp_path / "ds"
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    for i in range(5):
-        (root / "images" / f"p{i}.jpg").write_bytes(jpeg_bytes(i))
-    (root / "labels" / "p4.txt").write_text("0 0.5 0.5 0.2 0.2\n")
-    labels = root / "labels"
+    yaml = dataset(tmp_path / "ds", n=5)
+    labels = tmp_path / "ds" / "labels"
     (labels / "p0.txt").symlink_to("/dev/zero")
     os.mkfifo(labels / "p1.txt")
     (labels / "p2.txt").mkdir()
     (labels / "p3.txt").symlink_to(tmp_path / "gone.txt")
-    yaml = root / "data.yaml"
-    yaml.write_text(f"path: {root}\ntrain: images\nval: images\nnc: 2\nnames: [crack, dent]\n")
     view = stage_dataset(yaml, tmp_path / "run" / "dataset")
     bad = sorted({str(e.path) for e in view.errors})
     assert bad == [str(labels / f"p{i}.txt") for i in range(4)]
