@@ -459,6 +459,13 @@ def _resume(out: Path, trust: bool, counter: BatchCounter, changes: dict, callba
             raise InputError(last, weights_error(last, e, trust)) from None
     if not isinstance(ckpt, dict) or ckpt.get("optimizer") is None or ckpt.get("epoch", -1) < 0:
         raise InputError(last, "nothing to resume: this run finished (or last.pt holds no optimizer state)")
+    # a resume rewrites args.yaml and results.csv: only the run's own, unchanged since, may be replaced. (last.pt
+    # is the resume's input, whatever folder it was copied from; a run folder older than its list is let be.)
+    listed = ledger_for(out / "args.yaml")
+    for name in ("args.yaml", "results.csv"):
+        if listed is not None and listed.files and (out / name).exists() and not is_ours(out / name):
+            raise InputError(out / name, "changed since this run wrote it, or no cardamage run wrote it: a resume "
+                                         "would replace it; put the run's own back, or start a new run")
     left_out = []
     if (out / "dataset" / "data.yaml").is_file():
         data = own_view(out / "dataset")
@@ -468,13 +475,6 @@ def _resume(out: Path, trust: bool, counter: BatchCounter, changes: dict, callba
             raise InputError(last, "cannot resume: the checkpoint names no dataset")
         view = stage_dataset(source, out / "dataset", on_error=on_error)
         data, left_out = view.data_yaml, view.errors
-    # a resume rewrites args.yaml and results.csv: only the run's own, unchanged since, may be replaced. (last.pt
-    # is the resume's input, whatever folder it was copied from; a run folder older than its list is let be.)
-    listed = ledger_for(out / "args.yaml")
-    for name in ("args.yaml", "results.csv"):
-        if listed is not None and listed.files and (out / name).exists() and not is_ours(out / name):
-            raise InputError(out / name, "changed since this run wrote it, or no cardamage run wrote it: a resume "
-                                         "would replace it; put the run's own back, or start a new run")
     yolo = load_model(last, trust=trust)
     _watch_trainer_files(yolo)
     yolo.add_callback("on_train_batch_start", counter.on_batch)
