@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -34,7 +36,7 @@ from pipeline.core.errors import InputError, one_line, warn_input  # noqa: F401
 from pipeline.core.files import check_regular_file, os_reason
 # what the project wrote: defined apart (one job per module), re-exported for the commands that name files
 from pipeline.core.owned import (  # noqa: F401
-    GENERATOR_KEY, WRITTEN_LIST, is_ours, ledger_for, note_written, stamp, written_by, written_list)
+    GENERATOR_KEY, WRITTEN_LIST, is_ours, ledger_for, note_written, resolved, stamp, written_by, written_list)
 # photos in: defined apart (one job per module), re-exported here where most callers import them
 from pipeline.core.photo import (  # noqa: F401
     READ_FORMATS, check_pixels, native_stderr, pil_open, quiet_training_reads, read_image, shrink, validate_image,
@@ -111,12 +113,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _real(path: str | os.PathLike) -> Path:
-    """``path`` with ``~`` and every link resolved; a symlink loop stays a path (``Path.resolve`` raises
-    RuntimeError for one) and is named by whatever then opens it."""
-    return Path(os.path.realpath(Path(path).expanduser()))
-
-
 def check_output(out: str | os.PathLike, inputs=(), not_inside=()) -> Path:
     """Refuse, before any work, an output that could touch the user's input; return ``out`` as a Path.
 
@@ -128,15 +124,15 @@ def check_output(out: str | os.PathLike, inputs=(), not_inside=()) -> Path:
         InputError: one line naming ``out`` and the input it would touch.
     """
     out = Path(out)
-    target = _real(out)
+    target = resolved(out)
     for item in inputs:
-        source = _real(item)
+        source = resolved(item)
         if source == target or target in source.parents:
             verb = "is" if source == target else "holds"
             raise InputError(out, f"output {verb} an input ({item}); results would mix with or overwrite it: "
                                   "choose another output folder")
     for folder in not_inside:
-        folder_r = _real(folder)
+        folder_r = resolved(folder)
         if folder_r == target or folder_r in target.parents:
             raise InputError(out, f"output lies inside input folder {folder}, which is read recursively: "
                                   "choose a folder outside it")
@@ -204,7 +200,7 @@ def check_output_file(out: str | os.PathLike, inputs=(), suffix: str = ".json", 
     if out.is_dir():
         raise InputError(out, "is a folder; expected a file name to write")
     for item in inputs:
-        if Path(item).exists() and _real(item) == _real(out):
+        if Path(item).exists() and resolved(item) == resolved(out):
             raise InputError(out, f"is an input of this command ({item}); choose another file name")
     if out.suffix.lower() != suffix:
         raise InputError(out, f"expected a file name ending in {suffix} (this command writes {suffix[1:].upper()})")
@@ -380,9 +376,6 @@ MAX_GLOB = 1_000_000
 
 def _glob(pattern: str) -> tuple[list[Path], InputError | None]:
     """The files ``pattern`` matches (``**`` recursive), sorted, or an error past ``MAX_GLOB`` paths."""
-    import glob
-    import itertools
-
     found = list(itertools.islice(glob.iglob(pattern, recursive=True), MAX_GLOB + 1))
     if len(found) > MAX_GLOB:
         return [], InputError(pattern, f"glob reaches more than {MAX_GLOB:,} paths: name a narrower one")
@@ -447,7 +440,7 @@ def expand_sources(sources: list[str], globs: bool = True) -> tuple[list[Path], 
         else:
             errors.append(InputError(p, "file not found"))
     seen: set[Path] = set()
-    real = [_real(f) for f in files]
+    real = [resolved(f) for f in files]
     unique = [f for f, r in zip(files, real) if not (r in seen or seen.add(r))]
     return unique, errors
 

@@ -29,8 +29,9 @@ from pipeline.core.errors import InputError
 from pipeline.core.files import os_reason
 
 
-def _real(path: str | os.PathLike) -> Path:
-    """``path`` with ``~`` and every link resolved (a loop stays a path)."""
+def resolved(path: str | os.PathLike) -> Path:
+    """``path`` with ``~`` and every link resolved; a symlink loop stays a path (``Path.resolve`` raises
+    RuntimeError for one) and is named by whatever then opens it."""
     return Path(os.path.realpath(Path(path).expanduser()))
 
 
@@ -108,7 +109,7 @@ class _Ledger:
     """What cardamage wrote into one output folder, read at the start of a run and appended to at each write."""
 
     def __init__(self, folder: Path, overwrite: bool):
-        self.folder, self.real, self.overwrite = folder, _real(folder), overwrite
+        self.folder, self.real, self.overwrite = folder, resolved(folder), overwrite
         self.named = Path(os.path.abspath(folder))  # as the user named it, links not followed
         self.lock = threading.Lock()
         self.files: dict[str, tuple[int, int, int, str | None]] = {}
@@ -134,7 +135,7 @@ class _Ledger:
                 self.files[rec[0]] = rec[1:]
 
     def rel(self, path: Path) -> str:
-        return os.path.relpath(_real(path.parent) / path.name, self.real)
+        return os.path.relpath(resolved(path.parent) / path.name, self.real)
 
     def ours(self, path: Path) -> bool:
         """Whether ``path`` is a regular file a cardamage command wrote here and nobody changed since (or,
@@ -222,7 +223,7 @@ def ledger_for(path: Path) -> _Ledger | None:
     """
     if not _LEDGERS:
         return None
-    parent = _real(path.parent)
+    parent = resolved(path.parent)
     named = Path(os.path.abspath(path.parent))
     with _LEDGERS_LOCK:
         for folder in (parent, *parent.parents):
