@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from ultralytics.nn import tasks
 from pipeline.cli import main
 from pipeline.core.io import READ_FORMATS, InputError
 from pipeline.core.yamlfile import MAX_YAML_DEPTH
-from pipeline.model.load import (MAX_ACTIVATIONS, MAX_PARAMETERS, PROBE_SIZE, YOLOV8X_ACTIVATIONS, load_model,
+from pipeline.model.load import (MAX_TENSOR, MAX_ACTIVATIONS, MAX_PARAMETERS, PROBE_SIZE, YOLOV8X_ACTIVATIONS, load_model,
                                  model_yaml_parameters)
 from test_trust import cli, jpeg_bytes, one_error_line, photos, weights  # noqa: F401 - fixtures
 
@@ -214,8 +215,11 @@ def test_yolov8x_stride_probe_activations_by_the_meta_method():
     cfg = tasks.yaml_model_load("yolov8x.yaml")
     with torch.device("meta"):
         model, save = tasks.parse_model(copy.deepcopy(cfg), ch=3, verbose=False)
-    assert probe_activations("yolov8x.yaml", model, save, 3) == YOLOV8X_ACTIVATIONS
+    acts, largest, _ = probe_activations("yolov8x.yaml", model, save, 3)
+    assert acts == YOLOV8X_ACTIVATIONS
     assert MAX_ACTIVATIONS >= 3 * YOLOV8X_ACTIVATIONS and PROBE_SIZE == 256
+    # its largest tensor: the 320-channel C2f concat at stride 4 (80 * 4 channels, 64 x 64), far under the bound
+    assert largest == 320 * 64 * 64 * 5 // 4 == 1_638_400 and MAX_TENSOR >= 50 * largest
     for spec in ("yolov8n.yaml", "yolov8x.yaml", "yolov8x-p6.yaml", "yolo11x.yaml"):  # all still build
         model_yaml_parameters(spec, 6)
 
@@ -496,3 +500,28 @@ def test_weights_that_are_not_a_regular_file_say_why(kind, tmp_path, photos):  #
     with pytest.raises(InputError) as e:
         load_model(path)
     assert str(e.value) == f"{path}: {reason}"
+
+
+@pytest.mark.parametrize("layer, where, values", [
+    ("nn.LocalResponseNorm, [1000000]", "layer 1 (LocalResponseNorm)", (16 + 500_000 + 499_999) * 128 * 128),
+    ("C2PSA, [16]", "layer 1 (C2PSA)", None),
+])
+def test_a_layer_whose_inside_blows_up_is_refused_on_the_meta_device(layer, where, values, tmp_path, monkeypatch):
+    """Outputs were counted, a layer's insides not: nn.LocalResponseNorm(10**6) pads its input by a million
+    channels, an attention block at stride 2 makes a (pixels x pixels) matrix: 8+ GB in the real stride probe
+    from a 1 KB YAML (sixth hostile retest). The largest tensor any step makes is bounded too, the layer named."""
+    import pipeline.model.load as load
+
+    spec = tmp_path / "inside.yaml"
+    spec.write_text("nc: 6\nbackbone:\n  - [-1, 1, Conv, [16, 3, 2]]\n  - [-1, 1, " + layer + "]\n"
+                    "  - [-1, 1, Conv, [16, 3, 2]]\n  - [-1, 1, Conv, [16, 3, 2]]\nhead:\n  - [[1, 2, 3], 1, Detect, [nc]]\n")
+    monkeypatch.setattr(load, "YOLO", lambda *a, **k: pytest.fail("Ultralytics built a refused model"))
+    with pytest.raises(InputError) as e:
+        load_model(spec, nc=6)
+    found = re.search(r"makes one tensor of ([\d,]+) values inside (.+?), over the budget of ([\d,]+) a tensor", str(e.value))
+    assert found and found.group(2) == where and int(found.group(3).replace(",", "")) == MAX_TENSOR
+    n = int(found.group(1).replace(",", ""))
+    if values is not None:
+        assert n == values  # the squared input padded by size // 2 and (size - 1) // 2 channels, as torch pads it
+    else:  # 128 x 128 = 16,384 tokens: the attention matrix alone is 16,384^2 per head
+        assert n >= 128 ** 4 > MAX_TENSOR

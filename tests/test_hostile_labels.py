@@ -250,9 +250,21 @@ def test_a_list_line_is_a_name_not_a_pattern(tmp_path):
     old, io.MAX_GLOB = io.MAX_GLOB, 50
     try:
         files, errors = io.expand_sources(["/proc/self/**"])
+        # a walk matching nothing counts too (sixth hostile retest: '/proc/**/*.jpg' walked for minutes)
+        deep = tmp_path / "deep"
+        for i in range(60):
+            (deep / f"d{i}").mkdir(parents=True)
+        walked, walk_errors = io.expand_sources([f"{deep}/**/*.jpg"])
+        narrow, narrow_errors = io.expand_sources([f"{tmp_path}/**/a.jpg"])  # 60 folders, 64 paths: over 50
+        io.MAX_GLOB = 100
+        kept, kept_errors = io.expand_sources([f"{tmp_path}/**/a.jpg"])
     finally:
         io.MAX_GLOB = old
-    assert files == [] and "glob reaches more than 50 paths" in str(errors[0])
+    assert files == [] and "glob walks more than 50 paths" in str(errors[0])
+    assert walked == [] and [str(e) for e in walk_errors] == [f"{deep}/**/*.jpg: glob walks more than 50 paths: "
+                                                              "name a narrower one"]
+    assert narrow == [] and len(narrow_errors) == 1
+    assert kept == [tmp_path / "a.jpg"] and kept_errors == []
 
 
 def test_training_leaves_out_a_photo_whose_label_is_not_a_regular_file(tmp_path):

@@ -151,23 +151,26 @@ def test_explorer_answers_thin_photos_with_images_never_500(thin):
 
 
 # ------------------------------------------------------------------------------------- pixel limit
-@pytest.mark.parametrize("fmt, mode", [("GIF", "P"), ("PPM", "I;16"), ("PPM", "RGB")])
-def test_a_format_without_a_measured_decode_counts_at_twice_a_photos(fmt, mode, tmp_path, monkeypatch):
+@pytest.mark.parametrize("fmt, mode", [("GIF", "P"), ("PPM", "I;16"), ("PPM", "RGB"), ("PPM", "I")])
+def test_a_format_outside_the_read_list_is_refused_by_its_content(fmt, mode, tmp_path, monkeypatch):
     """A 150 MP GIF, or a 144 MP 16-bit PGM or float PFM, named .jpg peaked above a 150 MP JPEG (fifth hostile
-    retest): any format whose decode was not measured counts at twice an 8-bit photo's bytes, so 0.6 MP of it is
-    refused under a 1 MP limit that passes the same JPEG, with the reason named."""
-    from pipeline.core.photo import UNMEASURED_DECODE_BYTES, PHOTO_DECODE_BYTES
+    retest), and Pillow checks a 16-bit PPM in Python at seconds a megapixel (sixth): a format outside the list
+    the refusal names is refused from its header, no pixel decoded, whatever the file is called."""
+    from pipeline.core.photo import MEASURED_FORMATS, READ_FORMATS
 
-    assert UNMEASURED_DECODE_BYTES == 2 * PHOTO_DECODE_BYTES
-    img = PIL.Image.new(mode, (1000, 600))
+    img = PIL.Image.new(mode, (4000, 3000))  # 12 MP: seconds for Pillow's Python decoder of a 16-bit PPM
     odd = tmp_path / "odd.jpg"  # named .jpg: the content decides
     img.save(odd, format=fmt)
-    ok = atomic_write_image(tmp_path / "ok.jpg", noise(600, 1000))
-    monkeypatch.setenv(runtime.MAX_PIXELS_ENV, "1000000")
-    validate_image(ok)
+    found = PIL.Image.open(odd).format
+    assert found not in MEASURED_FORMATS
+    validate_image(atomic_write_image(tmp_path / "ok.jpg", noise(600, 1000)))
+    loads = []
+    real_load = PIL.Image.Image.load
+    monkeypatch.setattr(PIL.Image.Image, "load", lambda im: loads.append(im.format) or real_load(im))
     with pytest.raises(InputError) as e:
         validate_image(odd)
-    assert f"0.6 megapixels of {PIL.Image.open(odd).format} (a format counted at twice" in str(e.value)
+    assert loads == []  # refused from the header: Pillow's decoder never ran
+    assert str(e.value) == f"{odd}: {found} image: not a format this project reads (formats read: {READ_FORMATS})"
 
 
 def test_the_pixel_limit_is_read_from_the_header(tmp_path, monkeypatch):

@@ -45,6 +45,9 @@ def test_one_line_escapes_only_what_could_break_a_line():
     e = InputError(name, f"cannot open {name}")
     assert "\n" not in str(e) and "\x1b" not in str(e) and str(e).count(one_line(name)) == 2
     assert e.path == name  # the raw name stays available to JSON reports
+    # zero-width characters make two names look alike (sixth hostile retest): escaped, each as repr writes it
+    hidden = "car\u200b\u200c\u200d\u2060\ufeff.jpg"
+    assert one_line(hidden) == "car" + "".join(repr(c)[1:-1] for c in hidden[3:-4]) + ".jpg" != hidden
 
 
 def test_a_photo_name_cannot_forge_an_error_line(weights, tmp_path):
@@ -280,6 +283,8 @@ RECIPE = "epochs: 1\nimgsz: 64\nbatch: 4\nworkers: 0\n"
     ("batch: 1.5", "batch: must be an integer >= 1, -1 (auto), or a fraction of GPU memory in (0, 1), not 1.5"),
     ("model: 7", "model: must name a model YAML or a weights file, not '7' (int)"),
     ("model: [a, b]", "model: must name a model YAML or a weights file, not \"['a', 'b']\" (list)"),
+    ('model: "a\\nINFO forged.yaml"', r"model: a\nINFO forged.yaml holds a control, line-break or bidirectional "
+                                      "character: choose a plainer name"),
     ("compile: true", "compile: True is not supported: this project does not train compiled models (its probes "
                       "and the film hook the modules that torch.compile replaces)"),
 ])
@@ -687,3 +692,142 @@ def test_a_resume_keeps_a_trainer_file_edited_since(interrupted, tmp_path, capsy
     assert main(["train", "--resume", "--out", str(copy)]) == 1
     assert f"error: {copy / 'args.yaml'}: changed since this run wrote it" in one_error_line(capsys.readouterr().err)
     assert (copy / "args.yaml").read_text() == before
+
+
+# ------------------------------------------------------------------------- sixth hostile retest
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_train_never_removes_a_dataset_folder_of_the_users(kind, synth_data, tmp_path, capsys):
+    """OUT/dataset is where training puts its view of the dataset, replaced whole: a folder of the user's there
+    (notes, a real dataset) was deleted. A file that is not part of a view is refused, before any work."""
+    out = tmp_path / "run"
+    mine = out / "dataset" / "notes.txt" if kind == "folder" else out / "dataset"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("MINE\n")
+    argv = ["train", "--data", str(synth_data), "--out", str(out), "--epochs", "1", "--imgsz", "64"]
+    assert main(argv) == 1
+    assert one_error_line(capsys.readouterr().err).startswith(f"error: {mine}: is not ")
+    assert mine.read_text() == "MINE\n" and sorted(p.name for p in out.iterdir()) == ["dataset"]
+    assert main([*argv, "--overwrite"]) == 1 and mine.read_text() == "MINE\n"  # --overwrite is for run files only
+    capsys.readouterr()
+
+
+def test_a_view_of_the_projects_own_is_recognised_for_replacing(tmp_path):
+    """What a view holds passes (links, its listed yaml, label caches); an unlisted data.yaml does not."""
+    from pipeline.core.io import atomic_write_text, output_folder
+    from pipeline.data.dataset_view import check_view_folder
+
+    out = tmp_path / "run"
+    with output_folder(out):
+        view = out / "dataset"
+        atomic_write_text(view / "data.yaml", "path: x\n")
+        (view / "train" / "images").mkdir(parents=True)
+        (view / "train" / "images" / "a.jpg").symlink_to(tmp_path / "nowhere.jpg")
+        (view / "train" / "labels.cache").write_bytes(b"cache")
+        check_view_folder(view)
+        (view / "data.yaml").write_text("path: edited\n")
+        with pytest.raises(InputError, match="data.yaml: is not part of a dataset view"):
+            check_view_folder(view)
+
+
+def test_atlas_refuses_a_crops_link_leading_out_before_its_dataset_pass(weights, photo, tmp_path, capsys,
+                                                                         monkeypatch):
+    """OUT/crops -> elsewhere: the atlas ran its whole pass, made elsewhere/model.0, then refused. Now one line
+    before the pass, and nothing made where the link points."""
+    import pipeline.cli.atlas as cli_atlas
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "atlas"
+    out.mkdir()
+    (out / "crops").symlink_to(elsewhere)
+    monkeypatch.setattr(cli_atlas, "build_atlas", lambda *a, **k: pytest.fail("the pass ran"))
+    assert main(["atlas", "--weights", str(weights), str(photo), "--out", str(out), "--imgsz", "64"]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "leads out of the output folder" in line and "crops" in line
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_make_folder_never_creates_through_a_link_leading_out(tmp_path):
+    from pipeline.core.io import make_folder, output_folder
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "crops").symlink_to(elsewhere)
+    with output_folder(out) as o:
+        with pytest.raises(InputError, match="leads out of the output folder"):
+            make_folder(o / "crops" / "model.0")
+        assert make_folder(o / "inside" / "model.0").is_dir()
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_report_checks_its_page_before_drawing_any_figure(weights, photo, tmp_path, capsys):
+    """A report.html of the user's in --out was refused only after every figure was drawn into report_files/."""
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "report.html").write_text("MINE")
+    assert main(["report", "--weights", str(weights), str(photo), "--out", str(out),
+                 "--imgsz", "64"]) == 1
+    assert "report.html: is a file cardamage did not write" in one_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in out.iterdir()) == ["report.html"] and (out / "report.html").read_text() == "MINE"
+
+
+@pytest.mark.slow
+def test_a_resume_accepts_its_results_one_row_ahead_of_their_note(interrupted, tmp_path):
+    """Killed between the trainer's append to results.csv and the note after it, the run's own file was refused
+    as changed. A file that is the noted bytes plus appended rows is the run's own."""
+    copy = _copy(interrupted, tmp_path / "copy")
+    with open(copy / "results.csv", "a") as f:
+        f.write("1,2.5,0.1\n")  # a row the note did not see
+    assert main(["train", "--resume", "--out", str(copy)]) == 0
+
+
+def test_a_results_file_replaced_while_training_gets_no_row(synth_data, tmp_path):
+    """The trainer opens results.csv by name and appends: a file put there mid-run (the user's) got the run's
+    rows. The append is refused, the run stops with one line, and the file is kept as it was."""
+    from pipeline.model.train import train
+
+    out = tmp_path / "run"
+
+    def plant(trainer):
+        (out / "results.csv").write_text("MINE\n")
+
+    with pytest.raises(InputError, match="results.csv: was replaced or changed while the run trained"):
+        train(synth_data, out, epochs=1, imgsz=64, batch=8, nbs=8, workers=0, device="cpu", val=False, seed=0,
+              callbacks={"on_train_epoch_end": plant})
+    assert (out / "results.csv").read_text() == "MINE\n"
+
+
+@pytest.mark.parametrize("text, said", [("{oops", "not JSON: Expecting property name enclosed in double quotes: line 1 "
+                                                  "column 2 (char 1)"),
+                                        ("[1, 2]", "a JSON list, not an object")])
+def test_a_damaged_ray_run_file_says_what_is_wrong(text, said, tmp_path):
+    """A Ray run folder's run.json that is not a settings object was refused as only "(ValueError)", or crashed."""
+    from pipeline.scale.predict import RUN_FILE, read_shards
+
+    (tmp_path / RUN_FILE).write_text(text)
+    with pytest.raises(InputError) as e:
+        read_shards(tmp_path, {"conf": 0.25})
+    assert str(e.value) == (f"{tmp_path / RUN_FILE}: cannot read the earlier run's settings ({said}): delete this "
+                            "folder or choose another output folder")
+
+
+def test_an_edit_of_the_same_size_with_its_time_set_back_is_the_users(tmp_path):
+    """An edit keeping the size, its mtime restored (``touch -d``), passed as the run's own file: the list's quick
+    check now uses the ctime, which no user call sets back, and the digest decides."""
+    from pipeline.core.io import atomic_write_text, is_ours, output_folder
+
+    out = tmp_path / "o"
+    with output_folder(out) as o:
+        atomic_write_text(o / "a.txt", "ours\n")
+        st = os.stat(o / "a.txt")
+        assert is_ours(o / "a.txt")
+        with open(o / "a.txt", "r+") as f:  # same inode, same size
+            f.write("MINE")
+        os.utime(o / "a.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert os.stat(o / "a.txt").st_mtime_ns == st.st_mtime_ns and not is_ours(o / "a.txt")
+        (o / "a.txt").write_text("ours\n")  # the very bytes again: the digest says it is the run's
+        assert is_ours(o / "a.txt")

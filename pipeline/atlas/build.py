@@ -16,12 +16,11 @@ Examples:
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from pipeline.analysis.atlas import IOU_FLOOR, QUANTILE, AtlasPass, atlas_sources
 from pipeline.atlas.crops import write_crops
 from pipeline.atlas.page import write_pages
-from pipeline.core.io import InputError, atomic_write_json
+from pipeline.core.io import InputError, atomic_write_json, make_folder
 from pipeline.core.runtime import progress_bar
 from pipeline.model.load import detection_model
 
@@ -78,8 +77,7 @@ def build_atlas(yolo, sources, out, imgsz: int = 640, k: int = 9, limit: int | N
         raise InputError(" ".join(map(str, sources)), f"no photo could be read ({len(errors)} errors)")
     doc = {"weights": _weights_name(yolo), "imgsz": imgsz,
            **atlas.finish(photos, quantile=quantile, iou_floor=iou_floor), "errors": [str(e) for e in errors]}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out)
     crops = write_crops(doc, out, on_error=on_error)
     pages = write_pages(doc, out)
     doc["seconds"] = round(time.perf_counter() - t0, 3)

@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.core.io import InputError, atomic_write_bytes, read_image
+from pipeline.core.io import InputError, atomic_write_bytes, make_folder, read_image
 from pipeline.probe.receptive_field import to_photo_many
 
 TILE = 48
@@ -124,8 +124,7 @@ def write_crops(doc: dict, out_dir, on_error=None) -> int:
             for (li, c, slot, e), centre in zip(wanted[ph], centres):
                 tables[li][c, slot] = crop_tile(pixels, e["box_xyxy"], centre[:2])
         for li, path in enumerate(layers):
-            folder = out_dir / "crops" / path
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = make_folder(out_dir / "crops" / path)  # never through a link leading out of the atlas
             for ch in doc["layers"][path]["channels"]:
                 n = len(ch["top"])
                 if not n:

@@ -53,7 +53,9 @@ def run(args) -> int:
     yolo = load_model(args.weights, nc=len(CLASS_NAMES), trust=args.trust_weights)
     imgsz = trained_imgsz(yolo, args.imgsz)
     weights = [args.weights] if Path(args.weights).is_file() else []
-    with output_folder(args.out, inputs=[*input_paths(args.sources), *weights], overwrite=args.overwrite):
+    # its files and its crops' folder are checked before the dataset pass, not after it
+    with output_folder(args.out, inputs=[*input_paths(args.sources), *weights], overwrite=args.overwrite,
+                       names=["atlas.json", "index.html"], folders=["crops"]):
         res = build_atlas(yolo, args.sources, args.out, imgsz=imgsz, k=args.top, limit=args.limit, layers=args.layers,
                           on_error=report, parts=parts)
     b = res["bytes"]

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from pipeline.cli.options import add_overwrite, add_trust_weights, image_size, positive_int, probability
 from pipeline.core.io import InputError, input_paths, one_line, output_folder
-from pipeline.report.page import write_report
+from pipeline.report.page import FILES, write_report
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,7 +66,9 @@ def run(args) -> int:
         raise InputError(args.image, "file not found")
     inputs = [args.image, *([args.weights] if Path(args.weights).is_file() else []), *input_paths(args.stats_over or [])]
     failed: list[InputError] = []
-    with output_folder(args.out, inputs=inputs, overwrite=args.overwrite):
+    # the page, its numbers and its folder are checked before the work: a refusal leaves no half-written figures
+    with output_folder(args.out, inputs=inputs, overwrite=args.overwrite,
+                       names=["report.html", f"{FILES}/report.json"], folders=[FILES]):
         path = write_report(args.weights, args.image, args.out, imgsz=args.imgsz, conf=args.conf,
                             grad_imgsz=args.grad_imgsz, grad_batch=args.grad_batch, seed=args.seed,
                             layercam=not args.no_layercam, stats_over=args.stats_over, stats_limit=args.stats_limit,

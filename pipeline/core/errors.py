@@ -27,8 +27,10 @@ import warnings
 
 # C0 and C1 controls and DEL (newline, carriage return, ANSI escape), Unicode's own line and paragraph
 # separators, the bidirectional overrides that reorder what a terminal shows, and lone surrogates (an
-# undecodable byte in a file name, which a strict UTF-8 stdout could not even encode).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+# undecodable byte in a file name, which a strict UTF-8 stdout could not even encode), and the zero-width
+# characters that make two names look the same (a space, joiners, the word joiner, a byte-order mark).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200b-\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff"
+                     "\ud800-\udfff]")
 
 
 def one_line(text) -> str:

@@ -212,14 +212,15 @@ def check_output_file(out: str | os.PathLike, inputs=(), suffix: str = ".json", 
 
 @contextlib.contextmanager
 def output_folder(out: str | os.PathLike, inputs=(), not_inside=(), overwrite: bool = False,
-                  names=()) -> Iterator[Path]:
+                  names=(), folders=()) -> Iterator[Path]:
     """Check ``out`` (``check_output``), create it, prove it writable, and lock it while a command writes.
 
     While it is open, a file the command writes into it (through ``atomic_path``) may replace only a file a
     cardamage command wrote there before and nobody changed since (its ``WRITTEN_LIST``): a user's own
     ``detections.json``, photo or symbolic link of the same name is refused with one line, unless
     ``overwrite`` (``--overwrite``). ``names`` (relative to ``out``) are the files the command knows it will
-    write: they are checked at once, before the work.
+    write, and ``folders`` the subfolders it writes into (``crops``, ``report_files``): they are checked at
+    once, before the work (a file of the user's, a link leading out of ``out``).
 
     The lock is an ``flock`` on the folder itself: the kernel drops it when the process ends, so a
     killed run never leaves a folder stuck, and a second run into the same folder at the same time is
@@ -248,13 +249,31 @@ def output_folder(out: str | os.PathLike, inputs=(), not_inside=(), overwrite: b
             tempfile.TemporaryFile(dir=out).close()  # read-only or full: one line now, not after the work
         except OSError as e:
             raise InputError(out, f"cannot write here ({os_reason(e)})") from None
-        with written_list(out, overwrite, names, compact=True):
+        with written_list(out, overwrite, names, compact=True, folders=folders):
             yield out
     finally:
         os.close(fd)  # releases the flock
         if created:
             with contextlib.suppress(OSError):
                 out.rmdir()  # only succeeds if empty
+
+
+def make_folder(path: str | os.PathLike) -> Path:
+    """Create the folder ``path`` (and its parents) for a command's output, and return it.
+
+    Inside an open output folder, a folder reached through a symbolic link leading out of it is refused before
+    anything is created there (``ledger_for``), as a file written there would be.
+
+    Raises:
+        InputError: the folder leads out of the output folder, or cannot be created (one line, naming it).
+    """
+    path = Path(path)
+    ledger_for(path / "-")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(path, _write_reason(path, e).replace("cannot write", "cannot create the folder")) from None
+    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -369,16 +388,35 @@ def read_list(path: Path) -> list[str]:
     return [n if Path(n).is_absolute() else str(path.parent / n) for n in names]
 
 
-#: The most paths one glob may walk past: a quoted ``'/**'`` would otherwise list a whole file system (and
-#: ``/proc/self/**`` never ends). COCO's train2017 is 118,287 photos.
+#: The most paths one glob may match, or walk past below a ``**``: a quoted ``'/**'`` would otherwise list a whole
+#: file system (and ``/proc/self/**`` never ends). COCO's train2017 is 118,287 photos.
 MAX_GLOB = 1_000_000
+
+
+def _walks_too_far(pattern: str) -> bool:
+    """Whether a ``**`` in ``pattern`` would walk past ``MAX_GLOB`` paths below its fixed part (``/proc`` in
+    ``/proc/**/*.jpg``). The glob itself counts only what matches, so a walk of a whole file system matching
+    nothing ran for minutes; here every entry walked counts, links followed as ``**`` follows them."""
+    if "**" not in pattern:
+        return False
+    parts = Path(pattern).parts
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    root = Path(*parts[:fixed]) if fixed else Path(".")
+    seen = 0
+    for _, dirs, files in os.walk(root, followlinks=True):
+        seen += len(dirs) + len(files)
+        if seen > MAX_GLOB:
+            return True
+    return False
 
 
 def _glob(pattern: str) -> tuple[list[Path], InputError | None]:
     """The files ``pattern`` matches (``**`` recursive), sorted, or an error past ``MAX_GLOB`` paths."""
+    if _walks_too_far(pattern):
+        return [], InputError(pattern, f"glob walks more than {MAX_GLOB:,} paths: name a narrower one")
     found = list(itertools.islice(glob.iglob(pattern, recursive=True), MAX_GLOB + 1))
     if len(found) > MAX_GLOB:
-        return [], InputError(pattern, f"glob reaches more than {MAX_GLOB:,} paths: name a narrower one")
+        return [], InputError(pattern, f"glob walks more than {MAX_GLOB:,} paths: name a narrower one")
     return sorted(Path(f) for f in found if Path(f).is_file()), None
 
 

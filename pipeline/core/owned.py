@@ -71,7 +71,7 @@ def written_by(path: str | os.PathLike, generator: str) -> bool:
 
 
 #: In every output folder, the files cardamage commands wrote there: a JSON line per write, ``[path relative
-#: to the folder, size, mtime_ns, inode, BLAKE2b of the bytes or null]``. A later run replaces a file only
+#: to the folder, size, ctime_ns, inode, BLAKE2b of the bytes or null]``. A later run replaces a file only
 #: while it is the same file untouched since, or, in a copied folder (new inodes and times), has the same
 #: bytes; anything else in the folder is the user's and is never replaced without ``--overwrite``.
 WRITTEN_LIST = ".cardamage-written"
@@ -91,7 +91,7 @@ _LINE = re.compile(rb'\[("(?:[^"\\]|\\.){1,4096}"), (\d{1,20}), (\d{1,20}), (\d{
 
 
 def _record(line: bytes):
-    """``(rel, size, mtime_ns, inode, digest)`` of one line of the list, or None for anything else (a torn, edited
+    """``(rel, size, ctime_ns, inode, digest)`` of one line of the list, or None for anything else (a torn, edited
     or hostile line: that file is simply not known to be ours). Matched by shape first, so a line nested 100,000
     deep or a number of 1e999 is refused, not parsed."""
     m = _LINE.fullmatch(line.strip())
@@ -147,10 +147,31 @@ class _Ledger:
         rec = self.files.get(self.rel(path))
         if rec is None or not stat.S_ISREG(st.st_mode) or rec[0] != st.st_size:
             return False
-        if rec[1:3] == (st.st_mtime_ns, st.st_ino):
+        if rec[1:3] == (st.st_ctime_ns, st.st_ino):  # ctime: an edit's mtime can be set back (touch -d), not it
             return True
         try:
             return rec[3] is not None and _digest(path) == rec[3]
+        except OSError:
+            return False
+
+    def grown(self, path: Path) -> bool:
+        """Whether ``path`` is a file this run wrote with lines appended since it was noted: its first bytes
+        are the very bytes noted (a log the trainer appends to, noted after each append: a kill between the
+        two leaves the file one line ahead of its note)."""
+        rec = self.files.get(self.rel(path))
+        try:
+            st = os.lstat(path)
+            if rec is None or rec[3] is None or not stat.S_ISREG(st.st_mode) or st.st_size < rec[0]:
+                return False
+            with open(path, "rb") as f:
+                h, left = hashlib.blake2b(), rec[0]
+                while left:
+                    piece = f.read(min(left, 1 << 20))
+                    if not piece:
+                        return False
+                    h.update(piece)
+                    left -= len(piece)
+            return h.hexdigest() == rec[3]
         except OSError:
             return False
 
@@ -165,7 +186,7 @@ class _Ledger:
         """Note ``path`` (just written) as ours: one line appended, so a killed run still knows its files."""
         st = os.stat(path)
         rel = self.rel(path)
-        rec = (st.st_size, st.st_mtime_ns, st.st_ino, _digest(path) if st.st_size <= DIGEST_LIMIT else None)
+        rec = (st.st_size, st.st_ctime_ns, st.st_ino, _digest(path) if st.st_size <= DIGEST_LIMIT else None)
         line = json.dumps([rel, *rec]) + "\n"
         lst = self.folder / WRITTEN_LIST
         with self.lock:
@@ -252,16 +273,19 @@ def note_written(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def written_list(folder: str | os.PathLike, overwrite: bool = False, names=(), compact: bool = False) -> Iterator[_Ledger]:
+def written_list(folder: str | os.PathLike, overwrite: bool = False, names=(), compact: bool = False,
+                 folders=()) -> Iterator[_Ledger]:
     """While open, what ``atomic_path`` writes below ``folder`` may replace only files a cardamage run wrote there.
 
     ``output_folder`` opens it under the folder's lock; a Ray worker writing into the same folder for that run
     opens it too (its lines are appended, whole, to the same list). ``names`` (relative to ``folder``) are
-    checked at once: the files the command knows it will write. ``compact`` (only under the folder's lock,
-    where no other process appends) drops stale lines at the end.
+    checked at once: the files the command knows it will write; ``folders`` (relative too) the subfolders it
+    will write into, each checked not to lead out of ``folder`` through a link. ``compact`` (only under the
+    folder's lock, where no other process appends) drops stale lines at the end.
 
     Raises:
-        InputError: one of ``names`` is a file of the user's, a link, or changed since a run wrote it.
+        InputError: one of ``names`` is a file of the user's, a link, or changed since a run wrote it; one of
+            ``folders`` is a link (or lies below one) leading out of ``folder``.
     """
     ledger = _Ledger(Path(folder), overwrite)
     lst = Path(folder) / WRITTEN_LIST
@@ -273,6 +297,8 @@ def written_list(folder: str | os.PathLike, overwrite: bool = False, names=(), c
     try:
         for name in names:
             ledger.check(Path(folder) / name)
+        for sub in folders:
+            ledger_for(Path(folder) / sub / "-")  # raises for a link leading out, before the work
         yield ledger
     finally:
         with _LEDGERS_LOCK:

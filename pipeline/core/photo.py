@@ -100,11 +100,11 @@ AVIF_DECODE_BYTES = 20
 #: bytes a pixel of a WebP costs at its decode's peak, measured on 8000x8000 and 10000x10000 files (RGB and RGBA
 #: alike): libwebp's own RGBA and YUV planes beside OpenCV's BGR
 WEBP_DECODE_BYTES = 17
-#: The formats whose decode was measured at ``PHOTO_DECODE_BYTES`` or at their own cost above. Any other that
-#: decodes (GIF, PPM/PGM/PBM, PFM, ... even named .jpg) counts at ``UNMEASURED_DECODE_BYTES``: a 144 MP float PFM
-#: or 16-bit PGM, and a 150 MP GIF, each peaked above a 150 MP JPEG (fifth hostile retest).
+#: The formats a photo may be in (``READ_FORMATS``, as Pillow names them), each with its decode measured at
+#: ``PHOTO_DECODE_BYTES`` or at its own cost above. Any other Pillow decodes (GIF, PPM/PGM/PBM, PFM, ... even
+#: named .jpg) is refused by its content: a 144 MP float PFM or 16-bit PGM, and a 150 MP GIF, each peaked above a
+#: 150 MP JPEG (fifth hostile retest), and Pillow's check of a 16-bit PPM runs in Python at ~5 s a megapixel (sixth).
 MEASURED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "WEBP", "AVIF", "TIFF", "JPEG2000"})
-UNMEASURED_DECODE_BYTES = 2 * PHOTO_DECODE_BYTES
 #: bytes a file may hold beyond its pixels' (EXIF, XMP, ICC, an embedded preview): what is more is not a photo
 PHOTO_EXTRA_BYTES = 64 << 20
 
@@ -174,8 +174,6 @@ def decode_cost(path: str | os.PathLike, im: PIL.Image.Image) -> tuple[float, st
         return AVIF_DECODE_BYTES, "of AVIF"
     if im.format == "WEBP":
         return WEBP_DECODE_BYTES, "of WebP"
-    if im.format not in MEASURED_FORMATS:
-        return UNMEASURED_DECODE_BYTES, f"of {im.format} (a format counted at twice an 8-bit photo's cost)"
     return PHOTO_DECODE_BYTES, ""
 
 
@@ -278,6 +276,9 @@ def validate_image(path: str | os.PathLike) -> None:
         raise InputError(path, f"corrupt image: PNG chunk {one_line(bad_chunk)} fails its CRC check")
     try:
         with pil_open(path) as im:
+            if im.format not in MEASURED_FORMATS:  # by its content, whatever its name; nothing decoded yet
+                raise InputError(path, f"{one_line(im.format)} image: not a format this project reads (formats read: "
+                                       f"{READ_FORMATS})")
             check_pixels(path, im.width, im.height, *decode_cost(path, im))
             check_own_size(path, size, im.width * im.height)
             unreadable = _unreadable_samples(im)

@@ -30,7 +30,7 @@ from pathlib import Path, PurePath
 import yaml
 
 from pipeline.core.files import check_regular_file
-from pipeline.core.io import IMAGE_SUFFIXES, InputError, atomic_write_text, validate_image, warn_if_repaired
+from pipeline.core.io import IMAGE_SUFFIXES, InputError, atomic_write_text, is_ours, validate_image, warn_if_repaired
 from pipeline.core.yamlfile import read_yaml
 from pipeline.data.labels import check_names, dataset_splits, label_path, load_names, parse_label_text, read_label_text
 
@@ -93,8 +93,9 @@ def stage_dataset(data_yaml: str | Path, dest: str | Path, on_error=None, keep=T
     dest = Path(dest)
     splits = dataset_splits(data_yaml)
     names = load_names(data_yaml)
-    if dest.exists():
-        shutil.rmtree(dest)  # links only: an earlier view of (maybe) another version of the dataset
+    if os.path.lexists(dest):
+        check_view_folder(dest)
+        shutil.rmtree(dest)  # an earlier view of (maybe) another version of the dataset: links, its yaml, caches
     view = DatasetView(data_yaml=dest / "data.yaml")
     entries = {}
     for split, files in splits.items():
@@ -129,6 +130,34 @@ def stage_dataset(data_yaml: str | Path, dest: str | Path, on_error=None, keep=T
     atomic_write_text(view.data_yaml, f"# Training view of {Path(data_yaml).resolve()} (links; see pipeline/data/dataset_view.py)\n"
                       + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
     return view
+
+
+def check_view_folder(dest: str | Path) -> None:
+    """Refuse ``dest`` unless all it holds is a dataset view this project made, which training replaces whole.
+
+    A view holds links (to the user's files: removing a link leaves its target), folders, its ``data.yaml``
+    (in the run folder's list of what cardamage wrote) and the label caches Ultralytics' scan writes beside
+    ``labels/`` or inside it. Any other file, or a ``dataset`` that is a file or a link, is the user's: one line,
+    and nothing removed.
+
+    Raises:
+        InputError: the first thing in ``dest`` (in sorted order) that is not part of a view.
+    """
+    dest = Path(dest)
+    if dest.is_symlink() or not dest.is_dir():
+        raise InputError(dest, "is not a dataset view this project made (a file or a link where training puts its "
+                               "view of the dataset): move it, or choose another --out")
+    for parent, dirs, files in os.walk(dest):  # links to folders are listed, not entered
+        dirs.sort()
+        for name in sorted(files + [d for d in dirs if (Path(parent) / d).is_symlink()]):
+            path = Path(parent) / name
+            rel = path.relative_to(dest)
+            if path.is_symlink() or (rel.suffix == ".cache" and len(rel.parts) >= 2 and path.is_file()):
+                continue
+            if rel == PurePath("data.yaml") and is_ours(path):
+                continue
+            raise InputError(path, "is not part of a dataset view this project made, and training replaces the run's "
+                                   "dataset/ folder whole: move it, or choose another --out")
 
 
 def own_view(dest: str | Path) -> Path:

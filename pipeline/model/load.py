@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from ultralytics import YOLO
 from ultralytics.nn import tasks
 from ultralytics.nn.modules.head import Detect
@@ -47,10 +49,30 @@ PROBE_SIZE = 256
 MAX_ACTIVATIONS = 250_000_000
 #: YOLOv8x's count by the same meta-device method at ``PROBE_SIZE`` (80 classes); a test recomputes it.
 YOLOV8X_ACTIVATIONS = 67_931_136
+#: The values one tensor made *inside* a layer may hold in that trial forward (400 MB of float32). Outputs are
+#: counted above; this bounds what a layer makes and drops on the way: ``nn.LocalResponseNorm(10**6)`` pads its
+#: input by a million channels, an attention block at full resolution makes a (pixels x pixels) matrix (sixth
+#: hostile retest: 8 GB from a 1 KB YAML). YOLOv8x's largest is far below (a test recomputes it).
+MAX_TENSOR = 100_000_000
 
 
 class _TooManyModules(Exception):
     pass
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Note the largest tensor any operation makes (numel) and the layer making it, on the meta device."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest, self.where, self.layers = 0, "", []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.numel() > self.largest:
+                self.largest, self.where = t.numel(), self.layers[-1] if self.layers else "the input"
+        return out
 
 
 class _ArangeOffMeta(TorchFunctionMode):
@@ -132,17 +154,22 @@ def model_yaml_parameters(spec: str | Path, nc: int | None = None) -> int:
     if n > MAX_PARAMETERS:
         raise InputError(spec, f"describes {n:,} parameters, over the budget of {MAX_PARAMETERS:,} "
                                "(YOLOv8x has 68,229,648); check width_multiple, the channel numbers and nc")
-    acts = probe_activations(spec, model, save, cfg.get("channels", 3))
+    acts, largest, where = probe_activations(spec, model, save, cfg.get("channels", 3))
     if acts > MAX_ACTIVATIONS:
         raise InputError(spec, f"its {PROBE_SIZE}x{PROBE_SIZE} trial forward (Ultralytics' stride probe) makes "
                                f"{acts:,} activation values, over the budget of {MAX_ACTIVATIONS:,} (YOLOv8x makes "
                                f"{YOLOV8X_ACTIVATIONS:,}); check channels, the Upsample factors and the strides")
+    if largest > MAX_TENSOR:
+        raise InputError(spec, f"its {PROBE_SIZE}x{PROBE_SIZE} trial forward (Ultralytics' stride probe) makes one "
+                               f"tensor of {largest:,} values inside {where}, over the budget of {MAX_TENSOR:,} a "
+                               "tensor; check that layer's arguments and where it sits")
     return n
 
 
-def probe_activations(spec, model: torch.nn.Sequential, save: list[int], ch: int) -> int:
+def probe_activations(spec, model: torch.nn.Sequential, save: list[int], ch: int) -> tuple[int, int, str]:
     """The activation values Ultralytics' stride probe would make with ``model`` (built by ``parse_model`` on
-    the meta device), counted by running that probe on the meta device: shapes, no memory.
+    the meta device), counted by running that probe on the meta device: shapes, no memory. Also the largest
+    single tensor any operation makes on the way (a layer's inside included) and the layer that makes it.
 
     The parameter count misses a layer with no parameters that makes a huge output (``nn.Upsample`` with
     a factor of 256) and a huge input (``channels``); the probe, a ``PROBE_SIZE`` blank image through the
@@ -170,10 +197,20 @@ def probe_activations(spec, model: torch.nn.Sequential, save: list[int], ch: int
                 stack += list(v.values())
 
     if not len(model) or not isinstance(model[-1], Detect):  # Ultralytics runs no probe without a Detect head
-        return 0
+        return 0, 0, ""
+    largest = _LargestTensor()
+
+    def enter(module, inputs):
+        largest.layers.append(f"layer {getattr(module, 'i', '?')} ({type(module).__name__})")
+
+    def leave(module, inputs, output):
+        largest.layers.pop()
+
     hooks = [m.register_forward_hook(count) for m in model.modules()]
+    hooks += [m.register_forward_pre_hook(enter) for m in model]  # the YAML's own rows, by their index
+    hooks += [m.register_forward_hook(leave) for m in model]
     try:
-        with torch.device("meta"), _ArangeOffMeta(), torch.no_grad():
+        with torch.device("meta"), _ArangeOffMeta(), torch.no_grad(), largest:
             model.eval()
             model[-1].training = True  # as the probe: the head returns its feature maps
             x = torch.zeros(1, ch, PROBE_SIZE, PROBE_SIZE)
@@ -189,7 +226,7 @@ def probe_activations(spec, model: torch.nn.Sequential, save: list[int], ch: int
     finally:
         for h in hooks:
             h.remove()
-    return total
+    return total, largest.largest, largest.where
 
 
 def load_model(spec: str | Path = DEFAULT_MODEL, nc: int | None = None, names=None, trust: bool = False):

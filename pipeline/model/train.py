@@ -33,7 +33,7 @@ from pipeline.core import runtime
 from pipeline.core.facts import MAX_IMGSZ
 from pipeline.core.io import InputError, atomic_write_json, is_ours, ledger_for, note_written, one_line, written_list, output_folder, quiet_training_reads, refuse_links
 from pipeline.core.yamlfile import read_yaml
-from pipeline.data.dataset_view import own_view, stage_dataset, view_link
+from pipeline.data.dataset_view import check_view_folder, own_view, stage_dataset, view_link
 from pipeline.data.labels import dataset_folders, read_data_yaml
 from pipeline.model.load import DEFAULT_MODEL, load_model, model_yaml_parameters, weights_error, weights_policy
 
@@ -140,6 +140,8 @@ def _recipe_key_error(key, value) -> str | None:
         return None if isinstance(value, bool) else f"must be true or false, not {value!r}"
     if key == "model" and not (isinstance(value, str) and value.strip()):
         return f"must name a model YAML or a weights file, not {str(value)[:40]!r} ({type(value).__name__})"
+    if key == "model" and one_line(value) != value:  # the trainer's own log prints it raw: a forged line
+        return f"{one_line(value)[:80]} holds a control, line-break or bidirectional character: choose a plainer name"
     if key in OWN_KEYS:
         return None  # model: read as --model is; demo: the demo's own dataset settings
     if not isinstance(key, str):
@@ -347,11 +349,38 @@ def _note_trainer_files(trainer) -> None:
         note_written(Path(trainer.save_dir) / name)
 
 
+def _guard_results(trainer) -> None:
+    """Callback: the trainer appends its row to ``results.csv`` only while that file is still the run's own.
+
+    Ultralytics opens it by name and appends: a file put in its place while the run trains (a copy of the user's,
+    an edit) would get the run's rows. Checked right before each append, and noted right after it, so the file
+    is never a row ahead of its note for longer than the append itself.
+
+    Raises:
+        InputError: (from the append's place, stopping the run; ``last.pt`` keeps the last finished epoch)
+            ``results.csv`` is no longer the file the run wrote.
+    """
+    append = trainer.save_metrics
+    csv = Path(trainer.csv)
+
+    def guarded(metrics):
+        ledger = ledger_for(csv)
+        if ledger is not None and os.path.lexists(csv) and not ledger.ours(csv):
+            raise InputError(csv, "was replaced or changed while the run trained, so its next row was not appended "
+                                  "and the run stopped (last.pt holds the last finished epoch): put the run's own "
+                                  "back and resume, or start a new run")
+        append(metrics)
+        note_written(csv)
+
+    trainer.save_metrics = guarded  # on this trainer only: Ultralytics calls self.save_metrics once an epoch
+
+
 def _watch_trainer_files(yolo) -> None:
     """Note the trainer's own files as it writes them; added before any other callback, so a callback that stops
     training at an epoch's end (a test's, a user's) still leaves them noted."""
     for event in ("on_pretrain_routine_end", "on_fit_epoch_end", "on_train_end"):  # on_train_end: the final strip
         yolo.add_callback(event, _note_trainer_files)
+    yolo.add_callback("on_pretrain_routine_end", _guard_results)
 
 
 def add_callbacks(yolo, callbacks: dict | None) -> None:
@@ -383,6 +412,8 @@ def _new_run(data, out: Path, model, config, overrides: dict, counter: BatchCoun
     inputs = [*folders, *([model] if Path(model).is_file() else []), *([config] if config else [])]
     with output_folder(out, inputs=inputs, not_inside=folders[1:], overwrite=overwrite):
         check_links(out)  # before check_fresh: --overwrite deletes nothing in a folder that is refused
+        if os.path.lexists(out / "dataset"):
+            check_view_folder(out / "dataset")  # the view is replaced whole: a folder of the user's is refused
         check_fresh(out, overwrite)
         yolo = load_model(model, nc=int(info["nc"]), names=list(info["names"].values()), trust=trust)
         view = stage_dataset(data, out / "dataset", on_error=on_error)
@@ -463,7 +494,9 @@ def _resume(out: Path, trust: bool, counter: BatchCounter, changes: dict, callba
     # is the resume's input, whatever folder it was copied from; a run folder older than its list is let be.)
     listed = ledger_for(out / "args.yaml")
     for name in ("args.yaml", "results.csv"):
-        if listed is not None and listed.files and (out / name).exists() and not is_ours(out / name):
+        # results.csv may be a row ahead of its note (killed between the trainer's append and the note after it)
+        grown = name == "results.csv" and listed is not None and listed.grown(out / name)
+        if listed is not None and listed.files and (out / name).exists() and not is_ours(out / name) and not grown:
             raise InputError(out / name, "changed since this run wrote it, or no cardamage run wrote it: a resume "
                                          "would replace it; put the run's own back, or start a new run")
     left_out = []

@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 
 from pipeline.core.facts import CLASS_NAMES
-from pipeline.core.io import InputError, atomic_save_safetensors, atomic_write_json, atomic_write_text, expand_sources
+from pipeline.core.io import (InputError, atomic_save_safetensors, atomic_write_json, atomic_write_text, expand_sources,
+                              make_folder)
 from pipeline.core.runtime import progress_bar
 from pipeline.data.preprocess import model_input
 from pipeline.model.load import detection_model, load_model, model_stride, trained_imgsz
@@ -102,8 +103,7 @@ def inspect_image(weights_or_yolo, image_path, out_dir, layers=None, dtype: str 
     with recorder as rec:
         rec(x)
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out_dir)
     paths = {
         "input": out / "input.safetensors",
         "activations": out / "activations.safetensors",
@@ -313,8 +313,7 @@ def write_dataset_statistics(yolo, out_dir, stats: dict, used: list[dict], error
         >>> write_dataset_statistics(yolo, "runs/inspect", {p: rec.stats[p] for p in rec.layers}, used, [], shapes, 3.2)
     """
     net = detection_model(yolo)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out_dir)
     paths = {"stats": out / "stats.csv", "index": out / "index.json"}
     blocks = conv_blocks(net)
     index = {

@@ -28,7 +28,7 @@ import torch
 
 from pipeline.analysis.atlas_format import AtlasIndex
 from pipeline.core import heap
-from pipeline.core.io import InputError, atomic_write_json, atomic_write_text, expand_sources, file_digest
+from pipeline.core.io import InputError, atomic_write_json, atomic_write_text, expand_sources, file_digest, make_folder
 from pipeline.model.load import load_model, trained_imgsz
 from pipeline.report.plots import DISPLAY_MAX_SIDE
 from pipeline.report.render import FILES, render_page
@@ -148,7 +148,7 @@ def _write_report(weights, image, out_dir, imgsz: int | None, conf: float, opts:
     # copy as long as the larger is all they use (an 8000 px photo: 183 MB less beside LayerCAM's autograd)
     run = PhotoRun(yolo, image, imgsz=imgsz, conf=conf, keep_side=max(DISPLAY_MAX_SIDE, opts.grad_imgsz))
     files = out_dir / FILES
-    files.mkdir(parents=True, exist_ok=True)
+    make_folder(files)
     timings = {"run": round(time.perf_counter() - t_start, 2)}
     sections = build_sections(run, files, opts, timings)
     for e in (e for s in sections for e in s.errors):

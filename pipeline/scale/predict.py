@@ -124,8 +124,12 @@ def read_shards(folder: Path, settings: dict) -> tuple[dict[str, dict], int]:
     if run_file.is_file():
         try:
             before = json_value(read_bounded_text(run_file, "a run's settings", 1 << 20))
-        except ValueError as e:
-            raise InputError(run_file, f"cannot read the earlier run's settings ({type(e).__name__})") from None
+        except ValueError as e:  # JSON's own words: where it broke ("Expecting value: line 1 column 1 (char 0)")
+            raise InputError(run_file, f"cannot read the earlier run's settings (not JSON: {str(e)[:120]}): delete "
+                                       "this folder or choose another output folder") from None
+        if not isinstance(before, dict):
+            raise InputError(run_file, f"cannot read the earlier run's settings (a JSON {type(before).__name__}, not "
+                                       "an object): delete this folder or choose another output folder")
         changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in settings.items() if before.get(k) != v]
         if changed:
             raise InputError(folder, f"holds shards of a run with other settings ({'; '.join(changed)}): "
