@@ -119,7 +119,15 @@ def test_the_bin_lookup_is_bucketize_at_every_edge_and_between(bins):
     assert torch.equal(acc.bin_index(x), torch.bucketize(x, inner, right=True))
 
 
-def test_streaming_tables_equal_numpy_brute_force():
+@pytest.mark.parametrize("path", ["compiled", "torch"])
+def test_streaming_tables_equal_numpy_brute_force(path, monkeypatch):
+    """Both ways of filling the tables, the C kernel's one read of the map and torch's ops, against numpy."""
+    import pipeline.probe.atlas_stats as atlas_stats
+
+    if path == "torch":
+        monkeypatch.setattr(atlas_stats, "_channel_stats", None)
+    elif atlas_stats._channel_stats is None:
+        pytest.skip("the C kernel was not built (no compiler at install time)")
     g = torch.Generator().manual_seed(0)
     c, classes, k = 5, 3, 4
     acc = ChannelAtlas(c, classes, k=k, bins=64)
@@ -128,7 +136,9 @@ def test_streaming_tables_equal_numpy_brute_force():
         z = torch.randn(1, c, 6, 5, generator=g) * 2
         a = torch.nn.functional.silu(z)
         m = torch.rand(classes, 6, 5, generator=g) > 0.7 if i != 3 else None  # photo 3 has no labels
-        acc.update(a, z, i, m)
+        if i == 5:
+            a[0, 2] = a[0, 2].max()  # a channel flat at its maximum: the first position is kept, as torch.max does
+        acc.update(a.contiguous(memory_format=torch.channels_last) if i == 4 else a, z, i, m)
         maps.append(a[0].numpy().astype(np.float64))
         masks.append(None if m is None else m.numpy())
     all_a = np.stack(maps)  # N x C x H x W
@@ -136,6 +146,8 @@ def test_streaming_tables_equal_numpy_brute_force():
         per_photo = all_a[:, ch].reshape(len(maps), -1).max(1)
         order = np.argsort(-per_photo, kind="stable")[:k]
         assert acc.top_photo[ch].tolist() == order.tolist()
+        first = [np.unravel_index(np.argmax(all_a[i, ch]), all_a.shape[2:]) for i in order]  # numpy: the first max
+        assert list(zip(acc.top_y[ch].tolist(), acc.top_x[ch].tolist())) == [(int(y), int(x)) for y, x in first]
         np.testing.assert_allclose(acc.top_value[ch].numpy(), per_photo[order], rtol=0, atol=1e-6)
     lab = [i for i, m in enumerate(masks) if m is not None]
     la = np.stack([maps[i] for i in lab])
@@ -163,7 +175,10 @@ def test_streaming_tables_equal_numpy_brute_force():
     for i in range(7):
         z = torch.randn(1, c, 6, 5, generator=g) * 2
         m = torch.rand(classes, 6, 5, generator=g) > 0.7 if i != 3 else None
-        (a1 if i < 4 else a2).update(torch.nn.functional.silu(z), z, i, m)
+        a = torch.nn.functional.silu(z)
+        if i == 5:
+            a[0, 2] = a[0, 2].max()
+        (a1 if i < 4 else a2).update(a, z, i, m)
     a1.absorb(a2.state())
     for key in ("top_value", "top_photo", "hist", "hist_class", "class_sum", "outside_sum"):
         assert torch.equal(getattr(a1, key), getattr(acc, key)), key

@@ -1,5 +1,6 @@
 /*
- * One read per feature map for the inspector's stats mode (pipeline/inspector.py, ChannelStats).
+ * One read per feature map for the inspector's stats mode (pipeline/inspector.py, ChannelStats), and for the
+ * channel atlas's tables (ChannelAtlas, below).
  *
  * Torch needs a separate pass over memory for every statistic (sum, sum of squares, min, max, and a
  * write + a sum for each count); on yolov8n at 640 px that is ~10 passes over 13.6 M values per image,
@@ -257,12 +258,107 @@ static PyObject *run(PyObject *args, int post)
 static PyObject *pre(PyObject *self, PyObject *args) { return run(args, 0); }
 static PyObject *post(PyObject *self, PyObject *args) { return run(args, 1); }
 
+/* The channel atlas's per-photo tables (pipeline/probe/atlas_stats.py, ChannelAtlas.update), in one read of a
+ * C x HW float32 map: each value's histogram bin from the 16-bit lookup tables (``bin_lookup``: the bin of the
+ * value's float32 cell, plus one at or above the cell's edge), counted straight into the running histograms
+ * (all photos, labelled photos, the cell's first box class), its sum per slot (box class, or k = outside every
+ * box) in double, and each channel's maximum and its first position (NaN wins, as in torch.max). Torch needed
+ * a per-photo table of C x (k + 1) x bins counts, the size of the running tables, for every photo and layer. */
+typedef struct {
+    const float *x;
+    const uint8_t *slot; /* HW slots, or NULL: an unlabelled photo (everything in slot 0) */
+    const int64_t *base;
+    const float *edge;
+    int64_t *hist, *hist_lab, *hist_class; /* C x bins, C x bins (or NULL), C x k x bins (or NULL) */
+    double *sums;                          /* C x slots */
+    float *best;
+    int64_t *where;
+    Py_ssize_t C, HW, k, bins, c0, c1;
+} atlas_t;
+
+static void atlas_channels(const atlas_t *j)
+{
+    const Py_ssize_t slots = j->slot ? j->k + 1 : 1;
+    for (Py_ssize_t c = j->c0; c < j->c1; c++) {
+        const float *x = j->x + c * j->HW;
+        int64_t *hist = j->hist + c * j->bins, *lab = j->hist_lab ? j->hist_lab + c * j->bins : NULL;
+        int64_t *cls = j->hist_class ? j->hist_class + c * j->k * j->bins : NULL;
+        double *sums = j->sums + c * slots;
+        float best = x[0];
+        Py_ssize_t at = 0;
+        int nan = isnan(best);
+        for (Py_ssize_t i = 0; i < j->HW; i++) {
+            const float v = x[i];
+            uint32_t u;
+            memcpy(&u, &v, sizeof u);
+            const Py_ssize_t cell = u >> 16, b = j->base[cell] + (v >= j->edge[cell]);
+            hist[b]++;
+            if (j->slot) {
+                const Py_ssize_t s = j->slot[i];
+                lab[b]++;
+                if (s < j->k) cls[s * j->bins + b]++;
+                sums[s] += v;
+            } else {
+                sums[0] += v;
+            }
+            if (!nan && (v > best || isnan(v))) best = v, at = i, nan = isnan(v);
+        }
+        j->best[c] = best;
+        j->where[c] = at;
+    }
+}
+
+static PyObject *atlas(PyObject *self, PyObject *args)
+{
+    unsigned long long px, pslot, pbase, pedge, phist, plab, pcls, psums, pbest, pwhere;
+    atlas_t job;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KnnKnKKnKKKKKKi", &px, &job.C, &job.HW, &pslot, &job.k, &pbase, &pedge, &job.bins,
+                          &phist, &plab, &pcls, &psums, &pbest, &pwhere, &threads))
+        return NULL;
+    if (job.C < 1 || job.HW < 1 || job.bins < 1 || !px || !pbase || !pedge || !phist || !psums || !pbest || !pwhere ||
+        (pslot && (!plab || (job.k > 0 && !pcls)))) {
+        PyErr_SetString(PyExc_ValueError, "empty feature map or null pointer");
+        return NULL;
+    }
+    job.x = (const float *)(uintptr_t)px;
+    job.slot = (const uint8_t *)(uintptr_t)pslot;
+    job.base = (const int64_t *)(uintptr_t)pbase;
+    job.edge = (const float *)(uintptr_t)pedge;
+    job.hist = (int64_t *)(uintptr_t)phist;
+    job.hist_lab = (int64_t *)(uintptr_t)plab;
+    job.hist_class = (int64_t *)(uintptr_t)pcls;
+    job.sums = (double *)(uintptr_t)psums;
+    job.best = (float *)(uintptr_t)pbest;
+    job.where = (int64_t *)(uintptr_t)pwhere;
+    Py_ssize_t nt = threads < 1 ? 1 : threads, by_size = job.C * job.HW / MIN_PER_THREAD;
+    nt = nt > job.C ? job.C : nt;
+    nt = nt > by_size ? by_size : nt;
+    nt = nt < 1 ? 1 : nt;
+    Py_BEGIN_ALLOW_THREADS
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads((int)nt) if (nt > 1)
+#endif
+    for (Py_ssize_t t = 0; t < nt; t++) {
+        atlas_t part = job;
+        part.c0 = job.C * t / nt;
+        part.c1 = job.C * (t + 1) / nt;
+        atlas_channels(&part);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"pre", pre, METH_VARARGS,
      "pre(z_ptr, B, C, HW, cancel, threads, out_ptr): per channel of a contiguous float32 BxCxHW map, write\n"
      "5 float64 {sum(z), sum((z - mean)^2), min, max, count(z < 0)}; cancel: see CANCEL_RATIO in inspector.py."},
     {"post", post, METH_VARARGS,
      "post(a_ptr, B, C, HW, eps, threads, out_ptr): per channel write 2 float64 {count(|a| < eps), sum(a)}."},
+    {"atlas", atlas, METH_VARARGS,
+     "atlas(a_ptr, C, HW, slot_ptr, k, base_ptr, edge_ptr, bins, hist_ptr, hist_lab_ptr, hist_class_ptr, sums_ptr,\n"
+     "best_ptr, where_ptr, threads): one photo's C x HW float32 map into the channel atlas's running tables (added\n"
+     "to); slot_ptr 0: an unlabelled photo (sums has one slot, hist_lab and hist_class unused)."},
     {NULL, NULL, 0, NULL},
 };
 

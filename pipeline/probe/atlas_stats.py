@@ -33,6 +33,8 @@ import math
 
 import torch
 
+from pipeline.probe.channel_stats import _channel_stats  # the compiled kernel, or None (torch computes the same)
+
 #: Histogram bins of SiLU(z) per channel; with the edges below ~3% of the value wide at large activations.
 BINS = 256
 #: SiLU(z) >= -0.2785 always; the lowest edge sits just below that minimum.
@@ -146,6 +148,8 @@ class ChannelAtlas:
         """
         c, bins = self.channels, self.bins
         rows = a.reshape(c, -1).float().contiguous()  # C x HW (a copy only for channels-last maps)
+        if _channel_stats is not None and rows.device.type == "cpu" and self.classes < 255:  # slots are uint8
+            return self._update_compiled(rows, z, a.shape[-1], photo, masks)
         w = a.shape[-1]
         best, where = rows.max(dim=1)
         zval = z.reshape(c, -1).gather(1, where[:, None]).squeeze(1).float()
@@ -185,6 +189,47 @@ class ChannelAtlas:
             cells = idx[:, again[cls]]
             off = (cells + torch.arange(0, c * bins, bins)[:, None]).flatten()
             self.hist_class[:, cls] += torch.bincount(off, minlength=c * bins).view(c, bins)
+
+    def _update_compiled(self, rows: torch.Tensor, z: torch.Tensor, w: int, photo: int, masks) -> None:
+        """``update`` in one read of the map by the C kernel (``_channel_stats.atlas``): the same tables as the
+        torch path below it, counted straight into the running histograms (``tests/test_atlas.py`` compares)."""
+        c, n, k = self.channels, rows.shape[1], self.classes
+        for t in (self.hist, self.hist_labelled, self.hist_class, self._lut_base, self._lut_edge):
+            assert t.is_contiguous()  # the kernel writes through raw pointers
+        best, where = torch.empty(c), torch.empty(c, dtype=torch.int64)
+        self.count += n
+        if masks is None:
+            sums = torch.zeros(c, 1, dtype=torch.float64)
+            _channel_stats.atlas(rows.data_ptr(), c, n, 0, k, self._lut_base.data_ptr(), self._lut_edge.data_ptr(),
+                                 self.bins, self.hist.data_ptr(), 0, 0, sums.data_ptr(), best.data_ptr(),
+                                 where.data_ptr(), torch.get_num_threads())
+            self.sum += sums[:, 0]
+        else:
+            m = masks.reshape(k, -1)
+            out = ~m.any(dim=0)
+            slot = torch.where(out, k, m.to(torch.uint8).argmax(dim=0)).to(torch.uint8).contiguous()
+            sums = torch.zeros(c, k + 1, dtype=torch.float64)
+            _channel_stats.atlas(rows.data_ptr(), c, n, slot.data_ptr(), k, self._lut_base.data_ptr(),
+                                 self._lut_edge.data_ptr(), self.bins, self.hist.data_ptr(),
+                                 self.hist_labelled.data_ptr(), self.hist_class.data_ptr() if k else 0,
+                                 sums.data_ptr(), best.data_ptr(), where.data_ptr(), torch.get_num_threads())
+            self.labelled_photos += 1
+            self.labelled_count += n
+            self.class_sum += sums[:, :k]
+            self.outside_sum += sums[:, k]
+            self.sum += sums.sum(dim=1)
+            self.class_count += m.sum(dim=1, dtype=torch.float64)
+            self.outside_count += float(out.sum())
+            # a cell in boxes of two classes or more counts for its first in the kernel; the others are added here
+            again = m & (torch.arange(k)[:, None] != slot.long()[None, :])
+            for cls in torch.nonzero(again.any(dim=1)).flatten().tolist():
+                cells = rows[:, again[cls]]
+                self.class_sum[:, cls] += cells.sum(dim=1, dtype=torch.float64)
+                off = (self.bin_index(cells) + torch.arange(0, c * self.bins, self.bins)[:, None]).flatten()
+                self.hist_class[:, cls] += torch.bincount(off, minlength=c * self.bins).view(c, self.bins)
+        zval = z.reshape(c, -1).gather(1, where[:, None]).squeeze(1).float()
+        self._merge_top(best[:, None], zval[:, None], torch.full((c, 1), photo, dtype=torch.int64),
+                        (where // w)[:, None], (where % w)[:, None])
 
     def _merge_top(self, value, z, photo, y, x) -> None:
         """Keep the k highest of the running table and the new rows (ties: the earlier photo first)."""
