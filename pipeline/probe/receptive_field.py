@@ -6,9 +6,14 @@ sizes by hand the window is measured: the gradient of the neuron's sum over chan
 input is nonzero exactly on the pixels it can see (SiLU's slope is never 0). The forward pass stops at the
 layer, and only ``d(neuron)/d(input)`` is taken, so no parameter gradient is touched.
 
+A max pool (SPPF's) passes a gradient to one pixel of its window only, the one holding the maximum, which on
+a blank canvas is a tie broken by position: the window would miss pixels the pool can take its maximum from.
+So pools are measured as average pools of the same size, whose gradient reaches every pixel they can pick.
+
 Because every layer is translation-equivariant, the window is measured once per layer (at the centre of
 a canvas large enough that it does not touch the border) and moved to any position; near the image
-border it is clipped to the input, as the real window is. ``to_photo`` maps a window from the letterboxed
+border it is clipped to the input, as the real window is. A deep layer's window is wider than the canvas:
+its rows and columns are measured on strips of the real input. ``to_photo`` maps a window from the letterboxed
 input back to the photo with Ultralytics' own ``scale_boxes``.
 
 Examples:
@@ -20,9 +25,11 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 
 import torch
+import torch.nn.functional as F
 from ultralytics.utils.ops import scale_boxes
 
 from pipeline.model.load import detection_model
@@ -52,6 +59,19 @@ def _block(net, layer: str):
     return modules[layer]
 
 
+@contextlib.contextmanager
+def _pools_averaged(net):
+    """Every max pool of ``net`` run as the average pool of the same window while the block is open."""
+    pools = [m for m in net.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    for m in pools:
+        m.forward = lambda x, m=m: F.avg_pool2d(x, m.kernel_size, m.stride, m.padding, m.ceil_mode)
+    try:
+        yield
+    finally:
+        for m in pools:
+            del m.forward  # the class's own forward again
+
+
 def _window_at(net, block, canvas: tuple[int, int], y: int | None = None, x: int | None = None):
     """``(x0, y0, x1, y1, stride, (y, x))``: the pixels of a zero ``canvas`` input that neuron (y, x) sees."""
     captured = {}
@@ -65,7 +85,7 @@ def _window_at(net, block, canvas: tuple[int, int], y: int | None = None, x: int
     was_training = net.training
     net.eval()
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), _pools_averaged(net):
             try:
                 net(inp)
             except _Stop:
@@ -118,7 +138,9 @@ def receptive_field(model, layer: str, input_hw: tuple[int, int], y: int, x: int
     # a wide window: measure this neuron's rows and columns on the real input size. Every op (conv, pooling,
     # upsampling) acts on rows and columns alike and independently, so the rows a neuron sees depend on its row
     # and the height only, not on its column nor the width: two narrow strips cost a fraction of the full input,
-    # and each row (column) is measured once for all the neurons on it (the atlas asks for thousands of neurons)
+    # and each row (column) is measured once for all the neurons on it (the atlas asks for thousands of neurons).
+    # (Not moved from one measured row to another: after an upsampling, a window's offset depends on its row's
+    # parity, so rows are not all alike.)
     cache = _MEASURED.setdefault(net, {})
     rows, cols = ("rows", layer, h, y), ("cols", layer, w, x)
     if rows not in cache:
