@@ -831,3 +831,123 @@ def test_an_edit_of_the_same_size_with_its_time_set_back_is_the_users(tmp_path):
         assert os.stat(o / "a.txt").st_mtime_ns == st.st_mtime_ns and not is_ours(o / "a.txt")
         (o / "a.txt").write_text("ours\n")  # the very bytes again: the digest says it is the run's
         assert is_ours(o / "a.txt")
+
+
+# ------------------------------------------------------------------------- seventh hostile retest
+
+
+@pytest.mark.parametrize("plant", ["report_files/03_outliers.png", "report_files/layercam"])
+def test_report_refuses_a_file_or_link_of_the_users_in_its_figures_folder_before_any_figure(plant, weights, photo,
+                                                                                              tmp_path, capsys):
+    """A figure of the user's in report_files/ was refused after 14 figures were drawn, naming another file; a
+    link report_files/layercam -> elsewhere got LayerCAM's image written through it. Both refused up front."""
+    out, elsewhere = tmp_path / "rep", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / "report_files").mkdir(parents=True)
+    if plant.endswith(".png"):
+        (out / plant).write_text("mine")
+    else:
+        (out / plant).symlink_to(elsewhere)
+    assert main(["report", "--weights", str(weights), str(photo), "--out", str(out), "--imgsz", "64"]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {out / plant}: is a ")
+    assert sorted(p.name for p in (out / "report_files").iterdir()) == [Path(plant).name]
+    assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize("command, link", [("synth", "val"), ("atlas", "crops/model.0")])
+def test_a_link_below_a_commands_folders_is_refused_before_any_work(command, link, weights, photo, tmp_path, capsys):
+    """synth wrote its train split, then refused OUT/val -> elsewhere after making elsewhere/images; the atlas ran
+    its whole pass before refusing OUT/crops/model.0 -> elsewhere. Both one line before the first file."""
+    out, elsewhere = tmp_path / "o", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / link).parent.mkdir(parents=True, exist_ok=True)
+    (out / link).symlink_to(elsewhere)
+    argv = {"synth": ["synth", "--out", str(out), "--train", "2", "--val", "1", "--imgsz", "64"],
+            "atlas": ["atlas", "--weights", str(weights), str(photo), "--out", str(out), "--imgsz", "64"]}[command]
+    assert main(argv) == 1
+    assert str(out / link) in one_error_line(capsys.readouterr().err)
+    assert list(elsewhere.iterdir()) == []
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.name != ".cardamage-written") == \
+        sorted({link, *[str(p) for p in Path(link).parents if str(p) != "."]})
+
+
+def test_demo_refuses_a_step_folder_leading_out_before_step_one(tmp_path, capsys):
+    out, elsewhere = tmp_path / "dm", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out.mkdir()
+    (out / "report").symlink_to(elsewhere)
+    assert main(["demo", "--out", str(out)]) == 1
+    assert f"error: {out / 'report'}/-: leads out of the output folder" in one_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in out.iterdir()) == ["report"] and list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_resume_never_reads_a_label_cache_planted_in_the_run(interrupted, tmp_path):
+    """Ultralytics unpickles labels.cache: one planted in a copied run's view ran its code on resume. The view's
+    caches are dropped before the trainer scans (it writes them again)."""
+    import numpy as np
+
+    copy = _copy(interrupted, tmp_path / "copy")
+    marker = tmp_path / "PWNED"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    for cache in (copy / "dataset").rglob("*.cache"):
+        with open(cache, "wb") as f:
+            np.save(f, np.array(Payload(), dtype=object), allow_pickle=True)
+    assert main(["train", "--out", str(copy), "--resume"]) == 0
+    assert not marker.exists()
+
+
+def test_a_dataset_photo_named_to_forge_a_line_is_left_out_of_training(synth_data, tmp_path):
+    """Ultralytics' log prints a training photo's name raw (its duplicate-label warning): a name holding a newline
+    forged an `error:` line. Such a photo is left out with one escaped line, as a damaged one is."""
+    from pipeline.data.dataset_view import stage_dataset
+    from pipeline.data.labels import label_path
+
+    data = tmp_path / "ds"
+    shutil.copytree(Path(synth_data).parent, data)
+    images = sorted((data / "train" / "images").glob("*.jpg"))
+    bad = images[0].with_name("a\nerror: forged.jpg: planted.jpg")
+    images[0].rename(bad)
+    label_path(images[0]).rename(label_path(bad))
+    errors = []
+    view = stage_dataset(data / "data.yaml", tmp_path / "run" / "dataset", on_error=errors.append)
+    assert [e.path for e in errors] == [str(bad)] and "\n" not in str(errors[0])
+    assert "left out; rename it" in str(errors[0])
+    assert view.images["train"] == len(images) - 1
+
+
+def test_a_model_yaml_layer_that_downloads_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    """Ultralytics' TorchVision layer fetches weights from the internet while it is built (a DNS query, a write
+    to ~/.cache/torch): refused with one line, nothing built."""
+    import pipeline.model.load as load
+
+    spec = tmp_path / "tv.yaml"
+    spec.write_text('nc: 6\nbackbone:\n  - [-1, 1, TorchVision, [512, "resnet18", "IMAGENET1K_V1", True, 2]]\n'
+                    "  - [-1, 1, Conv, [64, 3, 2]]\n  - [-1, 1, Conv, [64, 3, 2]]\nhead:\n  - [[0, 1, 2], 1, Detect, [nc]]\n")
+    monkeypatch.setattr(load.tasks, "parse_model", lambda *a, **k: pytest.fail("the YAML was built"))
+    with pytest.raises(InputError) as e:
+        load.load_model(spec, nc=6)
+    assert str(e.value).startswith(f"{spec}: layer TorchVision builds a torchvision model and fetches its weights")
+
+
+def test_a_results_file_replaced_right_after_an_append_gets_no_more_rows(synth_data, tmp_path):
+    """The epoch-end note re-noted whatever results.csv was there: a file put in place right after the first
+    append passed as the run's own and got rows 2-5. Only the guard notes it now, right after its own append."""
+    from pipeline.model.train import train
+
+    out = tmp_path / "run"
+
+    def plant(trainer):
+        if trainer.epoch == 0:
+            (out / "results.csv").unlink()
+            (out / "results.csv").write_text("MINE\n")
+
+    with pytest.raises(InputError, match="results.csv: was replaced or changed while the run trained"):
+        train(synth_data, out, epochs=2, imgsz=64, batch=8, nbs=8, workers=0, device="cpu", val=False, seed=0,
+              callbacks={"on_fit_epoch_end": plant})
+    assert (out / "results.csv").read_text() == "MINE\n"

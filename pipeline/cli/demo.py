@@ -39,7 +39,7 @@ from ultralytics.cfg import DEFAULT_CFG_DICT
 
 from pipeline.atlas.build import build_atlas
 from pipeline.cli.options import non_negative_int, positive_float
-from pipeline.core.io import atomic_write_json, atomic_write_text, expand_sources, one_line, output_folder
+from pipeline.core.io import atomic_write_json, atomic_write_text, check_inside, expand_sources, one_line, output_folder
 from pipeline.core.runtime import PROJECT_ROOT
 from pipeline.data import synth
 from pipeline.data.labels import dataset_splits
@@ -73,6 +73,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run even if --out holds an earlier demo (its model is replaced; `make demo` passes this)")
 
 
+#: The folders the demo's steps write into: a link among them leading out of --out is refused before step 1.
+STEP_FOLDERS = ("data", "train", "predict-val", "predict-synth", "predict-real", "atlas", "report")
+
+
 def run(args) -> int:
     real_dir = Path(args.real)
     args.config = args.config or str(REAL_CONFIG if args.data else DEFAULT_CONFIG)
@@ -81,9 +85,11 @@ def run(args) -> int:
         with output_folder(args.out, inputs=[args.config, args.data, *splits["train"][:1], *splits["val"][:1]],
                            overwrite=args.overwrite):
             check_fresh(Path(args.out) / "train", args.overwrite)  # under the lock, before anything is written
+            check_inside(args.out, STEP_FOLDERS)
             return _run_real(args, Path(args.out).resolve(), splits["val"])
     with output_folder(args.out, inputs=[args.config, *([real_dir] if real_dir.is_dir() else [])], overwrite=args.overwrite):
         check_fresh(Path(args.out) / "train", args.overwrite)  # under the lock, before anything is written
+        check_inside(args.out, STEP_FOLDERS)
         return _run(args, Path(args.out).resolve(), real_dir)
 
 

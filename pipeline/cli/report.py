@@ -68,7 +68,7 @@ def run(args) -> int:
     failed: list[InputError] = []
     # the page, its numbers and its folder are checked before the work: a refusal leaves no half-written figures
     with output_folder(args.out, inputs=inputs, overwrite=args.overwrite,
-                       names=["report.html", f"{FILES}/report.json"], folders=[FILES]):
+                       names=["report.html"], folders=[FILES]):
         path = write_report(args.weights, args.image, args.out, imgsz=args.imgsz, conf=args.conf,
                             grad_imgsz=args.grad_imgsz, grad_batch=args.grad_batch, seed=args.seed,
                             layercam=not args.no_layercam, stats_over=args.stats_over, stats_limit=args.stats_limit,

@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     t = time.perf_counter()
-    with output_folder(args.out, overwrite=args.overwrite):
+    with output_folder(args.out, overwrite=args.overwrite, folders=["train", "val"]):  # checked before any image
         yaml = write_dataset(args.out, args.train, args.val, args.imgsz, args.seed)
     dt = time.perf_counter() - t
     n = args.train + args.val

@@ -258,6 +258,16 @@ def output_folder(out: str | os.PathLike, inputs=(), not_inside=(), overwrite: b
                 out.rmdir()  # only succeeds if empty
 
 
+def check_inside(out: str | os.PathLike, folders) -> None:
+    """Refuse, before the work, a subfolder of the open output folder ``out`` that leads out of it through a link.
+
+    Raises:
+        InputError: one line naming the first such folder.
+    """
+    for sub in folders:
+        ledger_for(Path(out) / sub / "-")
+
+
 def make_folder(path: str | os.PathLike) -> Path:
     """Create the folder ``path`` (and its parents) for a command's output, and return it.
 

@@ -272,6 +272,19 @@ def note_written(path: str | os.PathLike) -> None:
         ledger.add(path)
 
 
+def _check_folder(ledger: _Ledger, base: Path) -> None:
+    """Before the work: ``base`` does not lead out of the output folder, and every file in it (and every link,
+    to a folder too) is one the run may replace. A hidden name is never one a run writes (only its temporaries
+    are, ``.name.XXXX``), so it is let be."""
+    ledger_for(base / "-")  # raises for a link leading out
+    if base.is_symlink() or not base.is_dir():
+        return
+    for parent, dirs, files in os.walk(base):  # a link to a folder is listed, not entered
+        for name in sorted(files + [d for d in dirs if os.path.islink(os.path.join(parent, d))]):
+            if not name.startswith("."):
+                ledger.check(Path(parent) / name)
+
+
 @contextlib.contextmanager
 def written_list(folder: str | os.PathLike, overwrite: bool = False, names=(), compact: bool = False,
                  folders=()) -> Iterator[_Ledger]:
@@ -280,12 +293,13 @@ def written_list(folder: str | os.PathLike, overwrite: bool = False, names=(), c
     ``output_folder`` opens it under the folder's lock; a Ray worker writing into the same folder for that run
     opens it too (its lines are appended, whole, to the same list). ``names`` (relative to ``folder``) are
     checked at once: the files the command knows it will write; ``folders`` (relative too) the subfolders it
-    will write into, each checked not to lead out of ``folder`` through a link. ``compact`` (only under the
+    will write into, each checked not to lead out of ``folder`` through a link and to hold only files (and links)
+    the run may replace, so a refusal comes before the work, not halfway. ``compact`` (only under the
     folder's lock, where no other process appends) drops stale lines at the end.
 
     Raises:
         InputError: one of ``names`` is a file of the user's, a link, or changed since a run wrote it; one of
-            ``folders`` is a link (or lies below one) leading out of ``folder``.
+            ``folders`` is a link (or lies below one) leading out of ``folder``, or holds such a file or link.
     """
     ledger = _Ledger(Path(folder), overwrite)
     lst = Path(folder) / WRITTEN_LIST
@@ -298,7 +312,7 @@ def written_list(folder: str | os.PathLike, overwrite: bool = False, names=(), c
         for name in names:
             ledger.check(Path(folder) / name)
         for sub in folders:
-            ledger_for(Path(folder) / sub / "-")  # raises for a link leading out, before the work
+            _check_folder(ledger, Path(folder) / sub)
         yield ledger
     finally:
         with _LEDGERS_LOCK:

@@ -30,7 +30,8 @@ from pathlib import Path, PurePath
 import yaml
 
 from pipeline.core.files import check_regular_file
-from pipeline.core.io import IMAGE_SUFFIXES, InputError, atomic_write_text, is_ours, validate_image, warn_if_repaired
+from pipeline.core.io import (IMAGE_SUFFIXES, InputError, atomic_write_text, is_ours, one_line, validate_image,
+                              warn_if_repaired)
 from pipeline.core.yamlfile import read_yaml
 from pipeline.data.labels import check_names, dataset_splits, label_path, load_names, parse_label_text, read_label_text
 
@@ -106,6 +107,9 @@ def stage_dataset(data_yaml: str | Path, dest: str | Path, on_error=None, keep=T
         for image in files:
             label = label_path(image)
             try:
+                if one_line(image) != str(image):  # the trainer's own log prints it raw (a duplicate label's warning)
+                    raise InputError(image, "holds a control, line-break, bidirectional or zero-width character that "
+                                            "the trainer's log would print raw (a forged line): left out; rename it")
                 validate_image(image)
                 warn_if_repaired(image)  # trained on, as predict reads it, with one warning naming it
                 _check_label(label, len(names))
@@ -192,6 +196,21 @@ def own_view(dest: str | Path) -> Path:
     atomic_write_text(view_yaml, "# Training view (links; see pipeline/data/dataset_view.py)\n"
                       + yaml.safe_dump(clean, sort_keys=False, allow_unicode=True))
     return view_yaml
+
+
+def drop_view_caches(dest: str | Path) -> None:
+    """Remove the label caches Ultralytics' scan wrote in the view ``dest`` (``<split>/labels.cache``, or inside
+    ``labels/`` for a nested layout); the next scan writes them again in seconds.
+
+    Ultralytics reads a cache with ``np.load(allow_pickle=True)``: a file planted in a run folder's view (a copied
+    or downloaded run) would run its code when training resumes. A view holds only links, its yaml and these
+    caches (``check_view_folder``), so nothing else is removed.
+    """
+    for parent, _, files in os.walk(dest):
+        for name in files:
+            path = Path(parent) / name
+            if path.suffix == ".cache" and not path.is_symlink():
+                path.unlink()
 
 
 def _check_link_targets(dest: Path) -> None:

@@ -56,6 +56,11 @@ YOLOV8X_ACTIVATIONS = 67_931_136
 MAX_TENSOR = 100_000_000
 
 
+#: Ultralytics layers that download while they are built (``TorchVision`` fetches a torchvision model's weights
+#: into ~/.cache/torch): refused in a model YAML (a DNS query and a write outside --out, seventh hostile retest).
+NETWORK_LAYERS = frozenset({"TorchVision"})
+
+
 class _TooManyModules(Exception):
     pass
 
@@ -131,6 +136,11 @@ def model_yaml_parameters(spec: str | Path, nc: int | None = None) -> int:
         raise _yaml_error(spec, e) from None
     if nc is not None:
         cfg["nc"] = nc
+    for row in [*(cfg.get("backbone") or []), *(cfg.get("head") or [])]:
+        name = row[2] if isinstance(row, (list, tuple)) and len(row) > 2 else None
+        if isinstance(name, str) and name in NETWORK_LAYERS:
+            raise InputError(spec, f"layer {name} builds a torchvision model and fetches its weights from the "
+                                   "internet; this project runs offline: put its weights in a checkpoint instead")
     modules = 0
 
     def count(module, name, submodule):

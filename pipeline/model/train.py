@@ -33,7 +33,7 @@ from pipeline.core import runtime
 from pipeline.core.facts import MAX_IMGSZ
 from pipeline.core.io import InputError, atomic_write_json, is_ours, ledger_for, note_written, one_line, written_list, output_folder, quiet_training_reads, refuse_links
 from pipeline.core.yamlfile import read_yaml
-from pipeline.data.dataset_view import check_view_folder, own_view, stage_dataset, view_link
+from pipeline.data.dataset_view import check_view_folder, drop_view_caches, own_view, stage_dataset, view_link
 from pipeline.data.labels import dataset_folders, read_data_yaml
 from pipeline.model.load import DEFAULT_MODEL, load_model, model_yaml_parameters, weights_error, weights_policy
 
@@ -343,10 +343,16 @@ def train(
 TRAINER_FILES = ("args.yaml", "results.csv", "weights/last.pt", "weights/best.pt")
 
 
-def _note_trainer_files(trainer) -> None:
+def _note_trainer_files(trainer, names=TRAINER_FILES) -> None:
     """Callback: the trainer's files as they now are, noted as the run's own (after its args, after each epoch)."""
-    for name in TRAINER_FILES:
+    for name in names:
         note_written(Path(trainer.save_dir) / name)
+
+
+def _note_trainer_files_but_results(trainer) -> None:
+    """Callback at each epoch's end: ``results.csv`` is noted by its guard right after each append, and only
+    then (noted again here, a file put in its place after the append would pass as the run's own)."""
+    _note_trainer_files(trainer, tuple(n for n in TRAINER_FILES if n != "results.csv"))
 
 
 def _guard_results(trainer) -> None:
@@ -378,8 +384,9 @@ def _guard_results(trainer) -> None:
 def _watch_trainer_files(yolo) -> None:
     """Note the trainer's own files as it writes them; added before any other callback, so a callback that stops
     training at an epoch's end (a test's, a user's) still leaves them noted."""
-    for event in ("on_pretrain_routine_end", "on_fit_epoch_end", "on_train_end"):  # on_train_end: the final strip
-        yolo.add_callback(event, _note_trainer_files)
+    yolo.add_callback("on_pretrain_routine_end", _note_trainer_files)  # a resumed run's results.csv, as checked
+    for event in ("on_fit_epoch_end", "on_train_end"):  # on_train_end: the final strip
+        yolo.add_callback(event, _note_trainer_files_but_results)
     yolo.add_callback("on_pretrain_routine_end", _guard_results)
 
 
@@ -502,6 +509,7 @@ def _resume(out: Path, trust: bool, counter: BatchCounter, changes: dict, callba
     left_out = []
     if (out / "dataset" / "data.yaml").is_file():
         data = own_view(out / "dataset")
+        drop_view_caches(out / "dataset")  # Ultralytics unpickles them: a file planted there would run code
     else:
         source = (ckpt.get("train_args") or {}).get("data")
         if not source:
