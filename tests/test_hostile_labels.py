@@ -283,3 +283,37 @@ def test_training_leaves_out_a_photo_whose_label_is_not_a_regular_file(tmp_path)
     assert bad == [str(labels / f"p{i}.txt") for i in range(4)]
     assert all("train the image as background" in e.reason for e in view.errors)
     assert sorted(p.name for p in (tmp_path / "run" / "dataset" / "train" / "images").iterdir()) == ["p4.jpg"]
+
+
+def test_a_label_with_more_boxes_than_a_photo_holds_is_left_out(tmp_path):
+    """140,000 boxes in a 3.9 MB file (under the byte limit): check said OK, then the trainer's box assigner took
+    3.2 GB and crashed (seventh hostile retest). Over MAX_LABEL_BOXES the photo is left out, and check says so."""
+    import numpy as np
+
+    from pipeline.data.check import check_dataset
+    from pipeline.data.labels import MAX_LABEL_BOXES
+
+    label = tmp_path / "many.txt"
+    rng = np.random.default_rng(0)
+    rows = rng.uniform(0.2, 0.8, size=(MAX_LABEL_BOXES + 1, 2))
+    label.write_text("".join(f"0 {x:.6f} {y:.6f} 0.01 0.01\n" for x, y in rows))
+    boxes, errors, _ = parse_label_text(label.read_text(), 6)
+    assert len(boxes) == MAX_LABEL_BOXES + 1 and errors == []  # every row is a valid box: the count decides
+    with pytest.raises(InputError) as e:
+        _check_label(label, 6)
+    assert str(e.value) == (f"{label}: {MAX_LABEL_BOXES + 1:,} boxes, over the {MAX_LABEL_BOXES:,} a photo's labels may "
+                            "hold (the trainer's box assigner makes tables of boxes x anchors): left out")
+    label.write_text("".join(f"0 {x:.6f} {y:.6f} 0.01 0.01\n" for x, y in rows[:MAX_LABEL_BOXES]))
+    _check_label(label, 6)  # at the limit: trained on
+    # check: the same reason, and the photo counted as dropped
+    ds = tmp_path / "ds"
+    for split in ("train", "val"):
+        (ds / split / "images").mkdir(parents=True)
+        (ds / split / "labels").mkdir(parents=True)
+        (ds / split / "images" / "a.jpg").write_bytes(jpeg_bytes(0))
+        (ds / split / "labels" / "a.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    (ds / "train" / "labels" / "a.txt").write_text("".join(f"0 {x:.6f} {y:.6f} 0.01 0.01\n" for x, y in rows))
+    (ds / "data.yaml").write_text(f"path: {ds}\ntrain: train/images\nval: val/images\nnames: [a, b, c, d, e, f]\n")
+    report = check_dataset(ds / "data.yaml")
+    said = [e for e in report["errors"] if "boxes, over the" in str(e)]
+    assert len(said) == 1, report["errors"]

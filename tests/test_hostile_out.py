@@ -951,3 +951,30 @@ def test_a_results_file_replaced_right_after_an_append_gets_no_more_rows(synth_d
         train(synth_data, out, epochs=2, imgsz=64, batch=8, nbs=8, workers=0, device="cpu", val=False, seed=0,
               callbacks={"on_fit_epoch_end": plant})
     assert (out / "results.csv").read_text() == "MINE\n"
+
+
+def test_json_read_back_is_bounded_by_its_values_not_only_its_bytes(tmp_path, monkeypatch):
+    """250 MB of ``{},{},...`` in an atlas.json (under its byte limit) took 4.9 GB and a MemoryError traceback;
+    a padded watch.jsonl 4.1 GB; a 200 MB COCO file 4.9 GB. The values are counted on the text, before any parse:
+    one line each. (The limits are lowered here so the files stay small.)"""
+    import pipeline.analysis.atlas_format as atlas_format
+    import pipeline.data.coco as coco
+    import pipeline.probe.watch as watch
+    from pipeline.core.io import json_items
+
+    assert json_items('{"a": [1, 2], "b": {}}') >= 6 and json_items(b"{},{},{}") == 6  # 3 values, counted twice
+    monkeypatch.setattr(atlas_format, "MAX_JSON_ITEMS", 1000)
+    monkeypatch.setattr(watch, "MAX_JSON_ITEMS", 1000)
+    monkeypatch.setattr(coco, "MAX_COCO_CONTAINERS", 1000)
+    pad = "[" + ",".join(["{}"] * 2000) + "]"
+    (tmp_path / "at").mkdir()
+    (tmp_path / "at" / "atlas.json").write_text('{"layers": {}, "pad": ' + pad + "}")
+    with pytest.raises(InputError, match="holds more than 1,000 JSON values, more than an atlas.json"):
+        atlas_format.AtlasIndex(tmp_path / "at")
+    (tmp_path / "watch.jsonl").write_text('{"epoch": 0, "pad": ' + pad + "}\n")
+    with pytest.raises(InputError, match="holds more than 1,000 JSON values, more than a watch.jsonl"):
+        watch.read_watch(tmp_path / "watch.jsonl")
+    bomb = tmp_path / "bomb.json"
+    bomb.write_text('{"images": [], "annotations": [], "categories": [], "pad": ' + pad + "}")
+    with pytest.raises(InputError, match=r"holds 2,00\d JSON objects and lists, over the 1,000"):
+        coco._read_coco(bomb)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.core.io import InputError, json_value, read_bounded_text
+from pipeline.core.io import MAX_JSON_ITEMS, InputError, json_value, read_bounded_text
 
 
 def layer_file(path: str) -> str:
@@ -40,7 +40,7 @@ class AtlasIndex:
             raise InputError(self.root, "no atlas.json here "
                                         "(build one with: cardamage atlas --weights W SOURCE --out DIR)")
         try:  # ~1 KB a channel: 256 MiB is far past any YOLOv8, and read whole it costs a few times its size
-            self.doc = json_value(read_bounded_text(path, "an atlas.json", 256 << 20))
+            self.doc = json_value(read_bounded_text(path, "an atlas.json", 256 << 20, MAX_JSON_ITEMS))
         except ValueError as e:
             raise InputError(path, f"cannot read the atlas ({e})") from None
         if not isinstance(self.doc, dict) or not isinstance(self.doc.get("layers"), dict):

@@ -23,7 +23,7 @@ from pipeline.core.files import real_path
 from pipeline.core.io import InputError, read_image
 from pipeline.core.runtime import progress_bar
 from pipeline.data.duplicates import find_duplicates, phash_of, sha1_of_file, split_overlaps
-from pipeline.data.labels import dataset_splits, label_path, load_names, parse_label_text, read_label_text
+from pipeline.data.labels import dataset_splits, label_path, load_names, parse_label_text, read_label_text, too_many_boxes
 
 SMALL, LARGE = 128**2, 256**2  # CarDD's box-area buckets in original-image pixels
 LEAK_KINDS = ("split_overlap", "exact_duplicate", "near_duplicate")  # warning kinds that are leakage
@@ -70,6 +70,9 @@ def scan_pair(image: Path, label: Path, nc: int) -> dict:
             text = None
         if text is not None:
             boxes, line_errors, info = parse_label_text(text, nc)
+            if too_many_boxes(boxes):  # training leaves the photo out (dataset_view): so does the report
+                rec["errors"].append((str(label), None, "bad_label_file", too_many_boxes(boxes)))
+                too_large = True
             rec["boxes"] = boxes
             rec["label_status"] = "labelled" if text.strip() else "empty"
             rec["errors"] += [(str(label), n, kind, reason) for n, kind, reason in line_errors]

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.io import IMAGE_SUFFIXES, InputError
+from pipeline.core.io import IMAGE_SUFFIXES, InputError, check_regular_file
 from pipeline.core.runtime import progress_bar
 from pipeline.data.coco_schema import (
     CLASS_NAMES,
@@ -56,6 +56,10 @@ from pipeline.data.coco_schema import (
 )
 
 _YAML_HEADER = "# YOLO dataset written by `cardamage convert-coco`"
+#: The JSON objects and lists a COCO file may hold, counted before it is parsed: an annotation is a few (itself,
+#: its bbox, its polygons), an image one; a file of ``{},{},...`` ended in a MemoryError traceback
+#: (docs/robustness.md, seventh hostile retest). Sixteen million is some three million annotations.
+MAX_COCO_CONTAINERS = 16_000_000
 _SPLIT_WORDS = (("train", "train"), ("val", "val"), ("valid", "val"), ("test", "test"))
 
 
@@ -307,12 +311,21 @@ def convert_coco(
 
 def _read_coco(annotations_json: Path) -> tuple[dict[int, int], dict[int, dict], dict[int, list], list[str]]:
     """Load and check the JSON (see ``parse_coco``); every problem is an InputError naming the file."""
-    if not annotations_json.is_file():
+    if annotations_json.is_dir() or not (annotations_json.exists() or annotations_json.is_symlink()):
         raise InputError(annotations_json, "is a folder, expected a JSON file" if annotations_json.is_dir() else "file not found")
+    check_regular_file(annotations_json, "a COCO JSON file")  # a FIFO or /dev/zero would hang the read
     try:
-        coco = json.loads(annotations_json.read_text(encoding="utf-8-sig"))
+        text = annotations_json.read_text(encoding="utf-8-sig")
+        containers = text.count("{") + text.count("[")
+        if containers > MAX_COCO_CONTAINERS:  # counted before the parse: each costs ~60 bytes parsed
+            raise InputError(annotations_json, f"holds {containers:,} JSON objects and lists, over the "
+                                               f"{MAX_COCO_CONTAINERS:,} a COCO file's images and annotations need "
+                                               "(a handful per annotation)")
+        coco = json.loads(text)
     except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, 5000-digit numbers, [[[[... nested
         raise InputError(annotations_json, f"not valid JSON ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    except MemoryError:
+        raise InputError(annotations_json, "too large to read into this machine's memory") from None
     try:
         return parse_coco(coco, annotations_json)
     except SchemaError as e:

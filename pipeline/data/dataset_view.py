@@ -33,7 +33,8 @@ from pipeline.core.files import check_regular_file
 from pipeline.core.io import (IMAGE_SUFFIXES, InputError, atomic_write_text, is_ours, one_line, validate_image,
                               warn_if_repaired)
 from pipeline.core.yamlfile import read_yaml
-from pipeline.data.labels import check_names, dataset_splits, label_path, load_names, parse_label_text, read_label_text
+from pipeline.data.labels import (check_names, dataset_splits, label_path, load_names, parse_label_text, read_label_text,
+                                  too_many_boxes)
 
 
 @dataclass
@@ -65,7 +66,9 @@ def _check_label(label: Path, nc: int) -> None:
         text = read_label_text(label)  # a file over its size limit: InputError, unread
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(label, f"unreadable label file ({getattr(e, 'strerror', None) or type(e).__name__})") from None
-    _, errors, info = parse_label_text(text, nc, coord_tol=ULTRALYTICS_COORD_TOL)
+    boxes, errors, info = parse_label_text(text, nc, coord_tol=ULTRALYTICS_COORD_TOL)
+    if too_many_boxes(boxes):
+        raise InputError(label, too_many_boxes(boxes))
     if errors:
         line, _, reason = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""

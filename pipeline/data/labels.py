@@ -45,6 +45,10 @@ MAX_CLASSES = 10_000  # a data.yaml's classes at most: 8 times LVIS's 1,203; Car
 #: to ~100 points) is 15 KB, so 4 MiB (some 40,000 boxes) is more than any photo's labels could be. A bigger
 #: file is refused unread: a gigabyte file of zeros took fourteen times its size to read, split and quote.
 MAX_LABEL_BYTES = 4 << 20
+#: The most boxes one photo's label file may hold. Ultralytics' box assigner builds tables of batch x boxes x
+#: anchors (8,400 at 640 px): a file of 140,000 boxes, under the byte limit, crashed training out of memory
+#: (docs/robustness.md, seventh hostile retest). CarDD's busiest photo has a few dozen; COCO's a few hundred.
+MAX_LABEL_BOXES = 1_000
 QUOTE_CHARS = 40  # a label token quoted in an error is cut to this many characters: the line stays readable
 
 
@@ -278,6 +282,14 @@ def read_label_text(label: str | Path) -> str:
     if len(data) > MAX_LABEL_BYTES:
         raise InputError(label, too_large)
     return data.decode("utf-8-sig")
+
+
+def too_many_boxes(boxes) -> str | None:
+    """Why a label file with these parsed ``boxes`` is left out of training, or None (``MAX_LABEL_BOXES``)."""
+    if len(boxes) > MAX_LABEL_BOXES:
+        return (f"{len(boxes):,} boxes, over the {MAX_LABEL_BOXES:,} a photo's labels may hold (the trainer's box "
+                "assigner makes tables of boxes x anchors): left out")
+    return None
 
 
 def parse_label_text(text: str, nc: int, coord_tol: float = COORD_TOL) -> tuple[np.ndarray, list[tuple[int, str, str]], dict]:

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.core.io import atomic_write_text, json_value, note_written, read_bounded_text
+from pipeline.core.io import MAX_JSON_ITEMS, atomic_write_text, json_value, note_written, read_bounded_text
 from pipeline.data.preprocess import model_input
 from pipeline.model.train import metrics_dict
 from pipeline.probe.layers import conv_blocks, is_fused
@@ -112,7 +112,7 @@ def read_watch(path: str | os.PathLike) -> list[dict]:
         [1, 2, 4, 8, 16]
     """
     records = []
-    for line in read_bounded_text(path, "a watch.jsonl", MAX_WATCH_BYTES).splitlines():
+    for line in read_bounded_text(path, "a watch.jsonl", MAX_WATCH_BYTES, MAX_JSON_ITEMS).splitlines():
         try:
             records.append(json_value(line))
         except ValueError:

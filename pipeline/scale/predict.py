@@ -36,6 +36,7 @@ from pipeline.core.io import (
     expand_sources,
     json_value,
     output_folder,
+    MAX_JSON_ITEMS,
     read_bounded_text,
     written_list,
 )
@@ -123,7 +124,7 @@ def read_shards(folder: Path, settings: dict) -> tuple[dict[str, dict], int]:
     run_file = folder / RUN_FILE
     if run_file.is_file():
         try:
-            before = json_value(read_bounded_text(run_file, "a run's settings", 1 << 20))
+            before = json_value(read_bounded_text(run_file, "a run's settings", 1 << 20, MAX_JSON_ITEMS))
         except ValueError as e:  # JSON's own words: where it broke ("Expecting value: line 1 column 1 (char 0)")
             raise InputError(run_file, f"cannot read the earlier run's settings (not JSON: {str(e)[:120]}): delete "
                                        "this folder or choose another output folder") from None
@@ -137,7 +138,8 @@ def read_shards(folder: Path, settings: dict) -> tuple[dict[str, dict], int]:
     done: dict[str, dict] = {}
     parts = sorted(folder.glob("part-*.jsonl"))
     for part in parts:  # each a chunk's records: a FIFO would hang the read, a huge file take memory
-        for n, line in enumerate(read_bounded_text(part, "a shard of detections", MAX_SHARD_BYTES).splitlines(), 1):
+        for n, line in enumerate(read_bounded_text(part, "a shard of detections", MAX_SHARD_BYTES,
+                                                              MAX_JSON_ITEMS).splitlines(), 1):
             try:
                 record = json_value(line)
                 done[record["image"]] = record
