@@ -18,6 +18,7 @@ import pytest
 import torch
 from ultralytics.nn import tasks
 
+from checkpoints import save_checkpoint
 from pipeline.cli import main
 from pipeline.core.io import READ_FORMATS, InputError
 from pipeline.core.yamlfile import MAX_YAML_DEPTH
@@ -220,6 +221,8 @@ def test_yolov8x_stride_probe_activations_by_the_meta_method():
     assert MAX_ACTIVATIONS >= 3 * YOLOV8X_ACTIVATIONS and PROBE_SIZE == 256
     # its largest tensor: the 320-channel C2f concat at stride 4 (80 * 4 channels, 64 x 64), far under the bound
     assert largest == 320 * 64 * 64 * 5 // 4 == 1_638_400 and MAX_TENSOR >= 50 * largest
+    from pipeline.model.load import MAX_TENSOR_PER_PIXEL
+    assert largest / PROBE_SIZE ** 2 == 25 and MAX_TENSOR_PER_PIXEL >= 4 * 25  # the per-pixel bound's own claim
     for spec in ("yolov8n.yaml", "yolov8x.yaml", "yolov8x-p6.yaml", "yolo11x.yaml"):  # all still build
         model_yaml_parameters(spec, 6)
 
@@ -525,3 +528,30 @@ def test_a_layer_whose_inside_blows_up_is_refused_on_the_meta_device(layer, wher
         assert n == values  # the squared input padded by size // 2 and (size - 1) // 2 channels, as torch pads it
     else:  # 128 x 128 = 16,384 tokens: the attention matrix alone is 16,384^2 per head
         assert n >= 128 ** 4 > MAX_TENSOR
+
+
+def test_a_layer_that_grows_faster_than_the_image_is_checked_at_the_size_it_runs(tmp_path, photos):  # noqa: F811
+    """The tensor bound held at the 256 px build probe only: an attention layer at stride 4 passed there and tried
+    to allocate 10 GB at 640 px; a checkpoint holding nn.LocalResponseNorm(5000) was never probed (3 GB, 101 s for
+    one photo; 50000: a 20 GB allocation and a traceback). Every command checks at its own size, one line."""
+    from pipeline.model.load import MAX_TENSOR_PER_PIXEL, check_forward, trained_imgsz
+
+    spec = tmp_path / "aifi.yaml"
+    spec.write_text("nc: 6\nbackbone:\n  - [-1, 1, Conv, [32, 3, 2]]\n  - [-1, 1, Conv, [32, 3, 2]]\n"
+                    "  - [-1, 1, AIFI, [64, 4]]\n  - [-1, 1, Conv, [32, 3, 2]]\n  - [-1, 1, Conv, [32, 3, 2]]\n"
+                    "  - [-1, 1, Conv, [32, 3, 2]]\nhead:\n  - [[3, 4, 5], 1, Detect, [nc]]\n")
+    yolo = load_model(spec, nc=6)  # built: at 256 px its attention is 64 x 64 tokens
+    check_forward(yolo, 128)
+    with pytest.raises(InputError) as e:
+        trained_imgsz(yolo, 640)
+    tokens = (640 // 4) ** 2
+    assert f"at 640 px its forward pass makes one tensor of {4 * tokens * tokens:,} values inside layer 2 (AIFI)" \
+        in str(e.value) and f"({MAX_TENSOR_PER_PIXEL} a pixel)" in str(e.value)
+    # a checkpoint's module: no YAML, no build probe
+    ckpt = torch.load(save_checkpoint(tmp_path / "w.pt"), weights_only=False)
+    (ckpt.get("ema") or ckpt["model"]).model[0].act = torch.nn.LocalResponseNorm(5000)
+    torch.save(ckpt, tmp_path / "lrn.pt")
+    r = cli("predict", "--weights", str(tmp_path / "lrn.pt"), str(photos), "--out", str(tmp_path / "o"))
+    line = one_error_line(r.stderr)
+    assert r.returncode == 1 and "at 640 px its forward pass makes one tensor of" in line and "inside layer 0" in line
+    assert not (tmp_path / "o").exists()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import re
+import weakref
 from pathlib import Path
 
 import torch
@@ -384,9 +385,70 @@ def trained_imgsz(yolo, imgsz: int | None = None) -> int:
         (640, 416)
     """
     if imgsz:
-        return int(imgsz)
-    size = getattr(yolo, "overrides", {}).get("imgsz")
-    return int(size) if isinstance(size, int) and size > 0 else DEFAULT_IMGSZ
+        size = int(imgsz)
+    else:
+        size = getattr(yolo, "overrides", {}).get("imgsz")
+        size = int(size) if isinstance(size, int) and size > 0 else DEFAULT_IMGSZ
+    check_forward(yolo, size)
+    return size
+
+
+#: The values one tensor of a forward pass may hold, per input pixel at the run's size (at least ``MAX_TENSOR``):
+#: YOLOv8x's largest is 25 per pixel (a test recomputes it). A layer that makes far more inside itself (a
+#: ``LocalResponseNorm`` of thousands, attention over every pixel) is refused before the real pass allocates it.
+MAX_TENSOR_PER_PIXEL = 100
+_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> sizes already checked
+
+
+def check_forward(model, imgsz: int) -> None:
+    """Refuse a model whose forward pass at ``imgsz`` would make a tensor past ``MAX_TENSOR_PER_PIXEL`` values a
+    pixel (or ``MAX_TENSOR``), found by running that pass on torch's meta device: shapes, no memory.
+
+    A model YAML's layers are checked at 256 px when it is built (``model_yaml_parameters``); a checkpoint may
+    hold any torch module, and a layer whose insides grow faster than the image (attention: with the square of
+    its pixels) passes at 256 px and not at 640. So every command checks at the size it runs at, once per model
+    and size.
+
+    Raises:
+        InputError: one line naming the layer, the tensor's size and the budget.
+    """
+    net = detection_model(model)
+    done = _CHECKED.setdefault(net, set())
+    if imgsz in done:
+        return
+    largest = _LargestTensor()
+
+    def enter(module, inputs):
+        largest.layers.append(f"layer {getattr(module, 'i', '?')} ({type(module).__name__})")
+
+    def leave(module, inputs, output):
+        largest.layers.pop()
+
+    ghost = copy.deepcopy(net).to("meta").eval()
+    for m in ghost.modules():  # a probe's hooks copied with the model would run on meta tensors
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
+    rows = list(ghost.model) if isinstance(getattr(ghost, "model", None), torch.nn.Sequential) else [ghost]
+    if isinstance(rows[-1], Detect):
+        rows[-1].training = True  # the head's feature maps, as the stride probe: its box decoding reads strides
+    hooks = [m.register_forward_pre_hook(enter) for m in rows] + [m.register_forward_hook(leave) for m in rows]
+    yaml = getattr(net, "yaml", None)
+    channels = yaml.get("channels", 3) if isinstance(yaml, dict) else 3
+    try:
+        with torch.device("meta"), _ArangeOffMeta(), torch.no_grad(), largest:
+            ghost(torch.zeros(1, channels, imgsz, imgsz))
+    except NotImplementedError:
+        return  # an operation with no meta kernel: its shapes cannot be found without memory; nothing to say
+    finally:
+        for h in hooks:
+            h.remove()
+    limit = max(MAX_TENSOR, MAX_TENSOR_PER_PIXEL * imgsz * imgsz)
+    if largest.largest > limit:
+        name = getattr(model, "ckpt_path", None) or "the model"
+        raise InputError(name, f"at {imgsz} px its forward pass makes one tensor of {largest.largest:,} values inside "
+                               f"{largest.where}, over the budget of {limit:,} at that size ({MAX_TENSOR_PER_PIXEL} a "
+                               "pixel); check that layer, or a smaller --imgsz")
+    done.add(imgsz)
 
 
 def model_stride(model) -> int:
