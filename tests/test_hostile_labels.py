@@ -317,3 +317,20 @@ def test_a_label_with_more_boxes_than_a_photo_holds_is_left_out(tmp_path):
     report = check_dataset(ds / "data.yaml")
     said = [e for e in report["errors"] if "boxes, over the" in str(e)]
     assert len(said) == 1, report["errors"]
+
+
+def test_a_dataset_folder_is_listed_only_within_the_walk_bound(tmp_path, monkeypatch):
+    """``path: /`` and ``train: usr`` took 90 s and 5 GB to list; ``train: proc`` never ended (seventh hostile
+    retest): Ultralytics' scan globs the whole tree below a split folder. Past the bound: one line, unlisted."""
+    import pipeline.core.io as io
+    import pipeline.data.labels as labels
+
+    for i in range(30):
+        (tmp_path / "big" / f"d{i}").mkdir(parents=True)
+    (tmp_path / "d.yaml").write_text(f"path: {tmp_path}\ntrain: big\nval: big\nnames: [a]\n")
+    monkeypatch.setattr(io, "MAX_GLOB", 20)
+    monkeypatch.setattr(labels, "MAX_GLOB", 20)
+    with pytest.raises(InputError) as e:
+        labels.dataset_splits(tmp_path / "d.yaml")
+    assert str(e.value) == (f"{tmp_path / 'd.yaml'}: 'train' folder {tmp_path / 'big'} holds more than 20 files and "
+                            "folders below it; not listed: name the dataset's own images folder")

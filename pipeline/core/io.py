@@ -420,21 +420,28 @@ def read_list(path: Path) -> list[str]:
 MAX_GLOB = 1_000_000
 
 
+def walks_past(root: str | os.PathLike, limit: int | None = None) -> bool:
+    """Whether a recursive walk of ``root`` (links followed, as a ``**`` glob follows them) passes ``limit``
+    entries (default ``MAX_GLOB``), stopping as soon as it does: ``/usr`` or ``/proc`` named as a dataset
+    folder, or a quoted ``/proc/**/*.jpg``, would otherwise be listed whole (minutes, gigabytes)."""
+    limit = MAX_GLOB if limit is None else limit
+    seen = 0
+    for _, dirs, files in os.walk(root, followlinks=True):
+        seen += len(dirs) + len(files)
+        if seen > limit:
+            return True
+    return False
+
+
 def _walks_too_far(pattern: str) -> bool:
     """Whether a ``**`` in ``pattern`` would walk past ``MAX_GLOB`` paths below its fixed part (``/proc`` in
     ``/proc/**/*.jpg``). The glob itself counts only what matches, so a walk of a whole file system matching
-    nothing ran for minutes; here every entry walked counts, links followed as ``**`` follows them."""
+    nothing ran for minutes; here every entry walked counts."""
     if "**" not in pattern:
         return False
     parts = Path(pattern).parts
     fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
-    root = Path(*parts[:fixed]) if fixed else Path(".")
-    seen = 0
-    for _, dirs, files in os.walk(root, followlinks=True):
-        seen += len(dirs) + len(files)
-        if seen > MAX_GLOB:
-            return True
-    return False
+    return walks_past(Path(*parts[:fixed]) if fixed else Path("."))
 
 
 def _glob(pattern: str) -> tuple[list[Path], InputError | None]:

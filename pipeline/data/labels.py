@@ -35,7 +35,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from pipeline.core.io import InputError, list_lines
+from pipeline.core.io import MAX_GLOB, InputError, list_lines, walks_past
 from pipeline.core.yamlfile import read_yaml
 
 SPLITS = ("train", "val", "test", "minival")
@@ -235,6 +235,9 @@ def dataset_splits(data_yaml: str | Path) -> dict[str, list[Path]]:
             if Path(p).is_file():  # a photo list: Ultralytics reads it whole, so it is checked first (size, lines)
                 for _ in list_lines(Path(p)):
                     pass
+            elif Path(p).is_dir() and walks_past(p):  # Ultralytics' scan lists the whole tree below a folder
+                raise InputError(data_yaml, f"'{split}' folder {p} holds more than {MAX_GLOB:,} files and folders "
+                                            "below it; not listed: name the dataset's own images folder")
         files = sorted({f for p in entries for f in _list_images(str(p))})
         if not files:
             raise InputError(data_yaml, f"'{split}' holds no images: {', '.join(map(str, entries))}")
