@@ -155,6 +155,11 @@ def test_film_out_replaces_only_an_earlier_film(tmp_path, capsys):
     assert f"error: {mine}: exists and is not an earlier output of cardamage film" in capsys.readouterr().err
     assert mine.read_text().endswith("my notes</body></html>\n") and (tmp_path / "watch.jsonl").read_bytes() == jsonl
     assert main(["film", str(tmp_path)]) == 0 and main(["film", str(tmp_path)]) == 0  # its own page: replaced
+    page = tmp_path / "film.html"
+    noted = page.read_text().replace("</body>", "<p>my notes</p></body>")  # its own page, edited since: kept
+    page.write_text(noted)
+    assert main(["film", str(tmp_path)]) == 1 and page.read_text() == noted
+    assert f"error: {page}: exists and is not an earlier output of cardamage film" in capsys.readouterr().err
     assert main(["film", str(tmp_path), "--out", str(mine), "--overwrite"]) == 0
     assert "my notes" not in mine.read_text()
     capsys.readouterr()

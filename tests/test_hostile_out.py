@@ -144,8 +144,13 @@ def test_its_own_earlier_output_is_replaced_and_overwrite_replaces_any(command, 
     assert main([*argv, str(target)]) == 0
     first = json.loads(target.read_text())
     assert next(iter(first)) == "generator" and first["generator"] == f"cardamage {command}"
-    target.write_text(json.dumps({**first, "stale": True}, indent=2))  # an earlier run's, edited: still ours
-    assert main([*argv, str(target)]) == 0
+    assert main([*argv, str(target)]) == 0  # its own, unchanged: replaced
+    assert json.loads(target.read_text()) == first
+    edited = json.dumps({**first, "my_notes": "keep"}, indent=2)  # an earlier run's, edited since: the user's now
+    target.write_text(edited)
+    assert main([*argv, str(target)]) == 1
+    assert "exists and is not an earlier output of" in capsys.readouterr().err and target.read_text() == edited
+    assert main([*argv, str(target), "--overwrite"]) == 0
     assert json.loads(target.read_text()) == first  # replaced by this run's report, not merged
     target.write_bytes(b'{"a": 1}\n')
     assert main([*argv, str(target), "--overwrite"]) == 0

@@ -36,7 +36,8 @@ from pipeline.core.errors import InputError, one_line, warn_input  # noqa: F401
 from pipeline.core.files import check_regular_file, os_reason
 # what the project wrote: defined apart (one job per module), re-exported for the commands that name files
 from pipeline.core.owned import (  # noqa: F401
-    GENERATOR_KEY, WRITTEN_LIST, is_ours, ledger_for, note_written, resolved, stamp, written_by, written_list)
+    GENERATOR_KEY, UNSEALED, WRITTEN_LIST, is_ours, ledger_for, note_written, resolved, seal, stamp, written_by,
+    written_list)
 # photos in: defined apart (one job per module), re-exported here where most callers import them
 from pipeline.core.photo import (  # noqa: F401
     READ_FORMATS, check_pixels, native_stderr, pil_open, quiet_training_reads, read_image, shrink, validate_image,
@@ -294,7 +295,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    """Write ``text`` (UTF-8) to ``path`` atomically; a text carrying ``owned.UNSEALED`` in its first lines (a
+    ``stamp``-ed report, a film page) is sealed first (``owned.seal``)."""
+    if UNSEALED in text[:4096]:
+        text = seal(text)
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 

@@ -40,21 +40,47 @@ def resolved(path: str | os.PathLike) -> Path:
 GENERATOR_KEY = "generator"
 
 
-def stamp(obj: dict, generator: str) -> dict:
-    """``obj`` with ``{"generator": generator}`` as its first key, the mark ``written_by`` looks for.
+#: A file the user names is sealed: this token and the BLAKE2b of the file's text (written with 64 zeros in
+#: their place) stand in its first lines, so a report the user edited since (a note added, a number changed) no
+#: longer passes as the command's own and is not replaced without ``--overwrite``.
+SEAL = "sealed-by-cardamage:"
+UNSEALED = SEAL + "0" * 64
+_SEALED = re.compile(re.escape(SEAL) + "([0-9a-f]{64})")
+#: The largest named file checked for its seal (a film page with its figures is a few MB): a bigger one is not ours.
+MAX_SEALED = 64 << 20
+
+
+def _seal_digest(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=32).hexdigest()
+
+
+def seal(text: str) -> str:
+    """``text`` with its first ``UNSEALED`` token made the seal of the whole text (``atomic_write_text`` calls it).
 
     Examples:
-        >>> stamp({"ok": True}, "cardamage check")
-        {'generator': 'cardamage check', 'ok': True}
+        >>> seal('{"seal": "' + UNSEALED + '"}').startswith('{"seal": "sealed-by-cardamage:')
+        True
     """
-    return {GENERATOR_KEY: generator, **{k: v for k, v in obj.items() if k != GENERATOR_KEY}}
+    return text.replace(UNSEALED, SEAL + _seal_digest(text), 1)
+
+
+def stamp(obj: dict, generator: str) -> dict:
+    """``obj`` with ``{"generator": generator, "seal": ...}`` as its first keys, the marks ``written_by`` looks for.
+
+    Examples:
+        >>> list(stamp({"ok": True}, "cardamage check"))
+        ['generator', 'seal', 'ok']
+    """
+    return {GENERATOR_KEY: generator, "seal": UNSEALED,
+            **{k: v for k, v in obj.items() if k not in (GENERATOR_KEY, "seal")}}
 
 
 def written_by(path: str | os.PathLike, generator: str) -> bool:
-    """Whether ``path`` is a regular file that ``generator`` wrote: JSON whose first key is its ``stamp``, or an
-    HTML page that opens with ``<!DOCTYPE html>`` and names it in ``<meta name="generator">`` in its first line.
+    """Whether ``path`` is a regular file that ``generator`` wrote and nobody changed since: JSON whose first key
+    is its ``stamp``, or an HTML page that opens with ``<!DOCTYPE html>`` and names it in ``<meta name="generator">``
+    in its first line, and in either its ``SEAL`` matching its text.
 
-    Only the first 4 KB are read (the stamp comes first), so a large file that is not ours costs nothing.
+    The first 4 KB are read first (the marks come first), so a file that is not ours costs nothing more.
     A symbolic link is never ours: our writer makes plain files, and replacing a link would drop what it is.
     """
     path = Path(path)
@@ -63,11 +89,23 @@ def written_by(path: str | os.PathLike, generator: str) -> bool:
     try:
         with open(path, "rb") as f:
             head = f.read(4096).decode("utf-8", errors="replace")
+            mark = rf'\s*\{{\s*"{GENERATOR_KEY}"\s*:\s*{re.escape(json.dumps(generator))}\s*[,}}]'
+            page = (rf'<!DOCTYPE html>\n<html[^>\n]*><head><meta charset="utf-8"><meta name="generator" '
+                    rf'content="{re.escape(generator)}">')
+            if (re.match(mark, head) is None and re.match(page, head) is None) or _SEALED.search(head) is None:
+                return False
+            f.seek(0)
+            data = f.read(MAX_SEALED + 1)
     except OSError:
         return False
-    mark = rf'\s*\{{\s*"{GENERATOR_KEY}"\s*:\s*{re.escape(json.dumps(generator))}\s*[,}}]'
-    page = rf'<!DOCTYPE html>\n<html[^>\n]*><head><meta charset="utf-8"><meta name="generator" content="{re.escape(generator)}">'
-    return re.match(mark, head) is not None or re.match(page, head) is not None
+    if len(data) > MAX_SEALED:
+        return False
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    m = _SEALED.search(text, 0, 4096 + len(SEAL) + 64)
+    return m is not None and _seal_digest(text[:m.start(1)] + "0" * 64 + text[m.end(1):]) == m.group(1)
 
 
 #: In every output folder, the files cardamage commands wrote there: a JSON line per write, ``[path relative
