@@ -470,7 +470,7 @@ def test_second_split_into_same_out_and_failed_reruns_keep_what_was_there(tmp_pa
         (imgs / "b.jpg").unlink()
         (tmp_path / "b.jpg").rename(imgs / "b.jpg")
         assert snapshot(out) == before
-        assert sorted(p.name for p in out.iterdir()) == ["data.yaml", "images", "labels"]  # no staging left
+        assert sorted(p.name for p in out.iterdir()) == [".cardamage-written", "data.yaml", "images", "labels"]  # no staging
     assert all(line.startswith("error: ") for line in capsys.readouterr().err.splitlines())
 
 
@@ -483,7 +483,39 @@ def test_rerun_replaces_the_split_whole(tmp_path, capsys):
     assert convert(tmp_path, coco, imgs, capsys, out)[0] == 0
     assert sorted(p.name for p in (out / "labels" / "train").iterdir()) == ["b.txt"]
     assert sorted(p.name for p in (out / "images" / "train").iterdir()) == ["b.jpg"]
-    assert sorted(p.name for p in out.iterdir()) == ["data.yaml", "images", "labels"]
+    assert sorted(p.name for p in out.iterdir()) == [".cardamage-written", "data.yaml", "images", "labels"]
+
+
+def test_a_rerun_keeps_what_the_user_changed_in_the_split_unless_overwrite(tmp_path, capsys):
+    """A rerun replaced the split whole: a label the user edited, a photo and label added to the split and a line
+    added to data.yaml were lost (seventh hostile retest). Each is refused now, kept, and --overwrite replaces."""
+    coco, imgs = tiny_coco(tmp_path)
+    out = tmp_path / "yolo"
+    assert convert(tmp_path, coco, imgs, capsys, out)[0] == 0
+    label, yaml = out / "labels" / "train" / "b.txt", out / "data.yaml"
+    extra = out / "labels" / "train" / "extra.txt"
+    for change in ("label", "extra", "yaml"):
+        before = snapshot(out)
+        if change == "label":
+            label.write_text(label.read_text() + "0 0.5 0.5 0.1 0.1\n")
+            mine = label
+        elif change == "extra":
+            extra.write_text("0 0.5 0.5 0.1 0.1\n")
+            mine = extra
+        else:
+            yaml.write_text(yaml.read_text() + "# my note\n")
+            mine = yaml
+        kept = snapshot(out)
+        code, err, _, _ = convert(tmp_path, coco, imgs, capsys, out)
+        assert code == 1 and err == [f"error: {mine}: is a file cardamage did not write (or changed since), and this "
+                                     "conversion replaces the train split and data.yaml: move it, or pass --overwrite"]
+        assert snapshot(out) == kept  # nothing replaced, nothing removed
+        ann = tmp_path / "instances_train2017.json"
+        assert main(["convert-coco", str(ann), str(imgs), "--out", str(out), "--overwrite"]) == 0
+        capsys.readouterr()
+        after = snapshot(out)
+        assert not extra.exists() and {k: v for k, v in after.items() if k != ".cardamage-written"} == \
+            {k: v for k, v in before.items() if k != ".cardamage-written"}
 
 
 def test_os_error_while_building_leaves_out_unchanged(tmp_path, capsys, monkeypatch):
@@ -505,7 +537,7 @@ def test_os_error_while_building_leaves_out_unchanged(tmp_path, capsys, monkeypa
     assert main(["convert-coco", str(ann), str(imgs), "--out", str(out), "--copy"]) == 1
     err = capsys.readouterr().err.splitlines()
     assert err == [f"error: {out / 'images' / 'train' / 'b.jpg'}: no space left on device"]
-    assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == ["data.yaml", "images", "labels"]
+    assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == [".cardamage-written", "data.yaml", "images", "labels"]
 
 
 @pytest.mark.parametrize("fail_at", [1, 2, 3, 4, 5])
@@ -533,7 +565,7 @@ def test_failed_swap_is_undone(tmp_path, capsys, monkeypatch, fail_at):
     rc, err, _, _ = convert(tmp_path, coco, imgs, capsys, out)
     named = {1: "images/train", 2: "images/train", 3: "labels/train", 4: "labels/train", 5: "data.yaml"}[fail_at]
     assert rc == 1 and err == [f"error: {out / named}: permission denied"]  # the path in OUT, not the staging one
-    assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == ["data.yaml", "images", "labels"]
+    assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == [".cardamage-written", "data.yaml", "images", "labels"]
 
 
 def test_files_follow_the_umask(tmp_path, capsys):

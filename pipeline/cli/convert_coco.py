@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline.cli.options import add_overwrite
 from pipeline.core.io import one_line, output_folder
 from pipeline.data.coco import convert_coco
 
@@ -60,12 +61,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="YOLO dataset root to write (data.yaml, images/, labels/)")
     p.add_argument("--split", help="split name (default: from the JSON file name: train, val or test)")
     p.add_argument("--copy", action="store_true", help="copy images instead of hard-linking them")
+    add_overwrite(p)
 
 
 def run(args: argparse.Namespace) -> int:
     with output_folder(args.out, inputs=[args.annotations_json, args.images_dir]):  # one writer at a time
         s = convert_coco(args.annotations_json, args.images_dir, args.out, split=args.split, copy=args.copy,
-                         progress=True)
+                         progress=True, overwrite=args.overwrite)
     for line in s["errors"]:
         print(f"error: {one_line(line)}", file=sys.stderr)  # names come from the JSON: any text
     for line in s["size_mismatch"]:

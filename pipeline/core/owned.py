@@ -187,6 +187,8 @@ class _Ledger:
             return False
         if rec[1:3] == (st.st_ctime_ns, st.st_ino):  # ctime: an edit's mtime can be set back (touch -d), not it
             return True
+        if rec[1] == 0:  # a linked photo, known by its inode: a link made or removed elsewhere changes its ctime
+            return rec[2] == st.st_ino
         try:
             return rec[3] is not None and _digest(path) == rec[3]
         except OSError:
@@ -220,11 +222,14 @@ class _Ledger:
             raise InputError(path, f"is {what} cardamage did not write (or that changed since); a run never "
                                    "replaces it: move it, choose another --out, or pass --overwrite")
 
-    def add(self, path: Path) -> None:
-        """Note ``path`` (just written) as ours: one line appended, so a killed run still knows its files."""
+    def add(self, path: Path, digest: bool = True) -> None:
+        """Note ``path`` (just written) as ours: one line appended, so a killed run still knows its files.
+        ``digest=False``: a hard link to a photo of the user's (a converted dataset holds thousands), known by its
+        inode and size only: no digest read, and a ctime of 0, since making or removing another link changes it."""
         st = os.stat(path)
         rel = self.rel(path)
-        rec = (st.st_size, st.st_ctime_ns, st.st_ino, _digest(path) if st.st_size <= DIGEST_LIMIT else None)
+        rec = ((st.st_size, st.st_ctime_ns, st.st_ino, _digest(path) if st.st_size <= DIGEST_LIMIT else None) if digest
+               else (st.st_size, 0, st.st_ino, None))
         line = json.dumps([rel, *rec]) + "\n"
         lst = self.folder / WRITTEN_LIST
         with self.lock:
@@ -302,12 +307,12 @@ def is_ours(path: str | os.PathLike) -> bool:
     return ledger is not None and ledger.ours(Path(path))
 
 
-def note_written(path: str | os.PathLike) -> None:
-    """Note ``path``, grown in place (an appended log), as still ours in its open output folder's list."""
+def note_written(path: str | os.PathLike, digest: bool = True) -> None:
+    """Note ``path``, written or grown in place (an appended log), as ours in its open output folder's list."""
     path = Path(path)
     ledger = ledger_for(path)
     if ledger is not None and path.is_file() and not path.is_symlink():
-        ledger.add(path)
+        ledger.add(path, digest)
 
 
 def _check_folder(ledger: _Ledger, base: Path) -> None:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.io import IMAGE_SUFFIXES, InputError, check_regular_file
+from pipeline.core.io import IMAGE_SUFFIXES, InputError, check_regular_file, is_ours, ledger_for, note_written
 from pipeline.core.runtime import progress_bar
 from pipeline.data.coco_schema import (
     CLASS_NAMES,
@@ -203,8 +203,12 @@ def data_yaml_text(root: Path, names: Sequence[str] = CLASS_NAMES) -> str:
     return "\n".join(lines)
 
 
-def _check_out(out_dir: Path, split: str, inputs: tuple[Path, ...]) -> None:
-    """Refuse, before any work, an OUT that cannot take ``split`` or whose split must not be replaced."""
+def _check_out(out_dir: Path, split: str, inputs: tuple[Path, ...], overwrite: bool = False) -> None:
+    """Refuse, before any work, an OUT that cannot take ``split`` or whose split must not be replaced.
+
+    Under ``core.io.output_folder`` (the command line), the split is replaced whole only if every file in it and
+    the data.yaml are the ones a conversion wrote, unchanged since (the folder's list): a label edited or a photo
+    added there, or a line added to data.yaml, is the user's, kept unless ``overwrite``."""
     live = (out_dir / "images" / split, out_dir / "labels" / split)
     nearest = next((p for p in out_dir.parents if p.exists()), None)  # OUT will be made in it
     for p in (nearest, out_dir, out_dir / "images", out_dir / "labels", *live):
@@ -218,6 +222,12 @@ def _check_out(out_dir: Path, split: str, inputs: tuple[Path, ...]) -> None:
     if any(p.exists() for p in live) and not (yaml.is_file() and yaml.read_text(encoding="utf-8", errors="replace").startswith(_YAML_HEADER)):
         raise InputError(out_dir, f"its {split} split was not written by convert-coco (no data.yaml of ours): "
                                   "refusing to replace it, choose another --out")  # fmt: skip
+    if overwrite or ledger_for(yaml) is None:
+        return
+    for path in [yaml] * yaml.exists() + [Path(d) / n for p in live for d, _, files in os.walk(p) for n in sorted(files)]:
+        if not is_ours(path):
+            raise InputError(path, f"is a file cardamage did not write (or changed since), and this conversion replaces "
+                                   f"the {split} split and data.yaml: move it, or pass --overwrite")
 
 
 def _staging(out_dir: Path, split: str) -> Path:
@@ -275,6 +285,7 @@ def convert_coco(
     split: str | None = None,
     copy: bool = False,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> dict:
     """Convert one COCO instances JSON (one split) into OUT/images/SPLIT, OUT/labels/SPLIT and OUT/data.yaml.
 
@@ -286,6 +297,7 @@ def convert_coco(
         split: split name; default from the JSON file name (train/val/test), else 'train'.
         copy: copy images instead of hard-linking them.
         progress: show a progress bar.
+        overwrite: replace the split even where its files or data.yaml are not the ones a conversion wrote.
 
     Returns:
         summary {split, images, written, instances, class_counts, empty_images, from_bbox, multi_part,
@@ -304,7 +316,7 @@ def convert_coco(
     """
     annotations_json, images_dir, out_dir = Path(annotations_json), Path(images_dir), Path(out_dir)
     try:
-        return _convert(annotations_json, images_dir, out_dir, split, copy, progress)
+        return _convert(annotations_json, images_dir, out_dir, split, copy, progress, overwrite)
     except OSError as e:  # permission denied, read-only or full disk, a file where a folder should be
         raise InputError(e.filename or out_dir, _os_reason(e)) from None
 
@@ -332,20 +344,26 @@ def _read_coco(annotations_json: Path) -> tuple[dict[int, int], dict[int, dict],
         raise InputError(annotations_json, str(e)) from None
 
 
-def _convert(annotations_json: Path, images_dir: Path, out_dir: Path, split: str | None, copy: bool, progress: bool) -> dict:
+def _convert(annotations_json: Path, images_dir: Path, out_dir: Path, split: str | None, copy: bool, progress: bool,
+             overwrite: bool = False) -> dict:
     if not images_dir.is_dir():
         raise InputError(images_dir, "not a folder" if images_dir.exists() else "images folder not found")
     cat_to_cls, images, by_image, errors = _read_coco(annotations_json)
     split = split or split_from_name(annotations_json)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", split):  # it becomes a folder name under OUT
         raise InputError("--split", f"expected a folder name such as train or val, got {split!r}")
-    _check_out(out_dir, split, (images_dir, annotations_json))
+    _check_out(out_dir, split, (images_dir, annotations_json), overwrite)
 
     stage = _staging(out_dir, split)
     try:
         summary = _convert_images(annotations_json, images_dir, stage / "new", split, copy, progress,
                                   cat_to_cls, images, by_image, errors)  # fmt: skip
         _swap_in(stage, out_dir, split)
+        for kind in ("images", "labels"):  # the split's files, noted as ours so a rerun may replace them
+            for d, _, files in os.walk(out_dir / kind / split):
+                for n in files:
+                    note_written(Path(d) / n, digest=kind == "labels")  # photos: linked, known by inode
+        note_written(out_dir / "data.yaml")
     except OSError as e:  # name the path in OUT the user knows, not the staging folder about to vanish
         if e.filename and Path(e.filename).is_relative_to(stage):
             parts = Path(e.filename).relative_to(stage).parts
