@@ -35,7 +35,8 @@ from pipeline.core.io import InputError, atomic_write_json, is_ours, ledger_for,
 from pipeline.core.yamlfile import read_yaml
 from pipeline.data.dataset_view import check_view_folder, drop_view_caches, own_view, stage_dataset, view_link
 from pipeline.data.labels import dataset_folders, read_data_yaml
-from pipeline.model.load import DEFAULT_MODEL, load_model, model_yaml_parameters, weights_error, weights_policy
+from pipeline.model.load import (DEFAULT_IMGSZ, DEFAULT_MODEL, check_forward, load_model, model_yaml_parameters,
+                                 weights_error, weights_policy)
 
 
 class BatchCounter:
@@ -423,6 +424,7 @@ def _new_run(data, out: Path, model, config, overrides: dict, counter: BatchCoun
             check_view_folder(out / "dataset")  # the view is replaced whole: a folder of the user's is refused
         check_fresh(out, overwrite)
         yolo = load_model(model, nc=int(info["nc"]), names=list(info["names"].values()), trust=trust)
+        check_forward(yolo, int(settings.get("imgsz") or DEFAULT_IMGSZ))  # a checkpoint's layers, at the run's size
         view = stage_dataset(data, out / "dataset", on_error=on_error)
         args.setdefault("device", "cpu")
         args.setdefault("plots", False)
