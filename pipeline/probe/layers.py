@@ -127,7 +127,8 @@ def select_layers(model, layers=None, modules: dict | None = None) -> list[str]:
             roots = [p for p, m in modules.items() if type(m).__name__ == s]
             hits = [p for p in blocks if any(p == r or p.startswith(r + ".") for r in roots)]
         if not hits:
-            raise ValueError(f"layer selector {sel!r} matches no Conv block (try an index 0-{len(modules) - 1}, "
+            top = sum(1 for p in modules if re.fullmatch(r"model\.\d+", p))  # the top-level layers: model.0 ...
+            raise ValueError(f"layer selector {sel!r} matches no Conv block (try an index 0-{top - 1}, "
                              f"a path like 'model.2.cv1', or a type like 'C2f')")
         wanted.update(hits)
     return [p for p in blocks if p in wanted]
