@@ -89,3 +89,33 @@ def test_stage_map_matches_hooks_of_our_own(yolo):
             assert rec.stages[path]["out_shape"] == list(shape), path
     assert rec.stages["model.22"]["type"] == "Detect"
     assert rec.stages["model.22"]["out_shape"][0] == [1, 4 + 6, (32 * 24) + (16 * 12) + (8 * 6)]
+
+
+@pytest.mark.parametrize("layer, y, x", [("model.15.cv2", 3, 2), ("model.15.cv2", 4, 7), ("model.12.cv1", 5, 0),
+                                         ("model.18.cv2", 2, 3), ("model.21.cv1", 7, 1), ("model.22.cv3.0.1", 10, 31)])
+def test_a_deep_window_is_every_pixel_a_max_pool_can_take(yolo, layer, y, x):
+    """The oracle: a copy of the network whose max pools are average pools of the same window (every pixel a
+    maximum can come from then passes gradient), run whole on a random 640 x 480 input, autograd's support. The
+    module measures such windows on strips, once per residue of a row: after an upsampling, rows of either parity
+    see different windows (rows 3 and 4 here)."""
+    import copy
+
+    net = copy.deepcopy(yolo.model).eval()
+    for name, m in list(net.named_modules()):
+        if isinstance(m, torch.nn.MaxPool2d):
+            parent = net.get_submodule(name.rsplit(".", 1)[0])
+            setattr(parent, name.rsplit(".", 1)[1], torch.nn.AvgPool2d(m.kernel_size, m.stride, m.padding))
+    block = net.get_submodule(layer)
+    kept = {}
+    handle = block.register_forward_hook(lambda m, i, o: kept.__setitem__("a", o))
+    inp = torch.rand(1, 3, 640, 480, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    try:
+        with torch.enable_grad():
+            net(inp)
+            (g,) = torch.autograd.grad(kept["a"][0, :, y, x].sum(), inp)
+    finally:
+        handle.remove()
+    seen = g[0].abs().sum(0) > 0
+    rows, cols = torch.nonzero(seen.any(1)).flatten(), torch.nonzero(seen.any(0)).flatten()
+    expected = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+    assert receptive_field(yolo, layer, (640, 480), y, x) == expected

@@ -26,17 +26,17 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
 
 import torch
 import torch.nn.functional as F
 from ultralytics.utils.ops import scale_boxes
 
-from pipeline.model.load import detection_model
+from pipeline.model.load import detection_model, model_stride
 
-#: The probing canvas. A window still touching its border there reaches at least half the canvas from its
-#: neuron (a deep layer): it covers any input up to half this side; on larger inputs each such neuron is
-#: measured on two narrow strips of the real input size instead (see ``receptive_field``), then cached.
+#: The probing canvas. A window still touching its border there (a deep layer) is measured again on strips
+#: longer than twice the input's side, once per residue of its row and column (see ``receptive_field``).
 CANVAS = 256
 
 #: The short side of the strips a wide window is measured on (a multiple of the largest stride, 32).
@@ -44,7 +44,7 @@ NARROW = 64
 
 # per model, dropped with it (an id() key could be reused by a later model of another architecture)
 _OFFSETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> {layer: offsets}
-# net -> {("rows", layer, h, y): (y0, y1), ("cols", layer, w, x): (x0, x1)}
+# net -> {(layer, strip length): (rows, cols, middle)}: per residue, (d0, d1, reaches start, reaches end)
 _MEASURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -133,23 +133,39 @@ def receptive_field(model, layer: str, input_hw: tuple[int, int], y: int, x: int
     h, w = input_hw
     if touched is None:
         return max(0, x * s + dx0), max(0, y * s + dy0), min(w, x * s + dx1), min(h, y * s + dy1)
-    if 2 * max(h, w) <= touched:  # reaches half the canvas from any neuron: sees all of a smaller input
-        return 0, 0, w, h
-    # a wide window: measure this neuron's rows and columns on the real input size. Every op (conv, pooling,
-    # upsampling) acts on rows and columns alike and independently, so the rows a neuron sees depend on its row
-    # and the height only, not on its column nor the width: two narrow strips cost a fraction of the full input,
-    # and each row (column) is measured once for all the neurons on it (the atlas asks for thousands of neurons).
-    # (Not moved from one measured row to another: after an upsampling, a window's offset depends on its row's
-    # parity, so rows are not all alike.)
+    # a wide window: its rows are measured on a strip L tall and NARROW wide, its columns on one NARROW tall and
+    # L wide (every op acts on rows and columns alike and independently, so the rows a neuron sees do not depend
+    # on the width). Shifting a neuron by P / s cells (P: the model's largest stride) shifts every grid on its path
+    # by whole cells, so its window moves with it; by less, not (after an upsampling a window depends on its row's
+    # parity): one measurement per residue of the row modulo P / s, at the strip's middle. There the window either
+    # ends inside the strip and moves with the neuron, or reaches the strip's end, over L / 2 - P away: then, with
+    # L >= 2 * (side + P), it reaches that end of the real input from any of its rows too.
+    big = model_stride(net)
+    length = NARROW * math.ceil(2 * (max(h, w) + big) / NARROW)
     cache = _MEASURED.setdefault(net, {})
-    rows, cols = ("rows", layer, h, y), ("cols", layer, w, x)
-    if rows not in cache:
-        _, y0, _, y1, _, _ = _window_at(net, _block(net, layer), (h, NARROW), y, None)
-        cache[rows] = (y0, y1)
-    if cols not in cache:
-        x0, _, x1, _, _, _ = _window_at(net, _block(net, layer), (NARROW, w), None, x)
-        cache[cols] = (x0, x1)
-    return cache[cols][0], cache[rows][0], cache[cols][1], cache[rows][1]
+    if (layer, length) not in cache:
+        cache[layer, length] = _strips(net, layer, length, max(1, big // s))
+    rows, cols, yc = cache[layer, length]
+    dy0, dy1, top, bottom = rows[(y - yc) % len(rows)]
+    dx0, dx1, left, right = cols[(x - yc) % len(cols)]
+    return (0 if left else max(0, x * s + dx0), 0 if top else max(0, y * s + dy0),
+            w if right else min(w, x * s + dx1), h if bottom else min(h, y * s + dy1))
+
+
+def _strips(net, layer: str, length: int, residues: int):
+    """Per residue ``r`` of a row (column) modulo ``residues``, the window of the neuron at the middle of a strip
+    ``length`` long plus ``r``: ``(d0, d1, reaches start, reaches end)`` relative to that neuron; and the middle."""
+    block = _block(net, layer)
+    s = _offsets(net, layer)[4]
+    mid = length // s // 2
+    rows, cols = [], []
+    for r in range(residues):
+        _, y0, _, y1, _, _ = _window_at(net, block, (length, NARROW), mid + r, None)
+        x0, _, x1, _, _, _ = _window_at(net, block, (NARROW, length), None, mid + r)
+        at = (mid + r) * s
+        rows.append((y0 - at, y1 - at, y0 == 0, y1 == length))
+        cols.append((x0 - at, x1 - at, x0 == 0, x1 == length))
+    return rows, cols, mid
 
 
 def to_photo(box_xyxy, input_hw: tuple[int, int], photo_shape: tuple[int, int]) -> list[float]:
