@@ -17,6 +17,26 @@ def yolo():
     return load_model("yolov8n.yaml", nc=6)
 
 
+def _support(net, layer, inp, y, x):
+    """The pixels of ``inp`` where the whole network's input gradient of neuron (y, x), summed over channels, is
+    nonzero, as ``(x0, y0, x1, y1)``: the oracle, autograd on a full forward pass, with no code of the module."""
+    block = dict(net.named_modules())[layer]
+    kept = {}
+    handle = block.register_forward_hook(lambda m, i, o: kept.__setitem__("a", o))
+    inp = inp.clone().requires_grad_(True)
+    try:
+        net.eval()
+        with torch.enable_grad():
+            net(inp)
+            (g,) = torch.autograd.grad(kept["a"][0, :, y, x].sum(), inp)
+    finally:
+        handle.remove()
+    assert all(p.grad is None for p in net.parameters())  # only the input gradient was taken
+    seen = g[0].abs().sum(0) > 0
+    rows, cols = torch.nonzero(seen.any(1)).flatten(), torch.nonzero(seen.any(0)).flatten()
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
 def _clip(lo, hi, n):
     return max(0, lo), min(n, hi)
 
@@ -45,21 +65,7 @@ def test_window_equals_the_full_gradient_support(yolo, layer, y, x):
     as average pools, which reach every pixel a maximum can come from."""
     h, w = 320, 256
     net = yolo.model
-    block = dict(net.named_modules())[layer]
-    kept = {}
-    handle = block.register_forward_hook(lambda m, i, o: kept.__setitem__("a", o))
-    inp = torch.rand(1, 3, h, w, requires_grad=True)
-    try:
-        net.eval()
-        with torch.enable_grad():
-            net(inp)
-            (g,) = torch.autograd.grad(kept["a"][0, :, y, x].sum(), inp)
-    finally:
-        handle.remove()
-    seen = g[0].abs().sum(0) > 0
-    rows, cols = torch.nonzero(seen.any(1)).flatten(), torch.nonzero(seen.any(0)).flatten()
-    expected = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
-    assert receptive_field(yolo, layer, (h, w), y, x) == expected
+    assert receptive_field(yolo, layer, (h, w), y, x) == _support(net, layer, torch.rand(1, 3, h, w), y, x)
     assert all(p.grad is None for p in net.parameters())  # only the input gradient was taken
 
 
@@ -105,17 +111,5 @@ def test_a_deep_window_is_every_pixel_a_max_pool_can_take(yolo, layer, y, x):
         if isinstance(m, torch.nn.MaxPool2d):
             parent = net.get_submodule(name.rsplit(".", 1)[0])
             setattr(parent, name.rsplit(".", 1)[1], torch.nn.AvgPool2d(m.kernel_size, m.stride, m.padding))
-    block = net.get_submodule(layer)
-    kept = {}
-    handle = block.register_forward_hook(lambda m, i, o: kept.__setitem__("a", o))
-    inp = torch.rand(1, 3, 640, 480, generator=torch.Generator().manual_seed(1), requires_grad=True)
-    try:
-        with torch.enable_grad():
-            net(inp)
-            (g,) = torch.autograd.grad(kept["a"][0, :, y, x].sum(), inp)
-    finally:
-        handle.remove()
-    seen = g[0].abs().sum(0) > 0
-    rows, cols = torch.nonzero(seen.any(1)).flatten(), torch.nonzero(seen.any(0)).flatten()
-    expected = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
-    assert receptive_field(yolo, layer, (640, 480), y, x) == expected
+    inp = torch.rand(1, 3, 640, 480, generator=torch.Generator().manual_seed(1))
+    assert receptive_field(yolo, layer, (640, 480), y, x) == _support(net, layer, inp, y, x)

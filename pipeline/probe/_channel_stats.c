@@ -221,6 +221,16 @@ static void run_job(const job_t *j)
 #define MIN_PER_THREAD (1 << 15) /* values: below ~20 us of work, waking a thread costs more than it saves */
 #endif
 
+/* Threads for a map of C channels and n values: the caller's count, at most one per channel and one per
+ * MIN_PER_THREAD values, at least one. */
+static Py_ssize_t thread_count(int threads, Py_ssize_t C, Py_ssize_t n)
+{
+    Py_ssize_t nt = threads < 1 ? 1 : threads, by_size = n / MIN_PER_THREAD;
+    nt = nt > C ? C : nt;
+    nt = nt > by_size ? by_size : nt;
+    return nt < 1 ? 1 : nt;
+}
+
 /* With OpenMP the channels are split over the caller's thread count. The loader hands this module the libgomp
  * torch already loaded (same soname), so these are torch's own worker threads, which are spinning idle right
  * after the conv and BatchNorm kernels; threads of our own would have to fight those for the cores. */
@@ -237,10 +247,7 @@ static PyObject *run(PyObject *args, int post)
     job.x = (const float *)(uintptr_t)px;
     job.out = (double *)(uintptr_t)po;
     job.post = post;
-    Py_ssize_t nt = threads < 1 ? 1 : threads, by_size = job.C * job.B * job.HW / MIN_PER_THREAD;
-    nt = nt > job.C ? job.C : nt;
-    nt = nt > by_size ? by_size : nt;
-    nt = nt < 1 ? 1 : nt;
+    const Py_ssize_t nt = thread_count(threads, job.C, job.C * job.B * job.HW);
     Py_BEGIN_ALLOW_THREADS
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads((int)nt) if (nt > 1)
@@ -331,10 +338,7 @@ static PyObject *atlas(PyObject *self, PyObject *args)
     job.sums = (double *)(uintptr_t)psums;
     job.best = (float *)(uintptr_t)pbest;
     job.where = (int64_t *)(uintptr_t)pwhere;
-    Py_ssize_t nt = threads < 1 ? 1 : threads, by_size = job.C * job.HW / MIN_PER_THREAD;
-    nt = nt > job.C ? job.C : nt;
-    nt = nt > by_size ? by_size : nt;
-    nt = nt < 1 ? 1 : nt;
+    const Py_ssize_t nt = thread_count(threads, job.C, job.C * job.HW);
     Py_BEGIN_ALLOW_THREADS
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads((int)nt) if (nt > 1)
