@@ -171,7 +171,8 @@ def test_neuron_is_what_cardamage_trace_writes(setup):
            "--channel", str(channel), "--y", str(y), "--x", str(x), "--imgsz", str(IMGSZ), "--out", str(out)]
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
     cli = json.loads(out.read_text())
-    assert cli.pop("generator") == "cardamage trace"  # the file's own stamp, not a property of the neuron
+    assert cli.pop("generator") == "cardamage trace"  # the file's own stamp and seal, not properties of the neuron
+    assert cli.pop("seal").startswith("sealed-by-cardamage:")
     got = setup["client"].get("/api/neuron", params={"photo": 0, "layer": layer, "channel": channel, "y": y,
                                                      "x": x}).json()
     assert set(cli) <= set(got) and {"receptive_field_xyxy", "receptive_field_input_xyxy"} <= set(got)

@@ -183,7 +183,7 @@ def test_select_layers(yolo):
     assert len(select_layers(yolo, ["Detect"])) == 12
     with pytest.raises(ValueError, match="matches no Conv block"):
         select_layers(yolo, ["model.99"])
-    with pytest.raises(ValueError, match=r"'99' matches no Conv block \(try an index 0-22, "):  # YOLOv8: model.0-22
+    with pytest.raises(ValueError, match=r"selector 99 matches no Conv block \(try an index 0-22, "):  # model.0-22
         select_layers(yolo, [99])
     assert len(yolo.model.model) == 23
     with pytest.raises(ValueError):
