@@ -73,6 +73,16 @@ class _LargestTensor(TorchDispatchMode):
         super().__init__()
         self.largest, self.where, self.layers = 0, "", []
 
+    def name_layers(self, rows) -> list:
+        """Hooks on ``rows`` (the YAML's layers) that name the layer running; the caller removes them."""
+        def enter(module, inputs):
+            self.layers.append(f"layer {getattr(module, 'i', '?')} ({type(module).__name__})")
+
+        def leave(module, inputs, output):
+            self.layers.pop()
+
+        return [m.register_forward_pre_hook(enter) for m in rows] + [m.register_forward_hook(leave) for m in rows]
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in tree_leaves(out):
@@ -210,16 +220,8 @@ def probe_activations(spec, model: torch.nn.Sequential, save: list[int], ch: int
     if not len(model) or not isinstance(model[-1], Detect):  # Ultralytics runs no probe without a Detect head
         return 0, 0, ""
     largest = _LargestTensor()
-
-    def enter(module, inputs):
-        largest.layers.append(f"layer {getattr(module, 'i', '?')} ({type(module).__name__})")
-
-    def leave(module, inputs, output):
-        largest.layers.pop()
-
     hooks = [m.register_forward_hook(count) for m in model.modules()]
-    hooks += [m.register_forward_pre_hook(enter) for m in model]  # the YAML's own rows, by their index
-    hooks += [m.register_forward_hook(leave) for m in model]
+    hooks += largest.name_layers(model)  # the YAML's own rows, by their index
     try:
         with torch.device("meta"), _ArangeOffMeta(), torch.no_grad(), largest:
             model.eval()
@@ -417,13 +419,6 @@ def check_forward(model, imgsz: int) -> None:
     if imgsz in done:
         return
     largest = _LargestTensor()
-
-    def enter(module, inputs):
-        largest.layers.append(f"layer {getattr(module, 'i', '?')} ({type(module).__name__})")
-
-    def leave(module, inputs, output):
-        largest.layers.pop()
-
     ghost = copy.deepcopy(net).to("meta").eval()
     for m in ghost.modules():  # a probe's hooks copied with the model would run on meta tensors
         m._forward_hooks.clear()
@@ -431,7 +426,7 @@ def check_forward(model, imgsz: int) -> None:
     rows = list(ghost.model) if isinstance(getattr(ghost, "model", None), torch.nn.Sequential) else [ghost]
     if isinstance(rows[-1], Detect):
         rows[-1].training = True  # the head's feature maps, as the stride probe: its box decoding reads strides
-    hooks = [m.register_forward_pre_hook(enter) for m in rows] + [m.register_forward_hook(leave) for m in rows]
+    hooks = largest.name_layers(rows)
     yaml = getattr(net, "yaml", None)
     channels = yaml.get("channels", 3) if isinstance(yaml, dict) else 3
     try:
