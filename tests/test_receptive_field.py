@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 import pipeline  # noqa: F401  (offline environment before ultralytics)
 from pipeline.model.load import load_model
+from pipeline.probe import receptive_field as rf
 from pipeline.probe.receptive_field import receptive_field, to_photo
 from pipeline.probe.recorder import LayerRecorder
 
@@ -104,12 +107,30 @@ def test_a_deep_window_is_every_pixel_a_max_pool_can_take(yolo, layer, y, x):
     maximum can come from then passes gradient), run whole on a random 640 x 480 input, autograd's support. The
     module measures such windows on strips, once per residue of a row: after an upsampling, rows of either parity
     see different windows (rows 3 and 4 here)."""
-    import copy
+    inp = torch.rand(1, 3, 640, 480, generator=torch.Generator().manual_seed(1))
+    assert receptive_field(yolo, layer, (640, 480), y, x) == _support(_averaged(yolo.model), layer, inp, y, x)
 
-    net = copy.deepcopy(yolo.model).eval()
+
+def _averaged(net):
+    """A copy of ``net`` whose max pools are average pools of the same window."""
+    net = copy.deepcopy(net).eval()
     for name, m in list(net.named_modules()):
         if isinstance(m, torch.nn.MaxPool2d):
             parent = net.get_submodule(name.rsplit(".", 1)[0])
             setattr(parent, name.rsplit(".", 1)[1], torch.nn.AvgPool2d(m.kernel_size, m.stride, m.padding))
-    inp = torch.rand(1, 3, 640, 480, generator=torch.Generator().manual_seed(1))
-    assert receptive_field(yolo, layer, (640, 480), y, x) == _support(net, layer, inp, y, x)
+    return net
+
+
+@pytest.mark.parametrize("layer, y, x", [("model.1", 5, 7), ("model.4.m.0.cv2", 0, 3), ("model.15.cv2", 3, 2),
+                                         ("model.21.cv1", 2, 1)])
+def test_a_wide_kernel_has_its_columns_measured_apart(yolo, layer, y, x):
+    """YOLOv8 treats rows and columns alike, so the module measures a window's rows and reads its columns as the
+    same; a stem conv of 3 x 5 (3 rows, 5 columns) breaks that, and its windows still equal autograd's."""
+    net = copy.deepcopy(yolo.model).eval()
+    net.model[0].conv = torch.nn.Conv2d(3, net.model[0].conv.out_channels, (3, 5), 2, (1, 2), bias=False)
+    assert rf._square(yolo.model) and not rf._square(net)
+    inp = torch.rand(1, 3, 320, 256, generator=torch.Generator().manual_seed(2))
+    got = receptive_field(net, layer, (320, 256), y, x)
+    assert got == _support(_averaged(net), layer, inp, y, x)
+    if layer in ("model.1", "model.4.m.0.cv2"):  # away from the borders: wider than tall
+        assert got[2] - got[0] > got[3] - got[1]

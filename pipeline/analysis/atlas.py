@@ -36,7 +36,7 @@ from pipeline.core.io import InputError, expand_sources, read_image
 from pipeline.data.labels import dataset_splits, photo_labels
 from pipeline.data.preprocess import model_input
 from pipeline.model.load import detection_model, model_stride
-from pipeline.probe.atlas_stats import BINS, ChannelAtlas
+from pipeline.probe.atlas_stats import BINS, BoxCells, ChannelAtlas
 from pipeline.probe.fold import fold_bn
 from pipeline.probe.layers import conv_blocks, select_layers
 from pipeline.probe.receptive_field import receptive_field, to_photo_many
@@ -132,6 +132,9 @@ class AtlasPass:
         self.model = detection_model(yolo)
         self.net = AutoBackend(model=copy.deepcopy(self.model), device=torch.device("cpu"), fuse=True,
                                verbose=False).model
+        for m in self.net.modules():  # activations out of place: the recorder keeps z as it is, with no copy
+            if type(m).__module__ == "torch.nn.modules.activation" and getattr(m, "inplace", False):
+                m.inplace = False
         self.imgsz, self.k, self.bins = imgsz, k, bins
         self.names = {int(i): str(n) for i, n in self.model.names.items()}
         try:
@@ -157,6 +160,7 @@ class AtlasPass:
         x, meta = model_input(pixels, self.imgsz, stride=self.stride, auto=True)
         rows, problem = photo_labels(path, len(self.names))  # a bad label file: the photo counts as unlabelled
         index = len(self.photos) if index is None else index
+        cells = {}  # (h, w) -> BoxCells: the blocks of one map size share the photo's box cells
         with self._rec as rec:  # hooks on for this pass only: the caller's model is never left hooked
             rec(x)
             for p in self.layers:
@@ -165,8 +169,9 @@ class AtlasPass:
                 if p not in self.tables:
                     self.tables[p] = ChannelAtlas(c, len(self.names), self.k, self.bins)
                     self.cell_stride[p] = x.shape[-1] / w
-                masks = None if rows is None else box_masks(rows, meta, len(self.names), (h, w), x.shape[-1] / w)
-                self.tables[p].update(a, z, index, masks)
+                if rows is not None and (h, w) not in cells:
+                    cells[h, w] = BoxCells(box_masks(rows, meta, len(self.names), (h, w), x.shape[-1] / w))
+                self.tables[p].update(a, z, index, cells.get((h, w)))
             rec.activations.clear()  # the maps go now, not at the next photo
         entry = {"path": str(path), "orig_shape": list(pixels.shape[:2]), "input_hw": list(x.shape[2:]),
                  "labelled": rows is not None, "label_problem": problem}

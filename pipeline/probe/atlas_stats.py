@@ -24,6 +24,8 @@ exactly (``state`` / ``absorb``): the merged tables equal those of one pass over
 Examples:
     >>> acc = ChannelAtlas(channels=16, classes=6, k=9)
     >>> acc.update(a, z, photo=0, masks=masks)     # a, z: 1x16xHxW; masks: 6xHxW bool or None (no labels)
+    >>> cells = BoxCells(masks)                      # once per photo and map size: blocks of one size share it
+    >>> acc.update(a, z, photo=0, masks=cells)
     >>> acc.top_values()[3]                          # channel 3's k best values, highest first
 """
 
@@ -87,6 +89,33 @@ def bin_lookup(inner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return b_low, edge
 
 
+class BoxCells:
+    """What ``ChannelAtlas.update`` reads off one photo's box masks at one map size, worked out once: the Conv
+    blocks of one resolution (a dozen in YOLOv8n) share it instead of each working it out again.
+
+    Args:
+        masks: ``classes x H x W`` bool, cell inside a box of that class.
+
+    Attributes:
+        m: ``classes x HW`` bool. out: ``HW`` bool, outside every box. slot: ``HW`` uint8 (int64 from 255
+        classes), the cell's first box class, or ``classes`` outside every box. class_count: ``classes`` float64 cells per class.
+        outside_count: cells outside every box. again: ``[(cls, HW bool)]`` the cells of class ``cls`` whose
+        slot is another class (boxes of two classes overlap there).
+    """
+
+    def __init__(self, masks: torch.Tensor):
+        k = masks.shape[0]
+        self.classes, self.shape = k, tuple(masks.shape[1:])
+        self.m = masks.reshape(k, -1)
+        self.out = ~self.m.any(dim=0)
+        slot = torch.where(self.out, k, self.m.to(torch.uint8).argmax(dim=0))
+        self.slot = slot.to(torch.uint8 if k < 255 else torch.int64).contiguous()  # the C kernel reads uint8
+        self.class_count = self.m.sum(dim=1, dtype=torch.float64)
+        self.outside_count = float(self.out.sum())
+        twice = self.m & (torch.arange(k)[:, None] != self.slot.long()[None, :])
+        self.again = [(cls, twice[cls]) for cls in torch.nonzero(twice.any(dim=1)).flatten().tolist()]
+
+
 class ChannelAtlas:
     """Per-channel top-k, class sums and histograms of one Conv block over any number of photos.
 
@@ -142,11 +171,13 @@ class ChannelAtlas:
         Args:
             a, z: ``1xCxHxW`` SiLU output and pre-activation of the block (any memory layout).
             photo: the photo's index (what ``top_photo`` stores).
-            masks: ``classes x H x W`` bool, cell inside a box of that class; ``None``: the photo has no label
-                file (it counts for top-k and activity, not for selectivity). A labelled photo without damage
-                passes an all-False tensor.
+            masks: ``classes x H x W`` bool, cell inside a box of that class, or its ``BoxCells``; ``None``: the
+                photo has no label file (it counts for top-k and activity, not for selectivity). A labelled photo
+                without damage passes an all-False tensor.
         """
         c, bins = self.channels, self.bins
+        if masks is not None and not isinstance(masks, BoxCells):
+            masks = BoxCells(masks)
         rows = a.reshape(c, -1).float().contiguous()  # C x HW (a copy only for channels-last maps)
         if _channel_stats is not None and rows.device.type == "cpu" and self.classes < 255:  # slots are uint8
             return self._update_compiled(rows, z, a.shape[-1], photo, masks)
@@ -163,9 +194,7 @@ class ChannelAtlas:
             flat = (idx + torch.arange(0, c * bins, bins)[:, None]).flatten()
             self.hist += torch.bincount(flat, minlength=c * bins).view(c, bins)
             return
-        k = self.classes
-        m = masks.reshape(k, -1)
-        out = ~m.any(dim=0)
+        k, m, out = self.classes, masks.m, masks.out
         # sums over each class's cells, outside every box, and over all cells: one float64 product
         self.labelled_photos += 1
         self.labelled_count += n
@@ -173,21 +202,18 @@ class ChannelAtlas:
         self.class_sum += sums[:, :k]
         self.outside_sum += sums[:, k]
         self.sum += sums[:, k + 1]
-        self.class_count += m.sum(dim=1, dtype=torch.float64)
-        self.outside_count += float(out.sum())
+        self.class_count += masks.class_count
+        self.outside_count += masks.outside_count
         # one histogram over (channel, slot, bin): a cell's slot is its box class (the first, where boxes of two
         # classes overlap), or k outside every box; the overlaps' other classes are added apart
-        slot = torch.where(out, k, m.to(torch.uint8).argmax(dim=0))
-        key = idx + (torch.arange(c)[:, None] * (k + 1) + slot[None, :]) * bins
+        key = idx + (torch.arange(c)[:, None] * (k + 1) + masks.slot.long()[None, :]) * bins
         full = torch.bincount(key.flatten(), minlength=c * (k + 1) * bins).view(c, k + 1, bins)
         per_channel = full.sum(dim=1)
         self.hist += per_channel
         self.hist_labelled += per_channel
         self.hist_class += full[:, :k]
-        again = m & (torch.arange(k)[:, None] != slot[None, :])  # cells in a box of a second (third...) class too
-        for cls in torch.nonzero(again.any(dim=1)).flatten().tolist():
-            cells = idx[:, again[cls]]
-            off = (cells + torch.arange(0, c * bins, bins)[:, None]).flatten()
+        for cls, cells_of in masks.again:  # cells in a box of a second (third...) class too
+            off = (idx[:, cells_of] + torch.arange(0, c * bins, bins)[:, None]).flatten()
             self.hist_class[:, cls] += torch.bincount(off, minlength=c * bins).view(c, bins)
 
     def _update_compiled(self, rows: torch.Tensor, z: torch.Tensor, w: int, photo: int, masks) -> None:
@@ -205,11 +231,8 @@ class ChannelAtlas:
                                  where.data_ptr(), torch.get_num_threads())
             self.sum += sums[:, 0]
         else:
-            m = masks.reshape(k, -1)
-            out = ~m.any(dim=0)
-            slot = torch.where(out, k, m.to(torch.uint8).argmax(dim=0)).to(torch.uint8).contiguous()
             sums = torch.zeros(c, k + 1, dtype=torch.float64)
-            _channel_stats.atlas(rows.data_ptr(), c, n, slot.data_ptr(), k, self._lut_base.data_ptr(),
+            _channel_stats.atlas(rows.data_ptr(), c, n, masks.slot.data_ptr(), k, self._lut_base.data_ptr(),
                                  self._lut_edge.data_ptr(), self.bins, self.hist.data_ptr(),
                                  self.hist_labelled.data_ptr(), self.hist_class.data_ptr() if k else 0,
                                  sums.data_ptr(), best.data_ptr(), where.data_ptr(), torch.get_num_threads())
@@ -218,12 +241,11 @@ class ChannelAtlas:
             self.class_sum += sums[:, :k]
             self.outside_sum += sums[:, k]
             self.sum += sums.sum(dim=1)
-            self.class_count += m.sum(dim=1, dtype=torch.float64)
-            self.outside_count += float(out.sum())
+            self.class_count += masks.class_count
+            self.outside_count += masks.outside_count
             # a cell in boxes of two classes or more counts for its first in the kernel; the others are added here
-            again = m & (torch.arange(k)[:, None] != slot.long()[None, :])
-            for cls in torch.nonzero(again.any(dim=1)).flatten().tolist():
-                cells = rows[:, again[cls]]
+            for cls, cells_of in masks.again:
+                cells = rows[:, cells_of]
                 self.class_sum[:, cls] += cells.sum(dim=1, dtype=torch.float64)
                 off = (self.bin_index(cells) + torch.arange(0, c * self.bins, self.bins)[:, None]).flatten()
                 self.hist_class[:, cls] += torch.bincount(off, minlength=c * self.bins).view(c, self.bins)

@@ -13,7 +13,8 @@ So pools are measured as average pools of the same size, whose gradient reaches 
 Because every layer is translation-equivariant, the window is measured once per layer (at the centre of
 a canvas large enough that it does not touch the border) and moved to any position; near the image
 border it is clipped to the input, as the real window is. A deep layer's window is wider than the canvas:
-its rows and columns are measured on strips of the real input. ``to_photo`` maps a window from the letterboxed
+its rows and columns are measured on strips of the real input. Where every op treats rows and columns alike
+(square kernels, strides and pools: all of YOLOv8) only rows are measured, and the columns read as the same. ``to_photo`` maps a window from the letterboxed
 input back to the photo with Ultralytics' own ``scale_boxes``.
 
 Examples:
@@ -46,6 +47,7 @@ NARROW = 64
 _OFFSETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> {layer: offsets}
 # net -> {(layer, strip length): (rows, cols, middle)}: per residue, (d0, d1, reaches start, reaches end)
 _MEASURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SQUARE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> every op square (``_square``)
 
 
 class _Stop(Exception):
@@ -72,15 +74,17 @@ def _pools_averaged(net):
             del m.forward  # the class's own forward again
 
 
-def _window_at(net, block, canvas: tuple[int, int], y: int | None = None, x: int | None = None):
-    """``(x0, y0, x1, y1, stride, (y, x))``: the pixels of a zero ``canvas`` input that neuron (y, x) sees."""
+def _windows(net, block, canvas: tuple[int, int], points) -> list[tuple]:
+    """For each ``(y, x)`` of ``points`` (``None``: the map's middle), ``(x0, y0, x1, y1, stride, (y, x))``: the
+    pixels of a zero ``canvas`` input that neuron sees. One forward and one backward pass over a batch: each
+    neuron reads its own batch item (eval mode mixes nothing across a batch), so one gradient holds every window."""
     captured = {}
 
     def hook(module, inputs, output):
         captured["a"] = output
         raise _Stop
 
-    inp = torch.zeros(1, 3, *canvas, requires_grad=True)
+    inp = torch.zeros(len(points), 3, *canvas, requires_grad=True)
     handle = block.register_forward_hook(hook)
     was_training = net.training
     net.eval()
@@ -92,24 +96,50 @@ def _window_at(net, block, canvas: tuple[int, int], y: int | None = None, x: int
                 pass
             a = captured["a"]
             h, w = a.shape[-2:]
-            y = h // 2 if y is None else y
-            x = w // 2 if x is None else x
-            (g,) = torch.autograd.grad(a[0, :, y, x].sum(), inp)
+            at = [(h // 2 if y is None else y, w // 2 if x is None else x) for y, x in points]
+            (g,) = torch.autograd.grad(sum(a[b, :, y, x].sum() for b, (y, x) in enumerate(at)), inp)
     finally:
         handle.remove()
         net.train(was_training)
-    seen = g[0].abs().sum(0) > 0
-    rows, cols = torch.nonzero(seen.any(1)).flatten(), torch.nonzero(seen.any(0)).flatten()
-    stride = canvas[0] // h
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1, stride, (y, x)
+    found = []
+    for b, yx in enumerate(at):
+        seen = g[b].abs().sum(0) > 0
+        rows, cols = torch.nonzero(seen.any(1)).flatten(), torch.nonzero(seen.any(0)).flatten()
+        found.append((int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1, canvas[0] // h, yx))
+    return found
+
+
+def _square(net) -> bool:
+    """Every op of ``net`` treats rows and columns alike (square kernels, strides, paddings, scale factors), so a
+    window's columns are its rows transposed. A leaf module of a kind not known here counts as not square."""
+    neutral = ("torch.nn.modules.activation", "torch.nn.modules.batchnorm", "torch.nn.modules.linear")
+    for m in net.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            pads = m.padding if isinstance(m.padding, tuple) else (0, 0)  # "same" / "valid": as square as the kernel
+            if any(len(set(v)) > 1 for v in (m.kernel_size, m.stride, m.dilation, pads, m.output_padding)):
+                return False
+        elif isinstance(m, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)):
+            sides = (m.kernel_size, m.stride, m.padding, getattr(m, "dilation", 1))
+            if any(isinstance(v, tuple) and len(set(v)) > 1 for v in sides):
+                return False
+        elif isinstance(m, torch.nn.Upsample):
+            if isinstance(m.scale_factor, tuple) and len(set(m.scale_factor)) > 1 or m.size is not None:
+                return False
+        elif not any(m.children()) and type(m).__module__ not in neutral and type(m).__name__ != "Concat":
+            return False
+    return True
 
 
 def _offsets(net, layer: str) -> tuple[int, int, int, int, int, int | None]:
     """The window of neuron (y, x) as ``(x*stride + dx0, y*stride + dy0, ...)``, measured once per model and
     layer, and the canvas side it still touched (``None`` when it fits, so the offsets hold everywhere)."""
     cache = _OFFSETS.setdefault(net, {})
-    if layer not in cache:
-        x0, y0, x1, y1, s, (y, x) = _window_at(net, _block(net, layer), (CANVAS, CANVAS))
+    if layer not in cache and _squares(net):  # rows on a CANVAS x NARROW strip, a quarter of the canvas; columns alike
+        ((_, y0, _, y1, s, (y, _)),) = _windows(net, _block(net, layer), (CANVAS, NARROW), [(None, None)])
+        touches = y0 == 0 or y1 == CANVAS
+        cache[layer] = (y0 - y * s, y0 - y * s, y1 - y * s, y1 - y * s, s, CANVAS if touches else None)
+    elif layer not in cache:
+        ((x0, y0, x1, y1, s, (y, x)),) = _windows(net, _block(net, layer), (CANVAS, CANVAS), [(None, None)])
         touches = x0 == 0 or y0 == 0 or x1 == CANVAS or y1 == CANVAS
         cache[layer] = (x0 - x * s, y0 - y * s, x1 - x * s, y1 - y * s, s, CANVAS if touches else None)
     return cache[layer]
@@ -154,18 +184,25 @@ def receptive_field(model, layer: str, input_hw: tuple[int, int], y: int, x: int
 
 def _strips(net, layer: str, length: int, residues: int):
     """Per residue ``r`` of a row (column) modulo ``residues``, the window of the neuron at the middle of a strip
-    ``length`` long plus ``r``: ``(d0, d1, reaches start, reaches end)`` relative to that neuron; and the middle."""
+    ``length`` long plus ``r``: ``(d0, d1, reaches start, reaches end)`` relative to that neuron; and the middle.
+    All residues in one batch; a model whose every op is square (``_square``) has its columns measured as rows."""
     block = _block(net, layer)
     s = _offsets(net, layer)[4]
     mid = length // s // 2
-    rows, cols = [], []
-    for r in range(residues):
-        _, y0, _, y1, _, _ = _window_at(net, block, (length, NARROW), mid + r, None)
-        x0, _, x1, _, _, _ = _window_at(net, block, (NARROW, length), None, mid + r)
-        at = (mid + r) * s
-        rows.append((y0 - at, y1 - at, y0 == 0, y1 == length))
-        cols.append((x0 - at, x1 - at, x0 == 0, x1 == length))
+    ends = [(y0, y1) for _, y0, _, y1, _, _ in _windows(net, block, (length, NARROW), [(mid + r, None) for r in range(residues)])]
+    rows = [(y0 - (mid + r) * s, y1 - (mid + r) * s, y0 == 0, y1 == length) for r, (y0, y1) in enumerate(ends)]
+    if _squares(net):
+        return rows, rows, mid
+    ends = [(x0, x1) for x0, _, x1, _, _, _ in _windows(net, block, (NARROW, length), [(None, mid + r) for r in range(residues)])]
+    cols = [(x0 - (mid + r) * s, x1 - (mid + r) * s, x0 == 0, x1 == length) for r, (x0, x1) in enumerate(ends)]
     return rows, cols, mid
+
+
+def _squares(net) -> bool:
+    """``_square(net)``, once per model."""
+    if net not in _SQUARE:
+        _SQUARE[net] = _square(net)
+    return _SQUARE[net]
 
 
 def to_photo(box_xyxy, input_hw: tuple[int, int], photo_shape: tuple[int, int]) -> list[float]:
