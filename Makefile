@@ -21,13 +21,16 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/cardamage demo --out $(OUT) --overwrite
 
+# pytest-xdist: one worker per core (at most 4), each module on one worker so that its fixtures are built once
+XDIST  ?= -n auto --maxprocesses 4 --dist loadscope
+
 test: install
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 test-fast: install
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -m "not slow and not browser"
+	$(PY) -m pytest -q $(XDIST) -m "not slow and not browser"
 
 bench: install
 	$(PY) scripts/bench.py demo --part synth

@@ -145,7 +145,8 @@ class AtlasPass:
         self.tables: dict[str, ChannelAtlas] = {}
         self.cell_stride: dict[str, float] = {}  # input pixels per cell of each block (8, 16, 32 ...)
         self.photos: list[dict] = []
-        self._rec = LayerRecorder(self.net, layers=self.layers, mode="tensors", head=False)
+        self._rec = LayerRecorder(self.net, layers=self.layers, mode="tensors", head=False, sink=self._take)
+        self._photo: dict = {}  # the photo being added: what ``_take`` needs beside each block's map
 
     def add(self, path, index: int | None = None) -> dict:
         """One photo: read, letterbox, one forward pass, every block's maps into its tables.
@@ -160,23 +161,29 @@ class AtlasPass:
         x, meta = model_input(pixels, self.imgsz, stride=self.stride, auto=True)
         rows, problem = photo_labels(path, len(self.names))  # a bad label file: the photo counts as unlabelled
         index = len(self.photos) if index is None else index
-        cells = {}  # (h, w) -> BoxCells: the blocks of one map size share the photo's box cells
-        with self._rec as rec:  # hooks on for this pass only: the caller's model is never left hooked
-            rec(x)
-            for p in self.layers:
-                z, a = rec.activations[p]
-                c, h, w = a.shape[1:]
-                if p not in self.tables:
-                    self.tables[p] = ChannelAtlas(c, len(self.names), self.k, self.bins)
-                    self.cell_stride[p] = x.shape[-1] / w
-                if rows is not None and (h, w) not in cells:
-                    cells[h, w] = BoxCells(box_masks(rows, meta, len(self.names), (h, w), x.shape[-1] / w))
-                self.tables[p].update(a, z, index, cells.get((h, w)))
-            rec.activations.clear()  # the maps go now, not at the next photo
+        # each block's map goes into its table as the block returns (``_take``), while it is still in the cache
+        self._photo = {"index": index, "rows": rows, "meta": meta, "side": x.shape[-1], "cells": {}}
+        try:
+            with self._rec as rec:  # hooks on for this pass only: the caller's model is never left hooked
+                rec(x)
+        finally:
+            self._photo = {}
         entry = {"path": str(path), "orig_shape": list(pixels.shape[:2]), "input_hw": list(x.shape[2:]),
                  "labelled": rows is not None, "label_problem": problem}
         self.photos.append(entry)
         return entry
+
+    def _take(self, path: str, z: torch.Tensor, a: torch.Tensor) -> None:
+        """One block's ``z`` and ``a`` of the photo being added, into the block's table."""
+        ph = self._photo
+        c, h, w = a.shape[1:]
+        if path not in self.tables:
+            self.tables[path] = ChannelAtlas(c, len(self.names), self.k, self.bins)
+            self.cell_stride[path] = ph["side"] / w
+        cells = ph["cells"]  # (h, w) -> BoxCells: the blocks of one map size share the photo's box cells
+        if ph["rows"] is not None and (h, w) not in cells:
+            cells[h, w] = BoxCells(box_masks(ph["rows"], ph["meta"], len(self.names), (h, w), ph["side"] / w))
+        self.tables[path].update(a, z, ph["index"], cells.get((h, w)))
 
     # -- the atlas -------------------------------------------------------------------------------
     def finish(self, photos: list[dict] | None = None, quantile: float = QUANTILE,

@@ -31,6 +31,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -89,6 +90,13 @@ def bin_lookup(inner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return b_low, edge
 
 
+@functools.lru_cache(maxsize=4)
+def _lookup(bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``bin_lookup`` of ``bin_edges(bins)``, once per process: every block's table reads the same two (never
+    written)."""
+    return bin_lookup(bin_edges(bins)[1:-1].float())
+
+
 class BoxCells:
     """What ``ChannelAtlas.update`` reads off one photo's box masks at one map size, worked out once: the Conv
     blocks of one resolution (a dozen in YOLOv8n) share it instead of each working it out again.
@@ -137,7 +145,7 @@ class ChannelAtlas:
     def __init__(self, channels: int, classes: int = 0, k: int = 9, bins: int = BINS):
         self.channels, self.classes, self.k, self.bins = channels, classes, k, bins
         self.edges = bin_edges(bins)
-        self._lut_base, self._lut_edge = bin_lookup(self.edges[1:-1].float())
+        self._lut_base, self._lut_edge = _lookup(bins)
         c, f64 = channels, torch.float64
         self.top_value = torch.full((c, k), float("-inf"))
         self.top_z = torch.full((c, k), float("nan"))
