@@ -41,7 +41,7 @@ from pipeline.model.load import detection_model, model_stride
 CANVAS = 256
 
 #: The short side of the strips a wide window is measured on (a multiple of the largest stride, 32).
-NARROW = 64
+NARROW = 32
 
 # per model, dropped with it (an id() key could be reused by a later model of another architecture)
 _OFFSETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> {layer: offsets}
@@ -134,7 +134,7 @@ def _offsets(net, layer: str) -> tuple[int, int, int, int, int, int | None]:
     """The window of neuron (y, x) as ``(x*stride + dx0, y*stride + dy0, ...)``, measured once per model and
     layer, and the canvas side it still touched (``None`` when it fits, so the offsets hold everywhere)."""
     cache = _OFFSETS.setdefault(net, {})
-    if layer not in cache and _squares(net):  # rows on a CANVAS x NARROW strip, a quarter of the canvas; columns alike
+    if layer not in cache and _squares(net):  # rows on a CANVAS x NARROW strip, an eighth of the canvas; columns alike
         ((_, y0, _, y1, s, (y, _)),) = _windows(net, _block(net, layer), (CANVAS, NARROW), [(None, None)])
         touches = y0 == 0 or y1 == CANVAS
         cache[layer] = (y0 - y * s, y0 - y * s, y1 - y * s, y1 - y * s, s, CANVAS if touches else None)
