@@ -116,8 +116,10 @@ class BoxCells:
         self.classes, self.shape = k, tuple(masks.shape[1:])
         self.m = masks.reshape(k, -1)
         self.out = ~self.m.any(dim=0)
-        slot = torch.where(self.out, k, self.m.to(torch.uint8).argmax(dim=0))
-        self.slot = slot.to(torch.uint8 if k < 255 else torch.int64).contiguous()  # the C kernel reads uint8
+        # the first class whose box holds the cell: filled last class first, so the first one's stays
+        self.slot = torch.full((self.m.shape[1],), k, dtype=torch.uint8 if k < 255 else torch.int64)  # C reads uint8
+        for cls in range(k - 1, -1, -1):
+            self.slot.masked_fill_(self.m[cls], cls)
         self.class_count = self.m.sum(dim=1, dtype=torch.float64)
         self.outside_count = float(self.out.sum())
         twice = self.m & (torch.arange(k)[:, None] != self.slot.long()[None, :])

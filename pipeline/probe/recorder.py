@@ -49,8 +49,6 @@ class LayerRecorder:
         dead_eps: |a| threshold for ``frac_dead`` in stats.
         grad: leave autograd on inside the context (off by default: nothing keeps a graph).
         kernel: stats mode reads each map once with the C kernel where it can (``False``: torch reductions).
-        sink: tensors mode hands each block's ``(path, z, a)`` to this callable as the block returns, instead of
-            keeping it in ``activations`` (the map is read while it is still in the cache, and none outlives it).
 
     While the context is open the model is in eval mode and (unless ``grad``) autograd is off; on exit
     every hook handle is removed and the model's train/eval flag is restored.
@@ -78,7 +76,7 @@ class LayerRecorder:
     MODES = ("tensors", "stats", "both")
 
     def __init__(self, model, layers=None, mode: str = "tensors", head: bool = True, keep_inputs: bool = False,
-                 dead_eps: float = DEAD_EPS, grad: bool = False, kernel: bool = True, sink=None):
+                 dead_eps: float = DEAD_EPS, grad: bool = False, kernel: bool = True):
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
         self.model = detection_model(model)
@@ -86,7 +84,7 @@ class LayerRecorder:
         self._modules = dict(self.model.named_modules())
         self.layers = select_layers(self.model, layers, self._modules)
         self.mode, self.record_head, self.keep_inputs = mode, head, keep_inputs
-        self.dead_eps, self.grad, self.kernel, self.sink = dead_eps, grad, kernel, sink
+        self.dead_eps, self.grad, self.kernel = dead_eps, grad, kernel
         self.activations: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.inputs: dict[str, torch.Tensor] = {}
         self.shapes: dict[str, dict] = {}
@@ -129,9 +127,7 @@ class LayerRecorder:
             self.shapes[path] = {"input": list(inputs[0].shape), "output": list(a.shape)}
             if self.keep_inputs:
                 self.inputs[path] = inputs[0].detach()
-            if keep_tensors and self.sink is not None:
-                self.sink(path, self._pending.pop(path), a)
-            elif keep_tensors:
+            if keep_tensors:
                 self.activations[path] = (self._pending.pop(path), a)
             if keep_stats:
                 self.stats[path].update_post(a, self._work)
