@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import cv2
@@ -305,3 +306,41 @@ def test_default_decode_workers(weights):
     """Two decode threads on the CPU, where the cores belong to the forward pass."""
     assert Engine(load_model(weights), imgsz=IMGSZ, backend="torch").workers == 2
     assert Engine(load_model(weights), imgsz=IMGSZ, backend="torch", workers=5).workers == 5
+
+
+def test_the_graph_cache_touches_only_its_own_files(weights, monkeypatch, tmp_path):
+    """``CARDAMAGE_CACHE`` naming a folder whose ``onnx/`` holds the user's own models: the eviction deleted every
+    ``*.onnx`` past the newest 24 (17 of 40 of the user's went). Only files named as its graphs are evicted. And a
+    4 GB file put at a graph's name was read whole (9 GB peak): a cached graph is read only if it is a plain file of
+    a graph's size, otherwise exported again and replaced."""
+    if not onnx_available():
+        pytest.skip("onnx/onnxruntime not installed (pip install -e '.[onnx]')")
+    from pipeline.model import backends
+
+    folder = tmp_path / "cache" / "onnx"
+    folder.mkdir(parents=True)
+    mine = [folder / f"model{i}.onnx" for i in range(40)]
+    for f in mine:
+        f.write_bytes(b"the user's")
+    ours = [folder / f"{i:024x}-64x64.onnx" for i in range(30)]
+    for f in ours:
+        f.write_bytes(b"ours")
+    backends._evict(folder, 24)
+    assert all(f.read_bytes() == b"the user's" for f in mine)
+    assert sum(f.exists() for f in ours) == 24
+
+    monkeypatch.setenv("CARDAMAGE_CACHE", str(tmp_path / "cache"))
+    x = torch.rand(1, 3, 64, 96)
+    first = backends.OnnxBackend(load_model(weights).model)
+    first.forward(x)
+    path = first.cache_path((64, 96))
+    size = path.stat().st_size
+    os.truncate(path, 4 << 30)  # sparse: no disk
+    read = []
+    real_read = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self) or real_read(self))
+    second = backends.OnnxBackend(load_model(weights).model)
+    second.forward(x)
+    assert second.exported == [(64, 96)] and path not in read
+    assert path.stat().st_size == size  # replaced by the new export
+    assert all(f.read_bytes() == b"the user's" for f in mine)

@@ -155,3 +155,21 @@ def test_served_hosts_never_names_a_wildcard_address():
             hosts = served_hosts(sock, bind)
         assert not {"0.0.0.0", "0", "", "[::]", "::"} & set(hosts), (bind, hosts)
         assert {"127.0.0.1", "localhost", socket.gethostname().lower()} <= set(hosts), (bind, hosts)
+
+
+@pytest.mark.parametrize("host", ["::ffff:0.0.0.0", "::ffff:127.0.0.1"])
+def test_an_ipv4_mapped_host_prints_only_addresses_that_answer(host):
+    """``--host ::ffff:0.0.0.0`` bound an IPv6 socket that takes IPv4 only, yet printed the machine's IPv6
+    addresses, where nothing answered. It is bound as the IPv4 address it maps, and prints IPv4 addresses only:
+    loopback and the machine's own as ``hostname -I`` lists them (connecting to those is off-limits in tests)."""
+    from urllib.parse import urlsplit
+
+    from pipeline.explore.app import listen, served_urls
+
+    sock = listen(host, 0)
+    try:
+        assert sock.family == socket.AF_INET
+        urls = served_urls(sock, host)
+        assert urls and {urlsplit(u).hostname for u in urls} <= {"127.0.0.1", *own_ipv4_addresses()}, urls
+    finally:
+        sock.close()

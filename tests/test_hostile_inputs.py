@@ -555,3 +555,69 @@ def test_a_layer_that_grows_faster_than_the_image_is_checked_at_the_size_it_runs
     line = one_error_line(r.stderr)
     assert r.returncode == 1 and "at 640 px its forward pass makes one tensor of" in line and "inside layer 0" in line
     assert not (tmp_path / "o").exists()
+
+
+def _unreadable_link(folder: Path) -> Path:
+    """A link named a.jpg that even root cannot follow: another process's fd 0 in /proc (ptrace rules, EACCES)."""
+    for pid in ("1", *sorted(os.listdir("/proc") if os.path.isdir("/proc") else [])):
+        target = f"/proc/{pid}/fd/0"
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.stat(target)
+        except PermissionError:
+            link = folder / "a.jpg"
+            link.symlink_to(target)
+            return link
+        except OSError:
+            continue
+    pytest.skip("no /proc link here that cannot be followed")
+
+
+@pytest.mark.parametrize("how", ["glob", "named", "list"])
+def test_a_link_that_cannot_be_followed_is_one_line_and_the_rest_runs(weights, photos, tmp_path, capsys, how):  # noqa: F811
+    """A link to ``/proc/1/task/1/fd/0`` (Permission denied on any look) stopped the whole batch with one line,
+    nothing predicted, when named by a glob, directly or in a list; given as a folder it was one line already."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    link = _unreadable_link(bad)
+    source = {"glob": str(bad / "*"), "named": str(link), "list": str(tmp_path / "list.txt")}[how]
+    (tmp_path / "list.txt").write_text(f"{link}\n{sorted(photos.iterdir())[0]}\n")  # a list of it and a photo
+    out = tmp_path / "out"
+    assert main(["predict", "--weights", str(weights), source, str(photos), "--out", str(out), "--imgsz", "64",
+                 "--no-overlays"]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {link}:") and "ermission denied" in line, line
+    records = json.loads((out / "detections.json").read_text())
+    assert sorted(Path(r["image"]).name for r in records) == sorted(p.name for p in photos.iterdir())
+
+
+def test_a_checkpoint_that_unpacks_to_gigabytes_is_one_line_before_any_unpacking(photos, tmp_path, capsys):  # noqa: F811
+    """A 4 MB zip whose ``data.pkl`` is deflated zeros unpacks to 4 GB: the loader took 12.8 GB before failing on
+    it. The zip's own directory says what its members unpack to; nothing is decompressed before the refusal."""
+    import zipfile
+
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        with z.open("archive/data.pkl", "w", force_zip64=True) as f:
+            for _ in range(256):
+                f.write(bytes(1 << 20))
+    assert bomb.stat().st_size < 1_000_000
+    assert main(["predict", "--weights", str(bomb), str(photos), "--out", str(tmp_path / "o")]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {bomb}: a zip archive of 0.3 MB whose members unpack to 0.3 GB"), line
+
+
+@pytest.mark.parametrize("value", [20000, True, 0, "640"])
+@pytest.mark.parametrize("command", ["predict", "inspect", "report"])
+def test_a_checkpoints_own_size_is_held_to_the_imgsz_range(weights, photos, tmp_path, capsys, value, command):  # noqa: F811
+    """``train_args.imgsz = 20000`` edited into a checkpoint passed the 32..4096 check of ``--imgsz`` (predict,
+    report and inspect then tried to allocate 4.8 GB), and ``True`` ran as 1 px: one line, naming the file."""
+    ckpt = torch.load(weights, weights_only=False)
+    ckpt["train_args"]["imgsz"] = value
+    edited = tmp_path / "edited.pt"
+    torch.save(ckpt, edited)
+    photo = next(iter(sorted(photos.iterdir())))
+    assert main([command, "--weights", str(edited), str(photo), "--out", str(tmp_path / "o")]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {edited}: its train_args.imgsz is {value!r}, not an integer size"), line

@@ -785,9 +785,23 @@ def test_a_resume_accepts_its_results_one_row_ahead_of_their_note(interrupted, t
     """Killed between the trainer's append to results.csv and the note after it, the run's own file was refused
     as changed. A file that is the noted bytes plus appended rows is the run's own."""
     copy = _copy(interrupted, tmp_path / "copy")
+    fields = (copy / "results.csv").read_text().splitlines()[0].count(",") + 1
     with open(copy / "results.csv", "a") as f:
-        f.write("1,2.5,0.1\n")  # a row the note did not see
+        f.write(",".join(["1", "2.5"] + ["0.1"] * (fields - 2)) + "\n")  # a row the note did not see
     assert main(["train", "--resume", "--out", str(copy)]) == 0
+
+
+@pytest.mark.parametrize("tail", ["garbage that is not csv\n", "1,2\n", "1,2,3", "1\n2\n"])
+def test_a_resume_refuses_anything_else_appended_to_its_results(interrupted, tmp_path, tail, capsys):
+    """Bytes appended to results.csv that are not one row as the trainer writes it (one line, a number per
+    column of the header) were accepted as a row ahead of the note, and the resume appended after them."""
+    copy = _copy(interrupted, tmp_path / "copy")
+    with open(copy / "results.csv", "a") as f:
+        f.write(tail)
+    before = (copy / "results.csv").read_bytes()
+    assert main(["train", "--resume", "--out", str(copy)]) == 1
+    assert "results.csv: changed since this run wrote it" in one_error_line(capsys.readouterr().err)
+    assert (copy / "results.csv").read_bytes() == before
 
 
 def test_a_results_file_replaced_while_training_gets_no_row(synth_data, tmp_path):
@@ -983,3 +997,18 @@ def test_json_read_back_is_bounded_by_its_values_not_only_its_bytes(tmp_path, mo
     bomb.write_text('{"images": [], "annotations": [], "categories": [], "pad": ' + pad + "}")
     with pytest.raises(InputError, match=r"holds 2,00\d JSON objects and lists, over the 1,000"):
         coco._read_coco(bomb)
+
+
+@pytest.mark.parametrize("key, value, said", [("compile", True, "compile: True is not supported"),
+                                              ("optimizer", "bogus", "Optimizer 'bogus' not found"),
+                                              ("imgsz", 20000, "imgsz: must be an integer size in pixels from 32")])
+def test_a_resume_holds_the_checkpoints_arguments_to_a_recipes_rules(interrupted, tmp_path, key, value, said, capsys):
+    """The trainer resumes with last.pt's own train_args, which nothing checked: compile=True compiled for minutes
+    with no line, optimizer='bogus' and imgsz=20000 ended in tracebacks. Each is refused as a recipe's key is."""
+    copy = _copy(interrupted, tmp_path / "copy")
+    ckpt = torch.load(copy / "weights" / "last.pt", weights_only=False)
+    ckpt["train_args"][key] = value
+    torch.save(ckpt, copy / "weights" / "last.pt")
+    assert main(["train", "--resume", "--out", str(copy)]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {copy / 'weights' / 'last.pt'}: cannot resume: ") and said in line, line

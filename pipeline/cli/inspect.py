@@ -42,6 +42,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from pipeline.core.files import is_folder, is_present
 from pipeline.cli.options import add_overwrite, add_ray_arguments, add_trust_weights, image_size, positive_float
 from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import InputError, input_paths, one_line, output_folder
@@ -56,7 +57,7 @@ def _single_photo(sources: list[str]) -> bool:
     s = sources[0] if len(sources) == 1 else None
     if s is None or Path(s).suffix.lower() == ".txt":
         return False
-    return Path(s).is_file() or (not Path(s).is_dir() and not any(c in s for c in "*?["))
+    return not is_folder(s) and (is_present(s) or not any(c in s for c in "*?["))
 
 
 def add_arguments(parser) -> None:

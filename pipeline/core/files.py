@@ -57,3 +57,21 @@ def real_path(path: str | os.PathLike) -> Path:
         return Path(path).resolve()
     except (RuntimeError, OSError):
         return Path(os.path.abspath(path))
+
+
+def is_folder(path: str | os.PathLike) -> bool:
+    """``Path.is_dir``, False where the path cannot even be looked at (a link into another process's
+    ``/proc/PID/fd``: EACCES, even for root) instead of raising: whatever reads it then names the problem."""
+    try:
+        return Path(path).is_dir()
+    except OSError:
+        return False
+
+
+def is_present(path: str | os.PathLike) -> bool:
+    """``Path.exists``, True where the path is there but cannot be looked at (see ``is_folder``): a source that
+    is there is read, and its read names the problem in one line."""
+    try:
+        return Path(path).exists()
+    except OSError:
+        return os.path.lexists(path)

@@ -31,8 +31,13 @@ from pipeline.core.files import os_reason
 
 def resolved(path: str | os.PathLike) -> Path:
     """``path`` with ``~`` and every link resolved; a symlink loop stays a path (``Path.resolve`` raises
-    RuntimeError for one) and is named by whatever then opens it."""
-    return Path(os.path.realpath(Path(path).expanduser()))
+    RuntimeError for one), and so does a link that cannot be read (``/proc/1/fd/0``: EACCES even for root):
+    whatever then opens it names the problem."""
+    path = Path(path).expanduser()
+    try:
+        return Path(os.path.realpath(path))
+    except OSError:
+        return Path(os.path.abspath(path))
 
 
 #: The first key of every JSON file a command writes to a name the user chose (``check --json``, ``trace --out``):
@@ -194,26 +199,31 @@ class _Ledger:
         except OSError:
             return False
 
-    def grown(self, path: Path) -> bool:
-        """Whether ``path`` is a file this run wrote with lines appended since it was noted: its first bytes
-        are the very bytes noted (a log the trainer appends to, noted after each append: a kill between the
-        two leaves the file one line ahead of its note)."""
+    #: The most bytes ``appended`` returns: a log one record ahead of its note holds far less.
+    MAX_APPENDED = 1 << 20
+
+    def appended(self, path: Path) -> bytes | None:
+        """The bytes appended to ``path`` since it was noted, where its first bytes are the very bytes noted (a log
+        the trainer appends to, noted after each append: a kill between the two leaves the file a record ahead of
+        its note); ``None`` when it is not such a file or more than ``MAX_APPENDED`` bytes were added."""
         rec = self.files.get(self.rel(path))
         try:
             st = os.lstat(path)
-            if rec is None or rec[3] is None or not stat.S_ISREG(st.st_mode) or st.st_size < rec[0]:
-                return False
+            if (rec is None or rec[3] is None or not stat.S_ISREG(st.st_mode) or st.st_size < rec[0]
+                    or st.st_size - rec[0] > self.MAX_APPENDED):
+                return None
             with open(path, "rb") as f:
                 h, left = hashlib.blake2b(), rec[0]
                 while left:
                     piece = f.read(min(left, 1 << 20))
                     if not piece:
-                        return False
+                        return None
                     h.update(piece)
                     left -= len(piece)
-            return h.hexdigest() == rec[3]
+                tail = f.read(self.MAX_APPENDED + 1)
+            return tail if h.hexdigest() == rec[3] and len(tail) <= self.MAX_APPENDED else None
         except OSError:
-            return False
+            return None
 
     def check(self, path: Path) -> None:
         """Raise unless ``path`` is free to (re)write: absent, ours, or ``--overwrite`` was given."""

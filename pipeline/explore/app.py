@@ -251,13 +251,26 @@ def served_urls(sock: socket.socket, host: str) -> list[str]:
     port = sock.getsockname()[1]
     wildcard = _wildcard_addresses(sock)
     if wildcard is None:
-        return [f"http://{_in_url(host)}:{port}/"]
+        return [f"http://{_in_url(_unmapped(host))}:{port}/"]
     ipv4 = sock.family == socket.AF_INET or not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
     return [f"http://{a}:{port}/" for a in ["127.0.0.1" if ipv4 else "[::1]", *map(_in_url, wildcard)]]
 
 
+def _unmapped(host: str) -> str:
+    """``host``, an IPv4-mapped IPv6 address (``::ffff:0.0.0.0``) written as the IPv4 address it maps."""
+    try:
+        ip = _ip(host)
+    except ValueError:  # a name, not an address
+        return host
+    return str(ip) if isinstance(ip, ipaddress.IPv4Address) and ":" in host else host
+
+
 def listen(host: str = "127.0.0.1", port: int = 8765) -> socket.socket:
-    """A listening socket on ``host:port``, bound before anything is announced (OSError if the port is taken)."""
+    """A listening socket on ``host:port``, bound before anything is announced (OSError if the port is taken).
+
+    An IPv4-mapped address (``::ffff:0.0.0.0``) is bound as the IPv4 address it maps: an IPv6 socket bound to it
+    takes IPv4 connections only, and the addresses printed must be the ones that answer."""
+    host = _unmapped(host)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait out TIME_WAIT

@@ -15,6 +15,8 @@ import hashlib
 import importlib.util
 import io
 import os
+import re
+import stat
 import threading
 import warnings
 from pathlib import Path
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 from pipeline.core import runtime
-from pipeline.core.io import atomic_write_bytes
+from pipeline.core.io import InputError, atomic_write_bytes
 
 
 def onnx_available() -> bool:
@@ -149,14 +151,33 @@ def _fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:24]
 
 
+#: The names this module gives the graphs it caches (``OnnxBackend.cache_path``): only those are ever evicted, so
+#: a cache folder the user named (``CARDAMAGE_CACHE``) that holds ONNX files of their own keeps them.
+GRAPH_NAME = re.compile(r"[0-9a-f]{24}-\d+x\d+\.onnx")
+
+
 def _evict(folder: Path, keep: int) -> None:
-    """Delete all but the ``keep`` most recently used graphs in ``folder`` (races with another process are harmless)."""
+    """Delete all but the ``keep`` most recently used graphs of ours in ``folder`` (races with another process are
+    harmless); a file of another name is never touched."""
     try:
-        graphs = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+        ours = [p for p in folder.iterdir() if GRAPH_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink()]
+        graphs = sorted(ours, key=lambda p: p.stat().st_mtime, reverse=True)
         for old in graphs[keep:]:
             old.unlink(missing_ok=True)
     except OSError:
         pass
+
+
+def _cached_graph(path: Path, model: torch.nn.Module) -> bool:
+    """Whether ``path`` may be read as a cached graph of ``model``: a regular file (not a link, FIFO or folder) no
+    larger than the model's weights as float32 plus the graph's own small share. Anything else is exported again
+    and replaced: a 4 GB file put there would otherwise be read whole."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    weights = sum(t.numel() for t in [*model.parameters(), *model.buffers()]) * 4
+    return stat.S_ISREG(st.st_mode) and st.st_size <= 2 * weights + (16 << 20)
 
 
 class OnnxBackend:
@@ -222,7 +243,7 @@ class OnnxBackend:
                 so.inter_op_num_threads = 1
                 session = None
                 path = self.cache_path(hw) if self.cache else None
-                if path is not None and path.is_file():
+                if path is not None and _cached_graph(path, self.model):
                     try:
                         session = self.ort.InferenceSession(path.read_bytes(), so, providers=["CPUExecutionProvider"])
                         os.utime(path)  # recently used: kept by the eviction
@@ -235,8 +256,8 @@ class OnnxBackend:
                             path.parent.mkdir(parents=True, exist_ok=True)
                             atomic_write_bytes(path, graph)
                             _evict(path.parent, ONNX_CACHE_MAX)
-                        except OSError:  # a read-only cache only costs the export next time
-                            pass
+                        except (OSError, InputError):  # a read-only cache (or a folder by the graph's name) only
+                            pass  # costs the export next time
                     session = self.ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
                 self.sessions[hw] = session
             return self.sessions[hw]

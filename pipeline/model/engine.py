@@ -95,9 +95,9 @@ def _decode_cost(path: Path, alone: int) -> int:
     """Bytes OpenCV's decode of ``path`` peaks at: twice its 8-bit BGR pixels (the decoded image, and the
     copy cv2's Python binding makes of it), from the header (PIL reads no pixels for ``size``). A header
     PIL cannot read costs ``alone``, the whole budget: that file is decoded with nothing beside it."""
-    if not path.is_file():  # a FIFO would block PIL's open for ever; read_image names what it is
-        return alone
     try:
+        if not path.is_file():  # a FIFO would block PIL's open for ever; read_image names what it is
+            return alone
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning: only the size is read
             with pil_open(path) as im:

@@ -16,6 +16,7 @@ import contextlib
 import copy
 import re
 import weakref
+import zipfile
 from pathlib import Path
 
 import torch
@@ -26,8 +27,9 @@ from ultralytics import YOLO
 from ultralytics.nn import tasks
 from ultralytics.nn.modules.head import Detect
 
-from pipeline.core.facts import CLASS_NAMES, TRUST_ENV
+from pipeline.core.facts import CLASS_NAMES, MAX_IMGSZ, TRUST_ENV
 from pipeline.core.files import check_regular_file
+from pipeline.core.errors import one_line
 from pipeline.core.io import InputError
 from pipeline.core.yamlfile import read_yaml
 from pipeline.data.labels import check_names
@@ -289,6 +291,7 @@ def load_model(spec: str | Path = DEFAULT_MODEL, nc: int | None = None, names=No
             "(e.g. `wget https://github.com/ultralytics/assets/releases/download/v8.4.0/yolov8n.pt`) "
             "and pass the path, or pass yolov8n.yaml to build from scratch",
         )
+    check_archive(path)
     with weights_policy(trust):
         try:
             yolo = YOLO(str(path), task="detect")
@@ -301,6 +304,33 @@ def load_model(spec: str | Path = DEFAULT_MODEL, nc: int | None = None, names=No
     check_names({"names": yolo.model.names}, path, yaml=False)
     check_detect_head(yolo, path)
     return yolo
+
+
+#: What a checkpoint's zip members may unpack to beyond the file's own size: torch writes every member stored
+#: (uncompressed), so a real checkpoint unpacks to its size; this slack is for a pickle someone re-zipped.
+ARCHIVE_SLACK = 64 << 20
+
+
+def check_archive(path: str | Path) -> None:
+    """Refuse a checkpoint whose zip members would unpack to more than the file holds (plus ``ARCHIVE_SLACK``):
+    a 4 MB file of deflated zeros named ``data.pkl`` unpacks to gigabytes before unpickling can fail on it.
+    Member sizes are read from the zip's central directory; nothing is decompressed. A file that is not a zip
+    (an old-style torch file, an image named .pt) is left to the loader, which reads no more than its bytes.
+
+    Raises:
+        InputError: one line with the sizes.
+    """
+    try:
+        size = Path(path).stat().st_size
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return  # the loader names what is wrong with it
+    if unpacked > size + ARCHIVE_SLACK:
+        raise InputError(path, f"a zip archive of {size / 1e6:.1f} MB whose members unpack to {unpacked / 1e9:.1f} GB: "
+                               "torch writes checkpoints uncompressed, so this is not one")
 
 
 def check_detect_head(yolo, where) -> None:
@@ -390,7 +420,12 @@ def trained_imgsz(yolo, imgsz: int | None = None) -> int:
         size = int(imgsz)
     else:
         size = getattr(yolo, "overrides", {}).get("imgsz")
-        size = int(size) if isinstance(size, int) and size > 0 else DEFAULT_IMGSZ
+        if size is None or isinstance(size, (list, tuple)):  # no training size, or a rectangle: the default
+            size = DEFAULT_IMGSZ
+        elif type(size) is not int or not 32 <= size <= MAX_IMGSZ:  # an edited checkpoint: as --imgsz is checked
+            where = getattr(yolo, "ckpt_path", None) or "the weights"
+            raise InputError(where, f"its train_args.imgsz is {one_line(repr(size))[:40]}, not an integer size in "
+                                    f"pixels from 32 to {MAX_IMGSZ}: pass --imgsz")
     check_forward(yolo, size)
     return size
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline.core.files import is_folder
 from pipeline.core import heap
 from pipeline.core.facts import logit
 from pipeline.core.io import (
@@ -190,7 +191,7 @@ def predict_paths(
     files, errors = expand_sources([str(s) for s in sources])
     if out is None:
         return _predict(yolo, sources, files, errors, None, conf, imgsz, device, overlays, progress, batch, workers, backend)
-    inputs = [*(s for s in sources if Path(s).is_dir()), *files, *weights_file(yolo)]
+    inputs = [*(s for s in sources if is_folder(s)), *files, *weights_file(yolo)]
     written = ["detections.json", *(overlay_names(files) if overlays else [])]
     # refused before any inference if it could touch an input, or replace a file of the user's
     with output_folder(out, inputs=inputs, overwrite=overwrite, names=written) as out:
@@ -205,7 +206,7 @@ def weights_file(yolo) -> list[str]:
 
 def _predict(yolo, sources, files, errors, out, conf, imgsz, device, overlays, progress, batch, workers, backend):
     """``predict_paths`` after its checks: the engine for folders and batches, else photo by photo."""
-    if (batch is not None and batch > 1) or (any(Path(s).is_dir() for s in sources) and _engine_wins(device, backend)):
+    if (batch is not None and batch > 1) or (any(is_folder(s) for s in sources) and _engine_wins(device, backend)):
         records, file_errors = _predict_batched(yolo, files, out, conf, imgsz, device, overlays, progress, batch, workers, backend)
         return records, errors + file_errors
     records, names = [], overlay_names(files)

@@ -481,6 +481,20 @@ def _run_metrics(yolo, results, counter: BatchCounter, out: Path, left_out) -> d
     return metrics
 
 
+def _one_row(csv: Path, tail: bytes | None) -> bool:
+    """Whether ``tail`` (the bytes after the noted ones) is one row as the trainer writes them: one line, as many
+    comma-separated numbers as the header has names. Anything else appended is not the run's."""
+    if not tail or not tail.endswith(b"\n") or tail.count(b"\n") != 1:
+        return False
+    try:
+        with open(csv, "rb") as f:
+            header = f.readline(1 << 16)
+        numbers = [float(v) for v in tail.decode("ascii").split(",")]  # ValueError: not a number
+        return len(numbers) == len(header.split(b","))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+
+
 def _resume(out: Path, trust: bool, counter: BatchCounter, changes: dict, callbacks: dict | None, on_error):
     """Continue the run whose folder is ``out`` from its ``weights/last.pt``; return (yolo, results, left_out).
 
@@ -499,12 +513,22 @@ def _resume(out: Path, trust: bool, counter: BatchCounter, changes: dict, callba
             raise InputError(last, weights_error(last, e, trust)) from None
     if not isinstance(ckpt, dict) or ckpt.get("optimizer") is None or ckpt.get("epoch", -1) < 0:
         raise InputError(last, "nothing to resume: this run finished (or last.pt holds no optimizer state)")
+    # the trainer resumes with the checkpoint's own arguments: each is held to what a recipe may say
+    train_args = ckpt.get("train_args")
+    if not isinstance(train_args, dict):
+        raise InputError(last, "cannot resume: the checkpoint holds no train_args mapping")
+    for key, value in train_args.items():
+        if key in RECIPE_REFUSED:  # files, folders and the run's place: the resume sets them to this folder's
+            continue
+        reason = _recipe_key_error(key, value)
+        if reason:
+            raise InputError(last, f"cannot resume: its train_args {one_line(str(key))[:40]}: {reason}")
     # a resume rewrites args.yaml and results.csv: only the run's own, unchanged since, may be replaced. (last.pt
     # is the resume's input, whatever folder it was copied from; a run folder older than its list is let be.)
     listed = ledger_for(out / "args.yaml")
     for name in ("args.yaml", "results.csv"):
         # results.csv may be a row ahead of its note (killed between the trainer's append and the note after it)
-        grown = name == "results.csv" and listed is not None and listed.grown(out / name)
+        grown = name == "results.csv" and listed is not None and _one_row(out / name, listed.appended(out / name))
         if listed is not None and listed.files and (out / name).exists() and not is_ours(out / name) and not grown:
             raise InputError(out / name, "changed since this run wrote it, or no cardamage run wrote it: a resume "
                                          "would replace it; put the run's own back, or start a new run")
@@ -528,5 +552,10 @@ def _resume(out: Path, trust: bool, counter: BatchCounter, changes: dict, callba
             return yolo, yolo.train(resume=True, save_dir=str(out), data=str(data), **changes), left_out
     except (AssertionError, FileNotFoundError) as e:  # e.g. "training to N epochs is finished"
         raise InputError(last, f"cannot resume ({' '.join(str(e).split())[:200]})") from None
+    # a setting of last.pt only the trainer checks (optimizer: bogus), as a fresh run's recipe gets it
+    except (ValueError, TypeError, NotImplementedError, RuntimeError, KeyError, IndexError, AttributeError) as e:
+        if counter.batches or type(e).__module__ != "builtins":
+            raise
+        raise InputError(last, f"cannot resume: {_trainer_refusal(e)}") from None
     except OSError as e:  # a full disk while saving a checkpoint: name the run, as a fresh run does
         raise InputError(e.filename or out, e.strerror or type(e).__name__) from None

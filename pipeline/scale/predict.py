@@ -28,6 +28,7 @@ import time
 import types
 from pathlib import Path
 
+from pipeline.core.files import is_present
 from pipeline.core.io import (
     InputError,
     atomic_write_image,
@@ -177,7 +178,7 @@ def ray_predict(yolo, sources, out, conf: float = 0.25, imgsz: int | None = None
     log = log or (lambda line: None)
     imgsz = trained_imgsz(yolo, imgsz)
     files, errors = expand_sources(sources)
-    inputs = [*(s for s in map(str, sources) if Path(s).is_dir() or Path(s).is_file()), *files, *weights_file(yolo)]
+    inputs = [*(s for s in map(str, sources) if is_present(s)), *files, *weights_file(yolo)]
     names = overlay_names(files)  # fixed by input order, as in the single-process run
     written = ["detections.json", *(names if overlays else [])]
     with output_folder(out, inputs=inputs, overwrite=overwrite, names=written) as out:

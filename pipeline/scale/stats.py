@@ -18,10 +18,10 @@ Examples:
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
+from pipeline.core.files import is_present
 from pipeline.core.io import InputError, expand_sources, output_folder
 from pipeline.model.load import detection_model, trained_imgsz
 from pipeline.probe.channel_stats import DEAD_EPS, ChannelStats
@@ -87,7 +87,7 @@ def ray_inspect(yolo, sources, out, layers=None, imgsz: int | None = None, fuse:
     """
     imgsz = trained_imgsz(yolo, imgsz)
     files, errors = expand_sources(sources)
-    inputs = [*(s for s in map(str, sources) if Path(s).exists()), *files]
+    inputs = [*(s for s in map(str, sources) if is_present(s)), *files]
     with output_folder(out, inputs=inputs, overwrite=overwrite) as out:
         net = detection_model(yolo)
         if fuse:
