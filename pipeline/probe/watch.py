@@ -104,6 +104,21 @@ def append_line(path: str | os.PathLike, obj: dict) -> None:
 MAX_WATCH_BYTES = 128 << 20
 
 
+def read_watch_lines(path: str | os.PathLike) -> list[tuple[int, object]]:
+    """``(line number, parsed JSON value)`` for each line of a ``watch.jsonl`` that parses, in order (1-based).
+
+    A torn last line (a crash mid-write) is left out. The values are as the file holds them, of any JSON type:
+    a reader that relies on a record's schema checks it (``pipeline.report.film.record_problem``).
+    """
+    out = []
+    for n, line in enumerate(read_bounded_text(path, "a watch.jsonl", MAX_WATCH_BYTES, MAX_JSON_ITEMS).splitlines(), 1):
+        try:
+            out.append((n, json_value(line)))
+        except ValueError:
+            continue  # only the last line can be torn: every earlier one ended with its newline; not a record
+    return out
+
+
 def read_watch(path: str | os.PathLike) -> list[dict]:
     """The records of a ``watch.jsonl``, in order; a torn last line (a crash mid-write) is left out.
 
@@ -111,13 +126,7 @@ def read_watch(path: str | os.PathLike) -> list[dict]:
         >>> [r["step"] for r in read_watch("runs/w/watch.jsonl")]  # doctest: +SKIP
         [1, 2, 4, 8, 16]
     """
-    records = []
-    for line in read_bounded_text(path, "a watch.jsonl", MAX_WATCH_BYTES, MAX_JSON_ITEMS).splitlines():
-        try:
-            records.append(json_value(line))
-        except ValueError:
-            continue  # only the last line can be torn: every earlier one ended with its newline; not a record
-    return records
+    return [value for _, value in read_watch_lines(path)]
 
 
 def record_points(batches: int, points=FIRST_EPOCH_POINTS) -> set[int]:
