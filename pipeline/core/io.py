@@ -33,7 +33,7 @@ from ultralytics.data.utils import IMG_FORMATS
 
 # defined apart, so the command line can use them without loading this; re-exported for the other layers
 from pipeline.core.errors import InputError, one_line, warn_input  # noqa: F401
-from pipeline.core.files import check_regular_file, os_reason
+from pipeline.core.files import check_regular_file, is_present, os_reason
 # what the project wrote: defined apart (one job per module), re-exported for the commands that name files
 from pipeline.core.owned import (  # noqa: F401
     GENERATOR_KEY, UNSEALED, WRITTEN_LIST, is_ours, ledger_for, note_written, resolved, seal, stamp, written_by,
@@ -228,6 +228,9 @@ def output_folder(out: str | os.PathLike, inputs=(), not_inside=(), overwrite: b
     refused with one line instead of mixing its results with the first run's. A folder this call
     created and nothing was written into is removed again, so a run refused before it writes leaves no
     trace; a run that fails after writing keeps what it wrote (train: the dataset view, a ``last.pt`` to resume).
+    A run that fails (an error, a full disk, Ctrl-C) also removes every folder below ``out`` it made that is
+    still empty, deepest first, whoever made it (``make_folder``, ``atomic_path``, a ``mkdir`` of Ultralytics'
+    such as LayerCAM's): a folder that was there before the run, or that holds anything, stays.
 
     Examples:
         >>> with output_folder("runs/predict", inputs=["photos/"]) as out:
@@ -240,23 +243,46 @@ def output_folder(out: str | os.PathLike, inputs=(), not_inside=(), overwrite: b
         fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
         raise InputError(out, _write_reason(out, e).replace("cannot write", "cannot create the output folder")) from None
+    before: set[str] | None = None  # the folders below ``out`` that were there before the run (none if it made out)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise InputError(out, "busy: another cardamage run is writing into this folder; "
                                   "wait for it or choose another output folder") from None
+        before = set() if created else _folders_below(out)  # under the lock: no other run is adding any
         try:
             tempfile.TemporaryFile(dir=out).close()  # read-only or full: one line now, not after the work
         except OSError as e:
             raise InputError(out, f"cannot write here ({os_reason(e)})") from None
         with written_list(out, overwrite, names, compact=True, folders=folders):
             yield out
+    except BaseException:
+        if before is not None:  # still under the lock: a folder removed here is not one another run just made
+            _remove_new_empty_folders(out, before)
+        raise
     finally:
         os.close(fd)  # releases the flock
         if created:
             with contextlib.suppress(OSError):
                 out.rmdir()  # only succeeds if empty
+
+
+def _folders_below(root: Path) -> set[str]:
+    """Every folder below ``root`` (not ``root`` itself), as paths: a linked folder is listed, not entered."""
+    found = set()
+    for parent, dirs, _ in os.walk(root):  # an unreadable folder is listed too, by its parent
+        found.update(os.path.join(parent, d) for d in dirs)
+    return found
+
+
+def _remove_new_empty_folders(root: Path, before: set[str]) -> None:
+    """Remove, deepest first, each folder below ``root`` not in ``before`` that is empty (``rmdir`` only ever
+    removes an empty folder; a parent emptied so goes too). ``root`` itself is the caller's to remove."""
+    for parent, _, _ in os.walk(root, topdown=False):  # children before their parent; links never entered
+        if parent != str(root) and parent not in before:
+            with contextlib.suppress(OSError):
+                os.rmdir(parent)
 
 
 def check_inside(out: str | os.PathLike, folders) -> None:
@@ -455,7 +481,16 @@ def _glob(pattern: str) -> tuple[list[Path], InputError | None]:
     found = list(itertools.islice(glob.iglob(pattern, recursive=True), MAX_GLOB + 1))
     if len(found) > MAX_GLOB:
         return [], InputError(pattern, f"glob walks more than {MAX_GLOB:,} paths: name a narrower one")
-    return sorted(Path(f) for f in found if Path(f).is_file()), None
+    return sorted(Path(f) for f in found if _file_or_unreadable(Path(f))), None
+
+
+def _file_or_unreadable(path: Path) -> bool:
+    """Whether a glob's match is a file to read: a file, or something that cannot be looked at (a link into
+    another process's ``/proc/PID/fd``), which reading then names in one line; not a folder."""
+    try:
+        return path.is_file()
+    except OSError:
+        return True
 
 
 def expand_sources(sources: list[str], globs: bool = True) -> tuple[list[Path], list[InputError]]:
@@ -474,6 +509,11 @@ def expand_sources(sources: list[str], globs: bool = True) -> tuple[list[Path], 
     errors: list[InputError] = []
     for src in map(str, sources):
         p = Path(src)
+        try:  # a link that cannot be followed (``/proc/1/fd/0``: EACCES even for root) raises in exists()
+            p.exists()
+        except OSError as e:
+            errors.append(InputError(p, f"cannot read ({os_reason(e)})"))
+            continue
         if p.suffix.lower() == ".txt" and p.is_file():
             try:
                 listed = read_list(p)
@@ -524,4 +564,4 @@ def expand_sources(sources: list[str], globs: bool = True) -> tuple[list[Path], 
 def input_paths(sources) -> list[Path]:
     """Every path a command reads from ``sources`` (files, folders, globs): what ``--out`` must not touch."""
     files, _ = expand_sources([str(s) for s in sources])
-    return [*(Path(s) for s in sources if Path(s).exists()), *files]
+    return [*(Path(s) for s in sources if is_present(s)), *files]

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from pipeline.core.facts import CLASS_NAMES
-from pipeline.core.io import atomic_write_bytes, atomic_write_text
+from pipeline.core.io import atomic_write_bytes, atomic_write_text, make_folder
 from pipeline.core.runtime import progress_bar
 
 CRACK, DENT, GLASS, LAMP, SCRATCH, TIRE = range(6)
@@ -357,8 +357,8 @@ def write_dataset(out: str | Path, n_train: int = 400, n_val: int = 100, imgsz: 
     """
     out = Path(out)
     for k, (split, n) in enumerate((("train", n_train), ("val", n_val))):
-        (out / split / "images").mkdir(parents=True, exist_ok=True)
-        (out / split / "labels").mkdir(parents=True, exist_ok=True)
+        make_folder(out / split / "images")  # one line if it cannot be made; removed again if the run fails empty
+        make_folder(out / split / "labels")
         for i in progress_bar(range(n), desc=f"synth {split}", disable=not progress or n == 0):
             img, inst = render_scene(np.random.default_rng([seed, k, i]), imgsz)
             ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])

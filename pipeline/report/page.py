@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import platform
 import re
+import signal
 import time
 import traceback
 from pathlib import Path
@@ -190,17 +191,22 @@ def build_sections(run: PhotoRun, files: Path, opts: Options, timings: dict) -> 
             or multiprocessing.current_process().daemon):  # a daemonic process may not start one
         side = []
     child = _start_side(run, files, opts, side) if side else None
-    if opts.layercam:
-        # the heaviest extra pass (autograd through the whole network) runs while this process is lean; the
-        # output section reads the kept result (8000 px photo: peak 1612 MiB when it ran last, 1358 first)
-        t = time.perf_counter()
-        run.layercam(files / "layercam")
-        heap.trim_heap()  # its autograd's few-MB blocks stay in glibc's heaps; the sections after would stack on them
-        timings["layercam"] = round(time.perf_counter() - t, 2)
-    built = {}
-    for sid, _ in SECTIONS:
-        if not (child and sid in side):
-            built[sid] = _timed(sid, run, files, opts, timings)
+    try:
+        if opts.layercam:
+            # the heaviest extra pass (autograd through the whole network) runs while this process is lean; the
+            # output section reads the kept result (8000 px photo: peak 1612 MiB when it ran last, 1358 first)
+            t = time.perf_counter()
+            run.layercam(files / "layercam")
+            heap.trim_heap()  # its autograd's few-MB blocks stay in glibc's heaps; the sections after would stack on them
+            timings["layercam"] = round(time.perf_counter() - t, 2)
+        built = {}
+        for sid, _ in SECTIONS:
+            if not (child and sid in side):
+                built[sid] = _timed(sid, run, files, opts, timings)
+    except BaseException:
+        if child:  # no process may go on writing (or making folders) once the run has failed
+            _stop_side(*child)
+        raise
     if child:
         built.update(_join_side(*child, timings))
     for sid in side:
@@ -236,6 +242,21 @@ def _start_side(run: PhotoRun, files: Path, opts: Options, ids: list[str]):
     proc.start()
     send.close()
     return proc, recv
+
+
+def _stop_side(proc, recv) -> None:
+    """Stop the child because this process failed (a full disk): before the output folder removes the empty
+    folders the run made, so the child cannot make one again. SIGINT lets it unwind (``atomic_path`` removes its
+    temporary file); one that does not stop soon is terminated."""
+    try:
+        if proc.is_alive():
+            os.kill(proc.pid, signal.SIGINT)
+        proc.join(10)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join()
+    finally:
+        recv.close()
 
 
 def _join_side(proc, recv, timings: dict) -> dict:
