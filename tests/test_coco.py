@@ -674,3 +674,22 @@ def test_permission_denied_is_one_line(tmp_path):
     r = subprocess.run([*cmd, "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.lower() == f"error: {ann}: permission denied\n".lower()
     assert not (tmp_path / "o").exists()
+
+
+def test_an_image_with_more_boxes_than_a_label_file_may_hold_is_not_converted(sample_dir, sample_images, tmp_path):
+    """convert-coco wrote a label file of 5000 boxes without a word, which its own check and train then leave
+    out (``MAX_LABEL_BOXES``): the conversion leaves that image out with one line, and converts the others."""
+    from pipeline.data.labels import MAX_LABEL_BOXES
+
+    coco, _ = build_coco(sample_dir, sample_images[:2], tmp_path / "coco" / "train2017")
+    crowded = coco["images"][0]
+    for i in range(MAX_LABEL_BOXES + 1):
+        coco["annotations"].append({"id": 900000 + i, "image_id": crowded["id"], "category_id": CAT_ID[NAMES[0]],
+                                    "bbox": [1 + i % 50, 1 + i // 50, 5, 5], "area": 25.0, "iscrowd": 0})
+    ann = tmp_path / "coco" / "instances_train2017.json"
+    ann.write_text(json.dumps(coco))
+    s = convert_coco(ann, tmp_path / "coco" / "train2017", tmp_path / "out")
+    assert s["written"] == 1
+    assert [e for e in s["errors"] if crowded["file_name"] in e and f"over the {MAX_LABEL_BOXES:,}" in e], s["errors"]
+    assert not (tmp_path / "out" / "labels" / "train" / f"{Path(crowded['file_name']).stem}.txt").exists()
+    assert check_dataset(tmp_path / "out" / "data.yaml")["errors"] == []

@@ -44,6 +44,7 @@ import numpy as np
 
 from pipeline.core.io import IMAGE_SUFFIXES, InputError, check_regular_file, is_ours, ledger_for, note_written
 from pipeline.core.runtime import progress_bar
+from pipeline.data.labels import too_many_boxes
 from pipeline.data.coco_schema import (
     CLASS_NAMES,
     SchemaError,
@@ -427,6 +428,9 @@ def _convert_images(annotations_json: Path, images_dir: Path, new_root: Path, sp
             clipped += n_out
         if problems:
             errors += problems
+            continue
+        if many := too_many_boxes(rows):  # check and train would leave the photo out: so does the conversion
+            errors.append(f"{images_dir / name}: {many}; image not converted")
             continue
         _place_image(src, img_out / out_name, copy)
         _write_new(lbl_out / f"{Path(out_name).stem}.txt", "".join(f"{c} {xy}\n" for c, xy, _ in rows))
