@@ -76,6 +76,20 @@ def test_an_alias_in_a_recipe_or_a_model_yaml_is_refused(tmp_path, capsys):
 
 
 
+def test_a_key_given_twice_is_one_line_not_the_last_one_silently(tmp_path, capsys):
+    """A data.yaml with ``names:`` twice (or a recipe with ``epochs:`` twice) was read as its last value, silently:
+    which one the author meant is not the reader's to guess."""
+    data = _dataset(tmp_path / "d", "names: [dent]\nnames: [crack, dent]")
+    assert main(["check", str(data)]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {data}: line ") and "the key 'names' is given twice (first on line" in line, line
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("epochs: 1\nlr0: {a: 1, a: 2}\n")
+    assert main(["train", "--data", str(_dataset(tmp_path / "e", "names: [dent]")), "--config", str(recipe),
+                 "--out", str(tmp_path / "o")]) == 1
+    assert "line 2: the key 'a' is given twice (first on line 2)" in one_error_line(capsys.readouterr().err)
+
+
 def _nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.core.errors import InputError
+from pipeline.core.errors import InputError, one_line
 from pipeline.core.files import check_regular_file
 
 #: The largest YAML file read: 1 MiB holds some 50,000 class names; CarDD's data.yaml is 300 bytes.
@@ -47,6 +47,14 @@ class TooDeep(yaml.YAMLError):
         super().__init__(f"line {line}: nested deeper than {MAX_YAML_DEPTH} levels")
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A mapping that names one key twice: PyYAML keeps the last silently (``names:`` given twice)."""
+
+    def __init__(self, key: str, line: int, first: int):
+        self.key, self.line, self.first = key, line, first
+        super().__init__(f"line {line}: key {key} again (first on line {first})")
+
+
 class NoAliasLoader(yaml.SafeLoader):
     """PyYAML's safe loader that raises at the first alias (``*name``) instead of sharing the anchored node,
     and at nesting deeper than ``MAX_YAML_DEPTH`` (before the composer's recursion overflows the stack).
@@ -68,6 +76,18 @@ class NoAliasLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise DuplicateKey(repr(key)[:60], key_node.start_mark.line + 1, seen[key])
+                seen[key] = key_node.start_mark.line + 1
+            except TypeError:  # an unhashable key: PyYAML's own constructor says so
+                continue
+        return super().construct_mapping(node, deep)
 
 
 def read_yaml(path: str | os.PathLike, what: str = "YAML file") -> object:
@@ -97,6 +117,9 @@ def read_yaml(path: str | os.PathLike, what: str = "YAML file") -> object:
     except AliasRefused as e:
         raise InputError(path, f"line {e.line}: YAML alias *{e.anchor} refused: a {what} may not use anchors "
                                "and aliases (a few of them can stand for gigabytes)") from None
+    except DuplicateKey as e:
+        raise InputError(path, f"line {e.line}: the key {one_line(e.key)} is given twice (first on line {e.first}): "
+                               f"a {what} names each key once") from None
     except TooDeep as e:
         raise InputError(path, f"line {e.line}: nested deeper than {MAX_YAML_DEPTH} levels: "
                                f"refused as a {what}") from None
