@@ -306,6 +306,16 @@ def test_an_unreadable_photo_is_one_line_and_the_batch_goes_on(photos, weights, 
         assert [Path(rec["image"]).name for rec in json.loads((out / "detections.json").read_text())] == ["car0.jpg", "car2.jpg"]
 
 
+def test_an_unreadable_weights_file_says_so(photos, weights, tmp_path):
+    """A weights file the user cannot read was "not a valid YOLO checkpoint (PermissionError: ... '')": the wrong
+    reason, and an empty file name."""
+    locked = tmp_path / "locked.pt"
+    locked.write_bytes(weights.read_bytes())
+    locked.chmod(0)
+    r = cli("predict", "--weights", locked, photos / "car0.jpg", "--out", tmp_path / "o", drop_caps=True)
+    assert r.returncode == 1, r.stderr
+    assert one_error_line(r.stderr) == f"error: {locked}: cannot read the weights file (Permission denied)"
+
 def test_check_and_outliers_go_on_past_an_unreadable_photo(tmp_path):
     from pipeline.data.synth import write_dataset
 

@@ -28,7 +28,7 @@ from ultralytics.nn import tasks
 from ultralytics.nn.modules.head import Detect
 
 from pipeline.core.facts import CLASS_NAMES, MAX_IMGSZ, TRUST_ENV
-from pipeline.core.files import check_regular_file
+from pipeline.core.files import check_regular_file, os_reason
 from pipeline.core.errors import one_line
 from pipeline.core.io import InputError
 from pipeline.core.yamlfile import read_yaml
@@ -291,6 +291,11 @@ def load_model(spec: str | Path = DEFAULT_MODEL, nc: int | None = None, names=No
             "(e.g. `wget https://github.com/ultralytics/assets/releases/download/v8.4.0/yolov8n.pt`) "
             "and pass the path, or pass yolov8n.yaml to build from scratch",
         )
+    try:  # unreadable (permissions): said as such, not as the loader's "PermissionError: ''"
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise InputError(path, f"cannot read the weights file ({os_reason(e)})") from None
     check_archive(path)
     with weights_policy(trust):
         try:
