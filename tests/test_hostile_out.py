@@ -1012,3 +1012,35 @@ def test_a_resume_holds_the_checkpoints_arguments_to_a_recipes_rules(interrupted
     assert main(["train", "--resume", "--out", str(copy)]) == 1
     line = one_error_line(capsys.readouterr().err)
     assert line.startswith(f"error: {copy / 'weights' / 'last.pt'}: cannot resume: ") and said in line, line
+
+
+GOOD_RECORD = {"image": "/p/a.jpg", "width": 640, "height": 480, "overlay": "a.jpg",
+               "detections": [{"class_id": 1, "class_name": "dent", "score": 0.5, "logit": 0.0,
+                               "box_xyxy": [1.0, 2.0, 30.0, 40.0]}]}
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"overlay": "/etc/passwd"}, "'overlay' is not a file name"),
+    ({"overlay": "../x.jpg"}, "'overlay' is not a file name"),
+    ({"width": "640"}, "'width' and 'height'"),
+    ({"detections": [{"box_xyxy": "x", "score": "NaN"}]}, "detections[0] is not a detection"),
+    ({"detections": [{"class_id": 1, "class_name": "dent", "score": 1.5, "logit": 0.0, "box_xyxy": [1, 2, 3, 4]}]},
+     "detections[0]"),
+    ({"detections": [{"class_id": 1, "class_name": "dent", "score": 0.5, "logit": 0.0, "box_xyxy": [1, 2, 3]}]},
+     "detections[0]"),
+    ({"image": 7}, "'image' is not a path"),
+])
+def test_a_ray_shard_record_is_checked_field_by_field(change, said, tmp_path):
+    """A shard's records were checked only at the top: a box "x", a score "NaN", an overlay "/etc/passwd" went
+    straight into detections.json as a detection. Each field is held to what detections.json promises."""
+    from pipeline.scale.predict import read_shards
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "part-00000.jsonl").write_text(json.dumps(GOOD_RECORD) + "\n")
+    done, _ = read_shards(shards, {})
+    assert done == {"/p/a.jpg": GOOD_RECORD}
+    (shards / "part-00000.jsonl").write_text(json.dumps({**GOOD_RECORD, **change}) + "\n")
+    with pytest.raises(InputError) as e:
+        read_shards(shards, {})
+    assert str(e.value).startswith(f"{shards / 'part-00000.jsonl'}: line 1 is not a detections record (") and said in str(e.value)

@@ -316,6 +316,7 @@ def test_an_unreadable_weights_file_says_so(photos, weights, tmp_path):
     assert r.returncode == 1, r.stderr
     assert one_error_line(r.stderr) == f"error: {locked}: cannot read the weights file (Permission denied)"
 
+
 def test_check_and_outliers_go_on_past_an_unreadable_photo(tmp_path):
     from pipeline.data.synth import write_dataset
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import time
 import types
 from pathlib import Path
@@ -114,6 +115,38 @@ def model_digest(net) -> str:
     return h.hexdigest()
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def record_problem(record) -> str | None:
+    """What is wrong with one detections record read back from a shard, or None: the fields detections.json
+    promises (an image path, its size, detections of a class id, a score in [0, 1], a finite logit, four finite
+    box numbers), and an overlay that is a file name in the run's folder, never a path elsewhere."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if not isinstance(record.get("image"), str) or not record["image"]:
+        return "'image' is not a path"
+    if not all(isinstance(record.get(k), int) and not isinstance(record.get(k), bool) and record[k] > 0
+               for k in ("width", "height")):
+        return "'width' and 'height' are not whole numbers of pixels"
+    overlay = record.get("overlay")
+    if overlay is not None and (not isinstance(overlay, str) or not overlay or overlay != Path(overlay).name
+                                or overlay in (".", "..")):
+        return "'overlay' is not a file name in the run's folder"
+    detections = record.get("detections")
+    if not isinstance(detections, list):
+        return "'detections' is not a list"
+    for i, d in enumerate(detections):
+        box = d.get("box_xyxy") if isinstance(d, dict) else None
+        if (not isinstance(d, dict) or not isinstance(d.get("class_id"), int) or isinstance(d.get("class_id"), bool)
+                or d["class_id"] < 0 or not isinstance(d.get("class_name"), str) or not _number(d.get("score"))
+                or not 0 <= d["score"] <= 1 or not _number(d.get("logit")) or not isinstance(box, list)
+                or len(box) != 4 or not all(map(_number, box))):
+            return f"detections[{i}] is not a detection (class_id, class_name, score in [0, 1], logit, box_xyxy)"
+    return None
+
+
 def read_shards(folder: Path, settings: dict) -> tuple[dict[str, dict], int]:
     """Records already done (by image path) and the next free shard number; refuse shards of other settings.
 
@@ -143,9 +176,13 @@ def read_shards(folder: Path, settings: dict) -> tuple[dict[str, dict], int]:
                                                               MAX_JSON_ITEMS).splitlines(), 1):
             try:
                 record = json_value(line)
-                done[record["image"]] = record
-            except (ValueError, KeyError, TypeError):
-                raise InputError(part, f"line {n} is not a detections record; delete the file to redo its photos") from None
+            except ValueError:
+                record = None
+            problem = record_problem(record)
+            if problem:
+                raise InputError(part, f"line {n} is not a detections record ({problem}); delete the file to redo "
+                                       "its photos")
+            done[record["image"]] = record
     numbers = [int(p.stem.split("-")[1]) for p in parts if p.stem.split("-")[1].isdigit()]
     return done, max(numbers, default=-1) + 1
 
