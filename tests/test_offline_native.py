@@ -17,6 +17,7 @@ import ipaddress
 import json
 import os
 import re
+import tempfile
 import shutil
 import signal
 import socket
@@ -296,3 +297,14 @@ def test_a_local_ray_instance_listens_on_loopback_only(ray_run):
     assert {"gcs_server", "raylet"} <= names, ray_run["listeners"]  # the listing did see Ray's servers
     exposed = sorted(entry for entry in ray_run["listeners"] if not _loopback(entry[1]))
     assert not exposed, f"listening beyond loopback: {exposed}"
+
+
+@pytest.mark.slow
+def test_a_local_ray_instance_leaves_no_session_behind(ray_run):
+    """Every local ``--ray`` run left a session folder in /tmp/ray (logs of each of Ray's processes). The instance
+    keeps its files in a folder of its own, removed when it stops: strace's log shows every file opened."""
+    assert ray_run["rc"] == 0, ray_run["stderr"][-2000:]
+    opened = re.findall(r'openat\([^,]+, "([^"]+)"', ray_run["trace"])
+    assert not [p for p in opened if p.startswith("/tmp/ray/")]
+    own = {Path(*Path(p).parts[:3]) for p in opened if p.startswith(tempfile.gettempdir() + "/cardamage-ray-")}
+    assert own and not any(folder.exists() for folder in own), own

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from typing import Iterator
 
 from pipeline.core.io import InputError
@@ -109,20 +111,27 @@ def ray_session(address: str = LOCAL, num_cpus: int | None = None, num_gpus: int
         yield ray
         return
     kwargs = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+    # a local instance keeps its sockets, logs and spilled objects in a folder of its own, removed when it stops
+    # (Ray's default, /tmp/ray/session_*, stays behind after every run)
+    temp = tempfile.mkdtemp(prefix="cardamage-ray-") if address == LOCAL else None
     try:
-        if address == LOCAL:
-            # "local": a new instance even if RAY_ADDRESS names another
-            with local_only(ray):
-                ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=num_cpus, num_gpus=num_gpus,
-                         **kwargs)
-        else:
-            ray.init(address=address, **kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise InputError(f"--ray {address}", f"cannot start or join Ray ({' '.join(str(e).split())[:200]})") from None
-    try:
-        yield ray
+        try:
+            if address == LOCAL:
+                # "local": a new instance even if RAY_ADDRESS names another
+                with local_only(ray):
+                    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=num_cpus, num_gpus=num_gpus,
+                             _temp_dir=temp, **kwargs)
+            else:
+                ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise InputError(f"--ray {address}", f"cannot start or join Ray ({' '.join(str(e).split())[:200]})") from None
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
     finally:
-        ray.shutdown()
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def chunks(items: list, workers: int = 1, size: int = CHUNK) -> list[list]:
