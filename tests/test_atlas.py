@@ -366,3 +366,30 @@ def test_a_bad_label_file_is_named_and_its_photo_counts_as_unlabelled(ckpt, samp
     assert doc["labelled"] == [True, False] and doc["selectivity"] is True
     assert len(doc["label_problems"]) == 1 and str(bad) in doc["label_problems"][0]
     assert f"note: label file not used: {doc['label_problems'][0]}" in err
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_the_top_k_over_many_photos_is_numpys_with_ties_to_the_earlier_photo(compiled, monkeypatch):
+    """150 photos (the table merges pending photos 64 at a time), values on a coarse grid so that photos tie:
+    per channel, numpy's stable sort of each photo's maximum (its first position) gives the same k photos, in
+    the same order, as the table."""
+    from pipeline.probe import atlas_stats
+
+    if not compiled:
+        monkeypatch.setattr(atlas_stats, "_channel_stats", None)
+    rng = np.random.default_rng(5)
+    c, h, w, k, n = 4, 3, 5, 9, 150
+    maps = np.round(rng.normal(size=(n, c, h, w)), 1).astype(np.float32)  # ties across photos and inside one
+    acc = ChannelAtlas(c, classes=0, k=k)
+    for i in range(n):
+        a = torch.from_numpy(maps[i][None])
+        acc.update(a, a * 2, photo=i, masks=None)
+    flat = maps.reshape(n, c, -1)
+    best, where = flat.max(2), flat.argmax(2)  # argmax: the first position holding the maximum
+    for ch in range(c):
+        order = np.argsort(-best[:, ch], kind="stable")[:k]
+        assert acc.top_photo[ch].tolist() == order.tolist()
+        assert acc.top_value[ch].tolist() == best[order, ch].tolist()
+        assert acc.top_y[ch].tolist() == (where[order, ch] // w).tolist()
+        assert acc.top_x[ch].tolist() == (where[order, ch] % w).tolist()
+        assert acc.top_z[ch].tolist() == (2 * best[order, ch]).tolist()

@@ -38,6 +38,8 @@ import torch
 
 from pipeline.probe.channel_stats import _channel_stats  # the compiled kernel, or None (torch computes the same)
 
+#: Photos whose per-channel best wait to be merged into the top-k table at once (``ChannelAtlas._flush``).
+PENDING = 64
 #: Histogram bins of SiLU(z) per channel; with the edges below ~3% of the value wide at large activations.
 BINS = 256
 #: SiLU(z) >= -0.2785 always; the lowest edge sits just below that minimum.
@@ -149,11 +151,16 @@ class ChannelAtlas:
         self.edges = bin_edges(bins)
         self._lut_base, self._lut_edge = _lookup(bins)
         c, f64 = channels, torch.float64
-        self.top_value = torch.full((c, k), float("-inf"))
-        self.top_z = torch.full((c, k), float("nan"))
-        self.top_photo = torch.full((c, k), -1, dtype=torch.int64)
-        self.top_y = torch.full((c, k), -1, dtype=torch.int64)
-        self.top_x = torch.full((c, k), -1, dtype=torch.int64)
+        self._top_value = torch.full((c, k), float("-inf"))
+        self._top_z = torch.full((c, k), float("nan"))
+        self._top_photo = torch.full((c, k), -1, dtype=torch.int64)
+        self._top_y = torch.full((c, k), -1, dtype=torch.int64)
+        self._top_x = torch.full((c, k), -1, dtype=torch.int64)
+        # each photo's best per channel waits here, PENDING photos at a time, for one merge into the table (one
+        # sort per photo per block was a tenth of the atlas's time); every read of the table merges first
+        self._pend_value, self._pend_z = torch.empty(c, PENDING), torch.empty(c, PENDING)
+        self._pend_photo, self._pend_y, self._pend_x = (torch.empty(c, PENDING, dtype=torch.int64) for _ in range(3))
+        self._pending = 0
         self.count = 0
         self.labelled_count = 0
         self.labelled_photos = 0
@@ -194,8 +201,7 @@ class ChannelAtlas:
         w = a.shape[-1]
         best, where = rows.max(dim=1)
         zval = z.reshape(c, -1).gather(1, where[:, None]).squeeze(1).float()
-        self._merge_top(best[:, None], zval[:, None], torch.full((c, 1), photo, dtype=torch.int64),
-                        (where // w)[:, None], (where % w)[:, None])
+        self._add_top(best, zval, photo, where // w, where % w)
         n = rows.shape[1]
         self.count += n
         idx = self.bin_index(rows)
@@ -260,19 +266,45 @@ class ChannelAtlas:
                 off = (self.bin_index(cells) + torch.arange(0, c * self.bins, self.bins)[:, None]).flatten()
                 self.hist_class[:, cls] += torch.bincount(off, minlength=c * self.bins).view(c, self.bins)
         zval = z.reshape(c, -1).gather(1, where[:, None]).squeeze(1).float()
-        self._merge_top(best[:, None], zval[:, None], torch.full((c, 1), photo, dtype=torch.int64),
-                        (where // w)[:, None], (where % w)[:, None])
+        self._add_top(best, zval, photo, where // w, where % w)
+
+    def _add_top(self, value, z, photo: int, y, x) -> None:
+        """One photo's best of each channel (``C`` each), into the pending columns; merged every ``PENDING``."""
+        j = self._pending
+        self._pend_value[:, j], self._pend_z[:, j], self._pend_photo[:, j] = value, z, photo
+        self._pend_y[:, j], self._pend_x[:, j] = y, x
+        self._pending = j + 1
+        if self._pending == PENDING:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Merge the pending photos into the table. Table first, then the photos in the order they came: the
+        stable sort keeps that order among equal values, so the table is the one photo-by-photo merges make."""
+        n, self._pending = self._pending, 0
+        if n:
+            self._merge_top(self._pend_value[:, :n], self._pend_z[:, :n], self._pend_photo[:, :n],
+                            self._pend_y[:, :n], self._pend_x[:, :n])
+
+    top_value = property(lambda self: self._flushed("_top_value"))
+    top_z = property(lambda self: self._flushed("_top_z"))
+    top_photo = property(lambda self: self._flushed("_top_photo"))
+    top_y = property(lambda self: self._flushed("_top_y"))
+    top_x = property(lambda self: self._flushed("_top_x"))
+
+    def _flushed(self, name: str) -> torch.Tensor:
+        self._flush()
+        return getattr(self, name)
 
     def _merge_top(self, value, z, photo, y, x) -> None:
         """Keep the k highest of the running table and the new rows (ties: the earlier photo first)."""
-        v = torch.cat([self.top_value, value], 1)
+        v = torch.cat([self._top_value, value], 1)
         # stable order: sort by value descending, and among equals keep table order (earlier photo first)
         order = torch.sort(v, dim=1, descending=True, stable=True).indices[:, : self.k]
-        self.top_value = v.gather(1, order)
-        self.top_z = torch.cat([self.top_z, z], 1).gather(1, order)
-        self.top_photo = torch.cat([self.top_photo, photo], 1).gather(1, order)
-        self.top_y = torch.cat([self.top_y, y], 1).gather(1, order)
-        self.top_x = torch.cat([self.top_x, x], 1).gather(1, order)
+        self._top_value = v.gather(1, order)
+        self._top_z = torch.cat([self._top_z, z], 1).gather(1, order)
+        self._top_photo = torch.cat([self._top_photo, photo], 1).gather(1, order)
+        self._top_y = torch.cat([self._top_y, y], 1).gather(1, order)
+        self._top_x = torch.cat([self._top_x, x], 1).gather(1, order)
 
     # -- merging -----------------------------------------------------------------------------
     _TABLES = ("top_value", "top_z", "top_photo", "top_y", "top_x", "sum", "class_sum", "class_count", "outside_sum",
@@ -297,6 +329,7 @@ class ChannelAtlas:
         shape = (self.channels, self.classes, self.k, self.bins)
         if (state["channels"], state["classes"], state["k"], state["bins"]) != shape:
             raise ValueError("cannot merge atlas tables of different shapes")
+        self._flush()  # this table's own photos first: they came before the absorbed part's
         self._merge_top(state["top_value"], state["top_z"], state["top_photo"], state["top_y"], state["top_x"])
         for key in ("sum", "class_sum", "class_count", "outside_sum", "hist", "hist_labelled", "hist_class"):
             setattr(self, key, getattr(self, key) + state[key])
