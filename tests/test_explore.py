@@ -227,6 +227,9 @@ BAD = {
                         {"photo": 0, "layer": "model.0", "channel": 16},
                         {"photo": 0, "layer": "model.0", "channel": -1},
                         {"photo": 0, "layer": "model.0", "channel": "a"},
+                        {"photo": 0, "layer": "model.0", "channel": "\uff11"},  # a fullwidth 1: int() reads it
+                        {"photo": 0, "layer": "model.0", "channel": "1_0"},
+                        {"photo": 0, "layer": "model.0", "channel": "9" * 5000},
                         {"photo": 0, "layer": "model.0", "channel": 0, "stage": "mid"},
                         {"photo": 9, "layer": "model.0", "channel": 0}, {"photo": 0, "channel": 0}],
     "/api/neuron": [{"photo": 0, "layer": "model.0", "channel": 0, "y": 160, "x": 0},

@@ -23,6 +23,7 @@ Examples:
 from __future__ import annotations
 
 import gc
+import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -62,10 +63,11 @@ def _int(params, name: str, lo: int = 0, hi: int | None = None) -> int:
     raw = params.get(name)
     if raw is None:
         raise BadRequest(f"missing parameter {name!r}")
-    try:
-        value = int(str(raw).strip(), 10)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer, got {str(raw)[:40]!r}") from None
+    text = str(raw).strip()
+    # ASCII digits only: int() also reads "１" (fullwidth), "٣" (Arabic-Indic) and "1_000", no browser sends them
+    if not re.fullmatch(r"[+-]?[0-9]{1,18}", text):
+        raise BadRequest(f"{name} must be an integer, got {text[:40]!r}")
+    value = int(text)
     if value < lo or (hi is not None and value >= hi):
         raise BadRequest(f"{name}={value} is outside [{lo}, {hi if hi is not None else 'inf'})")
     return value
