@@ -411,6 +411,11 @@ def test_json_to_a_folder_or_below_a_file_is_one_line(roboflow_dataset, tmp_path
     assert out.err.splitlines() == [f"error: {folder}: is a folder; expected a file name to write"]
     assert out.out == ""  # refused before scanning the dataset
     assert list(folder.iterdir()) == []
+    slashed = f"{tmp_path / 'new.json'}/"  # a folder meant, not there yet: it was written as the file new.json
+    assert main(["check", str(yaml), "--json", slashed]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {slashed}: names a folder (it ends in a slash); expected a file name to write"]
+    assert not (tmp_path / "new.json").exists()
 
     note = tmp_path / "notes.txt"
     note.write_text("mine\n")

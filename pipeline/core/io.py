@@ -197,6 +197,8 @@ def check_output_file(out: str | os.PathLike, inputs=(), suffix: str = ".json", 
     Raises:
         InputError: one line naming ``out`` and what is in the way.
     """
+    if str(out).endswith(("/", os.sep)):  # Path() drops the slash: "dir.json/" would be written as a file
+        raise InputError(out, "names a folder (it ends in a slash); expected a file name to write")
     out = Path(out)
     if out.is_dir():
         raise InputError(out, "is a folder; expected a file name to write")
