@@ -620,3 +620,16 @@ def test_split_overlaps_partial(sample_images):
             "files": [str(p.resolve()) for p in sample_images[8:10]],
         }
     ]
+
+
+def test_listing_a_dataset_prints_nothing(tmp_path, capfd):
+    """Listing a dataset's splits ran Ultralytics' disk speed check, which printed "Fast image access" lines:
+    a train into a busy folder printed two of them before its one line saying so."""
+    from pipeline.data.labels import dataset_folders
+    from pipeline.data.synth import write_dataset
+
+    data = write_dataset(tmp_path / "ds", n_train=3, n_val=2, imgsz=64, seed=1, progress=False)
+    capfd.readouterr()
+    assert len(dataset_folders(data)) == 5  # the yaml, images and labels of both splits
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""

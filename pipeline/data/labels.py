@@ -28,7 +28,6 @@ Examples:
 
 from __future__ import annotations
 
-import os
 import unicodedata
 from pathlib import Path
 from types import SimpleNamespace
@@ -192,11 +191,11 @@ def _list_images(split_path: str) -> list[Path]:
 
     # get_img_files only needs a prefix and a fraction from its dataset; using it keeps our file list
     # identical to training's (recursive folder glob, *.txt lists with ./ paths, IMG_FORMATS suffixes).
-    # Its disk speed check reads five of the files it lists whole, and a FIFO named x.jpg among them
-    # would block it for ever: the check is handed regular files only (the FIFO is listed, and the
-    # photo's reader names it in one line).
+    # Its disk speed check is left out: it reads five of the files whole (a FIFO named x.jpg among them
+    # would block it for ever) and prints "Fast image access" lines before any check of ours has spoken
+    # (train into a busy folder printed two, then "busy"); the trainer's own dataset still runs it.
     speed_check = base.check_file_speeds
-    base.check_file_speeds = lambda files, *a, **k: speed_check([f for f in files if os.path.isfile(f)], *a, **k)
+    base.check_file_speeds = lambda *a, **k: None
     try:
         return [Path(f) for f in BaseDataset.get_img_files(SimpleNamespace(prefix="", fraction=1.0), split_path)]
     except FileNotFoundError:
