@@ -20,7 +20,7 @@ import yaml
 from checkpoints import save_checkpoint
 from pipeline.cli import main
 from pipeline.core.errors import InputError, one_line
-from pipeline.model.train import load_recipe
+from pipeline.model.recipe import load_recipe
 from test_trust import cli, digests, jpeg_bytes, one_error_line
 
 # what a terminal would act on: every C0/C1 control but the newline that ends a line, and DEL
@@ -979,7 +979,7 @@ def test_json_read_back_is_bounded_by_its_values_not_only_its_bytes(tmp_path, mo
     import pipeline.analysis.atlas_format as atlas_format
     import pipeline.data.coco as coco
     import pipeline.probe.watch as watch
-    from pipeline.core.io import json_items
+    from pipeline.core.readback import json_items
 
     assert json_items('{"a": [1, 2], "b": {}}') >= 6 and json_items(b"{},{},{}") == 6  # 3 values, counted twice
     monkeypatch.setattr(atlas_format, "MAX_JSON_ITEMS", 1000)

@@ -27,7 +27,8 @@ from pipeline.core.facts import CLASS_NAMES
 from pipeline.core.io import InputError
 from pipeline.data.labels import dataset_splits
 from pipeline.model.load import load_model
-from pipeline.model.train import OWN_KEYS, train
+from pipeline.model.recipe import OWN_KEYS
+from pipeline.model.train import train
 from ultralytics.data.utils import img2label_paths
 
 REPO = Path(__file__).resolve().parent.parent

@@ -529,7 +529,7 @@ def test_a_busy_out_is_refused_and_a_killed_run_leaves_no_stale_lock(photos, wei
 def test_the_demo_trains_a_fixed_number_of_epochs():
     """No wall-clock budget: the same recipe gives the same model on a busy or a slow machine."""
     from pipeline.cli.demo import DEFAULT_CONFIG
-    from pipeline.model.train import load_recipe
+    from pipeline.model.recipe import load_recipe
 
     recipe = load_recipe(DEFAULT_CONFIG)
     assert "time" not in recipe and recipe["epochs"] == 10 and recipe["seed"] == 0 and recipe["deterministic"]

@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 from pathlib import Path, PurePosixPath
 
-from pipeline.core.io import MAX_JSON_ITEMS, InputError, json_value, read_bounded_text
+from pipeline.core.io import InputError
+from pipeline.core.readback import MAX_JSON_ITEMS, json_value, read_bounded_text
 
 #: A channel's ``activity`` (docs/atlas.md).
 ACTIVITIES = ("never", "rare", "active")

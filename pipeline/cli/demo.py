@@ -45,7 +45,8 @@ from pipeline.data import synth
 from pipeline.data.labels import dataset_splits
 from pipeline.model.load import load_model
 from pipeline.model.predict import predict_paths
-from pipeline.model.train import check_fresh, load_recipe, train
+from pipeline.model.recipe import load_recipe
+from pipeline.model.train import check_fresh, train
 from pipeline.probe.watch import TrainingWatch
 from pipeline.report.film import write_film
 from pipeline.report.page import write_report

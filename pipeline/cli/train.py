@@ -32,7 +32,8 @@ from pathlib import Path
 from pipeline.cli.options import add_trust_weights, device, image_size, positive_float, positive_int
 from pipeline.core.io import InputError, one_line
 from pipeline.model.load import DEFAULT_MODEL
-from pipeline.model.train import RESUME_MAY_CHANGE, load_recipe, train
+from pipeline.model.recipe import load_recipe
+from pipeline.model.train import RESUME_MAY_CHANGE, train
 from pipeline.probe.watch import WATCH_FILE, TrainingWatch
 
 

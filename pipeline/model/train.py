@@ -5,14 +5,12 @@
   recipe, the dataset is read through links under ``out/dataset`` (``data.dataset_view``) so the user's
   files are never rewritten, damaged images are left out and reported, and ``resume=True`` continues
   from ``out/weights/last.pt``, writing only into ``out`` (``RESUME_MAY_CHANGE`` says what it may change).
-- ``load_recipe``: a ``configs/*.yaml`` recipe, a flat mapping of Ultralytics train arguments plus ``model``.
+- recipes (``configs/*.yaml``) are read and checked by ``pipeline.model.recipe.load_recipe``.
 - ``check_data_yaml``: the dataset yaml as Ultralytics resolves it (nothing downloaded), or one error line.
 - ``metrics_dict``: Ultralytics' ``DetMetrics`` flattened to the keys ``metrics.json`` promises.
 
 Examples:
-    >>> from pipeline.model.train import load_recipe, train
-    >>> load_recipe("configs/cardd.yaml")["model"]
-    'yolov8n.yaml'
+    >>> from pipeline.model.train import train
     >>> m = train("datasets/synth/data.yaml", "runs/synth", epochs=1, imgsz=160, device="cpu")
     >>> m["epochs"], "mAP50" in m
     (1, True)
@@ -25,16 +23,13 @@ import time
 from pathlib import Path, PurePath
 
 import torch
-from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg, check_dict_alignment
 from ultralytics.nn import tasks
-from ultralytics.utils import LOGGER
 
 from pipeline.core import runtime
-from pipeline.core.facts import MAX_IMGSZ
 from pipeline.core.io import InputError, atomic_write_json, is_ours, ledger_for, note_written, one_line, written_list, output_folder, quiet_training_reads, refuse_links
-from pipeline.core.yamlfile import read_yaml
 from pipeline.data.dataset_view import check_view_folder, drop_view_caches, own_view, stage_dataset, view_link
 from pipeline.data.labels import dataset_folders, read_data_yaml
+from pipeline.model.recipe import OWN_KEYS, RECIPE_REFUSED, load_recipe, recipe_key_error
 from pipeline.model.load import (DEFAULT_IMGSZ, DEFAULT_MODEL, check_forward, load_model, model_yaml_parameters,
                                  weights_error, weights_policy)
 
@@ -70,97 +65,6 @@ class BatchCounter:
         if not self.per_epoch:
             return None
         return round(self.epoch + min(self.in_epoch / self.per_epoch, 1.0), 3)
-
-
-#: Train arguments that name files, folders or other runs, refused in a recipe with what does it instead.
-#: A recipe holds settings; the command says what a run reads and where it writes, and the trainer gets
-#: only that: ``save_dir``/``project``/``name`` would send the run outside --out, ``cfg`` would make
-#: Ultralytics read (or download) a YAML past the one reader, ``data``/``pretrained``/``exist_ok``/``resume``
-#: were silently overridden. From ultralytics/cfg/default.yaml (8.4): every argument that takes a path.
-RECIPE_REFUSED = {
-    "save_dir": "--out says where the run writes",
-    "project": "--out says where the run writes",
-    "name": "--out says where the run writes",
-    "exist_ok": "--overwrite trains over an earlier run",
-    "data": "--data names the dataset",
-    "resume": "--resume continues the run in --out",
-    "pretrained": "--model names the weights to start from",
-    "cfg": "write its keys into this recipe",
-    "source": "train reads only the dataset",
-    "tracker": "train reads only the dataset",
-    "distill_model": "train reads only --model",
-    "task": "this project trains detection models only",
-    "mode": "the command is the mode",
-}
-
-
-def load_recipe(path: str | Path | None) -> dict:
-    """Read a ``configs/*.yaml`` recipe: a flat mapping of Ultralytics train() arguments plus ``OWN_KEYS``.
-
-    Checked whole before any model or dataset is built, so a bad key is one line and nothing is written.
-
-    Raises:
-        InputError: ``RECIPE: key: reason`` for a key in ``RECIPE_REFUSED``, a key Ultralytics does not
-            know, or a value of the wrong type or range (Ultralytics' own ``check_dict_alignment`` and
-            ``check_cfg`` decide; their exceptions become the reason).
-    """
-    if not path:
-        return {}
-    path = Path(path)
-    recipe = read_yaml(path, "config file") or {}
-    if not isinstance(recipe, dict):
-        raise InputError(path, "config must be a mapping of train arguments")
-    for key, value in recipe.items():
-        reason = _recipe_key_error(key, value)
-        if reason:
-            raise InputError(path, f"{key}: {reason}")
-    return recipe
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-#: Ranges Ultralytics' ``check_cfg`` does not hold (it checks types and fractions): each value that would
-#: fail later, or run something this project does not support, gets its reason here instead.
-RECIPE_RANGES = {
-    "imgsz": (lambda v: _is_int(v) and 32 <= v <= MAX_IMGSZ, f"an integer size in pixels from 32 to {MAX_IMGSZ}"),
-    "batch": (lambda v: (_is_int(v) and (v >= 1 or v == -1)) or (isinstance(v, float) and 0 < v < 1),
-              "an integer >= 1, -1 (auto), or a fraction of GPU memory in (0, 1)"),
-    "workers": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-}
-
-
-def _recipe_key_error(key, value) -> str | None:
-    """Why one recipe key cannot go to the trainer, or None."""
-    if key in ("task", "mode"):
-        return f"not a recipe's to choose: {RECIPE_REFUSED[key]}"
-    if key in RECIPE_REFUSED:
-        return f"a recipe holds settings, not files, folders or runs ({RECIPE_REFUSED[key]})"
-    if key in ("watch", "cpu_channels_last"):
-        return None if isinstance(value, bool) else f"must be true or false, not {value!r}"
-    if key == "model" and not (isinstance(value, str) and value.strip()):
-        return f"must name a model YAML or a weights file, not {str(value)[:40]!r} ({type(value).__name__})"
-    if key == "model" and one_line(value) != value:  # the trainer's own log prints it raw: a forged line
-        return f"{one_line(value)[:80]} holds a control, line-break or bidirectional character: choose a plainer name"
-    if key in OWN_KEYS:
-        return None  # model: read as --model is; demo: the demo's own dataset settings
-    if not isinstance(key, str):
-        return "not a train argument (keys are names)"
-    disabled, LOGGER.disabled = LOGGER.disabled, True  # check_dict_alignment logs the whole `yolo` CLI help
-    try:
-        check_dict_alignment(DEFAULT_CFG_DICT, {key: value}, allowed_custom_keys=set())  # save_dir allowed else
-        check_cfg({key: value})
-    except (SyntaxError, TypeError, ValueError) as e:
-        return " ".join(str(e).split())
-    finally:
-        LOGGER.disabled = disabled
-    if key == "compile" and value not in (False, None):
-        return (f"{value!r} is not supported: this project does not train compiled models (its probes and the film "
-                "hook the modules that torch.compile replaces)")
-    if key in RECIPE_RANGES and value is not None and not RECIPE_RANGES[key][0](value):
-        return f"must be {RECIPE_RANGES[key][1]}, not {value!r}"
-    return None
 
 
 def check_data_yaml(data: str | Path) -> dict:
@@ -220,8 +124,6 @@ def _cpu_channels_last(yolo) -> None:
     yolo.add_callback("on_pretrain_routine_end", callback)  # after the EMA copy is made, before the first step
 
 
-#: Recipe keys that are this project's, not Ultralytics' train() arguments.
-OWN_KEYS = ("model", "demo", "cpu_channels_last", "watch")  # watch: read by the train command (probe.watch)
 
 
 #: What a resume may change, as Ultralytics' own resume allows: where and how fast it runs. Everything else
@@ -520,7 +422,7 @@ def _resume(out: Path, trust: bool, counter: BatchCounter, changes: dict, callba
     for key, value in train_args.items():
         if key in RECIPE_REFUSED:  # files, folders and the run's place: the resume sets them to this folder's
             continue
-        reason = _recipe_key_error(key, value)
+        reason = recipe_key_error(key, value)
         if reason:
             raise InputError(last, f"cannot resume: its train_args {one_line(str(key))[:40]}: {reason}")
     # a resume rewrites args.yaml and results.csv: only the run's own, unchanged since, may be replaced. (last.pt

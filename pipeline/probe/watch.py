@@ -48,7 +48,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.core.io import MAX_JSON_ITEMS, atomic_write_text, json_value, note_written, read_bounded_text
+from pipeline.core.io import atomic_write_text, note_written
+from pipeline.core.readback import MAX_JSON_ITEMS, json_value, read_bounded_text
 from pipeline.data.preprocess import model_input
 from pipeline.model.train import metrics_dict
 from pipeline.probe.layers import conv_blocks, is_fused
@@ -108,7 +109,7 @@ def read_watch_lines(path: str | os.PathLike) -> list[tuple[int, object]]:
     """``(line number, parsed JSON value)`` for each line of a ``watch.jsonl`` that parses, in order (1-based).
 
     A torn last line (a crash mid-write) is left out. The values are as the file holds them, of any JSON type:
-    a reader that relies on a record's schema checks it (``pipeline.report.film.record_problem``).
+    a reader that relies on a record's schema checks it (``pipeline.probe.watch_records.record_problem``).
     """
     out = []
     for n, line in enumerate(read_bounded_text(path, "a watch.jsonl", MAX_WATCH_BYTES, MAX_JSON_ITEMS).splitlines(), 1):

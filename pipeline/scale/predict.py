@@ -30,18 +30,8 @@ import types
 from pathlib import Path
 
 from pipeline.core.files import is_present
-from pipeline.core.io import (
-    InputError,
-    atomic_write_image,
-    atomic_write_json,
-    atomic_write_text,
-    expand_sources,
-    json_value,
-    output_folder,
-    MAX_JSON_ITEMS,
-    read_bounded_text,
-    written_list,
-)
+from pipeline.core.io import InputError, atomic_write_image, atomic_write_json, atomic_write_text, expand_sources, output_folder, written_list
+from pipeline.core.readback import json_value, MAX_JSON_ITEMS, read_bounded_text
 from pipeline.core.runtime import progress_bar
 from pipeline.model.engine import Engine
 from pipeline.model.load import detection_model, trained_imgsz
