@@ -13,11 +13,10 @@ Examples:
 
 from __future__ import annotations
 
-import math
 from pathlib import Path, PurePosixPath
 
 from pipeline.core.io import InputError
-from pipeline.core.readback import MAX_JSON_ITEMS, json_value, read_bounded_text
+from pipeline.core.readback import MAX_JSON_ITEMS, is_number, json_key, json_kind, json_value, read_bounded_text
 
 #: A channel's ``activity`` (docs/atlas.md).
 ACTIVITIES = ("never", "rare", "active")
@@ -28,90 +27,67 @@ def layer_file(path: str) -> str:
     return f"layer-{path}.html"
 
 
-def _is_number(v) -> bool:
-    """A finite JSON number (not a bool; an int too large for a float is not one either)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return False
-    try:
-        return math.isfinite(v)
-    except OverflowError:
-        return False
-
 
 def _is_count(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
-def _kind(v) -> str:
-    """What a JSON value is, for a message: ``a list``, ``a str``, ``null``, ``true``, ``nan``."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float) and not math.isfinite(v):
-        return repr(v)
-    return f"a {'mapping' if isinstance(v, dict) else type(v).__name__}"
-
-
-def _key(k: str) -> str:
-    """A key of the file, quoted and cut short for a message (``InputError`` escapes it where it is printed)."""
-    return repr(k if len(k) <= 60 else k[:60] + "...")
 
 
 def _channel_problem(where: str, ch, photos: int) -> str | None:
     """What is wrong with one channel entry of ``atlas.json`` (the keys the explorer and report read)."""
     if not isinstance(ch, dict):
-        return f"{where} is {_kind(ch)}, not a mapping"
+        return f"{where} is {json_kind(ch)}, not a mapping"
     if not _is_count(ch.get("channel")):
-        return f"{where}['channel'] is {_kind(ch.get('channel'))}, not a channel number"
+        return f"{where}['channel'] is {json_kind(ch.get('channel'))}, not a channel number"
     top = ch.get("top")
     if not isinstance(top, list):
-        return f"{where}['top'] is {_kind(top)}, not a list"
+        return f"{where}['top'] is {json_kind(top)}, not a list"
     for j, t in enumerate(top):
         at = f"{where}['top'][{j}]"
         if not isinstance(t, dict):
-            return f"{at} is {_kind(t)}, not a mapping"
+            return f"{at} is {json_kind(t)}, not a mapping"
         p = t.get("photo")
         if not _is_count(p) or p >= photos:
-            shown = p if _is_count(p) else _kind(p)
+            shown = p if _is_count(p) else json_kind(p)
             return f"{at}['photo'] is {shown}, not an index into 'photos' (0 to {photos - 1})" if photos else \
                 f"{at}['photo'] is {shown}, but 'photos' is empty"
         for k in ("y", "x"):
             if not _is_count(t.get(k)):
-                return f"{at}[{k!r}] is {_kind(t.get(k))}, not a whole number of 0 or more"
+                return f"{at}[{k!r}] is {json_kind(t.get(k))}, not a whole number of 0 or more"
         for k in ("value", "z"):
-            if k in t and not _is_number(t[k]):
-                return f"{at}[{k!r}] is {_kind(t[k])}, not a finite number"
+            if k in t and not is_number(t[k]):
+                return f"{at}[{k!r}] is {json_kind(t[k])}, not a finite number"
         if "value" not in t:
             return f"{at} has no 'value'"
         for k in ("box_xyxy", "box_input"):
-            if k in t and not (isinstance(t[k], list) and len(t[k]) == 4 and all(_is_number(v) for v in t[k])):
+            if k in t and not (isinstance(t[k], list) and len(t[k]) == 4 and all(is_number(v) for v in t[k])):
                 return f"{at}[{k!r}] is not a list of 4 finite numbers"
     for k in ("best_iou", "outside_mean"):
-        if k in ch and not (ch[k] is None or _is_number(ch[k])):
-            return f"{where}[{k!r}] is {_kind(ch[k])}, not a finite number or null"
+        if k in ch and not (ch[k] is None or is_number(ch[k])):
+            return f"{where}[{k!r}] is {json_kind(ch[k])}, not a finite number or null"
     for k in ("active_fraction", "threshold", "mean"):
-        if (k in ch or k == "active_fraction") and not _is_number(ch.get(k)):
-            return f"{where}[{k!r}] is {_kind(ch.get(k))}, not a finite number"
+        if (k in ch or k == "active_fraction") and not is_number(ch.get(k)):
+            return f"{where}[{k!r}] is {json_kind(ch.get(k))}, not a finite number"
     if "best_class" in ch and not (ch["best_class"] is None or isinstance(ch["best_class"], str)):
-        return f"{where}['best_class'] is {_kind(ch['best_class'])}, not a class name or null"
+        return f"{where}['best_class'] is {json_kind(ch['best_class'])}, not a class name or null"
     if ch.get("activity") not in ACTIVITIES:
         return f"{where}['activity'] is not one of {', '.join(ACTIVITIES)}"
     crops = ch.get("crops")
     if crops is not None:  # a strip inside the atlas folder: the report copies it, the explorer serves it
         if not isinstance(crops, str):
-            return f"{where}['crops'] is {_kind(crops)}, not a path or null"
+            return f"{where}['crops'] is {json_kind(crops)}, not a path or null"
         parts = PurePosixPath(crops).parts
         if not crops or crops.startswith("/") or "\\" in crops or ".." in parts or "\0" in crops:
             return f"{where}['crops'] is not a path inside the atlas folder"
     classes = ch.get("classes", {})
     if not isinstance(classes, dict):
-        return f"{where}['classes'] is {_kind(classes)}, not a mapping"
+        return f"{where}['classes'] is {json_kind(classes)}, not a mapping"
     for name, c in classes.items():
-        if not isinstance(c, dict) or not all(v is None or _is_number(v) for v in c.values()):
-            return f"{where}['classes'][{_key(name)}] is not a mapping of finite numbers or null"
+        if not isinstance(c, dict) or not all(v is None or is_number(v) for v in c.values()):
+            return f"{where}['classes'][{json_key(name)}] is not a mapping of finite numbers or null"
     if "filter" in ch and not isinstance(ch["filter"], list):
-        return f"{where}['filter'] is {_kind(ch['filter'])}, not a list"
+        return f"{where}['filter'] is {json_kind(ch['filter'])}, not a list"
     return None
 
 
@@ -126,32 +102,32 @@ def atlas_problem(doc) -> str | None:
         "layers['model.0']['channels'] is a str, not a list"
     """
     if not isinstance(doc, dict):
-        return f"the file holds {_kind(doc)}, not a JSON object"
+        return f"the file holds {json_kind(doc)}, not a JSON object"
     layers, photos = doc.get("layers"), doc.get("photos")
     if not isinstance(layers, dict):
-        return "no 'layers'" if "layers" not in doc else f"'layers' is {_kind(layers)}, not a mapping"
+        return "no 'layers'" if "layers" not in doc else f"'layers' is {json_kind(layers)}, not a mapping"
     if not isinstance(photos, list):
-        return "no 'photos'" if "photos" not in doc else f"'photos' is {_kind(photos)}, not a list"
+        return "no 'photos'" if "photos" not in doc else f"'photos' is {json_kind(photos)}, not a list"
     for i, p in enumerate(photos):
         if not isinstance(p, str):
-            return f"'photos'[{i}] is {_kind(p)}, not a path"
+            return f"'photos'[{i}] is {json_kind(p)}, not a path"
     if "weights" in doc and not (doc["weights"] is None or isinstance(doc["weights"], str)):
-        return f"'weights' is {_kind(doc['weights'])}, not a path or null"
+        return f"'weights' is {json_kind(doc['weights'])}, not a path or null"
     if "selectivity" in doc and not isinstance(doc["selectivity"], bool):
-        return f"'selectivity' is {_kind(doc['selectivity'])}, not true or false"
+        return f"'selectivity' is {json_kind(doc['selectivity'])}, not true or false"
     for name, layer in layers.items():
-        where = f"layers[{_key(name)}]"
+        where = f"layers[{json_key(name)}]"
         if not isinstance(layer, dict):
-            return f"{where} is {_kind(layer)}, not a mapping"
+            return f"{where} is {json_kind(layer)}, not a mapping"
         channels = layer.get("channels")
         if not isinstance(channels, list):
-            return f"{where}['channels'] is {_kind(channels)}, not a list" if "channels" in layer else \
+            return f"{where}['channels'] is {json_kind(channels)}, not a list" if "channels" in layer else \
                 f"{where} has no 'channels'"
         for k in ("depth", "index", "channels_count", "never_active", "rarely_active"):
             if k in layer and not _is_count(layer[k]):
-                return f"{where}[{k!r}] is {_kind(layer[k])}, not a whole number of 0 or more"
-        if "mean_best_iou" in layer and not (layer["mean_best_iou"] is None or _is_number(layer["mean_best_iou"])):
-            return f"{where}['mean_best_iou'] is {_kind(layer['mean_best_iou'])}, not a finite number or null"
+                return f"{where}[{k!r}] is {json_kind(layer[k])}, not a whole number of 0 or more"
+        if "mean_best_iou" in layer and not (layer["mean_best_iou"] is None or is_number(layer["mean_best_iou"])):
+            return f"{where}['mean_best_iou'] is {json_kind(layer['mean_best_iou'])}, not a finite number or null"
         for c, ch in enumerate(channels):
             if problem := _channel_problem(f"{where}['channels'][{c}]", ch, len(photos)):
                 return problem

@@ -9,6 +9,7 @@ Examples:
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -56,3 +57,33 @@ def json_value(text: str):
         return json.loads(text)
     except RecursionError:
         raise ValueError("nested too deep") from None
+
+
+# the schema checks of files read back (watch.jsonl, atlas.json, Ray shards) word their findings alike
+
+
+def is_number(v) -> bool:
+    """A finite JSON number (not a bool; an int too large for a float is not one either)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
+def json_kind(v) -> str:
+    """What a JSON value is, for a message: ``a list``, ``a str``, ``null``, ``true``, ``nan``."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and not math.isfinite(v):
+        return repr(v)
+    return f"a {'mapping' if isinstance(v, dict) else type(v).__name__}"
+
+
+def json_key(k) -> str:
+    """A key of the file, quoted and cut short for a message (``one_line`` escapes it where it is printed)."""
+    k = str(k)
+    return repr(k if len(k) <= 60 else k[:60] + "...")

@@ -12,11 +12,11 @@ Examples:
 
 from __future__ import annotations
 
-import math
 
 from pipeline.core.errors import warn_input
 from pipeline.core.facts import MAX_IMGSZ
 from pipeline.core.io import InputError
+from pipeline.core.readback import is_number, json_key, json_kind
 from pipeline.probe.watch import read_watch_lines
 
 
@@ -25,42 +25,19 @@ from pipeline.probe.watch import read_watch_lines
 # ------------------------------------------------------------------------------------------------
 
 
-def _is_number(v) -> bool:
-    """A finite JSON number (not a bool; an int too large for a float is not one either)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return False
-    try:
-        return math.isfinite(v)
-    except OverflowError:
-        return False
 
-
-def _kind(v) -> str:
-    """What a JSON value is, for a message: ``a list``, ``a str``, ``null``, ``true``, ``nan``."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float) and not math.isfinite(v):
-        return repr(v)
-    return f"a {'mapping' if isinstance(v, dict) else type(v).__name__}"
-
-
-def _key(k) -> str:
-    """A key of the file, quoted and cut short for a message (``one_line`` escapes it where it is printed)."""
-    return repr(k if len(k) <= 60 else k[:60] + "...")
 
 
 def _check_count(where: str, v, low: int = 0, high: int | None = None) -> str | None:
     if isinstance(v, bool) or not isinstance(v, int):
-        return f"{where} is {_kind(v)}, not a whole number"
+        return f"{where} is {json_kind(v)}, not a whole number"
     if v < low or (high is not None and v > high):
         return f"{where} is {v}, not from {low} to {high}" if high is not None else f"{where} is {v}, below {low}"
     return None
 
 
 def _check_numbers(where: str, v, length: int) -> str | None:
-    if not isinstance(v, list) or len(v) != length or not all(_is_number(x) for x in v):
+    if not isinstance(v, list) or len(v) != length or not all(is_number(x) for x in v):
         return f"{where} is not a list of {length} finite numbers"
     return None
 
@@ -68,24 +45,24 @@ def _check_numbers(where: str, v, length: int) -> str | None:
 def _check_number_map(where: str, v, nullable: bool) -> str | None:
     """A mapping of names to finite numbers (or null where ``nullable``)."""
     if not isinstance(v, dict):
-        return f"{where} is {_kind(v)}, not a mapping"
+        return f"{where} is {json_kind(v)}, not a mapping"
     for k, x in v.items():
-        if not (_is_number(x) or (nullable and x is None)):
-            return f"{where}[{_key(k)}] is {_kind(x)}, not a finite number{' or null' if nullable else ''}"
+        if not (is_number(x) or (nullable and x is None)):
+            return f"{where}[{json_key(k)}] is {json_kind(x)}, not a finite number{' or null' if nullable else ''}"
     return None
 
 
 def _check_probe(probe) -> str | None:
     if not isinstance(probe, dict):
-        return f"'probe' is {_kind(probe)}, not a mapping"
+        return f"'probe' is {json_kind(probe)}, not a mapping"
     for k in ("logit", "sigmoid"):
         if k not in probe:
             return f"'probe' has no {k!r}"
-        if not (probe[k] is None or _is_number(probe[k])):
-            return f"probe[{k!r}] is {_kind(probe[k])}, not a finite number or null"
+        if not (probe[k] is None or is_number(probe[k])):
+            return f"probe[{k!r}] is {json_kind(probe[k])}, not a finite number or null"
     for k in ("class_name", "image", "path"):
         if (k in probe or k == "class_name") and not isinstance(probe.get(k), str):
-            return f"probe[{k!r}] is {_kind(probe.get(k)) if k in probe else 'missing'}, not a string"
+            return f"probe[{k!r}] is {json_kind(probe.get(k)) if k in probe else 'missing'}, not a string"
     imgsz = probe.get("imgsz")
     if not (isinstance(imgsz, list) and len(imgsz) == 2
             and all(not isinstance(v, bool) and isinstance(v, int) and 1 <= v <= MAX_IMGSZ for v in imgsz)):
@@ -99,14 +76,14 @@ def _check_probe(probe) -> str | None:
     if "neuron" in probe:
         neuron = probe["neuron"]
         if not isinstance(neuron, dict):
-            return f"probe['neuron'] is {_kind(neuron)}, not a mapping"
+            return f"probe['neuron'] is {json_kind(neuron)}, not a mapping"
         if "block" in neuron and not isinstance(neuron["block"], str):
-            return f"probe['neuron']['block'] is {_kind(neuron['block'])}, not a string"
+            return f"probe['neuron']['block'] is {json_kind(neuron['block'])}, not a string"
         for k in ("channel", "y", "x"):
             if k in neuron and (problem := _check_count(f"probe['neuron'][{k!r}]", neuron[k])):
                 return problem
-        if "z" in neuron and not (neuron["z"] is None or _is_number(neuron["z"])):
-            return f"probe['neuron']['z'] is {_kind(neuron['z'])}, not a finite number or null"
+        if "z" in neuron and not (neuron["z"] is None or is_number(neuron["z"])):
+            return f"probe['neuron']['z'] is {json_kind(neuron['z'])}, not a finite number or null"
     return None
 
 
@@ -121,7 +98,7 @@ def record_problem(r) -> str | None:
         "'epoch' is a str, not a whole number"
     """
     if not isinstance(r, dict):
-        return f"the record is {_kind(r)}, not a JSON object"
+        return f"the record is {json_kind(r)}, not a JSON object"
     for k in ("epoch", "batch"):
         if k not in r:
             return f"no {k!r}"
@@ -130,30 +107,30 @@ def record_problem(r) -> str | None:
     if "step" in r and r["step"] is not None and (problem := _check_count("'step'", r["step"])):
         return problem
     if r.get("kind") not in ("batch", "epoch"):
-        return f"'kind' is {_kind(r.get('kind')) if 'kind' in r else 'missing'}, not \"batch\" or \"epoch\""
-    if not _is_number(r.get("epoch_progress")):
-        return f"'epoch_progress' is {_kind(r.get('epoch_progress')) if 'epoch_progress' in r else 'missing'}, " \
+        return f"'kind' is {json_kind(r.get('kind')) if 'kind' in r else 'missing'}, not \"batch\" or \"epoch\""
+    if not is_number(r.get("epoch_progress")):
+        return f"'epoch_progress' is {json_kind(r.get('epoch_progress')) if 'epoch_progress' in r else 'missing'}, " \
                "not a finite number"
     if "batches_per_epoch" in r and (problem := _check_count("'batches_per_epoch'", r["batches_per_epoch"], 1)):
         return problem
     for k in ("lr", "grad_first_last", "mAP50"):
-        if k in r and not (r[k] is None or _is_number(r[k])):
-            return f"{k!r} is {_kind(r[k])}, not a finite number or null"
+        if k in r and not (r[k] is None or is_number(r[k])):
+            return f"{k!r} is {json_kind(r[k])}, not a finite number or null"
     for k in ("first_block", "last_block"):
         if not isinstance(r.get(k), str):
-            return f"{k!r} is {_kind(r.get(k)) if k in r else 'missing'}, not a string"
+            return f"{k!r} is {json_kind(r.get(k)) if k in r else 'missing'}, not a string"
     if "loss" in r and r["loss"] is not None and (problem := _check_number_map("'loss'", r["loss"], nullable=True)):
         return problem
     if "ap50" in r and r["ap50"] is not None and (problem := _check_number_map("'ap50'", r["ap50"], nullable=False)):
         return problem
     blocks = r.get("blocks")
     if not isinstance(blocks, dict):
-        what = _kind(blocks) if "blocks" in r else "missing"
+        what = json_kind(blocks) if "blocks" in r else "missing"
         return f"'blocks' is {what}, not a mapping of Conv block paths to numbers"
     if not blocks:
         return "'blocks' holds no block"
     for b, row in blocks.items():
-        if problem := _check_number_map(f"blocks[{_key(b)}]", row, nullable=True):
+        if problem := _check_number_map(f"blocks[{json_key(b)}]", row, nullable=True):
             return problem
     return _check_probe(r.get("probe"))
 

@@ -24,14 +24,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import time
 import types
 from pathlib import Path
 
 from pipeline.core.files import is_present
 from pipeline.core.io import InputError, atomic_write_image, atomic_write_json, atomic_write_text, expand_sources, output_folder, written_list
-from pipeline.core.readback import json_value, MAX_JSON_ITEMS, read_bounded_text
+from pipeline.core.readback import MAX_JSON_ITEMS, is_number, json_value, read_bounded_text
 from pipeline.core.runtime import progress_bar
 from pipeline.model.engine import Engine
 from pipeline.model.load import detection_model, trained_imgsz
@@ -105,9 +104,6 @@ def model_digest(net) -> str:
     return h.hexdigest()
 
 
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
 
 def record_problem(record) -> str | None:
     """What is wrong with one detections record read back from a shard, or None: the fields detections.json
@@ -130,9 +126,9 @@ def record_problem(record) -> str | None:
     for i, d in enumerate(detections):
         box = d.get("box_xyxy") if isinstance(d, dict) else None
         if (not isinstance(d, dict) or not isinstance(d.get("class_id"), int) or isinstance(d.get("class_id"), bool)
-                or d["class_id"] < 0 or not isinstance(d.get("class_name"), str) or not _number(d.get("score"))
-                or not 0 <= d["score"] <= 1 or not _number(d.get("logit")) or not isinstance(box, list)
-                or len(box) != 4 or not all(map(_number, box))):
+                or d["class_id"] < 0 or not isinstance(d.get("class_name"), str) or not is_number(d.get("score"))
+                or not 0 <= d["score"] <= 1 or not is_number(d.get("logit")) or not isinstance(box, list)
+                or len(box) != 4 or not all(map(is_number, box))):
             return f"detections[{i}] is not a detection (class_id, class_name, score in [0, 1], logit, box_xyxy)"
     return None
 
