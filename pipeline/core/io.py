@@ -270,11 +270,15 @@ def output_folder(out: str | os.PathLike, inputs=(), not_inside=(), overwrite: b
                 out.rmdir()  # only succeeds if empty
 
 
-def _folders_below(root: Path) -> set[str]:
-    """Every folder below ``root`` (not ``root`` itself), as paths: a linked folder is listed, not entered."""
-    found = set()
-    for parent, dirs, _ in os.walk(root):  # an unreadable folder is listed too, by its parent
+def _folders_below(root: Path) -> set[str] | None:
+    """Every folder below ``root`` (not ``root`` itself), as paths: a linked folder is listed, not entered.
+    ``None`` past ``MAX_GLOB`` entries: an output folder that large is not swept after a failure."""
+    found, seen = set(), 0
+    for parent, dirs, files in os.walk(root):  # an unreadable folder is listed too, by its parent
         found.update(os.path.join(parent, d) for d in dirs)
+        seen += len(dirs) + len(files)
+        if seen > MAX_GLOB:
+            return None
     return found
 
 
