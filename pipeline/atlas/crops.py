@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline.core.files import os_reason
 from pipeline.core.io import InputError, atomic_write_bytes, make_folder, read_image
 from pipeline.probe.receptive_field import to_photo_many
 
@@ -104,6 +105,13 @@ def write_crops(doc: dict, out_dir, on_error=None) -> int:
         for ch in doc["layers"][path]["channels"]:
             for slot, e in enumerate(ch["top"]):
                 wanted.setdefault(e["photo"], []).append((li, ch["channel"], slot, e))
+    try:
+        return _write_crops(doc, out_dir, layers, wanted, k, on_error)
+    except OSError as e:  # numpy's memmap of a full disk raises with no file name: the atlas folder is named
+        raise InputError(e.filename or out_dir, f"cannot write the crops ({os_reason(e)})") from None
+
+
+def _write_crops(doc: dict, out_dir: Path, layers: list, wanted: dict, k: int, on_error) -> int:
     written = 0
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".crops-") as tmp:
         tables = [np.lib.format.open_memmap(Path(tmp) / f"{li}.npy", mode="w+", dtype=np.uint8,

@@ -37,7 +37,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.cli.options import add_overwrite, add_trust_weights, image_size, positive_int, probability
+from pipeline.cli.options import add_overwrite, add_trust_weights, image_size, int_range, positive_int, probability
 from pipeline.core.io import InputError, input_paths, one_line, output_folder
 from pipeline.report.page import FILES, write_report
 
@@ -50,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conf", type=probability, default=0.25, help="score threshold for detections (default 0.25)")
     p.add_argument("--grad-imgsz", type=image_size, default=320, help="image size of the gradient-flow batch (default 320)")
     p.add_argument("--grad-batch", type=positive_int, default=2, help="images in the gradient-flow batch (default 2)")
-    p.add_argument("--seed", type=int, default=0, help="seed for a YAML build and the activation variants")
+    p.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0,
+                   help="seed for a YAML build and the activation variants (0 to 2^32 - 1)")
     p.add_argument("--no-layercam", action="store_true", help="skip Ultralytics' LayerCAM (EigenCAM is always drawn)")
     p.add_argument("--stats-over", nargs="+", default=None, metavar="SOURCE",
                    help="also show every layer's statistics over these photos/folders/globs (at most --stats-limit)")

@@ -9,6 +9,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -75,3 +76,43 @@ def is_present(path: str | os.PathLike) -> bool:
         return Path(path).exists()
     except OSError:
         return os.path.lexists(path)
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, deepest first: what a ``mkdir(parents=True)`` makes."""
+    missing = []
+    for f in (folder, *folder.parents):
+        if os.path.lexists(f):
+            break
+        missing.append(f)
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """``rmdir`` each of ``folders`` in order (deepest first), stopping at the first that is not empty."""
+    for f in folders:
+        try:
+            f.rmdir()
+        except OSError:
+            return
+
+
+def folders_below(root: Path, limit: int) -> set[str] | None:
+    """Every folder below ``root`` (not ``root`` itself), as paths: a linked folder is listed, not entered.
+    ``None`` past ``limit`` entries: an output folder that large is not swept after a failure."""
+    found, seen = set(), 0
+    for parent, dirs, files in os.walk(root):  # an unreadable folder is listed too, by its parent
+        found.update(os.path.join(parent, d) for d in dirs)
+        seen += len(dirs) + len(files)
+        if seen > limit:
+            return None
+    return found
+
+
+def remove_new_empty_folders(root: Path, before: set[str]) -> None:
+    """Remove, deepest first, each folder below ``root`` not in ``before`` that is empty (``rmdir`` only ever
+    removes an empty folder; a parent emptied so goes too). ``root`` itself is the caller's to remove."""
+    for parent, _, _ in os.walk(root, topdown=False):  # children before their parent; links never entered
+        if parent != str(root) and parent not in before:
+            with contextlib.suppress(OSError):
+                os.rmdir(parent)

@@ -33,7 +33,8 @@ from ultralytics.data.utils import IMG_FORMATS
 
 # defined apart, so the command line can use them without loading this; re-exported for the other layers
 from pipeline.core.errors import InputError, one_line, warn_input  # noqa: F401
-from pipeline.core.files import check_regular_file, is_present, os_reason
+from pipeline.core.files import (check_regular_file, folders_below, is_present, missing_folders, os_reason,
+                                  remove_empty, remove_new_empty_folders)
 # what the project wrote: defined apart (one job per module), re-exported for the commands that name files
 from pipeline.core.owned import (  # noqa: F401
     GENERATOR_KEY, UNSEALED, WRITTEN_LIST, is_ours, ledger_for, note_written, resolved, seal, stamp, written_by,
@@ -88,30 +89,43 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     ledger = ledger_for(path)
+    made = missing_folders(path.parent)  # removed again if this write fails and leaves them empty
     try:
-        if path.is_dir():
-            raise InputError(path, "is a folder, expected a file path to write")
-        if ledger is not None:
-            ledger.check(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
-        os.fchmod(fd, 0o666 & ~UMASK)
-        os.close(fd)
-    except OSError as e:
-        raise InputError(path, _write_reason(path, e)) from None
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~UMASK)  # again: a writer may have replaced the file (safetensors does)
-        if ledger is not None:
-            ledger.check(path)  # again: the user may have put a file there while this one was being made
-        os.replace(tmp, path)
-        if ledger is not None:
-            ledger.add(path)
-    except OSError as e:
-        raise InputError(path, f"cannot write ({os_reason(e)})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            if path.is_dir():
+                raise InputError(path, "is a folder, expected a file path to write")
+            if ledger is not None:
+                ledger.check(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # the temporary name stays short: ".<name>.XXXXXXXX<suffix>" of a 255-byte name is past NAME_MAX
+            suffix = path.suffix if 0 < len(path.suffix) <= 16 else ".tmp"
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=suffix, dir=path.parent)
+            os.fchmod(fd, 0o666 & ~UMASK)
+            os.close(fd)
+        except OSError as e:
+            raise InputError(path, _write_reason(path, e)) from None
+        tmp = Path(tmp)
+        try:
+            yield tmp
+            os.chmod(tmp, 0o666 & ~UMASK)  # again: a writer may have replaced the file (safetensors does)
+            if ledger is not None:
+                ledger.check(path)  # again: the user may have put a file there while this one was being made
+            os.replace(tmp, path)
+            if ledger is not None:
+                try:
+                    ledger.add(path)
+                except (OSError, InputError):  # not noted (a full disk): a file the next run would refuse as
+                    path.unlink(missing_ok=True)  # not its own; written whole and noted, or not at all
+                    raise
+        except OSError as e:
+            raise InputError(path, f"cannot write ({os_reason(e)})") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+    except BaseException:
+        remove_empty(made)
+        raise
+
+
 
 
 def check_output(out: str | os.PathLike, inputs=(), not_inside=()) -> Path:
@@ -240,6 +254,7 @@ def output_folder(out: str | os.PathLike, inputs=(), not_inside=(), overwrite: b
     """
     out = check_output(out, inputs, not_inside)
     created = not out.exists()
+    parents = missing_folders(out.parent)  # made for --out: removed with it when the run leaves them empty
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
@@ -252,7 +267,7 @@ def output_folder(out: str | os.PathLike, inputs=(), not_inside=(), overwrite: b
         except BlockingIOError:
             raise InputError(out, "busy: another cardamage run is writing into this folder; "
                                   "wait for it or choose another output folder") from None
-        before = set() if created else _folders_below(out)  # under the lock: no other run is adding any
+        before = set() if created else folders_below(out, MAX_GLOB)  # under the lock: no other run is adding any
         try:
             tempfile.TemporaryFile(dir=out).close()  # read-only or full: one line now, not after the work
         except OSError as e:
@@ -261,34 +276,16 @@ def output_folder(out: str | os.PathLike, inputs=(), not_inside=(), overwrite: b
             yield out
     except BaseException:
         if before is not None:  # still under the lock: a folder removed here is not one another run just made
-            _remove_new_empty_folders(out, before)
+            remove_new_empty_folders(out, before)
         raise
     finally:
         os.close(fd)  # releases the flock
         if created:
             with contextlib.suppress(OSError):
                 out.rmdir()  # only succeeds if empty
+                remove_empty(parents)
 
 
-def _folders_below(root: Path) -> set[str] | None:
-    """Every folder below ``root`` (not ``root`` itself), as paths: a linked folder is listed, not entered.
-    ``None`` past ``MAX_GLOB`` entries: an output folder that large is not swept after a failure."""
-    found, seen = set(), 0
-    for parent, dirs, files in os.walk(root):  # an unreadable folder is listed too, by its parent
-        found.update(os.path.join(parent, d) for d in dirs)
-        seen += len(dirs) + len(files)
-        if seen > MAX_GLOB:
-            return None
-    return found
-
-
-def _remove_new_empty_folders(root: Path, before: set[str]) -> None:
-    """Remove, deepest first, each folder below ``root`` not in ``before`` that is empty (``rmdir`` only ever
-    removes an empty folder; a parent emptied so goes too). ``root`` itself is the caller's to remove."""
-    for parent, _, _ in os.walk(root, topdown=False):  # children before their parent; links never entered
-        if parent != str(root) and parent not in before:
-            with contextlib.suppress(OSError):
-                os.rmdir(parent)
 
 
 def check_inside(out: str | os.PathLike, folders) -> None:

@@ -7,7 +7,7 @@ missing packages. This module is imported by ``pipeline/__init__.py`` before any
 ``ultralytics``, and it makes every one of those impossible:
 
 - ``YOLO_OFFLINE=1`` turns the import-time probe off, ``YOLO_AUTOINSTALL=0`` stops pip installs;
-- ``YOLO_CONFIG_DIR`` points inside the project's cache folder, so nothing lands in ``~/.config``;
+- ``YOLO_CONFIG_DIR`` points inside the project's cache folder (whatever it was), so nothing lands in ``~/.config`` or in a user's own;
 - a local font copied to ``$YOLO_CONFIG_DIR/Ultralytics/Arial.ttf`` makes ``check_font`` return early;
 - settings get ``sync=False`` (no telemetry) once Ultralytics is imported (see ``ultralytics_settings``);
 - its first-run banner ("Creating new Ultralytics Settings ... 'yolo settings'") is dropped: the file lives in
@@ -174,7 +174,9 @@ def configure() -> Path:
     # Every checkpoint load is weights_only + Ultralytics' allow-list unless a caller opts in for one
     # file (pipeline.model.weights_policy): a .pt file is a pickle and could otherwise run code.
     os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
-    config_dir = Path(os.environ.get("YOLO_CONFIG_DIR") or cache_dir() / "ultralytics")
+    # always the project's own: a YOLO_CONFIG_DIR of the user's would get this project's settings (sync off,
+    # folders in its cache) and a font written into it; their Ultralytics keeps its own
+    config_dir = cache_dir() / "ultralytics"
     os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
     _install_local_font(config_dir)
     # A filter on the logger itself survives Ultralytics' set_logging, which only swaps handlers.

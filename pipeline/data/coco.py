@@ -136,7 +136,11 @@ def _place_image(src: Path, dst: Path, copy: bool) -> None:
             return
         except OSError:  # across devices, or no hard links on this file system
             pass
-    shutil.copyfile(src, dst)  # a new file: mode 0o666 & ~umask
+    try:
+        shutil.copyfile(src, dst)  # a new file: mode 0o666 & ~umask
+    except OSError as e:  # a full disk is the output's: OSError would name the photo it was copying
+        dst.unlink(missing_ok=True)
+        raise InputError(dst, f"cannot write ({_os_reason(e)})") from None
 
 
 def _find_image(images_dir: Path, root: Path, name: str) -> tuple[Path | None, str]:
@@ -350,9 +354,14 @@ def _convert(annotations_json: Path, images_dir: Path, out_dir: Path, split: str
     if not images_dir.is_dir():
         raise InputError(images_dir, "not a folder" if images_dir.exists() else "images folder not found")
     cat_to_cls, images, by_image, errors = _read_coco(annotations_json)
+    if split is not None and not split:
+        raise InputError("--split", "is empty: name a split such as train or val, or leave --split out")
     split = split or split_from_name(annotations_json)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", split):  # it becomes a folder name under OUT
         raise InputError("--split", f"expected a folder name such as train or val, got {split!r}")
+    if split.lower() in ("images", "labels"):  # OUT/images/images/x.jpg: YOLO would look in OUT/images/labels/
+        raise InputError("--split", f"{split!r} is a folder name YOLO reads labels by (images/ -> labels/): "
+                                    "choose another split name, such as train or val")
     _check_out(out_dir, split, (images_dir, annotations_json), overwrite)
 
     stage = _staging(out_dir, split)

@@ -474,6 +474,11 @@ def check_forward(model, imgsz: int) -> None:
             ghost(torch.zeros(1, channels, imgsz, imgsz))
     except NotImplementedError:
         return  # an operation with no meta kernel: its shapes cannot be found without memory; nothing to say
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:  # layers whose shapes do not fit together
+        name = getattr(model, "ckpt_path", None) or "the model"
+        where = f" in {largest.layers[-1]}" if largest.layers else ""
+        raise InputError(name, f"its layers do not fit together at {imgsz} px{where} "
+                               f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
     finally:
         for h in hooks:
             h.remove()
