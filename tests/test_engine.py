@@ -344,3 +344,29 @@ def test_the_graph_cache_touches_only_its_own_files(weights, monkeypatch, tmp_pa
     assert second.exported == [(64, 96)] and path not in read
     assert path.stat().st_size == size  # replaced by the new export
     assert all(f.read_bytes() == b"the user's" for f in mine)
+
+
+def test_a_graph_planted_under_a_cached_name_is_never_run(weights, monkeypatch, tmp_path):
+    """A 317-byte ONNX graph (ConstantOfShape of 27000 x 27000) put at a cached graph's name took 7 GB to load.
+    A cached graph is run only if this project's export wrote it there, unchanged since (the cache folder's list of
+    what it wrote); anything else is exported again and replaced, never read."""
+    if not onnx_available():
+        pytest.skip("onnx/onnxruntime not installed (pip install -e '.[onnx]')")
+    from pipeline.model import backends
+
+    monkeypatch.setenv("CARDAMAGE_CACHE", str(tmp_path / "cache"))
+    x = torch.rand(1, 3, 64, 96)
+    first = backends.OnnxBackend(load_model(weights).model)
+    first.forward(x)
+    path = first.cache_path((64, 96))
+    path.unlink()
+    path.write_bytes(b"planted" * 50)  # a small plain file by the graph's name, not an export's (its bytes differ)
+    read = []
+    real_read = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self) or real_read(self))
+    second = backends.OnnxBackend(load_model(weights).model)
+    second.forward(x)
+    assert second.exported == [(64, 96)] and path not in read
+    third = backends.OnnxBackend(load_model(weights).model)  # the export's own file: read from the cache
+    third.forward(x)
+    assert third.exported == [] and path in read

@@ -10,6 +10,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib.util
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from pipeline.core import runtime
-from pipeline.core.io import InputError, atomic_write_bytes
+from pipeline.core.io import InputError, atomic_write_bytes, is_ours, written_list
 
 
 def onnx_available() -> bool:
@@ -168,6 +169,20 @@ def _evict(folder: Path, keep: int) -> None:
         pass
 
 
+@contextlib.contextmanager
+def _cache_list(path: Path | None):
+    """While open, the graph cache folder's list of what this project wrote there (``core.io.written_list``): yields
+    whether ``path`` can be cached at all (False without a cache, or where its folder cannot be made)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(written_list(path.parent, overwrite=True))  # a foreign file by a graph's name
+        except (OSError, InputError):  # is replaced; a cache that cannot be made is not used
+            path = None
+        yield path is not None
+
+
 def _cached_graph(path: Path, model: torch.nn.Module) -> bool:
     """Whether ``path`` may be read as a cached graph of ``model``: a regular file (not a link, FIFO or folder) no
     larger than the model's weights as float32 plus the graph's own small share. Anything else is exported again
@@ -243,22 +258,25 @@ class OnnxBackend:
                 so.inter_op_num_threads = 1
                 session = None
                 path = self.cache_path(hw) if self.cache else None
-                if path is not None and _cached_graph(path, self.model):
-                    try:
-                        session = self.ort.InferenceSession(path.read_bytes(), so, providers=["CPUExecutionProvider"])
-                        os.utime(path)  # recently used: kept by the eviction
-                    except Exception:  # a damaged cache file: export again and replace it
-                        session = None
-                if session is None:
-                    graph = self._export(hw)
-                    if path is not None:
+                with _cache_list(path) as listed:
+                    # a graph is run from the cache only if an export of this project wrote it there, unchanged
+                    # since (the folder's list of what it wrote): a graph planted under its name (a 317-byte
+                    # one took 7 GB to load) is exported again and replaced
+                    if listed and _cached_graph(path, self.model) and is_ours(path):
                         try:
-                            path.parent.mkdir(parents=True, exist_ok=True)
-                            atomic_write_bytes(path, graph)
-                            _evict(path.parent, ONNX_CACHE_MAX)
-                        except (OSError, InputError):  # a read-only cache (or a folder by the graph's name) only
-                            pass  # costs the export next time
-                    session = self.ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
+                            session = self.ort.InferenceSession(path.read_bytes(), so, providers=["CPUExecutionProvider"])
+                            os.utime(path)  # recently used: kept by the eviction
+                        except Exception:  # a damaged cache file: export again and replace it
+                            session = None
+                    if session is None:
+                        graph = self._export(hw)
+                        if listed:
+                            try:
+                                atomic_write_bytes(path, graph)
+                                _evict(path.parent, ONNX_CACHE_MAX)
+                            except (OSError, InputError):  # a read-only cache (or a folder by the graph's name)
+                                pass  # only costs the export next time
+                        session = self.ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
                 self.sessions[hw] = session
             return self.sessions[hw]
 
