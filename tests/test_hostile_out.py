@@ -785,17 +785,20 @@ def test_a_resume_accepts_its_results_one_row_ahead_of_their_note(interrupted, t
     """Killed between the trainer's append to results.csv and the note after it, the run's own file was refused
     as changed. A file that is the noted bytes plus appended rows is the run's own."""
     copy = _copy(interrupted, tmp_path / "copy")
-    fields = (copy / "results.csv").read_text().splitlines()[0].count(",") + 1
-    with open(copy / "results.csv", "a") as f:
-        f.write(",".join(["1", "2.5"] + ["0.1"] * (fields - 2)) + "\n")  # a row the note did not see
+    rows = (copy / "results.csv").read_text().splitlines()
+    fields, epoch = rows[0].count(",") + 1, float(rows[-1].split(",")[0])
+    with open(copy / "results.csv", "a") as f:  # the next epoch's row, which the note did not see
+        f.write(",".join([f"{epoch + 1:g}", "2.5"] + ["0.1"] * (fields - 2)) + "\n")
     assert main(["train", "--resume", "--out", str(copy)]) == 0
 
 
-@pytest.mark.parametrize("tail", ["garbage that is not csv\n", "1,2\n", "1,2,3", "1\n2\n"])
+@pytest.mark.parametrize("tail", ["garbage that is not csv\n", "1,2\n", "1,2,3", "1\n2\n", "row 1 again"])
 def test_a_resume_refuses_anything_else_appended_to_its_results(interrupted, tmp_path, tail, capsys):
     """Bytes appended to results.csv that are not one row as the trainer writes it (one line, a number per
     column of the header) were accepted as a row ahead of the note, and the resume appended after them."""
     copy = _copy(interrupted, tmp_path / "copy")
+    if tail == "row 1 again":  # a copy of the first row: numbers in every column, but not the next epoch
+        tail = (copy / "results.csv").read_text().splitlines()[1] + "\n"
     with open(copy / "results.csv", "a") as f:
         f.write(tail)
     before = (copy / "results.csv").read_bytes()

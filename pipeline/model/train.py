@@ -385,16 +385,28 @@ def _run_metrics(yolo, results, counter: BatchCounter, out: Path, left_out) -> d
 
 def _one_row(csv: Path, tail: bytes | None) -> bool:
     """Whether ``tail`` (the bytes after the noted ones) is one row as the trainer writes them: one line, as many
-    comma-separated numbers as the header has names. Anything else appended is not the run's."""
+    comma-separated numbers as the header has names, and the epoch after the last noted row's. Anything else
+    appended (a copy of an earlier row included) is not the run's."""
     if not tail or not tail.endswith(b"\n") or tail.count(b"\n") != 1:
         return False
     try:
-        with open(csv, "rb") as f:
-            header = f.readline(1 << 16)
+        if csv.stat().st_size > MAX_RESULTS_BYTES:
+            return False
+        data = csv.read_bytes()
+        lines = data[: len(data) - len(tail)].splitlines()
+        header, last = lines[0], lines[-1]
         numbers = [float(v) for v in tail.decode("ascii").split(",")]  # ValueError: not a number
-        return len(numbers) == len(header.split(b","))
-    except (OSError, UnicodeDecodeError, ValueError):
+        if len(numbers) != len(header.split(b",")):
+            return False
+        if header.split(b",")[0].strip() == b"epoch" and last is not header:
+            return numbers[0] == float(last.split(b",")[0]) + 1
+        return True
+    except (OSError, UnicodeDecodeError, ValueError, IndexError):
         return False
+
+
+#: results.csv of a run is a few KB (one line of 15 numbers per epoch): a larger one is not read whole
+MAX_RESULTS_BYTES = 16 << 20
 
 
 def _resume(out: Path, trust: bool, counter: BatchCounter, changes: dict, callbacks: dict | None, on_error):
