@@ -138,9 +138,9 @@ def _place_image(src: Path, dst: Path, copy: bool) -> None:
             pass
     try:
         shutil.copyfile(src, dst)  # a new file: mode 0o666 & ~umask
-    except OSError as e:  # a full disk is the output's: OSError would name the photo it was copying
+    except OSError as e:  # a full disk is the output's: the error names it (copyfile's may name the photo)
         dst.unlink(missing_ok=True)
-        raise InputError(dst, f"cannot write ({_os_reason(e)})") from None
+        raise OSError(e.errno, e.strerror, str(dst)) from None
 
 
 def _find_image(images_dir: Path, root: Path, name: str) -> tuple[Path | None, str]:
