@@ -329,16 +329,10 @@ def test_the_graph_cache_touches_only_its_own_files(weights, monkeypatch, tmp_pa
     assert all(f.read_bytes() == b"the user's" for f in mine)
     assert sum(f.exists() for f in ours) == 24
 
-    monkeypatch.setenv("CARDAMAGE_CACHE", str(tmp_path / "cache"))
-    x = torch.rand(1, 3, 64, 96)
-    first = backends.OnnxBackend(load_model(weights).model)
-    first.forward(x)
-    path = first.cache_path((64, 96))
+    x, path = _cached_once(weights, monkeypatch, tmp_path)
     size = path.stat().st_size
     os.truncate(path, 4 << 30)  # sparse: no disk
-    read = []
-    real_read = Path.read_bytes
-    monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self) or real_read(self))
+    read = _recorded_reads(monkeypatch)
     second = backends.OnnxBackend(load_model(weights).model)
     second.forward(x)
     assert second.exported == [(64, 96)] and path not in read
@@ -354,19 +348,31 @@ def test_a_graph_planted_under_a_cached_name_is_never_run(weights, monkeypatch, 
         pytest.skip("onnx/onnxruntime not installed (pip install -e '.[onnx]')")
     from pipeline.model import backends
 
-    monkeypatch.setenv("CARDAMAGE_CACHE", str(tmp_path / "cache"))
-    x = torch.rand(1, 3, 64, 96)
-    first = backends.OnnxBackend(load_model(weights).model)
-    first.forward(x)
-    path = first.cache_path((64, 96))
+    x, path = _cached_once(weights, monkeypatch, tmp_path)
     path.unlink()
     path.write_bytes(b"planted" * 50)  # a small plain file by the graph's name, not an export's (its bytes differ)
-    read = []
-    real_read = Path.read_bytes
-    monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self) or real_read(self))
+    read = _recorded_reads(monkeypatch)
     second = backends.OnnxBackend(load_model(weights).model)
     second.forward(x)
     assert second.exported == [(64, 96)] and path not in read
     third = backends.OnnxBackend(load_model(weights).model)  # the export's own file: read from the cache
     third.forward(x)
     assert third.exported == [] and path in read
+
+
+def _cached_once(weights, monkeypatch, tmp_path):
+    """A 64 x 96 input, and the path of its graph exported once into a fresh cache under ``tmp_path``."""
+    from pipeline.model import backends
+
+    monkeypatch.setenv("CARDAMAGE_CACHE", str(tmp_path / "cache"))
+    x = torch.rand(1, 3, 64, 96)
+    first = backends.OnnxBackend(load_model(weights).model)
+    first.forward(x)
+    return x, first.cache_path((64, 96))
+
+
+def _recorded_reads(monkeypatch) -> list:
+    """The paths ``Path.read_bytes`` is called on from now on, in order."""
+    read, real_read = [], Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self) or real_read(self))
+    return read
