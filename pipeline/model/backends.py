@@ -17,7 +17,6 @@ import importlib.util
 import io
 import os
 import re
-import stat
 import threading
 import warnings
 from pathlib import Path
@@ -183,17 +182,6 @@ def _cache_list(path: Path | None):
         yield path is not None
 
 
-def _cached_graph(path: Path, model: torch.nn.Module) -> bool:
-    """Whether ``path`` may be read as a cached graph of ``model``: a regular file (not a link, FIFO or folder) no
-    larger than the model's weights as float32 plus the graph's own small share. Anything else is exported again
-    and replaced: a 4 GB file put there would otherwise be read whole."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    weights = sum(t.numel() for t in [*model.parameters(), *model.buffers()]) * 4
-    return stat.S_ISREG(st.st_mode) and st.st_size <= 2 * weights + (16 << 20)
-
 
 class OnnxBackend:
     """ONNX Runtime on CPU, one graph per letterboxed input shape (batch axis dynamic), exported in memory.
@@ -262,7 +250,7 @@ class OnnxBackend:
                     # a graph is run from the cache only if an export of this project wrote it there, unchanged
                     # since (the folder's list of what it wrote): a graph planted under its name (a 317-byte
                     # one took 7 GB to load) is exported again and replaced
-                    if listed and _cached_graph(path, self.model) and is_ours(path):
+                    if listed and is_ours(path):  # a regular file of the size written, its bytes unchanged
                         try:
                             session = self.ort.InferenceSession(path.read_bytes(), so, providers=["CPUExecutionProvider"])
                             os.utime(path)  # recently used: kept by the eviction
